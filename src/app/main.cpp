@@ -1,0 +1,50 @@
+// lssbench: long-sequence distributed transformer training benchmark.
+#include <mpi.h>
+
+#include <cstdio>
+#include <exception>
+#include <fmt/format.h>
+#include <string>
+#include <vector>
+
+#include "app/run.h"
+#include "core/check.h"
+
+namespace {
+const char* kUsage =
+    "usage: mpiexec -n WORLD lssbench <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  run      train one configuration with one strategy; print a table and write the result JSON\n"
+    "\n"
+    "`lssbench <command> --help` lists a command's options with their defaults.\n";
+}
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string command_line;
+  for (int i = 0; i < argc; ++i) command_line += (i ? " " : "") + std::string(argv[i]);
+  int rc = 0;
+  try {
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+      if (rank == 0) fmt::print("{}", kUsage);
+      rc = args.empty() ? 2 : 0;
+    } else if (args[0] == "run") {
+      rc = lss::cmd_run({args.begin() + 1, args.end()}, command_line);
+    } else {
+      throw lss::UsageError("unknown command '" + args[0] + "' (see lssbench --help)");
+    }
+  } catch (const lss::UsageError& e) {
+    // Every rank parses the same arguments and reaches the same verdict, so each reports it and
+    // exits non-zero without a collective that could hang.
+    std::fprintf(stderr, "[rank %d] lssbench: error: %s\n", rank, e.what());
+    rc = 2;
+  } catch (const std::exception& e) {
+    lss::fatal_error(__FILE__, __LINE__, "lssbench", e.what());
+  }
+  MPI_Finalize();
+  return rc;
+}

@@ -1,0 +1,30 @@
+#include "app/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace lss {
+
+FlopCount model_flops(const ModelConfig& cfg) {
+  const double B = static_cast<double>(cfg.B), T = static_cast<double>(cfg.T), C = static_cast<double>(cfg.C);
+  const double L = static_cast<double>(cfg.L), V = static_cast<double>(cfg.V);
+  const double dense = 24.0 * B * T * C * C;
+  const double attention = 4.0 * B * T * T * C * (cfg.causal ? 0.5 : 1.0);
+  FlopCount f;
+  f.forward = L * (dense + attention) + 2.0 * B * T * C * V;
+  f.step = 3.0 * f.forward;
+  f.convention = std::string("model FLOPs, 3 x forward; forward = L*(24*B*T*C^2 + 4*B*T^2*C") +
+                 (cfg.causal ? " * 1/2 (causal)" : "") + ") + 2*B*T*C*V; recomputation not counted";
+  return f;
+}
+
+double percentile(std::vector<double> v, double pct) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  const double pos = pct / 100.0 * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
+}
+
+}  // namespace lss

@@ -1,0 +1,377 @@
+#include "app/run.h"
+
+#include <mpi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "app/export.h"
+#include "app/metrics.h"
+#include "app/session.h"
+#include "comm/mpi_util.h"
+#include "core/check.h"
+#include "core/fileio.h"
+#include "core/options.h"
+
+namespace lss {
+
+namespace {
+
+using json = nlohmann::ordered_json;
+
+OptionParser make_parser() {
+  OptionParser p(
+      "usage: mpiexec -n WORLD lssbench run [options]\n"
+      "Trains the model of DESIGN.md for --warmup + --iters steps with one strategy on a process\n"
+      "grid of WORLD = R x P ranks (P = --sp; the world size comes from the launcher), prints a\n"
+      "table and writes the result JSON (schema v1). Sizes take K/M/G suffixes (16K = 16384).");
+  p.add_string("strategy", "serial", "serial | lss | megatron_sp");
+  p.add_string("backend", "cpu", "cpu | cuda");
+  p.add_size("sp", 1, "P: ranks per sequence (lss) or tensor (megatron_sp) group");
+  p.add_size("layers", 2, "L: transformer blocks");
+  p.add_size("width", 64, "C: model width");
+  p.add_size("heads", 4, "H: attention heads (C % H == 0)");
+  p.add_size("seq", 128, "T: tokens per sequence");
+  p.add_size("max-seq", 0, "T_max: rows of the positional table (0: equal to --seq)");
+  p.add_size("batch", 1, "B: sequences per step, over all data-parallel replicas");
+  p.add_flag("causal", true, "causal attention mask");
+  p.add_string("dtype", "fp32", "fp32 | fp64 | bf16 (bf16: cuda only)");
+  p.add_size("seed", 1234, "seed of weights and synthetic data");
+  p.add_size("iters", 5, "timed steps");
+  p.add_size("warmup", 1, "untimed steps before them");
+  p.add_double("lr", 1e-3, "AdamW learning rate");
+  p.add_double("beta1", 0.9, "AdamW beta1");
+  p.add_double("beta2", 0.95, "AdamW beta2");
+  p.add_double("adam-eps", 1e-8, "AdamW epsilon");
+  p.add_double("weight-decay", 0.1, "AdamW decoupled weight decay (weights and embeddings only)");
+  p.add_string("data", "", "file of raw bytes to train on (empty: synthetic tokens)");
+  p.add_string("out", "", "result JSON path, never overwritten (empty: results/runs/<name>-<time>.json)");
+  p.add_string("export", "", "safetensors file of the first step's params, grads and inputs");
+  p.add_size("threads", 0, "host threads per rank (0: cores / ranks on this node)");
+  p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
+  p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
+  p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
+  return p;
+}
+
+int local_ranks() {
+  MPI_Comm node;
+  LSS_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  int n = 1;
+  LSS_MPI_CHECK(MPI_Comm_size(node, &n));
+  LSS_MPI_CHECK(MPI_Comm_free(&node));
+  return n;
+}
+
+RunConfig config_from(const OptionParser& p) {
+  RunConfig rc;
+  ModelConfig& m = rc.model;
+  m.L = p.size("layers");
+  m.C = p.size("width");
+  m.H = p.size("heads");
+  m.T = p.size("seq");
+  m.T_max = p.size("max-seq") == 0 ? m.T : p.size("max-seq");
+  m.B = p.size("batch");
+  m.causal = p.flag("causal");
+  m.dtype = parse_dtype(p.str("dtype"));
+  LSS_REQUIRE_INPUT(p.size("seed") >= 0, "--seed " + p.str("seed") + ": must not be negative");
+  m.seed = static_cast<uint64_t>(p.size("seed"));
+  rc.opt = {p.real("lr"), p.real("beta1"), p.real("beta2"), p.real("adam-eps"), p.real("weight-decay")};
+  LSS_REQUIRE_INPUT(rc.opt.lr > 0, "--lr " + p.str("lr") + ": must be positive");
+  LSS_REQUIRE_INPUT(rc.opt.beta1 >= 0 && rc.opt.beta1 < 1, "--beta1 " + p.str("beta1") + ": must be in [0, 1)");
+  LSS_REQUIRE_INPUT(rc.opt.beta2 >= 0 && rc.opt.beta2 < 1, "--beta2 " + p.str("beta2") + ": must be in [0, 1)");
+  LSS_REQUIRE_INPUT(rc.opt.eps > 0, "--adam-eps " + p.str("adam-eps") + ": must be positive");
+  LSS_REQUIRE_INPUT(rc.opt.weight_decay >= 0, "--weight-decay " + p.str("weight-decay") + ": must not be negative");
+  rc.strategy_opts.keep_kv = p.flag("keep-kv");
+  rc.strategy_opts.regather_ln = p.flag("regather-ln");
+  rc.strategy = p.str("strategy");
+  rc.backend = p.str("backend");
+  rc.data_path = p.str("data");
+  const int64_t sp = p.size("sp");
+  LSS_REQUIRE_INPUT(sp >= 1 && sp <= (1 << 20), "--sp " + p.str("sp") + ": must be a positive group size");
+  rc.P = static_cast<int>(sp);
+  const int64_t threads = p.size("threads");
+  LSS_REQUIRE_INPUT(threads >= 0 && threads <= 4096, "--threads " + p.str("threads") + ": must be 0 (auto) or positive");
+  if (threads == 0) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    rc.threads = std::max(1, cores / local_ranks());
+  } else {
+    rc.threads = static_cast<int>(threads);
+  }
+  LSS_REQUIRE_INPUT(p.size("iters") >= 1, "--iters " + p.str("iters") + ": must be at least 1");
+  LSS_REQUIRE_INPUT(p.size("warmup") >= 0, "--warmup " + p.str("warmup") + ": must not be negative");
+  LSS_REQUIRE_INPUT(p.real("peak-tflops") >= 0, "--peak-tflops " + p.str("peak-tflops") + ": must not be negative");
+  return rc;
+}
+
+std::string utc_stamp() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", &tm);
+  return buf;
+}
+
+std::vector<std::string> all_hosts() {
+  int world = 1;
+  LSS_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
+  char mine[256] = {};
+  std::snprintf(mine, sizeof(mine), "%s", host_name().c_str());
+  std::vector<char> all(256 * static_cast<size_t>(world));
+  LSS_MPI_CHECK(MPI_Allgather(mine, 256, MPI_CHAR, all.data(), 256, MPI_CHAR, MPI_COMM_WORLD));
+  std::vector<std::string> hosts;
+  for (int r = 0; r < world; ++r) {
+    std::string h(all.data() + 256 * r);
+    if (std::find(hosts.begin(), hosts.end(), h) == hosts.end()) hosts.push_back(h);
+  }
+  return hosts;
+}
+
+std::string mpi_version() {
+  char buf[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int len = 0;
+  MPI_Get_library_version(buf, &len);
+  std::string s(buf, static_cast<size_t>(len));
+  if (auto nl = s.find('\n'); nl != std::string::npos) s = s.substr(0, nl);
+  return s;
+}
+
+json counts_json(const CommModel& m) {
+  json j = json::object();
+  for (const auto& [group, c] : m) {
+    json g = json::object();
+    for (int k = 0; k < kNumCollKinds; ++k)
+      if (c.calls[k]) g[coll_kind_name(static_cast<CollKind>(k))] = {{"calls", c.calls[k]}, {"bytes", c.bytes[k]}};
+    j[group] = g;
+  }
+  return j;
+}
+
+bool same_counts(const CommModel& a, const CommModel& b) {
+  auto nonempty = [](const CommModel& m) {
+    CommModel out;
+    for (const auto& [g, c] : m)
+      if (c.total_calls() > 0) out[g] = c;
+    return out;
+  };
+  return nonempty(a) == nonempty(b);
+}
+
+// Per-element maximum over the world (the slowest rank of each iteration).
+std::vector<double> max_over_ranks(std::vector<double> v) {
+  LSS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), static_cast<int>(v.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return v;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.2f} {}", b, units[u]);
+}
+
+}  // namespace
+
+int cmd_run(const std::vector<std::string>& args, const std::string& command_line) {
+  int rank = 0;
+  LSS_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  OptionParser parser = make_parser();
+  if (!parser.parse(args)) {
+    if (rank == 0) fmt::print("{}", parser.help());
+    return 0;
+  }
+  RunConfig rc = config_from(parser);
+  const int64_t iters = parser.size("iters"), warmup = parser.size("warmup");
+  const double peak_tflops = parser.real("peak-tflops");
+  const std::string export_path = parser.str("export");
+
+  Session session(rc, MPI_COMM_WORLD);
+  Grid& grid = session.grid();
+  Backend& be = session.backend();
+  const ModelConfig& m = session.config().model;
+
+  std::string out = parser.str("out");
+  if (out.empty()) {
+    // One name for all ranks: rank 0's clock decides it.
+    std::string stamp = utc_stamp();
+    stamp.resize(16, ' ');
+    LSS_MPI_CHECK(MPI_Bcast(stamp.data(), 16, MPI_CHAR, 0, MPI_COMM_WORLD));
+    out = fmt::format("results/runs/{}_{}_w{}_sp{}_T{}_{}.json", rc.strategy, rc.backend, grid.world, grid.P, m.T,
+                      stamp);
+  }
+  LSS_REQUIRE_INPUT(!path_exists(out), "--out " + out + ": exists already; results are never overwritten");
+  LSS_REQUIRE_INPUT(export_path.empty() || !path_exists(export_path),
+                    "--export " + export_path + ": exists already; files are never overwritten");
+
+  const FlopCount flops = model_flops(m);
+  if (rank == 0) {
+    fmt::print("lssbench run  {} ({})\n", LSS_VERSION, LSS_GIT_COMMIT);
+    fmt::print("  {:<14} {}\n", "strategy", rc.strategy);
+    fmt::print("  {:<14} {} ({}), {} threads/rank\n", "backend", rc.backend, be.device_name(), rc.threads);
+    fmt::print("  {:<14} world {} = dp {} x sp {}\n", "grid", grid.world, grid.R, grid.P);
+    fmt::print("  {:<14} L={} C={} H={} D={} V={} T={} T_max={} B={} {} {}\n", "model", m.L, m.C, m.H, m.D(), m.V, m.T,
+               m.T_max, m.B, m.causal ? "causal" : "non-causal", dtype_name(m.dtype));
+    fmt::print("  {:<14} {}\n", "data", session.data().describe());
+    fmt::print("  {:<14} {} warm-up + {} timed steps\n", "steps", warmup, iters);
+    fmt::print("  {:<14} {:.4g} GFLOP/step\n", "model FLOPs", flops.step / 1e9);
+    fmt::print("  {:<14} {}\n", "options", session.strategy().options_json().dump());
+    fmt::print("  {:<14} {}\n", "result", out);
+  }
+
+  const int64_t base_bytes = be.memory_stats().current_bytes;  // params, grads, AdamW moments
+  be.reset_peak();
+  std::vector<double> step_s, fwd_s, bwd_s, opt_s, comm_s;
+  std::vector<double> losses;
+  CommModel step_counts;
+  bool counts_stable = true;
+  const auto wall0 = std::chrono::steady_clock::now();
+  for (int64_t it = 0; it < warmup + iters; ++it) {
+    session.reset_counts();
+    StepTimes t;
+    const double loss = session.forward_backward(it, &t);
+    const CommModel counts = session.comm_counts();
+    if (it == 0 && !export_path.empty()) export_step(session, it, export_path);
+    session.optimizer_step(it + 1, &t);
+    losses.push_back(loss);
+    if (it == 0) step_counts = counts;
+    else if (!same_counts(counts, step_counts)) counts_stable = false;
+    if (it >= warmup) {
+      step_s.push_back(t.total());
+      fwd_s.push_back(t.forward);
+      bwd_s.push_back(t.backward);
+      opt_s.push_back(t.optimizer);
+      comm_s.push_back(t.comm);
+    }
+    if (rank == 0) {
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+      const double eta = elapsed / static_cast<double>(it + 1) * static_cast<double>(warmup + iters - it - 1);
+      // A terminal gets one updating line; a log gets one line per step.
+      const bool tty = isatty(2);
+      fmt::print(stderr, "{}  step {}/{}  loss {:.5f}  {:.1f} ms  ETA {:.0f} s{}", tty ? "\r" : "", it + 1,
+                 warmup + iters, loss, t.total() * 1e3, eta, tty ? "   " : "\n");
+      if (tty && it + 1 == warmup + iters) fmt::print(stderr, "\n");
+    }
+  }
+
+  // Measure, then check: everything below runs after the timed loop.
+  step_s = max_over_ranks(step_s);
+  fwd_s = max_over_ranks(fwd_s);
+  bwd_s = max_over_ranks(bwd_s);
+  opt_s = max_over_ranks(opt_s);
+  comm_s = max_over_ranks(comm_s);
+  const MemoryStats mem = be.memory_stats();
+  std::vector<double> mem_v = {static_cast<double>(mem.peak_bytes), static_cast<double>(mem.peak_bytes - base_bytes),
+                               static_cast<double>(mem.device_peak_bytes)};
+  mem_v = max_over_ranks(mem_v);
+  const CommModel expected = session.strategy().expected_comm();
+  int comm_ok = counts_stable && same_counts(step_counts, expected) ? 1 : 0;
+  LSS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &comm_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  const auto hosts = all_hosts();
+
+  const double median = percentile(step_s, 50);
+  const double tokens_per_s = static_cast<double>(m.B * m.T) / median;
+  const double tflops_per_dev = flops.step / median / grid.world / 1e12;
+  std::string status = "ok", reason;
+  bool finite = true;
+  for (double l : losses) finite = finite && std::isfinite(l);
+  if (!finite) {
+    status = "failed";
+    reason = "non-finite loss";
+  } else if (!comm_ok) {
+    status = "failed";
+    reason = "collective counts differ from the analytic model (or between steps)";
+  } else if (peak_tflops > 0 && tflops_per_dev > peak_tflops) {
+    status = "failed";
+    reason = "achieved TFLOP/s above the stated peak";
+  }
+
+  if (rank == 0) {
+    auto ms = [](const std::vector<double>& v) {
+      std::vector<double> out;
+      for (double x : v) out.push_back(x * 1e3);
+      return out;
+    };
+    json j;
+    j["schema_version"] = 1;
+    j["status"] = status;
+    if (!reason.empty()) j["status_reason"] = reason;
+    j["strategy"] = rc.strategy;
+    j["backend"] = rc.backend;
+    j["config"] = {
+        {"layers", m.L},        {"width", m.C},         {"heads", m.H},         {"head_dim", m.D()},
+        {"vocab", m.V},         {"seq", m.T},           {"max_seq", m.T_max},   {"batch", m.B},
+        {"causal", m.causal},   {"dtype", dtype_name(m.dtype)}, {"seed", m.seed}, {"iters", iters},
+        {"warmup", warmup},     {"data", rc.data_path.empty() ? "synthetic" : rc.data_path},
+        {"threads_per_rank", rc.threads},
+        {"optimizer", {{"name", "adamw"}, {"lr", rc.opt.lr}, {"beta1", rc.opt.beta1}, {"beta2", rc.opt.beta2},
+                       {"eps", rc.opt.eps}, {"weight_decay", rc.opt.weight_decay}}},
+        {"strategy_options", session.strategy().options_json()},
+        {"options", parser.values()}};
+    j["grid"] = {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}};
+    j["machine"] = {{"hosts", hosts},
+                    {"devices", {be.device_name()}},
+                    {"device_count", grid.world},
+                    {"mpi", mpi_version()},
+                    {"compiler", __VERSION__},
+                    {"lssbench_version", LSS_VERSION},
+                    {"git_commit", LSS_GIT_COMMIT},
+                    {"command_line", command_line},
+                    {"driver", nullptr}, {"cuda", nullptr}, {"nccl", nullptr}, {"cudnn", nullptr}};
+    j["loss"] = losses.front();
+    j["losses"] = losses;
+    j["timing"] = {{"unit", "ms"},
+                   {"clock", "steady_clock (host), slowest rank per iteration"},
+                   {"iterations_ms", ms(step_s)},
+                   {"median_ms", median * 1e3},
+                   {"p10_ms", percentile(step_s, 10) * 1e3},
+                   {"p90_ms", percentile(step_s, 90) * 1e3},
+                   {"forward_median_ms", percentile(fwd_s, 50) * 1e3},
+                   {"backward_median_ms", percentile(bwd_s, 50) * 1e3},
+                   {"optimizer_median_ms", percentile(opt_s, 50) * 1e3},
+                   {"comm_median_ms", percentile(comm_s, 50) * 1e3}};
+    j["metrics"] = {{"tokens_per_s", tokens_per_s},
+                    {"flops_per_step", flops.step},
+                    {"flops_convention", flops.convention},
+                    {"tflops_per_gpu", tflops_per_dev},
+                    {"peak_tflops", peak_tflops > 0 ? json(peak_tflops) : json(nullptr)},
+                    {"mfu", peak_tflops > 0 ? json(tflops_per_dev / peak_tflops) : json(nullptr)},
+                    {"peak_mem_bytes", static_cast<int64_t>(mem_v[0])},
+                    {"peak_activation_bytes", static_cast<int64_t>(mem_v[1])},
+                    {"device_peak_mem_bytes", mem_v[2] < 0 ? json(nullptr) : json(static_cast<int64_t>(mem_v[2]))}};
+    j["comm"] = {{"per_step_rank0", counts_json(step_counts)},
+                 {"expected_rank0", counts_json(expected)},
+                 {"matches_model", comm_ok == 1},
+                 {"byte_convention", "all_gather: output bytes; reduce_scatter, all_to_all: input bytes; "
+                                     "all_reduce: buffer bytes (nccl-tests size)"}};
+    j["check"] = nullptr;
+    write_file_atomic_no_overwrite(out, j.dump(2) + "\n");
+
+    fmt::print("\n  {:<22} {:>14}\n", "result", "value");
+    fmt::print("  {:<22} {:>14.6f}\n", "loss (first step)", losses.front());
+    fmt::print("  {:<22} {:>14.6f}\n", "loss (last step)", losses.back());
+    fmt::print("  {:<22} {:>14.3f}\n", "step median (ms)", median * 1e3);
+    fmt::print("  {:<22} {:>14.3f}\n", "step p10 (ms)", percentile(step_s, 10) * 1e3);
+    fmt::print("  {:<22} {:>14.3f}\n", "step p90 (ms)", percentile(step_s, 90) * 1e3);
+    fmt::print("  {:<22} {:>14.3f}\n", "comm median (ms)", percentile(comm_s, 50) * 1e3);
+    fmt::print("  {:<22} {:>14.1f}\n", "tokens/s", tokens_per_s);
+    fmt::print("  {:<22} {:>14.4f}\n", "TFLOP/s per device", tflops_per_dev);
+    fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));
+    fmt::print("  {:<22} {:>14}\n", "peak activations/rank", human_bytes(mem_v[1]));
+    fmt::print("  {:<22} {:>14}\n", "comm matches model", comm_ok ? "yes" : "NO");
+    fmt::print("  {:<22} {:>14}\n", "status", status);
+    if (!reason.empty()) fmt::print("  reason: {}\n", reason);
+    fmt::print("  wrote {}\n", out);
+  }
+  return status == "ok" ? 0 : 1;
+}
+
+}  // namespace lss

@@ -1,0 +1,118 @@
+#include "app/session.h"
+
+#include <chrono>
+
+#include "core/check.h"
+
+namespace lss {
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+double comm_seconds(const Grid& g) {
+  return g.seq->counts().seconds + g.data->counts().seconds + g.world_comm->counts().seconds;
+}
+}  // namespace
+
+Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
+  cfg_.model.validate();
+  LSS_REQUIRE_INPUT(cfg_.threads >= 1, "--threads " + std::to_string(cfg_.threads) + ": must be at least 1");
+  backend_ = make_backend(cfg_.backend, cfg_.threads);
+  grid_ = make_mpi_grid(base, cfg_.P);
+  LSS_REQUIRE_INPUT(cfg_.model.B % grid_.R == 0,
+                    "--batch " + std::to_string(cfg_.model.B) + " does not divide by the " + std::to_string(grid_.R) +
+                        " data-parallel replicas (world " + std::to_string(grid_.world) + " / --sp " +
+                        std::to_string(grid_.P) + ")");
+  data_ = std::make_unique<DataSource>(cfg_.model, cfg_.data_path);
+  strategy_ = make_strategy(cfg_.strategy, StrategyContext{*backend_, grid_, cfg_.model, cfg_.strategy_opts, *data_});
+  loss_buf_ = backend_->alloc(DType::f64, 1);
+}
+
+Session::~Session() = default;
+
+double Session::forward_backward(int64_t step, StepTimes* times) {
+  const double c0 = comm_seconds(grid_);
+  backend_->synchronize();
+  const double t0 = now_s();
+  const double local = strategy_->forward(step);
+  backend_->copy_from_host(loss_buf_.view(), &local, DType::f64);
+  grid_.world_comm->all_reduce(loss_buf_.view());
+  double total = 0;
+  backend_->copy_to_host(&total, DType::f64, loss_buf_.view());
+  backend_->synchronize();
+  const double t1 = now_s();
+  strategy_->backward();
+  backend_->synchronize();
+  const double t2 = now_s();
+  if (times) {
+    times->forward = t1 - t0;
+    times->backward = t2 - t1;
+    times->comm = comm_seconds(grid_) - c0;
+  }
+  return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
+}
+
+void Session::optimizer_step(int64_t adam_step, StepTimes* times) {
+  backend_->synchronize();
+  const double t0 = now_s();
+  strategy_->optimizer_step(cfg_.opt, adam_step);
+  backend_->synchronize();
+  if (times) times->optimizer = now_s() - t0;
+}
+
+CommModel Session::comm_counts() const {
+  CommModel m;
+  for (const Communicator* c : {grid_.seq.get(), grid_.data.get(), grid_.world_comm.get()})
+    if (c->counts().total_calls() > 0) m[c->name()] = c->counts();
+  return m;
+}
+
+void Session::reset_counts() {
+  grid_.seq->reset_counts();
+  grid_.data->reset_counts();
+  grid_.world_comm->reset_counts();
+}
+
+std::map<std::string, std::vector<int64_t>> Session::full_shapes() const {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& s : model_param_specs(cfg_.model)) shapes[s.name] = s.shape();
+  return shapes;
+}
+
+std::map<std::string, std::vector<double>> Session::gather_full(bool grads) {
+  // Every data replica holds the same shards after the reductions, so replica 0's sequence group
+  // is enough: its rank p sends each local shard to rank p = 0, which places it by the spec of p.
+  std::map<std::string, std::vector<double>> full;
+  if (grid_.r != 0) return full;
+  const ParamStore& store = strategy_->params();
+  const CommCounts saved = grid_.seq->counts();
+  if (grid_.p == 0) {
+    for (const auto& e : store.entries()) full[e.spec.name].assign(static_cast<size_t>(e.spec.rows * e.spec.cols), 0.0);
+    for (int p = 0; p < grid_.P; ++p) {
+      for (const ParamSpec& spec : strategy_->param_specs_for(p)) {
+        std::vector<double> local(static_cast<size_t>(spec.local_numel()));
+        if (p == 0) {
+          backend_->copy_to_host(local.data(), DType::f64, grads ? store.grad(spec.name) : store.param(spec.name));
+        } else {
+          Buffer tmp = backend_->alloc(cfg_.model.dtype, spec.local_numel());
+          grid_.seq->recv(tmp.view(), p);
+          backend_->copy_to_host(local.data(), DType::f64, tmp.view());
+        }
+        auto& dst = full[spec.name];
+        size_t i = 0;
+        for (const auto& rr : spec.row_ranges)
+          for (int64_t r = rr.start; r < rr.start + rr.count; ++r)
+            for (int64_t c = spec.col_start; c < spec.col_start + spec.col_count; ++c) dst[r * spec.cols + c] = local[i++];
+      }
+    }
+  } else {
+    for (const ParamSpec& spec : strategy_->param_specs_for(grid_.p))
+      grid_.seq->send(grads ? store.grad(spec.name) : store.param(spec.name), 0);
+  }
+  // The assembly's messages are bookkeeping, not the step's traffic.
+  grid_.seq->set_counts(saved);
+  return full;
+}
+
+}  // namespace lss

@@ -1,0 +1,71 @@
+// One configured training set-up on a process grid: backend, grid, data, strategy. Used by
+// `lssbench run` and by the tests, which compare strategies against serial in one MPI job.
+#pragma once
+#include <mpi.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/grid.h"
+#include "core/backend.h"
+#include "model/config.h"
+#include "model/data.h"
+#include "strategies/strategy.h"
+
+namespace lss {
+
+struct RunConfig {
+  ModelConfig model;
+  OptimizerConfig opt;
+  StrategyOptions strategy_opts;
+  std::string strategy = "serial";
+  std::string backend = "cpu";
+  std::string data_path;  // empty: synthetic tokens
+  int P = 1;
+  int threads = 1;
+};
+
+// Times of one training step on this rank, in seconds.
+struct StepTimes {
+  double forward = 0, backward = 0, optimizer = 0, comm = 0;
+  double total() const { return forward + backward + optimizer; }
+};
+
+class Session {
+ public:
+  // Collective over `base` (MPI_COMM_WORLD for a run; MPI_COMM_SELF for an in-process serial
+  // reference). Throws UsageError for configurations the strategy or grid refuses.
+  Session(const RunConfig& cfg, MPI_Comm base);
+  ~Session();
+
+  // Forward and backward of step `step` (gradients reduced); returns the global mean loss.
+  double forward_backward(int64_t step, StepTimes* times = nullptr);
+  void optimizer_step(int64_t adam_step, StepTimes* times = nullptr);
+  // Per-group collective counts since the last reset_counts().
+  CommModel comm_counts() const;
+  void reset_counts();
+
+  // Full (unsharded) parameters or gradients by name, assembled on grid rank 0 (empty elsewhere).
+  // Collective over the grid; its own messages are not counted in comm_counts().
+  std::map<std::string, std::vector<double>> gather_full(bool grads);
+  // Full global shape of every parameter, by name.
+  std::map<std::string, std::vector<int64_t>> full_shapes() const;
+
+  const RunConfig& config() const { return cfg_; }
+  Grid& grid() { return grid_; }
+  Backend& backend() { return *backend_; }
+  Strategy& strategy() { return *strategy_; }
+  const DataSource& data() const { return *data_; }
+
+ private:
+  RunConfig cfg_;
+  std::unique_ptr<Backend> backend_;
+  Grid grid_;
+  std::unique_ptr<DataSource> data_;
+  std::unique_ptr<Strategy> strategy_;
+  Buffer loss_buf_;  // (1) fp64 loss sum, reduced over the world
+};
+
+}  // namespace lss

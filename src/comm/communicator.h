@@ -1,0 +1,75 @@
+// The communicator interface: collectives on one group of ranks, with every call and its bytes
+// counted by kind. Implementations: MPI over host memory (CPU backend, src/comm), NCCL over device
+// memory (CUDA backend).
+//
+// Byte convention (that of nccl-tests' "size"; the README's formulas use it):
+//   all_gather: bytes of the gathered (output) buffer; reduce_scatter: bytes of the input buffer;
+//   all_reduce: bytes of the buffer; all_to_all: bytes of the input buffer; send/recv: message.
+// A group of one rank moves nothing: its collectives are local copies and are not counted.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "core/backend.h"
+
+namespace lss {
+
+enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
+inline constexpr int kNumCollKinds = 7;
+const char* coll_kind_name(CollKind k);
+
+struct CommCounts {
+  std::array<int64_t, kNumCollKinds> calls{};
+  std::array<int64_t, kNumCollKinds> bytes{};
+  double seconds = 0.0;  // wall time inside collectives (CPU) or stream time (GPU)
+
+  int64_t total_calls() const;
+  int64_t total_bytes() const;
+  bool operator==(const CommCounts& o) const { return calls == o.calls && bytes == o.bytes; }
+};
+
+class Communicator {
+ public:
+  Communicator(std::string name, int rank, int size) : name_(std::move(name)), rank_(rank), size_(size) {}
+  virtual ~Communicator() = default;
+
+  const std::string& name() const { return name_; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  // recv (size * send.numel), rank-major: recv[r*n .. (r+1)*n) = send of rank r.
+  void all_gather(View send, View recv);
+  // send (size * recv.numel) summed over ranks; this rank keeps block rank().
+  void reduce_scatter(View send, View recv);
+  // buf summed over ranks, in place.
+  void all_reduce(View buf);
+  // send and recv (size * n): block r of send goes to rank r, block r of recv came from rank r.
+  void all_to_all(View send, View recv);
+  void send(View buf, int peer);
+  void recv(View buf, int peer);
+  void barrier();
+
+  const CommCounts& counts() const { return counts_; }
+  void reset_counts() { counts_ = CommCounts{}; }
+  void set_counts(const CommCounts& c) { counts_ = c; }
+
+ protected:
+  virtual void do_all_gather(View send, View recv) = 0;
+  virtual void do_reduce_scatter(View send, View recv) = 0;
+  virtual void do_all_reduce(View buf) = 0;
+  virtual void do_all_to_all(View send, View recv) = 0;
+  virtual void do_send(View buf, int peer) = 0;
+  virtual void do_recv(View buf, int peer) = 0;
+  virtual void do_barrier() = 0;
+  // Local copy used by groups of one rank.
+  virtual void local_copy(View dst, View src) = 0;
+
+ private:
+  void count(CollKind k, size_t bytes, double seconds);
+  std::string name_;
+  int rank_, size_;
+  CommCounts counts_;
+};
+
+}  // namespace lss

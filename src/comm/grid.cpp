@@ -1,0 +1,29 @@
+#include "comm/grid.h"
+
+#include "comm/mpi_communicator.h"
+#include "comm/mpi_util.h"
+
+namespace lss {
+
+Grid make_mpi_grid(MPI_Comm base, int P) {
+  Grid g;
+  LSS_MPI_CHECK(MPI_Comm_size(base, &g.world));
+  LSS_MPI_CHECK(MPI_Comm_rank(base, &g.rank));
+  LSS_REQUIRE_INPUT(P >= 1, "--sp " + std::to_string(P) + ": must be at least 1");
+  LSS_REQUIRE_INPUT(g.world % P == 0, "--sp " + std::to_string(P) + ": the world size " +
+                                          std::to_string(g.world) + " (from the launcher) does not divide by it");
+  g.P = P;
+  g.R = g.world / P;
+  g.p = g.rank % P;
+  g.r = g.rank / P;
+  MPI_Comm world_dup, seq, data;
+  LSS_MPI_CHECK(MPI_Comm_dup(base, &world_dup));
+  LSS_MPI_CHECK(MPI_Comm_split(base, g.r, g.p, &seq));
+  LSS_MPI_CHECK(MPI_Comm_split(base, g.p, g.r, &data));
+  g.world_comm = std::make_unique<MpiCommunicator>("world", world_dup);
+  g.seq = std::make_unique<MpiCommunicator>("sp", seq);
+  g.data = std::make_unique<MpiCommunicator>("dp", data);
+  return g;
+}
+
+}  // namespace lss

@@ -1,0 +1,92 @@
+#include "comm/mpi_communicator.h"
+
+#include <climits>
+#include <cstring>
+
+#include "comm/mpi_util.h"
+
+namespace lss {
+
+std::string mpi_error_string(int code) {
+  char buf[MPI_MAX_ERROR_STRING] = {};
+  int len = 0;
+  MPI_Error_string(code, buf, &len);
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+namespace {
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT;
+    case DType::bf16: break;
+  }
+  ::lss::fatal_error(__FILE__, __LINE__, "mpi_type", "MPI communicator: bf16 buffers are not supported");
+}
+
+int mpi_count(int64_t n) {
+  LSS_CHECK(n >= 0 && n <= INT_MAX, "MPI message of " + std::to_string(n) + " elements exceeds INT_MAX");
+  return static_cast<int>(n);
+}
+
+int comm_rank(MPI_Comm c) {
+  int r = 0;
+  LSS_MPI_CHECK(MPI_Comm_rank(c, &r));
+  return r;
+}
+int comm_size(MPI_Comm c) {
+  int s = 0;
+  LSS_MPI_CHECK(MPI_Comm_size(c, &s));
+  return s;
+}
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(std::string name, MPI_Comm comm)
+    : Communicator(std::move(name), comm_rank(comm), comm_size(comm)), comm_(comm) {
+  // Errors are returned to LSS_MPI_CHECK, which reports the call before aborting.
+  LSS_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::do_all_gather(View send, View recv) {
+  LSS_MPI_CHECK(MPI_Allgather(send.ptr, mpi_count(send.numel), mpi_type(send.dtype), recv.ptr,
+                              mpi_count(send.numel), mpi_type(recv.dtype), comm_));
+}
+
+void MpiCommunicator::do_reduce_scatter(View send, View recv) {
+  LSS_MPI_CHECK(MPI_Reduce_scatter_block(send.ptr, recv.ptr, mpi_count(recv.numel),
+                                         mpi_type(send.dtype), MPI_SUM, comm_));
+}
+
+void MpiCommunicator::do_all_reduce(View buf) {
+  LSS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf.ptr, mpi_count(buf.numel), mpi_type(buf.dtype),
+                              MPI_SUM, comm_));
+}
+
+void MpiCommunicator::do_all_to_all(View send, View recv) {
+  const int n = mpi_count(send.numel / size());
+  LSS_MPI_CHECK(MPI_Alltoall(send.ptr, n, mpi_type(send.dtype), recv.ptr, n, mpi_type(recv.dtype), comm_));
+}
+
+void MpiCommunicator::do_send(View buf, int peer) {
+  LSS_MPI_CHECK(MPI_Send(buf.ptr, mpi_count(buf.numel), mpi_type(buf.dtype), peer, 0, comm_));
+}
+
+void MpiCommunicator::do_recv(View buf, int peer) {
+  LSS_MPI_CHECK(MPI_Recv(buf.ptr, mpi_count(buf.numel), mpi_type(buf.dtype), peer, 0, comm_,
+                         MPI_STATUS_IGNORE));
+}
+
+void MpiCommunicator::do_barrier() { LSS_MPI_CHECK(MPI_Barrier(comm_)); }
+
+void MpiCommunicator::local_copy(View dst, View src) {
+  if (dst.ptr != src.ptr) std::memcpy(dst.ptr, src.ptr, src.bytes());
+}
+
+}  // namespace lss

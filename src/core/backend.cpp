@@ -1,0 +1,81 @@
+#include "core/backend.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "core/check.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace lss {
+
+View View::slice(int64_t offset, int64_t count) const {
+  LSS_CHECK(offset >= 0 && count >= 0 && offset + count <= numel,
+            "slice [" + std::to_string(offset) + ", +" + std::to_string(count) +
+                ") outside a view of " + std::to_string(numel) + " elements");
+  View v = *this;
+  v.ptr = static_cast<char*>(ptr) + static_cast<size_t>(offset) * dtype_size(dtype);
+  v.numel = count;
+  return v;
+}
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    backend_ = std::exchange(o.backend_, nullptr);
+    view_ = std::exchange(o.view_, View{});
+  }
+  return *this;
+}
+
+void Buffer::reset() {
+  if (backend_ && view_.ptr) backend_->release(view_);
+  backend_ = nullptr;
+  view_ = View{};
+}
+
+Buffer Backend::alloc(DType dtype, int64_t numel) {
+  LSS_CHECK(numel >= 0, "negative allocation size " + std::to_string(numel));
+  View v;
+  v.dtype = dtype;
+  v.numel = numel;
+  // Zero-sized buffers still get a distinct pointer so views stay valid.
+  v.ptr = raw_alloc(std::max<size_t>(v.bytes(), 1));
+  current_bytes_ += static_cast<int64_t>(v.bytes());
+  if (current_bytes_ > peak_bytes_) peak_bytes_ = current_bytes_;
+  return Buffer(this, v);
+}
+
+Buffer Backend::alloc_zeroed(DType dtype, int64_t numel) {
+  Buffer b = alloc(dtype, numel);
+  fill_zero(b.view());
+  return b;
+}
+
+void Backend::release(View& v) {
+  raw_free(v.ptr, std::max<size_t>(v.bytes(), 1));
+  current_bytes_ -= static_cast<int64_t>(v.bytes());
+}
+
+MemoryStats Backend::memory_stats() const {
+  MemoryStats s;
+  s.current_bytes = current_bytes_;
+  s.peak_bytes = peak_bytes_;
+  s.device_peak_bytes = device_peak_bytes();
+  return s;
+}
+
+DType parse_dtype(const std::string& s) {
+  if (s == "fp32") return DType::f32;
+  if (s == "fp64") return DType::f64;
+  if (s == "bf16") return DType::bf16;
+  throw UsageError("--dtype: unknown value '" + s + "' (expected fp32, fp64 or bf16)");
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
+  if (name == "cpu") return make_cpu_backend(threads);
+  if (name == "cuda")
+    throw UsageError("--backend: 'cuda' is not implemented yet (the CUDA backend is issue 4)");
+  throw UsageError("--backend: unknown value '" + name + "' (expected cpu or cuda)");
+}
+
+}  // namespace lss

@@ -1,0 +1,185 @@
+// The backend interface: whole-tensor operations the model needs, and memory with peak
+// accounting. Strategies are written once against this interface and run unchanged on the CPU
+// backend (fp32/fp64, kernels/cpu) and the CUDA backend (bf16/fp32, kernels/cuda).
+//
+// Conventions used by every operation:
+// - matrices are row-major; "N" counts rows (tokens), activations are laid out (T, B, C), i.e.
+//   row n = t*B + b, so that a contiguous block of T rows is one sequence segment for all B
+//   sequences (a collective over a segment needs no packing);
+// - "accumulate" outputs are added to (+=), all others are overwritten;
+// - per-row statistics (LayerNorm mean/rstd, attention lse) have type stat_dtype(dtype).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace lss {
+
+class Backend;
+
+// A non-owning view of contiguous elements on a backend.
+struct View {
+  void* ptr = nullptr;
+  DType dtype = DType::f32;
+  int64_t numel = 0;
+
+  size_t bytes() const { return static_cast<size_t>(numel) * dtype_size(dtype); }
+  // Sub-view of `count` elements starting at element `offset`.
+  View slice(int64_t offset, int64_t count) const;
+  template <class T>
+  T* as() const { return static_cast<T*>(ptr); }
+};
+
+// An owning buffer; freed through the backend that allocated it. Move-only.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* backend, View view) : backend_(backend), view_(view) {}
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { reset(); }
+
+  void reset();
+  const View& view() const { return view_; }
+  void* ptr() const { return view_.ptr; }
+  int64_t numel() const { return view_.numel; }
+  DType dtype() const { return view_.dtype; }
+  View slice(int64_t offset, int64_t count) const { return view_.slice(offset, count); }
+  explicit operator bool() const { return view_.ptr != nullptr; }
+
+ private:
+  Backend* backend_ = nullptr;
+  View view_;
+};
+
+// C (m x n, ldc) = alpha * op(A) * op(B) + beta * C [+ bias broadcast over rows].
+// op(A) is m x k: A is stored m x k (lda) or, with trans_a, k x m (lda). Same for B (k x n).
+struct GemmArgs {
+  DType dtype = DType::f32;
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  int64_t lda = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0;
+  void* c = nullptr;
+  int64_t ldc = 0;
+  double alpha = 1.0, beta = 0.0;
+  const void* bias = nullptr;  // (n) or null
+};
+
+// A (B, T, H*D)-shaped operand of attention inside a larger buffer: element (b, t, h, d) is at
+// ptr + b*batch_stride + t*row_stride + h*D + d (in elements).
+struct AttnOperand {
+  void* ptr = nullptr;
+  int64_t batch_stride = 0;
+  int64_t row_stride = 0;
+};
+
+// Scaled dot-product attention of Tq queries against Tk keys, H heads of size D.
+// Query i has global position q_offset + i, key j has global position j; with `causal`, query i
+// sees key j iff j <= q_offset + i (LSS: a segment's queries against the whole sequence's keys).
+// lse: (B, H, Tq) log-sum-exp of the scaled scores, written by forward, read by backward.
+// Backward overwrites dq, dk, dv.
+struct AttentionArgs {
+  DType dtype = DType::f32;
+  int64_t B = 0, H = 0, D = 0, Tq = 0, Tk = 0;
+  int64_t q_offset = 0;
+  bool causal = true;
+  double scale = 1.0;
+  AttnOperand q, k, v, out;
+  void* lse = nullptr;  // (B, H, Tq), stat_dtype(dtype)
+  AttnOperand dout, dq, dk, dv;  // backward only
+};
+
+// Bytes allocated through the backend: now, the high-water mark since the last reset, and the
+// device's own high-water mark where the backend can read one (-1 otherwise).
+struct MemoryStats {
+  int64_t current_bytes = 0;
+  int64_t peak_bytes = 0;
+  int64_t device_peak_bytes = -1;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  // One-line description of the device(s) this backend runs on.
+  virtual std::string device_name() const = 0;
+
+  // ---- memory (accounting is done here, storage by the backend) ----
+  Buffer alloc(DType dtype, int64_t numel);
+  Buffer alloc_zeroed(DType dtype, int64_t numel);
+  MemoryStats memory_stats() const;
+  void reset_peak() { peak_bytes_ = current_bytes_; }
+
+  // ---- data movement ----
+  // Host <-> backend copies with conversion between element types (host side: f32, f64, i32).
+  virtual void copy_from_host(View dst, const void* src, DType src_dtype) = 0;
+  virtual void copy_to_host(void* dst, DType dst_dtype, View src) = 0;
+  virtual void copy(View dst, View src) = 0;  // same dtype and numel
+  virtual void fill_zero(View dst) = 0;
+  virtual void synchronize() {}
+
+  // ---- dense algebra ----
+  virtual void gemm(const GemmArgs& args) = 0;
+  // y (n) += alpha * x (n)
+  virtual void axpy(View y, View x, double alpha) = 0;
+  // out (n) = a (n) + b (n); out may alias a or b
+  virtual void add(View out, View a, View b) = 0;
+  // db (n) += column sums of dy (rows x n): the bias gradient of a linear layer.
+  virtual void bias_grad(View db, View dy, int64_t rows, int64_t n) = 0;
+
+  // ---- model operations ----
+  // out (N, C), row n = t*B + b: wte[tokens[n]] + wpe_rows[t], for N = Tl*B rows.
+  virtual void embedding_forward(View out, View tokens, View wte, View wpe_rows, int64_t Tl,
+                                 int64_t B, int64_t C) = 0;
+  // dwte[tokens[n]] += dout[n]; dwpe_rows[t] += sum over b of dout[t*B + b]. accumulate.
+  virtual void embedding_backward(View dwte, View dwpe_rows, View dout, View tokens, int64_t Tl,
+                                  int64_t B, int64_t C) = 0;
+  // out (N, C) = (x - mean) * rstd * weight + bias, eps inside the sqrt; mean, rstd (N) written.
+  virtual void layernorm_forward(View out, View mean, View rstd, View x, View weight, View bias,
+                                 int64_t N, int64_t C, double eps) = 0;
+  // dx (N, C) += dL/dx; dweight, dbias (C) += ...  (all accumulate)
+  virtual void layernorm_backward(View dx, View dweight, View dbias, View dout, View x,
+                                  View mean, View rstd, View weight, int64_t N, int64_t C) = 0;
+  // out = gelu_tanh(in) elementwise; out may alias in.
+  virtual void gelu_forward(View out, View in) = 0;
+  // din = dout * gelu_tanh'(in); din may alias dout.
+  virtual void gelu_backward(View din, View dout, View in) = 0;
+  virtual void attention_forward(const AttentionArgs& args) = 0;
+  virtual void attention_backward(const AttentionArgs& args) = 0;
+  // Softmax cross-entropy of logits (N, V) against targets (N, int32). Returns the sum over rows
+  // of -log softmax(logits)[target] (in double), and overwrites logits with its gradient
+  // (softmax - onehot) * grad_scale.
+  virtual double cross_entropy_fused(View logits, View targets, int64_t N, int64_t V,
+                                     double grad_scale) = 0;
+  // Decoupled AdamW on one tensor: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+  // p -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + weight_decay * p).
+  struct AdamW {
+    double lr, beta1, beta2, eps, weight_decay;
+    int64_t step;  // 1-based
+  };
+  virtual void adamw(View param, View grad, View m, View v, const AdamW& hp) = 0;
+
+ protected:
+  virtual void* raw_alloc(size_t bytes) = 0;
+  virtual void raw_free(void* ptr, size_t bytes) = 0;
+  virtual int64_t device_peak_bytes() const { return -1; }
+
+ private:
+  friend class Buffer;
+  void release(View& v);
+  int64_t current_bytes_ = 0;
+  int64_t peak_bytes_ = 0;
+};
+
+// The backend named `name` ("cpu" or "cuda") using `threads` host threads; throws UsageError for
+// unknown or unavailable ones.
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads);
+
+}  // namespace lss

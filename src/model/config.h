@@ -1,0 +1,39 @@
+// The model and run configuration shared by every strategy.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace lss {
+
+// The GPT-style model of DESIGN.md. Letters: L layers, C width, H heads, D = C/H, V vocabulary,
+// T tokens per sequence, T_max rows of the positional table, B sequences per step (global).
+struct ModelConfig {
+  int64_t L = 2, C = 64, H = 4, V = 256;
+  int64_t T = 128, T_max = 128;
+  int64_t B = 1;
+  bool causal = true;
+  DType dtype = DType::f32;
+  uint64_t seed = 1234;
+  double init_std = 0.02;  // N(0, init_std) for weights; output projections scaled by 1/sqrt(2L)
+  double ln_eps = 1e-5;
+
+  int64_t D() const { return C / H; }
+  // Throws UsageError naming the bad value.
+  void validate() const;
+};
+
+struct OptimizerConfig {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+// Options that change how a strategy distributes work (not what it computes).
+struct StrategyOptions {
+  // lss: keep the gathered [K|V] of each layer for backward (false: drop and re-gather).
+  bool keep_kv = false;
+  // megatron_sp: re-gather the LayerNorm outputs in backward instead of keeping the gathered ones.
+  bool regather_ln = true;
+};
+
+}  // namespace lss

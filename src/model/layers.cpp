@@ -1,0 +1,130 @@
+#include "model/layers.h"
+
+namespace lss {
+
+namespace {
+LayerTensors layer_views(const ParamStore& store, int64_t l, bool grads) {
+  const std::string p = "h." + std::to_string(l) + ".";
+  auto get = [&](const char* n) { return grads ? store.grad(p + n) : store.param(p + n); };
+  return {get("ln_1.weight"),       get("ln_1.bias"),        get("attn.c_attn.weight"),
+          get("attn.c_attn.bias"),  get("attn.c_proj.weight"), get("attn.c_proj.bias"),
+          get("ln_2.weight"),       get("ln_2.bias"),        get("mlp.c_fc.weight"),
+          get("mlp.c_fc.bias"),     get("mlp.c_proj.weight"), get("mlp.c_proj.bias")};
+}
+}  // namespace
+
+LayerTensors layer_params(const ParamStore& store, int64_t l) { return layer_views(store, l, false); }
+LayerTensors layer_grads(const ParamStore& store, int64_t l) { return layer_views(store, l, true); }
+
+void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out) {
+  GemmArgs g;
+  g.dtype = x.dtype;
+  g.trans_a = false;
+  g.trans_b = true;
+  g.m = N;
+  g.n = out;
+  g.k = in;
+  g.a = x.ptr;
+  g.lda = in;
+  g.b = W.ptr;
+  g.ldb = in;
+  g.c = y.ptr;
+  g.ldc = out;
+  g.bias = b.numel ? b.ptr : nullptr;
+  be.gemm(g);
+}
+
+void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
+                     int64_t N, int64_t in, int64_t out) {
+  GemmArgs gw;  // dW (out, in) += dy^T (out x N) x (N x in)
+  gw.dtype = dy.dtype;
+  gw.trans_a = true;
+  gw.m = out;
+  gw.n = in;
+  gw.k = N;
+  gw.a = dy.ptr;
+  gw.lda = out;
+  gw.b = x.ptr;
+  gw.ldb = in;
+  gw.c = dW.ptr;
+  gw.ldc = in;
+  gw.beta = 1.0;
+  be.gemm(gw);
+  if (db.numel) be.bias_grad(db, dy, N, out);
+  if (dx.numel) {
+    GemmArgs gx;  // dx (N, in) = dy (N x out) W (out x in)
+    gx.dtype = dy.dtype;
+    gx.m = N;
+    gx.n = in;
+    gx.k = out;
+    gx.a = dy.ptr;
+    gx.lda = out;
+    gx.b = W.ptr;
+    gx.ldb = in;
+    gx.c = dx.ptr;
+    gx.ldc = in;
+    gx.beta = dx_beta;
+    be.gemm(gx);
+  }
+}
+
+void mlp_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, View h_in, View h_out,
+                 MlpActivations& a, int64_t N) {
+  const int64_t C = cfg.C;
+  const DType st = stat_dtype(cfg.dtype);
+  a.ln_out = be.alloc(cfg.dtype, N * C);
+  a.mean = be.alloc(st, N);
+  a.rstd = be.alloc(st, N);
+  a.fc = be.alloc(cfg.dtype, N * 4 * C);
+  a.act = be.alloc(cfg.dtype, N * 4 * C);
+  be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h_in, w.ln2_w, w.ln2_b, N, C, cfg.ln_eps);
+  linear_forward(be, a.fc.view(), a.ln_out.view(), w.fc_w, w.fc_b, N, C, 4 * C);
+  be.gelu_forward(a.act.view(), a.fc.view());
+  linear_forward(be, h_out, a.act.view(), w.fc2_w, w.fc2_b, N, 4 * C, C);
+  be.add(h_out, h_out, h_in);
+}
+
+void mlp_backward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, const LayerTensors& g,
+                  View h_in, View dh, MlpActivations& a, int64_t N) {
+  const int64_t C = cfg.C;
+  // The gradient of gelu's output reuses the saved activation's storage: it is not needed after
+  // the W2 weight gradient, which is computed first.
+  Buffer d_act = be.alloc(cfg.dtype, N * 4 * C);  // (N, 4C)
+  linear_backward(be, d_act.view(), 0.0, g.fc2_w, g.fc2_b, dh, a.act.view(), w.fc2_w, N, 4 * C, C);
+  a.act.reset();
+  be.gelu_backward(d_act.view(), d_act.view(), a.fc.view());
+  a.fc.reset();
+  Buffer d_ln = be.alloc(cfg.dtype, N * C);  // (N, C)
+  linear_backward(be, d_ln.view(), 0.0, g.fc_w, g.fc_b, d_act.view(), a.ln_out.view(), w.fc_w, N, C, 4 * C);
+  d_act.reset();
+  be.layernorm_backward(dh, g.ln2_w, g.ln2_b, d_ln.view(), h_in, a.mean.view(), a.rstd.view(), w.ln2_w, N, C);
+  a = MlpActivations{};
+}
+
+double head_forward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View targets,
+                    HeadActivations& a, int64_t N, double grad_scale) {
+  const int64_t C = cfg.C, V = cfg.V;
+  const DType st = stat_dtype(cfg.dtype);
+  a.ln_out = be.alloc(cfg.dtype, N * C);
+  a.mean = be.alloc(st, N);
+  a.rstd = be.alloc(st, N);
+  a.dlogits = be.alloc(cfg.dtype, N * V);
+  be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, store.param("ln_f.weight"),
+                       store.param("ln_f.bias"), N, C, cfg.ln_eps);
+  linear_forward(be, a.dlogits.view(), a.ln_out.view(), store.param("lm_head.weight"), View{}, N, C, V);
+  return be.cross_entropy_fused(a.dlogits.view(), targets, N, V, grad_scale);
+}
+
+void head_backward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View dh,
+                   HeadActivations& a, int64_t N) {
+  const int64_t C = cfg.C, V = cfg.V;
+  Buffer d_ln = be.alloc(cfg.dtype, N * C);  // (N, C)
+  linear_backward(be, d_ln.view(), 0.0, store.grad("lm_head.weight"), View{}, a.dlogits.view(), a.ln_out.view(),
+                  store.param("lm_head.weight"), N, C, V);
+  be.fill_zero(dh);
+  be.layernorm_backward(dh, store.grad("ln_f.weight"), store.grad("ln_f.bias"), d_ln.view(), h, a.mean.view(),
+                        a.rstd.view(), store.param("ln_f.weight"), N, C);
+  a = HeadActivations{};
+}
+
+}  // namespace lss

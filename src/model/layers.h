@@ -1,0 +1,52 @@
+// Model pieces shared by the strategies: linear layers, the embedding, the MLP sub-block of a
+// rank that holds whole rows (serial, lss), and the head (final LayerNorm, LM head,
+// cross-entropy). All activations are (N, width) row-major with N = T_local*B rows, row t*B + b.
+#pragma once
+#include "core/backend.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace lss {
+
+// Views of one transformer block's tensors (parameters or their gradients), as stored locally.
+struct LayerTensors {
+  View ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
+};
+LayerTensors layer_params(const ParamStore& store, int64_t l);
+LayerTensors layer_grads(const ParamStore& store, int64_t l);
+
+// y (N, out) = x (N, in) W^T + b, W (out, in); b may be empty (numel 0).
+void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out);
+// dW (out, in) += dy^T x; db (out) += column sums of dy (skipped if empty);
+// dx (N, in) = dy W + dx_beta * dx (skipped if dx is empty).
+void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
+                     int64_t N, int64_t in, int64_t out);
+
+// Saved activations of the MLP sub-block h_out = h_in + W2 gelu(W1 LN2(h_in) + b1) + b2.
+struct MlpActivations {
+  Buffer ln_out;     // (N, C)
+  Buffer mean, rstd; // (N)
+  Buffer fc;         // (N, 4C) pre-activation
+  Buffer act;        // (N, 4C) gelu(fc)
+};
+void mlp_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, View h_in, View h_out,
+                 MlpActivations& acts, int64_t N);
+// dh (N, C): on entry the gradient w.r.t. h_out, on exit w.r.t. h_in. Frees `acts`.
+void mlp_backward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, const LayerTensors& g,
+                  View h_in, View dh, MlpActivations& acts, int64_t N);
+
+// Saved activations of the head: final LayerNorm, LM head, softmax cross-entropy.
+struct HeadActivations {
+  Buffer ln_out;      // (N, C)
+  Buffer mean, rstd;  // (N)
+  Buffer dlogits;     // (N, V): the logits, overwritten with their gradient by the fused loss
+};
+// Returns the sum over the N rows of -log p(target); the loss gradient is scaled by grad_scale
+// (1 / number of predicted tokens over all ranks, so that summing gradients gives the mean).
+double head_forward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View targets,
+                    HeadActivations& acts, int64_t N, double grad_scale);
+// dh (N, C) = gradient w.r.t. the final residual stream (overwritten). Frees `acts`.
+void head_backward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View dh,
+                   HeadActivations& acts, int64_t N);
+
+}  // namespace lss

@@ -1,0 +1,81 @@
+// Parameters of the model as shards: each strategy says which rows and columns of each global
+// tensor a rank holds; the store keeps every local shard in one flat buffer (with flat gradient
+// and AdamW moment buffers beside it), initialises each element as a pure function of
+// (seed, name, global index), and lets the gradient reductions run as one call per group.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "model/config.h"
+
+namespace lss {
+
+struct RowRange {
+  int64_t start = 0, count = 0;
+};
+
+struct ParamSpec {
+  enum class Init { normal, zeros, ones };
+  std::string name;           // the torch-style name of DESIGN.md ("h.0.attn.c_attn.weight")
+  int64_t rows = 0, cols = 1; // global shape; a vector has cols == 1 and is_vector
+  bool is_vector = false;
+  std::vector<RowRange> row_ranges;  // rows held locally, in local order
+  int64_t col_start = 0, col_count = 1;
+  Init init = Init::normal;
+  double std = 0.0;
+  bool decay = false;         // AdamW weight decay applies (matrices and embeddings)
+  // The gradient is summed over the sequence/tensor group: true for every parameter whose
+  // gradient gets contributions from several ranks of the group.
+  bool seq_reduced = true;
+
+  int64_t local_rows() const;
+  int64_t local_numel() const { return local_rows() * col_count; }
+  std::vector<int64_t> shape() const;  // global export shape
+};
+
+// Spec helpers: a full (unsharded) tensor.
+ParamSpec full_matrix(std::string name, int64_t rows, int64_t cols, ParamSpec::Init init, double std, bool decay);
+ParamSpec full_vector(std::string name, int64_t n, ParamSpec::Init init);
+
+// The model's parameter list, unsharded, in DESIGN.md's names; strategies shard it.
+std::vector<ParamSpec> model_param_specs(const ModelConfig& cfg);
+
+class ParamStore {
+ public:
+  struct Entry {
+    ParamSpec spec;
+    int64_t offset = 0;  // into the flat buffers
+  };
+
+  // Lays out the specs (sequence-reduced ones first, so that they form one prefix), allocates
+  // params, grads, m, v and initialises params from cfg.seed.
+  ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<ParamSpec> specs);
+
+  View param(const std::string& name) const;
+  View grad(const std::string& name) const;
+  View all_params() const { return params_.view(); }
+  View all_grads() const { return grads_.view(); }
+  // Elements [0, seq_reduced_numel) of the flat gradient are summed over the sequence group.
+  int64_t seq_reduced_numel() const { return seq_reduced_numel_; }
+  int64_t numel() const { return params_.numel(); }
+  const std::vector<Entry>& entries() const { return entries_; }
+
+  void zero_grads();
+  void adamw_step(const OptimizerConfig& opt, int64_t step);
+
+ private:
+  const Entry& entry(const std::string& name) const;
+  Backend& backend_;
+  std::vector<Entry> entries_;
+  std::map<std::string, size_t> index_;
+  int64_t seq_reduced_numel_ = 0;
+  Buffer params_, grads_, m_, v_;  // (numel) each
+};
+
+// Host values of a spec's local shard, element (local row, col) row-major, computed from
+// (seed, name, global index = global_row * cols + global_col).
+std::vector<double> init_shard_values(const ParamSpec& spec, uint64_t seed);
+
+}  // namespace lss

@@ -1,0 +1,66 @@
+// The one interface between the harness and a distributed strategy. The harness builds a
+// strategy by name from the registry and only ever calls these methods.
+#pragma once
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "comm/grid.h"
+#include "core/backend.h"
+#include "model/config.h"
+#include "model/data.h"
+#include "model/params.h"
+
+namespace lss {
+
+struct StrategyContext {
+  Backend& backend;
+  Grid& grid;
+  const ModelConfig& cfg;
+  const StrategyOptions& opts;
+  const DataSource& data;
+};
+
+// Expected collective calls and bytes per training step, by group name ("sp", "dp", "world").
+using CommModel = std::map<std::string, CommCounts>;
+
+class Strategy {
+ public:
+  explicit Strategy(StrategyContext ctx) : ctx_(ctx) {}
+  virtual ~Strategy() = default;
+
+  virtual std::string name() const = 0;
+  // Forward pass on step `step`'s batch; returns this rank's sum of -log p over its predicted
+  // tokens (the harness sums it over the world for the mean loss). Keeps what backward needs.
+  virtual double forward(int64_t step) = 0;
+  // Backward pass and the gradient reductions: on return every rank holds the gradients of its
+  // local parameter shards, equal to the serial model's gradients of those elements.
+  virtual void backward() = 0;
+  virtual ParamStore& params() = 0;
+  // The parameter shards held by sequence (tensor) position p, 0 <= p < P; every data replica
+  // holds the same.
+  virtual std::vector<ParamSpec> param_specs_for(int p) const = 0;
+  // Calls and bytes per step that the README's formulas predict for this rank.
+  virtual CommModel expected_comm() const = 0;
+  // Strategy options in effect, for the result JSON.
+  virtual nlohmann::json options_json() const = 0;
+
+  void optimizer_step(const OptimizerConfig& opt, int64_t step) { params().adamw_step(opt, step); }
+
+ protected:
+  StrategyContext ctx_;
+};
+
+// Adds `calls` calls of `bytes` bytes each of kind k to group g of the model (when the group has
+// more than one rank: groups of one move nothing and count nothing).
+void expect_calls(CommModel& model, const std::string& group, int group_size, CollKind k, int64_t calls,
+                  int64_t bytes);
+
+// The strategy named `name`; throws UsageError for unknown names or configurations the strategy
+// refuses (every rank throws the same).
+std::unique_ptr<Strategy> make_strategy(const std::string& name, StrategyContext ctx);
+std::vector<std::string> strategy_names();
+
+}  // namespace lss
