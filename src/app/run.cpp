@@ -272,7 +272,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   std::vector<double> mem_v = {static_cast<double>(mem.peak_bytes), static_cast<double>(mem.peak_bytes - base_bytes),
                                static_cast<double>(mem.device_peak_bytes)};
   mem_v = max_over_ranks(mem_v);
-  const CommModel expected = session.strategy().expected_comm();
+  const CommModel expected = session.expected_comm();
   int comm_ok = counts_stable && same_counts(step_counts, expected) ? 1 : 0;
   LSS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &comm_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   const auto hosts = all_hosts();

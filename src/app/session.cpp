@@ -74,6 +74,12 @@ void Session::reset_counts() {
   grid_.world_comm->reset_counts();
 }
 
+CommModel Session::expected_comm() const {
+  CommModel m = strategy_->expected_comm();
+  expect_calls(m, "world", grid_.world, CollKind::all_reduce, 1, static_cast<int64_t>(sizeof(double)));
+  return m;
+}
+
 std::map<std::string, std::vector<int64_t>> Session::full_shapes() const {
   std::map<std::string, std::vector<int64_t>> shapes;
   for (const auto& s : model_param_specs(cfg_.model)) shapes[s.name] = s.shape();

@@ -46,6 +46,8 @@ class Session {
   // Per-group collective counts since the last reset_counts().
   CommModel comm_counts() const;
   void reset_counts();
+  // The analytic counts per step: the strategy's, plus the world all-reduce of the loss.
+  CommModel expected_comm() const;
 
   // Full (unsharded) parameters or gradients by name, assembled on grid rank 0 (empty elsewhere).
   // Collective over the grid; its own messages are not counted in comm_counts().

@@ -2,6 +2,7 @@
 #include <functional>
 
 #include "core/check.h"
+#include "strategies/lss/lss.h"
 #include "strategies/serial/serial.h"
 #include "strategies/strategy.h"
 
@@ -12,6 +13,7 @@ using Factory = std::function<std::unique_ptr<Strategy>(StrategyContext)>;
 const std::vector<std::pair<std::string, Factory>>& registry() {
   static const std::vector<std::pair<std::string, Factory>> r = {
       {"serial", make_serial_strategy},
+      {"lss", make_lss_strategy},
   };
   return r;
 }

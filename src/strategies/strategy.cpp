@@ -10,4 +10,19 @@ void expect_calls(CommModel& model, const std::string& group, int group_size, Co
   c.bytes[static_cast<int>(k)] += calls * bytes;
 }
 
+void Strategy::reduce_gradients(ParamStore& store) {
+  ctx_.grid.seq->all_reduce(store.all_grads().slice(0, store.seq_reduced_numel()));
+  ctx_.grid.data->all_reduce(store.all_grads());
+}
+
+void Strategy::upload_batch(int64_t step, int64_t b0, int64_t nb, int64_t t0, int64_t nt, Buffer& tokens,
+                            Buffer& targets) {
+  std::vector<int32_t> in(static_cast<size_t>(nb * nt)), tg(static_cast<size_t>(nb * nt));
+  ctx_.data.fill(step, b0, nb, t0, nt, in.data(), tg.data());
+  tokens = ctx_.backend.alloc(DType::i32, nb * nt);
+  targets = ctx_.backend.alloc(DType::i32, nb * nt);
+  ctx_.backend.copy_from_host(tokens.view(), in.data(), DType::i32);
+  ctx_.backend.copy_from_host(targets.view(), tg.data(), DType::i32);
+}
+
 }  // namespace lss

@@ -24,12 +24,7 @@ class SerialStrategy final : public Strategy {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t T = cfg.T, B = cfg.B, C = cfg.C, N = T * B;
-    std::vector<int32_t> inputs(N), targets(N);
-    ctx_.data.fill(step, 0, B, 0, T, inputs.data(), targets.data());
-    tokens_ = be.alloc(DType::i32, N);
-    targets_ = be.alloc(DType::i32, N);
-    be.copy_from_host(tokens_.view(), inputs.data(), DType::i32);
-    be.copy_from_host(targets_.view(), targets.data(), DType::i32);
+    upload_batch(step, 0, B, 0, T, tokens_, targets_);
 
     layers_.resize(cfg.L);
     resid0_ = be.alloc(cfg.dtype, N * C);

@@ -1,0 +1,227 @@
+#include "strategies/lss/lss.h"
+
+#include <cmath>
+
+#include "core/check.h"
+#include "model/layers.h"
+
+namespace lss {
+
+namespace {
+
+class LssStrategy final : public Strategy {
+ public:
+  explicit LssStrategy(StrategyContext ctx)
+      : Strategy(ctx),
+        P_(ctx.grid.P),
+        Tl_(ctx.cfg.T / ctx.grid.P),
+        Bl_(ctx.cfg.B / ctx.grid.R),
+        N_(Tl_ * Bl_),
+        store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {}
+
+  std::string name() const override { return "lss"; }
+  ParamStore& params() override { return store_; }
+  nlohmann::json options_json() const override {
+    return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"}};
+  }
+
+  std::vector<ParamSpec> param_specs_for(int p) const override {
+    const ModelConfig& cfg = ctx_.cfg;
+    auto specs = model_param_specs(cfg);
+    for (auto& s : specs) {
+      if (s.name != "wpe") continue;
+      // Each rank owns the positional rows of its segment; the last rank also owns the unused
+      // tail [T, T_max) so that every row is updated (weight decay) exactly as in serial.
+      s.row_ranges = {{p * Tl_, Tl_}};
+      if (p == P_ - 1 && cfg.T_max > cfg.T) s.row_ranges.push_back({cfg.T, cfg.T_max - cfg.T});
+      s.seq_reduced = false;
+    }
+    return specs;
+  }
+
+  CommModel expected_comm() const override {
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
+    const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * es;  // the gathered [K|V] of one layer
+    CommModel m;
+    const int P = ctx_.grid.P, R = ctx_.grid.R;
+    expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (ctx_.opts.keep_kv ? 1 : 2), kv_bytes);
+    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
+    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es);
+    expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es);
+    return m;
+  }
+
+  double forward(int64_t step) override {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_;
+    upload_batch(step, ctx_.grid.r * Bl_, Bl_, ctx_.grid.p * Tl_, Tl_, tokens_, targets_);
+    resid0_ = be.alloc(cfg.dtype, N * C);
+    be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"), store_.param("wpe").slice(0, Tl_ * C),
+                         Tl_, Bl_, C);
+    layers_.resize(cfg.L);
+    View h = resid0_.view();
+    for (int64_t l = 0; l < cfg.L; ++l) {
+      Layer& a = layers_[l];
+      attention_forward(layer_params(store_, l), h, a);
+      a.h_out = be.alloc(cfg.dtype, N * C);
+      mlp_forward(be, cfg, layer_params(store_, l), a.h_mid.view(), a.h_out.view(), a.mlp, N);
+      h = a.h_out.view();
+    }
+    return head_forward(be, cfg, store_, h, targets_.view(), head_, N,
+                        1.0 / static_cast<double>(cfg.B * cfg.T));
+  }
+
+  void backward() override {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_;
+    Buffer dh = be.alloc(cfg.dtype, N * C);  // (N, C) gradient of the residual stream
+    head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(),
+                  head_, N);
+    for (int64_t l = cfg.L - 1; l >= 0; --l) {
+      Layer& a = layers_[l];
+      a.h_out.reset();
+      mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
+      attention_backward(layer_params(store_, l), layer_grads(store_, l),
+                         l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(), dh.view(), a);
+    }
+    be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(0, Tl_ * C), dh.view(), tokens_.view(), Tl_,
+                          Bl_, C);
+    layers_.clear();
+    resid0_.reset();
+    tokens_.reset();
+    targets_.reset();
+    reduce_gradients(store_);
+  }
+
+ private:
+  struct Layer {
+    Buffer ln_out;      // (N, C) LN1 output
+    Buffer mean, rstd;  // (N)
+    Buffer q;           // (N, C) local queries
+    Buffer kv_local;    // (N, 2C) row n = [k | v] of local token n (kept for the re-gather)
+    Buffer kv_full;     // (T*Bl, 2C) gathered, rank-major = T-major (kept only with keep_kv)
+    Buffer attn_out;    // (N, C)
+    Buffer lse;         // (Bl, H, Tl)
+    Buffer h_mid;       // (N, C) residual after attention
+    MlpActivations mlp;
+    Buffer h_out;       // (N, C) residual after the block
+  };
+
+  // The c_attn weight (3C, C) holds Q rows, then K and V rows: K and V together are one
+  // contiguous (2C, C) block, so one GEMM writes [k | v] rows that are gathered as they are.
+  View wq(const View& w) const { return w.slice(0, ctx_.cfg.C * ctx_.cfg.C); }
+  View wkv(const View& w) const { return w.slice(ctx_.cfg.C * ctx_.cfg.C, 2 * ctx_.cfg.C * ctx_.cfg.C); }
+  View bq(const View& b) const { return b.slice(0, ctx_.cfg.C); }
+  View bkv(const View& b) const { return b.slice(ctx_.cfg.C, 2 * ctx_.cfg.C); }
+
+  AttentionArgs attention_args(const Layer& a, const Buffer& kv_full) const {
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C;
+    AttentionArgs args;
+    args.dtype = cfg.dtype;
+    args.B = Bl_;
+    args.H = cfg.H;
+    args.D = cfg.D();
+    args.Tq = Tl_;
+    args.Tk = cfg.T;
+    args.q_offset = ctx_.grid.p * Tl_;
+    args.causal = cfg.causal;
+    args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
+    auto* kv = static_cast<char*>(kv_full.ptr());
+    args.q = {a.q.ptr(), C, Bl_ * C};
+    args.k = {kv, 2 * C, Bl_ * 2 * C};
+    args.v = {kv + C * dtype_size(cfg.dtype), 2 * C, Bl_ * 2 * C};
+    args.out = {a.attn_out.ptr(), C, Bl_ * C};
+    args.lse = a.lse.ptr();
+    return args;
+  }
+
+  Buffer gather_kv(const Layer& a) {
+    Buffer kv_full = ctx_.backend.alloc(ctx_.cfg.dtype, ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C);
+    ctx_.grid.seq->all_gather(a.kv_local.view(), kv_full.view());
+    return kv_full;
+  }
+
+  void attention_forward(const LayerTensors& w, View h, Layer& a) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_;
+    const DType st = stat_dtype(cfg.dtype);
+    a.ln_out = be.alloc(cfg.dtype, N * C);
+    a.mean = be.alloc(st, N);
+    a.rstd = be.alloc(st, N);
+    a.q = be.alloc(cfg.dtype, N * C);
+    a.kv_local = be.alloc(cfg.dtype, N * 2 * C);
+    be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
+    linear_forward(be, a.q.view(), a.ln_out.view(), wq(w.attn_w), bq(w.attn_b), N, C, C);
+    linear_forward(be, a.kv_local.view(), a.ln_out.view(), wkv(w.attn_w), bkv(w.attn_b), N, C, 2 * C);
+    Buffer kv_full = gather_kv(a);
+    a.attn_out = be.alloc(cfg.dtype, N * C);
+    a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
+    be.attention_forward(attention_args(a, kv_full));
+    if (ctx_.opts.keep_kv) {
+      a.kv_full = std::move(kv_full);
+      a.kv_local.reset();  // its rows are inside kv_full
+    }
+    a.h_mid = be.alloc(cfg.dtype, N * C);
+    linear_forward(be, a.h_mid.view(), a.attn_out.view(), w.proj_w, w.proj_b, N, C, C);
+    be.add(a.h_mid.view(), a.h_mid.view(), h);
+  }
+
+  // dh: gradient w.r.t. h_mid on entry, w.r.t. the block input h on exit.
+  void attention_backward(const LayerTensors& w, const LayerTensors& g, View h, View dh, Layer& a) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_;
+    a.h_mid.reset();
+    Buffer d_attn = be.alloc(cfg.dtype, N * C);  // (N, C)
+    linear_backward(be, d_attn.view(), 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
+    Buffer kv_full = ctx_.opts.keep_kv ? std::move(a.kv_full) : gather_kv(a);
+    a.kv_local.reset();
+    Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
+    Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums
+    AttentionArgs args = attention_args(a, kv_full);
+    auto* dkv = static_cast<char*>(dkv_full.ptr());
+    args.dout = {d_attn.ptr(), C, Bl_ * C};
+    args.dq = {dq.ptr(), C, Bl_ * C};
+    args.dk = {dkv, 2 * C, Bl_ * 2 * C};
+    args.dv = {dkv + C * dtype_size(cfg.dtype), 2 * C, Bl_ * 2 * C};
+    be.attention_backward(args);
+    kv_full.reset();
+    a.q.reset();
+    a.attn_out.reset();
+    a.lse.reset();
+    // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows.
+    Buffer dkv_local = be.alloc(cfg.dtype, N * 2 * C);  // (N, 2C)
+    ctx_.grid.seq->reduce_scatter(dkv_full.view(), dkv_local.view());
+    dkv_full.reset();
+    Buffer d_ln = std::move(d_attn);  // (N, C), reused: d_attn is dead after attention backward
+    linear_backward(be, d_ln.view(), 0.0, wq(g.attn_w), bq(g.attn_b), dq.view(), a.ln_out.view(), wq(w.attn_w), N, C,
+                    C);
+    linear_backward(be, d_ln.view(), 1.0, wkv(g.attn_w), bkv(g.attn_b), dkv_local.view(), a.ln_out.view(),
+                    wkv(w.attn_w), N, C, 2 * C);
+    be.layernorm_backward(dh, g.ln1_w, g.ln1_b, d_ln.view(), h, a.mean.view(), a.rstd.view(), w.ln1_w, N, C);
+  }
+
+  const int P_;
+  const int64_t Tl_, Bl_, N_;  // tokens per segment, sequences per replica, local rows Tl*Bl
+  ParamStore store_;
+  std::vector<Layer> layers_;
+  Buffer resid0_;            // (N, C) embedding output
+  Buffer tokens_, targets_;  // (Tl, Bl) int32
+  HeadActivations head_;
+};
+
+}  // namespace
+
+std::unique_ptr<Strategy> make_lss_strategy(StrategyContext ctx) {
+  const ModelConfig& cfg = ctx.cfg;
+  LSS_REQUIRE_INPUT(cfg.T % ctx.grid.P == 0, "--seq " + std::to_string(cfg.T) + " does not divide by --sp " +
+                                                 std::to_string(ctx.grid.P) + " (lss splits the sequence into P equal segments)");
+  return std::make_unique<LssStrategy>(ctx);
+}
+
+}  // namespace lss
