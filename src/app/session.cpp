@@ -35,6 +35,7 @@ double Session::forward_backward(int64_t step, StepTimes* times) {
   const double c0 = comm_seconds(grid_);
   backend_->synchronize();
   const double t0 = now_s();
+  strategy_->params().zero_grads();
   const double local = strategy_->forward(step);
   backend_->copy_from_host(loss_buf_.view(), &local, DType::f64);
   grid_.world_comm->all_reduce(loss_buf_.view());

@@ -1,6 +1,7 @@
 // The registry of strategies: adding one is its folder, one line here and one CMake entry.
 #include <functional>
 
+#include "baselines/megatron_sp/megatron_sp.h"
 #include "core/check.h"
 #include "strategies/lss/lss.h"
 #include "strategies/serial/serial.h"
@@ -14,6 +15,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
   static const std::vector<std::pair<std::string, Factory>> r = {
       {"serial", make_serial_strategy},
       {"lss", make_lss_strategy},
+      {"megatron_sp", make_megatron_sp_strategy},
   };
   return r;
 }

@@ -1,0 +1,293 @@
+#include "baselines/megatron_sp/megatron_sp.h"
+
+#include <cmath>
+
+#include "core/check.h"
+#include "model/layers.h"
+
+namespace lss {
+
+namespace {
+
+class MegatronSpStrategy final : public Strategy {
+ public:
+  explicit MegatronSpStrategy(StrategyContext ctx)
+      : Strategy(ctx),
+        P_(ctx.grid.P),
+        Tl_(ctx.cfg.T / ctx.grid.P),
+        Bl_(ctx.cfg.B / ctx.grid.R),
+        N_(Tl_ * Bl_),
+        NF_(ctx.cfg.T * Bl_),
+        Cl_(ctx.cfg.C / ctx.grid.P),
+        Hl_(ctx.cfg.H / ctx.grid.P),
+        store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {}
+
+  std::string name() const override { return "megatron_sp"; }
+  ParamStore& params() override { return store_; }
+  nlohmann::json options_json() const override { return {{"regather_ln", ctx_.opts.regather_ln}}; }
+
+  std::vector<ParamSpec> param_specs_for(int p) const override {
+    const int64_t C = ctx_.cfg.C;
+    auto specs = model_param_specs(ctx_.cfg);
+    for (auto& s : specs) {
+      auto ends_with = [&](const char* suffix) {
+        const std::string x(suffix);
+        return s.name.size() >= x.size() && s.name.compare(s.name.size() - x.size(), x.size(), x) == 0;
+      };
+      if (ends_with("attn.c_attn.weight") || ends_with("attn.c_attn.bias")) {
+        // Column-parallel QKV: the Q, K and V rows of this rank's H/P heads.
+        s.row_ranges = {{p * Cl_, Cl_}, {C + p * Cl_, Cl_}, {2 * C + p * Cl_, Cl_}};
+        s.seq_reduced = false;
+      } else if (ends_with("mlp.c_fc.weight") || ends_with("mlp.c_fc.bias")) {
+        s.row_ranges = {{p * 4 * Cl_, 4 * Cl_}};
+        s.seq_reduced = false;
+      } else if (ends_with("attn.c_proj.weight")) {
+        // Row-parallel (in torch's (out, in) storage: a block of input columns).
+        s.col_start = p * Cl_;
+        s.col_count = Cl_;
+        s.seq_reduced = false;
+      } else if (ends_with("mlp.c_proj.weight")) {
+        s.col_start = p * 4 * Cl_;
+        s.col_count = 4 * Cl_;
+        s.seq_reduced = false;
+      }
+      // Everything else (embeddings, LayerNorms, row-parallel biases, LM head) is replicated and
+      // its gradient summed over the tensor group.
+    }
+    return specs;
+  }
+
+  CommModel expected_comm() const override {
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
+    const int64_t full = cfg.T * Bl_ * cfg.C * es;  // one (T, B/R, C) activation
+    const int P = ctx_.grid.P, R = ctx_.grid.R;
+    CommModel m;
+    // Forward: 2 all-gathers + 2 reduce-scatters per layer; backward mirrors them (the gradient
+    // of a reduce-scatter is an all-gather and vice versa), plus 2 re-gathers of LN outputs.
+    expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (ctx_.opts.regather_ln ? 6 : 4), full);
+    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * 4, full);
+    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es);
+    expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es);
+    return m;
+  }
+
+  double forward(int64_t step) override {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_;
+    upload_batch(step, ctx_.grid.r * Bl_, Bl_, ctx_.grid.p * Tl_, Tl_, tokens_, targets_);
+    resid0_ = be.alloc(cfg.dtype, N * C);
+    // wpe is replicated; this rank's rows start at its segment.
+    be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"),
+                         store_.param("wpe").slice(ctx_.grid.p * Tl_ * C, Tl_ * C), Tl_, Bl_, C);
+    layers_.resize(cfg.L);
+    View h = resid0_.view();
+    for (int64_t l = 0; l < cfg.L; ++l) {
+      Layer& a = layers_[l];
+      const LayerTensors w = layer_params(store_, l);
+      attention_forward(w, h, a);
+      a.h_out = be.alloc(cfg.dtype, N * C);
+      mlp_forward(w, a.h_mid.view(), a.h_out.view(), a);
+      h = a.h_out.view();
+    }
+    return head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(cfg.B * cfg.T));
+  }
+
+  void backward() override {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_;
+    Buffer dh = be.alloc(cfg.dtype, N * C);  // (N, C) gradient of the local rows of the residual stream
+    head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(), head_, N);
+    for (int64_t l = cfg.L - 1; l >= 0; --l) {
+      Layer& a = layers_[l];
+      a.h_out.reset();
+      const LayerTensors w = layer_params(store_, l), g = layer_grads(store_, l);
+      mlp_backward(w, g, dh.view(), a);
+      attention_backward(w, g, l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(), dh.view(), a);
+    }
+    be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(ctx_.grid.p * Tl_ * C, Tl_ * C), dh.view(),
+                          tokens_.view(), Tl_, Bl_, C);
+    layers_.clear();
+    resid0_.reset();
+    tokens_.reset();
+    targets_.reset();
+    reduce_gradients(store_);
+  }
+
+ private:
+  struct Layer {
+    Buffer ln1_out, ln1_mean, ln1_rstd;  // (N, C), (N), (N) local rows
+    Buffer ln1_full;                     // (T*Bl, C) gathered LN1 output (only without regather_ln)
+    Buffer qkv;                          // (T*Bl, 3C/P): [q | k | v] of the local heads
+    Buffer attn_out;                     // (T*Bl, C/P)
+    Buffer lse;                          // (Bl, H/P, T)
+    Buffer h_mid;                        // (N, C)
+    Buffer ln2_out, ln2_mean, ln2_rstd;  // (N, C), (N), (N)
+    Buffer ln2_full;                     // (T*Bl, C) (only without regather_ln)
+    Buffer fc, act;                      // (T*Bl, 4C/P) pre- and post-GELU
+    Buffer h_out;                        // (N, C)
+  };
+
+  Buffer gather_rows(View local) {
+    Buffer full = ctx_.backend.alloc(ctx_.cfg.dtype, P_ * local.numel);
+    ctx_.grid.seq->all_gather(local, full.view());
+    return full;
+  }
+  // Sums a (T*Bl, C) partial result over the tensor group and keeps this rank's T/P rows.
+  Buffer scatter_rows(Buffer& partial) {
+    Buffer local = ctx_.backend.alloc(ctx_.cfg.dtype, partial.numel() / P_);
+    ctx_.grid.seq->reduce_scatter(partial.view(), local.view());
+    partial.reset();
+    return local;
+  }
+  // A row-parallel bias is added once: by tensor rank 0, before the reduce-scatter sums the parts.
+  View row_parallel_bias(View b) const { return ctx_.grid.p == 0 ? b : View{}; }
+
+  AttentionArgs attention_args(const Layer& a) const {
+    const ModelConfig& cfg = ctx_.cfg;
+    AttentionArgs args;
+    args.dtype = cfg.dtype;
+    args.B = Bl_;
+    args.H = Hl_;
+    args.D = cfg.D();
+    args.Tq = args.Tk = cfg.T;
+    args.causal = cfg.causal;
+    args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
+    auto* qkv = static_cast<char*>(a.qkv.ptr());
+    const size_t es = dtype_size(cfg.dtype);
+    args.q = {qkv, 3 * Cl_, Bl_ * 3 * Cl_};
+    args.k = {qkv + Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
+    args.v = {qkv + 2 * Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
+    args.out = {a.attn_out.ptr(), Cl_, Bl_ * Cl_};
+    args.lse = a.lse.ptr();
+    return args;
+  }
+
+  void attention_forward(const LayerTensors& w, View h, Layer& a) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_, NF = NF_;
+    const DType st = stat_dtype(cfg.dtype);
+    a.ln1_out = be.alloc(cfg.dtype, N * C);
+    a.ln1_mean = be.alloc(st, N);
+    a.ln1_rstd = be.alloc(st, N);
+    be.layernorm_forward(a.ln1_out.view(), a.ln1_mean.view(), a.ln1_rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
+    Buffer ln_full = gather_rows(a.ln1_out.view());
+    a.qkv = be.alloc(cfg.dtype, NF * 3 * Cl_);
+    linear_forward(be, a.qkv.view(), ln_full.view(), w.attn_w, w.attn_b, NF, C, 3 * Cl_);
+    if (!ctx_.opts.regather_ln) a.ln1_full = std::move(ln_full);
+    ln_full.reset();
+    a.attn_out = be.alloc(cfg.dtype, NF * Cl_);
+    a.lse = be.alloc(st, Bl_ * Hl_ * cfg.T);
+    be.attention_forward(attention_args(a));
+    Buffer partial = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums over the tensor group
+    linear_forward(be, partial.view(), a.attn_out.view(), w.proj_w, row_parallel_bias(w.proj_b), NF, Cl_, C);
+    a.h_mid = scatter_rows(partial);
+    be.add(a.h_mid.view(), a.h_mid.view(), h);
+  }
+
+  void mlp_forward(const LayerTensors& w, View h_in, View h_out, Layer& a) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_, NF = NF_;
+    const DType st = stat_dtype(cfg.dtype);
+    a.ln2_out = be.alloc(cfg.dtype, N * C);
+    a.ln2_mean = be.alloc(st, N);
+    a.ln2_rstd = be.alloc(st, N);
+    be.layernorm_forward(a.ln2_out.view(), a.ln2_mean.view(), a.ln2_rstd.view(), h_in, w.ln2_w, w.ln2_b, N, C, cfg.ln_eps);
+    Buffer ln_full = gather_rows(a.ln2_out.view());
+    a.fc = be.alloc(cfg.dtype, NF * 4 * Cl_);
+    a.act = be.alloc(cfg.dtype, NF * 4 * Cl_);
+    linear_forward(be, a.fc.view(), ln_full.view(), w.fc_w, w.fc_b, NF, C, 4 * Cl_);
+    if (!ctx_.opts.regather_ln) a.ln2_full = std::move(ln_full);
+    ln_full.reset();
+    be.gelu_forward(a.act.view(), a.fc.view());
+    Buffer partial = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C)
+    linear_forward(be, partial.view(), a.act.view(), w.fc2_w, row_parallel_bias(w.fc2_b), NF, 4 * Cl_, C);
+    Buffer y = scatter_rows(partial);
+    be.add(h_out, y.view(), h_in);
+  }
+
+  // dh: gradient w.r.t. h_out on entry, w.r.t. h_mid on exit.
+  void mlp_backward(const LayerTensors& w, const LayerTensors& g, View dh, Layer& a) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_, NF = NF_;
+    be.bias_grad(g.fc2_b, dh, N, C);
+    Buffer dy_full = gather_rows(dh);               // (T*Bl, C)
+    Buffer d_act = be.alloc(cfg.dtype, NF * 4 * Cl_);  // (T*Bl, 4C/P)
+    linear_backward(be, d_act.view(), 0.0, g.fc2_w, View{}, dy_full.view(), a.act.view(), w.fc2_w, NF, 4 * Cl_, C);
+    dy_full.reset();
+    a.act.reset();
+    be.gelu_backward(d_act.view(), d_act.view(), a.fc.view());
+    a.fc.reset();
+    Buffer ln_full = ctx_.opts.regather_ln ? gather_rows(a.ln2_out.view()) : std::move(a.ln2_full);
+    Buffer d_ln_full = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums
+    linear_backward(be, d_ln_full.view(), 0.0, g.fc_w, g.fc_b, d_act.view(), ln_full.view(), w.fc_w, NF, C, 4 * Cl_);
+    d_act.reset();
+    ln_full.reset();
+    Buffer d_ln = scatter_rows(d_ln_full);  // (N, C)
+    be.layernorm_backward(dh, g.ln2_w, g.ln2_b, d_ln.view(), a.h_mid.view(), a.ln2_mean.view(), a.ln2_rstd.view(),
+                          w.ln2_w, N, C);
+    a.ln2_out.reset();
+    a.ln2_mean.reset();
+    a.ln2_rstd.reset();
+  }
+
+  // dh: gradient w.r.t. h_mid on entry, w.r.t. the block input h on exit.
+  void attention_backward(const LayerTensors& w, const LayerTensors& g, View h, View dh, Layer& a) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, N = N_, NF = NF_;
+    a.h_mid.reset();
+    be.bias_grad(g.proj_b, dh, N, C);
+    Buffer dy_full = gather_rows(dh);            // (T*Bl, C)
+    Buffer d_attn = be.alloc(cfg.dtype, NF * Cl_);  // (T*Bl, C/P)
+    linear_backward(be, d_attn.view(), 0.0, g.proj_w, View{}, dy_full.view(), a.attn_out.view(), w.proj_w, NF, Cl_, C);
+    dy_full.reset();
+    Buffer dqkv = be.alloc(cfg.dtype, NF * 3 * Cl_);  // (T*Bl, 3C/P), laid out as qkv
+    AttentionArgs args = attention_args(a);
+    auto* d = static_cast<char*>(dqkv.ptr());
+    const size_t es = dtype_size(cfg.dtype);
+    args.dout = {d_attn.ptr(), Cl_, Bl_ * Cl_};
+    args.dq = {d, 3 * Cl_, Bl_ * 3 * Cl_};
+    args.dk = {d + Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
+    args.dv = {d + 2 * Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
+    be.attention_backward(args);
+    d_attn.reset();
+    a.qkv.reset();
+    a.attn_out.reset();
+    a.lse.reset();
+    Buffer ln_full = ctx_.opts.regather_ln ? gather_rows(a.ln1_out.view()) : std::move(a.ln1_full);
+    Buffer d_ln_full = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums
+    linear_backward(be, d_ln_full.view(), 0.0, g.attn_w, g.attn_b, dqkv.view(), ln_full.view(), w.attn_w, NF, C, 3 * Cl_);
+    dqkv.reset();
+    ln_full.reset();
+    Buffer d_ln = scatter_rows(d_ln_full);  // (N, C)
+    be.layernorm_backward(dh, g.ln1_w, g.ln1_b, d_ln.view(), h, a.ln1_mean.view(), a.ln1_rstd.view(), w.ln1_w, N, C);
+  }
+
+  const int P_;
+  const int64_t Tl_, Bl_, N_, NF_, Cl_, Hl_;  // local rows N = Tl*Bl, full rows NF = T*Bl
+  ParamStore store_;
+  std::vector<Layer> layers_;
+  Buffer resid0_;            // (N, C)
+  Buffer tokens_, targets_;  // (Tl, Bl) int32
+  HeadActivations head_;
+};
+
+}  // namespace
+
+std::unique_ptr<Strategy> make_megatron_sp_strategy(StrategyContext ctx) {
+  const ModelConfig& cfg = ctx.cfg;
+  const int P = ctx.grid.P;
+  LSS_REQUIRE_INPUT(cfg.H % P == 0, "--heads " + std::to_string(cfg.H) + " does not divide by --sp " +
+                                        std::to_string(P) + " (megatron_sp gives each tensor rank H/P whole heads)");
+  LSS_REQUIRE_INPUT(cfg.T % P == 0, "--seq " + std::to_string(cfg.T) + " does not divide by --sp " + std::to_string(P) +
+                                        " (megatron_sp's LayerNorm regions hold T/P rows)");
+  return std::make_unique<MegatronSpStrategy>(ctx);
+}
+
+}  // namespace lss
