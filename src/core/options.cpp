@@ -88,7 +88,9 @@ bool OptionParser::parse(const std::vector<std::string>& args) {
       continue;
     }
     if (!has_value) {
-      if (i + 1 >= args.size()) throw UsageError("option --" + name + " needs a value");
+      // A number never starts with "--": "--iters --out x" is a missing value, not a bad one.
+      if (i + 1 >= args.size() || (s.kind != Kind::string && args[i + 1].rfind("--", 0) == 0))
+        throw UsageError("option --" + name + " needs a value");
       value = args[++i];
     }
     // Validate now, so that a bad number is reported before any work starts.

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Bad input gets a message naming the bad value from every rank and a non-zero exit, never a
+# hang: each case runs under a 60 s timeout.  usage: bad_input.sh LSSBENCH MPIEXEC
+set -u
+lssbench=$(realpath "$1")
+mpiexec=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+echo '{}' > existing.json
+printf 'short' > short.bin
+failures=0
+cases=0
+
+# expect NP "message fragment" args...
+expect() {
+  local np=$1 fragment=$2
+  shift 2
+  cases=$((cases + 1))
+  local out rc
+  out=$(timeout 60 "$mpiexec" -n "$np" "$lssbench" "$@" --out "$work/r$cases.json" 2>&1)
+  rc=$?
+  local problem=""
+  if [ "$rc" -eq 0 ]; then problem="exit code 0"; fi
+  if [ "$rc" -eq 124 ]; then problem="hung (timed out)"; fi
+  for ((r = 0; r < np; r++)); do
+    if ! grep -F -- "[rank $r] lssbench: error:" <<<"$out" | grep -qF -- "$fragment"; then
+      problem="$problem; rank $r did not report '$fragment'"
+    fi
+  done
+  if [ -e "$work/r$cases.json" ]; then problem="$problem; wrote a result"; fi
+  if [ -n "$problem" ]; then
+    failures=$((failures + 1))
+    echo "FAIL: -n $np lssbench $*: $problem"
+    echo "$out" | sed 's/^/    | /' | head -20
+  else
+    echo "ok:   -n $np lssbench $* -> exit $rc"
+  fi
+}
+
+expect 1 "--layers 0: must be positive" run --layers 0
+expect 1 "--width -4: must be positive" run --width -4
+expect 1 "--width 30 does not divide by --heads 4" run --width 30 --heads 4
+expect 1 "--seq 256 exceeds the positional table (--max-seq 128)" run --seq 256 --max-seq 128
+expect 1 "unknown option '--bogus'" run --bogus 3
+expect 1 "'12x' is not a whole number" run --seq 12x
+expect 1 "--lr: 'abc' is not a finite number" run --lr abc
+expect 1 "--dtype: unknown value 'fp16'" run --dtype fp16
+expect 1 "--strategy: unknown value 'nope'" run --strategy nope
+expect 1 "--data /nonexistent/enwik8: cannot be opened" run --data /nonexistent/enwik8
+expect 1 "--data short.bin: 5 bytes, fewer than one sequence" run --data short.bin --seq 64
+expect 1 "option --iters needs a value" run --iters
+expect 1 "unknown command 'frobnicate'" frobnicate
+expect 2 "--strategy serial runs on one rank" run --strategy serial --batch 2
+expect 2 "--seq 127 does not divide by --sp 2" run --strategy lss --sp 2 --seq 127
+expect 2 "--heads 3 does not divide by --sp 2" run --strategy megatron_sp --sp 2 --heads 3 --width 48
+expect 2 "--sp 3: the world size 2" run --strategy lss --sp 3
+expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256
+expect 4 "--batch 1 does not divide by the 2 data-parallel replicas" run --strategy lss --sp 2 --batch 1
+expect 4 "--sp 3: the world size 4" run --strategy megatron_sp --sp 3
+
+# An existing result is never overwritten (the case writes to existing.json, not r<N>.json).
+cases=$((cases + 1))
+out=$(timeout 60 "$mpiexec" -n 2 "$lssbench" run --strategy lss --sp 2 --out existing.json 2>&1)
+rc=$?
+if [ "$rc" -ne 0 ] && [ "$(cat existing.json)" = "{}" ] && [ "$(grep -c 'exists already' <<<"$out")" -eq 2 ]; then
+  echo "ok:   existing --out is refused on both ranks and left as it was"
+else
+  failures=$((failures + 1))
+  echo "FAIL: existing --out: exit $rc"
+  echo "$out" | sed 's/^/    | /' | head -20
+fi
+
+echo "$((cases - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
