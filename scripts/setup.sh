@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what lssbench needs on a fresh Debian/Ubuntu machine and builds it into build/.
+# Idempotent: packages already present are left as they are; the build is incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+packages=(build-essential cmake mpich libmpich-dev nlohmann-json3-dev libfmt-dev libbenchmark-dev
+          libgtest-dev libopenblas-dev python3-matplotlib)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$(nproc)"
