@@ -15,5 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
+python3 -m pip --version >/dev/null 2>&1 || { $([ "$(id -u)" -eq 0 ] || echo sudo) apt-get install -y -qq python3-pip; }
+# cudnn-frontend's C++ headers (for the CUDA build; harmless without CUDA).
+python3 -m pip install -q nvidia-cudnn-frontend 2>/dev/null || python3 -m pip install -q --break-system-packages nvidia-cudnn-frontend
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$(nproc)"

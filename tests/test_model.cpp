@@ -55,7 +55,7 @@ TEST_P(GradCheck, EveryParameterTensorMatchesFiniteDifferences) {
     const int64_t n = e.spec.local_numel();
     const std::vector<double> grad(all_grads.begin() + e.offset, all_grads.begin() + e.offset + n);
     std::vector<double> param(n);
-    s.backend().copy_to_host(param.data(), DType::f64, store.param(e.spec.name));
+    s.backend().copy_to_host(param.data(), DType::f64, store.master(e.spec.name));
     double gmax = 0;
     for (double g : grad) gmax = std::max(gmax, std::abs(g));
     ASSERT_GT(gmax, 0.0) << e.spec.name << " has an all-zero gradient";
@@ -65,11 +65,13 @@ TEST_P(GradCheck, EveryParameterTensorMatchesFiniteDifferences) {
       auto loss_at = [&](double value) {
         std::vector<double> p = param;
         p[i] = value;
-        s.backend().copy_from_host(store.param(e.spec.name), p.data(), DType::f64);
+        s.backend().copy_from_host(store.master(e.spec.name), p.data(), DType::f64);
+        store.refresh_compute_copy();
         return s.forward_backward(0);
       };
       const double fd = (loss_at(param[i] + h) - loss_at(param[i] - h)) / (2 * h);
-      s.backend().copy_from_host(store.param(e.spec.name), param.data(), DType::f64);
+      s.backend().copy_from_host(store.master(e.spec.name), param.data(), DType::f64);
+      store.refresh_compute_copy();
       // Relative to the entry, floored at 1e-3 of the tensor's largest entry so that an entry
       // that is nearly zero is compared on the tensor's scale.
       const double denom = std::max({std::abs(fd), std::abs(grad[i]), 1e-3 * gmax});

@@ -100,9 +100,9 @@ std::map<std::string, std::vector<double>> Session::gather_full(bool grads) {
       for (const ParamSpec& spec : strategy_->param_specs_for(p)) {
         std::vector<double> local(static_cast<size_t>(spec.local_numel()));
         if (p == 0) {
-          backend_->copy_to_host(local.data(), DType::f64, grads ? store.grad(spec.name) : store.param(spec.name));
+          backend_->copy_to_host(local.data(), DType::f64, grads ? store.grad(spec.name) : store.master(spec.name));
         } else {
-          Buffer tmp = backend_->alloc(cfg_.model.dtype, spec.local_numel());
+          Buffer tmp = backend_->alloc(master_dtype(cfg_.model.dtype), spec.local_numel());
           grid_.seq->recv(tmp.view(), p);
           backend_->copy_to_host(local.data(), DType::f64, tmp.view());
         }
@@ -115,7 +115,7 @@ std::map<std::string, std::vector<double>> Session::gather_full(bool grads) {
     }
   } else {
     for (const ParamSpec& spec : strategy_->param_specs_for(grid_.p))
-      grid_.seq->send(grads ? store.grad(spec.name) : store.param(spec.name), 0);
+      grid_.seq->send(grads ? store.grad(spec.name) : store.master(spec.name), 0);
   }
   // The assembly's messages are bookkeeping, not the step's traffic.
   grid_.seq->set_counts(saved);

@@ -7,6 +7,8 @@
 //   row n = t*B + b, so that a contiguous block of T rows is one sequence segment for all B
 //   sequences (a collective over a segment needs no packing);
 // - "accumulate" outputs are added to (+=), all others are overwritten;
+// - parameter gradients (dW, db, LayerNorm and embedding gradients) have the master dtype
+//   (fp32 when activations are bf16), everything else the compute dtype of the activations;
 // - per-row statistics (LayerNorm mean/rstd, attention lse) have type stat_dtype(dtype).
 #pragma once
 #include <cstdint>
@@ -58,8 +60,11 @@ class Buffer {
 
 // C (m x n, ldc) = alpha * op(A) * op(B) + beta * C [+ bias broadcast over rows].
 // op(A) is m x k: A is stored m x k (lda) or, with trans_a, k x m (lda). Same for B (k x n).
+// A and B have type `dtype`; C and the bias have type `c_dtype` (mixed precision: bf16 inputs
+// accumulating into fp32 weight gradients). Accumulation is in fp32 (fp64 for fp64).
 struct GemmArgs {
   DType dtype = DType::f32;
+  DType c_dtype = DType::f32;
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0;
   const void* a = nullptr;
@@ -121,7 +126,7 @@ class Backend {
   // Host <-> backend copies with conversion between element types (host side: f32, f64, i32).
   virtual void copy_from_host(View dst, const void* src, DType src_dtype) = 0;
   virtual void copy_to_host(void* dst, DType dst_dtype, View src) = 0;
-  virtual void copy(View dst, View src) = 0;  // same dtype and numel
+  virtual void copy(View dst, View src) = 0;  // same numel; converts when the dtypes differ
   virtual void fill_zero(View dst) = 0;
   virtual void synchronize() {}
 
@@ -160,9 +165,12 @@ class Backend {
                                      double grad_scale) = 0;
   // Decoupled AdamW on one tensor: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
   // p -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + weight_decay * p).
+  // param, grad, m, v share one dtype (the master dtype); param_copy, when not empty, receives
+  // the updated parameter converted to its own dtype (the bf16 working copy of fp32 masters).
   struct AdamW {
     double lr, beta1, beta2, eps, weight_decay;
     int64_t step;  // 1-based
+    View param_copy{};
   };
   virtual void adamw(View param, View grad, View m, View v, const AdamW& hp) = 0;
 

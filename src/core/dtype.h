@@ -32,6 +32,10 @@ inline const char* dtype_name(DType t) {
 // in fp64 so that the fp64 path is exact to ~1e-12; everything else keeps them in fp32.
 inline DType stat_dtype(DType compute) { return compute == DType::f64 ? DType::f64 : DType::f32; }
 
+// Type of master weights, gradients and optimizer state for a compute dtype: bf16 training keeps
+// them in fp32; fp32 and fp64 keep everything in their own type.
+inline DType master_dtype(DType compute) { return compute == DType::bf16 ? DType::f32 : compute; }
+
 // Parses "fp32" | "fp64" | "bf16"; throws UsageError naming the bad value.
 DType parse_dtype(const std::string& s);
 

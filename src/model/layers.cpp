@@ -19,6 +19,7 @@ LayerTensors layer_grads(const ParamStore& store, int64_t l) { return layer_view
 void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out) {
   GemmArgs g;
   g.dtype = x.dtype;
+  g.c_dtype = y.dtype;
   g.trans_a = false;
   g.trans_b = true;
   g.m = N;
@@ -38,6 +39,7 @@ void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, Vie
                      int64_t N, int64_t in, int64_t out) {
   GemmArgs gw;  // dW (out, in) += dy^T (out x N) x (N x in)
   gw.dtype = dy.dtype;
+  gw.c_dtype = dW.dtype;
   gw.trans_a = true;
   gw.m = out;
   gw.n = in;
@@ -54,6 +56,7 @@ void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, Vie
   if (dx.numel) {
     GemmArgs gx;  // dx (N, in) = dy (N x out) W (out x in)
     gx.dtype = dy.dtype;
+    gx.c_dtype = dx.dtype;
     gx.m = N;
     gx.n = in;
     gx.k = out;

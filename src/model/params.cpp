@@ -102,14 +102,21 @@ ParamStore::ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<Par
     entries_.push_back({std::move(s), offset});
     offset += entries_.back().spec.local_numel();
   }
-  params_ = backend.alloc(cfg.dtype, offset);
-  grads_ = backend.alloc_zeroed(cfg.dtype, offset);
-  m_ = backend.alloc_zeroed(cfg.dtype, offset);
-  v_ = backend.alloc_zeroed(cfg.dtype, offset);
+  const DType master = master_dtype(cfg.dtype);
+  params_ = backend.alloc(master, offset);
+  grads_ = backend.alloc_zeroed(master, offset);
+  m_ = backend.alloc_zeroed(master, offset);
+  v_ = backend.alloc_zeroed(master, offset);
+  if (master != cfg.dtype) compute_ = backend.alloc(cfg.dtype, offset);
   for (const auto& e : entries_) {
     const auto values = init_shard_values(e.spec, cfg.seed);
     backend.copy_from_host(params_.slice(e.offset, e.spec.local_numel()), values.data(), DType::f64);
   }
+  refresh_compute_copy();
+}
+
+void ParamStore::refresh_compute_copy() {
+  if (compute_) backend_.copy(compute_.view(), params_.view());
 }
 
 const ParamStore::Entry& ParamStore::entry(const std::string& name) const {
@@ -119,6 +126,11 @@ const ParamStore::Entry& ParamStore::entry(const std::string& name) const {
 }
 
 View ParamStore::param(const std::string& name) const {
+  const auto& e = entry(name);
+  return (compute_ ? compute_ : params_).slice(e.offset, e.spec.local_numel());
+}
+
+View ParamStore::master(const std::string& name) const {
   const auto& e = entry(name);
   return params_.slice(e.offset, e.spec.local_numel());
 }
@@ -133,7 +145,8 @@ void ParamStore::zero_grads() { backend_.fill_zero(grads_.view()); }
 void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step) {
   for (const auto& e : entries_) {
     const int64_t n = e.spec.local_numel();
-    Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, e.spec.decay ? opt.weight_decay : 0.0, step};
+    Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, e.spec.decay ? opt.weight_decay : 0.0, step,
+                      compute_ ? compute_.slice(e.offset, n) : View{}};
     backend_.adamw(params_.slice(e.offset, n), grads_.slice(e.offset, n), m_.slice(e.offset, n),
                    v_.slice(e.offset, n), hp);
   }

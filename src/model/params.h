@@ -50,12 +50,18 @@ class ParamStore {
   };
 
   // Lays out the specs (sequence-reduced ones first, so that they form one prefix), allocates
-  // params, grads, m, v and initialises params from cfg.seed.
+  // master params, grads, m, v (master_dtype(cfg.dtype)) and, when the compute dtype differs,
+  // a working copy of the params in cfg.dtype; initialises params from cfg.seed.
   ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<ParamSpec> specs);
 
+  // The parameter as the model computes with it (the compute-dtype copy, or the master itself).
   View param(const std::string& name) const;
+  // The master value (what the optimizer updates and the export writes).
+  View master(const std::string& name) const;
   View grad(const std::string& name) const;
   View all_params() const { return params_.view(); }
+  // After writing masters directly (tests), refresh the compute-dtype copy.
+  void refresh_compute_copy();
   View all_grads() const { return grads_.view(); }
   // Elements [0, seq_reduced_numel) of the flat gradient are summed over the sequence group.
   int64_t seq_reduced_numel() const { return seq_reduced_numel_; }
@@ -71,7 +77,8 @@ class ParamStore {
   std::vector<Entry> entries_;
   std::map<std::string, size_t> index_;
   int64_t seq_reduced_numel_ = 0;
-  Buffer params_, grads_, m_, v_;  // (numel) each
+  Buffer params_, grads_, m_, v_;  // (numel) each, master dtype
+  Buffer compute_;                 // (numel) compute-dtype copy of params_, empty if the same dtype
 };
 
 // Host values of a spec's local shard, element (local row, col) row-major, computed from

@@ -1,0 +1,22 @@
+// The project's own flash-attention forward and backward (tiled, online softmax, nothing of size
+// Tq x Tk in memory), for the AttentionArgs contract of core/backend.h: strided Q/K/V/O, causal
+// with a query offset (query i at global position q_offset + i sees key j iff j <= q_offset + i),
+// bf16 or fp32 operands, fp32 lse. Runs on sm_70 and newer.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "core/backend.h"
+
+namespace lss::cuda {
+
+// True when the kernel handles this shape (head dim, dtype).
+bool flash_attention_supported(const AttentionArgs& args);
+void flash_attention_forward(const AttentionArgs& args, cudaStream_t stream);
+// Bytes of device scratch memory the backward needs (fp32 dQ accumulators, row sums).
+size_t flash_attention_backward_workspace(const AttentionArgs& args);
+// Overwrites dq, dk, dv. `workspace` holds flash_attention_backward_workspace(args) bytes.
+void flash_attention_backward(const AttentionArgs& args, void* workspace, cudaStream_t stream);
+
+}  // namespace lss::cuda
