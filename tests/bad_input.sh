@@ -47,6 +47,7 @@ expect 1 "'12x' is not a whole number" run --seq 12x
 expect 1 "--lr: 'abc' is not a finite number" run --lr abc
 expect 1 "--dtype: unknown value 'fp16'" run --dtype fp16
 expect 1 "--strategy: unknown value 'nope'" run --strategy nope
+expect 1 "--dtype bf16: the cpu backend computes in fp32 or fp64" run --dtype bf16
 expect 1 "--data /nonexistent/enwik8: cannot be opened" run --data /nonexistent/enwik8
 expect 1 "--data short.bin: 5 bytes, fewer than one sequence" run --data short.bin --seq 64
 expect 1 "option --iters needs a value" run --iters

@@ -145,6 +145,15 @@ TEST(CpuBackend, HostCopiesConvert) {
   EXPECT_EQ(outf, srcf);
   be->fill_zero(d2.view());
   for (int i = 0; i < 4; ++i) EXPECT_EQ(d2.view().as<double>()[i], 0.0);
+
+  // Device-side copies convert between dtypes too.
+  be->copy(d2.view(), f.view());  // f32 -> f64
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(d2.view().as<double>()[i], static_cast<double>(static_cast<float>(src[i])));
+  Buffer t64 = be->alloc(DType::f64, 3);
+  be->copy(t64.view(), t.view());  // i32 -> f64
+  EXPECT_EQ(std::vector<double>(t64.view().as<double>(), t64.view().as<double>() + 3),
+            (std::vector<double>{7.0, 0.0, 42.0}));
 }
 
 TEST(CpuBackend, Bf16IsRejected) {
@@ -162,6 +171,9 @@ TEST(CpuBackend, Bf16IsRejected) {
   g.a = g.b = x.ptr();
   g.c = y.ptr();
   g.lda = g.ldb = g.ldc = 4;
+  EXPECT_THROW(be->gemm(g), UsageError);
+  g.dtype = DType::f32;  // fp32 inputs accumulating into a bf16 C: still bf16
+  g.c_dtype = DType::bf16;
   EXPECT_THROW(be->gemm(g), UsageError);
   AttentionArgs a;
   a.dtype = DType::bf16;
@@ -206,6 +218,7 @@ TYPED_TEST(CpuKernels, GemmAllTransposes) {
                  C = this->upload(c0);
           GemmArgs g;
           g.dtype = kDType<T>;
+          g.c_dtype = kDType<T>;
           g.trans_a = ta;
           g.trans_b = tb;
           g.m = m;
@@ -252,6 +265,7 @@ TYPED_TEST(CpuKernels, GemmEmptyInnerDimension) {
   Buffer C = this->upload(c0), Bias = this->upload(bias);
   GemmArgs g;
   g.dtype = kDType<T>;
+  g.c_dtype = kDType<T>;
   g.m = m;
   g.n = n;
   g.k = 0;
@@ -582,7 +596,13 @@ TYPED_TEST(CpuKernels, AdamWThreeSteps) {
   const int64_t n = 40000;
   auto p = this->random(n), m = std::vector<double>(n, 0.0), v = std::vector<double>(n, 0.0);
   Buffer P = this->upload(p), M = this->upload(m), Vb = this->upload(v);
+  // The working copy in the other float type, poisoned so that every element must be written.
+  const DType copy_dtype = kDType<T> == DType::f32 ? DType::f64 : DType::f32;
+  Buffer Copy = this->be->alloc(copy_dtype, n);
+  const std::vector<double> nans(n, kNaN);
+  this->be->copy_from_host(Copy.view(), nans.data(), DType::f64);
   Backend::AdamW hp{0.01, 0.9, 0.999, 1e-8, 0.1, 0};
+  hp.param_copy = Copy.view();
   for (int64_t step = 1; step <= 3; ++step) {
     hp.step = step;
     auto g = this->random(n);
@@ -596,6 +616,14 @@ TYPED_TEST(CpuKernels, AdamWThreeSteps) {
     }
   }
   expect_close(this->download(P), p, kTol<T>, "param");
+  std::vector<double> copy(n), converted(n);
+  this->be->copy_to_host(copy.data(), DType::f64, Copy.view());
+  for (int64_t i = 0; i < n; ++i) {
+    const T pi = P.view().template as<T>()[i];
+    converted[i] = copy_dtype == DType::f32 ? static_cast<double>(static_cast<float>(pi))
+                                            : static_cast<double>(pi);
+  }
+  EXPECT_EQ(copy, converted) << "param_copy is not the converted parameter";
   expect_close(this->download(M), m, kTol<T>, "m");
   expect_close(this->download(Vb), v, kTol<T>, "v");
 }

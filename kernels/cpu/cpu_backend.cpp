@@ -17,6 +17,26 @@ namespace {
   throw UsageError("cpu backend: bf16 is not supported (use --dtype fp32 or fp64)");
 }
 
+template <class Dst, class Src>
+void convert_typed(Dst* dst, const Src* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Dst>(src[i]);
+}
+
+template <class Dst>
+void convert_from(Dst* dst, const void* src, DType src_dtype, int64_t n) {
+  switch (src_dtype) {
+    case DType::f32:
+      return convert_typed(dst, static_cast<const float*>(src), n);
+    case DType::f64:
+      return convert_typed(dst, static_cast<const double*>(src), n);
+    case DType::i32:
+      return convert_typed(dst, static_cast<const int32_t*>(src), n);
+    case DType::bf16:
+      break;
+  }
+  throw_no_bf16();
+}
+
 }  // namespace
 
 void require_float(DType t, const char* op) {
@@ -34,6 +54,24 @@ void check_view(const View& v, DType t, int64_t numel, const char* op, const cha
                 " elements, needs " + std::to_string(numel));
 }
 
+void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) {
+  if (dst_dtype == DType::bf16 || src_dtype == DType::bf16) throw_no_bf16();
+  if (dst_dtype == src_dtype) {
+    if (dst != src) std::memmove(dst, src, static_cast<size_t>(n) * dtype_size(dst_dtype));
+    return;
+  }
+  switch (dst_dtype) {
+    case DType::f32:
+      return convert_from(static_cast<float*>(dst), src, src_dtype, n);
+    case DType::f64:
+      return convert_from(static_cast<double*>(dst), src, src_dtype, n);
+    case DType::i32:
+      return convert_from(static_cast<int32_t*>(dst), src, src_dtype, n);
+    case DType::bf16:
+      break;
+  }
+}
+
 BlasSingleThread::BlasSingleThread(int threads) : threads_(threads) { openblas_set_num_threads(1); }
 
 BlasSingleThread::~BlasSingleThread() { openblas_set_num_threads(threads_); }
@@ -47,46 +85,6 @@ constexpr size_t kAlignment = 64;  // a cache line, and the widest SIMD register
 // Memory ops accept the i32 token buffers too; only bf16 is refused.
 void require_supported(DType t) {
   if (t == DType::bf16) cpu::throw_no_bf16();
-}
-
-template <class Dst, class Src>
-void convert(Dst* dst, const Src* src, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Dst>(src[i]);
-}
-
-template <class Dst>
-void convert_from(Dst* dst, const void* src, DType src_dtype, int64_t n) {
-  switch (src_dtype) {
-    case DType::f32:
-      return convert(dst, static_cast<const float*>(src), n);
-    case DType::f64:
-      return convert(dst, static_cast<const double*>(src), n);
-    case DType::i32:
-      return convert(dst, static_cast<const int32_t*>(src), n);
-    case DType::bf16:
-      break;
-  }
-  throw UsageError("cpu backend: host data of type bf16 is not supported");
-}
-
-// Element-wise copy of n elements between any two of f32, f64, i32.
-void convert_any(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) {
-  require_supported(dst_dtype);
-  require_supported(src_dtype);
-  if (dst_dtype == src_dtype) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(dst_dtype));
-    return;
-  }
-  switch (dst_dtype) {
-    case DType::f32:
-      return convert_from(static_cast<float*>(dst), src, src_dtype, n);
-    case DType::f64:
-      return convert_from(static_cast<double*>(dst), src, src_dtype, n);
-    case DType::i32:
-      return convert_from(static_cast<int32_t*>(dst), src, src_dtype, n);
-    case DType::bf16:
-      break;
-  }
 }
 
 std::string cpu_model_name() {
@@ -116,17 +114,16 @@ class CpuBackend final : public Backend {
   }
 
   void copy_from_host(View dst, const void* src, DType src_dtype) override {
-    convert_any(dst.ptr, dst.dtype, src, src_dtype, dst.numel);
+    cpu::convert(dst.ptr, dst.dtype, src, src_dtype, dst.numel);
   }
   void copy_to_host(void* dst, DType dst_dtype, View src) override {
-    convert_any(dst, dst_dtype, src.ptr, src.dtype, src.numel);
+    cpu::convert(dst, dst_dtype, src.ptr, src.dtype, src.numel);
   }
   void copy(View dst, View src) override {
-    require_supported(dst.dtype);
-    LSS_CHECK(dst.dtype == src.dtype && dst.numel == src.numel,
+    LSS_CHECK(dst.numel == src.numel,
               std::string("copy: ") + dtype_name(src.dtype) + "[" + std::to_string(src.numel) +
                   "] into " + dtype_name(dst.dtype) + "[" + std::to_string(dst.numel) + "]");
-    if (dst.ptr != src.ptr) std::memmove(dst.ptr, src.ptr, dst.bytes());
+    cpu::convert(dst.ptr, dst.dtype, src.ptr, src.dtype, dst.numel);
   }
   void fill_zero(View dst) override {
     require_supported(dst.dtype);

@@ -30,6 +30,13 @@ decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
 // Fails unless v holds dtype t and at least `numel` elements.
 void check_view(const View& v, DType t, int64_t numel, const char* op, const char* what);
 
+// dst[i] = src[i] converted, for i < n, between any two of f32, f64, i32 (same dtype: a memmove);
+// throws UsageError for bf16.
+void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n);
+
+template <class T>
+constexpr DType dtype_of = std::is_same_v<T, double> ? DType::f64 : DType::f32;
+
 // Row-major GEMM on the BLAS: C (m x n) = alpha op(A) op(B) + beta C. No size checks: the
 // callers pass valid, non-empty shapes (OpenBLAS only prints a message for bad leading
 // dimensions and returns, so a mistake here would silently leave C unwritten).

@@ -538,11 +538,14 @@ void adamw_t(View param, View grad, View m, View v, const Backend::AdamW& hp, in
   T* pv = v.as<T>();
   const int64_t n = param.numel;
   const AdamWConsts<T> k(hp);
+  const View& copy = hp.param_copy;
   const int64_t chunks = (n + kElemChunk - 1) / kElemChunk;
 #pragma omp parallel for num_threads(threads_for(n, threads))
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t i0 = c * kElemChunk;
-    adamw_row(p + i0, g + i0, pm + i0, pv + i0, std::min(kElemChunk, n - i0), k);
+    const int64_t i0 = c * kElemChunk, len = std::min(kElemChunk, n - i0);
+    adamw_row(p + i0, g + i0, pm + i0, pv + i0, len, k);
+    // The working copy chunk by chunk, while the updated parameters are still in cache.
+    if (copy.numel > 0) convert(copy.slice(i0, len).ptr, copy.dtype, p + i0, dtype_of<T>, len);
   }
 }
 
@@ -559,6 +562,12 @@ void gemm(const GemmArgs& g, int threads) {
               "gemm: bad shape m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) +
                   " k=" + std::to_string(g.k) + " lda=" + std::to_string(g.lda) +
                   " ldb=" + std::to_string(g.ldb) + " ldc=" + std::to_string(g.ldc));
+    // C and the bias have c_dtype; the CPU backend has no mixed-precision GEMM (its master and
+    // compute dtypes coincide), so it must match A and B.
+    require_float(g.c_dtype, "gemm");
+    LSS_CHECK(g.c_dtype == g.dtype, std::string("gemm: C has dtype ") + dtype_name(g.c_dtype) +
+                                        ", A and B " + dtype_name(g.dtype) +
+                                        ": the CPU backend has no mixed-precision GEMM");
     if (g.m == 0 || g.n == 0) return;
     // Row-major leading dimensions are at least the stored row length.
     const int64_t a_cols = g.trans_a ? g.m : g.k, b_cols = g.trans_b ? g.k : g.n;
@@ -691,6 +700,12 @@ void adamw(View param, View grad, View m, View v, const Backend::AdamW& hp, int 
     check_view(grad, param.dtype, param.numel, "adamw", "grad");
     check_view(m, param.dtype, param.numel, "adamw", "m");
     check_view(v, param.dtype, param.numel, "adamw", "v");
+    if (hp.param_copy.numel > 0) {
+      require_float(hp.param_copy.dtype, "adamw");
+      LSS_CHECK(hp.param_copy.numel == param.numel && hp.param_copy.ptr != nullptr,
+                "adamw: param_copy has " + std::to_string(hp.param_copy.numel) +
+                    " elements, param " + std::to_string(param.numel));
+    }
     adamw_t<T>(param, grad, m, v, hp, threads);
   });
 }

@@ -18,6 +18,8 @@ double comm_seconds(const Grid& g) {
 Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   cfg_.model.validate();
   LSS_REQUIRE_INPUT(cfg_.threads >= 1, "--threads " + std::to_string(cfg_.threads) + ": must be at least 1");
+  LSS_REQUIRE_INPUT(!(cfg_.backend == "cpu" && cfg_.model.dtype == DType::bf16),
+                    "--dtype bf16: the cpu backend computes in fp32 or fp64 (bf16 needs --backend cuda)");
   backend_ = make_backend(cfg_.backend, cfg_.threads);
   grid_ = make_mpi_grid(base, cfg_.P);
   LSS_REQUIRE_INPUT(cfg_.model.B % grid_.R == 0,
