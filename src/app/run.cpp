@@ -17,6 +17,12 @@
 #include "core/check.h"
 #include "core/fileio.h"
 #include "core/options.h"
+#ifdef LSS_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "comm/nccl_communicator.h"
+#include "kernels/cuda/cudnn_attention.h"
+#endif
 
 namespace lss {
 
@@ -32,6 +38,7 @@ OptionParser make_parser() {
       "table and writes the result JSON (schema v1). Sizes take K/M/G suffixes (16K = 16384).");
   p.add_string("strategy", "serial", "serial | lss | megatron_sp");
   p.add_string("backend", "cpu", "cpu | cuda");
+  p.add_string("attention", "auto", "cuda attention path: auto (cuDNN where it takes the shape) | cudnn | flash");
   p.add_size("sp", 1, "P: ranks per sequence (lss) or tensor (megatron_sp) group");
   p.add_size("layers", 2, "L: transformer blocks");
   p.add_size("width", 64, "C: model width");
@@ -91,6 +98,7 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.regather_ln = p.flag("regather-ln");
   rc.strategy = p.str("strategy");
   rc.backend = p.str("backend");
+  rc.attention = p.str("attention");
   rc.data_path = p.str("data");
   const int64_t sp = p.size("sp");
   LSS_REQUIRE_INPUT(sp >= 1 && sp <= (1 << 20), "--sp " + p.str("sp") + ": must be a positive group size");
@@ -140,6 +148,47 @@ std::string mpi_version() {
   std::string s(buf, static_cast<size_t>(len));
   if (auto nl = s.find('\n'); nl != std::string::npos) s = s.substr(0, nl);
   return s;
+}
+
+// Versions of what this process loaded: driver, CUDA runtime, NCCL, cuDNN (null on cpu).
+json library_versions(const std::string& backend) {
+  json v = {{"driver", nullptr}, {"cuda", nullptr}, {"nccl", nullptr}, {"cudnn", nullptr}};
+#ifdef LSS_HAVE_CUDA
+  if (backend == "cuda") {
+    auto dotted = [](int x) { return fmt::format("{}.{}", x / 1000, (x % 1000) / 10); };
+    int driver = 0, runtime = 0;
+    if (cudaDriverGetVersion(&driver) == cudaSuccess) v["driver_cuda_api"] = dotted(driver);
+    if (cudaRuntimeGetVersion(&runtime) == cudaSuccess) v["cuda"] = dotted(runtime);
+    v["nccl"] = nccl_loaded_version();
+    const int cudnn = cuda::CudnnAttention::loaded_version();
+    v["cudnn"] = fmt::format("{}.{}.{}", cudnn / 10000, (cudnn % 10000) / 100, cudnn % 100);
+    // The kernel driver's own version string, as nvidia-smi shows it.
+    if (FILE* f = std::fopen("/proc/driver/nvidia/version", "r")) {
+      char line[512] = {};
+      if (std::fgets(line, sizeof(line), f)) {
+        std::string l(line);
+        const auto pos = l.find("Kernel Module");
+        if (pos != std::string::npos) {
+          std::string rest = l.substr(pos + 13);
+          rest.erase(0, rest.find_first_not_of(" \t"));
+          v["driver"] = rest.substr(0, rest.find_first_of(" \t\n"));
+        }
+      }
+      std::fclose(f);
+    }
+  }
+#else
+  (void)backend;
+#endif
+  return v;
+}
+
+// Dense bf16 datasheet peak per device in TFLOP/s where the device is known (0 otherwise).
+double datasheet_peak_tflops(const std::string& device, DType dtype) {
+  const bool hopper = device.find("H100") != std::string::npos || device.find("H200") != std::string::npos;
+  if (!hopper) return 0;
+  if (dtype == DType::bf16) return 989.0;
+  return 67.0;  // fp32 (non-tensor-core) datasheet figure of the H100/H200 SXM
 }
 
 json counts_json(const CommModel& m) {
@@ -280,6 +329,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   const double median = percentile(step_s, 50);
   const double tokens_per_s = static_cast<double>(m.B * m.T) / median;
   const double tflops_per_dev = flops.step / median / grid.world / 1e12;
+  const double datasheet = datasheet_peak_tflops(be.device_name(), m.dtype);
   std::string status = "ok", reason;
   bool finite = true;
   for (double l : losses) finite = finite && std::isfinite(l);
@@ -292,6 +342,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   } else if (peak_tflops > 0 && tflops_per_dev > peak_tflops) {
     status = "failed";
     reason = "achieved TFLOP/s above the stated peak";
+  } else if (datasheet > 0 && tflops_per_dev > datasheet) {
+    status = "failed";
+    reason = "achieved TFLOP/s above the device's datasheet peak";
   }
 
   if (rank == 0) {
@@ -325,7 +378,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                     {"lssbench_version", LSS_VERSION},
                     {"git_commit", LSS_GIT_COMMIT},
                     {"command_line", command_line},
-                    {"driver", nullptr}, {"cuda", nullptr}, {"nccl", nullptr}, {"cudnn", nullptr}};
+                    {"datasheet_peak_tflops", datasheet > 0 ? json(datasheet) : json(nullptr)}};
+    const json versions = library_versions(rc.backend);
+    for (auto it = versions.begin(); it != versions.end(); ++it) j["machine"][it.key()] = it.value();
     j["loss"] = losses.front();
     j["losses"] = losses;
     j["timing"] = {{"unit", "ms"},
@@ -344,6 +399,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                     {"tflops_per_gpu", tflops_per_dev},
                     {"peak_tflops", peak_tflops > 0 ? json(peak_tflops) : json(nullptr)},
                     {"mfu", peak_tflops > 0 ? json(tflops_per_dev / peak_tflops) : json(nullptr)},
+                    {"mfu_datasheet", datasheet > 0 ? json(tflops_per_dev / datasheet) : json(nullptr)},
                     {"peak_mem_bytes", static_cast<int64_t>(mem_v[0])},
                     {"peak_activation_bytes", static_cast<int64_t>(mem_v[1])},
                     {"device_peak_mem_bytes", mem_v[2] < 0 ? json(nullptr) : json(static_cast<int64_t>(mem_v[2]))}};

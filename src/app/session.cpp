@@ -2,7 +2,12 @@
 
 #include <chrono>
 
+#include "comm/mpi_util.h"
 #include "core/check.h"
+#ifdef LSS_HAVE_CUDA
+#include "comm/nccl_communicator.h"
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace lss {
 
@@ -20,8 +25,19 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   LSS_REQUIRE_INPUT(cfg_.threads >= 1, "--threads " + std::to_string(cfg_.threads) + ": must be at least 1");
   LSS_REQUIRE_INPUT(!(cfg_.backend == "cpu" && cfg_.model.dtype == DType::bf16),
                     "--dtype bf16: the cpu backend computes in fp32 or fp64 (bf16 needs --backend cuda)");
-  backend_ = make_backend(cfg_.backend, cfg_.threads);
+  // One device per rank: the rank's position among the ranks of its node.
+  MPI_Comm node;
+  LSS_MPI_CHECK(MPI_Comm_split_type(base, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  int local_rank = 0;
+  LSS_MPI_CHECK(MPI_Comm_rank(node, &local_rank));
+  LSS_MPI_CHECK(MPI_Comm_free(&node));
+  backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, local_rank, cfg_.attention});
+#ifdef LSS_HAVE_CUDA
+  if (cfg_.backend == "cuda") grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_));
+  else grid_ = make_mpi_grid(base, cfg_.P);
+#else
   grid_ = make_mpi_grid(base, cfg_.P);
+#endif
   LSS_REQUIRE_INPUT(cfg_.model.B % grid_.R == 0,
                     "--batch " + std::to_string(cfg_.model.B) + " does not divide by the " + std::to_string(grid_.R) +
                         " data-parallel replicas (world " + std::to_string(grid_.world) + " / --sp " +

@@ -22,6 +22,7 @@ struct RunConfig {
   StrategyOptions strategy_opts;
   std::string strategy = "serial";
   std::string backend = "cpu";
+  std::string attention = "auto";  // cuda: auto | cudnn | flash
   std::string data_path;  // empty: synthetic tokens
   int P = 1;
   int threads = 1;

@@ -5,6 +5,9 @@
 
 #include "core/check.h"
 #include "kernels/cpu/cpu_backend.h"
+#ifdef LSS_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace lss {
 
@@ -71,11 +74,23 @@ DType parse_dtype(const std::string& s) {
   throw UsageError("--dtype: unknown value '" + s + "' (expected fp32, fp64 or bf16)");
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
-  if (name == "cpu") return make_cpu_backend(threads);
-  if (name == "cuda")
-    throw UsageError("--backend: 'cuda' is not implemented yet (the CUDA backend is issue 4)");
-  throw UsageError("--backend: unknown value '" + name + "' (expected cpu or cuda)");
+std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
+  if (o.attention != "auto" && o.attention != "cudnn" && o.attention != "flash")
+    throw UsageError("--attention: unknown value '" + o.attention + "' (expected auto, cudnn or flash)");
+  if (o.name == "cpu") return make_cpu_backend(o.threads);
+  if (o.name == "cuda") {
+#ifdef LSS_HAVE_CUDA
+    const int devices = cuda_device_count();
+    if (devices == 0) throw UsageError("--backend cuda: no CUDA device is visible to this process");
+    if (o.device >= devices)
+      throw UsageError("--backend cuda: this node has " + std::to_string(devices) + " CUDA devices but " +
+                       std::to_string(o.device + 1) + " ranks on it; start at most one rank per GPU");
+    return make_cuda_backend(CudaBackendOptions{o.device, o.attention});
+#else
+    throw UsageError("--backend cuda: this build has no CUDA backend (nvcc was not found at configure time)");
+#endif
+  }
+  throw UsageError("--backend: unknown value '" + o.name + "' (expected cpu or cuda)");
 }
 
 }  // namespace lss

@@ -186,8 +186,14 @@ class Backend {
   int64_t peak_bytes_ = 0;
 };
 
-// The backend named `name` ("cpu" or "cuda") using `threads` host threads; throws UsageError for
-// unknown or unavailable ones.
-std::unique_ptr<Backend> make_backend(const std::string& name, int threads);
+struct BackendOptions {
+  std::string name = "cpu";        // "cpu" | "cuda"
+  int threads = 1;                 // host threads (cpu)
+  int device = 0;                  // device ordinal (cuda)
+  std::string attention = "auto";  // cuda: "auto" | "cudnn" | "flash"
+};
+
+// The backend the options name; throws UsageError for unknown or unavailable ones.
+std::unique_ptr<Backend> make_backend(const BackendOptions& options);
 
 }  // namespace lss
