@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "app/result.h"
 #include "app/run.h"
 #include "core/check.h"
 
@@ -16,6 +17,7 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  run      train one configuration with one strategy; print a table and write the result JSON\n"
+    "  validate check result JSON files against schema v1 (RESULTS.md)\n"
     "\n"
     "`lssbench <command> --help` lists a command's options with their defaults.\n";
 }
@@ -32,6 +34,8 @@ int main(int argc, char** argv) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
       if (rank == 0) fmt::print("{}", kUsage);
       rc = args.empty() ? 2 : 0;
+    } else if (args[0] == "validate") {
+      rc = rank == 0 ? lss::cmd_validate({args.begin() + 1, args.end()}) : 0;
     } else if (args[0] == "run") {
       rc = lss::cmd_run({args.begin() + 1, args.end()}, command_line);
     } else {

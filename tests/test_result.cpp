@@ -1,0 +1,90 @@
+// The result validator and the sanity guards on crafted results.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "app/result.h"
+
+using namespace lss;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+json valid_result() {
+  return json::parse(R"({
+    "schema_version": 1, "status": "ok", "strategy": "lss", "backend": "cpu",
+    "config": {"layers": 2, "width": 64, "heads": 4, "seq": 128, "batch": 1, "iters": 3,
+               "causal": true, "dtype": "fp32"},
+    "grid": {"world": 2, "sp": 2, "dp": 1},
+    "machine": {"hosts": ["a"], "git_commit": "abc", "command_line": "lssbench run",
+                "datasheet_peak_tflops": 989.0},
+    "loss": 5.5, "losses": [5.5, 5.4],
+    "timing": {"unit": "ms", "iterations_ms": [1.0, 2.0, 3.0], "median_ms": 2.0, "p10_ms": 1.2, "p90_ms": 2.8},
+    "metrics": {"tokens_per_s": 100.0, "flops_per_step": 1e9, "flops_convention": "model FLOPs",
+                "tflops_per_gpu": 400.0, "peak_tflops": 800.0, "mfu": 0.5, "peak_mem_bytes": 1000,
+                "peak_activation_bytes": 500},
+    "comm": {"matches_model": true},
+    "check": null
+  })");
+}
+
+bool mentions(const std::vector<std::string>& errors, const std::string& field) {
+  for (const auto& e : errors)
+    if (e.rfind(field, 0) == 0) return true;
+  return false;
+}
+
+TEST(Validator, AcceptsAValidResult) { EXPECT_TRUE(validate_result(valid_result()).empty()); }
+
+TEST(Validator, NamesEachBadField) {
+  auto r = valid_result();
+  r.erase("strategy");
+  r["schema_version"] = 2;
+  r["grid"]["world"] = 3;
+  r["timing"]["p10_ms"] = 2.5;
+  r["metrics"]["tokens_per_s"] = -1.0;
+  r["config"]["layers"] = 0;
+  r["status"] = "failed";  // a failure without a reason
+  const auto errors = validate_result(r);
+  for (const char* f : {"strategy", "schema_version", "grid", "timing", "metrics.tokens_per_s", "config.layers", "status"})
+    EXPECT_TRUE(mentions(errors, f)) << f;
+}
+
+TEST(Guards, PassAValidResult) { EXPECT_EQ(sanity_verdict(valid_result()), ""); }
+
+TEST(Guards, NonFiniteLoss) {
+  auto r = valid_result();
+  r["losses"][1] = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(sanity_verdict(r), "non-finite loss");
+  r = valid_result();
+  r["losses"][0] = nullptr;  // what a NaN becomes once written
+  EXPECT_EQ(sanity_verdict(r), "non-finite loss");
+}
+
+TEST(Guards, AboveStatedPeak) {
+  auto r = valid_result();
+  r["metrics"]["tflops_per_gpu"] = 850.0;
+  EXPECT_NE(sanity_verdict(r).find("above the stated peak"), std::string::npos);
+}
+
+TEST(Guards, AboveDatasheetPeak) {
+  auto r = valid_result();
+  r["metrics"]["peak_tflops"] = nullptr;
+  r["metrics"]["tflops_per_gpu"] = 1200.0;
+  EXPECT_NE(sanity_verdict(r).find("above the datasheet peak"), std::string::npos);
+}
+
+TEST(Guards, CommCountsDifferFromTheModel) {
+  auto r = valid_result();
+  r["comm"]["matches_model"] = false;
+  EXPECT_NE(sanity_verdict(r).find("analytic model"), std::string::npos);
+}
+
+TEST(Guards, FailedCheck) {
+  auto r = valid_result();
+  r["check"] = {{"passed", false}};
+  EXPECT_NE(sanity_verdict(r).find("--check"), std::string::npos);
+}
+
+}  // namespace
