@@ -49,8 +49,8 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& ref
     if (!(err <= tol * scale)) {  // also catches NaN
       if (++failures <= 5)
         ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", expected " << ref[i]
-                      << " (error " << err / scale << " of max|ref| " << scale << ", bound "
-                      << tol << ")";
+                      << " (error " << err / scale << " of max|ref| " << scale << ", bound " << tol
+                      << ")";
     }
   }
   EXPECT_EQ(failures, 0) << what << ": " << failures << " of " << ref.size() << " elements off";
@@ -320,7 +320,8 @@ class GemmTest : public CudaTest {
 
     auto C0ref = C0;
     if (c.beta == 0.0) std::fill(C0ref.begin(), C0ref.end(), 0.0);
-    Buffer rA = ref_upload(A), rB = ref_upload(Bm), rC = ref_upload(C0ref), rbias = ref_upload(bias);
+    Buffer rA = ref_upload(A), rB = ref_upload(Bm), rC = ref_upload(C0ref),
+           rbias = ref_upload(bias);
     GemmArgs r = g;
     r.dtype = r.c_dtype = DType::f64;
     r.a = rA.slice(c.offset, a_rows * lda).ptr;
@@ -340,7 +341,8 @@ class GemmTest : public CudaTest {
         } else if (c.beta == 0.0) {
           EXPECT_TRUE(std::isnan(v)) << "padding C[" << i << "][" << j << "] was written";
         } else {
-          EXPECT_EQ(v, C0[static_cast<size_t>(i * ldc + j)]) << "padding C[" << i << "][" << j << "]";
+          EXPECT_EQ(v, C0[static_cast<size_t>(i * ldc + j)])
+              << "padding C[" << i << "][" << j << "]";
         }
       }
     expect_close(got_mn, ref_mn, tol,
@@ -461,20 +463,22 @@ TEST_P(CudaOps, Embedding) {
     const int64_t N = c.Tl * c.B;
     const auto tokens = random_tokens(N, c.distinct);
     const auto wte = random(int64_t{c.V} * c.C, dt()), wpe = random(c.Tl * c.C, dt());
-    const std::string what = " Tl=" + std::to_string(c.Tl) + " B=" + std::to_string(c.B) +
-                             " C=" + std::to_string(c.C);
+    const std::string what =
+        " Tl=" + std::to_string(c.Tl) + " B=" + std::to_string(c.B) + " C=" + std::to_string(c.C);
     Buffer gtok = upload_tokens(tokens), rtok = ref_tokens(tokens);
 
     Buffer gwte = upload(wte, dt()), gwpe = upload(wpe, dt()), gout = poisoned(N * c.C, dt());
     gpu->embedding_forward(gout.view(), gtok.view(), gwte.view(), gwpe.view(), c.Tl, c.B, c.C);
-    Buffer rwte = ref_upload(wte), rwpe = ref_upload(wpe), rout = ref_upload(std::vector<double>(N * c.C));
+    Buffer rwte = ref_upload(wte), rwpe = ref_upload(wpe),
+           rout = ref_upload(std::vector<double>(N * c.C));
     cpu->embedding_forward(rout.view(), rtok.view(), rwte.view(), rwpe.view(), c.Tl, c.B, c.C);
     expect_close(download(gout), ref_download(rout), tol(), "embedding_forward" + what);
 
     // Gradients accumulate into fp32 tables.
     const auto dout = random(N * c.C, dt());
     const auto dwte = random(int64_t{c.V} * c.C, DType::f32), dwpe = random(c.Tl * c.C, DType::f32);
-    Buffer gdout = upload(dout, dt()), gdwte = upload(dwte, DType::f32), gdwpe = upload(dwpe, DType::f32);
+    Buffer gdout = upload(dout, dt()), gdwte = upload(dwte, DType::f32),
+           gdwpe = upload(dwpe, DType::f32);
     gpu->embedding_backward(gdwte.view(), gdwpe.view(), gdout.view(), gtok.view(), c.Tl, c.B, c.C);
     Buffer rdout = ref_upload(dout), rdwte = ref_upload(dwte), rdwpe = ref_upload(dwpe);
     cpu->embedding_backward(rdwte.view(), rdwpe.view(), rdout.view(), rtok.view(), c.Tl, c.B, c.C);
@@ -491,7 +495,8 @@ TEST_P(CudaOps, EmbeddingBackwardIsDeterministic) {
   Buffer gtok = upload_tokens(tokens), gdout = upload(dout, dt());
   std::vector<double> first;
   for (int rep = 0; rep < 3; ++rep) {
-    Buffer dwte = gpu->alloc_zeroed(DType::f32, V * C), dwpe = gpu->alloc_zeroed(DType::f32, Tl * C);
+    Buffer dwte = gpu->alloc_zeroed(DType::f32, V * C),
+           dwpe = gpu->alloc_zeroed(DType::f32, Tl * C);
     gpu->embedding_backward(dwte.view(), dwpe.view(), gdout.view(), gtok.view(), Tl, B, C);
     const auto got = download(dwte);
     if (rep == 0)
@@ -516,7 +521,8 @@ TEST_P(CudaOps, LayerNorm) {
     gpu->layernorm_forward(gout.view(), gmean.view(), grstd.view(), gx.view(), gw.view(), gb.view(),
                            c.N, c.C, 1e-5);
     Buffer rx = ref_upload(x), rw = ref_upload(w), rb = ref_upload(b);
-    Buffer rout = ref_upload(std::vector<double>(c.N * c.C)), rmean = ref_upload(std::vector<double>(c.N)),
+    Buffer rout = ref_upload(std::vector<double>(c.N * c.C)),
+           rmean = ref_upload(std::vector<double>(c.N)),
            rrstd = ref_upload(std::vector<double>(c.N));
     cpu->layernorm_forward(rout.view(), rmean.view(), rrstd.view(), rx.view(), rw.view(), rb.view(),
                            c.N, c.C, 1e-5);
@@ -532,7 +538,8 @@ TEST_P(CudaOps, LayerNorm) {
     Buffer gdw = upload(dw, DType::f32), gdb = upload(db, DType::f32);
     gpu->layernorm_backward(gdx.view(), gdw.view(), gdb.view(), gdout.view(), gx.view(),
                             gmean.view(), grstd.view(), gw.view(), c.N, c.C);
-    Buffer rdout = ref_upload(dout), rdx = ref_upload(dx), rdw = ref_upload(dw), rdb = ref_upload(db);
+    Buffer rdout = ref_upload(dout), rdx = ref_upload(dx), rdw = ref_upload(dw),
+           rdb = ref_upload(db);
     Buffer rm = ref_upload(mean), rr = ref_upload(rstd);
     cpu->layernorm_backward(rdx.view(), rdw.view(), rdb.view(), rdout.view(), rx.view(), rm.view(),
                             rr.view(), rw.view(), c.N, c.C);

@@ -12,9 +12,6 @@
 namespace lss {
 
 namespace {
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 double comm_seconds(const Grid& g) {
   return g.seq->counts().seconds + g.data->counts().seconds + g.world_comm->counts().seconds;
 }
@@ -51,33 +48,29 @@ Session::~Session() = default;
 
 double Session::forward_backward(int64_t step, StepTimes* times) {
   const double c0 = comm_seconds(grid_);
-  backend_->synchronize();
-  const double t0 = now_s();
+  const Backend::Marker m0 = backend_->mark();
   strategy_->params().zero_grads();
   const double local = strategy_->forward(step);
   backend_->copy_from_host(loss_buf_.view(), &local, DType::f64);
   grid_.world_comm->all_reduce(loss_buf_.view());
   double total = 0;
   backend_->copy_to_host(&total, DType::f64, loss_buf_.view());
-  backend_->synchronize();
-  const double t1 = now_s();
+  const Backend::Marker m1 = backend_->mark();
   strategy_->backward();
-  backend_->synchronize();
-  const double t2 = now_s();
+  const Backend::Marker m2 = backend_->mark();
   if (times) {
-    times->forward = t1 - t0;
-    times->backward = t2 - t1;
+    times->forward = backend_->seconds_between(m0, m1);
+    times->backward = backend_->seconds_between(m1, m2);
     times->comm = comm_seconds(grid_) - c0;
   }
   return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
 }
 
 void Session::optimizer_step(int64_t adam_step, StepTimes* times) {
-  backend_->synchronize();
-  const double t0 = now_s();
+  const Backend::Marker m0 = backend_->mark();
   strategy_->optimizer_step(cfg_.opt, adam_step);
-  backend_->synchronize();
-  if (times) times->optimizer = now_s() - t0;
+  const Backend::Marker m1 = backend_->mark();
+  if (times) times->optimizer = backend_->seconds_between(m0, m1);
 }
 
 CommModel Session::comm_counts() const {

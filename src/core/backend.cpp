@@ -1,6 +1,7 @@
 #include "core/backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "core/check.h"
@@ -58,6 +59,15 @@ void Backend::release(View& v) {
   raw_free(v.ptr, std::max<size_t>(v.bytes(), 1));
   current_bytes_ -= static_cast<int64_t>(v.bytes());
 }
+
+Backend::Marker Backend::mark() {
+  synchronize();
+  Marker m;
+  m.host_s = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return m;
+}
+
+double Backend::seconds_between(const Marker& a, const Marker& b) { return b.host_s - a.host_s; }
 
 MemoryStats Backend::memory_stats() const {
   MemoryStats s;

@@ -130,6 +130,17 @@ class Backend {
   virtual void fill_zero(View dst) = 0;
   virtual void synchronize() {}
 
+  // ---- timing ----
+  // A point in the backend's stream of work. seconds_between(a, b) is the time from a to b as the
+  // device saw it (device events on cuda, waiting for b); the CPU backend's work is synchronous,
+  // so its markers are host steady_clock readings.
+  struct Marker {
+    double host_s = 0;
+    std::shared_ptr<void> device;  // backend-specific (a cudaEvent_t holder on cuda)
+  };
+  virtual Marker mark();
+  virtual double seconds_between(const Marker& a, const Marker& b);
+
   // ---- dense algebra ----
   virtual void gemm(const GemmArgs& args) = 0;
   // y (n) += alpha * x (n)
