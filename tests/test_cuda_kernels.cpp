@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -145,6 +146,17 @@ TEST_F(CudaTest, NameDeviceAndOptions) {
   EXPECT_NE(cuda_stream_of(*gpu), nullptr);
   EXPECT_THROW(make_cuda_backend(CudaBackendOptions{0, "fastest"}), UsageError);
   EXPECT_THROW(make_cuda_backend(CudaBackendOptions{cuda_device_count(), "auto"}), UsageError);
+}
+
+TEST_F(CudaTest, MarkersTimeDeviceWork) {
+  Buffer x = upload(random(int64_t{1} << 22, DType::f32), DType::f32);
+  const Backend::Marker a = gpu->mark();
+  for (int i = 0; i < 10; ++i) gpu->gelu_forward(x.view(), x.view());
+  const Backend::Marker b = gpu->mark();
+  const double s = gpu->seconds_between(a, b);
+  EXPECT_GT(s, 0.0);
+  EXPECT_LT(s, 10.0);
+  EXPECT_EQ(gpu->seconds_between(b, b), 0.0);
 }
 
 TEST_F(CudaTest, CachingAllocatorAndAccounting) {

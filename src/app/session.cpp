@@ -30,8 +30,12 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   LSS_MPI_CHECK(MPI_Comm_free(&node));
   backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, local_rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
-  if (cfg_.backend == "cuda") grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_));
-  else grid_ = make_mpi_grid(base, cfg_.P);
+  if (cfg_.backend == "cuda") {
+    grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_));
+    for (Communicator* c : {grid_.world_comm.get(), grid_.seq.get(), grid_.data.get()}) c->time_with(backend_.get());
+  } else {
+    grid_ = make_mpi_grid(base, cfg_.P);
+  }
 #else
   grid_ = make_mpi_grid(base, cfg_.P);
 #endif

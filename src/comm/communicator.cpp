@@ -36,65 +36,92 @@ int64_t CommCounts::total_bytes() const {
   return n;
 }
 
-void Communicator::count(CollKind k, size_t bytes, double seconds) {
+Backend::Marker Communicator::start_timer() {
+  if (timer_) return timer_->mark();
+  Backend::Marker m;
+  m.host_s = now_s();
+  return m;
+}
+
+void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
   counts_.calls[static_cast<int>(k)] += 1;
   counts_.bytes[static_cast<int>(k)] += static_cast<int64_t>(bytes);
-  counts_.seconds += seconds;
+  if (timer_) {
+    pending_.push_back({start, timer_->mark()});
+  } else {
+    counts_.seconds += now_s() - start.host_s;
+  }
+}
+
+const CommCounts& Communicator::counts() const {
+  for (const auto& p : pending_) counts_.seconds += timer_->seconds_between(p.start, p.end);
+  pending_.clear();
+  return counts_;
+}
+
+void Communicator::reset_counts() {
+  pending_.clear();
+  counts_ = CommCounts{};
+}
+
+void Communicator::set_counts(const CommCounts& c) {
+  pending_.clear();
+  counts_ = c;
 }
 
 void Communicator::all_gather(View send, View recv) {
   LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
             name_ + ".all_gather: recv must hold size x send elements of the same type");
   if (size_ == 1) return local_copy(recv, send);
-  const double t0 = now_s();
+  const auto t0 = start_timer();
   do_all_gather(send, recv);
-  count(CollKind::all_gather, recv.bytes(), now_s() - t0);
+  finish(CollKind::all_gather, recv.bytes(), t0);
 }
 
 void Communicator::reduce_scatter(View send, View recv) {
   LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel * size_,
             name_ + ".reduce_scatter: send must hold size x recv elements of the same type");
   if (size_ == 1) return local_copy(recv, send);
-  const double t0 = now_s();
+  const auto t0 = start_timer();
   do_reduce_scatter(send, recv);
-  count(CollKind::reduce_scatter, send.bytes(), now_s() - t0);
+  finish(CollKind::reduce_scatter, send.bytes(), t0);
 }
 
 void Communicator::all_reduce(View buf) {
   if (size_ == 1) return;
-  const double t0 = now_s();
+  const auto t0 = start_timer();
   do_all_reduce(buf);
-  count(CollKind::all_reduce, buf.bytes(), now_s() - t0);
+  finish(CollKind::all_reduce, buf.bytes(), t0);
 }
 
 void Communicator::all_to_all(View send, View recv) {
   LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel && send.numel % size_ == 0,
             name_ + ".all_to_all: send and recv must be equal and divide by the group size");
   if (size_ == 1) return local_copy(recv, send);
-  const double t0 = now_s();
+  const auto t0 = start_timer();
   do_all_to_all(send, recv);
-  count(CollKind::all_to_all, send.bytes(), now_s() - t0);
+  finish(CollKind::all_to_all, send.bytes(), t0);
 }
 
 void Communicator::send(View buf, int peer) {
   LSS_CHECK(peer >= 0 && peer < size_ && peer != rank_, name_ + ".send: bad peer " + std::to_string(peer));
-  const double t0 = now_s();
+  const auto t0 = start_timer();
   do_send(buf, peer);
-  count(CollKind::send, buf.bytes(), now_s() - t0);
+  finish(CollKind::send, buf.bytes(), t0);
 }
 
 void Communicator::recv(View buf, int peer) {
   LSS_CHECK(peer >= 0 && peer < size_ && peer != rank_, name_ + ".recv: bad peer " + std::to_string(peer));
-  const double t0 = now_s();
+  const auto t0 = start_timer();
   do_recv(buf, peer);
-  count(CollKind::recv, buf.bytes(), now_s() - t0);
+  finish(CollKind::recv, buf.bytes(), t0);
 }
 
 void Communicator::barrier() {
   if (size_ == 1) return;
-  const double t0 = now_s();
+  const auto t0 = start_timer();
   do_barrier();
-  count(CollKind::barrier, 0, now_s() - t0);
+  finish(CollKind::barrier, 0, t0);
 }
 
 }  // namespace lss

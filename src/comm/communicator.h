@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 
@@ -50,9 +51,13 @@ class Communicator {
   void recv(View buf, int peer);
   void barrier();
 
-  const CommCounts& counts() const { return counts_; }
-  void reset_counts() { counts_ = CommCounts{}; }
-  void set_counts(const CommCounts& c) { counts_ = c; }
+  // Counts so far; resolves the pending device timings first (waiting for them).
+  const CommCounts& counts() const;
+  void reset_counts();
+  void set_counts(const CommCounts& c);
+  // Time collectives with `backend`'s markers (device events on cuda, where a collective only
+  // enqueues work and a host clock would measure the enqueueing). Without it: host clock.
+  void time_with(Backend* backend) { timer_ = backend; }
 
  protected:
   virtual void do_all_gather(View send, View recv) = 0;
@@ -66,10 +71,17 @@ class Communicator {
   virtual void local_copy(View dst, View src) = 0;
 
  private:
-  void count(CollKind k, size_t bytes, double seconds);
+  // Starts timing one collective; finish() counts it.
+  struct Pending {
+    Backend::Marker start, end;
+  };
+  Backend::Marker start_timer();
+  void finish(CollKind k, size_t bytes, const Backend::Marker& start);
   std::string name_;
   int rank_, size_;
-  CommCounts counts_;
+  Backend* timer_ = nullptr;
+  mutable CommCounts counts_;
+  mutable std::vector<Pending> pending_;
 };
 
 }  // namespace lss

@@ -1,0 +1,359 @@
+// The CUDA backend: one non-blocking stream per backend that every operation is enqueued on, a
+// caching allocator over cudaMalloc, cuBLASLt GEMMs (gemm.cpp), the other kernels (ops.cu), and
+// attention through cuDNN or the project's flash-attention kernel.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cudnn_attention.h"
+#include "kernels/cuda/flash_attention.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/ops.h"
+
+namespace lss {
+namespace {
+
+// Requests up to 1 MiB are rounded up to 512 bytes; larger ones to one of 8 classes per power of
+// two (at most 12.5% over the request), so that the buffers of a training step, which come back
+// with the same sizes every step, are served from the cache.
+constexpr size_t kSmallLimit = size_t{1} << 20;
+constexpr size_t kSmallGranule = 512;
+constexpr int kClassesPerOctave = 8;
+
+size_t size_class(size_t bytes) {
+  if (bytes <= kSmallLimit)
+    return std::max<size_t>(1, (bytes + kSmallGranule - 1) / kSmallGranule) * kSmallGranule;
+  size_t octave = kSmallLimit;  // the largest power of two <= bytes
+  while (octave <= bytes / 2) octave *= 2;
+  const size_t step = octave / kClassesPerOctave;
+  return (bytes + step - 1) / step * step;
+}
+
+std::string dotted_version(int v) {
+  return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+}
+
+std::string mib(size_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& options)
+      : device_(options.device), attention_(options.attention) {
+    LSS_CUDA_CHECK(cudaSetDevice(device_));
+    LSS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    LSS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
+    gemm_ = std::make_unique<cuda::Gemm>();
+    sample_device_memory();  // the GEMM workspace
+  }
+
+  ~CudaBackend() override {
+    LSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudnn_.reset();
+    gemm_.reset();
+    free_cache();
+    // Buffers must not outlive their backend; free what is left rather than leak it.
+    for (const auto& [ptr, bytes] : live_) LSS_CUDA_CHECK(cudaFree(ptr));
+    LSS_CUDA_CHECK(cudaStreamDestroy(stream_));
+  }
+
+  const char* name() const override { return "cuda"; }
+
+  std::string device_name() const override {
+    cudaDeviceProp prop{};
+    LSS_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    int driver = 0, runtime = 0;
+    LSS_CUDA_CHECK(cudaDriverGetVersion(&driver));
+    LSS_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+    return std::string(prop.name) + " (sm_" + std::to_string(prop.major) +
+           std::to_string(prop.minor) + ", driver " + dotted_version(driver) + ", CUDA runtime " +
+           dotted_version(runtime) + ")";
+  }
+
+  cudaStream_t stream() const { return stream_; }
+
+  // ---- data movement ----
+  // The host side is converted on the host; the copy is complete when these return (the host
+  // data may be gone right after).
+  void copy_from_host(View dst, const void* src, DType src_dtype) override {
+    if (dst.numel == 0) return;
+    const void* from = src;
+    std::vector<char> staging;
+    if (src_dtype != dst.dtype) {
+      staging.resize(dst.bytes());
+      cuda::convert_host(staging.data(), dst.dtype, src, src_dtype, dst.numel);
+      from = staging.data();
+    }
+    LSS_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, from, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+    LSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void copy_to_host(void* dst, DType dst_dtype, View src) override {
+    if (src.numel == 0) return;
+    void* to = dst;
+    std::vector<char> staging;
+    if (dst_dtype != src.dtype) {
+      staging.resize(src.bytes());
+      to = staging.data();
+    }
+    LSS_CUDA_CHECK(cudaMemcpyAsync(to, src.ptr, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    LSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (to != dst) cuda::convert_host(dst, dst_dtype, staging.data(), src.dtype, src.numel);
+  }
+
+  void copy(View dst, View src) override { cuda::convert(ctx(), dst, src); }
+
+  void fill_zero(View dst) override {
+    if (dst.numel == 0) return;
+    LSS_CUDA_CHECK(cudaMemsetAsync(dst.ptr, 0, dst.bytes(), stream_));
+  }
+
+  void synchronize() override { LSS_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- timing ----
+  // A marker is an event recorded on the stream (no synchronization); the time between two is
+  // what the device measured between them.
+  Marker mark() override {
+    Marker m;
+    m.host_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    cudaEvent_t ev = nullptr;
+    LSS_CUDA_CHECK(cudaEventCreate(&ev));
+    m.device = std::shared_ptr<void>(static_cast<void*>(ev), [](void* e) {
+      // A marker destroyed during process teardown finds the runtime gone: nothing to free then.
+      const cudaError_t err = cudaEventDestroy(static_cast<cudaEvent_t>(e));
+      if (err != cudaErrorCudartUnloading) LSS_CUDA_CHECK(err);
+    });
+    LSS_CUDA_CHECK(cudaEventRecord(ev, stream_));
+    return m;
+  }
+
+  double seconds_between(const Marker& a, const Marker& b) override {
+    LSS_CHECK(a.device && b.device, "seconds_between: markers not made by a CUDA backend");
+    const auto ea = static_cast<cudaEvent_t>(a.device.get());
+    const auto eb = static_cast<cudaEvent_t>(b.device.get());
+    LSS_CUDA_CHECK(cudaEventSynchronize(eb));
+    float ms = 0.0f;
+    LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, ea, eb));
+    return 1e-3 * static_cast<double>(ms);
+  }
+
+  // ---- dense algebra ----
+  void gemm(const GemmArgs& args) override { gemm_->run(args, stream_); }
+  void axpy(View y, View x, double alpha) override { cuda::axpy(ctx(), y, x, alpha); }
+  void add(View out, View a, View b) override { cuda::add(ctx(), out, a, b); }
+  void bias_grad(View db, View dy, int64_t rows, int64_t n) override {
+    cuda::bias_grad(ctx(), db, dy, rows, n);
+  }
+
+  // ---- model operations ----
+  void embedding_forward(View out, View tokens, View wte, View wpe_rows, int64_t Tl, int64_t B,
+                         int64_t C) override {
+    cuda::embedding_forward(ctx(), out, tokens, wte, wpe_rows, Tl, B, C);
+  }
+  void embedding_backward(View dwte, View dwpe_rows, View dout, View tokens, int64_t Tl, int64_t B,
+                          int64_t C) override {
+    cuda::embedding_backward(ctx(), dwte, dwpe_rows, dout, tokens, Tl, B, C);
+  }
+  void layernorm_forward(View out, View mean, View rstd, View x, View weight, View bias, int64_t N,
+                         int64_t C, double eps) override {
+    cuda::layernorm_forward(ctx(), out, mean, rstd, x, weight, bias, N, C, eps);
+  }
+  void layernorm_backward(View dx, View dweight, View dbias, View dout, View x, View mean,
+                          View rstd, View weight, int64_t N, int64_t C) override {
+    cuda::layernorm_backward(ctx(), dx, dweight, dbias, dout, x, mean, rstd, weight, N, C);
+  }
+  void gelu_forward(View out, View in) override { cuda::gelu_forward(ctx(), out, in); }
+  void gelu_backward(View din, View dout, View in) override {
+    cuda::gelu_backward(ctx(), din, dout, in);
+  }
+  double cross_entropy_fused(View logits, View targets, int64_t N, int64_t V,
+                             double grad_scale) override {
+    return cuda::cross_entropy_fused(ctx(), logits, targets, N, V, grad_scale);
+  }
+  void adamw(View param, View grad, View m, View v, const AdamW& hp) override {
+    cuda::adamw(ctx(), param, grad, m, v, hp);
+  }
+
+  // ---- attention ----
+  void attention_forward(const AttentionArgs& args) override {
+    if (use_cudnn(args)) {
+      Buffer ws = workspace(cudnn().forward_workspace(args));
+      cudnn().forward(args, ws ? ws.ptr() : nullptr);
+    } else {
+      cuda::flash_attention_forward(args, stream_);
+    }
+  }
+
+  void attention_backward(const AttentionArgs& args) override {
+    if (use_cudnn(args)) {
+      Buffer ws = workspace(cudnn().backward_workspace(args));
+      cudnn().backward(args, ws ? ws.ptr() : nullptr);
+    } else {
+      Buffer ws = workspace(cuda::flash_attention_backward_workspace(args));
+      cuda::flash_attention_backward(args, ws ? ws.ptr() : nullptr, stream_);
+    }
+  }
+
+ protected:
+  // ---- caching allocator ----
+  // Every kernel of the backend runs on stream_, so a block freed here may be handed out again at
+  // once: work enqueued after the reuse runs after the work that used the block before.
+  void* raw_alloc(size_t bytes) override {
+    const size_t cls = size_class(bytes);
+    if (auto it = free_.find(cls); it != free_.end() && !it->second.empty()) {
+      void* p = it->second.back();
+      it->second.pop_back();
+      live_.emplace(p, cls);
+      return p;
+    }
+    void* p = device_malloc(cls);
+    if (p == nullptr) {
+      // Cached blocks of other sizes may be what is missing: give them back and try once more.
+      free_cache();
+      p = device_malloc(cls);
+    }
+    if (p == nullptr) {
+      size_t free_b = 0, total_b = 0;
+      LSS_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+      // The cache is empty now: what the backend holds is in live buffers.
+      throw UsageError("out of device memory: asked " + std::to_string(bytes) +
+                       " bytes on device " + std::to_string(device_) + ", with " +
+                       mib(reserved_bytes_) + " in live buffers of this backend and " +
+                       mib(free_b) + " of " + mib(total_b) + " free on the device");
+    }
+    live_.emplace(p, cls);
+    return p;
+  }
+
+  void raw_free(void* ptr, size_t) override {
+    const auto it = live_.find(ptr);
+    LSS_CHECK(it != live_.end(), "cuda backend: freeing a pointer it did not allocate");
+    free_[it->second].push_back(ptr);
+    live_.erase(it);
+  }
+
+  int64_t device_peak_bytes() const override { return device_peak_; }
+
+ private:
+  cuda::OpContext ctx() { return cuda::OpContext{stream_, num_sms_, this}; }
+
+  // cudaMalloc of `bytes`, null when the device is out of memory (any other failure aborts).
+  void* device_malloc(size_t bytes) {
+    LSS_CUDA_CHECK(cudaSetDevice(device_));
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+      // Clear the error, or the next checked launch would report it.
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    LSS_CUDA_CHECK(err);
+    reserved_bytes_ += bytes;
+    sample_device_memory();
+    return p;
+  }
+
+  void free_cache() {
+    // Frees are safe once nothing enqueued can still touch the blocks.
+    LSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (auto& [cls, blocks] : free_) {
+      for (void* p : blocks) LSS_CUDA_CHECK(cudaFree(p));
+      reserved_bytes_ -= cls * blocks.size();
+    }
+    free_.clear();
+  }
+
+  // The device-wide high-water mark: used memory only grows through cudaMalloc (here or in the
+  // libraries at their setup), so sampling after each one sees the maximum.
+  void sample_device_memory() {
+    size_t free_b = 0, total_b = 0;
+    LSS_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    device_peak_ = std::max(device_peak_, static_cast<int64_t>(total_b - free_b));
+  }
+
+  Buffer workspace(size_t bytes) {
+    if (bytes == 0) return Buffer{};
+    return ctx().scratch(bytes);
+  }
+
+  cuda::CudnnAttention& cudnn() {
+    if (!cudnn_) {
+      cudnn_ = std::make_unique<cuda::CudnnAttention>(stream_);
+      sample_device_memory();
+    }
+    return *cudnn_;
+  }
+
+  // Which implementation runs this shape (--attention cudnn | flash | auto); UsageError when the
+  // chosen one (for auto: either) does not take it.
+  bool use_cudnn(const AttentionArgs& args) {
+    cuda::require_compute_dtype(args.dtype, "attention");
+    const auto shape = [&] {
+      return std::string(dtype_name(args.dtype)) + " B=" + std::to_string(args.B) +
+             " H=" + std::to_string(args.H) + " D=" + std::to_string(args.D) +
+             " Tq=" + std::to_string(args.Tq) + " Tk=" + std::to_string(args.Tk);
+    };
+    if (attention_ == "cudnn") {
+      LSS_REQUIRE_INPUT(cudnn().supported(args),
+                        "--attention cudnn: cuDNN does not support attention of shape " + shape());
+      return true;
+    }
+    if (attention_ == "auto" && cudnn().supported(args)) return true;
+    LSS_REQUIRE_INPUT(cuda::flash_attention_supported(args),
+                      "--attention " + attention_ +
+                          ": the flash-attention kernel does not support attention of shape " +
+                          shape());
+    return false;
+  }
+
+  int device_;
+  std::string attention_;
+  cudaStream_t stream_ = nullptr;
+  int num_sms_ = 1;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  std::unique_ptr<cuda::CudnnAttention> cudnn_;  // created on first use
+
+  std::unordered_map<size_t, std::vector<void*>> free_;  // size class -> cached blocks
+  std::unordered_map<void*, size_t> live_;               // handed-out block -> size class
+  size_t reserved_bytes_ = 0;                            // from cudaMalloc, live or cached
+  int64_t device_peak_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
+  const int count = cuda_device_count();
+  LSS_REQUIRE_INPUT(count > 0, "--backend cuda: no CUDA device is visible to this process");
+  LSS_REQUIRE_INPUT(options.device >= 0 && options.device < count,
+                    "--backend cuda: device " + std::to_string(options.device) +
+                        " does not exist (" + std::to_string(count) + " visible)");
+  LSS_REQUIRE_INPUT(
+      options.attention == "auto" || options.attention == "cudnn" || options.attention == "flash",
+      "--attention: unknown value '" + options.attention + "' (expected auto, cudnn or flash)");
+  return std::make_unique<CudaBackend>(options);
+}
+
+cudaStream_t cuda_stream_of(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  LSS_CHECK(cuda != nullptr,
+            std::string("cuda_stream_of: backend '") + backend.name() + "' is not a CUDA backend");
+  return cuda->stream();
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    // No driver or no device: not an error for the caller, and not one to leave pending.
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace lss

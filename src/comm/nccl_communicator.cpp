@@ -1,0 +1,189 @@
+#include "comm/nccl_communicator.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "comm/mpi_util.h"
+#include "kernels/cuda/cuda_check.h"
+
+// Checked NCCL call: a failure names rank, host, file:line and the call, then aborts every rank.
+#define LSS_NCCL_CHECK(call)                                                                        \
+  do {                                                                                              \
+    const ncclResult_t lss_nccl_rc_ = (call);                                                       \
+    if (lss_nccl_rc_ != ncclSuccess)                                                                \
+      ::lss::fatal_error(__FILE__, __LINE__, #call, ::lss::nccl_error_detail(lss_nccl_rc_));        \
+  } while (0)
+
+namespace lss {
+
+namespace {
+
+// NCCL's own message is often just "unhandled system error"; the last-error string carries the
+// detail (which transport, which peer). ncclGetLastError ignores its argument and reports the
+// calling thread's last error, so no communicator is needed.
+std::string nccl_error_detail(ncclResult_t rc) {
+  std::string detail = ncclGetErrorString(rc);
+  const char* last = ncclGetLastError(nullptr);
+  if (last != nullptr && *last != '\0') detail += std::string(" (") + last + ")";
+  return detail;
+}
+
+ncclDataType_t nccl_type(DType t) {
+  switch (t) {
+    case DType::bf16: return ncclBfloat16;
+    case DType::f32: return ncclFloat;
+    case DType::f64: return ncclDouble;
+    case DType::i32: return ncclInt32;
+  }
+  ::lss::fatal_error(__FILE__, __LINE__, "nccl_type", "NCCL communicator: unknown dtype");
+}
+
+size_t count_of(const View& v) {
+  LSS_CHECK(v.numel >= 0, "NCCL message of negative size " + std::to_string(v.numel));
+  return static_cast<size_t>(v.numel);
+}
+
+// NVLink multicast (NVLS) is NCCL's default on NVSwitch machines, and on the shared GPU hosts a
+// program using it can put every GPU of the host out of service for a day: NCCL_NVLS_ENABLE=0
+// must hold whatever environment the launcher passed. An explicit setting is left alone. NCCL
+// reads it when it first initialises, i.e. in the first ncclGetUniqueId / ncclCommInitRank.
+void default_nvls_off() { setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0); }
+
+int comm_rank(MPI_Comm c) {
+  int r = 0;
+  LSS_MPI_CHECK(MPI_Comm_rank(c, &r));
+  return r;
+}
+int comm_size(MPI_Comm c) {
+  int s = 0;
+  LSS_MPI_CHECK(MPI_Comm_size(c, &s));
+  return s;
+}
+
+}  // namespace
+
+// Takes ownership of `mpi_comm` as MpiCommunicator does (freed in the destructor unless it is
+// MPI_COMM_WORLD), since make_nccl_grid hands over the communicators it splits. The NCCL
+// communicator binds to the CUDA device current at construction: the backend must have chosen
+// this rank's device (cudaSetDevice) before the grid is built.
+NcclCommunicator::NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream)
+    : Communicator(std::move(name), comm_rank(mpi_comm), comm_size(mpi_comm)),
+      stream_(stream),
+      mpi_comm_(mpi_comm) {
+  LSS_MPI_CHECK(MPI_Comm_set_errhandler(mpi_comm_, MPI_ERRORS_RETURN));
+  default_nvls_off();
+  // The base class turns every collective of a one-rank group into a local copy (and send/recv
+  // need a peer), so such a group never reaches NCCL: skip its setup and the device buffers NCCL
+  // would allocate for it (the "dp" group when there is one data replica).
+  if (size() == 1) return;
+  ncclUniqueId id{};
+  if (rank() == 0) LSS_NCCL_CHECK(ncclGetUniqueId(&id));
+  LSS_MPI_CHECK(MPI_Bcast(&id, static_cast<int>(sizeof(id)), MPI_BYTE, 0, mpi_comm_));
+  LSS_NCCL_CHECK(ncclCommInitRank(&comm_, size(), id, rank()));
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // A destructor must not abort the job (it may run while another error is being reported), so
+  // failures here are printed, not fatal.
+  if (comm_ != nullptr) {
+    const ncclResult_t rc = ncclCommDestroy(comm_);
+    if (rc != ncclSuccess)
+      std::fprintf(stderr, "[rank %d] ncclCommDestroy(%s) failed: %s\n", process_rank(), name().c_str(),
+                   ncclGetErrorString(rc));
+  }
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && mpi_comm_ != MPI_COMM_WORLD && mpi_comm_ != MPI_COMM_NULL) MPI_Comm_free(&mpi_comm_);
+}
+
+void NcclCommunicator::do_all_gather(View send, View recv) {
+  LSS_NCCL_CHECK(ncclAllGather(send.ptr, recv.ptr, count_of(send), nccl_type(send.dtype), comm_, stream_));
+}
+
+void NcclCommunicator::do_reduce_scatter(View send, View recv) {
+  LSS_NCCL_CHECK(
+      ncclReduceScatter(send.ptr, recv.ptr, count_of(recv), nccl_type(send.dtype), ncclSum, comm_, stream_));
+}
+
+void NcclCommunicator::do_all_reduce(View buf) {
+  LSS_NCCL_CHECK(ncclAllReduce(buf.ptr, buf.ptr, count_of(buf), nccl_type(buf.dtype), ncclSum, comm_, stream_));
+}
+
+void NcclCommunicator::do_all_to_all(View send, View recv) {
+  // Every block is read from `send` while blocks of `recv` are being written, in any order.
+  LSS_CHECK(send.ptr != recv.ptr, name() + ".all_to_all: send and recv must be different buffers");
+  const int64_t n = send.numel / size();
+  const size_t block_bytes = static_cast<size_t>(n) * dtype_size(send.dtype);
+  const ncclDataType_t type = nccl_type(send.dtype);
+  auto* sp = static_cast<const char*>(send.ptr);
+  auto* rp = static_cast<char*>(recv.ptr);
+  // One group, so that all pairs proceed together instead of deadlocking on each other's order;
+  // the own block goes through NCCL too (a copy inside the same kernel launch).
+  LSS_NCCL_CHECK(ncclGroupStart());
+  for (int peer = 0; peer < size(); ++peer) {
+    LSS_NCCL_CHECK(ncclSend(sp + peer * block_bytes, static_cast<size_t>(n), type, peer, comm_, stream_));
+    LSS_NCCL_CHECK(ncclRecv(rp + peer * block_bytes, static_cast<size_t>(n), type, peer, comm_, stream_));
+  }
+  LSS_NCCL_CHECK(ncclGroupEnd());
+}
+
+void NcclCommunicator::do_send(View buf, int peer) {
+  LSS_NCCL_CHECK(ncclSend(buf.ptr, count_of(buf), nccl_type(buf.dtype), peer, comm_, stream_));
+}
+
+void NcclCommunicator::do_recv(View buf, int peer) {
+  LSS_NCCL_CHECK(ncclRecv(buf.ptr, count_of(buf), nccl_type(buf.dtype), peer, comm_, stream_));
+}
+
+void NcclCommunicator::do_barrier() {
+  // NCCL has no barrier: a one-element all-reduce completes on a rank only after every rank has
+  // reached it, and the stream sync makes the host wait for that (and for all earlier work). The
+  // element comes from the stream-ordered pool: cheap after the first barrier, and outside the
+  // backend's memory accounting (four bytes). Its value is irrelevant; it is zeroed only so that
+  // compute-sanitizer's initcheck stays quiet.
+  void* scratch = nullptr;
+  LSS_CUDA_CHECK(cudaMallocAsync(&scratch, sizeof(int32_t), stream_));
+  LSS_CUDA_CHECK(cudaMemsetAsync(scratch, 0, sizeof(int32_t), stream_));
+  LSS_NCCL_CHECK(ncclAllReduce(scratch, scratch, 1, ncclInt32, ncclSum, comm_, stream_));
+  LSS_CUDA_CHECK(cudaFreeAsync(scratch, stream_));
+  LSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void NcclCommunicator::local_copy(View dst, View src) {
+  if (dst.ptr != src.ptr)
+    LSS_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDeviceToDevice, stream_));
+}
+
+Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream) {
+  Grid g;
+  LSS_MPI_CHECK(MPI_Comm_size(base, &g.world));
+  LSS_MPI_CHECK(MPI_Comm_rank(base, &g.rank));
+  LSS_REQUIRE_INPUT(P >= 1, "--sp " + std::to_string(P) + ": must be at least 1");
+  LSS_REQUIRE_INPUT(g.world % P == 0, "--sp " + std::to_string(P) + ": the world size " +
+                                          std::to_string(g.world) + " (from the launcher) does not divide by it");
+  g.P = P;
+  g.R = g.world / P;
+  g.p = g.rank % P;
+  g.r = g.rank / P;
+  MPI_Comm world_dup, seq, data;
+  LSS_MPI_CHECK(MPI_Comm_dup(base, &world_dup));
+  LSS_MPI_CHECK(MPI_Comm_split(base, g.r, g.p, &seq));
+  LSS_MPI_CHECK(MPI_Comm_split(base, g.p, g.r, &data));
+  g.world_comm = std::make_unique<NcclCommunicator>("world", world_dup, stream);
+  g.seq = std::make_unique<NcclCommunicator>("sp", seq, stream);
+  g.data = std::make_unique<NcclCommunicator>("dp", data, stream);
+  return g;
+}
+
+std::string nccl_loaded_version() {
+  int v = 0;
+  LSS_NCCL_CHECK(ncclGetVersion(&v));
+  // NCCL_VERSION(X,Y,Z) is X*10000 + Y*100 + Z since 2.9, X*1000 + Y*100 + Z before.
+  const int major = v >= 20900 ? v / 10000 : v / 1000;
+  const int minor = v >= 20900 ? (v % 10000) / 100 : (v % 1000) / 100;
+  const int patch = v % 100;
+  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
+}
+
+}  // namespace lss
