@@ -44,12 +44,12 @@ mkdir -p "$stage/bin" "$stage/lib"
 
 # ---- binaries ----
 bins=()
-for f in "$build"/bin/lssbench "$build"/bin/test_*; do
+for f in "$build"/bin/lssbench "$build"/bin/test_* "$build"/bin/bench_*; do
   [[ -f $f && -x $f ]] || continue
   cp -L "$f" "$stage/bin/"
   bins+=("$stage/bin/$(basename "$f")")
 done
-skipped=$(find "$build/bin" -maxdepth 1 -type f -perm -u+x ! -name lssbench ! -name 'test_*' -printf '%f ' 2>/dev/null || true)
+skipped=$(find "$build/bin" -maxdepth 1 -type f -perm -u+x ! -name lssbench ! -name 'test_*' ! -name 'bench_*' -printf '%f ' 2>/dev/null || true)
 [[ -n $skipped ]] && echo "not carried (not lssbench or test_*): $skipped"
 # Debug sections only: the symbol tables stay, so that a crash there still names functions.
 strip --strip-debug "${bins[@]}"

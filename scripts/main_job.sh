@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # The main job: lss against megatron_sp (and serial) on 1, 2 and 4 ranks at one model, writing
-# one result JSON per point under results/runs/main-<time>/ and a summary table.
-# GPUs: the CUDA backend is not built yet, so this runs on CPU MPI ranks everywhere for now.
+# one result JSON per point under results/runs/main-<time>/ and a summary table. On a machine
+# with GPUs (and a CUDA build) each rank drives one GPU in bf16 at a GPU-sized model; elsewhere
+# the ranks run on the CPU at a small model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="results/runs/main-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
-model=(--layers 2 --width 64 --heads 4 --seq 256 --batch 1 --iters 3 --warmup 1 --dtype fp32 --threads 1)
+gpus=0
+if command -v nvidia-smi > /dev/null && grep -q "LSS_BUILT_WITH_CUDA:INTERNAL=ON" build/CMakeCache.txt 2>/dev/null; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
+fi
+if [ "$gpus" -gt 0 ]; then
+  model=(--backend cuda --dtype bf16 --layers 4 --width 2048 --heads 16 --seq 16K --batch 1 --iters 5 --warmup 2)
+else
+  model=(--layers 2 --width 64 --heads 4 --seq 256 --batch 1 --iters 3 --warmup 1 --dtype fp32 --threads 1)
+fi
 run() {  # run NP NAME args...
   local np=$1 name=$2
   shift 2
@@ -15,6 +24,7 @@ run() {  # run NP NAME args...
 }
 run 1 serial --strategy serial
 for p in 1 2 4; do
+  if [ "$gpus" -gt 0 ] && [ "$p" -gt "$gpus" ]; then continue; fi
   run "$p" "lss_sp$p" --strategy lss --sp "$p"
   run "$p" "megatron_sp_sp$p" --strategy megatron_sp --sp "$p"
 done

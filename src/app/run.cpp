@@ -8,6 +8,7 @@
 #include <ctime>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <thread>
 
 #include "app/export.h"
@@ -165,17 +166,14 @@ json library_versions(const std::string& backend) {
     v["nccl"] = nccl_loaded_version();
     const int cudnn = cuda::CudnnAttention::loaded_version();
     v["cudnn"] = fmt::format("{}.{}.{}", cudnn / 10000, (cudnn % 10000) / 100, cudnn % 100);
-    // The kernel driver's own version string, as nvidia-smi shows it.
+    // The kernel driver's own version, as nvidia-smi shows it: the first dotted number on the
+    // "NVRM version" line (its wording differs between the open and the proprietary module).
     if (FILE* f = std::fopen("/proc/driver/nvidia/version", "r")) {
       char line[512] = {};
       if (std::fgets(line, sizeof(line), f)) {
-        std::string l(line);
-        const auto pos = l.find("Kernel Module");
-        if (pos != std::string::npos) {
-          std::string rest = l.substr(pos + 13);
-          rest.erase(0, rest.find_first_not_of(" \t"));
-          v["driver"] = rest.substr(0, rest.find_first_of(" \t\n"));
-        }
+        std::smatch match;
+        const std::string l(line);
+        if (std::regex_search(l, match, std::regex(R"((\d+\.\d+(\.\d+)?))"))) v["driver"] = match.str(1);
       }
       std::fclose(f);
     }
