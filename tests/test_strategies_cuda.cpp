@@ -36,7 +36,7 @@ RunConfig model(const std::string& strategy, int P, DType dtype, bool causal, co
   rc.model.H = 4;  // D = 64: a head size both attention paths take
   rc.model.T = 512;
   rc.model.T_max = 512;
-  rc.model.B = 2;
+  rc.model.B = 4;  // divides by every data-parallel degree of 1, 2 and 4 ranks
   rc.model.causal = causal;
   rc.model.dtype = dtype;
   rc.model.init_std = 0.05;
@@ -78,7 +78,13 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
   for (auto [P, R] : grids) {
     RunConfig rc = model(c.strategy, P, c.dtype, c.causal, c.attention);
     Session gpu(rc, MPI_COMM_WORLD);
+    gpu.reset_counts();
     const double loss = gpu.forward_backward(0);
+    // The communicator's counts (bf16 activations, fp32 gradients) equal the README's formulas.
+    const CommModel counted = gpu.comm_counts(), expected = gpu.expected_comm();
+    EXPECT_EQ(counted.size(), expected.size()) << c.strategy << " P=" << P;
+    for (const auto& [group, counts] : expected)
+      EXPECT_TRUE(counted.count(group) && counted.at(group) == counts) << c.strategy << " P=" << P << " group " << group;
     const auto grads = gpu.gather_full(true);
     if (world_rank() != 0) continue;
     RunConfig ref = rc;

@@ -59,7 +59,8 @@ class MegatronSpStrategy final : public Strategy {
 
   CommModel expected_comm() const override {
     const ModelConfig& cfg = ctx_.cfg;
-    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
+    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));                 // activations
+    const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(cfg.dtype)));  // gradients
     const int64_t full = cfg.T * Bl_ * cfg.C * es;  // one (T, B/R, C) activation
     const int P = ctx_.grid.P, R = ctx_.grid.R;
     CommModel m;
@@ -67,8 +68,8 @@ class MegatronSpStrategy final : public Strategy {
     // of a reduce-scatter is an all-gather and vice versa), plus 2 re-gathers of LN outputs.
     expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (ctx_.opts.regather_ln ? 6 : 4), full);
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * 4, full);
-    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es);
-    expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es);
+    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es_grad);
+    expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es_grad);
     return m;
   }
 

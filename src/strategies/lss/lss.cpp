@@ -41,14 +41,15 @@ class LssStrategy final : public Strategy {
 
   CommModel expected_comm() const override {
     const ModelConfig& cfg = ctx_.cfg;
-    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
+    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));                 // activations
+    const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(cfg.dtype)));  // gradients
     const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * es;  // the gathered [K|V] of one layer
     CommModel m;
     const int P = ctx_.grid.P, R = ctx_.grid.R;
     expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (ctx_.opts.keep_kv ? 1 : 2), kv_bytes);
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
-    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es);
-    expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es);
+    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es_grad);
+    expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es_grad);
     return m;
   }
 
