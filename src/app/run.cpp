@@ -65,6 +65,7 @@ OptionParser make_parser() {
   p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
   p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
+  p.add_flag("measure-peak", true, "after timing, measure the device's GEMM rate for MFU (8192^3 on cuda)");
   p.add_flag("check", false, "after timing, compare one step with serial on one rank (loss, gradients)");
   p.add_size("check-seq", 0, "sequence length of the --check step (0: --seq); must divide by --sp");
   return p;
@@ -192,12 +193,24 @@ double datasheet_peak_tflops(const std::string& device, DType dtype) {
   return 67.0;  // fp32 (non-tensor-core) datasheet figure of the H100/H200 SXM
 }
 
-json counts_json(const CommModel& m) {
+// Calls and bytes per group and collective; with `group_sizes`, also the time inside the
+// collective and the bus bandwidth of nccl-tests: busbw = bytes / time x (n-1)/n, x 2(n-1)/n for
+// all-reduce (n the group size).
+json counts_json(const CommModel& m, const std::map<std::string, int>* group_sizes = nullptr) {
   json j = json::object();
   for (const auto& [group, c] : m) {
     json g = json::object();
-    for (int k = 0; k < kNumCollKinds; ++k)
-      if (c.calls[k]) g[coll_kind_name(static_cast<CollKind>(k))] = {{"calls", c.calls[k]}, {"bytes", c.bytes[k]}};
+    for (int k = 0; k < kNumCollKinds; ++k) {
+      if (!c.calls[k]) continue;
+      json e = {{"calls", c.calls[k]}, {"bytes", c.bytes[k]}};
+      if (group_sizes && group_sizes->count(group)) {
+        const double n = group_sizes->at(group), t = c.seconds_by_kind[k];
+        const double factor = static_cast<CollKind>(k) == CollKind::all_reduce ? 2.0 * (n - 1) / n : (n - 1) / n;
+        e["ms"] = t * 1e3;
+        e["busbw_GBps"] = t > 0 ? json(static_cast<double>(c.bytes[k]) / t * factor / 1e9) : json(nullptr);
+      }
+      g[coll_kind_name(static_cast<CollKind>(k))] = e;
+    }
     j[group] = g;
   }
   return j;
@@ -227,6 +240,30 @@ std::string human_bytes(double b) {
     ++u;
   }
   return fmt::format("{:.2f} {}", b, units[u]);
+}
+
+// TFLOP/s of an n x n x n GEMM in `dtype` (median of 5 after 2 warm-up calls).
+double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
+  Buffer a = be.alloc(dtype, n * n), b = be.alloc(dtype, n * n), c = be.alloc(dtype, n * n);  // (n, n) each
+  std::vector<double> ones(static_cast<size_t>(n * n), 1.0 / static_cast<double>(n));
+  be.copy_from_host(a.view(), ones.data(), DType::f64);
+  be.copy_from_host(b.view(), ones.data(), DType::f64);
+  GemmArgs g;
+  g.dtype = g.c_dtype = dtype;
+  g.trans_b = true;
+  g.m = g.n = g.k = n;
+  g.a = a.ptr();
+  g.b = b.ptr();
+  g.c = c.ptr();
+  g.lda = g.ldb = g.ldc = n;
+  std::vector<double> times;
+  for (int i = 0; i < 7; ++i) {
+    const auto t0 = be.mark();
+    be.gemm(g);
+    const auto t1 = be.mark();
+    if (i >= 2) times.push_back(be.seconds_between(t0, t1));
+  }
+  return 2.0 * static_cast<double>(n) * n * n / percentile(times, 50) / 1e12;
 }
 
 // Normwise relative error ||a - b|| / ||b||.
@@ -339,7 +376,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   be.reset_peak();
   std::vector<double> step_s, fwd_s, bwd_s, opt_s, comm_s;
   std::vector<double> losses;
-  CommModel step_counts;
+  CommModel step_counts, last_counts;  // of the first and of the last step
   bool counts_stable = true;
   const auto wall0 = std::chrono::steady_clock::now();
   for (int64_t it = 0; it < warmup + iters; ++it) {
@@ -350,6 +387,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     if (it == 0 && !export_path.empty()) export_step(session, it, export_path);
     session.optimizer_step(it + 1, &t);
     losses.push_back(loss);
+    last_counts = counts;
     if (it == 0) step_counts = counts;
     else if (!same_counts(counts, step_counts)) counts_stable = false;
     if (it >= warmup) {
@@ -389,6 +427,17 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   const double tokens_per_s = static_cast<double>(m.B * m.T) / median;
   const double tflops_per_dev = flops.step / median / grid.world / 1e12;
   const double datasheet = datasheet_peak_tflops(be.device_name(), m.dtype);
+  // The card's GEMM rate, measured after the timed region so that its buffers touch neither the
+  // timings nor the memory high-water marks; each rank measures its own device, the slowest counts.
+  double gemm_peak = 0;
+  std::string gemm_shape;
+  if (parser.flag("measure-peak")) {
+    const int64_t n = rc.backend == "cuda" ? 8192 : 1024;
+    gemm_shape = fmt::format("{}^3 {}", n, dtype_name(m.dtype));
+    double mine = measure_gemm_tflops(be, m.dtype, n);
+    LSS_MPI_CHECK(MPI_Allreduce(&mine, &gemm_peak, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
+  }
+
   // --check: after the timed region, the same configuration (or a shorter sequence) stepped once
   // by this strategy on this grid and by serial on one rank; loss and gradients compared.
   json check = nullptr;
@@ -438,7 +487,11 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                    {"forward_median_ms", percentile(fwd_s, 50) * 1e3},
                    {"backward_median_ms", percentile(bwd_s, 50) * 1e3},
                    {"optimizer_median_ms", percentile(opt_s, 50) * 1e3},
-                   {"comm_median_ms", percentile(comm_s, 50) * 1e3}};
+                   {"comm_median_ms", percentile(comm_s, 50) * 1e3},
+                   // Every collective of this version runs on the compute stream (CPU: blocking
+                   // MPI), so none of it is hidden behind compute.
+                   {"comm_exposed_median_ms", percentile(comm_s, 50) * 1e3},
+                   {"comm_overlap", "none: collectives run in order on the compute stream"}};
     j["metrics"] = {{"tokens_per_s", tokens_per_s},
                     {"flops_per_step", flops.step},
                     {"flops_convention", flops.convention},
@@ -446,10 +499,14 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                     {"peak_tflops", peak_tflops > 0 ? json(peak_tflops) : json(nullptr)},
                     {"mfu", peak_tflops > 0 ? json(tflops_per_dev / peak_tflops) : json(nullptr)},
                     {"mfu_datasheet", datasheet > 0 ? json(tflops_per_dev / datasheet) : json(nullptr)},
+                    {"measured_gemm_tflops", gemm_peak > 0 ? json(gemm_peak) : json(nullptr)},
+                    {"measured_gemm_shape", gemm_peak > 0 ? json(gemm_shape) : json(nullptr)},
+                    {"mfu_measured", gemm_peak > 0 ? json(tflops_per_dev / gemm_peak) : json(nullptr)},
                     {"peak_mem_bytes", static_cast<int64_t>(mem_v[0])},
                     {"peak_activation_bytes", static_cast<int64_t>(mem_v[1])},
                     {"device_peak_mem_bytes", mem_v[2] < 0 ? json(nullptr) : json(static_cast<int64_t>(mem_v[2]))}};
-    j["comm"] = {{"per_step_rank0", counts_json(step_counts)},
+    const std::map<std::string, int> sizes = {{"sp", grid.P}, {"dp", grid.R}, {"world", grid.world}};
+    j["comm"] = {{"per_step_rank0", counts_json(last_counts, &sizes)},
                  {"expected_rank0", counts_json(expected)},
                  {"matches_model", comm_ok == 1},
                  {"byte_convention", "all_gather: output bytes; reduce_scatter, all_to_all: input bytes; "

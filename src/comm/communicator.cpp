@@ -47,14 +47,20 @@ void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start
   counts_.calls[static_cast<int>(k)] += 1;
   counts_.bytes[static_cast<int>(k)] += static_cast<int64_t>(bytes);
   if (timer_) {
-    pending_.push_back({start, timer_->mark()});
+    pending_.push_back({start, timer_->mark(), k});
   } else {
-    counts_.seconds += now_s() - start.host_s;
+    const double t = now_s() - start.host_s;
+    counts_.seconds += t;
+    counts_.seconds_by_kind[static_cast<int>(k)] += t;
   }
 }
 
 const CommCounts& Communicator::counts() const {
-  for (const auto& p : pending_) counts_.seconds += timer_->seconds_between(p.start, p.end);
+  for (const auto& p : pending_) {
+    const double t = timer_->seconds_between(p.start, p.end);
+    counts_.seconds += t;
+    counts_.seconds_by_kind[static_cast<int>(p.kind)] += t;
+  }
   pending_.clear();
   return counts_;
 }

@@ -23,7 +23,8 @@ const char* coll_kind_name(CollKind k);
 struct CommCounts {
   std::array<int64_t, kNumCollKinds> calls{};
   std::array<int64_t, kNumCollKinds> bytes{};
-  double seconds = 0.0;  // wall time inside collectives (CPU) or stream time (GPU)
+  double seconds = 0.0;  // time inside collectives: host clock (MPI) or device events (NCCL)
+  std::array<double, kNumCollKinds> seconds_by_kind{};
 
   int64_t total_calls() const;
   int64_t total_bytes() const;
@@ -74,6 +75,7 @@ class Communicator {
   // Starts timing one collective; finish() counts it.
   struct Pending {
     Backend::Marker start, end;
+    CollKind kind;
   };
   Backend::Marker start_timer();
   void finish(CollKind k, size_t bytes, const Backend::Marker& start);
