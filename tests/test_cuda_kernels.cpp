@@ -181,11 +181,11 @@ TEST_F(CudaTest, CachingAllocatorAndAccounting) {
   EXPECT_EQ(gpu->memory_stats().peak_bytes, gpu->memory_stats().current_bytes);
 }
 
-TEST_F(CudaTest, OutOfMemoryIsUsageErrorAndRecoverable) {
+TEST_F(CudaTest, OutOfMemoryIsReportedAndRecoverable) {
   try {
     Buffer huge = gpu->alloc(DType::f32, int64_t{1} << 42);  // 16 TiB
     ADD_FAILURE() << "no exception";
-  } catch (const UsageError& e) {
+  } catch (const OutOfMemoryError& e) {
     EXPECT_NE(std::string(e.what()).find("out of device memory: asked"), std::string::npos)
         << e.what();
   }

@@ -222,7 +222,7 @@ class CudaBackend final : public Backend {
       size_t free_b = 0, total_b = 0;
       LSS_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
       // The cache is empty now: what the backend holds is in live buffers.
-      throw UsageError("out of device memory: asked " + std::to_string(bytes) +
+      throw OutOfMemoryError("out of device memory: asked " + std::to_string(bytes) +
                        " bytes on device " + std::to_string(device_) + ", with " +
                        mib(reserved_bytes_) + " in live buffers of this backend and " +
                        mib(free_b) + " of " + mib(total_b) + " free on the device");

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <fmt/format.h>
 #include <string>
 #include <vector>
@@ -46,6 +47,15 @@ int main(int argc, char** argv) {
     // exits non-zero without a collective that could hang.
     std::fprintf(stderr, "[rank %d] lssbench: error: %s\n", rank, e.what());
     rc = 2;
+  } catch (const lss::OutOfMemoryError& e) {
+    std::fprintf(stderr, "[rank %d on %s] lssbench: out of memory: %s\n", rank, lss::host_name().c_str(), e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 4);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "[rank %d on %s] lssbench: out of memory: host allocation failed\n", rank,
+                 lss::host_name().c_str());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 4);
   } catch (const std::exception& e) {
     lss::fatal_error(__FILE__, __LINE__, "lssbench", e.what());
   }

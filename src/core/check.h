@@ -11,6 +11,13 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown when a buffer cannot be allocated (device or host). Caught in main: the message on this
+// rank, then MPI_Abort, since the other ranks may already wait in a collective. The sweep runner
+// recognises the message ("out of memory") and records the point as out-of-memory.
+struct OutOfMemoryError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // Prints "[rank R on HOST] FILE:LINE: CALL failed: DETAIL" to stderr and aborts every rank
 // (MPI_Abort when MPI is up, std::abort otherwise). Never returns.
 [[noreturn]] void fatal_error(const char* file, int line, const std::string& call,
