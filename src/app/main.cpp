@@ -1,6 +1,8 @@
 // lssbench: long-sequence distributed transformer training benchmark.
 #include <mpi.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -10,6 +12,7 @@
 
 #include "app/result.h"
 #include "app/run.h"
+#include "app/sweep.h"
 #include "core/check.h"
 
 namespace {
@@ -18,6 +21,7 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  run      train one configuration with one strategy; print a table and write the result JSON\n"
+    "  sweep    run a sweep specification (sweeps/*.json): many points, resumable, aggregated\n"
     "  validate check result JSON files against schema v1 (RESULTS.md)\n"
     "\n"
     "`lssbench <command> --help` lists a command's options with their defaults.\n";
@@ -35,6 +39,14 @@ int main(int argc, char** argv) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
       if (rank == 0) fmt::print("{}", kUsage);
       rc = args.empty() ? 2 : 0;
+    } else if (args[0] == "sweep") {
+      // The sweep is a driver: it launches its own MPI jobs, so it runs on one process.
+      int world = 1;
+      MPI_Comm_size(MPI_COMM_WORLD, &world);
+      if (world != 1) throw lss::UsageError("sweep launches its own MPI jobs: run it without mpiexec");
+      char self[4096] = {};
+      const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+      rc = lss::cmd_sweep({args.begin() + 1, args.end()}, n > 0 ? std::string(self, static_cast<size_t>(n)) : argv[0]);
     } else if (args[0] == "validate") {
       rc = rank == 0 ? lss::cmd_validate({args.begin() + 1, args.end()}) : 0;
     } else if (args[0] == "run") {
