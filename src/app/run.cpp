@@ -18,6 +18,7 @@
 #include "comm/mpi_util.h"
 #include "core/check.h"
 #include "core/fileio.h"
+#include "core/init.h"
 #include "core/options.h"
 #ifdef LSS_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -245,9 +246,13 @@ std::string human_bytes(double b) {
 // TFLOP/s of an n x n x n GEMM in `dtype` (median of 5 after 2 warm-up calls).
 double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
   Buffer a = be.alloc(dtype, n * n), b = be.alloc(dtype, n * n), c = be.alloc(dtype, n * n);  // (n, n) each
-  std::vector<double> ones(static_cast<size_t>(n * n), 1.0 / static_cast<double>(n));
-  be.copy_from_host(a.view(), ones.data(), DType::f64);
-  be.copy_from_host(b.view(), ones.data(), DType::f64);
+  // Random operands: constant ones let the tensor cores draw less power and clock higher, which
+  // overstates the rate the model's GEMMs can reach.
+  std::vector<double> values(static_cast<size_t>(n * n));
+  const uint64_t key = stream_key(12345, "gemm-peak");
+  for (size_t i = 0; i < values.size(); ++i) values[i] = uniform01(key, i) - 0.5;
+  be.copy_from_host(a.view(), values.data(), DType::f64);
+  be.copy_from_host(b.view(), values.data(), DType::f64);
   GemmArgs g;
   g.dtype = g.c_dtype = dtype;
   g.trans_b = true;
