@@ -407,6 +407,7 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
   p.add_size("gpus-per-node", 4, "--emit-slurm: GPUs per node");
   p.add_string("time", "02:00:00", "--emit-slurm: wall time limit");
   p.add_string("partition", "", "--emit-slurm: partition (empty: the cluster's default)");
+  p.add_size("max-world", 0, "skip points of more ranks than this (0: run all), e.g. the GPUs of this machine");
   std::vector<std::string> rest;
   std::string spec_path;
   for (const auto& a : args) {
@@ -422,10 +423,15 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
     return 0;
   }
   LSS_REQUIRE_INPUT(!spec_path.empty(), "sweep: give a specification file (see sweeps/)");
-  const SweepSpec spec = load_sweep_spec(spec_path);
+  SweepSpec spec = load_sweep_spec(spec_path);
   const std::string out = p.str("out");
   LSS_REQUIRE_INPUT(!out.empty(), "sweep: --out DIR is required");
   const std::string binary = spec.binary.empty() ? self_path : spec.binary;
+  if (const int64_t max_world = p.size("max-world"); max_world > 0) {
+    LSS_REQUIRE_INPUT(max_world > 0, "--max-world must be positive");
+    std::erase_if(spec.points, [&](const SweepPoint& pt) { return pt.world > max_world; });
+    LSS_REQUIRE_INPUT(!spec.points.empty(), "--max-world " + std::to_string(max_world) + ": leaves no point of the spec");
+  }
 
   if (!p.str("emit-slurm").empty()) {
     int max_world = 1;

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The sweep runner: spec validation, failing points (crash, hang, out-of-memory) recorded while
+# the sweep goes on, a sweep killed half-way and rerun ends with every point exactly once, the
+# max-sequence search, the Slurm script.   usage: sweep.sh LSSBENCH
+set -u
+lssbench=$(realpath "$1")
+fake=$(realpath "$(dirname "$0")/fake_lssbench.sh")
+export LSS_REAL_BINARY=$lssbench
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok:   $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+model='"model": {"layers": 1, "width": 32, "heads": 2, "batch": 1, "threads": 1}'
+
+# ---- spec validation: a clear error naming the field, non-zero exit
+check_spec() {  # FRAGMENT JSON
+  printf '%s\n' "$2" > bad.json
+  out=$("$lssbench" sweep bad.json --out "$work/never" 2>&1)
+  rc=$?
+  if [ $rc -ne 0 ] && grep -qF -- "$1" <<<"$out" && [ ! -e "$work/never" ]; then ok "spec error: $1"
+  else bad "spec error '$1': rc $rc, output: $out"; fi
+}
+check_spec "not valid JSON" '{"name": "x",'
+check_spec "missing field 'mode'" '{"name": "x", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"'}'
+check_spec "mode: '\"fast\"' is not weak, strong or max_seq" '{"name": "x", "mode": "fast", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"'}'
+check_spec "strategies: unknown strategy \"ring\"" '{"name": "x", "mode": "strong", "strategies": ["ring"], "world": [1], "seq": [64], '"$model"'}'
+check_spec "world: -2 must be positive" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [-2], "seq": [64], '"$model"'}'
+check_spec "model: unknown option 'colour'" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "model": {"colour": 3}}'
+check_spec "unknown field 'itres'" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "itres": 3, '"$model"'}'
+check_spec "max_seq: {granularity, limit} is required" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"'}'
+out=$("$lssbench" sweep missing.json --out x 2>&1); rc=$?
+if [ $rc -ne 0 ] && grep -q "missing.json: cannot be opened" <<<"$out"; then ok "unreadable spec"; else bad "unreadable spec: $out"; fi
+
+# ---- failing points: crash (96), hang (128), out of memory (160) among good ones (64, 192)
+cat > faults.json <<EOF2
+{"name": "faults", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64, 96, 128, 160, 192],
+ $model, "iters": 1, "warmup": 0, "timeout_s": 5, "binary": "$fake"}
+EOF2
+"$lssbench" sweep faults.json --out faults > faults.log 2>&1
+status_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" "$1" 2>/dev/null; }
+for pair in 64:ok 96:crashed 128:timeout 160:oom 192:ok; do
+  T=${pair%%:*}; want=${pair#*:}
+  got=$(status_of "faults/points/lss_w1_sp1_T$T.json")
+  if [ "$got" = "$want" ]; then ok "point T=$T recorded as $want"; else bad "point T=$T: status '$got', want $want"; cat faults.log; fi
+done
+if ls faults/aggregate-*.json > /dev/null 2>&1 && [ "$(python3 -c "import json,glob; a=json.load(open(glob.glob('faults/aggregate-*.json')[0])); print(a['points_ok'], len(a['points_failed']))")" = "2 3" ]; then
+  ok "the sweep went on and aggregated 2 ok + 3 failed"
+else bad "aggregate of the fault sweep"; fi
+
+# ---- killed half-way, then rerun: every point exactly once
+cat > resume.json <<EOF2
+{"name": "resume", "mode": "strong", "strategies": ["lss", "megatron_sp"], "world": [1, 2], "seq": [64, 128],
+ $model, "iters": 2, "warmup": 0, "timeout_s": 60}
+EOF2
+"$lssbench" sweep resume.json --out resume > resume1.log 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+  [ "$(ls resume/points 2>/dev/null | wc -l)" -ge 3 ] && break
+  sleep 0.1
+done
+kill -TERM $pid
+wait $pid
+rc1=$?
+first=$(ls resume/points | wc -l)
+leftover=$(ls resume/points | grep -c tmp || true)
+"$lssbench" sweep resume.json --out resume > resume2.log 2>&1
+rc2=$?
+total=$(ls resume/points | wc -l)
+again=$(grep -c "(done before)" resume2.log)
+if [ $rc1 -eq 130 ] && [ "$first" -ge 3 ] && [ "$first" -lt 8 ] && [ "$leftover" -eq 0 ] && [ $rc2 -eq 0 ] && [ "$total" -eq 8 ] && [ "$again" -eq "$first" ]; then
+  ok "killed after $first of 8 points (exit 130), the rerun ran the other $((8 - first)) and skipped $again"
+else
+  bad "resume: first exit $rc1 with $first points ($leftover temporary), rerun exit $rc2, $total points, $again skipped"
+fi
+if python3 -c "import json,glob,sys; a=json.load(open(sorted(glob.glob('resume/aggregate-*.json'))[-1])); sys.exit(0 if a['points_ok']==8 and not a['points_failed'] else 1)"; then
+  ok "the aggregate holds all 8 points"; else bad "aggregate after resume"; fi
+
+# ---- max-sequence search: OOM above 300 tokens; granularity 32 -> 288, first failure 320
+cat > maxseq.json <<EOF2
+{"name": "maxseq", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], $model,
+ "max_seq": {"granularity": 32, "limit": 4096}, "timeout_s": 60, "binary": "$fake"}
+EOF2
+LSS_FAKE_OOM_ABOVE=300 "$lssbench" sweep maxseq.json --out maxseq > maxseq.log 2>&1
+res=$(python3 -c "import json,glob; m=json.load(open(glob.glob('maxseq/aggregate-*.json')[0]))['max_seq'][0]; print(m['max_seq'], m['first_failing_seq'], m['failure'])" 2>/dev/null)
+if [ "$res" = "288 320 oom" ]; then ok "max-seq search: 288 trains, 320 runs out of memory"; else bad "max-seq search: '$res'"; cat maxseq.log; fi
+
+# ---- Slurm batch script
+cat > slurm.json <<EOF2
+{"name": "big", "mode": "weak", "strategies": ["lss"], "world": [8, 16], "seq": [1024], $model}
+EOF2
+"$lssbench" sweep slurm.json --out /scratch/big --emit-slurm big.sbatch --gpus-per-node 8 --time 01:30:00 > /dev/null 2>&1
+if grep -q "^#SBATCH --nodes=2$" big.sbatch && grep -q "^#SBATCH --gpus-per-node=8$" big.sbatch && grep -q "^#SBATCH --time=01:30:00$" big.sbatch \
+   && grep -q "sweep .*slurm.json --out /scratch/big" big.sbatch; then ok "--emit-slurm: 2 nodes x 8 GPUs"; else bad "--emit-slurm"; cat big.sbatch; fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,61 @@
+// The sweep aggregate's derived metrics on fixture points, against values computed by hand.
+#include <gtest/gtest.h>
+
+#include "app/sweep.h"
+
+using namespace lss;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+json point(const std::string& strategy, int world, int64_t seq, double ms, double tflops, double mem) {
+  return {{"status", "ok"},
+          {"strategy", strategy},
+          {"grid", {{"world", world}, {"sp", world}, {"dp", 1}}},
+          {"config", {{"seq", seq}}},
+          {"timing", {{"median_ms", ms}}},
+          {"metrics", {{"tokens_per_s", seq / ms * 1e3}, {"tflops_per_gpu", tflops}, {"peak_mem_bytes", mem}}}};
+}
+
+const json* find(const json& list, const std::string& strategy, int world) {
+  for (const auto& e : list)
+    if (e.value("strategy", "") == strategy && e["world"] == world) return &e;
+  return nullptr;
+}
+
+TEST(SweepAggregate, StrongScalingSpeedupAndMemoryRatio) {
+  // lss: 100 ms on 1 rank, 30 ms on 4: E = (1 x 100) / (4 x 30) = 0.8333..., speedup 3.333...
+  // megatron_sp on 4 ranks: 45 ms, 6 GB against lss's 2 GB: speedup 45/30 = 1.5, memory ratio 3.
+  std::vector<json> pts = {point("lss", 1, 1024, 100, 50, 8e9), point("lss", 4, 1024, 30, 40, 2e9),
+                           point("megatron_sp", 4, 1024, 45, 30, 6e9),
+                           {{"status", "oom"}, {"strategy", "megatron_sp"}, {"grid", {{"world", 1}, {"sp", 1}}},
+                            {"config", {{"seq", 1024}}}, {"status_reason", "exit code 134 and no result"}}};
+  const json a = aggregate_points(pts, "strong");
+  EXPECT_EQ(a["points_ok"], 3);
+  ASSERT_EQ(a["points_failed"].size(), 1u);
+  EXPECT_EQ(a["points_failed"][0]["status"], "oom");
+  ASSERT_EQ(a["speedup_lss_over_megatron_sp"].size(), 1u);
+  EXPECT_DOUBLE_EQ(a["speedup_lss_over_megatron_sp"][0]["speedup"].get<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(a["speedup_lss_over_megatron_sp"][0]["memory_ratio"].get<double>(), 3.0);
+  const json* e4 = find(a["strong_scaling"], "lss", 4);
+  ASSERT_NE(e4, nullptr);
+  EXPECT_NEAR((*e4)["efficiency"].get<double>(), 100.0 / 120.0, 1e-12);
+  EXPECT_NEAR((*e4)["speedup"].get<double>(), 100.0 / 30.0, 1e-12);
+  // megatron_sp's only point is its own base: efficiency 1.
+  EXPECT_DOUBLE_EQ((*find(a["strong_scaling"], "megatron_sp", 4))["efficiency"].get<double>(), 1.0);
+}
+
+TEST(SweepAggregate, WeakScalingBothDefinitions) {
+  // T grows with the ranks: 1 rank T=1K in 10 ms at 100 TFLOP/s; 4 ranks T=4K in 25 ms at 160.
+  // FLOP-rate efficiency 160/100 = 1.6; paper-style time ratio 10/25 = 0.4.
+  std::vector<json> pts = {point("lss", 1, 1024, 10, 100, 1e9), point("lss", 4, 4096, 25, 160, 1e9)};
+  const json a = aggregate_points(pts, "weak");
+  const json* e = find(a["weak_scaling"], "lss", 4);
+  ASSERT_NE(e, nullptr);
+  EXPECT_DOUBLE_EQ((*e)["flop_rate_efficiency"].get<double>(), 1.6);
+  EXPECT_DOUBLE_EQ((*e)["time_ratio_paper_style"].get<double>(), 0.4);
+  EXPECT_EQ((*e)["base_seq"], 1024);
+  EXPECT_FALSE(a.contains("strong_scaling"));
+}
+
+}  // namespace
