@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Paper-style charts and a Markdown summary from lssbench results (JSON only).
+
+usage: python3 plots/lssplot.py SWEEP_DIR [SWEEP_DIR ...] --out CHART_DIR
+
+Each SWEEP_DIR is a `lssbench sweep` folder (points/*.json and aggregate-*.json; the newest
+aggregate is used). Charts (PNG) and their series are listed in CHART_DIR/charts.json, and
+CHART_DIR/SUMMARY.md holds the tables. A missing or malformed file is an error naming the file.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {"lss": ("tab:blue", "o"), "megatron_sp": ("tab:orange", "s"), "serial": ("tab:gray", "^")}
+
+
+class InputError(Exception):
+    pass
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: malformed JSON ({e})")
+
+
+def load_sweep(folder):
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder}: not a folder")
+    points = []
+    paths = sorted(glob.glob(os.path.join(folder, "points", "*.json")))
+    if not paths:
+        raise InputError(f"{folder}/points: no point results (is this a sweep folder?)")
+    for p in paths:
+        r = load_json(p)
+        if not isinstance(r, dict) or "status" not in r or "strategy" not in r or "grid" not in r:
+            raise InputError(f"{p}: not an lssbench result (status, strategy or grid missing)")
+        if r["status"] == "ok":
+            for field in ("timing", "metrics", "machine", "config"):
+                if field not in r:
+                    raise InputError(f"{p}: result without '{field}'")
+        r["_path"] = p
+        points.append(r)
+    aggs = sorted(glob.glob(os.path.join(folder, "aggregate-*.json")))
+    if not aggs:
+        raise InputError(f"{folder}: no aggregate-*.json (the sweep did not finish; rerun it)")
+    agg = load_json(aggs[-1])
+    if not isinstance(agg, dict) or agg.get("kind") != "sweep_aggregate":
+        raise InputError(f"{aggs[-1]}: not a sweep aggregate")
+    return {"folder": folder, "name": os.path.basename(os.path.normpath(folder)), "points": points, "aggregate": agg}
+
+
+def provenance(sweeps):
+    """What ran it: card, model, grids, commit (from the points themselves)."""
+    ok = [p for s in sweeps for p in s["points"] if p["status"] == "ok"]
+    if not ok:
+        return "no successful point"
+    cards = sorted({d for p in ok for d in p["machine"].get("devices", [])})
+    commits = sorted({p["machine"].get("git_commit", "?") for p in ok})
+    c = ok[0]["config"]
+    model = f"L{c.get('layers')} C{c.get('width')} H{c.get('heads')} B{c.get('batch')} {c.get('dtype')}" + (
+        " causal" if c.get("causal") else "")
+    worlds = sorted({p["grid"]["world"] for p in ok})
+    card = cards[0].split(" (")[0] if len(cards) == 1 else f"{len(cards)} device kinds"
+    return f"{card} | {model} | ranks {','.join(map(str, worlds))} | commit {','.join(commits)}"
+
+
+class Charts:
+    def __init__(self, out, footer):
+        self.out, self.footer, self.manifest = out, footer, []
+
+    def save(self, fig, name, title, series):
+        fig.suptitle(title, fontsize=11)
+        fig.text(0.5, 0.005, self.footer, ha="center", va="bottom", fontsize=7, color="dimgray")
+        fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+        path = os.path.join(self.out, name + ".png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        self.manifest.append({"file": name + ".png", "title": title, "series": series})
+
+
+def ok_points(sweeps):
+    return [p for s in sweeps for p in s["points"] if p["status"] == "ok"]
+
+
+def by_strategy(points, x_of, y_of):
+    out = {}
+    for p in points:
+        out.setdefault(p["strategy"], []).append((x_of(p), y_of(p)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def plot_lines(ax, data, xlabel, ylabel, logx=False):
+    for s, xy in sorted(data.items()):
+        color, marker = STYLE.get(s, (None, "x"))
+        ax.plot([x for x, _ in xy], [y for _, y in xy], marker=marker, color=color, label=s)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return sorted(data)
+
+
+def draw(sweeps, out):
+    os.makedirs(out, exist_ok=True)
+    charts = Charts(out, provenance(sweeps))
+    pts = ok_points(sweeps)
+    speed = [e for s in sweeps for e in s["aggregate"].get("speedup_lss_over_megatron_sp", [])]
+    world = lambda p: p["grid"]["world"]
+    seq = lambda p: p["config"]["seq"]
+
+    # 1. speedup of lss over megatron_sp, against GPU count and against T
+    if speed:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        series = []
+        for ax, key, label in ((axes[0], "world", "GPUs (ranks)"), (axes[1], "seq", "sequence length T")):
+            groups = {}
+            other = "seq" if key == "world" else "world"
+            for e in speed:
+                groups.setdefault(e[other], []).append((e[key], e["speedup"]))
+            for g, xy in sorted(groups.items()):
+                xy.sort()
+                name = f"{'T' if other == 'seq' else 'GPUs'}={g}"
+                ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
+                series.append(name)
+            ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+            ax.set_xlabel(label)
+            ax.set_ylabel("speedup (megatron_sp time / lss time)")
+            ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        charts.save(fig, "speedup", "Speedup of lss over megatron_sp", series)
+
+    # 2. peak memory per GPU against T and GPU count, and the memory ratio
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    gib = lambda p: p["metrics"]["peak_mem_bytes"] / 2**30
+    s1 = plot_lines(axes[0], by_strategy([p for p in pts if world(p) == max(map(world, pts))], seq, gib),
+                    f"T (at {max(map(world, pts))} ranks)", "peak memory per rank (GiB)", logx=True)
+    s2 = plot_lines(axes[1], by_strategy([p for p in pts if seq(p) == max(map(seq, pts))], world, gib),
+                    f"ranks (at T={max(map(seq, pts))})", "peak memory per rank (GiB)", logx=True)
+    if speed:
+        xy = sorted((e["world"], e["seq"], e["memory_ratio"]) for e in speed)
+        axes[2].plot(range(len(xy)), [r for _, _, r in xy], marker="o", color="tab:green", label="memory ratio")
+        axes[2].set_xticks(range(len(xy)), [f"{w}g\nT{t}" for w, t, _ in xy], fontsize=7)
+        axes[2].axhline(1.0, color="gray", lw=0.8, ls="--")
+        axes[2].set_ylabel("megatron_sp / lss peak memory")
+        axes[2].legend()
+        axes[2].grid(alpha=0.3)
+    charts.save(fig, "memory", "Peak memory per GPU", s1 + s2 + (["memory ratio"] if speed else []))
+
+    # 3. scaling efficiency against GPU count (strong; weak with both definitions, labelled)
+    strong = [e for s in sweeps for e in s["aggregate"].get("strong_scaling", [])]
+    weak = [e for s in sweeps for e in s["aggregate"].get("weak_scaling", [])]
+    if strong or weak:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        series = []
+        for e_list, key, style, label in ((strong, "efficiency", "-", "strong E=T1/(N TN)"),
+                                          (weak, "flop_rate_efficiency", "-", "weak, per-GPU FLOP rate"),
+                                          (weak, "time_ratio_paper_style", ":", "weak, paper-style time ratio")):
+            groups = {}
+            for e in e_list:
+                tag = e["strategy"] + (f" T={e['seq']}" if key == "efficiency" else "")
+                groups.setdefault(tag, []).append((e["world"], e[key]))
+            seqs = sorted({e["seq"] for e in e_list})
+            for tag, xy in sorted(groups.items()):
+                if len(xy) < 2:  # a strategy measured at one rank count only (serial) has no scaling
+                    continue
+                xy.sort()
+                name = f"{tag}: {label}"
+                color = STYLE.get(tag.split()[0], (None, "x"))[0]
+                ls = style
+                if key == "efficiency" and len(seqs) > 1 and not tag.endswith(f"T={seqs[0]}"):
+                    ls = "--"
+                ax.plot([x for x, _ in xy], [y for _, y in xy], ls=ls, marker="o", color=color, label=name, alpha=0.85)
+                series.append(name)
+        ax.set_xlabel("GPUs (ranks)")
+        ax.set_ylabel("parallel efficiency")
+        ax.set_xscale("log", base=2)
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        charts.save(fig, "efficiency", "Scaling efficiency", series)
+
+    # 4. throughput against T: tokens/s, TFLOP/s per GPU, MFU (measured GEMM peak)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    series = []
+    for ax, getter, label in ((axes[0], lambda p: p["metrics"]["tokens_per_s"], "tokens/s"),
+                              (axes[1], lambda p: p["metrics"]["tflops_per_gpu"], "TFLOP/s per GPU"),
+                              (axes[2], lambda p: p["metrics"].get("mfu_measured") or 0.0, "MFU vs measured GEMM peak")):
+        data = {}
+        for p in pts:
+            data.setdefault(f"{p['strategy']} {world(p)}g", []).append((seq(p), getter(p)))
+        for k, xy in sorted(data.items()):
+            xy.sort()
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=k,
+                    color=STYLE.get(k.split()[0], (None, "x"))[0], alpha=0.4 + 0.6 * (int(k.split()[1][:-1]) / max(map(world, pts))))
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(label)
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        series = sorted(data)
+    charts.save(fig, "throughput", "Throughput against sequence length", series)
+
+    # 5. longest trainable sequence against GPU count
+    maxseq = [e for s in sweeps for e in s["aggregate"].get("max_seq", [])]
+    if maxseq:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        data = by_strategy([{"strategy": e["strategy"], "w": e["world"], "m": e["max_seq"] or 0} for e in maxseq],
+                           lambda e: e["w"], lambda e: e["m"])
+        series = plot_lines(ax, data, "GPUs (ranks)", "longest trainable T", logx=True)
+        charts.save(fig, "max_seq", "Longest trainable sequence", series)
+
+    # 6. step time breakdown and communication volume per strategy, at the largest point
+    big = [p for p in pts if world(p) == max(map(world, pts))]
+    if big:
+        T = max(map(seq, big))
+        big = sorted([p for p in big if seq(p) == T], key=lambda p: p["strategy"])
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        names = [p["strategy"] for p in big]
+        tm = [p["timing"] for p in big]
+        exposed = [t.get("comm_exposed_median_ms", t.get("comm_median_ms", 0)) for t in tm]
+        total_comm = [t.get("comm_median_ms", 0) for t in tm]
+        hidden = [max(0.0, c - e) for c, e in zip(total_comm, exposed)]
+        compute = [max(0.0, t["median_ms"] - e) for t, e in zip(tm, exposed)]
+        axes[0].bar(names, compute, label="compute", color="tab:green")
+        axes[0].bar(names, exposed, bottom=compute, label="exposed communication", color="tab:red")
+        axes[0].bar(names, hidden, bottom=[c + e for c, e in zip(compute, exposed)], label="hidden communication",
+                    color="tab:pink", hatch="//")
+        axes[0].set_ylabel(f"ms per step (T={T}, {world(big[0])} ranks)")
+        axes[0].legend(fontsize=8)
+        vol = []
+        for p in big:
+            total = 0
+            for group in p["comm"]["per_step_rank0"].values():
+                total += sum(k["bytes"] for k in group.values())
+            vol.append(total / 2**30)
+        axes[1].bar(names, vol, color=[STYLE.get(n, ("gray",))[0] for n in names])
+        axes[1].set_ylabel("GiB moved per step per rank (collective sizes)")
+        charts.save(fig, "breakdown", "Step time breakdown and communication volume",
+                    ["compute", "exposed communication", "hidden communication"] + names)
+
+    with open(os.path.join(out, "charts.json"), "w") as f:
+        json.dump({"provenance": charts.footer, "charts": charts.manifest}, f, indent=2)
+    write_summary(sweeps, out, charts)
+    return charts.manifest
+
+
+def write_summary(sweeps, out, charts):
+    lines = ["# lssbench summary", "", f"Ran on: {charts.footer}", ""]
+    for s in sweeps:
+        lines += [f"## {s['name']} ({s['aggregate'].get('mode')})", "",
+                  "| strategy | ranks | sp | T | status | step ms | tokens/s | TFLOP/s/GPU | MFU (measured) | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in sorted(s["points"], key=lambda p: (p["strategy"], p["grid"]["world"], p["config"].get("seq", 0))):
+            row = [p["strategy"], p["grid"]["world"], p["grid"].get("sp", ""), p["config"].get("seq", ""), p["status"]]
+            if p["status"] == "ok":
+                m = p["metrics"]
+                row += [f"{p['timing']['median_ms']:.2f}", f"{m['tokens_per_s']:.0f}", f"{m['tflops_per_gpu']:.1f}",
+                        f"{m['mfu_measured']:.3f}" if m.get("mfu_measured") else "-", f"{m['peak_mem_bytes'] / 2**30:.2f}"]
+            else:
+                row += ["-"] * 5
+            lines.append("| " + " | ".join(map(str, row)) + " |")
+        sp = s["aggregate"].get("speedup_lss_over_megatron_sp", [])
+        if sp:
+            lines += ["", "| ranks | T | lss ms | megatron_sp ms | speedup | memory ratio |", "|---|---|---|---|---|---|"]
+            for e in sp:
+                lines.append(f"| {e['world']} | {e['seq']} | {e['lss_ms']:.2f} | {e['megatron_sp_ms']:.2f} | "
+                             f"{e['speedup']:.3f} | {e['memory_ratio']:.3f} |")
+        lines.append("")
+    lines += ["## Charts", ""] + [f"![{c['title']}]({c['file']})" for c in charts.manifest] + [""]
+    with open(os.path.join(out, "SUMMARY.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweeps", nargs="+", help="lssbench sweep folders")
+    ap.add_argument("--out", required=True, help="folder for the charts and SUMMARY.md")
+    args = ap.parse_args(argv)
+    try:
+        sweeps = [load_sweep(d) for d in args.sweeps]
+        manifest = draw(sweeps, args.out)
+    except InputError as e:
+        print(f"lssplot: error: {e}", file=sys.stderr)
+        return 2
+    print(f"lssplot: {len(manifest)} charts and SUMMARY.md in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

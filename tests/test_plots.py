@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""plots/lssplot.py on fixture JSON (a CPU sweep's output): every expected chart is a valid PNG
+with the expected series, SUMMARY.md has the tables; missing or malformed input gets a clear error
+naming the file and exit 2."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+here = os.path.dirname(os.path.abspath(__file__))
+script = os.path.join(here, "..", "plots", "lssplot.py")
+fixture = os.path.join(here, "fixtures", "cpu-sweep")
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok:   {what}")
+    else:
+        failed += 1
+        print(f"FAIL: {what}")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "charts")
+    r = run(fixture, "--out", out)
+    check(r.returncode == 0, f"draws the fixture sweep (exit {r.returncode}) {r.stderr.strip()}")
+    manifest = json.load(open(os.path.join(out, "charts.json"))) if r.returncode == 0 else {"charts": []}
+    charts = {c["file"]: c for c in manifest["charts"]}
+    for name, must in (("speedup.png", ["GPUs=1", "GPUs=2", "GPUs=4"]),
+                       ("memory.png", ["lss", "megatron_sp", "memory ratio"]),
+                       ("efficiency.png", ["lss T=256: strong E=T1/(N TN)", "megatron_sp T=256: strong E=T1/(N TN)"]),
+                       ("throughput.png", ["lss 1g", "lss 4g", "megatron_sp 2g", "serial 1g"]),
+                       ("breakdown.png", ["compute", "exposed communication", "lss", "megatron_sp"])):
+        path = os.path.join(out, name)
+        ok_png = os.path.exists(path) and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 10000
+        check(ok_png, f"{name} is a PNG image")
+        series = charts.get(name, {}).get("series", [])
+        check(all(m in series for m in must), f"{name} has the series {must} (has {series})")
+    summary = open(os.path.join(out, "SUMMARY.md")).read() if os.path.exists(os.path.join(out, "SUMMARY.md")) else ""
+    check("| lss | 4 | 4 | 256 | ok |" in summary and "memory ratio" in summary, "SUMMARY.md has the point and speedup tables")
+    check("commit" in manifest.get("provenance", "") and "L2 C64 H4" in manifest.get("provenance", ""),
+          "charts say what ran them (card, model, commit)")
+
+    # malformed and missing input: an error naming the file, exit 2
+    broken = os.path.join(tmp, "broken")
+    shutil.copytree(fixture, broken)
+    bad = os.path.join(broken, "points", "lss_w2_sp2_T256.json")
+    open(bad, "w").write('{"status": "ok", "strategy": ')
+    r = run(broken, "--out", os.path.join(tmp, "c2"))
+    check(r.returncode == 2 and "lss_w2_sp2_T256.json: malformed JSON" in r.stderr, f"malformed point named: {r.stderr.strip()}")
+    r = run(os.path.join(tmp, "nowhere"), "--out", os.path.join(tmp, "c3"))
+    check(r.returncode == 2 and "nowhere: not a folder" in r.stderr, f"missing folder named: {r.stderr.strip()}")
+    empty = os.path.join(tmp, "empty")
+    os.makedirs(os.path.join(empty, "points"))
+    r = run(empty, "--out", os.path.join(tmp, "c4"))
+    check(r.returncode == 2 and "no point results" in r.stderr, f"empty sweep named: {r.stderr.strip()}")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
