@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "app/compare.h"
 #include "app/result.h"
 #include "app/run.h"
 #include "app/sweep.h"
@@ -22,6 +23,7 @@ const char* kUsage =
     "commands:\n"
     "  run      train one configuration with one strategy; print a table and write the result JSON\n"
     "  sweep    run a sweep specification (sweeps/*.json): many points, resumable, aggregated\n"
+    "  compare  regression check of two result files or folders (BASE NEW)\n"
     "  validate check result JSON files against schema v1 (RESULTS.md)\n"
     "\n"
     "`lssbench <command> --help` lists a command's options with their defaults.\n";
@@ -47,6 +49,8 @@ int main(int argc, char** argv) {
       char self[4096] = {};
       const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
       rc = lss::cmd_sweep({args.begin() + 1, args.end()}, n > 0 ? std::string(self, static_cast<size_t>(n)) : argv[0]);
+    } else if (args[0] == "compare") {
+      rc = rank == 0 ? lss::cmd_compare({args.begin() + 1, args.end()}) : 0;
     } else if (args[0] == "validate") {
       rc = rank == 0 ? lss::cmd_validate({args.begin() + 1, args.end()}) : 0;
     } else if (args[0] == "run") {

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# lssbench compare: an improvement passes; a regression beyond tolerance fails naming the metric;
+# a changed communication count fails; missing points and schema mismatches are reported; and the
+# deterministic figures of the CPU smoke sweep equal the committed baseline.
+# usage: compare.sh LSSBENCH REPO_ROOT
+set -u
+lssbench=$(realpath "$1")
+root=$(realpath "$2")
+base=$root/results/baselines/cpu-smoke
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+passed=0
+failed=0
+expect() {  # EXIT_CODE FRAGMENT DESCRIPTION -- compare args
+  local want=$1 fragment=$2 what=$3
+  shift 3
+  out=$("$lssbench" compare "$@" 2>&1)
+  rc=$?
+  if [ $rc -eq "$want" ] && grep -qF -- "$fragment" <<<"$out"; then passed=$((passed + 1)); echo "ok:   $what"
+  else failed=$((failed + 1)); echo "FAIL: $what (exit $rc)"; echo "$out" | tail -8 | sed 's/^/    | /'; fi
+}
+edit() {  # FILE PYTHON-EXPRESSION-ON-r
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+path, expr = sys.argv[1], sys.argv[2]
+r = json.load(open(path))
+exec(expr)
+json.dump(r, open(path, "w"), indent=2)
+PY
+}
+fresh() { rm -rf "$work/new"; cp -r "$base" "$work/new"; }
+p=points/lss_w2_sp2_T256.json
+
+fresh; edit "$work/new/$p" 'r["metrics"]["tokens_per_s"] *= 1.2'
+expect 0 "0 regressions" "20% more tokens/s passes" "$base" "$work/new"
+fresh; edit "$work/new/$p" 'r["metrics"]["tokens_per_s"] *= 0.9'
+expect 1 "REGRESSION: lss cpu w2 sp2 T256 L2 C64 H4 B1 fp32 {\"kv\":\"regather\"}: tokens/s" "10% fewer tokens/s fails, naming tokens/s" "$base" "$work/new"
+expect 0 "0 regressions" "the same with --tol-throughput 0.15 passes" "$base" "$work/new" --tol-throughput 0.15
+fresh; edit "$work/new/$p" 'r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * 1.1)'
+expect 1 ": peak_mem_bytes" "10% more memory fails, naming peak_mem_bytes" "$base" "$work/new"
+fresh; edit "$work/new/$p" 'r["comm"]["per_step_rank0"]["sp"]["all_gather"]["bytes"] += 4'
+expect 1 ": comm calls/bytes" "a changed all-gather byte count fails" "$base" "$work/new" --no-timing
+fresh; edit "$work/new/$p" 'r["status"] = "failed"; r["status_reason"] = "non-finite loss"'
+expect 1 ": status ok -> failed" "a point that passed and now fails" "$base" "$work/new"
+fresh; rm "$work/new/points/megatron_sp_w4_sp4_T256.json"
+expect 1 "megatron_sp cpu w4 sp4 T256 L2 C64 H4 B1 fp32 {\"regather_ln\":true}: missing from the new results" "a missing point is named and fails" "$base" "$work/new"
+expect 0 "missing from the new results" "--allow-missing reports it without failing" "$base" "$work/new" --allow-missing
+fresh; edit "$work/new/$p" 'r["schema_version"] = 2'
+expect 2 "lss_w2_sp2_T256.json has schema_version 2" "a schema mismatch names the file" "$base" "$work/new"
+fresh; cp "$work/new/$p" "$work/new/points/extra.json"; edit "$work/new/points/extra.json" 'r["config"]["seq"] = 512'
+expect 0 "new point, not in the baseline" "an extra point is reported" "$base" "$work/new"
+
+# CPU CI: the deterministic figures of a fresh smoke sweep equal the committed baseline.
+"$lssbench" sweep "$root/sweeps/cpu-smoke.json" --out "$work/smoke" > "$work/smoke.log" 2>&1
+expect 0 "0 regressions" "cpu-smoke sweep against results/baselines/cpu-smoke (comm, memory, losses)" "$base" "$work/smoke" --no-timing --tol-memory 0
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
