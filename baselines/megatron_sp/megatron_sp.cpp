@@ -147,23 +147,7 @@ class MegatronSpStrategy final : public Strategy {
   View row_parallel_bias(View b) const { return ctx_.grid.p == 0 ? b : View{}; }
 
   AttentionArgs attention_args(const Layer& a) const {
-    const ModelConfig& cfg = ctx_.cfg;
-    AttentionArgs args;
-    args.dtype = cfg.dtype;
-    args.B = Bl_;
-    args.H = Hl_;
-    args.D = cfg.D();
-    args.Tq = args.Tk = cfg.T;
-    args.causal = cfg.causal;
-    args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
-    auto* qkv = static_cast<char*>(a.qkv.ptr());
-    const size_t es = dtype_size(cfg.dtype);
-    args.q = {qkv, 3 * Cl_, Bl_ * 3 * Cl_};
-    args.k = {qkv + Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
-    args.v = {qkv + 2 * Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
-    args.out = {a.attn_out.ptr(), Cl_, Bl_ * Cl_};
-    args.lse = a.lse.ptr();
-    return args;
+    return packed_qkv_attention(ctx_.cfg, Bl_, Hl_, a.qkv.ptr(), a.attn_out.ptr(), a.lse.ptr());
   }
 
   void attention_forward(const LayerTensors& w, View h, Layer& a) {
@@ -250,12 +234,7 @@ class MegatronSpStrategy final : public Strategy {
     dy_full.reset();
     Buffer dqkv = be.alloc(cfg.dtype, NF * 3 * Cl_);  // (T*Bl, 3C/P), laid out as qkv
     AttentionArgs args = attention_args(a);
-    auto* d = static_cast<char*>(dqkv.ptr());
-    const size_t es = dtype_size(cfg.dtype);
-    args.dout = {d_attn.ptr(), Cl_, Bl_ * Cl_};
-    args.dq = {d, 3 * Cl_, Bl_ * 3 * Cl_};
-    args.dk = {d + Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
-    args.dv = {d + 2 * Cl_ * es, 3 * Cl_, Bl_ * 3 * Cl_};
+    set_packed_qkv_grads(args, d_attn.ptr(), dqkv.ptr());
     be.attention_backward(args);
     d_attn.reset();
     a.qkv.reset();

@@ -5,8 +5,9 @@
 
 namespace lss {
 
-Grid make_mpi_grid(MPI_Comm base, int P) {
-  Grid g;
+GridSplit split_grid(MPI_Comm base, int P) {
+  GridSplit s;
+  Grid& g = s.layout;
   LSS_MPI_CHECK(MPI_Comm_size(base, &g.world));
   LSS_MPI_CHECK(MPI_Comm_rank(base, &g.rank));
   LSS_REQUIRE_INPUT(P >= 1, "--sp " + std::to_string(P) + ": must be at least 1");
@@ -16,13 +17,18 @@ Grid make_mpi_grid(MPI_Comm base, int P) {
   g.R = g.world / P;
   g.p = g.rank % P;
   g.r = g.rank / P;
-  MPI_Comm world_dup, seq, data;
-  LSS_MPI_CHECK(MPI_Comm_dup(base, &world_dup));
-  LSS_MPI_CHECK(MPI_Comm_split(base, g.r, g.p, &seq));
-  LSS_MPI_CHECK(MPI_Comm_split(base, g.p, g.r, &data));
-  g.world_comm = std::make_unique<MpiCommunicator>("world", world_dup);
-  g.seq = std::make_unique<MpiCommunicator>("sp", seq);
-  g.data = std::make_unique<MpiCommunicator>("dp", data);
+  LSS_MPI_CHECK(MPI_Comm_dup(base, &s.world));
+  LSS_MPI_CHECK(MPI_Comm_split(base, g.r, g.p, &s.seq));
+  LSS_MPI_CHECK(MPI_Comm_split(base, g.p, g.r, &s.data));
+  return s;
+}
+
+Grid make_mpi_grid(MPI_Comm base, int P) {
+  GridSplit s = split_grid(base, P);
+  Grid g = std::move(s.layout);
+  g.world_comm = std::make_unique<MpiCommunicator>("world", s.world);
+  g.seq = std::make_unique<MpiCommunicator>("sp", s.seq);
+  g.data = std::make_unique<MpiCommunicator>("dp", s.data);
   return g;
 }
 

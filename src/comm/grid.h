@@ -19,6 +19,15 @@ struct Grid {
   std::unique_ptr<Communicator> data;  // the R ranks holding the same segment ("dp" group)
 };
 
+// The grid's layout and its MPI groups, before any communicator is built on them: world = R x P
+// over the ranks of `base`, rank w = r*P + p; throws UsageError when the world size does not
+// divide by P. Collective over `base`. The three MPI communicators are the caller's to own.
+struct GridSplit {
+  Grid layout;  // world, rank, P, p, R, r filled; no communicators
+  MPI_Comm world = MPI_COMM_NULL, seq = MPI_COMM_NULL, data = MPI_COMM_NULL;
+};
+GridSplit split_grid(MPI_Comm base, int P);
+
 // Builds the grid over the ranks of `base` (MPI_COMM_WORLD for a run) with sequence groups of
 // `P`; throws UsageError when the world size does not divide by P. Collective over `base`.
 Grid make_mpi_grid(MPI_Comm base, int P);

@@ -156,23 +156,11 @@ void NcclCommunicator::local_copy(View dst, View src) {
 }
 
 Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream) {
-  Grid g;
-  LSS_MPI_CHECK(MPI_Comm_size(base, &g.world));
-  LSS_MPI_CHECK(MPI_Comm_rank(base, &g.rank));
-  LSS_REQUIRE_INPUT(P >= 1, "--sp " + std::to_string(P) + ": must be at least 1");
-  LSS_REQUIRE_INPUT(g.world % P == 0, "--sp " + std::to_string(P) + ": the world size " +
-                                          std::to_string(g.world) + " (from the launcher) does not divide by it");
-  g.P = P;
-  g.R = g.world / P;
-  g.p = g.rank % P;
-  g.r = g.rank / P;
-  MPI_Comm world_dup, seq, data;
-  LSS_MPI_CHECK(MPI_Comm_dup(base, &world_dup));
-  LSS_MPI_CHECK(MPI_Comm_split(base, g.r, g.p, &seq));
-  LSS_MPI_CHECK(MPI_Comm_split(base, g.p, g.r, &data));
-  g.world_comm = std::make_unique<NcclCommunicator>("world", world_dup, stream);
-  g.seq = std::make_unique<NcclCommunicator>("sp", seq, stream);
-  g.data = std::make_unique<NcclCommunicator>("dp", data, stream);
+  GridSplit s = split_grid(base, P);
+  Grid g = std::move(s.layout);
+  g.world_comm = std::make_unique<NcclCommunicator>("world", s.world, stream);
+  g.seq = std::make_unique<NcclCommunicator>("sp", s.seq, stream);
+  g.data = std::make_unique<NcclCommunicator>("dp", s.data, stream);
   return g;
 }
 

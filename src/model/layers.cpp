@@ -1,5 +1,7 @@
 #include "model/layers.h"
 
+#include <cmath>
+
 namespace lss {
 
 namespace {
@@ -69,6 +71,36 @@ void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, Vie
     gx.beta = dx_beta;
     be.gemm(gx);
   }
+}
+
+AttentionArgs packed_qkv_attention(const ModelConfig& cfg, int64_t B, int64_t H, void* qkv, void* out, void* lse) {
+  const int64_t W = H * cfg.D();
+  AttentionArgs args;
+  args.dtype = cfg.dtype;
+  args.B = B;
+  args.H = H;
+  args.D = cfg.D();
+  args.Tq = args.Tk = cfg.T;
+  args.causal = cfg.causal;
+  args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
+  auto* p = static_cast<char*>(qkv);
+  const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
+  args.q = {p, 3 * W, B * 3 * W};
+  args.k = {p + W * es, 3 * W, B * 3 * W};
+  args.v = {p + 2 * W * es, 3 * W, B * 3 * W};
+  args.out = {out, W, B * W};
+  args.lse = lse;
+  return args;
+}
+
+void set_packed_qkv_grads(AttentionArgs& args, void* dout, void* dqkv) {
+  const int64_t W = args.H * args.D, B = args.B;
+  auto* d = static_cast<char*>(dqkv);
+  const int64_t es = static_cast<int64_t>(dtype_size(args.dtype));
+  args.dout = {dout, W, B * W};
+  args.dq = {d, 3 * W, B * 3 * W};
+  args.dk = {d + W * es, 3 * W, B * 3 * W};
+  args.dv = {d + 2 * W * es, 3 * W, B * 3 * W};
 }
 
 void mlp_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, View h_in, View h_out,

@@ -22,6 +22,13 @@ void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int6
 void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
                      int64_t N, int64_t in, int64_t out);
 
+// Attention over a packed (T*B, 3W) buffer whose row t*B + b holds [q | k | v] of H heads of
+// width W = H*D each (serial: W = C; megatron_sp: the H/P heads of a tensor rank), writing
+// out (T*B, W) and lse (B, H, T); all T queries against all T keys.
+AttentionArgs packed_qkv_attention(const ModelConfig& cfg, int64_t B, int64_t H, void* qkv, void* out, void* lse);
+// Adds the backward operands: dout (T*B, W), and dqkv (T*B, 3W) laid out as qkv.
+void set_packed_qkv_grads(AttentionArgs& args, void* dout, void* dqkv);
+
 // Saved activations of the MLP sub-block h_out = h_in + W2 gelu(W1 LN2(h_in) + b1) + b2.
 struct MlpActivations {
   Buffer ln_out;     // (N, C)

@@ -75,24 +75,7 @@ class SerialStrategy final : public Strategy {
   };
 
   AttentionArgs attention_args(const Layer& a) const {
-    const ModelConfig& cfg = ctx_.cfg;
-    const int64_t C = cfg.C, B = cfg.B;
-    AttentionArgs args;
-    args.dtype = cfg.dtype;
-    args.B = B;
-    args.H = cfg.H;
-    args.D = cfg.D();
-    args.Tq = args.Tk = cfg.T;
-    args.causal = cfg.causal;
-    args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
-    auto* qkv = static_cast<char*>(a.qkv.ptr());
-    const size_t es = dtype_size(cfg.dtype);
-    args.q = {qkv, 3 * C, B * 3 * C};
-    args.k = {qkv + C * es, 3 * C, B * 3 * C};
-    args.v = {qkv + 2 * C * es, 3 * C, B * 3 * C};
-    args.out = {a.attn_out.ptr(), C, B * C};
-    args.lse = a.lse.ptr();
-    return args;
+    return packed_qkv_attention(ctx_.cfg, ctx_.cfg.B, ctx_.cfg.H, a.qkv.ptr(), a.attn_out.ptr(), a.lse.ptr());
   }
 
   void attention_forward(const LayerTensors& w, View h, Layer& a) {
@@ -124,12 +107,7 @@ class SerialStrategy final : public Strategy {
     linear_backward(be, d_attn.view(), 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
     Buffer dqkv = be.alloc(cfg.dtype, N * 3 * C);  // (N, 3C), laid out as qkv
     AttentionArgs args = attention_args(a);
-    auto* d = static_cast<char*>(dqkv.ptr());
-    const size_t es = dtype_size(cfg.dtype);
-    args.dout = {d_attn.ptr(), C, cfg.B * C};
-    args.dq = {d, 3 * C, cfg.B * 3 * C};
-    args.dk = {d + C * es, 3 * C, cfg.B * 3 * C};
-    args.dv = {d + 2 * C * es, 3 * C, cfg.B * 3 * C};
+    set_packed_qkv_grads(args, d_attn.ptr(), dqkv.ptr());
     be.attention_backward(args);
     a.qkv.reset();
     a.attn_out.reset();
