@@ -50,6 +50,15 @@ with tempfile.TemporaryDirectory() as tmp:
     check("commit" in manifest.get("provenance", "") and "L2 C64 H4" in manifest.get("provenance", ""),
           "charts say what ran them (card, model, commit)")
 
+    # a max-sequence sweep (out-of-memory probes among its points): the longest-T chart
+    out2 = os.path.join(tmp, "charts-maxseq")
+    r = run(os.path.join(here, "fixtures", "cpu-maxseq"), "--out", out2)
+    check(r.returncode == 0, f"draws the fixture max-seq sweep (exit {r.returncode}) {r.stderr.strip()}")
+    m2 = json.load(open(os.path.join(out2, "charts.json"))) if r.returncode == 0 else {"charts": []}
+    ms = {c["file"]: c for c in m2["charts"]}.get("max_seq.png", {})
+    check(os.path.exists(os.path.join(out2, "max_seq.png")) and ms.get("series") == ["lss", "megatron_sp"],
+          f"max_seq.png has the series lss and megatron_sp ({ms.get('series')})")
+
     # malformed and missing input: an error naming the file, exit 2
     broken = os.path.join(tmp, "broken")
     shutil.copytree(fixture, broken)
