@@ -59,6 +59,7 @@ expect 2 "--sp 3: the world size 2" run --strategy lss --sp 3
 expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256
 expect 4 "--batch 1 does not divide by the 2 data-parallel replicas" run --strategy lss --sp 2 --batch 1
 expect 4 "--sp 3: the world size 4" run --strategy megatron_sp --sp 3
+expect 4 "--zigzag: --seq 68 does not divide by 2 x --sp = 8" run --strategy lss --sp 4 --seq 68 --zigzag
 
 # An existing result is never overwritten (the case writes to existing.json, not r<N>.json).
 cases=$((cases + 1))

@@ -62,12 +62,14 @@ struct Case {
   DType dtype;
   bool causal;
   bool option;  // lss: keep_kv; megatron_sp: regather_ln
+  bool zigzag = false;  // lss: balanced segment order
 };
 
 std::string case_name(const Case& c, int P, int R) {
   return c.strategy + " P=" + std::to_string(P) + " R=" + std::to_string(R) + " " + dtype_name(c.dtype) +
          (c.causal ? " causal" : " non-causal") + (c.strategy == "lss" ? (c.option ? " keep-kv" : " regather-kv")
-                                                                         : (c.option ? " regather-ln" : " keep-ln"));
+                                                                         : (c.option ? " regather-ln" : " keep-ln")) +
+         (c.zigzag ? " zigzag" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -81,6 +83,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     RunConfig rc = small(c.strategy, P, c.dtype, c.causal);
     rc.strategy_opts.keep_kv = c.strategy == "lss" && c.option;
     rc.strategy_opts.regather_ln = c.strategy == "megatron_sp" && c.option;
+    rc.strategy_opts.zigzag = c.zigzag;
     Session dist(rc, MPI_COMM_WORLD);
     const double loss = dist.forward_backward(0);
     const auto grads = dist.gather_full(true);
@@ -133,14 +136,17 @@ std::vector<Case> all_cases() {
   for (const char* s : {"lss", "megatron_sp"})
     for (DType d : {DType::f64, DType::f32})
       for (bool causal : {true, false})
-        for (bool option : {true, false}) out.push_back({s, d, causal, option});
+        for (bool option : {true, false}) {
+          out.push_back({s, d, causal, option});
+          if (std::string(s) == "lss") out.push_back({s, d, causal, option, true});
+        }
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) {
                            const Case& c = info.param;
                            return c.strategy + "_" + dtype_name(c.dtype) + (c.causal ? "_causal" : "_noncausal") +
-                                  (c.option ? "_opt1" : "_opt0");
+                                  (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "");
                          });
 
 // ---- communication: the README's formulas, written out again here ----
@@ -168,6 +174,7 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         RunConfig rc = small(strategy, P, DType::f32, true);
         rc.strategy_opts.keep_kv = option;
         rc.strategy_opts.regather_ln = option;
+        rc.strategy_opts.zigzag = option;  // lss: the balanced order moves exactly the same bytes
         Session s(rc, MPI_COMM_WORLD);
         s.reset_counts();
         s.forward_backward(0);
@@ -180,7 +187,10 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           // lss: L fused [K|V] all-gathers forward (+L re-gathers in backward unless kept), L fused
           // [dK|dV] reduce-scatters, each of T*Bl*2C elements; one all-reduce of every gradient but
           // the positional rows this rank owns over sp; one of all its gradients over dp.
-          const int64_t own_wpe = (m.T / P + (s.grid().p == P - 1 ? m.T_max - m.T : 0)) * C;
+          // The positional tail [T, T_max) belongs to the rank holding the last tokens: P-1, or 0
+          // in the zigzag order (its second chunk is the sequence's last).
+          const int end_rank = option ? 0 : P - 1;
+          const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
           if (P > 1)
             want["sp"] = counts({{CollKind::all_gather, L * (option ? 1 : 2), m.T * Bl * 2 * C * es},
                                  {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},

@@ -77,7 +77,7 @@ class MegatronSpStrategy final : public Strategy {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
-    upload_batch(step, ctx_.grid.r * Bl_, Bl_, ctx_.grid.p * Tl_, Tl_, tokens_, targets_);
+    upload_batch(step, ctx_.grid.r * Bl_, Bl_, {{ctx_.grid.p * Tl_, Tl_}}, tokens_, targets_);
     resid0_ = be.alloc(cfg.dtype, N * C);
     // wpe is replicated; this rank's rows start at its segment.
     be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"),

@@ -18,15 +18,26 @@ namespace fs = std::filesystem;
 namespace {
 
 // The configuration a point is matched by: everything that changes what is computed or where,
-// nothing that is measured.
+// nothing that is measured. Strategy options are matched separately (options_match).
 std::string point_key(const json& r) {
   const json& c = r.value("config", json::object());
   const json& g = r.value("grid", json::object());
-  return fmt::format("{} {} w{} sp{} T{} L{} C{} H{} B{} {}{} {}", r.value("strategy", "?"), r.value("backend", "?"),
+  return fmt::format("{} {} w{} sp{} T{} L{} C{} H{} B{} {}{}", r.value("strategy", "?"), r.value("backend", "?"),
                      g.value("world", 0), g.value("sp", 0), c.value("seq", int64_t{0}), c.value("layers", int64_t{0}),
                      c.value("width", int64_t{0}), c.value("heads", int64_t{0}), c.value("batch", int64_t{0}),
-                     c.value("dtype", "?"), c.value("causal", true) ? "" : " non-causal",
-                     c.value("strategy_options", json::object()).dump());
+                     c.value("dtype", "?"), c.value("causal", true) ? "" : " non-causal");
+}
+
+json options_of(const json& r) {
+  return r.value("config", json::object()).value("strategy_options", json::object());
+}
+
+// Options recorded by both results must agree; an option only one of them records (a result
+// written before the option existed) does not prevent the match.
+bool options_match(const json& a, const json& b) {
+  for (const auto& [k, v] : a.items())
+    if (b.contains(k) && b[k] != v) return false;
+  return true;
 }
 
 // Result files: FILE.json, or every *.json under a folder (points/ of a sweep included; aggregate
@@ -73,9 +84,19 @@ std::string pct(double base, double fresh) {
 
 CompareReport compare_results(const std::vector<json>& base, const std::vector<json>& fresh, const CompareTolerances& tol) {
   CompareReport rep;
+  // Keyed by configuration and strategy options; a new point takes a baseline's key when their
+  // configurations are equal and their options agree.
   std::map<std::string, const json*> b, n;
-  for (const auto& r : base) b[point_key(r)] = &r;
-  for (const auto& r : fresh) n[point_key(r)] = &r;
+  for (const auto& r : base) b[point_key(r) + " " + options_of(r).dump()] = &r;
+  for (const auto& r : fresh) {
+    std::string key = point_key(r) + " " + options_of(r).dump();
+    for (const auto& [bk, br] : b)
+      if (point_key(*br) == point_key(r) && options_match(options_of(*br), options_of(r)) && !n.count(bk)) {
+        key = bk;
+        break;
+      }
+    n[key] = &r;
+  }
   auto row = [&](const std::string& key, const std::string& metric, const std::string& bv, const std::string& nv,
                  const std::string& change, bool bad) {
     rep.table.push_back({key, metric, bv, nv, change, bad ? "REGRESSION" : "ok"});

@@ -32,6 +32,9 @@ struct OptimizerConfig {
 struct StrategyOptions {
   // lss: keep the gathered [K|V] of each layer for backward (false: drop and re-gather).
   bool keep_kv = false;
+  // lss: balanced (zigzag) segment order for causal masks: rank p holds chunks p and 2P-1-p of
+  // T/(2P) tokens, so every rank does the same attention work (false: one contiguous segment).
+  bool zigzag = false;
   // megatron_sp: re-gather the LayerNorm outputs in backward instead of keeping the gathered ones.
   bool regather_ln = true;
 };

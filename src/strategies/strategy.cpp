@@ -15,10 +15,16 @@ void Strategy::reduce_gradients(ParamStore& store) {
   ctx_.grid.data->all_reduce(store.all_grads());
 }
 
-void Strategy::upload_batch(int64_t step, int64_t b0, int64_t nb, int64_t t0, int64_t nt, Buffer& tokens,
+void Strategy::upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,
                             Buffer& targets) {
+  int64_t nt = 0;
+  for (const auto& r : ranges) nt += r.count;
   std::vector<int32_t> in(static_cast<size_t>(nb * nt)), tg(static_cast<size_t>(nb * nt));
-  ctx_.data.fill(step, b0, nb, t0, nt, in.data(), tg.data());
+  int64_t row = 0;
+  for (const auto& r : ranges) {
+    ctx_.data.fill(step, b0, nb, r.start, r.count, in.data() + row * nb, tg.data() + row * nb);
+    row += r.count;
+  }
   tokens = ctx_.backend.alloc(DType::i32, nb * nt);
   targets = ctx_.backend.alloc(DType::i32, nb * nt);
   ctx_.backend.copy_from_host(tokens.view(), in.data(), DType::i32);

@@ -54,9 +54,10 @@ class Strategy {
   // sequence (tensor) group, then the whole gradient over the data group. With the loss
   // normalised by all B*T predicted tokens, these sums are the serial gradient.
   void reduce_gradients(ParamStore& store);
-  // Uploads this rank's window of step `step`: sequences [b0, b0+nb), positions [t0, t0+nt),
-  // (nt, nb) T-major int32 tokens and targets.
-  void upload_batch(int64_t step, int64_t b0, int64_t nb, int64_t t0, int64_t nt, Buffer& tokens, Buffer& targets);
+  // Uploads this rank's window of step `step`: sequences [b0, b0+nb) at the positions of
+  // `ranges` one after the other, each (count, nb) T-major; int32 tokens and targets.
+  void upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,
+                    Buffer& targets);
 
   StrategyContext ctx_;
 };

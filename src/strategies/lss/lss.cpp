@@ -17,12 +17,13 @@ class LssStrategy final : public Strategy {
         Tl_(ctx.cfg.T / ctx.grid.P),
         Bl_(ctx.cfg.B / ctx.grid.R),
         N_(Tl_ * Bl_),
+        segments_(segments_of(ctx.grid.p)),
         store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {}
 
   std::string name() const override { return "lss"; }
   ParamStore& params() override { return store_; }
   nlohmann::json options_json() const override {
-    return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"}};
+    return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"}, {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"}};
   }
 
   std::vector<ParamSpec> param_specs_for(int p) const override {
@@ -30,10 +31,12 @@ class LssStrategy final : public Strategy {
     auto specs = model_param_specs(cfg);
     for (auto& s : specs) {
       if (s.name != "wpe") continue;
-      // Each rank owns the positional rows of its segment; the last rank also owns the unused
-      // tail [T, T_max) so that every row is updated (weight decay) exactly as in serial.
-      s.row_ranges = {{p * Tl_, Tl_}};
-      if (p == P_ - 1 && cfg.T_max > cfg.T) s.row_ranges.push_back({cfg.T, cfg.T_max - cfg.T});
+      // Each rank owns the positional rows of its segments, in local order; the rank holding the
+      // sequence's last tokens also owns the unused tail [T, T_max), so that every row is
+      // updated (weight decay) exactly as in serial.
+      s.row_ranges = segments_of(p);
+      const bool holds_end = ctx_.opts.zigzag ? p == 0 : p == P_ - 1;
+      if (holds_end && cfg.T_max > cfg.T) s.row_ranges.push_back({cfg.T, cfg.T_max - cfg.T});
       s.seq_reduced = false;
     }
     return specs;
@@ -57,7 +60,7 @@ class LssStrategy final : public Strategy {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
-    upload_batch(step, ctx_.grid.r * Bl_, Bl_, ctx_.grid.p * Tl_, Tl_, tokens_, targets_);
+    upload_batch(step, ctx_.grid.r * Bl_, Bl_, segments_, tokens_, targets_);
     resid0_ = be.alloc(cfg.dtype, N * C);
     be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"), store_.param("wpe").slice(0, Tl_ * C),
                          Tl_, Bl_, C);
@@ -103,9 +106,9 @@ class LssStrategy final : public Strategy {
     Buffer mean, rstd;  // (N)
     Buffer q;           // (N, C) local queries
     Buffer kv_local;    // (N, 2C) row n = [k | v] of local token n (kept for the re-gather)
-    Buffer kv_full;     // (T*Bl, 2C) gathered, rank-major = T-major (kept only with keep_kv)
+    Buffer kv_full;     // (T*Bl, 2C) gathered, in global token order (kept only with keep_kv)
     Buffer attn_out;    // (N, C)
-    Buffer lse;         // (Bl, H, Tl)
+    Buffer lse;         // (Bl, H, Tl): one (Bl, H, count) block per segment
     Buffer h_mid;       // (N, C) residual after attention
     MlpActivations mlp;
     Buffer h_out;       // (N, C) residual after the block
@@ -118,32 +121,63 @@ class LssStrategy final : public Strategy {
   View bq(const View& b) const { return b.slice(0, ctx_.cfg.C); }
   View bkv(const View& b) const { return b.slice(ctx_.cfg.C, 2 * ctx_.cfg.C); }
 
-  AttentionArgs attention_args(const Layer& a, const Buffer& kv_full) const {
+  // The token ranges rank p holds, in local order: one contiguous segment, or (zigzag) chunks p
+  // and 2P-1-p of T/(2P) tokens, which give every rank the same causal attention work.
+  std::vector<RowRange> segments_of(int p) const {
+    if (!ctx_.opts.zigzag) return {{p * Tl_, Tl_}};
+    const int64_t Tc = Tl_ / 2;
+    return {{p * Tc, Tc}, {(2 * P_ - 1 - p) * Tc, Tc}};
+  }
+
+  // Attention of local segment `s` (rows [row0, row0 + count) of the local Tl) against all keys.
+  AttentionArgs attention_args(const Layer& a, const Buffer& kv_full, const RowRange& seg, int64_t row0) const {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C;
+    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     AttentionArgs args;
     args.dtype = cfg.dtype;
     args.B = Bl_;
     args.H = cfg.H;
     args.D = cfg.D();
-    args.Tq = Tl_;
+    args.Tq = seg.count;
     args.Tk = cfg.T;
-    args.q_offset = ctx_.grid.p * Tl_;
+    args.q_offset = seg.start;
     args.causal = cfg.causal;
     args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
     auto* kv = static_cast<char*>(kv_full.ptr());
-    args.q = {a.q.ptr(), C, Bl_ * C};
+    args.q = {static_cast<char*>(a.q.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
     args.k = {kv, 2 * C, Bl_ * 2 * C};
-    args.v = {kv + C * dtype_size(cfg.dtype), 2 * C, Bl_ * 2 * C};
-    args.out = {a.attn_out.ptr(), C, Bl_ * C};
-    args.lse = a.lse.ptr();
+    args.v = {kv + C * es, 2 * C, Bl_ * 2 * C};
+    args.out = {static_cast<char*>(a.attn_out.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
+    args.lse = static_cast<char*>(a.lse.ptr()) + Bl_ * cfg.H * row0 * static_cast<int64_t>(dtype_size(stat_dtype(cfg.dtype)));
     return args;
   }
 
+  // Moves [K|V] rows between the all-gather's rank-major order (rank q's local rows, segment by
+  // segment) and global token order; identity for contiguous segments, which need no copy.
+  void reorder_kv(View rank_major, View global, bool to_global) {
+    const int64_t row = Bl_ * 2 * ctx_.cfg.C;  // elements of one token position
+    for (int q = 0; q < P_; ++q) {
+      int64_t local = 0;
+      for (const RowRange& seg : segments_of(q)) {
+        View g = global.slice(seg.start * row, seg.count * row);
+        View r = rank_major.slice((q * Tl_ + local) * row, seg.count * row);
+        if (to_global) ctx_.backend.copy(g, r);
+        else ctx_.backend.copy(r, g);
+        local += seg.count;
+      }
+    }
+  }
+
+  // The gathered [K|V] of all T tokens in global order.
   Buffer gather_kv(const Layer& a) {
-    Buffer kv_full = ctx_.backend.alloc(ctx_.cfg.dtype, ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C);
-    ctx_.grid.seq->all_gather(a.kv_local.view(), kv_full.view());
-    return kv_full;
+    const int64_t n = ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C;
+    Buffer gathered = ctx_.backend.alloc(ctx_.cfg.dtype, n);  // (P*Tl*Bl, 2C) rank-major
+    ctx_.grid.seq->all_gather(a.kv_local.view(), gathered.view());
+    if (!ctx_.opts.zigzag) return gathered;
+    Buffer global = ctx_.backend.alloc(ctx_.cfg.dtype, n);  // (T*Bl, 2C)
+    reorder_kv(gathered.view(), global.view(), true);
+    return global;
   }
 
   void attention_forward(const LayerTensors& w, View h, Layer& a) {
@@ -162,7 +196,11 @@ class LssStrategy final : public Strategy {
     Buffer kv_full = gather_kv(a);
     a.attn_out = be.alloc(cfg.dtype, N * C);
     a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
-    be.attention_forward(attention_args(a, kv_full));
+    int64_t row0 = 0;
+    for (const RowRange& seg : segments_) {
+      be.attention_forward(attention_args(a, kv_full, seg, row0));
+      row0 += seg.count;
+    }
     if (ctx_.opts.keep_kv) {
       a.kv_full = std::move(kv_full);
       a.kv_local.reset();  // its rows are inside kv_full
@@ -182,16 +220,33 @@ class LssStrategy final : public Strategy {
     linear_backward(be, d_attn.view(), 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
     Buffer kv_full = ctx_.opts.keep_kv ? std::move(a.kv_full) : gather_kv(a);
     a.kv_local.reset();
+    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
-    Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums
-    AttentionArgs args = attention_args(a, kv_full);
-    auto* dkv = static_cast<char*>(dkv_full.ptr());
-    args.dout = {d_attn.ptr(), C, Bl_ * C};
-    args.dq = {dq.ptr(), C, Bl_ * C};
-    args.dk = {dkv, 2 * C, Bl_ * 2 * C};
-    args.dv = {dkv + C * dtype_size(cfg.dtype), 2 * C, Bl_ * 2 * C};
-    be.attention_backward(args);
+    Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums, global order
+    // Backward overwrites dK/dV of all T keys, so a second segment's share goes through a scratch
+    // buffer and is added.
+    Buffer dkv_more;  // (T*Bl, 2C), zigzag only
+    int64_t row0 = 0;
+    for (size_t i = 0; i < segments_.size(); ++i) {
+      if (i == 1) dkv_more = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);
+      auto* dkv = static_cast<char*>((i == 0 ? dkv_full : dkv_more).ptr());
+      AttentionArgs args = attention_args(a, kv_full, segments_[i], row0);
+      args.dout = {static_cast<char*>(d_attn.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
+      args.dq = {static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
+      args.dk = {dkv, 2 * C, Bl_ * 2 * C};
+      args.dv = {dkv + C * es, 2 * C, Bl_ * 2 * C};
+      be.attention_backward(args);
+      if (i == 1) be.add(dkv_full.view(), dkv_full.view(), dkv_more.view());
+      row0 += segments_[i].count;
+    }
+    dkv_more.reset();
     kv_full.reset();
+    if (ctx_.opts.zigzag) {
+      // Back to the rank-major order the reduce-scatter hands out by rank.
+      Buffer rank_major = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
+      reorder_kv(rank_major.view(), dkv_full.view(), false);
+      dkv_full = std::move(rank_major);
+    }
     a.q.reset();
     a.attn_out.reset();
     a.lse.reset();
@@ -208,7 +263,8 @@ class LssStrategy final : public Strategy {
   }
 
   const int P_;
-  const int64_t Tl_, Bl_, N_;  // tokens per segment, sequences per replica, local rows Tl*Bl
+  const int64_t Tl_, Bl_, N_;  // tokens per rank, sequences per replica, local rows Tl*Bl
+  const std::vector<RowRange> segments_;  // token ranges of this rank, in local order
   ParamStore store_;
   std::vector<Layer> layers_;
   Buffer resid0_;            // (N, C) embedding output
@@ -222,6 +278,9 @@ std::unique_ptr<Strategy> make_lss_strategy(StrategyContext ctx) {
   const ModelConfig& cfg = ctx.cfg;
   LSS_REQUIRE_INPUT(cfg.T % ctx.grid.P == 0, "--seq " + std::to_string(cfg.T) + " does not divide by --sp " +
                                                  std::to_string(ctx.grid.P) + " (lss splits the sequence into P equal segments)");
+  LSS_REQUIRE_INPUT(!ctx.opts.zigzag || cfg.T % (2 * ctx.grid.P) == 0,
+                    "--zigzag: --seq " + std::to_string(cfg.T) + " does not divide by 2 x --sp = " +
+                        std::to_string(2 * ctx.grid.P) + " (each rank holds two chunks of T/(2P))");
   return std::make_unique<LssStrategy>(ctx);
 }
 

@@ -24,7 +24,7 @@ class SerialStrategy final : public Strategy {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t T = cfg.T, B = cfg.B, C = cfg.C, N = T * B;
-    upload_batch(step, 0, B, 0, T, tokens_, targets_);
+    upload_batch(step, 0, B, {{0, T}}, tokens_, targets_);
 
     layers_.resize(cfg.L);
     resid0_ = be.alloc(cfg.dtype, N * C);
