@@ -22,6 +22,7 @@
 #include "core/check.h"
 #include "core/fileio.h"
 #include "core/options.h"
+#include "strategies/strategy.h"
 
 namespace lss {
 
@@ -92,9 +93,14 @@ SweepSpec load_sweep_spec(const std::string& path) {
     bad_spec(path, "mode: '" + r["mode"].dump() + "' is not weak, strong or max_seq");
   if (!r["strategies"].is_array() || r["strategies"].empty()) bad_spec(path, "strategies: a non-empty list");
   std::vector<std::string> strategies;
+  const auto known_strategies = strategy_names();
   for (const auto& s : r["strategies"]) {
-    if (!s.is_string() || (s != "serial" && s != "lss" && s != "megatron_sp"))
-      bad_spec(path, "strategies: unknown strategy " + s.dump() + " (serial, lss, megatron_sp)");
+    if (!s.is_string() || std::find(known_strategies.begin(), known_strategies.end(), s.get<std::string>()) ==
+                              known_strategies.end()) {
+      std::string list;
+      for (const auto& k : known_strategies) list += (list.empty() ? "" : ", ") + k;
+      bad_spec(path, "strategies: unknown strategy " + s.dump() + " (" + list + ")");
+    }
     strategies.push_back(s.get<std::string>());
   }
   const auto worlds = int_list(r["world"], path, "world");
