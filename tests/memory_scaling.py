@@ -50,6 +50,19 @@ with tempfile.TemporaryDirectory() as tmp:
             print(f"{'ok  ' if ok else 'FAIL'} {strategy:<12} P={P}: measured {measured} B, "
                   f"formula {predicted} B, ratio {ratio:.4f}")
             previous = measured
-passed = 6 - failures
+    # Activation checkpointing (lss --recompute) keeps one (N, C) output per block instead of 16 C
+    # per row: at L = 4 the activation peak must fall below half of the peak without it.
+    peaks = {}
+    for flag in ("--no-recompute", "--recompute"):
+        out = Path(tmp) / f"rc{flag}.json"
+        subprocess.run([mpiexec, "-n", "1", lssbench, "run", "--strategy", "lss", "--layers", "4", "--width", str(C),
+                        "--heads", str(H), "--seq", str(T), "--iters", "1", "--warmup", "0", "--threads", "1", flag,
+                        "--out", str(out)], check=True, timeout=300, capture_output=True)
+        peaks[flag] = json.loads(out.read_text())["metrics"]["peak_activation_bytes"]
+    ok = peaks["--recompute"] < 0.5 * peaks["--no-recompute"]
+    failures += not ok
+    print(f"{'ok  ' if ok else 'FAIL'} lss --recompute at L=4: {peaks['--recompute']} B against "
+          f"{peaks['--no-recompute']} B without")
+passed = 7 - failures
 print(f"{passed} passed, {failures} failed")
 sys.exit(1 if failures else 0)

@@ -63,13 +63,14 @@ struct Case {
   bool causal;
   bool option;  // lss: keep_kv; megatron_sp: regather_ln
   bool zigzag = false;  // lss: balanced segment order
+  bool recompute = false;  // lss: activation checkpointing
 };
 
 std::string case_name(const Case& c, int P, int R) {
   return c.strategy + " P=" + std::to_string(P) + " R=" + std::to_string(R) + " " + dtype_name(c.dtype) +
          (c.causal ? " causal" : " non-causal") + (c.strategy == "lss" ? (c.option ? " keep-kv" : " regather-kv")
                                                                          : (c.option ? " regather-ln" : " keep-ln")) +
-         (c.zigzag ? " zigzag" : "");
+         (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -84,6 +85,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.keep_kv = c.strategy == "lss" && c.option;
     rc.strategy_opts.regather_ln = c.strategy == "megatron_sp" && c.option;
     rc.strategy_opts.zigzag = c.zigzag;
+    rc.strategy_opts.recompute = c.recompute;
     Session dist(rc, MPI_COMM_WORLD);
     const double loss = dist.forward_backward(0);
     const auto grads = dist.gather_full(true);
@@ -138,7 +140,10 @@ std::vector<Case> all_cases() {
       for (bool causal : {true, false})
         for (bool option : {true, false}) {
           out.push_back({s, d, causal, option});
-          if (std::string(s) == "lss") out.push_back({s, d, causal, option, true});
+          if (std::string(s) == "lss") {
+            out.push_back({s, d, causal, option, true});
+            out.push_back({s, d, causal, option, option, true});  // recompute, with and without zigzag
+          }
         }
   return out;
 }
@@ -146,7 +151,8 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                          [](const ::testing::TestParamInfo<Case>& info) {
                            const Case& c = info.param;
                            return c.strategy + "_" + dtype_name(c.dtype) + (c.causal ? "_causal" : "_noncausal") +
-                                  (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "");
+                                  (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "") +
+                                  (c.recompute ? "_recompute" : "");
                          });
 
 // ---- communication: the README's formulas, written out again here ----
@@ -170,11 +176,16 @@ CommCounts counts(std::initializer_list<std::tuple<CollKind, int64_t, int64_t>> 
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
   for (auto [P, R] : grids_for_world()) {
     for (const char* strategy : {"lss", "megatron_sp"}) {
-      for (bool option : {false, true}) {
+      for (int variant : {0, 1, 2}) {
+        // 0: defaults; 1: keep_kv + zigzag (lss) or regather_ln (megatron_sp); 2: lss with
+        // recomputation on top of 1.
+        const bool option = variant >= 1, recompute = variant == 2;
+        if (recompute && std::string(strategy) != "lss") continue;
         RunConfig rc = small(strategy, P, DType::f32, true);
         rc.strategy_opts.keep_kv = option;
         rc.strategy_opts.regather_ln = option;
         rc.strategy_opts.zigzag = option;  // lss: the balanced order moves exactly the same bytes
+        rc.strategy_opts.recompute = recompute;
         Session s(rc, MPI_COMM_WORLD);
         s.reset_counts();
         s.forward_backward(0);
@@ -192,7 +203,8 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           const int end_rank = option ? 0 : P - 1;
           const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
           if (P > 1)
-            want["sp"] = counts({{CollKind::all_gather, L * (option ? 1 : 2), m.T * Bl * 2 * C * es},
+            // With recomputation the recomputed forward gathers again, so kept K/V saves nothing.
+            want["sp"] = counts({{CollKind::all_gather, L * (option && !recompute ? 1 : 2), m.T * Bl * 2 * C * es},
                                  {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
                                  {CollKind::all_reduce, 1, (total - m.T_max * C) * es}});
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 1, (total - m.T_max * C + own_wpe) * es}});

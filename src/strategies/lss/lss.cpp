@@ -23,7 +23,9 @@ class LssStrategy final : public Strategy {
   std::string name() const override { return "lss"; }
   ParamStore& params() override { return store_; }
   nlohmann::json options_json() const override {
-    return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"}, {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"}};
+    return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"},
+            {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"},
+            {"recompute", ctx_.opts.recompute}};
   }
 
   std::vector<ParamSpec> param_specs_for(int p) const override {
@@ -49,7 +51,10 @@ class LssStrategy final : public Strategy {
     const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * es;  // the gathered [K|V] of one layer
     CommModel m;
     const int P = ctx_.grid.P, R = ctx_.grid.R;
-    expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (ctx_.opts.keep_kv ? 1 : 2), kv_bytes);
+    // Forward gathers once per layer; backward gathers again unless the forward's gather was kept
+    // (with recomputation, the recomputed forward's gather is the second one).
+    const bool one_gather = ctx_.opts.keep_kv && !ctx_.opts.recompute;
+    expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (one_gather ? 1 : 2), kv_bytes);
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
     expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es_grad);
     expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es_grad);
@@ -68,9 +73,14 @@ class LssStrategy final : public Strategy {
     View h = resid0_.view();
     for (int64_t l = 0; l < cfg.L; ++l) {
       Layer& a = layers_[l];
-      attention_forward(layer_params(store_, l), h, a);
-      a.h_out = be.alloc(cfg.dtype, N * C);
-      mlp_forward(be, cfg, layer_params(store_, l), a.h_mid.view(), a.h_out.view(), a.mlp, N);
+      block_forward(l, h, a);
+      // Activation checkpointing: keep only the block's output (the next block's input); the
+      // rest is recomputed from it in backward.
+      if (ctx_.opts.recompute) {
+        Buffer out = std::move(a.h_out);
+        a = Layer{};
+        a.h_out = std::move(out);
+      }
       h = a.h_out.view();
     }
     return head_forward(be, cfg, store_, h, targets_.view(), head_, N,
@@ -86,6 +96,13 @@ class LssStrategy final : public Strategy {
                   head_, N);
     for (int64_t l = cfg.L - 1; l >= 0; --l) {
       Layer& a = layers_[l];
+      const View h_in = l == 0 ? resid0_.view() : layers_[l - 1].h_out.view();
+      if (ctx_.opts.recompute) {
+        // The recomputed forward gathers [K|V] once more; that gather is kept for this block's
+        // backward, so backward gathers no third time.
+        a = Layer{};
+        block_forward(l, h_in, a, /*keep_kv=*/true);
+      }
       a.h_out.reset();
       mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
       attention_backward(layer_params(store_, l), layer_grads(store_, l),
@@ -113,6 +130,15 @@ class LssStrategy final : public Strategy {
     MlpActivations mlp;
     Buffer h_out;       // (N, C) residual after the block
   };
+
+  // One transformer block from its input h: attention and MLP sub-blocks, saving what backward
+  // needs in `a` (the gathered [K|V] too when keep_kv).
+  void block_forward(int64_t l, View h, Layer& a, bool keep_kv = false) {
+    const LayerTensors w = layer_params(store_, l);
+    attention_forward(w, h, a, keep_kv || ctx_.opts.keep_kv);
+    a.h_out = ctx_.backend.alloc(ctx_.cfg.dtype, N_ * ctx_.cfg.C);
+    mlp_forward(ctx_.backend, ctx_.cfg, w, a.h_mid.view(), a.h_out.view(), a.mlp, N_);
+  }
 
   // The c_attn weight (3C, C) holds Q rows, then K and V rows: K and V together are one
   // contiguous (2C, C) block, so one GEMM writes [k | v] rows that are gathered as they are.
@@ -180,7 +206,7 @@ class LssStrategy final : public Strategy {
     return global;
   }
 
-  void attention_forward(const LayerTensors& w, View h, Layer& a) {
+  void attention_forward(const LayerTensors& w, View h, Layer& a, bool keep_kv) {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
@@ -201,7 +227,7 @@ class LssStrategy final : public Strategy {
       be.attention_forward(attention_args(a, kv_full, seg, row0));
       row0 += seg.count;
     }
-    if (ctx_.opts.keep_kv) {
+    if (keep_kv) {
       a.kv_full = std::move(kv_full);
       a.kv_local.reset();  // its rows are inside kv_full
     }
@@ -218,7 +244,7 @@ class LssStrategy final : public Strategy {
     a.h_mid.reset();
     Buffer d_attn = be.alloc(cfg.dtype, N * C);  // (N, C)
     linear_backward(be, d_attn.view(), 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
-    Buffer kv_full = ctx_.opts.keep_kv ? std::move(a.kv_full) : gather_kv(a);
+    Buffer kv_full = a.kv_full ? std::move(a.kv_full) : gather_kv(a);
     a.kv_local.reset();
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
