@@ -24,7 +24,9 @@ class MegatronSpStrategy final : public Strategy {
 
   std::string name() const override { return "megatron_sp"; }
   ParamStore& params() override { return store_; }
-  nlohmann::json options_json() const override { return {{"regather_ln", ctx_.opts.regather_ln}}; }
+  nlohmann::json options_json() const override {
+    return {{"regather_ln", ctx_.opts.regather_ln}, {"recompute", ctx_.opts.recompute}};
+  }
 
   std::vector<ParamSpec> param_specs_for(int p) const override {
     const int64_t C = ctx_.cfg.C;
@@ -66,8 +68,11 @@ class MegatronSpStrategy final : public Strategy {
     CommModel m;
     // Forward: 2 all-gathers + 2 reduce-scatters per layer; backward mirrors them (the gradient
     // of a reduce-scatter is an all-gather and vice versa), plus 2 re-gathers of LN outputs.
-    expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (ctx_.opts.regather_ln ? 6 : 4), full);
-    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * 4, full);
+    // With recomputation the block's forward runs twice (2 + 2 more per layer) and the recomputed
+    // LayerNorm gathers are kept, so nothing is re-gathered.
+    const int64_t gathers = ctx_.opts.recompute ? 6 : (ctx_.opts.regather_ln ? 6 : 4);
+    expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * gathers, full);
+    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * (ctx_.opts.recompute ? 6 : 4), full);
     expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es_grad);
     expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es_grad);
     return m;
@@ -86,10 +91,13 @@ class MegatronSpStrategy final : public Strategy {
     View h = resid0_.view();
     for (int64_t l = 0; l < cfg.L; ++l) {
       Layer& a = layers_[l];
-      const LayerTensors w = layer_params(store_, l);
-      attention_forward(w, h, a);
-      a.h_out = be.alloc(cfg.dtype, N * C);
-      mlp_forward(w, a.h_mid.view(), a.h_out.view(), a);
+      block_forward(l, h, a, !ctx_.opts.regather_ln);
+      // Activation checkpointing: keep only the block's output (the next block's input).
+      if (ctx_.opts.recompute) {
+        Buffer out = std::move(a.h_out);
+        a = Layer{};
+        a.h_out = std::move(out);
+      }
       h = a.h_out.view();
     }
     return head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(cfg.B * cfg.T));
@@ -103,6 +111,11 @@ class MegatronSpStrategy final : public Strategy {
     head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(), head_, N);
     for (int64_t l = cfg.L - 1; l >= 0; --l) {
       Layer& a = layers_[l];
+      if (ctx_.opts.recompute) {
+        // The recomputed forward's gathered LayerNorm outputs are kept for this block's backward.
+        a = Layer{};
+        block_forward(l, l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(), a, /*keep_ln=*/true);
+      }
       a.h_out.reset();
       const LayerTensors w = layer_params(store_, l), g = layer_grads(store_, l);
       mlp_backward(w, g, dh.view(), a);
@@ -131,6 +144,14 @@ class MegatronSpStrategy final : public Strategy {
     Buffer h_out;                        // (N, C)
   };
 
+  // One block from its input h; keep_ln keeps the gathered LayerNorm outputs for backward.
+  void block_forward(int64_t l, View h, Layer& a, bool keep_ln) {
+    const LayerTensors w = layer_params(store_, l);
+    attention_forward(w, h, a, keep_ln);
+    a.h_out = ctx_.backend.alloc(ctx_.cfg.dtype, N_ * ctx_.cfg.C);
+    mlp_forward(w, a.h_mid.view(), a.h_out.view(), a, keep_ln);
+  }
+
   Buffer gather_rows(View local) {
     Buffer full = ctx_.backend.alloc(ctx_.cfg.dtype, P_ * local.numel);
     ctx_.grid.seq->all_gather(local, full.view());
@@ -150,7 +171,7 @@ class MegatronSpStrategy final : public Strategy {
     return packed_qkv_attention(ctx_.cfg, Bl_, Hl_, a.qkv.ptr(), a.attn_out.ptr(), a.lse.ptr());
   }
 
-  void attention_forward(const LayerTensors& w, View h, Layer& a) {
+  void attention_forward(const LayerTensors& w, View h, Layer& a, bool keep_ln) {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_, NF = NF_;
@@ -162,7 +183,7 @@ class MegatronSpStrategy final : public Strategy {
     Buffer ln_full = gather_rows(a.ln1_out.view());
     a.qkv = be.alloc(cfg.dtype, NF * 3 * Cl_);
     linear_forward(be, a.qkv.view(), ln_full.view(), w.attn_w, w.attn_b, NF, C, 3 * Cl_);
-    if (!ctx_.opts.regather_ln) a.ln1_full = std::move(ln_full);
+    if (keep_ln) a.ln1_full = std::move(ln_full);
     ln_full.reset();
     a.attn_out = be.alloc(cfg.dtype, NF * Cl_);
     a.lse = be.alloc(st, Bl_ * Hl_ * cfg.T);
@@ -173,7 +194,7 @@ class MegatronSpStrategy final : public Strategy {
     be.add(a.h_mid.view(), a.h_mid.view(), h);
   }
 
-  void mlp_forward(const LayerTensors& w, View h_in, View h_out, Layer& a) {
+  void mlp_forward(const LayerTensors& w, View h_in, View h_out, Layer& a, bool keep_ln) {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_, NF = NF_;
@@ -186,7 +207,7 @@ class MegatronSpStrategy final : public Strategy {
     a.fc = be.alloc(cfg.dtype, NF * 4 * Cl_);
     a.act = be.alloc(cfg.dtype, NF * 4 * Cl_);
     linear_forward(be, a.fc.view(), ln_full.view(), w.fc_w, w.fc_b, NF, C, 4 * Cl_);
-    if (!ctx_.opts.regather_ln) a.ln2_full = std::move(ln_full);
+    if (keep_ln) a.ln2_full = std::move(ln_full);
     ln_full.reset();
     be.gelu_forward(a.act.view(), a.fc.view());
     Buffer partial = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C)
@@ -208,7 +229,7 @@ class MegatronSpStrategy final : public Strategy {
     a.act.reset();
     be.gelu_backward(d_act.view(), d_act.view(), a.fc.view());
     a.fc.reset();
-    Buffer ln_full = ctx_.opts.regather_ln ? gather_rows(a.ln2_out.view()) : std::move(a.ln2_full);
+    Buffer ln_full = a.ln2_full ? std::move(a.ln2_full) : gather_rows(a.ln2_out.view());
     Buffer d_ln_full = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums
     linear_backward(be, d_ln_full.view(), 0.0, g.fc_w, g.fc_b, d_act.view(), ln_full.view(), w.fc_w, NF, C, 4 * Cl_);
     d_act.reset();
@@ -240,7 +261,7 @@ class MegatronSpStrategy final : public Strategy {
     a.qkv.reset();
     a.attn_out.reset();
     a.lse.reset();
-    Buffer ln_full = ctx_.opts.regather_ln ? gather_rows(a.ln1_out.view()) : std::move(a.ln1_full);
+    Buffer ln_full = a.ln1_full ? std::move(a.ln1_full) : gather_rows(a.ln1_out.view());
     Buffer d_ln_full = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums
     linear_backward(be, d_ln_full.view(), 0.0, g.attn_w, g.attn_b, dqkv.view(), ln_full.view(), w.attn_w, NF, C, 3 * Cl_);
     dqkv.reset();

@@ -64,7 +64,7 @@ OptionParser make_parser() {
   p.add_string("export", "", "safetensors file of the first step's params, grads and inputs");
   p.add_size("threads", 0, "host threads per rank (0: cores / ranks on this node)");
   p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
-  p.add_flag("recompute", false, "lss: activation checkpointing (keep block outputs, recompute blocks in backward)");
+  p.add_flag("recompute", false, "activation checkpointing (keep block outputs, recompute blocks in backward)");
   p.add_flag("zigzag", false, "lss: balanced segment order (chunks p and 2P-1-p of T/(2P)) for causal masks");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
   p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");

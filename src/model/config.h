@@ -35,8 +35,8 @@ struct StrategyOptions {
   // lss: balanced (zigzag) segment order for causal masks: rank p holds chunks p and 2P-1-p of
   // T/(2P) tokens, so every rank does the same attention work (false: one contiguous segment).
   bool zigzag = false;
-  // lss: activation checkpointing: keep only each block's output in forward, recompute the block
-  // (its K/V gather included) in backward.
+  // lss, megatron_sp: activation checkpointing: keep only each block's output in forward,
+  // recompute the block (its gathers included) in backward.
   bool recompute = false;
   // megatron_sp: re-gather the LayerNorm outputs in backward instead of keeping the gathered ones.
   bool regather_ln = true;
