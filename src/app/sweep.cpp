@@ -514,7 +514,9 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
         json r = run_point(spec, binary, pt, out, &ran);
         ran_count += ran;
         ++done;
-        progress(done, done, fmt::format("{} {}", pt.id, r.value("status", "?")));
+        // The number of probes is not known in advance: no ETA, a running count.
+        fmt::print("[probe {}] {} {}{}\n", done, pt.id, r.value("status", "?"), ran ? "" : " (done before)");
+        std::fflush(stdout);
         results.push_back(r);
         return r;
       };
