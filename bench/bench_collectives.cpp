@@ -86,11 +86,7 @@ int main(int argc, char** argv) {
   g_settings = parse_settings(&argc, argv);
   int rc = 0;
   try {
-    int local = 0;
-    MPI_Comm node;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &local);
-    MPI_Comm_free(&node);
+    const int local = lss::node_position(MPI_COMM_WORLD).rank;
     g_backend = lss::make_backend(lss::BackendOptions{g_settings.backend, g_settings.threads, local, g_settings.attention});
 #ifdef LSS_HAVE_CUDA
     if (g_settings.backend == "cuda") g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, 1, lss::cuda_stream_of(*g_backend));

@@ -30,6 +30,7 @@ check_spec "strategies: unknown strategy \"ring\"" '{"name": "x", "mode": "stron
 check_spec "world: -2 must be positive" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [-2], "seq": [64], '"$model"'}'
 check_spec "model: unknown option 'colour'" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "model": {"colour": 3}}'
 check_spec "unknown field 'itres'" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "itres": 3, '"$model"'}'
+check_spec "max_seq.granularity: -32 must be positive" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], "max_seq": {"granularity": -32, "limit": 1024}, '"$model"'}'
 check_spec "max_seq: {granularity, limit} is required" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"'}'
 out=$("$lssbench" sweep missing.json --out x 2>&1); rc=$?
 if [ $rc -ne 0 ] && grep -q "missing.json: cannot be opened" <<<"$out"; then ok "unreadable spec"; else bad "unreadable spec: $out"; fi

@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstdio>
 
+#include "app/metrics.h"
 #include "app/session.h"
+#include "comm/grid.h"
 #include "kernels/cuda/cuda_backend.h"
 
 using namespace lss;
@@ -41,16 +43,6 @@ RunConfig model(const std::string& strategy, int P, DType dtype, bool causal, co
   rc.model.dtype = dtype;
   rc.model.init_std = 0.05;
   return rc;
-}
-
-// ||a - b|| / ||b|| over one tensor.
-double norm_rel_error(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
 struct Case {
@@ -137,11 +129,7 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   // Every rank of a node needs its own GPU; skip (77) when there are too few, on every rank.
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int local = 1;
-  MPI_Comm_size(node, &local);
-  MPI_Comm_free(&node);
+  const int local = lss::node_position(MPI_COMM_WORLD).size;
   int enough = lss::cuda_device_count() >= local ? 1 : 0;
   MPI_Allreduce(MPI_IN_PLACE, &enough, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   if (!enough) {

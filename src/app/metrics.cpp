@@ -18,6 +18,15 @@ FlopCount model_flops(const ModelConfig& cfg) {
   return f;
 }
 
+double norm_rel_error(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
 double percentile(std::vector<double> v, double pct) {
   if (v.empty()) return std::nan("");
   std::sort(v.begin(), v.end());

@@ -17,6 +17,9 @@ struct FlopCount {
 };
 FlopCount model_flops(const ModelConfig& cfg);
 
+// Normwise relative error ||a - b|| / ||b|| (||a - b|| when b is zero).
+double norm_rel_error(const std::vector<double>& a, const std::vector<double>& b);
+
 // Percentile (0..100) of the values by linear interpolation between closest ranks.
 double percentile(std::vector<double> values, double pct);
 

@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <ctime>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -74,15 +73,6 @@ OptionParser make_parser() {
   return p;
 }
 
-int local_ranks() {
-  MPI_Comm node;
-  LSS_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-  int n = 1;
-  LSS_MPI_CHECK(MPI_Comm_size(node, &n));
-  LSS_MPI_CHECK(MPI_Comm_free(&node));
-  return n;
-}
-
 RunConfig config_from(const OptionParser& p) {
   RunConfig rc;
   ModelConfig& m = rc.model;
@@ -117,7 +107,7 @@ RunConfig config_from(const OptionParser& p) {
   LSS_REQUIRE_INPUT(threads >= 0 && threads <= 4096, "--threads " + p.str("threads") + ": must be 0 (auto) or positive");
   if (threads == 0) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    rc.threads = std::max(1, cores / local_ranks());
+    rc.threads = std::max(1, cores / node_position(MPI_COMM_WORLD).size);
   } else {
     rc.threads = static_cast<int>(threads);
   }
@@ -125,15 +115,6 @@ RunConfig config_from(const OptionParser& p) {
   LSS_REQUIRE_INPUT(p.size("warmup") >= 0, "--warmup " + p.str("warmup") + ": must not be negative");
   LSS_REQUIRE_INPUT(p.real("peak-tflops") >= 0, "--peak-tflops " + p.str("peak-tflops") + ": must not be negative");
   return rc;
-}
-
-std::string utc_stamp() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", &tm);
-  return buf;
 }
 
 std::vector<std::string> all_hosts() {
@@ -275,16 +256,6 @@ double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
   return 2.0 * static_cast<double>(n) * n * n / percentile(times, 50) / 1e12;
 }
 
-// Normwise relative error ||a - b|| / ||b||.
-double norm_rel_error(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
 json run_check(RunConfig rc, int64_t check_seq) {
   if (check_seq > 0) {
     rc.model.T = check_seq;
@@ -356,7 +327,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   std::string out = parser.str("out");
   if (out.empty()) {
     // One name for all ranks: rank 0's clock decides it.
-    std::string stamp = utc_stamp();
+    std::string stamp = utc_timestamp();
     stamp.resize(16, ' ');
     LSS_MPI_CHECK(MPI_Bcast(stamp.data(), 16, MPI_CHAR, 0, MPI_COMM_WORLD));
     out = fmt::format("results/runs/{}_{}_w{}_sp{}_T{}_{}.json", rc.strategy, rc.backend, grid.world, grid.P, m.T,

@@ -23,23 +23,18 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   LSS_REQUIRE_INPUT(!(cfg_.backend == "cpu" && cfg_.model.dtype == DType::bf16),
                     "--dtype bf16: the cpu backend computes in fp32 or fp64 (bf16 needs --backend cuda)");
   // One device per rank: the rank's position among the ranks of its node.
-  MPI_Comm node;
-  LSS_MPI_CHECK(MPI_Comm_split_type(base, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-  int local_rank = 0, local_size = 1;
-  LSS_MPI_CHECK(MPI_Comm_rank(node, &local_rank));
-  LSS_MPI_CHECK(MPI_Comm_size(node, &local_size));
-  LSS_MPI_CHECK(MPI_Comm_free(&node));
+  const NodePosition node = node_position(base);
 #ifdef LSS_HAVE_CUDA
   // Checked by every rank of the node alike (not only by the ranks without a device), so that all
   // of them stop with the message instead of some waiting in the grid's collectives.
   if (cfg_.backend == "cuda") {
     const int devices = cuda_device_count();
     LSS_REQUIRE_INPUT(devices > 0, "--backend cuda: no CUDA device is visible to this process");
-    LSS_REQUIRE_INPUT(local_size <= devices, "--backend cuda: " + std::to_string(local_size) + " ranks on this node but " +
+    LSS_REQUIRE_INPUT(node.size <= devices, "--backend cuda: " + std::to_string(node.size) + " ranks on this node but " +
                                                  std::to_string(devices) + " CUDA devices; start at most one rank per GPU");
   }
 #endif
-  backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, local_rank, cfg_.attention});
+  backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {
     grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_));

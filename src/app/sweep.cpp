@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <ctime>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
@@ -147,6 +146,8 @@ SweepSpec load_sweep_spec(const std::string& path) {
     if (!r.contains("max_seq") || !r["max_seq"].is_object()) bad_spec(path, "max_seq: {granularity, limit} is required in mode max_seq");
     for (const char* f : {"granularity", "limit"})
       if (!r["max_seq"].contains(f)) bad_spec(path, std::string("max_seq.") + f + ": missing");
+    spec.max_seq_granularity = int_list(r["max_seq"]["granularity"], path, "max_seq.granularity").front();
+    spec.max_seq_limit = int_list(r["max_seq"]["limit"], path, "max_seq.limit").front();
   }
 
   for (const auto& strategy : strategies)
@@ -186,15 +187,6 @@ volatile std::sig_atomic_t g_stop = 0;
 pid_t g_child = 0;
 
 void on_signal(int) { g_stop = 1; }
-
-std::string now_stamp() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", &tm);
-  return buf;
-}
 
 std::string tail_of(const std::string& path, size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
@@ -467,6 +459,7 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   std::vector<json> results;
+  json searches = json::array();  // max_seq: one search per strategy and grid
   const auto t0 = std::chrono::steady_clock::now();
   int ran_count = 0;
   auto progress = [&](size_t done, size_t total, const std::string& what) {
@@ -492,13 +485,7 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
   } else {
     // Longest trainable T per strategy and grid: double from the spec's T until a step fails,
     // then bisect between the last success and the first failure down to the granularity.
-    const int64_t gran = parse_size(spec.raw["max_seq"]["granularity"].is_string()
-                                        ? spec.raw["max_seq"]["granularity"].get<std::string>()
-                                        : std::to_string(spec.raw["max_seq"]["granularity"].get<int64_t>()), "max_seq.granularity");
-    const int64_t limit = parse_size(spec.raw["max_seq"]["limit"].is_string()
-                                         ? spec.raw["max_seq"]["limit"].get<std::string>()
-                                         : std::to_string(spec.raw["max_seq"]["limit"].get<int64_t>()), "max_seq.limit");
-    json searches = json::array();
+    const int64_t gran = spec.max_seq_granularity, limit = spec.max_seq_limit;
     size_t done = 0;
     for (const auto& base : spec.points) {
       if (g_stop) break;
@@ -548,24 +535,17 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
                           {"granularity", step}, {"limit", limit},
                           {"limit_reached", bad == 0 && good > 0}});
     }
-    if (!g_stop) {
-      json a = aggregate_points(results, spec.mode);
-      a["max_seq"] = searches;
-      a["spec"] = spec.raw;
-      const std::string path = (fs::path(out) / ("aggregate-" + now_stamp() + ".json")).string();
-      write_file_atomic_no_overwrite(path, a.dump(2) + "\n");
-      fmt::print("wrote {}\n", path);
-    }
   }
   if (g_stop) {
     fmt::print("interrupted: the points done so far are kept; rerun the same command to continue\n");
     return 130;
   }
+  json a = aggregate_points(results, spec.mode);
+  if (spec.mode == "max_seq") a["max_seq"] = searches;
+  a["spec"] = spec.raw;
+  const std::string path = (fs::path(out) / ("aggregate-" + utc_timestamp() + ".json")).string();
+  write_file_atomic_no_overwrite(path, a.dump(2) + "\n");
   if (spec.mode != "max_seq") {
-    json a = aggregate_points(results, spec.mode);
-    a["spec"] = spec.raw;
-    const std::string path = (fs::path(out) / ("aggregate-" + now_stamp() + ".json")).string();
-    write_file_atomic_no_overwrite(path, a.dump(2) + "\n");
     fmt::print("\n{:<34} {:>9} {:>10} {:>10}\n", "point", "status", "step ms", "TFLOP/s");
     for (const auto& r : results)
       fmt::print("{:<34} {:>9} {:>10} {:>10}\n",
@@ -574,8 +554,8 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
                  r.value("status", "?"),
                  point_ok(r) ? fmt::format("{:.2f}", r["timing"]["median_ms"].get<double>()) : "-",
                  point_ok(r) ? fmt::format("{:.2f}", r["metrics"]["tflops_per_gpu"].get<double>()) : "-");
-    fmt::print("wrote {}\n", path);
   }
+  fmt::print("wrote {}\n", path);
   return 0;
 }
 

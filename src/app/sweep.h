@@ -23,6 +23,7 @@ struct SweepSpec {
   int timeout_s = 600;
   std::string launcher = "auto";   // auto | mpiexec | srun
   std::string binary;              // lssbench to run (default: this executable)
+  int64_t max_seq_granularity = 0, max_seq_limit = 0;  // max_seq mode only
 };
 
 // Parses and validates a spec; throws UsageError naming the file and the bad field.

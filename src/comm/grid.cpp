@@ -5,6 +5,16 @@
 
 namespace lss {
 
+NodePosition node_position(MPI_Comm base) {
+  MPI_Comm node;
+  LSS_MPI_CHECK(MPI_Comm_split_type(base, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  NodePosition pos;
+  LSS_MPI_CHECK(MPI_Comm_rank(node, &pos.rank));
+  LSS_MPI_CHECK(MPI_Comm_size(node, &pos.size));
+  LSS_MPI_CHECK(MPI_Comm_free(&node));
+  return pos;
+}
+
 GridSplit split_grid(MPI_Comm base, int P) {
   GridSplit s;
   Grid& g = s.layout;

@@ -19,6 +19,12 @@ struct Grid {
   std::unique_ptr<Communicator> data;  // the R ranks holding the same segment ("dp" group)
 };
 
+// This rank's position among the ranks of `base` that share its node (one GPU per position).
+struct NodePosition {
+  int rank = 0, size = 1;
+};
+NodePosition node_position(MPI_Comm base);
+
 // The grid's layout and its MPI groups, before any communicator is built on them: world = R x P
 // over the ranks of `base`, rank w = r*P + p; throws UsageError when the world size does not
 // divide by P. Collective over `base`. The three MPI communicators are the caller's to own.

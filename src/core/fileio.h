@@ -9,6 +9,9 @@ namespace lss {
 // exists already or cannot be written. Creates missing parent folders.
 void write_file_atomic_no_overwrite(const std::string& path, const std::string& content);
 
+// The current UTC time as 20261128T012345Z, for result names.
+std::string utc_timestamp();
+
 // True if something exists at `path`.
 bool path_exists(const std::string& path);
 
