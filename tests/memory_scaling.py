@@ -8,8 +8,9 @@ For each strategy and P in 1, 2, 4 (world = P, B = 1), runs one step and compare
 peak activation bytes (allocator high-water mark minus parameters, gradients and AdamW state)
 with the README formula
     M(P) = es * (16*L*N*C + max(N*(4*C + V), X))      N = T*B/(P*R) local rows
-    X = 4*T*Bl*C - 10*N*C (lss: the gathered K|V and its gradient in the last layer's backward,
-        once that layer's MLP activations are freed)
+    X = max(4*T*Bl*C - 10*N*C, 2*T*Bl*C + 5*N*C) (lss: the gathered K|V and its gradient in the
+        last layer's backward, once that layer's MLP activations are freed; or the K|V re-gather
+        started early to overlap the MLP's backward, beside that backward's temporaries)
     X = 2*T*Bl*C (megatron_sp: a gathered activation plus a partial sum)
 which leaves out the per-row statistics (LayerNorm mean/rstd, attention lse: (L*(4+H)+2) values
 per row, under 1% here). Bound: 1.00 <= measured / M(P) <= 1.10, and the measured value falls
@@ -27,7 +28,10 @@ L, C, H, T, V, B, es = 2, 64, 4, 512, 256, 1, 4
 
 def formula(strategy, P):
     N, Bl = T * B // P, B
-    transient = 4 * T * Bl * C - 10 * N * C if strategy == "lss" else 2 * T * Bl * C
+    if strategy == "lss":
+        transient = max(4 * T * Bl * C - 10 * N * C, 2 * T * Bl * C + 5 * N * C)
+    else:
+        transient = 2 * T * Bl * C
     return es * (16 * L * N * C + max(N * (4 * C + V), transient))
 
 

@@ -194,8 +194,9 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         CommModel want;
         if (std::string(strategy) == "lss") {
           // lss: L fused [K|V] all-gathers forward (+L re-gathers in backward unless kept), L fused
-          // [dK|dV] reduce-scatters, each of T*Bl*2C elements; one all-reduce of every gradient but
-          // the positional rows this rank owns over sp; one of all its gradients over dp.
+          // [dK|dV] reduce-scatters, each of T*Bl*2C elements; all-reduces of every gradient but
+          // the positional rows this rank owns over sp, in L + 2 buckets (head, each layer, token
+          // embedding); one all-reduce of all its gradients over dp.
           // The positional tail [T, T_max) belongs to the rank holding the last tokens: P-1, or 0
           // in the zigzag order (its second chunk is the sequence's last).
           const int end_rank = option ? 0 : P - 1;
@@ -204,19 +205,22 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             // With recomputation the recomputed forward gathers again, so kept K/V saves nothing.
             want["sp"] = counts({{CollKind::all_gather, L * (option && !recompute ? 1 : 2), m.T * Bl * 2 * C * es},
                                  {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
-                                 {CollKind::all_reduce, 1, (total - m.T_max * C) * es}});
+                                 {CollKind::all_reduce, L + 2, 0}});
+          if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C) * es;
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 1, (total - m.T_max * C + own_wpe) * es}});
         } else {
           // megatron_sp: per layer 2 all-gathers + 2 reduce-scatters forward, the same backward, plus
           // 2 re-gathers of LN outputs when regather_ln; each of T*Bl*C elements. Replicated
-          // gradients (embeddings, LayerNorms, row-parallel biases, LM head) all-reduced over sp.
+          // gradients (embeddings, LayerNorms, row-parallel biases, LM head) all-reduced over sp in
+          // L + 2 buckets (head, each layer, embeddings).
           const int64_t replicated = 2 * m.V * C + m.T_max * C + L * (4 * C + 2 * C) + 2 * C;
           const int64_t sharded = L * (12 * C * C + 7 * C) / P;
           if (P > 1)
             // Recomputation runs each block's forward again (2 + 2 more) and keeps its LN gathers.
             want["sp"] = counts({{CollKind::all_gather, L * (recompute || option ? 6 : 4), m.T * Bl * C * es},
                                  {CollKind::reduce_scatter, L * (recompute ? 6 : 4), m.T * Bl * C * es},
-                                 {CollKind::all_reduce, 1, replicated * es}});
+                                 {CollKind::all_reduce, L + 2, 0}});
+          if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es;
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 1, (replicated + sharded) * es}});
         }
         if (P * R > 1) want["world"] = counts({{CollKind::all_reduce, 1, 8}});

@@ -25,7 +25,7 @@ class MegatronSpStrategy final : public Strategy {
   std::string name() const override { return "megatron_sp"; }
   ParamStore& params() override { return store_; }
   nlohmann::json options_json() const override {
-    return {{"regather_ln", ctx_.opts.regather_ln}, {"recompute", ctx_.opts.recompute}};
+    return {{"regather_ln", ctx_.opts.regather_ln}, {"recompute", ctx_.opts.recompute}, {"overlap", ctx_.opts.overlap}};
   }
 
   std::vector<ParamSpec> param_specs_for(int p) const override {
@@ -73,7 +73,8 @@ class MegatronSpStrategy final : public Strategy {
     const int64_t gathers = ctx_.opts.recompute ? 6 : (ctx_.opts.regather_ln ? 6 : 4);
     expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * gathers, full);
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * (ctx_.opts.recompute ? 6 : 4), full);
-    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es_grad);
+    // The sequence-reduced gradients, one all-reduce per bucket (head, each layer, embeddings).
+    expect_total(m, "sp", P, CollKind::all_reduce, gradient_buckets(store_), store_.seq_reduced_numel() * es_grad);
     expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es_grad);
     return m;
   }
@@ -109,6 +110,7 @@ class MegatronSpStrategy final : public Strategy {
     const int64_t C = cfg.C, N = N_;
     Buffer dh = be.alloc(cfg.dtype, N * C);  // (N, C) gradient of the local rows of the residual stream
     head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(), head_, N);
+    head_gradients_ready(store_);
     for (int64_t l = cfg.L - 1; l >= 0; --l) {
       Layer& a = layers_[l];
       if (ctx_.opts.recompute) {
@@ -120,6 +122,7 @@ class MegatronSpStrategy final : public Strategy {
       const LayerTensors w = layer_params(store_, l), g = layer_grads(store_, l);
       mlp_backward(w, g, dh.view(), a);
       attention_backward(w, g, l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(), dh.view(), a);
+      layer_gradients_ready(store_, l);
     }
     be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(ctx_.grid.p * Tl_ * C, Tl_ * C), dh.view(),
                           tokens_.view(), Tl_, Bl_, C);
@@ -152,17 +155,57 @@ class MegatronSpStrategy final : public Strategy {
     mlp_forward(w, a.h_mid.view(), a.h_out.view(), a, keep_ln);
   }
 
-  Buffer gather_rows(View local) {
-    Buffer full = ctx_.backend.alloc(ctx_.cfg.dtype, P_ * local.numel);
-    ctx_.grid.seq->all_gather(local, full.view());
-    return full;
+  // All-gathers local rows (T/P of them) into all T rows; wait() before reading the result.
+  struct Pending {
+    Buffer out;
+    CommHandle handle;
+  };
+  Pending start_gather_rows(View local) {
+    Pending g{ctx_.backend.alloc(ctx_.cfg.dtype, P_ * local.numel), {}};
+    g.handle = ctx_.grid.seq->start_all_gather(local, g.out.view());
+    wait_unless_overlap(*ctx_.grid.seq, g.handle);
+    return g;
   }
-  // Sums a (T*Bl, C) partial result over the tensor group and keeps this rank's T/P rows.
+  Buffer wait(Pending& p) {
+    ctx_.grid.seq->wait(p.handle);
+    return std::move(p.out);
+  }
+  Buffer gather_rows(View local) {
+    Pending g = start_gather_rows(local);
+    return wait(g);
+  }
+  // Sums a (T*Bl, C) partial result over the tensor group into this rank's T/P rows; `partial`
+  // must stay alive until wait().
+  Pending start_scatter_rows(View partial) {
+    Pending r{ctx_.backend.alloc(ctx_.cfg.dtype, partial.numel / P_), {}};
+    r.handle = ctx_.grid.seq->start_reduce_scatter(partial, r.out.view());
+    wait_unless_overlap(*ctx_.grid.seq, r.handle);
+    return r;
+  }
   Buffer scatter_rows(Buffer& partial) {
-    Buffer local = ctx_.backend.alloc(ctx_.cfg.dtype, partial.numel() / P_);
-    ctx_.grid.seq->reduce_scatter(partial.view(), local.view());
+    Pending r = start_scatter_rows(partial.view());
+    Buffer local = wait(r);
     partial.reset();
     return local;
+  }
+  // Backward of a column-parallel linear layer y (T*Bl, out) = x W^T + b on gathered input rows,
+  // as Megatron-LM overlaps it: the re-gather of x (unless kept) runs during the data-gradient
+  // GEMM, and the reduce-scatter of that gradient during the weight-gradient GEMM. Returns the
+  // summed input gradient of this rank's T/P rows.
+  Buffer column_parallel_backward(Buffer& x_full, View x_local, View dy, View W, View dW, View db, int64_t in,
+                                  int64_t out) {
+    Backend& be = ctx_.backend;
+    Pending regather;
+    if (!x_full) regather = start_gather_rows(x_local);
+    Buffer dx_full = be.alloc(ctx_.cfg.dtype, NF_ * in);  // (T*Bl, in) partial sums over the tensor group
+    linear_backward(be, dx_full.view(), 0.0, View{}, View{}, dy, View{}, W, NF_, in, out);
+    if (!x_full) x_full = wait(regather);
+    Pending dx = start_scatter_rows(dx_full.view());
+    linear_backward(be, View{}, 0.0, dW, db, dy, x_full.view(), W, NF_, in, out);
+    x_full.reset();
+    Buffer dx_local = wait(dx);
+    dx_full.reset();
+    return dx_local;
   }
   // A row-parallel bias is added once: by tensor rank 0, before the reduce-scatter sums the parts.
   View row_parallel_bias(View b) const { return ctx_.grid.p == 0 ? b : View{}; }
@@ -229,12 +272,9 @@ class MegatronSpStrategy final : public Strategy {
     a.act.reset();
     be.gelu_backward(d_act.view(), d_act.view(), a.fc.view());
     a.fc.reset();
-    Buffer ln_full = a.ln2_full ? std::move(a.ln2_full) : gather_rows(a.ln2_out.view());
-    Buffer d_ln_full = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums
-    linear_backward(be, d_ln_full.view(), 0.0, g.fc_w, g.fc_b, d_act.view(), ln_full.view(), w.fc_w, NF, C, 4 * Cl_);
+    Buffer d_ln = column_parallel_backward(a.ln2_full, a.ln2_out.view(), d_act.view(), w.fc_w, g.fc_w, g.fc_b, C,
+                                           4 * Cl_);  // (N, C)
     d_act.reset();
-    ln_full.reset();
-    Buffer d_ln = scatter_rows(d_ln_full);  // (N, C)
     be.layernorm_backward(dh, g.ln2_w, g.ln2_b, d_ln.view(), a.h_mid.view(), a.ln2_mean.view(), a.ln2_rstd.view(),
                           w.ln2_w, N, C);
     a.ln2_out.reset();
@@ -261,12 +301,9 @@ class MegatronSpStrategy final : public Strategy {
     a.qkv.reset();
     a.attn_out.reset();
     a.lse.reset();
-    Buffer ln_full = a.ln1_full ? std::move(a.ln1_full) : gather_rows(a.ln1_out.view());
-    Buffer d_ln_full = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums
-    linear_backward(be, d_ln_full.view(), 0.0, g.attn_w, g.attn_b, dqkv.view(), ln_full.view(), w.attn_w, NF, C, 3 * Cl_);
+    Buffer d_ln = column_parallel_backward(a.ln1_full, a.ln1_out.view(), dqkv.view(), w.attn_w, g.attn_w, g.attn_b,
+                                           C, 3 * Cl_);  // (N, C)
     dqkv.reset();
-    ln_full.reset();
-    Buffer d_ln = scatter_rows(d_ln_full);  // (N, C)
     be.layernorm_backward(dh, g.ln1_w, g.ln1_b, d_ln.view(), h, a.ln1_mean.view(), a.ln1_rstd.view(), w.ln1_w, N, C);
   }
 

@@ -15,6 +15,9 @@ namespace {
 double comm_seconds(const Grid& g) {
   return g.seq->counts().seconds + g.data->counts().seconds + g.world_comm->counts().seconds;
 }
+double exposed_seconds(const Grid& g) {
+  return g.seq->counts().exposed_seconds + g.data->counts().exposed_seconds + g.world_comm->counts().exposed_seconds;
+}
 }  // namespace
 
 Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
@@ -57,7 +60,7 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 Session::~Session() = default;
 
 double Session::forward_backward(int64_t step, StepTimes* times) {
-  const double c0 = comm_seconds(grid_);
+  const double c0 = comm_seconds(grid_), e0 = exposed_seconds(grid_);
   const Backend::Marker m0 = backend_->mark();
   strategy_->params().zero_grads();
   const double local = strategy_->forward(step);
@@ -72,6 +75,7 @@ double Session::forward_backward(int64_t step, StepTimes* times) {
     times->forward = backend_->seconds_between(m0, m1);
     times->backward = backend_->seconds_between(m1, m2);
     times->comm = comm_seconds(grid_) - c0;
+    times->comm_exposed = exposed_seconds(grid_) - e0;
   }
   return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
 }

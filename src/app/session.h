@@ -30,7 +30,9 @@ struct RunConfig {
 
 // Times of one training step on this rank, in seconds.
 struct StepTimes {
-  double forward = 0, backward = 0, optimizer = 0, comm = 0;
+  double forward = 0, backward = 0, optimizer = 0;
+  double comm = 0;          // inside collectives (overlapped or not)
+  double comm_exposed = 0;  // of that, the compute stream's stall (CommCounts::exposed_seconds)
   double total() const { return forward + backward + optimizer; }
 };
 

@@ -52,30 +52,63 @@ void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start
     const double t = now_s() - start.host_s;
     counts_.seconds += t;
     counts_.seconds_by_kind[static_cast<int>(k)] += t;
+    counts_.exposed_seconds += t;
   }
 }
 
+CommHandle Communicator::start(CollKind k, size_t bytes, const std::function<void()>& enqueue) {
+  ++in_flight_;
+  if (!has_async_lane()) {
+    const auto t0 = start_timer();
+    enqueue();
+    finish(k, bytes, t0);
+    return {true, -1};
+  }
+  counts_.calls[static_cast<int>(k)] += 1;
+  counts_.bytes[static_cast<int>(k)] += static_cast<int64_t>(bytes);
+  return {true, start_async(k, enqueue)};
+}
+
+void Communicator::wait(CommHandle& h) {
+  if (!h.pending) return;
+  if (h.id >= 0) wait_async(h.id);
+  h = CommHandle{};
+  --in_flight_;
+}
+
+void Communicator::require_idle(const char* what) const {
+  // A blocking collective on the compute stream must not run beside one of the same group on the
+  // communication stream: NCCL does not order them, and their kernels could wait on each other.
+  LSS_CHECK(in_flight_ == 0, name_ + "." + what + ": " + std::to_string(in_flight_) +
+                                 " asynchronous collectives of this group are still in flight (wait first)");
+}
+
 const CommCounts& Communicator::counts() const {
+  LSS_CHECK(in_flight_ == 0, name_ + ": counts() read while " + std::to_string(in_flight_) +
+                                 " asynchronous collectives were not waited for");
   for (const auto& p : pending_) {
     const double t = timer_->seconds_between(p.start, p.end);
     counts_.seconds += t;
     counts_.seconds_by_kind[static_cast<int>(p.kind)] += t;
+    counts_.exposed_seconds += t;
   }
   pending_.clear();
+  resolve_async(counts_);
   return counts_;
 }
 
 void Communicator::reset_counts() {
-  pending_.clear();
+  counts();  // resolves (and so releases) what is pending
   counts_ = CommCounts{};
 }
 
 void Communicator::set_counts(const CommCounts& c) {
-  pending_.clear();
+  counts();
   counts_ = c;
 }
 
 void Communicator::all_gather(View send, View recv) {
+  require_idle("all_gather");
   LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
             name_ + ".all_gather: recv must hold size x send elements of the same type");
   if (size_ == 1) return local_copy(recv, send);
@@ -85,6 +118,7 @@ void Communicator::all_gather(View send, View recv) {
 }
 
 void Communicator::reduce_scatter(View send, View recv) {
+  require_idle("reduce_scatter");
   LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel * size_,
             name_ + ".reduce_scatter: send must hold size x recv elements of the same type");
   if (size_ == 1) return local_copy(recv, send);
@@ -94,6 +128,7 @@ void Communicator::reduce_scatter(View send, View recv) {
 }
 
 void Communicator::all_reduce(View buf) {
+  require_idle("all_reduce");
   if (size_ == 1) return;
   const auto t0 = start_timer();
   do_all_reduce(buf);
@@ -101,6 +136,7 @@ void Communicator::all_reduce(View buf) {
 }
 
 void Communicator::all_to_all(View send, View recv) {
+  require_idle("all_to_all");
   LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel && send.numel % size_ == 0,
             name_ + ".all_to_all: send and recv must be equal and divide by the group size");
   if (size_ == 1) return local_copy(recv, send);
@@ -109,7 +145,33 @@ void Communicator::all_to_all(View send, View recv) {
   finish(CollKind::all_to_all, send.bytes(), t0);
 }
 
+CommHandle Communicator::start_all_gather(View send, View recv) {
+  LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
+            name_ + ".start_all_gather: recv must hold size x send elements of the same type");
+  if (size_ == 1) {
+    local_copy(recv, send);
+    return {};
+  }
+  return start(CollKind::all_gather, recv.bytes(), [&] { do_all_gather(send, recv); });
+}
+
+CommHandle Communicator::start_reduce_scatter(View send, View recv) {
+  LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel * size_,
+            name_ + ".start_reduce_scatter: send must hold size x recv elements of the same type");
+  if (size_ == 1) {
+    local_copy(recv, send);
+    return {};
+  }
+  return start(CollKind::reduce_scatter, send.bytes(), [&] { do_reduce_scatter(send, recv); });
+}
+
+CommHandle Communicator::start_all_reduce(View buf) {
+  if (size_ == 1) return {};
+  return start(CollKind::all_reduce, buf.bytes(), [&] { do_all_reduce(buf); });
+}
+
 void Communicator::send(View buf, int peer) {
+  require_idle("send");
   LSS_CHECK(peer >= 0 && peer < size_ && peer != rank_, name_ + ".send: bad peer " + std::to_string(peer));
   const auto t0 = start_timer();
   do_send(buf, peer);
@@ -117,6 +179,7 @@ void Communicator::send(View buf, int peer) {
 }
 
 void Communicator::recv(View buf, int peer) {
+  require_idle("recv");
   LSS_CHECK(peer >= 0 && peer < size_ && peer != rank_, name_ + ".recv: bad peer " + std::to_string(peer));
   const auto t0 = start_timer();
   do_recv(buf, peer);
@@ -124,6 +187,7 @@ void Communicator::recv(View buf, int peer) {
 }
 
 void Communicator::barrier() {
+  require_idle("barrier");
   if (size_ == 1) return;
   const auto t0 = start_timer();
   do_barrier();

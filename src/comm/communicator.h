@@ -6,9 +6,15 @@
 //   all_gather: bytes of the gathered (output) buffer; reduce_scatter: bytes of the input buffer;
 //   all_reduce: bytes of the buffer; all_to_all: bytes of the input buffer; send/recv: message.
 // A group of one rank moves nothing: its collectives are local copies and are not counted.
+//
+// Asynchronous collectives (start_* and wait) let a strategy overlap communication with compute:
+// on NCCL they run on a communication stream shared by the grid's groups, after the compute
+// stream's work enqueued so far, and wait() orders the compute stream's later work after them.
+// The MPI communicator has no second lane: its start_* run the collective at once.
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,10 +31,19 @@ struct CommCounts {
   std::array<int64_t, kNumCollKinds> bytes{};
   double seconds = 0.0;  // time inside collectives: host clock (MPI) or device events (NCCL)
   std::array<double, kNumCollKinds> seconds_by_kind{};
+  // Time the caller's work stood still for communication: the whole of a blocking collective,
+  // and for an asynchronous one the stall of the compute stream at wait().
+  double exposed_seconds = 0.0;
 
   int64_t total_calls() const;
   int64_t total_bytes() const;
   bool operator==(const CommCounts& o) const { return calls == o.calls && bytes == o.bytes; }
+};
+
+// An asynchronous collective in flight; wait() on it exactly once.
+struct CommHandle {
+  bool pending = false;  // started and not waited for
+  int64_t id = -1;       // the lane's id; -1 when it ran at once
 };
 
 class Communicator {
@@ -52,6 +67,15 @@ class Communicator {
   void recv(View buf, int peer);
   void barrier();
 
+  // Asynchronous all-gather, reduce-scatter and all-reduce (same contracts as above). The buffers
+  // must stay alive and unchanged until wait(); buffers freed after wait() are safe to reuse.
+  CommHandle start_all_gather(View send, View recv);
+  CommHandle start_reduce_scatter(View send, View recv);
+  CommHandle start_all_reduce(View buf);
+  void wait(CommHandle& h);
+  // Started collectives not waited for yet.
+  int64_t in_flight() const { return in_flight_; }
+
   // Counts so far; resolves the pending device timings first (waiting for them).
   const CommCounts& counts() const;
   void reset_counts();
@@ -70,6 +94,14 @@ class Communicator {
   virtual void do_barrier() = 0;
   // Local copy used by groups of one rank.
   virtual void local_copy(View dst, View src) = 0;
+  // The asynchronous lane (NCCL: the communication stream). Without one, start_* run at once.
+  virtual bool has_async_lane() const { return false; }
+  // Runs `enqueue` (which calls a do_* method) on the asynchronous lane; returns an id for
+  // wait_async. The lane's implementation times it and counts the stall at wait in resolve_async.
+  virtual int64_t start_async(CollKind, const std::function<void()>& enqueue) { enqueue(); return -1; }
+  virtual void wait_async(int64_t) {}
+  // Adds the times of finished asynchronous collectives to `c` (waiting for them).
+  virtual void resolve_async(CommCounts&) const {}
 
  private:
   // Starts timing one collective; finish() counts it.
@@ -79,11 +111,14 @@ class Communicator {
   };
   Backend::Marker start_timer();
   void finish(CollKind k, size_t bytes, const Backend::Marker& start);
+  CommHandle start(CollKind k, size_t bytes, const std::function<void()>& enqueue);
+  void require_idle(const char* what) const;
   std::string name_;
   int rank_, size_;
   Backend* timer_ = nullptr;
   mutable CommCounts counts_;
   mutable std::vector<Pending> pending_;
+  int64_t in_flight_ = 0;
 };
 
 }  // namespace lss

@@ -67,9 +67,12 @@ int comm_size(MPI_Comm c) {
 // MPI_COMM_WORLD), since make_nccl_grid hands over the communicators it splits. The NCCL
 // communicator binds to the CUDA device current at construction: the backend must have chosen
 // this rank's device (cudaSetDevice) before the grid is built.
-NcclCommunicator::NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream)
+NcclCommunicator::NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream,
+                                   std::shared_ptr<CUstream_st> comm_stream)
     : Communicator(std::move(name), comm_rank(mpi_comm), comm_size(mpi_comm)),
       stream_(stream),
+      compute_stream_(stream),
+      comm_stream_(std::move(comm_stream)),
       mpi_comm_(mpi_comm) {
   LSS_MPI_CHECK(MPI_Comm_set_errhandler(mpi_comm_, MPI_ERRORS_RETURN));
   default_nvls_off();
@@ -86,6 +89,9 @@ NcclCommunicator::NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStre
 NcclCommunicator::~NcclCommunicator() {
   // A destructor must not abort the job (it may run while another error is being reported), so
   // failures here are printed, not fatal.
+  for (AsyncOp& op : ops_)
+    for (cudaEvent_t e : {op.start, op.end, op.wait_begin, op.wait_end})
+      if (e != nullptr) cudaEventDestroy(e);
   if (comm_ != nullptr) {
     const ncclResult_t rc = ncclCommDestroy(comm_);
     if (rc != ncclSuccess)
@@ -155,12 +161,57 @@ void NcclCommunicator::local_copy(View dst, View src) {
     LSS_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDeviceToDevice, stream_));
 }
 
+int64_t NcclCommunicator::start_async(CollKind kind, const std::function<void()>& enqueue) {
+  AsyncOp op{kind};
+  cudaEvent_t ready = nullptr;
+  LSS_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  for (cudaEvent_t* e : {&op.start, &op.end, &op.wait_begin, &op.wait_end}) LSS_CUDA_CHECK(cudaEventCreate(e));
+  // The collective reads what the compute stream has written so far.
+  LSS_CUDA_CHECK(cudaEventRecord(ready, compute_stream_));
+  LSS_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_.get(), ready, 0));
+  LSS_CUDA_CHECK(cudaEventDestroy(ready));
+  LSS_CUDA_CHECK(cudaEventRecord(op.start, comm_stream_.get()));
+  stream_ = comm_stream_.get();
+  enqueue();
+  stream_ = compute_stream_;
+  LSS_CUDA_CHECK(cudaEventRecord(op.end, comm_stream_.get()));
+  ops_.push_back(op);
+  return static_cast<int64_t>(ops_.size()) - 1;
+}
+
+void NcclCommunicator::wait_async(int64_t id) {
+  AsyncOp& op = ops_.at(static_cast<size_t>(id));
+  LSS_CUDA_CHECK(cudaEventRecord(op.wait_begin, compute_stream_));
+  LSS_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, op.end, 0));
+  LSS_CUDA_CHECK(cudaEventRecord(op.wait_end, compute_stream_));
+}
+
+void NcclCommunicator::resolve_async(CommCounts& c) const {
+  for (AsyncOp& op : ops_) {
+    float in_collective_ms = 0, stall_ms = 0;
+    LSS_CUDA_CHECK(cudaEventSynchronize(op.wait_end));
+    LSS_CUDA_CHECK(cudaEventElapsedTime(&in_collective_ms, op.start, op.end));
+    LSS_CUDA_CHECK(cudaEventElapsedTime(&stall_ms, op.wait_begin, op.wait_end));
+    c.seconds += in_collective_ms * 1e-3;
+    c.seconds_by_kind[static_cast<int>(op.kind)] += in_collective_ms * 1e-3;
+    c.exposed_seconds += stall_ms * 1e-3;
+    for (cudaEvent_t e : {op.start, op.end, op.wait_begin, op.wait_end}) LSS_CUDA_CHECK(cudaEventDestroy(e));
+  }
+  ops_.clear();
+}
+
 Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream) {
   GridSplit s = split_grid(base, P);
   Grid g = std::move(s.layout);
-  g.world_comm = std::make_unique<NcclCommunicator>("world", s.world, stream);
-  g.seq = std::make_unique<NcclCommunicator>("sp", s.seq, stream);
-  g.data = std::make_unique<NcclCommunicator>("dp", s.data, stream);
+  cudaStream_t raw = nullptr;
+  LSS_CUDA_CHECK(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking));
+  // Destroyed with the last communicator holding it; a failure there is printed, not fatal.
+  std::shared_ptr<CUstream_st> comm_stream(raw, [](cudaStream_t st) {
+    if (cudaStreamDestroy(st) != cudaSuccess) std::fprintf(stderr, "cudaStreamDestroy(comm stream) failed\n");
+  });
+  g.world_comm = std::make_unique<NcclCommunicator>("world", s.world, stream, comm_stream);
+  g.seq = std::make_unique<NcclCommunicator>("sp", s.seq, stream, comm_stream);
+  g.data = std::make_unique<NcclCommunicator>("dp", s.data, stream, comm_stream);
   return g;
 }
 

@@ -1,9 +1,14 @@
 // Communicator over NCCL on device memory, bootstrapped through MPI: one ncclComm per group
-// (sequence, data, world), every collective on the backend's stream.
+// (sequence, data, world). Blocking collectives run on the backend's (compute) stream; the
+// asynchronous ones on a communication stream that the grid's groups share, so that collectives
+// of different groups stay in program order with each other.
 #pragma once
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
+
+#include <memory>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "comm/grid.h"
@@ -12,8 +17,11 @@ namespace lss {
 
 class NcclCommunicator : public Communicator {
  public:
-  // Collective over `mpi_comm`: rank 0 makes the unique id and broadcasts it over MPI.
-  NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream);
+  // Collective over `mpi_comm`: rank 0 makes the unique id and broadcasts it over MPI. The
+  // asynchronous collectives go to `comm_stream` (shared by the grid; may be null: then start_*
+  // run on `stream` at once, as blocking calls).
+  NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream,
+                   std::shared_ptr<CUstream_st> comm_stream = nullptr);
   ~NcclCommunicator() override;
 
  protected:
@@ -25,14 +33,28 @@ class NcclCommunicator : public Communicator {
   void do_recv(View buf, int peer) override;
   void do_barrier() override;
   void local_copy(View dst, View src) override;
+  bool has_async_lane() const override { return comm_stream_ != nullptr; }
+  int64_t start_async(CollKind kind, const std::function<void()>& enqueue) override;
+  void wait_async(int64_t id) override;
+  void resolve_async(CommCounts& c) const override;
 
  private:
+  // One asynchronous collective: events on the communication stream around it, and on the
+  // compute stream around the wait (their distance is the compute stream's stall).
+  struct AsyncOp {
+    CollKind kind;
+    cudaEvent_t start = nullptr, end = nullptr, wait_begin = nullptr, wait_end = nullptr;
+  };
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_;
+  cudaStream_t stream_;          // where do_* enqueue: the compute stream, or the comm stream inside start_async
+  cudaStream_t compute_stream_;
+  std::shared_ptr<CUstream_st> comm_stream_;
   MPI_Comm mpi_comm_;
+  mutable std::vector<AsyncOp> ops_;
 };
 
-// The grid of comm/grid.h with NCCL communicators on `stream` (world = R x P as make_mpi_grid).
+// The grid of comm/grid.h with NCCL communicators on `stream` (world = R x P as make_mpi_grid),
+// sharing one communication stream for their asynchronous collectives.
 Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream);
 
 // NCCL version this process loaded ("2.28.3").

@@ -40,6 +40,9 @@ struct StrategyOptions {
   bool recompute = false;
   // megatron_sp: re-gather the LayerNorm outputs in backward instead of keeping the gathered ones.
   bool regather_ln = true;
+  // Overlap collectives with compute (asynchronous collectives on a communication stream, and
+  // gradient all-reduces per layer during backward); false runs each one where it is needed.
+  bool overlap = true;
 };
 
 }  // namespace lss

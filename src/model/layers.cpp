@@ -39,21 +39,23 @@ void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int6
 
 void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
                      int64_t N, int64_t in, int64_t out) {
-  GemmArgs gw;  // dW (out, in) += dy^T (out x N) x (N x in)
-  gw.dtype = dy.dtype;
-  gw.c_dtype = dW.dtype;
-  gw.trans_a = true;
-  gw.m = out;
-  gw.n = in;
-  gw.k = N;
-  gw.a = dy.ptr;
-  gw.lda = out;
-  gw.b = x.ptr;
-  gw.ldb = in;
-  gw.c = dW.ptr;
-  gw.ldc = in;
-  gw.beta = 1.0;
-  be.gemm(gw);
+  if (dW.numel) {
+    GemmArgs gw;  // dW (out, in) += dy^T (out x N) x (N x in)
+    gw.dtype = dy.dtype;
+    gw.c_dtype = dW.dtype;
+    gw.trans_a = true;
+    gw.m = out;
+    gw.n = in;
+    gw.k = N;
+    gw.a = dy.ptr;
+    gw.lda = out;
+    gw.b = x.ptr;
+    gw.ldb = in;
+    gw.c = dW.ptr;
+    gw.ldc = in;
+    gw.beta = 1.0;
+    be.gemm(gw);
+  }
   if (db.numel) be.bias_grad(db, dy, N, out);
   if (dx.numel) {
     GemmArgs gx;  // dx (N, in) = dy (N x out) W (out x in)

@@ -17,8 +17,9 @@ LayerTensors layer_grads(const ParamStore& store, int64_t l);
 
 // y (N, out) = x (N, in) W^T + b, W (out, in); b may be empty (numel 0).
 void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out);
-// dW (out, in) += dy^T x; db (out) += column sums of dy (skipped if empty);
-// dx (N, in) = dy W + dx_beta * dx (skipped if dx is empty).
+// dW (out, in) += dy^T x (skipped if dW is empty); db (out) += column sums of dy (skipped if
+// empty); dx (N, in) = dy W + dx_beta * dx (skipped if dx is empty). The data gradient alone
+// and the weight gradient alone let a strategy overlap a collective between them.
 void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
                      int64_t N, int64_t in, int64_t out);
 

@@ -1,5 +1,9 @@
 #include "strategies/strategy.h"
 
+#include <algorithm>
+
+#include "core/check.h"
+
 namespace lss {
 
 void expect_calls(CommModel& model, const std::string& group, int group_size, CollKind k, int64_t calls,
@@ -10,8 +14,65 @@ void expect_calls(CommModel& model, const std::string& group, int group_size, Co
   c.bytes[static_cast<int>(k)] += calls * bytes;
 }
 
+void expect_total(CommModel& model, const std::string& group, int group_size, CollKind k, int64_t calls,
+                  int64_t total_bytes) {
+  if (group_size <= 1 || calls == 0) return;
+  auto& c = model[group];
+  c.calls[static_cast<int>(k)] += calls;
+  c.bytes[static_cast<int>(k)] += total_bytes;
+}
+
+namespace {
+// The bucket a parameter's gradient belongs to: its layer ("h.<l>."), the embeddings, or the head
+// (final LayerNorm, LM head), in the order backward finishes them: head, layers L-1..0, embed.
+std::string bucket_key(const std::string& name) {
+  if (name.rfind("h.", 0) == 0) return name.substr(2, name.find('.', 2) - 2);
+  if (name == "wte" || name == "wpe") return "embed";
+  return "head";
+}
+}  // namespace
+
+std::pair<int64_t, int64_t> Strategy::bucket_range(const ParamStore& store, const std::string& key) const {
+  int64_t begin = -1, end = -1, numel = 0;
+  for (const auto& e : store.entries()) {
+    if (!e.spec.seq_reduced || bucket_key(e.spec.name) != key || e.spec.local_numel() == 0) continue;
+    begin = begin < 0 ? e.offset : std::min(begin, e.offset);
+    end = std::max(end, e.offset + e.spec.local_numel());
+    numel += e.spec.local_numel();
+  }
+  if (begin < 0) return {0, 0};
+  // The store lays parameters out in model order, so a bucket is one contiguous range.
+  LSS_CHECK(numel == end - begin, "gradient bucket '" + key + "' is not contiguous in the flat gradient");
+  return {begin, end};
+}
+
+int64_t Strategy::gradient_buckets(const ParamStore& store) const {
+  int64_t n = 0;
+  std::vector<std::string> keys = {"head", "embed"};
+  for (int64_t l = 0; l < ctx_.cfg.L; ++l) keys.push_back(std::to_string(l));
+  for (const auto& k : keys) {
+    const auto [b, e] = bucket_range(store, k);
+    if (e > b) ++n;
+  }
+  return n;
+}
+
+void Strategy::start_bucket(ParamStore& store, const std::string& key) {
+  const auto [b, e] = bucket_range(store, key);
+  if (e <= b) return;
+  CommHandle h = ctx_.grid.seq->start_all_reduce(store.all_grads().slice(b, e - b));
+  wait_unless_overlap(*ctx_.grid.seq, h);
+  buckets_in_flight_.push_back(h);
+}
+
+void Strategy::head_gradients_ready(ParamStore& store) { start_bucket(store, "head"); }
+
+void Strategy::layer_gradients_ready(ParamStore& store, int64_t l) { start_bucket(store, std::to_string(l)); }
+
 void Strategy::reduce_gradients(ParamStore& store) {
-  ctx_.grid.seq->all_reduce(store.all_grads().slice(0, store.seq_reduced_numel()));
+  start_bucket(store, "embed");
+  for (CommHandle& h : buckets_in_flight_) ctx_.grid.seq->wait(h);
+  buckets_in_flight_.clear();
   ctx_.grid.data->all_reduce(store.all_grads());
 }
 

@@ -50,16 +50,36 @@ class Strategy {
   void optimizer_step(const OptimizerConfig& opt, int64_t step) { params().adamw_step(opt, step); }
 
  protected:
-  // Double gradient averaging: sum the sequence-reduced prefix of the flat gradient over the
-  // sequence (tensor) group, then the whole gradient over the data group. With the loss
-  // normalised by all B*T predicted tokens, these sums are the serial gradient.
+  // Double gradient averaging: sum the sequence-reduced gradients over the sequence (tensor)
+  // group, then the whole gradient over the data group. With the loss normalised by all B*T
+  // predicted tokens, these sums are the serial gradient. The sequence-group sums go in buckets
+  // as backward produces them: call head_gradients_ready after the head's backward,
+  // layer_gradients_ready(l) after block l's, and reduce_gradients at the end (embeddings, then
+  // waits for every bucket, then the data group). The buckets' all-reduces overlap the rest of
+  // backward when ctx_.opts.overlap.
+  void head_gradients_ready(ParamStore& store);
+  void layer_gradients_ready(ParamStore& store, int64_t l);
   void reduce_gradients(ParamStore& store);
+  // Number of sequence-group gradient all-reduces per step (for expected_comm): the head, each
+  // layer and the embeddings, those with sequence-reduced gradients.
+  int64_t gradient_buckets(const ParamStore& store) const;
+  // Waits at once unless collectives overlap compute (the --no-overlap order).
+  void wait_unless_overlap(Communicator& comm, CommHandle& h) {
+    if (!ctx_.opts.overlap) comm.wait(h);
+  }
   // Uploads this rank's window of step `step`: sequences [b0, b0+nb) at the positions of
   // `ranges` one after the other, each (count, nb) T-major; int32 tokens and targets.
   void upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,
                     Buffer& targets);
 
   StrategyContext ctx_;
+
+ private:
+  // [begin, end) of the flat gradient holding bucket `key`'s sequence-reduced entries ("head",
+  // "embed", or the layer index); empty when it has none.
+  std::pair<int64_t, int64_t> bucket_range(const ParamStore& store, const std::string& key) const;
+  void start_bucket(ParamStore& store, const std::string& key);
+  std::vector<CommHandle> buckets_in_flight_;
 };
 
 // Adds `calls` calls of `bytes` bytes each of kind k to group g of the model (when the group has
@@ -69,6 +89,10 @@ void expect_calls(CommModel& model, const std::string& group, int group_size, Co
 
 // The strategy named `name`; throws UsageError for unknown names or configurations the strategy
 // refuses (every rank throws the same).
+// The same with `total_bytes` over all `calls` calls (calls of different sizes).
+void expect_total(CommModel& model, const std::string& group, int group_size, CollKind k, int64_t calls,
+                  int64_t total_bytes);
+
 std::unique_ptr<Strategy> make_strategy(const std::string& name, StrategyContext ctx);
 std::vector<std::string> strategy_names();
 

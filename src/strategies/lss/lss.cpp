@@ -1,5 +1,6 @@
 #include "strategies/lss/lss.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -25,7 +26,8 @@ class LssStrategy final : public Strategy {
   nlohmann::json options_json() const override {
     return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"},
             {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"},
-            {"recompute", ctx_.opts.recompute}};
+            {"recompute", ctx_.opts.recompute},
+            {"overlap", ctx_.opts.overlap}};
   }
 
   std::vector<ParamSpec> param_specs_for(int p) const override {
@@ -56,7 +58,8 @@ class LssStrategy final : public Strategy {
     const bool one_gather = ctx_.opts.keep_kv && !ctx_.opts.recompute;
     expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (one_gather ? 1 : 2), kv_bytes);
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
-    expect_calls(m, "sp", P, CollKind::all_reduce, 1, store_.seq_reduced_numel() * es_grad);
+    // The sequence-reduced gradients, one all-reduce per bucket (head, each layer, embeddings).
+    expect_total(m, "sp", P, CollKind::all_reduce, gradient_buckets(store_), store_.seq_reduced_numel() * es_grad);
     expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es_grad);
     return m;
   }
@@ -94,6 +97,7 @@ class LssStrategy final : public Strategy {
     Buffer dh = be.alloc(cfg.dtype, N * C);  // (N, C) gradient of the residual stream
     head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(),
                   head_, N);
+    head_gradients_ready(store_);
     for (int64_t l = cfg.L - 1; l >= 0; --l) {
       Layer& a = layers_[l];
       const View h_in = l == 0 ? resid0_.view() : layers_[l - 1].h_out.view();
@@ -104,9 +108,13 @@ class LssStrategy final : public Strategy {
         block_forward(l, h_in, a, /*keep_kv=*/true);
       }
       a.h_out.reset();
+      // The re-gather of [K|V] runs while the MLP's backward computes.
+      PendingGather regather;
+      if (!a.kv_full) regather = start_gather_kv(a);
       mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
-      attention_backward(layer_params(store_, l), layer_grads(store_, l),
-                         l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(), dh.view(), a);
+      if (!a.kv_full) a.kv_full = finish_gather_kv(regather);
+      attention_backward(layer_params(store_, l), layer_grads(store_, l), h_in, dh.view(), a);
+      layer_gradients_ready(store_, l);
     }
     be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(0, Tl_ * C), dh.view(), tokens_.view(), Tl_,
                           Bl_, C);
@@ -155,6 +163,10 @@ class LssStrategy final : public Strategy {
     return {{p * Tc, Tc}, {(2 * P_ - 1 - p) * Tc, Tc}};
   }
 
+  // The keys a segment's queries see: with a causal mask those up to its last token (the rest
+  // would be masked out entirely), else all T.
+  int64_t key_count(const RowRange& seg) const { return ctx_.cfg.causal ? seg.start + seg.count : ctx_.cfg.T; }
+
   // Attention of local segment `s` (rows [row0, row0 + count) of the local Tl) against all keys.
   AttentionArgs attention_args(const Layer& a, const Buffer& kv_full, const RowRange& seg, int64_t row0) const {
     const ModelConfig& cfg = ctx_.cfg;
@@ -166,7 +178,7 @@ class LssStrategy final : public Strategy {
     args.H = cfg.H;
     args.D = cfg.D();
     args.Tq = seg.count;
-    args.Tk = cfg.T;
+    args.Tk = key_count(seg);
     args.q_offset = seg.start;
     args.causal = cfg.causal;
     args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
@@ -195,14 +207,25 @@ class LssStrategy final : public Strategy {
     }
   }
 
+  // An all-gather of [K|V] in flight; kv_local must stay alive until finish_gather_kv.
+  struct PendingGather {
+    Buffer gathered;  // (P*Tl*Bl, 2C) rank-major
+    CommHandle handle;
+  };
+  PendingGather start_gather_kv(const Layer& a) {
+    PendingGather g;
+    g.gathered = ctx_.backend.alloc(ctx_.cfg.dtype, ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C);
+    g.handle = ctx_.grid.seq->start_all_gather(a.kv_local.view(), g.gathered.view());
+    wait_unless_overlap(*ctx_.grid.seq, g.handle);
+    return g;
+  }
   // The gathered [K|V] of all T tokens in global order.
-  Buffer gather_kv(const Layer& a) {
-    const int64_t n = ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C;
-    Buffer gathered = ctx_.backend.alloc(ctx_.cfg.dtype, n);  // (P*Tl*Bl, 2C) rank-major
-    ctx_.grid.seq->all_gather(a.kv_local.view(), gathered.view());
-    if (!ctx_.opts.zigzag) return gathered;
-    Buffer global = ctx_.backend.alloc(ctx_.cfg.dtype, n);  // (T*Bl, 2C)
-    reorder_kv(gathered.view(), global.view(), true);
+  Buffer finish_gather_kv(PendingGather& g) {
+    ctx_.grid.seq->wait(g.handle);
+    if (!ctx_.opts.zigzag) return std::move(g.gathered);
+    Buffer global = ctx_.backend.alloc(ctx_.cfg.dtype, g.gathered.numel());  // (T*Bl, 2C)
+    reorder_kv(g.gathered.view(), global.view(), true);
+    g.gathered.reset();
     return global;
   }
 
@@ -217,9 +240,11 @@ class LssStrategy final : public Strategy {
     a.q = be.alloc(cfg.dtype, N * C);
     a.kv_local = be.alloc(cfg.dtype, N * 2 * C);
     be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
-    linear_forward(be, a.q.view(), a.ln_out.view(), wq(w.attn_w), bq(w.attn_b), N, C, C);
+    // K and V first, so that their all-gather runs while Q is projected.
     linear_forward(be, a.kv_local.view(), a.ln_out.view(), wkv(w.attn_w), bkv(w.attn_b), N, C, 2 * C);
-    Buffer kv_full = gather_kv(a);
+    PendingGather gather = start_gather_kv(a);
+    linear_forward(be, a.q.view(), a.ln_out.view(), wq(w.attn_w), bq(w.attn_b), N, C, C);
+    Buffer kv_full = finish_gather_kv(gather);
     a.attn_out = be.alloc(cfg.dtype, N * C);
     a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
     int64_t row0 = 0;
@@ -244,28 +269,41 @@ class LssStrategy final : public Strategy {
     a.h_mid.reset();
     Buffer d_attn = be.alloc(cfg.dtype, N * C);  // (N, C)
     linear_backward(be, d_attn.view(), 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
-    Buffer kv_full = a.kv_full ? std::move(a.kv_full) : gather_kv(a);
+    Buffer kv_full = std::move(a.kv_full);  // gathered by the caller
     a.kv_local.reset();
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
     Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums, global order
-    // Backward overwrites dK/dV of all T keys, so a second segment's share goes through a scratch
-    // buffer and is added.
-    Buffer dkv_more;  // (T*Bl, 2C), zigzag only
-    int64_t row0 = 0;
-    for (size_t i = 0; i < segments_.size(); ++i) {
-      if (i == 1) dkv_more = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);
-      auto* dkv = static_cast<char*>((i == 0 ? dkv_full : dkv_more).ptr());
+    // Each backward call writes dK/dV of the keys its segment sees (key_count rows). The segment
+    // reaching furthest goes first, into dkv_full, whose rows beyond are zeroed; a second (zigzag)
+    // segment writes its shorter prefix into a scratch buffer that is then added.
+    std::vector<int64_t> row0_of(segments_.size());
+    std::vector<size_t> order(segments_.size());
+    for (size_t i = 0, row0 = 0; i < segments_.size(); row0 += segments_[i].count, ++i) {
+      row0_of[i] = static_cast<int64_t>(row0);
+      order[i] = i;
+    }
+    std::sort(order.begin(), order.end(),
+              [&](size_t x, size_t y) { return key_count(segments_[x]) > key_count(segments_[y]); });
+    const int64_t key_row = Bl_ * 2 * C;  // elements of one key position in [dK | dV]
+    for (size_t n = 0; n < order.size(); ++n) {
+      const size_t i = order[n];
+      const int64_t keys = key_count(segments_[i]), row0 = row0_of[i];
+      Buffer scratch;  // (keys*Bl, 2C), the second segment only
+      if (n > 0) scratch = be.alloc(cfg.dtype, keys * key_row);
+      auto* dkv = static_cast<char*>((n == 0 ? dkv_full : scratch).ptr());
       AttentionArgs args = attention_args(a, kv_full, segments_[i], row0);
       args.dout = {static_cast<char*>(d_attn.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
       args.dq = {static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
-      args.dk = {dkv, 2 * C, Bl_ * 2 * C};
-      args.dv = {dkv + C * es, 2 * C, Bl_ * 2 * C};
+      args.dk = {dkv, 2 * C, key_row};
+      args.dv = {dkv + C * es, 2 * C, key_row};
       be.attention_backward(args);
-      if (i == 1) be.add(dkv_full.view(), dkv_full.view(), dkv_more.view());
-      row0 += segments_[i].count;
+      if (n == 0 && keys < cfg.T) be.fill_zero(dkv_full.view().slice(keys * key_row, (cfg.T - keys) * key_row));
+      if (n > 0) {
+        View prefix = dkv_full.view().slice(0, keys * key_row);
+        be.add(prefix, prefix, scratch.view());
+      }
     }
-    dkv_more.reset();
     kv_full.reset();
     if (ctx_.opts.zigzag) {
       // Back to the rank-major order the reduce-scatter hands out by rank.
@@ -276,13 +314,16 @@ class LssStrategy final : public Strategy {
     a.q.reset();
     a.attn_out.reset();
     a.lse.reset();
-    // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows.
+    // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows; it runs while
+    // the Q projection's backward computes.
     Buffer dkv_local = be.alloc(cfg.dtype, N * 2 * C);  // (N, 2C)
-    ctx_.grid.seq->reduce_scatter(dkv_full.view(), dkv_local.view());
-    dkv_full.reset();
+    CommHandle scatter = ctx_.grid.seq->start_reduce_scatter(dkv_full.view(), dkv_local.view());
+    wait_unless_overlap(*ctx_.grid.seq, scatter);
     Buffer d_ln = std::move(d_attn);  // (N, C), reused: d_attn is dead after attention backward
     linear_backward(be, d_ln.view(), 0.0, wq(g.attn_w), bq(g.attn_b), dq.view(), a.ln_out.view(), wq(w.attn_w), N, C,
                     C);
+    ctx_.grid.seq->wait(scatter);
+    dkv_full.reset();
     linear_backward(be, d_ln.view(), 1.0, wkv(g.attn_w), bkv(g.attn_b), dkv_local.view(), a.ln_out.view(),
                     wkv(w.attn_w), N, C, 2 * C);
     be.layernorm_backward(dh, g.ln1_w, g.ln1_b, d_ln.view(), h, a.mean.view(), a.rstd.view(), w.ln1_w, N, C);
