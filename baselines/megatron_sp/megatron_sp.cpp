@@ -79,6 +79,38 @@ class MegatronSpStrategy final : public Strategy {
     return m;
   }
 
+  BoundModel bound_model() const override {
+    const ModelConfig& cfg = ctx_.cfg;
+    const double NF = static_cast<double>(NF_), C = static_cast<double>(cfg.C), Cl = static_cast<double>(Cl_);
+    BoundModel m;
+    m.layer_attention = {attention_shape(Bl_, Hl_, cfg.T, cfg.T, 0)};
+    if (P_ > 1) {
+      const int64_t full = cfg.T * Bl_ * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
+      const int64_t L = cfg.L;
+      const double qkv = 2 * NF * C * 3 * Cl, fc = 2 * NF * C * 4 * Cl;  // one GEMM of each column-parallel layer
+      m.comm.push_back({"LN-output all-gather, forward", "sp", CollKind::all_gather, full, 2 * L, 0.0});
+      m.comm.push_back({"row-parallel reduce-scatter, forward", "sp", CollKind::reduce_scatter, full, 2 * L, 0.0});
+      if (ctx_.opts.recompute) {
+        m.comm.push_back({"LN-output all-gather, recomputed forward", "sp", CollKind::all_gather, full, 2 * L, 0.0});
+        m.comm.push_back({"row-parallel reduce-scatter, recomputed forward", "sp", CollKind::reduce_scatter, full, 2 * L,
+                          0.0});
+      }
+      m.comm.push_back({"output-gradient all-gather, backward", "sp", CollKind::all_gather, full, 2 * L, 0.0});
+      if (ctx_.opts.regather_ln && !ctx_.opts.recompute) {
+        m.comm.push_back({"LN-output re-gather beside the QKV data gradient", "sp", CollKind::all_gather, full, L, qkv});
+        m.comm.push_back({"LN-output re-gather beside the MLP-up data gradient", "sp", CollKind::all_gather, full, L, fc});
+      }
+      m.comm.push_back({"input-gradient reduce-scatter beside the QKV weight gradient", "sp", CollKind::reduce_scatter,
+                        full, L, qkv});
+      m.comm.push_back({"input-gradient reduce-scatter beside the MLP-up weight gradient", "sp",
+                        CollKind::reduce_scatter, full, L, fc});
+    }
+    add_gradient_bounds(m, store_, 48 * NF * C * Cl);
+    if (!ctx_.opts.overlap)
+      for (auto& c : m.comm) c.hidden_by_flops = 0;
+    return m;
+  }
+
   double forward(int64_t step) override {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;

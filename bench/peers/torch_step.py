@@ -183,6 +183,12 @@ class SequenceGroup:
 
     def __init__(self, group, world: int, rank: int, t_local: int, causal: bool):
         self.group, self.P, self.p, self.t_local, self.causal = group, world, rank, t_local, causal
+        # Built here, not in forward: torch.compile cannot construct a CausalBias (a tensor
+        # subclass) inside a compiled region (graph break), but takes an existing one.
+        self.lower_right = None
+        if causal and rank > 0:
+            from torch.nn.attention.bias import causal_lower_right
+            self.lower_right = causal_lower_right(t_local, (rank + 1) * t_local)
 
     def gather_kv(self, kv_local: torch.Tensor) -> torch.Tensor:
         """(B, Tl, 2C) local [K|V] -> (B, Tk, 2C) the keys this rank's queries can see.
@@ -236,8 +242,7 @@ class Block(nn.Module):
             # CausalBias: PyTorch runs it on the flash kernel (FA2 aligns causal lower-right) or
             # on the memory-efficient kernel (custom_mask_type lower-right), never materialising a
             # mask; only when neither is enabled (math, CPU) does it build the (Tq, Tk) mask.
-            from torch.nn.attention.bias import causal_lower_right
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Tq, Tk))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.seq.lower_right)
         else:
             # Square (serial, rank 0 of a causal group) or no mask: any backend, cuDNN included.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -336,9 +341,7 @@ def sdpa_context(choice: str, needs_lower_right: bool, device_type: str):
         # dispatched to flash or memory-efficient attention only: ranks p > 0 of a causal lss
         # group would otherwise fall back to a materialised (Tl, (p+1)*Tl) mask.
         backends += [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-        note = ("cudnn for square causal or unmasked attention; this rank's lower-right causal "
-                "attention (queries offset p*T/P) runs on flash, else memory-efficient attention, "
-                "as PyTorch's cuDNN path has no lower-right causal mask")
+        note = "cudnn, plus flash and memory-efficient for the lower-right causal mask"
 
     def factory():
         try:
@@ -574,16 +577,26 @@ def run_bench(args, world: int, rank: int, local_rank: int) -> int:
             group = init_distributed(device, world, rank)
             seq = SequenceGroup(group, world, rank, T // world, causal)
         needs_lower_right = causal and seq is not None and seq.p > 0
-        sdpa_factory, sdpa_note = sdpa_context(args.sdpa, needs_lower_right, device.type)
-        doc["sdpa_note"] = sdpa_note + (
-            "; lss ranks p > 0 attend with torch.nn.attention.bias.causal_lower_right"
-            if distributed and causal else "")
+        sdpa_factory, _ = sdpa_context(args.sdpa, needs_lower_right, device.type)
+        doc["sdpa_note"] = sdpa_context(args.sdpa, False, device.type)[1]
+        if distributed and causal and world > 1:
+            doc["sdpa_note"] += (
+                "; lss ranks p > 0 (queries at offset p*T/P) pass "
+                "torch.nn.attention.bias.causal_lower_right, which PyTorch runs on flash or "
+                "memory-efficient attention (its cuDNN path has no lower-right causal mask)"
+                + ("; on CPU it is a materialised (T/P, (p+1)*T/P) mask"
+                   if device.type == "cpu" else "")
+                + ("; with cudnn requested those ranks enable flash and memory-efficient too, "
+                   "so rank 0 runs cuDNN and ranks p > 0 run flash"
+                   if args.sdpa == "cudnn" and device.type == "cuda" else ""))
         autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
         trainer = Trainer(args, device, seq, L, C, H, V, B, T, causal, autocast_dtype,
                           sdpa_factory, args.mode == "compile")
         doc["optimizer"] = ("AdamW(fused=True)" if trainer.fused_adamw else "AdamW(foreach)") + \
             ", lr 1e-4, weight decay 0.1 on every parameter"
-        doc["parameters"] = sum(p.numel() for p in trainer.model.parameters())
+        # The whole model's count: the positional embedding counted with all T rows.
+        doc["parameters"] = sum(p.numel() for n, p in trainer.model.named_parameters()
+                                if n != "pos_emb") + T * C
         if distributed:
             doc["grad_reduction"] = ("one all-reduce (sum) of a flat fp32 buffer holding every "
                                      "gradient except the positional-embedding shard")

@@ -10,6 +10,7 @@
 #include <regex>
 #include <thread>
 
+#include "app/bound.h"
 #include "app/export.h"
 #include "app/metrics.h"
 #include "app/result.h"
@@ -69,6 +70,7 @@ OptionParser make_parser() {
   p.add_flag("overlap", true, "overlap collectives with compute (communication stream, per-layer gradient all-reduces)");
   p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
   p.add_flag("measure-peak", true, "after timing, measure the device's GEMM rate for MFU (8192^3 on cuda)");
+  p.add_flag("bound", true, "after timing, price the step at measured kernel and collective rates (needs --measure-peak)");
   p.add_flag("check", false, "after timing, compare one step with serial on one rank (loss, gradients)");
   p.add_size("check-seq", 0, "sequence length of the --check step (0: --seq); must divide by --sp");
   return p;
@@ -421,6 +423,12 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     double mine = measure_gemm_tflops(be, m.dtype, n);
     LSS_MPI_CHECK(MPI_Allreduce(&mine, &gemm_peak, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
   }
+  // The analytic bound prices the step at the rates just measured (after the timed region too).
+  json bound = nullptr;
+  if (gemm_peak > 0 && parser.flag("bound")) {
+    bound = analytic_bound(session, session.config(), gemm_peak, percentile(opt_s, 50));
+    bound["step_over_bound"] = median / (bound["bound_ms"].get<double>() * 1e-3);
+  }
 
   // --check: after the timed region, the same configuration (or a shorter sequence) stepped once
   // by this strategy on this grid and by serial on one rank; loss and gradients compared.
@@ -497,6 +505,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                  {"matches_model", comm_ok == 1},
                  {"byte_convention", "all_gather: output bytes; reduce_scatter, all_to_all: input bytes; "
                                      "all_reduce: buffer bytes (nccl-tests size)"}};
+    j["bound"] = bound;
     j["check"] = check;
     const std::string reason = sanity_verdict(j);
     if (!reason.empty()) {
@@ -514,6 +523,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<22} {:>14.3f}\n", "step p90 (ms)", percentile(step_s, 90) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm median (ms)", percentile(comm_s, 50) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm exposed (ms)", percentile(exposed_s, 50) * 1e3);
+    if (!bound.is_null())
+      fmt::print("  {:<22} {:>14.3f}  (step / bound {:.3f})\n", "analytic bound (ms)", bound["bound_ms"].get<double>(),
+                 bound["step_over_bound"].get<double>());
     fmt::print("  {:<22} {:>14.1f}\n", "tokens/s", tokens_per_s);
     fmt::print("  {:<22} {:>14.4f}\n", "TFLOP/s per device", tflops_per_dev);
     fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));

@@ -1,6 +1,7 @@
 #include "strategies/strategy.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/check.h"
 
@@ -55,6 +56,34 @@ int64_t Strategy::gradient_buckets(const ParamStore& store) const {
     if (e > b) ++n;
   }
   return n;
+}
+
+void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const {
+  const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(ctx_.cfg.dtype)));
+  auto add = [&](const std::string& key, double hidden) {
+    const auto [b, e] = bucket_range(store, key);
+    if (e > b && ctx_.grid.P > 1)
+      m.comm.push_back({"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1, hidden});
+  };
+  add("head", block_backward_flops);
+  for (int64_t l = ctx_.cfg.L - 1; l >= 0; --l) add(std::to_string(l), l > 0 ? block_backward_flops : 0.0);
+  add("embed", 0.0);
+  if (ctx_.grid.R > 1)
+    m.comm.push_back({"gradient all-reduce, data group", "dp", CollKind::all_reduce, store.numel() * es_grad, 1, 0.0});
+}
+
+AttentionArgs Strategy::attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const {
+  AttentionArgs a;
+  a.dtype = ctx_.cfg.dtype;
+  a.B = B;
+  a.H = H;
+  a.D = ctx_.cfg.D();
+  a.Tq = Tq;
+  a.Tk = Tk;
+  a.q_offset = q_offset;
+  a.causal = ctx_.cfg.causal;
+  a.scale = 1.0 / std::sqrt(static_cast<double>(ctx_.cfg.D()));
+  return a;
 }
 
 void Strategy::start_bucket(ParamStore& store, const std::string& key) {

@@ -26,6 +26,25 @@ struct StrategyContext {
 // Expected collective calls and bytes per training step, by group name ("sp", "dp", "world").
 using CommModel = std::map<std::string, CommCounts>;
 
+// The work of one step on this rank's critical path that the analytic bound prices (README,
+// "Analytic bound"): the attention calls, and each collective with the GEMM FLOPs that the
+// schedule runs beside it. The harness adds the dense GEMMs (even over ranks for every strategy)
+// and measures the rates.
+struct BoundModel {
+  // One layer's attention calls on this rank (shapes only, no pointers): each runs forward and
+  // backward per layer and step, and forward once more with recomputation.
+  std::vector<AttentionArgs> layer_attention;
+  struct Comm {
+    std::string what;  // for the JSON ("K/V all-gather, forward")
+    std::string group;
+    CollKind kind = CollKind::all_gather;
+    int64_t bytes = 0;  // per call, communicator.h's convention
+    int64_t calls = 0;
+    double hidden_by_flops = 0;  // GEMM FLOPs of the same rank that run beside each call
+  };
+  std::vector<Comm> comm;
+};
+
 class Strategy {
  public:
   explicit Strategy(StrategyContext ctx) : ctx_(ctx) {}
@@ -46,6 +65,8 @@ class Strategy {
   virtual CommModel expected_comm() const = 0;
   // Strategy options in effect, for the result JSON.
   virtual nlohmann::json options_json() const = 0;
+  // What the analytic bound needs to know of this rank's step.
+  virtual BoundModel bound_model() const = 0;
 
   void optimizer_step(const OptimizerConfig& opt, int64_t step) { params().adamw_step(opt, step); }
 
@@ -63,6 +84,12 @@ class Strategy {
   // Number of sequence-group gradient all-reduces per step (for expected_comm): the head, each
   // layer and the embeddings, those with sequence-reduced gradients.
   int64_t gradient_buckets(const ParamStore& store) const;
+  // The gradient all-reduces of the bound model: the head's and layer l's (l > 0) buckets run
+  // beside the next block's backward (`block_backward_flops` of GEMMs); layer 0's, the
+  // embeddings' and the data group's are exposed.
+  void add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const;
+  // The shape of an attention call for the bound model.
+  AttentionArgs attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const;
   // Waits at once unless collectives overlap compute (the --no-overlap order).
   void wait_unless_overlap(Communicator& comm, CommHandle& h) {
     if (!ctx_.opts.overlap) comm.wait(h);

@@ -64,6 +64,31 @@ class LssStrategy final : public Strategy {
     return m;
   }
 
+  BoundModel bound_model() const override {
+    const ModelConfig& cfg = ctx_.cfg;
+    const double N = static_cast<double>(N_), C = static_cast<double>(cfg.C);
+    BoundModel m;
+    for (const RowRange& seg : segments_)
+      m.layer_attention.push_back(attention_shape(Bl_, cfg.H, seg.count, key_count(seg), seg.start));
+    if (P_ > 1) {
+      const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
+      const double q_projection = 2 * N * C * C;             // beside each forward gather
+      const double mlp_backward = 4 * (2 * N * C * 4 * C);   // beside a backward re-gather
+      const double q_backward = 2 * (2 * N * C * C);         // beside the reduce-scatter
+      m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
+      if (ctx_.opts.recompute)
+        m.comm.push_back({"K/V all-gather, recomputed forward", "sp", CollKind::all_gather, kv_bytes, cfg.L,
+                          q_projection});
+      else if (!ctx_.opts.keep_kv)
+        m.comm.push_back({"K/V re-gather, backward", "sp", CollKind::all_gather, kv_bytes, cfg.L, mlp_backward});
+      m.comm.push_back({"dK/dV reduce-scatter", "sp", CollKind::reduce_scatter, kv_bytes, cfg.L, q_backward});
+    }
+    add_gradient_bounds(m, store_, 48 * N * C * C);
+    if (!ctx_.opts.overlap)
+      for (auto& c : m.comm) c.hidden_by_flops = 0;
+    return m;
+  }
+
   double forward(int64_t step) override {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;

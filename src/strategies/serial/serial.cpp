@@ -19,6 +19,11 @@ class SerialStrategy final : public Strategy {
   std::vector<ParamSpec> param_specs_for(int) const override { return model_param_specs(ctx_.cfg); }
   CommModel expected_comm() const override { return {}; }
   nlohmann::json options_json() const override { return nlohmann::json::object(); }
+  BoundModel bound_model() const override {
+    BoundModel m;
+    m.layer_attention = {attention_shape(ctx_.cfg.B, ctx_.cfg.H, ctx_.cfg.T, ctx_.cfg.T, 0)};
+    return m;
+  }
 
   double forward(int64_t step) override {
     Backend& be = ctx_.backend;

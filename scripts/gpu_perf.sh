@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Performance runs ON a GPU machine (issue "Performance"), from the repository root, with .device/
+# (scripts/gpu_bundle.sh) carried along:
+#   device tool: run(command="bash scripts/gpu_perf.sh SECTION...", carry=[".device"])
+# Sections (run in the order given):
+#   tests     the CUDA step test on every GPU (all strategies, grids, overlap on) and the kernel tests
+#   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
+#   peers     the PyTorch peer (bench/peers/torch_step.py) serial eager and compile at T=16K, and
+#             lss eager on every GPU at T=16K x GPUs
+#   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
+#   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
+#   attention bench_attention (own flash kernel and cuDNN)
+#   long SEQ  lss zigzag --recompute on every GPU at T=SEQ, one step, L16 C2048 H16; megatron_sp beside it
+# Output in $OUT: log.txt, summary.txt (one line per point) and results.tar.gz (every result JSON).
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+out=${OUT:-/tmp/lss-gpu-out}
+mkdir -p "$out"
+dev=$root/.device
+orig_ld=${LD_LIBRARY_PATH-}
+sys() { LD_LIBRARY_PATH=$orig_ld "$@"; }
+[ -x "$dev/bin/lssbench" ] || tar -C "$dev" -xJf "$dev/bundle.tar.xz" || { echo "cannot unpack $dev/bundle.tar.xz"; exit 1; }
+export PATH=$dev/mpich/bin:$PATH LD_LIBRARY_PATH=$dev/lib:$dev/mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export NCCL_NVLS_ENABLE=0
+gpus=$(sys nvidia-smi -L | grep -c "^GPU")
+res=$(mktemp -d)
+budget=${LSS_TIME_BUDGET_S:-570}
+model="--layers 4 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda"
+failed=0
+
+step() {  # NAME LIMIT COMMAND...
+  local name=$1 limit=$2 left=$((budget - SECONDS))
+  shift 2
+  if ((left < 15)); then echo ">>> NOT-RUN $name (time budget used up)"; failed=1; return; fi
+  ((limit > left)) && limit=$left
+  echo "=== $name: $*"
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  echo ">>> rc=$rc $name"
+  [ $rc -eq 0 ] || [ $rc -eq 77 ] || failed=1
+}
+point() {  # NAME NPROC LIMIT lssbench-run-args...
+  local name=$1 np=$2 limit=$3
+  shift 3
+  step "$name" "$limit" mpiexec.hydra -n "$np" "$dev/bin/lssbench" run $model --out "$res/$name.json" "$@"
+}
+peer() {  # NAME NPROC LIMIT torch_step-args...
+  local name=$1 np=$2 limit=$3
+  shift 3
+  if [ "$np" = 1 ]; then step "$name" "$limit" sys python3 bench/peers/torch_step.py --out "$res/$name.json" "$@"
+  else step "$name" "$limit" sys torchrun --standalone --nproc-per-node "$np" bench/peers/torch_step.py --out "$res/$name.json" "$@"; fi
+}
+
+run_section() {
+  case $1 in
+    tests)
+      step test_cuda_kernels 120 "$dev/bin/test_cuda_kernels" --gtest_brief=1
+      step test_strategies_cuda 200 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" --gtest_brief=1 ;;
+    serial)
+      point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
+      point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
+    peers)
+      peer peer_serial_eager_T16K 1 150 --strategy serial --mode eager --seq 16K
+      peer peer_serial_compile_T16K 1 240 --strategy serial --mode compile --seq 16K
+      local T=$((16 * gpus))K
+      point lss_zigzag_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6
+      peer peer_lss_eager_w${gpus}_T$T "$gpus" 200 --strategy lss --mode eager --seq "$T" ;;
+    overlap)
+      for o in overlap no-overlap; do
+        point lss_contig_${o}_w${gpus}_T64K "$gpus" 120 --strategy lss --sp "$gpus" --$o --seq 64K --warmup 2 --iters 6
+        point lss_zigzag_${o}_w${gpus}_T64K "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --$o --seq 64K --warmup 2 --iters 6
+        point megatron_sp_${o}_w${gpus}_T64K "$gpus" 120 --strategy megatron_sp --sp "$gpus" --$o --seq 64K --warmup 2 --iters 6
+      done ;;
+    weak)
+      for w in 1 2 4; do
+        ((w > gpus)) && continue
+        point lss_zigzag_weak_w${w}_T$((16 * w))K "$w" 120 --strategy lss --sp "$w" --zigzag --seq $((16 * w))K --warmup 2 --iters 6
+        point megatron_sp_weak_w${w}_T$((16 * w))K "$w" 120 --strategy megatron_sp --sp "$w" --seq $((16 * w))K --warmup 2 --iters 6
+      done ;;
+    attention)
+      step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json ;;
+    long)
+      model="--layers 16 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda"
+      point lss_zigzag_recompute_w${gpus}_T$2 "$gpus" 420 --strategy lss --sp "$gpus" --zigzag --recompute --seq "$2" --warmup 0 --iters 1 --no-bound --no-measure-peak
+      model="--layers 4 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda" ;;
+    *) echo "unknown section $1"; failed=1 ;;
+  esac
+}
+
+{
+  echo "GPUs: $gpus"; sys nvidia-smi -L
+  while [ $# -gt 0 ]; do
+    if [ "$1" = long ]; then run_section long "$2"; shift 2; else run_section "$1"; shift; fi
+  done
+  echo "=== summary"
+  sys python3 - "$res" <<'PY' | tee "$out/summary.txt"
+import json, pathlib, sys
+rows = []
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    try:
+        j = json.loads(f.read_text())
+    except Exception as e:
+        print(f"{f.name}: unreadable ({e})"); continue
+    if j.get("schema") == "lssbench-peer/1":
+        print(f"{f.stem:<40} peer {j.get('status')} step {j.get('step_ms', {}).get('median', 0):9.2f} ms "
+              f"{j.get('tflops_per_gpu') or 0:7.1f} TFLOP/s/GPU  mem {(j.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  {j.get('device')}")
+        continue
+    if "timing" not in j:
+        continue
+    t, m, b = j["timing"], j["metrics"], j.get("bound") or {}
+    print(f"{f.stem:<40} {j.get('status'):<6} step {t['median_ms']:9.2f} ms {m['tflops_per_gpu']:7.1f} TFLOP/s/GPU "
+          f"mfu_meas {m.get('mfu_measured') or 0:5.3f} comm {t['comm_median_ms']:7.2f} exposed {t.get('comm_exposed_median_ms', 0):7.2f} "
+          f"bound {b.get('bound_ms', 0):8.2f} ratio {b.get('step_over_bound', 0):5.3f} mem {m['peak_mem_bytes'] / 2**30:6.2f} GiB "
+          f"comm=model {j['comm']['matches_model']}")
+PY
+} 2>&1 | tee "$out/log.txt"
+tar -C "$res" -czf "$out/results.tar.gz" .
+exit $failed

@@ -1,0 +1,123 @@
+#include "app/bound.h"
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "app/metrics.h"
+#include "comm/mpi_util.h"
+#include "core/check.h"
+
+namespace lss {
+
+namespace {
+
+// Median seconds of `op` over 3 runs after one warm-up, by the backend's markers.
+template <class Op>
+double time_median(Backend& be, Op op) {
+  op();
+  std::vector<double> t;
+  for (int i = 0; i < 3; ++i) {
+    const auto m0 = be.mark();
+    op();
+    const auto m1 = be.mark();
+    t.push_back(be.seconds_between(m0, m1));
+  }
+  return percentile(t, 50);
+}
+
+// Forward and backward seconds of one attention call of `shape` on fresh, contiguous operands.
+std::pair<double, double> attention_seconds(Backend& be, AttentionArgs a) {
+  const int64_t W = a.H * a.D;
+  Buffer q = be.alloc_zeroed(a.dtype, a.B * a.Tq * W), out = be.alloc(a.dtype, a.B * a.Tq * W);
+  Buffer dout = be.alloc_zeroed(a.dtype, a.B * a.Tq * W), dq = be.alloc(a.dtype, a.B * a.Tq * W);
+  Buffer k = be.alloc_zeroed(a.dtype, a.B * a.Tk * W), v = be.alloc_zeroed(a.dtype, a.B * a.Tk * W);
+  Buffer dk = be.alloc(a.dtype, a.B * a.Tk * W), dv = be.alloc(a.dtype, a.B * a.Tk * W);
+  Buffer lse = be.alloc(stat_dtype(a.dtype), a.B * a.H * a.Tq);
+  // (T, B, W) row-major, as the strategies lay activations out.
+  auto op = [&](Buffer& b) { return AttnOperand{b.ptr(), W, a.B * W}; };
+  a.q = op(q), a.k = op(k), a.v = op(v), a.out = op(out), a.lse = lse.ptr();
+  a.dout = op(dout), a.dq = op(dq), a.dk = op(dk), a.dv = op(dv);
+  const double fwd = time_median(be, [&] { be.attention_forward(a); });
+  const double bwd = time_median(be, [&] { be.attention_backward(a); });
+  return {fwd, bwd};
+}
+
+Communicator& group(Session& s, const std::string& name) {
+  Grid& g = s.grid();
+  if (name == "sp") return *g.seq;
+  if (name == "dp") return *g.data;
+  return *g.world_comm;
+}
+
+// Seconds of one blocking collective of `bytes` (communicator.h's convention) on the group.
+double collective_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype) {
+  Backend& be = s.backend();
+  Communicator& c = group(s, name);
+  const int64_t n = bytes / static_cast<int64_t>(dtype_size(dtype));
+  Buffer big = be.alloc_zeroed(dtype, n);
+  Buffer part = be.alloc_zeroed(dtype, std::max<int64_t>(n / c.size(), 1));
+  switch (kind) {
+    case CollKind::all_gather: return time_median(be, [&] { c.all_gather(part.view(), big.view()); });
+    case CollKind::reduce_scatter: return time_median(be, [&] { c.reduce_scatter(big.view(), part.view()); });
+    case CollKind::all_reduce: return time_median(be, [&] { c.all_reduce(big.view()); });
+    default: LSS_CHECK(false, std::string("analytic bound: no rate for ") + coll_kind_name(kind));
+  }
+  return 0;
+}
+
+}  // namespace
+
+nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm_tflops, double optimizer_s) {
+  const ModelConfig& m = rc.model;
+  Backend& be = session.backend();
+  const Grid& grid = session.grid();
+  const BoundModel model = session.strategy().bound_model();
+  const double B = static_cast<double>(m.B), T = static_cast<double>(m.T), C = static_cast<double>(m.C);
+  const double L = static_cast<double>(m.L), V = static_cast<double>(m.V);
+  const int recompute = rc.strategy_opts.recompute ? 1 : 0;
+  // Dense GEMMs (QKV, out-projection, MLP: 24·B·T·C² per layer forward; LM head 2·B·T·C·V), each
+  // 3× forward for training plus one forward of the blocks with recomputation, evenly over ranks.
+  const double gemm_flops = ((3.0 + recompute) * L * 24.0 * B * T * C * C + 3.0 * 2.0 * B * T * C * V) / grid.world;
+  const double gemm_s = gemm_flops / (gemm_tflops * 1e12);
+  double attention_s = 0;
+  for (const AttentionArgs& a : model.layer_attention) {
+    const auto [fwd, bwd] = attention_seconds(be, a);
+    attention_s += L * ((1 + recompute) * fwd + bwd);
+  }
+  nlohmann::json comm = nlohmann::json::array();
+  double comm_s = 0;
+  std::map<std::tuple<std::string, int, int64_t>, double> measured;  // (group, kind, bytes) -> s
+  // Gradients travel in the master dtype, activations in the compute dtype.
+  for (const auto& c : model.comm) {
+    const DType dt = c.kind == CollKind::all_reduce ? master_dtype(m.dtype) : m.dtype;
+    const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes);
+    if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt);
+    const double t = measured[key];
+    const double hidden = c.hidden_by_flops / (gemm_tflops * 1e12);
+    const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
+    comm_s += exposed;
+    comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
+                    {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
+                    {"exposed_ms", exposed * 1e3}});
+  }
+  session.reset_counts();
+  const double mine = gemm_s + attention_s + optimizer_s + comm_s;
+  double total = 0;
+  LSS_MPI_CHECK(MPI_Allreduce(&mine, &total, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  int rank = 0;
+  LSS_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  return {{"definition", "GEMMs at the measured GEMM rate + this rank's attention calls at their measured time + the "
+                         "measured optimizer step + each collective at its measured time less the GEMM time the "
+                         "schedule runs beside it; elementwise kernels are not priced; slowest rank"},
+          {"bound_ms", total * 1e3},
+          {"rank0", {{"gemm_ms", gemm_s * 1e3},
+                     {"gemm_flops", gemm_flops},
+                     {"attention_ms", attention_s * 1e3},
+                     {"optimizer_ms", optimizer_s * 1e3},
+                     {"comm_exposed_ms", comm_s * 1e3},
+                     {"comm", comm}}},
+          {"rank", rank}};
+}
+
+}  // namespace lss
