@@ -10,7 +10,7 @@
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   attention bench_attention (own flash kernel and cuDNN)
-#   long SEQ  lss zigzag --recompute on every GPU at T=SEQ, one step, L16 C2048 H16; megatron_sp beside it
+#   sweep SPEC  lssbench sweep SPEC (its output folder comes back in sweeps.tar.gz)
 # Output in $OUT: log.txt, summary.txt (one line per point) and results.tar.gz (every result JSON).
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +25,7 @@ export PATH=$dev/mpich/bin:$PATH LD_LIBRARY_PATH=$dev/lib:$dev/mpich/lib${LD_LIB
 export NCCL_NVLS_ENABLE=0
 gpus=$(sys nvidia-smi -L | grep -c "^GPU")
 res=$(mktemp -d)
+sweeps=$(mktemp -d)
 budget=${LSS_TIME_BUDGET_S:-570}
 model="--layers 4 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda"
 failed=0
@@ -48,8 +49,9 @@ point() {  # NAME NPROC LIMIT lssbench-run-args...
 peer() {  # NAME NPROC LIMIT torch_step-args...
   local name=$1 np=$2 limit=$3
   shift 3
-  if [ "$np" = 1 ]; then step "$name" "$limit" sys python3 bench/peers/torch_step.py --out "$res/$name.json" "$@"
-  else step "$name" "$limit" sys torchrun --standalone --nproc-per-node "$np" bench/peers/torch_step.py --out "$res/$name.json" "$@"; fi
+  # The machine's own library path: the carried libraries are for our binaries only.
+  if [ "$np" = 1 ]; then step "$name" "$limit" env LD_LIBRARY_PATH="$orig_ld" python3 bench/peers/torch_step.py --out "$res/$name.json" "$@"
+  else step "$name" "$limit" env LD_LIBRARY_PATH="$orig_ld" torchrun --standalone --nproc-per-node "$np" bench/peers/torch_step.py --out "$res/$name.json" "$@"; fi
 }
 
 run_section() {
@@ -80,10 +82,10 @@ run_section() {
       done ;;
     attention)
       step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json ;;
-    long)
-      model="--layers 16 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda"
-      point lss_zigzag_recompute_w${gpus}_T$2 "$gpus" 420 --strategy lss --sp "$gpus" --zigzag --recompute --seq "$2" --warmup 0 --iters 1 --no-bound --no-measure-peak
-      model="--layers 4 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda" ;;
+    sweep)
+      ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
+      mkdir -p "$sweeps"
+      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --out "$sweeps/$(basename "$2" .json)" ;;
     *) echo "unknown section $1"; failed=1 ;;
   esac
 }
@@ -91,7 +93,7 @@ run_section() {
 {
   echo "GPUs: $gpus"; sys nvidia-smi -L
   while [ $# -gt 0 ]; do
-    if [ "$1" = long ]; then run_section long "$2"; shift 2; else run_section "$1"; shift; fi
+    if [ "$1" = sweep ]; then run_section sweep "$2"; shift 2; else run_section "$1"; shift; fi
   done
   echo "=== summary"
   sys python3 - "$res" <<'PY' | tee "$out/summary.txt"
@@ -116,4 +118,5 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
 PY
 } 2>&1 | tee "$out/log.txt"
 tar -C "$res" -czf "$out/results.tar.gz" .
+[ -z "$(ls -A "$sweeps")" ] || tar -C "$sweeps" -czf "$out/sweeps.tar.gz" .
 exit $failed
