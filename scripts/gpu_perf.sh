@@ -10,7 +10,7 @@
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   attention bench_attention (own flash kernel and cuDNN)
-#   sweep SPEC  lssbench sweep SPEC (its output folder comes back in sweeps.tar.gz)
+#   sweep SPEC  lssbench sweep SPEC --max-world GPUs (its output folder comes back in sweeps.tar.gz)
 # Output in $OUT: log.txt, summary.txt (one line per point) and results.tar.gz (every result JSON).
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -85,7 +85,7 @@ run_section() {
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       mkdir -p "$sweeps"
-      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --out "$sweeps/$(basename "$2" .json)" ;;
+      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" --out "$sweeps/$(basename "$2" .json)" ;;
     *) echo "unknown section $1"; failed=1 ;;
   esac
 }
