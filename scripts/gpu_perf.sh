@@ -10,8 +10,10 @@
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   attention bench_attention (own flash kernel and cuDNN)
-#   sweep SPEC  lssbench sweep SPEC --max-world GPUs (its output folder comes back in sweeps.tar.gz)
-# Output in $OUT: log.txt, summary.txt (one line per point) and results.tar.gz (every result JSON).
+#   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
+#               $OUT/sweeps/<name>/
+# Output in $OUT: log.txt, summary.txt (one line per point), points/ (every result JSON) and
+# sweeps/<name>/ (each sweep's folder), written as the runs finish.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
@@ -24,8 +26,10 @@ sys() { LD_LIBRARY_PATH=$orig_ld "$@"; }
 export PATH=$dev/mpich/bin:$PATH LD_LIBRARY_PATH=$dev/lib:$dev/mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export NCCL_NVLS_ENABLE=0
 gpus=$(sys nvidia-smi -L | grep -c "^GPU")
-res=$(mktemp -d)
-sweeps=$(mktemp -d)
+# Straight into $OUT, so that what finished comes back even when the call is cut at its limit.
+res=$out/points
+sweeps=$out/sweeps
+mkdir -p "$res"
 budget=${LSS_TIME_BUDGET_S:-570}
 model="--layers 4 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda"
 failed=0
@@ -85,7 +89,7 @@ run_section() {
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       mkdir -p "$sweeps"
-      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" --out "$sweeps/$(basename "$2" .json)" ;;
+      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$sweeps/$(basename "$2" .json)" ;;
     *) echo "unknown section $1"; failed=1 ;;
   esac
 }
@@ -117,6 +121,4 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
           f"comm=model {j['comm']['matches_model']}")
 PY
 } 2>&1 | tee "$out/log.txt"
-tar -C "$res" -czf "$out/results.tar.gz" .
-[ -z "$(ls -A "$sweeps")" ] || tar -C "$sweeps" -czf "$out/sweeps.tar.gz" .
 exit $failed

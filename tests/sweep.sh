@@ -35,6 +35,18 @@ check_spec "max_seq: {granularity, limit} is required" '{"name": "x", "mode": "m
 out=$("$lssbench" sweep missing.json --out x 2>&1); rc=$?
 if [ $rc -ne 0 ] && grep -q "missing.json: cannot be opened" <<<"$out"; then ok "unreadable spec"; else bad "unreadable spec: $out"; fi
 
+# ---- a sweep in parts: --min-world / --max-world keep the points of those world sizes
+cat > parts.json <<EOF2
+{"name": "parts", "mode": "strong", "strategies": ["lss"], "world": [1, 2, 4], "seq": [64],
+ $model, "iters": 1, "warmup": 0, "timeout_s": 60}
+EOF2
+"$lssbench" sweep parts.json --out parts --min-world 2 --max-world 2 > parts.log 2>&1
+if [ "$(ls parts/points)" = "lss_w2_sp2_T64.json" ]; then ok "--min-world 2 --max-world 2 ran only the 2-rank point"
+else bad "sweep in parts: $(ls parts/points 2>&1)"; fi
+out=$("$lssbench" sweep parts.json --out parts2 --min-world 8 2>&1); rc=$?
+if [ $rc -ne 0 ] && grep -qF -- "--min-world 8: leaves no point of the spec" <<<"$out"; then ok "--min-world beyond the spec is refused"
+else bad "--min-world 8: rc $rc, $out"; fi
+
 # ---- failing points: crash (96), hang (128), out of memory (160) among good ones (64, 192)
 cat > faults.json <<EOF2
 {"name": "faults", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64, 96, 128, 160, 192],

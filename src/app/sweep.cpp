@@ -406,6 +406,7 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
   p.add_string("time", "02:00:00", "--emit-slurm: wall time limit");
   p.add_string("partition", "", "--emit-slurm: partition (empty: the cluster's default)");
   p.add_size("max-world", 0, "skip points of more ranks than this (0: run all), e.g. the GPUs of this machine");
+  p.add_size("min-world", 0, "skip points of fewer ranks than this (0: run all), to run a sweep in parts");
   std::vector<std::string> rest;
   std::string spec_path;
   for (const auto& a : args) {
@@ -429,6 +430,10 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
     LSS_REQUIRE_INPUT(max_world > 0, "--max-world must be positive");
     std::erase_if(spec.points, [&](const SweepPoint& pt) { return pt.world > max_world; });
     LSS_REQUIRE_INPUT(!spec.points.empty(), "--max-world " + std::to_string(max_world) + ": leaves no point of the spec");
+  }
+  if (const int64_t min_world = p.size("min-world"); min_world > 0) {
+    std::erase_if(spec.points, [&](const SweepPoint& pt) { return pt.world < min_world; });
+    LSS_REQUIRE_INPUT(!spec.points.empty(), "--min-world " + std::to_string(min_world) + ": leaves no point of the spec");
   }
 
   if (!p.str("emit-slurm").empty()) {

@@ -185,6 +185,9 @@ class LssStrategy final : public Strategy {
   std::vector<RowRange> segments_of(int p) const {
     if (!ctx_.opts.zigzag) return {{p * Tl_, Tl_}};
     const int64_t Tc = Tl_ / 2;
+    // Rank P-1's two chunks are neighbours (all of the sequence at P = 1): one segment, so that
+    // its attention runs as one call.
+    if (p == P_ - 1) return {{p * Tc, 2 * Tc}};
     return {{p * Tc, Tc}, {(2 * P_ - 1 - p) * Tc, Tc}};
   }
 
