@@ -20,6 +20,25 @@ point() {  # point NP NAME args...
   if ! python3 -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r['check']['passed'] and r['status']=='ok' else 1)" "$work/$name.json"; then
     failures=$((failures + 1)); echo "FAIL: $name: check or status"; return
   fi
+  # The analytic bound: its GEMM FLOPs per rank are README's ((3 + r)·L·24·B·T·C² + 6·B·T·C·V) / world,
+  # rank 0's parts add up to at most the bound (the slowest rank's), the collectives' lines add
+  # up to their total, a distributed run prices its collectives, and step_over_bound is the ratio.
+  if ! python3 - "$work/$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+b, c = r["bound"], r["config"]
+rec = 1 if c["strategy_options"].get("recompute") else 0
+L, B, T, C, V = c["layers"], c["batch"], c["seq"], c["width"], c["vocab"]
+want = ((3 + rec) * L * 24 * B * T * C * C + 6 * B * T * C * V) / r["grid"]["world"]
+r0 = b["rank0"]
+parts = r0["gemm_ms"] + r0["attention_ms"] + r0["optimizer_ms"] + r0["comm_exposed_ms"]
+ok = abs(r0["gemm_flops"] - want) <= 1e-9 * want and parts <= b["bound_ms"] * (1 + 1e-9)
+ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])
+ok = ok and (r["grid"]["world"] == 1 or len(r0["comm"]) > 0)
+ok = ok and abs(b["step_over_bound"] - r["timing"]["median_ms"] / b["bound_ms"]) <= 1e-9 * b["step_over_bound"]
+sys.exit(0 if ok else 1)
+PY
+  then failures=$((failures + 1)); echo "FAIL: $name: analytic bound"; return; fi
   echo "ok:   $name"
 }
 point 1 serial --strategy serial

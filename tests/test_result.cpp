@@ -51,6 +51,21 @@ TEST(Validator, NamesEachBadField) {
     EXPECT_TRUE(mentions(errors, f)) << f;
 }
 
+TEST(Validator, ChecksTheAnalyticBound) {
+  auto r = valid_result();
+  r["bound"] = nullptr;  // --no-bound
+  EXPECT_TRUE(validate_result(r).empty());
+  r["bound"] = {{"bound_ms", 10.0}, {"step_over_bound", 1.2}, {"rank0", json::object()}};
+  EXPECT_TRUE(validate_result(r).empty());
+  r["bound"]["bound_ms"] = -1.0;
+  r["bound"]["rank0"] = 3;
+  const auto errors = validate_result(r);
+  EXPECT_TRUE(mentions(errors, "bound.bound_ms"));
+  EXPECT_TRUE(mentions(errors, "bound.rank0"));
+  r["bound"] = "fast";
+  EXPECT_TRUE(mentions(validate_result(r), "bound"));
+}
+
 TEST(Guards, PassAValidResult) { EXPECT_EQ(sanity_verdict(valid_result()), ""); }
 
 TEST(Guards, NonFiniteLoss) {

@@ -106,6 +106,17 @@ std::vector<std::string> validate_result(const json& r) {
   c.boolean("comm.matches_model");
   if (!r.contains("loss")) c.errors.push_back("loss: missing");
   if (!r.contains("check")) c.errors.push_back("check: missing (null when --check was not given)");
+  // The analytic bound: optional (older files, --no-bound), else a positive time and its ratio.
+  if (r.contains("bound") && !r["bound"].is_null()) {
+    if (!r["bound"].is_object()) c.errors.push_back("bound: must be an object or null");
+    else {
+      c.nonneg("bound.bound_ms");
+      c.nonneg("bound.step_over_bound");
+      c.object("bound.rank0");
+    }
+  }
+  if (r.contains("timing") && r["timing"].is_object() && r["timing"].contains("comm_exposed_median_ms"))
+    c.nonneg("timing.comm_exposed_median_ms");
   return c.errors;
 }
 

@@ -471,7 +471,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     j["loss"] = losses.front();
     j["losses"] = losses;
     j["timing"] = {{"unit", "ms"},
-                   {"clock", "steady_clock (host), slowest rank per iteration"},
+                   {"clock", rc.backend == "cuda" ? "device events on the compute stream, slowest rank per iteration"
+                                                : "steady_clock (host), slowest rank per iteration"},
                    {"iterations_ms", ms(step_s)},
                    {"median_ms", median * 1e3},
                    {"p10_ms", percentile(step_s, 10) * 1e3},
