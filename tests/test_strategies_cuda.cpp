@@ -50,7 +50,21 @@ struct Case {
   DType dtype;
   bool causal;
   std::string attention;
+  // Strategy options beyond the defaults (lss: re-gathered K/V, contiguous order; megatron_sp:
+  // re-gathered LN outputs; both: overlap on, no recomputation).
+  std::string variant = "default";
 };
+
+StrategyOptions options_of(const std::string& variant) {
+  StrategyOptions o;
+  if (variant == "zigzag") o.zigzag = true;
+  if (variant == "zigzag_recompute") o.zigzag = o.recompute = true;
+  if (variant == "zigzag_keepkv") o.zigzag = o.keep_kv = true;
+  if (variant == "recompute") o.recompute = true;
+  if (variant == "keepln") o.regather_ln = false;
+  if (variant == "nooverlap") o.overlap = false;
+  return o;
+}
 
 class GpuStep : public ::testing::TestWithParam<Case> {};
 
@@ -69,6 +83,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
   const double grad_bound = c.dtype == DType::f32 ? 1e-4 : 5e-2;
   for (auto [P, R] : grids) {
     RunConfig rc = model(c.strategy, P, c.dtype, c.causal, c.attention);
+    rc.strategy_opts = options_of(c.variant);
     Session gpu(rc, MPI_COMM_WORLD);
     gpu.reset_counts();
     const double loss = gpu.forward_backward(0);
@@ -88,7 +103,8 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     const double ref_loss = cpu.forward_backward(0);
     const auto ref_grads = cpu.gather_full(true);
     const std::string where = c.strategy + " P=" + std::to_string(P) + " R=" + std::to_string(R) + " " +
-                              dtype_name(c.dtype) + (c.causal ? " causal " : " non-causal ") + c.attention;
+                              dtype_name(c.dtype) + (c.causal ? " causal " : " non-causal ") + c.attention + " " +
+                              c.variant;
     EXPECT_LT(std::abs(loss - ref_loss) / ref_loss, loss_bound) << where << ": loss " << loss << " vs " << ref_loss;
     double worst = 0;
     std::string worst_name;
@@ -111,13 +127,21 @@ std::vector<Case> cases() {
       out.push_back({s, DType::bf16, causal, "flash"});
       out.push_back({s, DType::bf16, causal, "cudnn"});
     }
+  // The options on the GPU path: the balanced order (several attention calls per rank with a
+  // query offset and a restricted key range, a scratch sum of dK/dV), recomputation, kept
+  // gathers, and the collectives run in order instead of overlapped.
+  for (const char* v : {"zigzag", "zigzag_recompute", "zigzag_keepkv", "nooverlap"}) {
+    out.push_back({"lss", DType::f32, true, "flash", v});
+    out.push_back({"lss", DType::bf16, true, "cudnn", v});
+  }
+  for (const char* v : {"recompute", "keepln", "nooverlap"}) out.push_back({"megatron_sp", DType::bf16, true, "cudnn", v});
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, GpuStep, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<Case>& info) {
                            const Case& c = info.param;
                            return c.strategy + "_" + dtype_name(c.dtype) + (c.causal ? "_causal_" : "_noncausal_") +
-                                  c.attention;
+                                  c.attention + (c.variant == "default" ? "" : "_" + c.variant);
                          });
 
 }  // namespace
