@@ -31,8 +31,10 @@ rec = 1 if c["strategy_options"].get("recompute") else 0
 L, B, T, C, V = c["layers"], c["batch"], c["seq"], c["width"], c["vocab"]
 want = ((3 + rec) * L * 24 * B * T * C * C + 6 * B * T * C * V) / r["grid"]["world"]
 r0 = b["rank0"]
-parts = r0["gemm_ms"] + r0["attention_ms"] + r0["optimizer_ms"] + r0["comm_exposed_ms"]
+parts = r0["gemm_ms"] + r0["attention_ms"] + r0["elementwise_ms"] + r0["optimizer_ms"] + r0["comm_exposed_ms"]
 ok = abs(r0["gemm_flops"] - want) <= 1e-9 * want and parts <= b["bound_ms"] * (1 + 1e-9)
+ok = ok and abs(max(b["per_rank_ms"]) - b["bound_ms"]) <= 1e-9 * b["bound_ms"] and len(b["per_rank_ms"]) == r["grid"]["world"]
+ok = ok and abs(r0["gemm_tflops_at_step_shapes"] - r0["gemm_flops"] / r0["gemm_ms"] / 1e9) <= 1e-9 * r0["gemm_tflops_at_step_shapes"]
 ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])
 ok = ok and (r["grid"]["world"] == 1 or len(r0["comm"]) > 0)
 ok = ok and abs(b["step_over_bound"] - r["timing"]["median_ms"] / b["bound_ms"]) <= 1e-9 * b["step_over_bound"]

@@ -83,6 +83,7 @@ class MegatronSpStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const double NF = static_cast<double>(NF_), C = static_cast<double>(cfg.C), Cl = static_cast<double>(Cl_);
     BoundModel m;
+    m.layer_linears = {{NF_, cfg.C, 3 * Cl_}, {NF_, Cl_, cfg.C}, {NF_, cfg.C, 4 * Cl_}, {NF_, 4 * Cl_, cfg.C}};
     m.layer_attention = {attention_shape(Bl_, Hl_, cfg.T, cfg.T, 0)};
     if (P_ > 1) {
       const int64_t full = cfg.T * Bl_ * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));

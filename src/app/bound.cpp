@@ -1,12 +1,14 @@
 #include "app/bound.h"
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <tuple>
 
 #include "app/metrics.h"
 #include "comm/mpi_util.h"
 #include "core/check.h"
+#include "model/layers.h"
 
 namespace lss {
 
@@ -43,6 +45,52 @@ std::pair<double, double> attention_seconds(Backend& be, AttentionArgs a) {
   return {fwd, bwd};
 }
 
+// Forward and backward (data and weight gradients, bias) seconds of one linear layer, fresh operands.
+std::pair<double, double> linear_seconds(Backend& be, DType dtype, const BoundModel::Linear& l) {
+  const DType gd = master_dtype(dtype);
+  Buffer x = be.alloc_zeroed(dtype, l.rows * l.in), w = be.alloc_zeroed(dtype, l.out * l.in);
+  Buffer b = be.alloc_zeroed(dtype, l.out), y = be.alloc(dtype, l.rows * l.out);
+  Buffer dy = be.alloc_zeroed(dtype, l.rows * l.out), dx = be.alloc(dtype, l.rows * l.in);
+  Buffer dw = be.alloc_zeroed(gd, l.out * l.in), db = be.alloc_zeroed(gd, l.out);
+  const double fwd = time_median(be, [&] { linear_forward(be, y.view(), x.view(), w.view(), b.view(), l.rows, l.in, l.out); });
+  const double bwd = time_median(be, [&] {
+    linear_backward(be, dx.view(), 0.0, dw.view(), db.view(), dy.view(), x.view(), w.view(), l.rows, l.in, l.out);
+  });
+  return {fwd, bwd};
+}
+
+// The elementwise kernels of one step on n rows of width C (the same for every strategy: the
+// LayerNorm and residual regions hold T*B/world rows, the MLP activation n x 4C elements), and
+// the head's (final LayerNorm, LM head, loss, embedding). Returns {per-layer forward, per-layer
+// backward, head (forward + backward)} seconds.
+std::array<double, 3> elementwise_seconds(Backend& be, const ModelConfig& m, int64_t n) {
+  const DType dt = m.dtype, st = stat_dtype(dt), gd = master_dtype(dt);
+  const int64_t C = m.C, V = m.V;
+  Buffer x = be.alloc_zeroed(dt, n * C), y = be.alloc(dt, n * C), dx = be.alloc_zeroed(dt, n * C);
+  Buffer mean = be.alloc_zeroed(st, n), rstd = be.alloc_zeroed(st, n);
+  Buffer w = be.alloc_zeroed(dt, C), b = be.alloc_zeroed(dt, C), dw = be.alloc_zeroed(gd, C), dbias = be.alloc_zeroed(gd, C);
+  Buffer act = be.alloc_zeroed(dt, n * 4 * C), act2 = be.alloc(dt, n * 4 * C);
+  auto ln_fwd = [&] { be.layernorm_forward(y.view(), mean.view(), rstd.view(), x.view(), w.view(), b.view(), n, C, m.ln_eps); };
+  auto ln_bwd = [&] {
+    be.layernorm_backward(dx.view(), dw.view(), dbias.view(), y.view(), x.view(), mean.view(), rstd.view(), w.view(), n, C);
+  };
+  const double t_ln_fwd = time_median(be, ln_fwd), t_ln_bwd = time_median(be, ln_bwd);
+  const double t_add = time_median(be, [&] { be.add(y.view(), x.view(), dx.view()); });
+  const double t_gelu_fwd = time_median(be, [&] { be.gelu_forward(act2.view(), act.view()); });
+  const double t_gelu_bwd = time_median(be, [&] { be.gelu_backward(act2.view(), act2.view(), act.view()); });
+  Buffer logits = be.alloc_zeroed(dt, n * V);
+  Buffer tokens = be.alloc_zeroed(DType::i32, n);
+  Buffer wte = be.alloc_zeroed(dt, V * C), wpe = be.alloc_zeroed(dt, n * C);
+  Buffer dwte = be.alloc_zeroed(gd, V * C), dwpe = be.alloc_zeroed(gd, n * C);
+  const double t_ce = time_median(be, [&] { be.cross_entropy_fused(logits.view(), tokens.view(), n, V, 1.0); });
+  const double t_emb = time_median(be, [&] { be.embedding_forward(y.view(), tokens.view(), wte.view(), wpe.view(), n, 1, C); }) +
+                       time_median(be, [&] {
+                         be.embedding_backward(dwte.view(), dwpe.view(), x.view(), tokens.view(), n, 1, C);
+                       });
+  // A block: LN1, LN2, two residual adds, GELU forward; LN1, LN2 and GELU backward.
+  return {2 * t_ln_fwd + 2 * t_add + t_gelu_fwd, 2 * t_ln_bwd + t_gelu_bwd, t_ln_fwd + t_ln_bwd + t_ce + t_emb};
+}
+
 Communicator& group(Session& s, const std::string& name) {
   Grid& g = s.grid();
   if (name == "sp") return *g.seq;
@@ -76,10 +124,22 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const double B = static_cast<double>(m.B), T = static_cast<double>(m.T), C = static_cast<double>(m.C);
   const double L = static_cast<double>(m.L), V = static_cast<double>(m.V);
   const int recompute = rc.strategy_opts.recompute ? 1 : 0;
-  // Dense GEMMs (QKV, out-projection, MLP: 24·B·T·C² per layer forward; LM head 2·B·T·C·V), each
-  // 3× forward for training plus one forward of the blocks with recomputation, evenly over ranks.
+  // Dense GEMM FLOPs per rank (QKV, out-projection, MLP: 24·B·T·C² per layer forward; LM head
+  // 2·B·T·C·V), 3× forward for training plus one forward of the blocks with recomputation; for
+  // the record, and to turn the FLOPs beside a collective into time.
   const double gemm_flops = ((3.0 + recompute) * L * 24.0 * B * T * C * C + 3.0 * 2.0 * B * T * C * V) / grid.world;
-  const double gemm_s = gemm_flops / (gemm_tflops * 1e12);
+  const int64_t rows = m.T * m.B / grid.world;  // LayerNorm / residual rows of every strategy
+  double gemm_s = 0;
+  for (const auto& lin : model.layer_linears) {
+    const auto [fwd, bwd] = linear_seconds(be, m.dtype, lin);
+    gemm_s += L * ((1 + recompute) * fwd + bwd);
+  }
+  {
+    const auto [fwd, bwd] = linear_seconds(be, m.dtype, {rows, m.C, m.V});  // LM head (its bias is measured too)
+    gemm_s += fwd + bwd;
+  }
+  const auto [ew_fwd, ew_bwd, ew_head] = elementwise_seconds(be, m, rows);
+  const double elementwise_s = L * ((1 + recompute) * ew_fwd + ew_bwd) + ew_head;
   double attention_s = 0;
   for (const AttentionArgs& a : model.layer_attention) {
     const auto [fwd, bwd] = attention_seconds(be, a);
@@ -107,7 +167,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   int rank = 0, world = 1;
   LSS_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   LSS_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
-  const double mine[2] = {gemm_s + attention_s + optimizer_s + comm_s, attention_s};
+  const double mine[2] = {gemm_s + attention_s + elementwise_s + optimizer_s + comm_s, attention_s};
   std::vector<double> all(2 * static_cast<size_t>(world));
   LSS_MPI_CHECK(MPI_Allgather(mine, 2, MPI_DOUBLE, all.data(), 2, MPI_DOUBLE, MPI_COMM_WORLD));
   std::vector<double> per_rank_ms, per_rank_attention_ms;
@@ -117,14 +177,17 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     per_rank_attention_ms.push_back(all[2 * r + 1] * 1e3);
     total = std::max(total, all[2 * r]);
   }
-  return {{"definition", "GEMMs at the measured GEMM rate + this rank's attention calls at their measured time + the "
-                         "measured optimizer step + each collective at its measured time less the GEMM time the "
-                         "schedule runs beside it; elementwise kernels are not priced; slowest rank"},
+  return {{"definition", "this rank's linear layers, attention calls and elementwise kernels (LayerNorm, GELU, "
+                         "residual adds, head, loss, embedding) each timed alone at the step's shapes + the measured "
+                         "optimizer step + each collective timed alone less the GEMM time the schedule runs beside "
+                         "it; slowest rank"},
           {"bound_ms", total * 1e3},
           {"per_rank_ms", per_rank_ms},
           {"per_rank_attention_ms", per_rank_attention_ms},
           {"rank0", {{"gemm_ms", gemm_s * 1e3},
                      {"gemm_flops", gemm_flops},
+                     {"gemm_tflops_at_step_shapes", gemm_flops / gemm_s / 1e12},
+                     {"elementwise_ms", elementwise_s * 1e3},
                      {"attention_ms", attention_s * 1e3},
                      {"optimizer_ms", optimizer_s * 1e3},
                      {"comm_exposed_ms", comm_s * 1e3},

@@ -26,11 +26,18 @@ struct StrategyContext {
 // Expected collective calls and bytes per training step, by group name ("sp", "dp", "world").
 using CommModel = std::map<std::string, CommCounts>;
 
-// The work of one step on this rank's critical path that the analytic bound prices (README,
-// "Analytic bound"): the attention calls, and each collective with the GEMM FLOPs that the
-// schedule runs beside it. The harness adds the dense GEMMs (even over ranks for every strategy)
-// and measures the rates.
+// The work of one step on this rank that the analytic bound prices (README, Metrics): the
+// linear layers and attention calls of one layer, and each collective with the GEMM FLOPs that
+// the schedule runs beside it. The harness adds the head, the elementwise kernels (the same
+// T*B/world rows for every strategy) and the optimizer, and measures every rate.
 struct BoundModel {
+  // One layer's linear layers on this rank, y (rows, out) = x (rows, in) W^T + b: each runs
+  // forward, and backward (data and weight gradients), per layer and step, and forward once
+  // more with recomputation.
+  struct Linear {
+    int64_t rows = 0, in = 0, out = 0;
+  };
+  std::vector<Linear> layer_linears;
   // One layer's attention calls on this rank (shapes only, no pointers): each runs forward and
   // backward per layer and step, and forward once more with recomputation.
   std::vector<AttentionArgs> layer_attention;

@@ -68,6 +68,8 @@ class LssStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const double N = static_cast<double>(N_), C = static_cast<double>(cfg.C);
     BoundModel m;
+    m.layer_linears = {{N_, cfg.C, 2 * cfg.C}, {N_, cfg.C, cfg.C}, {N_, cfg.C, cfg.C}, {N_, cfg.C, 4 * cfg.C},
+                       {N_, 4 * cfg.C, cfg.C}};
     for (const RowRange& seg : segments_)
       m.layer_attention.push_back(attention_shape(Bl_, cfg.H, seg.count, key_count(seg), seg.start));
     if (P_ > 1) {

@@ -21,6 +21,8 @@ class SerialStrategy final : public Strategy {
   nlohmann::json options_json() const override { return nlohmann::json::object(); }
   BoundModel bound_model() const override {
     BoundModel m;
+    const int64_t N = ctx_.cfg.T * ctx_.cfg.B, C = ctx_.cfg.C;
+    m.layer_linears = {{N, C, 3 * C}, {N, C, C}, {N, C, 4 * C}, {N, 4 * C, C}};
     m.layer_attention = {attention_shape(ctx_.cfg.B, ctx_.cfg.H, ctx_.cfg.T, ctx_.cfg.T, 0)};
     return m;
   }
