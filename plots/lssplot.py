@@ -240,6 +240,13 @@ def draw(sweeps, out):
         axes[0].bar(names, exposed, bottom=compute, label="exposed communication", color="tab:red")
         axes[0].bar(names, hidden, bottom=[c + e for c, e in zip(compute, exposed)], label="hidden communication",
                     color="tab:pink", hatch="//")
+        # The analytic bound (README, Metrics), where the result has one: what the step would take
+        # with every kernel at its measured speed and only the unhideable communication.
+        bounds = [(i, (p.get("bound") or {}).get("bound_ms")) for i, p in enumerate(big)]
+        bounds = [(i, b) for i, b in bounds if isinstance(b, (int, float))]
+        if bounds:
+            axes[0].scatter([i for i, _ in bounds], [b for _, b in bounds], marker="_", s=900, color="black",
+                            zorder=3, label="analytic bound")
         axes[0].set_ylabel(f"ms per step (T={T}, {world(big[0])} ranks)")
         axes[0].legend(fontsize=8)
         vol = []
@@ -251,7 +258,8 @@ def draw(sweeps, out):
         axes[1].bar(names, vol, color=[STYLE.get(n, ("gray",))[0] for n in names])
         axes[1].set_ylabel("GiB moved per step per rank (collective sizes)")
         charts.save(fig, "breakdown", "Step time breakdown and communication volume",
-                    ["compute", "exposed communication", "hidden communication"] + names)
+                    ["compute", "exposed communication", "hidden communication"] +
+                    (["analytic bound"] if bounds else []) + names)
 
     with open(os.path.join(out, "charts.json"), "w") as f:
         json.dump({"provenance": charts.footer, "charts": charts.manifest}, f, indent=2)
@@ -263,16 +271,21 @@ def write_summary(sweeps, out, charts):
     lines = ["# lssbench summary", "", f"Ran on: {charts.footer}", ""]
     for s in sweeps:
         lines += [f"## {s['name']} ({s['aggregate'].get('mode')})", "",
-                  "| strategy | ranks | sp | T | status | step ms | tokens/s | TFLOP/s/GPU | MFU (measured) | peak GiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| strategy | ranks | sp | T | status | step ms | exposed comm ms | step / bound | tokens/s "
+                  "| TFLOP/s/GPU | MFU (measured) | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in sorted(s["points"], key=lambda p: (p["strategy"], p["grid"]["world"], p["config"].get("seq", 0))):
             row = [p["strategy"], p["grid"]["world"], p["grid"].get("sp", ""), p["config"].get("seq", ""), p["status"]]
             if p["status"] == "ok":
-                m = p["metrics"]
-                row += [f"{p['timing']['median_ms']:.2f}", f"{m['tokens_per_s']:.0f}", f"{m['tflops_per_gpu']:.1f}",
+                m, t, b = p["metrics"], p["timing"], p.get("bound") or {}
+                exposed = t.get("comm_exposed_median_ms")
+                ratio = b.get("step_over_bound")
+                row += [f"{t['median_ms']:.2f}", f"{exposed:.2f}" if isinstance(exposed, (int, float)) else "-",
+                        f"{ratio:.3f}" if isinstance(ratio, (int, float)) else "-",
+                        f"{m['tokens_per_s']:.0f}", f"{m['tflops_per_gpu']:.1f}",
                         f"{m['mfu_measured']:.3f}" if m.get("mfu_measured") else "-", f"{m['peak_mem_bytes'] / 2**30:.2f}"]
             else:
-                row += ["-"] * 5
+                row += ["-"] * 7
             lines.append("| " + " | ".join(map(str, row)) + " |")
         sp = s["aggregate"].get("speedup_lss_over_megatron_sp", [])
         if sp:

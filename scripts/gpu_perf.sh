@@ -10,6 +10,8 @@
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   attention bench_attention (own flash kernel and cuDNN)
+#   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
+#             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
 #               $OUT/sweeps/<name>/
 # Output in $OUT: log.txt, summary.txt (one line per point), points/ (every result JSON) and
@@ -90,6 +92,10 @@ run_section() {
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       mkdir -p "$sweeps"
       step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$sweeps/$(basename "$2" .json)" ;;
+    long)
+      local big="--layers 16 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda --recompute --seq $2 --warmup 0 --iters 1 --no-measure-peak"
+      step lss_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy lss --sp "$gpus" --zigzag --out "$res/lss_long_w${gpus}_T$2.json"
+      step megatron_sp_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy megatron_sp --sp "$gpus" --out "$res/megatron_sp_long_w${gpus}_T$2.json" ;;
     *) echo "unknown section $1"; failed=1 ;;
   esac
 }
@@ -97,7 +103,7 @@ run_section() {
 {
   echo "GPUs: $gpus"; sys nvidia-smi -L
   while [ $# -gt 0 ]; do
-    if [ "$1" = sweep ]; then run_section sweep "$2"; shift 2; else run_section "$1"; shift; fi
+    case $1 in sweep | long) run_section "$1" "$2"; shift 2 ;; *) run_section "$1"; shift ;; esac
   done
   echo "=== summary"
   sys python3 - "$res" <<'PY' | tee "$out/summary.txt"

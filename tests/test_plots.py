@@ -2,6 +2,7 @@
 """plots/lssplot.py on fixture JSON (a CPU sweep's output): every expected chart is a valid PNG
 with the expected series, SUMMARY.md has the tables; missing or malformed input gets a clear error
 naming the file and exit 2."""
+import glob
 import json
 import os
 import shutil
@@ -58,6 +59,23 @@ with tempfile.TemporaryDirectory() as tmp:
     ms = {c["file"]: c for c in m2["charts"]}.get("max_seq.png", {})
     check(os.path.exists(os.path.join(out2, "max_seq.png")) and ms.get("series") == ["lss", "megatron_sp"],
           f"max_seq.png has the series lss and megatron_sp ({ms.get('series')})")
+
+    # results with the analytic bound: the breakdown marks it, SUMMARY.md gives step / bound
+    bounded = os.path.join(tmp, "bounded")
+    shutil.copytree(fixture, bounded)
+    for f in glob.glob(os.path.join(bounded, "points", "*.json")):
+        r0 = json.load(open(f))
+        if r0.get("status") == "ok":
+            r0["bound"] = {"bound_ms": r0["timing"]["median_ms"] / 1.25, "step_over_bound": 1.25, "rank0": {}}
+            json.dump(r0, open(f, "w"))
+    out3 = os.path.join(tmp, "charts-bound")
+    r = run(bounded, "--out", out3)
+    m3 = json.load(open(os.path.join(out3, "charts.json"))) if r.returncode == 0 else {"charts": []}
+    bd = {c["file"]: c for c in m3["charts"]}.get("breakdown.png", {})
+    check("analytic bound" in bd.get("series", []), f"breakdown.png marks the analytic bound ({bd.get('series')})")
+    summary3 = open(os.path.join(out3, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    check("| step / bound |" in summary3 and "| 1.250 |" in summary3, "SUMMARY.md gives step / bound")
+    check("| step / bound |" in summary and "| - |" in summary, "results without a bound show '-' there")
 
     # malformed and missing input: an error naming the file, exit 2
     broken = os.path.join(tmp, "broken")
