@@ -36,6 +36,9 @@ expect 0 "0 regressions" "20% more tokens/s passes" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["metrics"]["tokens_per_s"] *= 0.9'
 expect 1 "REGRESSION: lss cpu w2 sp2 T256 L2 C64 H4 B1 fp32 {\"kv\":\"regather\",\"order\":\"contiguous\",\"overlap\":true,\"recompute\":false}: tokens/s" "10% fewer tokens/s fails, naming tokens/s" "$base" "$work/new"
 expect 0 "0 regressions" "the same with --tol-throughput 0.15 passes" "$base" "$work/new" --tol-throughput 0.15
+fresh; edit "$work/new/$p" 'r["timing"]["comm_exposed_fraction"] += 0.05'
+expect 1 ": comm_exposed_fraction" "5 points more of the step exposed fails, naming comm_exposed_fraction" "$base" "$work/new"
+expect 0 "0 regressions" "the same with --tol-exposed 0.1 passes" "$base" "$work/new" --tol-exposed 0.1
 fresh; edit "$work/new/$p" 'r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * 1.1)'
 expect 1 ": peak_mem_bytes" "10% more memory fails, naming peak_mem_bytes" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["comm"]["per_step_rank0"]["sp"]["all_gather"]["bytes"] += 4'

@@ -124,6 +124,15 @@ CompareReport compare_results(const std::vector<json>& base, const std::vector<j
     if (tol.timing) {
       const double tb = a["metrics"]["tokens_per_s"].get<double>(), tn = c["metrics"]["tokens_per_s"].get<double>();
       row(key, "tokens/s", fmt::format("{:.1f}", tb), fmt::format("{:.1f}", tn), pct(tb, tn), tn < tb * (1.0 - tol.throughput));
+      // The share of the step that waits for communication: an overlap that stopped working shows
+      // here before it moves tokens/s beyond the tolerance. Results from before the field have none.
+      const json& ta = a["timing"];
+      const json& tc = c["timing"];
+      if (ta.contains("comm_exposed_fraction") && tc.contains("comm_exposed_fraction")) {
+        const double eb = ta["comm_exposed_fraction"].get<double>(), en = tc["comm_exposed_fraction"].get<double>();
+        row(key, "comm_exposed_fraction", fmt::format("{:.4f}", eb), fmt::format("{:.4f}", en),
+            fmt::format("{:+.4f}", en - eb), en > eb + tol.exposed);
+      }
     }
     for (const char* m : {"peak_mem_bytes", "peak_activation_bytes"}) {
       const double mb = a["metrics"].value(m, 0.0), mn = c["metrics"].value(m, 0.0);
@@ -165,6 +174,7 @@ int cmd_compare(const std::vector<std::string>& args) {
   p.add_double("tol-throughput", 0.05, "allowed fall of tokens/s (fraction)");
   p.add_double("tol-memory", 0.05, "allowed growth of peak memory (fraction)");
   p.add_double("tol-loss", 1e-5, "allowed relative change of the first-step loss");
+  p.add_double("tol-exposed", 0.03, "allowed growth of the exposed-communication share of the step (absolute)");
   p.add_flag("timing", true, "compare throughput (--no-timing: deterministic figures only)");
   p.add_flag("allow-missing", false, "report baseline points missing from NEW without failing");
   std::vector<std::string> paths, rest;
@@ -187,6 +197,7 @@ int cmd_compare(const std::vector<std::string>& args) {
   tol.throughput = p.real("tol-throughput");
   tol.memory = p.real("tol-memory");
   tol.loss = p.real("tol-loss");
+  tol.exposed = p.real("tol-exposed");
   tol.timing = p.flag("timing");
   tol.allow_missing = p.flag("allow-missing");
   const CompareReport rep = compare_results(load_results(paths[0]), load_results(paths[1]), tol);

@@ -10,6 +10,7 @@ struct CompareTolerances {
   double throughput = 0.05;  // tokens/s may fall by this fraction
   double memory = 0.05;      // peak memory may grow by this fraction
   double loss = 1e-5;        // first-step loss, relative
+  double exposed = 0.03;     // exposed communication may grow by this fraction of the step (absolute)
   bool timing = true;        // false: skip throughput (deterministic comparisons on noisy CPUs)
   bool allow_missing = false;
 };
