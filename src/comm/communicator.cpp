@@ -56,7 +56,7 @@ void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start
   }
 }
 
-CommHandle Communicator::start(CollKind k, size_t bytes, const std::function<void()>& enqueue) {
+CommHandle Communicator::start(CollKind k, size_t bytes, View output, const std::function<void()>& enqueue) {
   ++in_flight_;
   if (!has_async_lane()) {
     const auto t0 = start_timer();
@@ -66,7 +66,7 @@ CommHandle Communicator::start(CollKind k, size_t bytes, const std::function<voi
   }
   counts_.calls[static_cast<int>(k)] += 1;
   counts_.bytes[static_cast<int>(k)] += static_cast<int64_t>(bytes);
-  return {true, start_async(k, enqueue)};
+  return {true, start_async(k, output, enqueue)};
 }
 
 void Communicator::wait(CommHandle& h) {
@@ -152,7 +152,7 @@ CommHandle Communicator::start_all_gather(View send, View recv) {
     local_copy(recv, send);
     return {};
   }
-  return start(CollKind::all_gather, recv.bytes(), [&] { do_all_gather(send, recv); });
+  return start(CollKind::all_gather, recv.bytes(), recv, [this, send, recv] { do_all_gather(send, recv); });
 }
 
 CommHandle Communicator::start_reduce_scatter(View send, View recv) {
@@ -162,12 +162,12 @@ CommHandle Communicator::start_reduce_scatter(View send, View recv) {
     local_copy(recv, send);
     return {};
   }
-  return start(CollKind::reduce_scatter, send.bytes(), [&] { do_reduce_scatter(send, recv); });
+  return start(CollKind::reduce_scatter, send.bytes(), recv, [this, send, recv] { do_reduce_scatter(send, recv); });
 }
 
 CommHandle Communicator::start_all_reduce(View buf) {
   if (size_ == 1) return {};
-  return start(CollKind::all_reduce, buf.bytes(), [&] { do_all_reduce(buf); });
+  return start(CollKind::all_reduce, buf.bytes(), View{}, [this, buf] { do_all_reduce(buf); });
 }
 
 void Communicator::send(View buf, int peer) {

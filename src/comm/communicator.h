@@ -96,9 +96,14 @@ class Communicator {
   virtual void local_copy(View dst, View src) = 0;
   // The asynchronous lane (NCCL: the communication stream). Without one, start_* run at once.
   virtual bool has_async_lane() const { return false; }
-  // Runs `enqueue` (which calls a do_* method) on the asynchronous lane; returns an id for
-  // wait_async. The lane's implementation times it and counts the stall at wait in resolve_async.
-  virtual int64_t start_async(CollKind, const std::function<void()>& enqueue) { enqueue(); return -1; }
+  // Runs `enqueue` (which calls a do_* method; it holds its operands by value) on the
+  // asynchronous lane; returns an id for wait_async. `output` is what the collective will write
+  // (empty for in-place ones). The lane's implementation times it and counts the stall at wait in
+  // resolve_async.
+  virtual int64_t start_async(CollKind, View /*output*/, const std::function<void()>& enqueue) {
+    enqueue();
+    return -1;
+  }
   virtual void wait_async(int64_t) {}
   // Adds the times of finished asynchronous collectives to `c` (waiting for them).
   virtual void resolve_async(CommCounts&) const {}
@@ -111,7 +116,7 @@ class Communicator {
   };
   Backend::Marker start_timer();
   void finish(CollKind k, size_t bytes, const Backend::Marker& start);
-  CommHandle start(CollKind k, size_t bytes, const std::function<void()>& enqueue);
+  CommHandle start(CollKind k, size_t bytes, View output, const std::function<void()>& enqueue);
   void require_idle(const char* what) const;
   std::string name_;
   int rank_, size_;

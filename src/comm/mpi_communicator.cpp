@@ -1,7 +1,11 @@
 #include "comm/mpi_communicator.h"
 
+#include <algorithm>
 #include <climits>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "comm/mpi_util.h"
 
@@ -46,6 +50,32 @@ MpiCommunicator::MpiCommunicator(std::string name, MPI_Comm comm)
     : Communicator(std::move(name), comm_rank(comm), comm_size(comm)), comm_(comm) {
   // Errors are returned to LSS_MPI_CHECK, which reports the call before aborting.
   LSS_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  const char* defer = std::getenv("LSS_DEFER_COLLECTIVES");
+  deferred_ = defer != nullptr && std::string(defer) == "1";
+}
+
+int64_t MpiCommunicator::start_async(CollKind, View output, const std::function<void()>& enqueue) {
+  // Whatever reads the output before wait() reads NaN (quiet NaN bit patterns per dtype).
+  auto fill = [&](auto pattern) {
+    auto* p = static_cast<decltype(pattern)*>(output.ptr);
+    std::fill(p, p + output.numel, pattern);
+  };
+  if (output.ptr != nullptr) switch (output.dtype) {
+      case DType::f32: fill(uint32_t{0x7fc00000u}); break;
+      case DType::f64: fill(uint64_t{0x7ff8000000000000ull}); break;
+      case DType::bf16: fill(uint16_t{0x7fc0u}); break;
+      case DType::i32: fill(int32_t{-1}); break;
+    }
+  deferred_ops_[next_id_] = enqueue;
+  return next_id_++;
+}
+
+void MpiCommunicator::wait_async(int64_t id) {
+  auto it = deferred_ops_.find(id);
+  LSS_CHECK(it != deferred_ops_.end(), name() + ": wait on an unknown collective");
+  const std::function<void()> op = std::move(it->second);
+  deferred_ops_.erase(it);
+  op();
 }
 
 MpiCommunicator::~MpiCommunicator() {

@@ -2,6 +2,8 @@
 #pragma once
 #include <mpi.h>
 
+#include <functional>
+#include <map>
 #include <memory>
 
 #include "comm/communicator.h"
@@ -11,6 +13,10 @@ namespace lss {
 class MpiCommunicator : public Communicator {
  public:
   // Takes ownership of `comm` (freed in the destructor unless it is MPI_COMM_WORLD).
+  // With LSS_DEFER_COLLECTIVES=1 in the environment, asynchronous collectives are deferred (a
+  // test mode): start_* only fills the output with NaN and wait() runs the collective, so a
+  // strategy that reads a result before waiting, or changes an input before waiting, computes
+  // a wrong result that the exactness tests see. Blocking collectives run as always.
   MpiCommunicator(std::string name, MPI_Comm comm);
   ~MpiCommunicator() override;
   MPI_Comm handle() const { return comm_; }
@@ -24,9 +30,15 @@ class MpiCommunicator : public Communicator {
   void do_recv(View buf, int peer) override;
   void do_barrier() override;
   void local_copy(View dst, View src) override;
+  bool has_async_lane() const override { return deferred_; }
+  int64_t start_async(CollKind kind, View output, const std::function<void()>& enqueue) override;
+  void wait_async(int64_t id) override;
 
  private:
   MPI_Comm comm_;
+  bool deferred_ = false;
+  std::map<int64_t, std::function<void()>> deferred_ops_;
+  int64_t next_id_ = 0;
 };
 
 }  // namespace lss
