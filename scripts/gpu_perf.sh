@@ -5,8 +5,8 @@
 # Sections (run in the order given):
 #   tests     the CUDA step test on every GPU (all strategies, grids, overlap on) and the kernel tests
 #   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
-#   peers     the PyTorch peer (bench/peers/torch_step.py) serial eager and compile at T=16K, and
-#             lss eager on every GPU at T=16K x GPUs
+#   peers     our serial step and the PyTorch peer (bench/peers/torch_step.py) serial eager and
+#             compile at T=16K; our lss and the peer's on every GPU at T=16K x GPUs
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   attention bench_attention (own flash kernel and cuDNN)
@@ -69,6 +69,8 @@ run_section() {
       point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
     peers)
+      # Our serial step in the same call, so that the ratio compares one card with itself.
+      point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       peer peer_serial_eager_T16K 1 150 --strategy serial --mode eager --seq 16K
       peer peer_serial_compile_T16K 1 240 --strategy serial --mode compile --seq 16K
       local T=$((16 * gpus))K
