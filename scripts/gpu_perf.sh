@@ -70,7 +70,7 @@ run_section() {
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
     peers)
       # Our serial step in the same call, so that the ratio compares one card with itself.
-      point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
+      point serial_beside_peer_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       peer peer_serial_eager_T16K 1 150 --strategy serial --mode eager --seq 16K
       peer peer_serial_compile_T16K 1 240 --strategy serial --mode compile --seq 16K
       local T=$((16 * gpus))K
