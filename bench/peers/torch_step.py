@@ -14,6 +14,10 @@ Strategies:
           those rows of the positional embedding; per layer one fused all-gather of [K|V] whose
           backward is one fused reduce-scatter of [dK|dV]; after backward one all-reduce (sum)
           of every gradient except the positional-embedding shard; fused AdamW.
+          --zigzag: the balanced causal order of lssbench instead: the sequence in 2P chunks of
+          Tc = T/(2P), rank p holds chunks p and 2P-1-p (local rows in that order; rank P-1's two
+          chunks are neighbours and form one segment); the gathered [K|V] is put into global
+          token order (index_select) before attention, one attention call per local segment.
 
 A step is zero_grad + forward + backward (+ gradient all-reduce) + AdamW step, timed with CUDA
 events after warm-up; per iteration the slowest rank counts, and the median over iterations is
@@ -29,7 +33,8 @@ tiny fp32 configuration and exits non-zero when the largest relative error excee
 
 Exit codes: 0 ok, 1 the run failed (JSON with status "failed" where possible), 2 bad input.
 Dimension letters as in DESIGN.md: B batch, T global tokens, C width, H heads, D head dim,
-L layers, V vocabulary, P ranks in the sequence group, Tl = T/P local tokens.
+L layers, V vocabulary, P ranks in the sequence group, Tl = T/P local tokens, Tc = T/(2P) the
+zigzag chunk.
 """
 
 from __future__ import annotations
@@ -86,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="PyTorch peer of lssbench: time one training step of the same model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--strategy", choices=["serial", "lss"], default="serial")
+    p.add_argument("--zigzag", action="store_true",
+                   help="lss: balanced causal order, rank p holds chunks p and 2P-1-p of T/(2P) "
+                        "(as lssbench --zigzag)")
     p.add_argument("--mode", choices=["eager", "compile"], default="eager",
                    help="compile wraps the model in torch.compile")
     p.add_argument("--layers", type=parse_count, default=4, help="L")
@@ -125,13 +133,18 @@ def validate(args: argparse.Namespace, world: int) -> None:
     if not on_cuda and args.sdpa in ("cudnn", "efficient"):
         raise BadInput(f"--sdpa {args.sdpa} needs a CUDA device (this run is on CPU)")
     if args.check:
-        return  # --check picks its own tiny shapes
+        return  # --check picks its own tiny shapes (a multiple of 2P with --zigzag)
     if args.width % args.heads != 0:
         raise BadInput(f"--width {args.width} is not divisible by --heads {args.heads}")
     if args.strategy == "serial" and world != 1:
         raise BadInput(f"--strategy serial runs in one process, but the world size is {world}")
+    if args.zigzag and args.strategy != "lss":
+        raise BadInput(f"--zigzag is an lss option, but --strategy is {args.strategy}")
     if args.seq % world != 0:
         raise BadInput(f"--seq {args.seq} is not divisible by the world size {world}")
+    if args.zigzag and args.seq % (2 * world) != 0:
+        raise BadInput(f"--zigzag: --seq {args.seq} is not divisible by 2 x the world size = "
+                       f"{2 * world} (each rank holds two chunks of T/(2P))")
     if args.out is None:
         raise BadInput("--out is required (the result JSON)")
     if os.path.exists(args.out):
@@ -161,47 +174,119 @@ class GatherKV(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kv_local: torch.Tensor, group, world: int) -> torch.Tensor:
-        # kv_local (B, Tl, 2C), contiguous: the send buffer.
+        # kv_local, contiguous, the send buffer: (B, Tl, 2C) in the contiguous order, (Tl, B, 2C)
+        # token-major in the zigzag order. Gathered along dim 0, one block per rank.
         ctx.group, ctx.world = group, world
         gathered = kv_local.new_empty((world * kv_local.shape[0],) + tuple(kv_local.shape[1:]))
-        dist.all_gather_into_tensor(gathered, kv_local, group=group)  # (P*B, Tl, 2C)
-        return gathered.view((world,) + tuple(kv_local.shape))       # (P, B, Tl, 2C)
+        dist.all_gather_into_tensor(gathered, kv_local, group=group)  # (P*d0, d1, 2C)
+        return gathered.view((world,) + tuple(kv_local.shape))       # (P, d0, d1, 2C)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        # grad (P, B, Tl, 2C): this rank's partial [dK|dV] for every rank's rows (zeros for the
+        # grad (P, d0, d1, 2C): this rank's partial [dK|dV] for every rank's rows (zeros for the
         # rows its causal queries never saw).
         grad = grad.contiguous()
-        own = grad.new_empty(tuple(grad.shape[1:]))                   # (B, Tl, 2C)
+        own = grad.new_empty(tuple(grad.shape[1:]))                   # (d0, d1, 2C)
         dist.reduce_scatter_tensor(own, grad.view((-1,) + tuple(grad.shape[2:])),
                                    op=dist.ReduceOp.SUM, group=ctx.group)
         return own, None, None
 
 
-class SequenceGroup:
-    """Rank p of P in one sequence group, holding global tokens [p*Tl, (p+1)*Tl)."""
+def segments_of(p: int, P: int, T: int, zigzag: bool) -> list[tuple[int, int]]:
+    """The global token ranges (start, count) rank p holds, in its local row order.
 
-    def __init__(self, group, world: int, rank: int, t_local: int, causal: bool):
-        self.group, self.P, self.p, self.t_local, self.causal = group, world, rank, t_local, causal
+    Contiguous: [p*Tl, (p+1)*Tl). Zigzag (as lssbench): chunks p and 2P-1-p of Tc = T/(2P), which
+    give every rank the same causal attention work; rank P-1's chunks P-1 and P are neighbours and
+    form one segment (at P = 1 that is the whole sequence), so its attention is one call.
+    """
+    if not zigzag:
+        t_local = T // P
+        return [(p * t_local, t_local)]
+    tc = T // (2 * P)
+    if p == P - 1:
+        return [(p * tc, 2 * tc)]
+    return [(p * tc, tc), ((2 * P - 1 - p) * tc, tc)]
+
+
+class AttnSegment:
+    """One attention call of a rank: local query rows [row0, row0+count) at global positions
+    [start, start+count), against the first `keys` keys in global order, with `mask`
+    (a lower-right CausalBias) or is_causal (square, start 0) or neither (full attention)."""
+
+    def __init__(self, start: int, count: int, row0: int, T: int, causal: bool):
+        self.start, self.count, self.row0 = start, count, row0
+        # Causal: queries at positions < start+count never see later keys, so the call only gets
+        # those (a key range that would be masked out entirely is dropped); full: all T keys.
+        self.keys = start + count if causal else T
+        self.is_causal = causal and start == 0        # square: upper-left == lower-right
         # Built here, not in forward: torch.compile cannot construct a CausalBias (a tensor
         # subclass) inside a compiled region (graph break), but takes an existing one.
-        self.lower_right = None
-        if causal and rank > 0:
+        self.mask = None
+        if causal and start > 0:
             from torch.nn.attention.bias import causal_lower_right
-            self.lower_right = causal_lower_right(t_local, (rank + 1) * t_local)
+            self.mask = causal_lower_right(count, self.keys)
+
+
+class SequenceGroup:
+    """Rank p of P in one sequence group, holding the global token segments segments_of(p)."""
+
+    def __init__(self, group, world: int, rank: int, T: int, causal: bool, zigzag: bool,
+                 device: torch.device):
+        self.group, self.P, self.p, self.causal, self.zigzag = group, world, rank, causal, zigzag
+        self.T, self.t_local = T, T // world
+        self.segments = segments_of(rank, world, T, zigzag)
+        self.attn = []
+        row0 = 0
+        for start, count in self.segments:
+            self.attn.append(AttnSegment(start, count, row0, T, causal))
+            row0 += count
+        # The keys this rank's queries can see, in global order: [0, keys_needed).
+        self.keys_needed = max(a.keys for a in self.attn)
+        # Some call needs the lower-right causal mask (a query offset > 0).
+        self.needs_lower_right = any(a.mask is not None for a in self.attn)
+        # rank_major_row[t]: the row of the rank-major all-gather output (rank q's Tl local rows
+        # at q*Tl, in q's local order) that holds global token t.
+        rank_major_row = torch.empty(T, dtype=torch.long)
+        for q in range(world):
+            local = 0
+            for s, c in segments_of(q, world, T, zigzag):
+                rank_major_row[s:s + c] = torch.arange(q * self.t_local + local,
+                                                       q * self.t_local + local + c)
+                local += c
+        self.rank_major_row = rank_major_row.to(device)              # (T,) for whole-T gathers
+        self.kv_order = rank_major_row[:self.keys_needed].to(device)  # (Tk,) the kept keys
+
+    def local_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) global -> (B, Tl) this rank's columns, in local order (contiguous)."""
+        return torch.cat([x[:, s:s + c] for s, c in self.segments], dim=1).contiguous()
+
+    def to_global_order(self, rank_major: torch.Tensor) -> torch.Tensor:
+        """(T, ...) rows in rank-major all-gather order -> (T, ...) in global token order."""
+        return rank_major.index_select(0, self.rank_major_row)
 
     def gather_kv(self, kv_local: torch.Tensor) -> torch.Tensor:
-        """(B, Tl, 2C) local [K|V] -> (B, Tk, 2C) the keys this rank's queries can see.
+        """(B, Tl, 2C) local [K|V] -> (B, Tk, 2C) the keys this rank's queries can see, in
+        global token order.
 
-        Causal: queries at global positions < (p+1)*Tl never see later keys, so only the first
-        p+1 segments are kept (Tk = (p+1)*Tl); without a causal mask Tk = T. The all-gather
-        itself always moves all P segments (one collective per layer, as in LSS).
+        Causal: only keys [0, Tk) are kept, Tk = the end of the rank's last segment ((p+1)*Tl
+        contiguous, (2P-p)*Tc zigzag for p < P-1, (P+1)*Tc for rank P-1); without a causal mask
+        Tk = T. The all-gather itself always moves all P ranks' rows (one collective per layer, as
+        in LSS).
         """
         B, Tl, C2 = kv_local.shape
-        g = GatherKV.apply(kv_local.contiguous(), self.group, self.P)  # (P, B, Tl, 2C)
-        segs = self.p + 1 if self.causal else self.P
-        # (segs, B, Tl, 2C) -> (B, segs*Tl, 2C); a view when B == 1, one copy otherwise.
-        return g[:segs].transpose(0, 1).reshape(B, segs * Tl, C2)
+        if not self.zigzag:
+            g = GatherKV.apply(kv_local.contiguous(), self.group, self.P)  # (P, B, Tl, 2C)
+            segs = self.p + 1 if self.causal else self.P
+            # (segs, B, Tl, 2C) -> (B, segs*Tl, 2C); a view when B == 1, one copy otherwise.
+            return g[:segs].transpose(0, 1).reshape(B, segs * Tl, C2)
+        # Zigzag: the payload is token-major (Tl, B, 2C) (the same one copy .contiguous() makes of
+        # the qkv slice), so the gathered rows form one (P*Tl, B, 2C) tensor in rank-major order
+        # and a single index_select puts the first Tk into global order; its backward
+        # (index_add into zeros, each row hit once) puts [dK|dV] back into rank-major order for
+        # the reduce-scatter. The result is a (B, Tk, 2C) view, batch-strided.
+        g = GatherKV.apply(kv_local.transpose(0, 1).contiguous(), self.group, self.P)
+        g = g.view(self.P * Tl, B, C2).index_select(0, self.kv_order)  # (Tk, B, 2C)
+        return g.transpose(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,6 +308,8 @@ class Block(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         B, Tq, C = x.shape                # x (B, Tq, C); Tq = Tl on a sequence group, else T
+        # On a sequence group the Tq rows are the rank's segments in local order; the gathered
+        # keys (Tk of them) are in global order.
         H, D = self.H, C // self.H
         qkv = self.qkv(x)                 # (B, Tq, 3C)
         q = qkv[..., :C]                  # (B, Tq, C)
@@ -234,18 +321,30 @@ class Block(nn.Module):
         q = q.view(B, Tq, H, D).transpose(1, 2)   # (B, H, Tq, D)
         k = k.view(B, Tk, H, D).transpose(1, 2)   # (B, H, Tk, D)
         v = v.view(B, Tk, H, D).transpose(1, 2)   # (B, H, Tk, D)
-        if self.causal and Tk != Tq:
-            # Local queries sit at global offset Tk - Tq = p*Tl, the last Tq of the Tk keys kept:
-            # the causal mask in global positions is the lower-right aligned one
-            # (query i sees keys j <= i + Tk - Tq). PyTorch's is_causal=True is upper-left for
-            # non-square shapes, and its cuDNN path only knows upper-left, so we pass a
-            # CausalBias: PyTorch runs it on the flash kernel (FA2 aligns causal lower-right) or
-            # on the memory-efficient kernel (custom_mask_type lower-right), never materialising a
-            # mask; only when neither is enabled (math, CPU) does it build the (Tq, Tk) mask.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.seq.lower_right)
-        else:
-            # Square (serial, rank 0 of a causal group) or no mask: any backend, cuDNN included.
+        if self.seq is None:
+            # Serial: square, any backend (cuDNN included).
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        else:
+            # One call per local segment (contiguous: one; zigzag: two, one on rank P-1): the
+            # segment's queries at global positions [start, start+count) against keys [0, keys).
+            ys = []
+            for a in self.seq.attn:
+                qs = q if len(self.seq.attn) == 1 else q[:, :, a.row0:a.row0 + a.count]
+                ks, vs = (k, v) if a.keys == Tk else (k[:, :, :a.keys], v[:, :, :a.keys])
+                if a.mask is not None:
+                    # Queries at offset start > 0, the last `count` of the `keys` keys: the causal
+                    # mask in global positions is the lower-right aligned one (query i sees keys
+                    # j <= i + start). PyTorch's is_causal=True is upper-left for non-square
+                    # shapes, and its cuDNN path only knows upper-left, so we pass a CausalBias:
+                    # PyTorch runs it on the flash kernel (FA2 aligns causal lower-right) or, if
+                    # flash can't take it, on the memory-efficient kernel (custom_mask_type
+                    # lower-right), never materialising a mask; only when neither is enabled
+                    # (math, CPU) does it build the (count, keys) mask.
+                    ys.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=a.mask))
+                else:
+                    # Square causal (start 0) or no mask: any backend, cuDNN included.
+                    ys.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=a.is_causal))
+            y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)   # (B, H, Tq, D), local order
         y = y.transpose(1, 2).reshape(B, Tq, C)   # (B, Tq, C), heads concatenated
         return self.proj(y)
 
@@ -261,7 +360,7 @@ class GPT(nn.Module):
                  causal: bool, seq: SequenceGroup | None):
         super().__init__()
         self.tok_emb = nn.Embedding(V, C)                      # (V, C)
-        self.pos_emb = nn.Parameter(torch.empty(t_rows, C))    # (T or Tl, C)
+        self.pos_emb = nn.Parameter(torch.empty(t_rows, C))    # (T or Tl, C), local order
         self.blocks = nn.ModuleList(Block(C, H, causal, seq) for _ in range(L))
         self.ln_f = nn.LayerNorm(C, eps=1e-5)
         self.head = nn.Linear(C, V, bias=False)                # not tied to tok_emb
@@ -281,13 +380,15 @@ class GPT(nn.Module):
         return ce / self.n_predicted
 
 
-def init_parameters(model: GPT, seed: int, T: int, row0: int, std: float, noisy: bool) -> None:
+def init_parameters(model: GPT, seed: int, T: int, pos_rows: list[tuple[int, int]], std: float,
+                    noisy: bool) -> None:
     """Deterministic init, a pure function of (seed, parameter name, global index).
 
     Every parameter gets its own CPU generator seeded from (seed, name), and the positional
-    embedding is drawn for all T rows and then sliced, so a rank holding rows [row0, row0+Tl)
-    starts from exactly the serial model's values. noisy (for --check) also randomises biases and
-    LayerNorm parameters so that the comparison exercises every gradient.
+    embedding is drawn for all T rows and then sliced, so a rank holding the row ranges pos_rows
+    ((start, count), in its local order) starts from exactly the serial model's values. noisy
+    (for --check) also randomises biases and LayerNorm parameters so that the comparison
+    exercises every gradient.
     """
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -301,18 +402,18 @@ def init_parameters(model: GPT, seed: int, T: int, row0: int, std: float, noisy:
             else:
                 w = torch.randn(shape, generator=g) * std
             if name == "pos_emb":
-                w = w[row0:row0 + p.shape[0]]
+                w = torch.cat([w[s:s + c] for s, c in pos_rows])
             p.copy_(w)
 
 
 def build_model(L, C, H, V, B, T, causal, seq: SequenceGroup | None, device, seed, std, noisy):
     t_rows = seq.t_local if seq is not None else T
-    row0 = seq.p * seq.t_local if seq is not None else 0
+    pos_rows = seq.segments if seq is not None else [(0, T)]
     # Built on the meta device, then given storage on the target device: no wasted default init.
     with torch.device("meta"):
         model = GPT(L, C, H, V, t_rows, B * T, causal, seq)
     model.to_empty(device=device)
-    init_parameters(model, seed, T, row0, std, noisy)
+    init_parameters(model, seed, T, pos_rows, std, noisy)
     return model
 
 
@@ -516,6 +617,7 @@ def base_document(args, world, device, L, C, H, V, B, T, causal) -> dict:
         "schema": SCHEMA,
         "peer": "pytorch",
         "strategy": args.strategy,
+        "order": "zigzag" if args.zigzag else "contiguous",
         "mode": args.mode,
         "sdpa_backend": args.sdpa,
         "config": {"L": L, "C": C, "H": H, "V": V, "B": B, "T": T, "causal": causal,
@@ -536,7 +638,8 @@ def base_document(args, world, device, L, C, H, V, B, T, causal) -> dict:
 
 def print_table(doc: dict) -> None:
     c = doc["config"]
-    print(f"peer pytorch  strategy {doc['strategy']}  mode {doc['mode']}  sdpa "
+    print(f"peer pytorch  strategy {doc['strategy']}"
+          f"{' (zigzag)' if doc['order'] == 'zigzag' else ''}  mode {doc['mode']}  sdpa "
           f"{doc['sdpa_backend']}  world {doc['world']}  device {doc['device']}")
     print(f"config L={c['L']} C={c['C']} H={c['H']} V={c['V']} B={c['B']} T={c['T']} "
           f"{'causal' if c['causal'] else 'full'} {c['dtype']}")
@@ -575,19 +678,25 @@ def run_bench(args, world: int, rank: int, local_rank: int) -> int:
         seq = None
         if distributed:
             group = init_distributed(device, world, rank)
-            seq = SequenceGroup(group, world, rank, T // world, causal)
-        needs_lower_right = causal and seq is not None and seq.p > 0
+            seq = SequenceGroup(group, world, rank, T, causal, args.zigzag, device)
+        needs_lower_right = seq is not None and seq.needs_lower_right
         sdpa_factory, _ = sdpa_context(args.sdpa, needs_lower_right, device.type)
         doc["sdpa_note"] = sdpa_context(args.sdpa, False, device.type)[1]
         if distributed and causal and world > 1:
             doc["sdpa_note"] += (
-                "; lss ranks p > 0 (queries at offset p*T/P) pass "
-                "torch.nn.attention.bias.causal_lower_right, which PyTorch runs on flash or "
-                "memory-efficient attention (its cuDNN path has no lower-right causal mask)"
-                + ("; on CPU it is a materialised (T/P, (p+1)*T/P) mask"
+                ("; zigzag: every lss attention call whose queries start past position 0 "
+                 "(rank 0's chunk 2P-1, both calls of ranks 0 < p < P-1, rank P-1's one call) "
+                 if args.zigzag else "; lss ranks p > 0 (queries at offset p*T/P) ")
+                + ("passes" if args.zigzag else "pass")
+                + " torch.nn.attention.bias.causal_lower_right, which PyTorch runs on flash "
+                "or memory-efficient attention (its cuDNN path has no lower-right causal mask)"
+                + ("; on CPU it is a materialised (queries, keys) mask per call"
                    if device.type == "cpu" else "")
-                + ("; with cudnn requested those ranks enable flash and memory-efficient too, "
-                   "so rank 0 runs cuDNN and ranks p > 0 run flash"
+                + (("; with cudnn requested every rank enables flash and memory-efficient too, "
+                    "so only rank 0's first chunk (square) runs cuDNN and every other call flash"
+                    if args.zigzag else
+                    "; with cudnn requested those ranks enable flash and memory-efficient too, "
+                    "so rank 0 runs cuDNN and ranks p > 0 run flash")
                    if args.sdpa == "cudnn" and device.type == "cuda" else ""))
         autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
         trainer = Trainer(args, device, seq, L, C, H, V, B, T, causal, autocast_dtype,
@@ -607,8 +716,7 @@ def run_bench(args, world: int, rank: int, local_rank: int) -> int:
 
         x, y = make_tokens(B, T, V, args.seed)
         if seq is not None:
-            lo = seq.p * seq.t_local
-            x, y = x[:, lo:lo + seq.t_local], y[:, lo:lo + seq.t_local]
+            x, y = seq.local_tokens(x), seq.local_tokens(y)   # the rank's segments, local order
         x, y = x.contiguous().to(device), y.contiguous().to(device)   # (B, Tl) int64
 
         phase = "warm-up" + (" (includes torch.compile)" if args.mode == "compile" else "")
@@ -675,6 +783,9 @@ def run_bench(args, world: int, rank: int, local_rank: int) -> int:
                       "overwrite it", file=sys.stderr)
                 code = EXIT_BAD_INPUT
         if distributed:
+            # Every rank leaves together: a rank tearing its process group down while another
+            # still talks to it can abort at exit (seen with gloo).
+            dist.barrier()
             dist.destroy_process_group()
         return code
     except Exception as e:   # report, don't crash silently: the JSON says what failed and where
@@ -713,26 +824,27 @@ def run_check(args, world: int, rank: int, local_rank: int) -> int:
     sdpa = args.sdpa or "auto"
     group = init_distributed(device, world, rank)
     L, C, H, V, B = 2, 64, 4, 256, 2
-    T = world * math.ceil(64 / world)   # 64 tokens, rounded up to a multiple of P
+    unit = 2 * world if args.zigzag else world   # zigzag: 2P chunks
+    T = unit * math.ceil(64 / unit)   # 64 tokens, rounded up to a multiple of P (2P zigzag)
     compile_model = args.mode == "compile"
     worst, lines = 0.0, []
     for causal in (True, False):
-        seq = SequenceGroup(group, world, rank, T // world, causal)
-        factory, _ = sdpa_context(sdpa, causal and seq.p > 0, device.type)
+        seq = SequenceGroup(group, world, rank, T, causal, args.zigzag, device)
+        factory, _ = sdpa_context(sdpa, seq.needs_lower_right, device.type)
         lss = Trainer(args, device, seq, L, C, H, V, B, T, causal, None, factory, compile_model,
                       std=0.2, noisy=True)
         x, y = make_tokens(B, T, V, args.seed)
-        lo = seq.p * seq.t_local
-        xl = x[:, lo:lo + seq.t_local].contiguous().to(device)
-        yl = y[:, lo:lo + seq.t_local].contiguous().to(device)
+        xl = seq.local_tokens(x).to(device)   # (B, Tl), the rank's segments in local order
+        yl = seq.local_tokens(y).to(device)
 
         # Step 1: loss and gradients, reduced exactly as the timed step does.
         lss.zero_grad()
         loss1 = lss.forward_backward(xl, yl)
         lss.reduce_grads()
         dist.all_reduce(loss1)
-        pos_grad = torch.empty(T, C, device=device)                    # (T, C)
+        pos_grad = torch.empty(T, C, device=device)                    # (T, C) rank-major
         dist.all_gather_into_tensor(pos_grad, lss.model.pos_emb.grad.contiguous())
+        pos_grad = seq.to_global_order(pos_grad)                       # (T, C) token order
         grads = {n: (pos_grad if n == "pos_emb" else p.grad.clone())
                  for n, p in lss.model.named_parameters()}
         # Step 2: the AdamW update, then the loss of the updated model.
@@ -764,12 +876,14 @@ def run_check(args, world: int, rank: int, local_rank: int) -> int:
     verdict = torch.tensor([1 if worst <= CHECK_TOLERANCE else 0], device=device)
     dist.broadcast(verdict, src=0)
     if rank == 0:
-        print(f"--check: lss (P={world}) vs serial, L={L} C={C} H={H} V={V} B={B} T={T}, fp32, "
+        print(f"--check: lss (P={world}, {'zigzag' if args.zigzag else 'contiguous'}) vs "
+              f"serial, L={L} C={C} H={H} V={V} B={B} T={T}, fp32, "
               f"sdpa {sdpa}, mode {args.mode}, device {device.type}")
         for line in lines:
             print("  " + line)
         print(f"  worst {worst:.3e}, tolerance {CHECK_TOLERANCE:.0e}: "
               f"{'PASS' if verdict.item() else 'FAIL'}")
+    dist.barrier()
     dist.destroy_process_group()
     return EXIT_OK if verdict.item() else EXIT_FAILED
 
