@@ -75,7 +75,8 @@ run_section() {
       peer peer_serial_compile_T16K 1 240 --strategy serial --mode compile --seq 16K
       local T=$((16 * gpus))K
       point lss_zigzag_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6
-      peer peer_lss_eager_w${gpus}_T$T "$gpus" 200 --strategy lss --mode eager --seq "$T" ;;
+      peer peer_lss_eager_w${gpus}_T$T "$gpus" 200 --strategy lss --mode eager --seq "$T"
+      peer peer_lss_zigzag_eager_w${gpus}_T$T "$gpus" 200 --strategy lss --zigzag --mode eager --seq "$T" ;;
     overlap)
       for o in overlap no-overlap; do
         point lss_contig_${o}_w${gpus}_T64K "$gpus" 120 --strategy lss --sp "$gpus" --$o --seq 64K --warmup 2 --iters 6
