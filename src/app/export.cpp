@@ -1,6 +1,7 @@
 #include "app/export.h"
 
 #include "core/safetensors.h"
+#include "lss_git_commit.h"
 
 namespace lss {
 

@@ -20,6 +20,7 @@
 #include "core/fileio.h"
 #include "core/init.h"
 #include "core/options.h"
+#include "lss_git_commit.h"
 #ifdef LSS_HAVE_CUDA
 #include <cuda_runtime.h>
 
