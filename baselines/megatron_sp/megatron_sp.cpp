@@ -107,8 +107,6 @@ class MegatronSpStrategy final : public Strategy {
                         CollKind::reduce_scatter, full, L, fc});
     }
     add_gradient_bounds(m, store_, 48 * NF * C * Cl);
-    if (!ctx_.opts.overlap)
-      for (auto& c : m.comm) c.hidden_by_flops = 0;
     return m;
   }
 
@@ -188,36 +186,15 @@ class MegatronSpStrategy final : public Strategy {
     mlp_forward(w, a.h_mid.view(), a.h_out.view(), a, keep_ln);
   }
 
-  // All-gathers local rows (T/P of them) into all T rows; wait() before reading the result.
-  struct Pending {
-    Buffer out;
-    CommHandle handle;
-  };
-  Pending start_gather_rows(View local) {
-    Pending g{ctx_.backend.alloc(ctx_.cfg.dtype, P_ * local.numel), {}};
-    g.handle = ctx_.grid.seq->start_all_gather(local, g.out.view());
-    wait_unless_overlap(*ctx_.grid.seq, g.handle);
-    return g;
-  }
-  Buffer wait(Pending& p) {
-    ctx_.grid.seq->wait(p.handle);
-    return std::move(p.out);
-  }
+  // All-gathers local rows (T/P of them) into all T rows.
   Buffer gather_rows(View local) {
-    Pending g = start_gather_rows(local);
-    return wait(g);
+    PendingCollective g = start_seq_all_gather(local);
+    return finish(g);
   }
-  // Sums a (T*Bl, C) partial result over the tensor group into this rank's T/P rows; `partial`
-  // must stay alive until wait().
-  Pending start_scatter_rows(View partial) {
-    Pending r{ctx_.backend.alloc(ctx_.cfg.dtype, partial.numel / P_), {}};
-    r.handle = ctx_.grid.seq->start_reduce_scatter(partial, r.out.view());
-    wait_unless_overlap(*ctx_.grid.seq, r.handle);
-    return r;
-  }
+  // Sums a (T*Bl, C) partial result over the tensor group into this rank's T/P rows.
   Buffer scatter_rows(Buffer& partial) {
-    Pending r = start_scatter_rows(partial.view());
-    Buffer local = wait(r);
+    PendingCollective r = start_seq_reduce_scatter(partial.view());
+    Buffer local = finish(r);
     partial.reset();
     return local;
   }
@@ -228,15 +205,15 @@ class MegatronSpStrategy final : public Strategy {
   Buffer column_parallel_backward(Buffer& x_full, View x_local, View dy, View W, View dW, View db, int64_t in,
                                   int64_t out) {
     Backend& be = ctx_.backend;
-    Pending regather;
-    if (!x_full) regather = start_gather_rows(x_local);
+    PendingCollective regather;
+    if (!x_full) regather = start_seq_all_gather(x_local);
     Buffer dx_full = be.alloc(ctx_.cfg.dtype, NF_ * in);  // (T*Bl, in) partial sums over the tensor group
     linear_backward(be, dx_full.view(), 0.0, View{}, View{}, dy, View{}, W, NF_, in, out);
-    if (!x_full) x_full = wait(regather);
-    Pending dx = start_scatter_rows(dx_full.view());
+    if (!x_full) x_full = finish(regather);
+    PendingCollective dx = start_seq_reduce_scatter(dx_full.view());
     linear_backward(be, View{}, 0.0, dW, db, dy, x_full.view(), W, NF_, in, out);
     x_full.reset();
-    Buffer dx_local = wait(dx);
+    Buffer dx_local = finish(dx);
     dx_full.reset();
     return dx_local;
   }

@@ -121,13 +121,13 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   Backend& be = session.backend();
   const Grid& grid = session.grid();
   const BoundModel model = session.strategy().bound_model();
-  const double B = static_cast<double>(m.B), T = static_cast<double>(m.T), C = static_cast<double>(m.C);
-  const double L = static_cast<double>(m.L), V = static_cast<double>(m.V);
+  const double L = static_cast<double>(m.L);
   const int recompute = rc.strategy_opts.recompute ? 1 : 0;
   // Dense GEMM FLOPs per rank (QKV, out-projection, MLP: 24·B·T·C² per layer forward; LM head
   // 2·B·T·C·V), 3× forward for training plus one forward of the blocks with recomputation; for
   // the record, and to turn the FLOPs beside a collective into time.
-  const double gemm_flops = ((3.0 + recompute) * L * 24.0 * B * T * C * C + 3.0 * 2.0 * B * T * C * V) / grid.world;
+  const FlopCount flops = model_flops(m);
+  const double gemm_flops = ((3.0 + recompute) * flops.blocks_gemm_forward + 3.0 * flops.head_forward) / grid.world;
   const int64_t rows = m.T * m.B / grid.world;  // LayerNorm / residual rows of every strategy
   double gemm_s = 0;
   for (const auto& lin : model.layer_linears) {
@@ -154,7 +154,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes);
     if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt);
     const double t = measured[key];
-    const double hidden = c.hidden_by_flops / (gemm_tflops * 1e12);
+    // Under --no-overlap every collective runs where it is needed: nothing beside it.
+    const double hidden = rc.strategy_opts.overlap ? c.hidden_by_flops / (gemm_tflops * 1e12) : 0.0;
     const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
     comm_s += exposed;
     comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},

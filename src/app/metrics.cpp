@@ -11,7 +11,9 @@ FlopCount model_flops(const ModelConfig& cfg) {
   const double dense = 24.0 * B * T * C * C;
   const double attention = 4.0 * B * T * T * C * (cfg.causal ? 0.5 : 1.0);
   FlopCount f;
-  f.forward = L * (dense + attention) + 2.0 * B * T * C * V;
+  f.blocks_gemm_forward = L * dense;
+  f.head_forward = 2.0 * B * T * C * V;
+  f.forward = L * (dense + attention) + f.head_forward;
   f.step = 3.0 * f.forward;
   f.convention = std::string("model FLOPs, 3 x forward; forward = L*(24*B*T*C^2 + 4*B*T^2*C") +
                  (cfg.causal ? " * 1/2 (causal)" : "") + ") + 2*B*T*C*V; recomputation not counted";

@@ -13,6 +13,8 @@ namespace lss {
 // halved for causal masks; LM head 2*B*T*C*V.
 struct FlopCount {
   double forward = 0, step = 0;
+  // Forward parts: the blocks' dense GEMMs (L·24·B·T·C²) and the LM head (2·B·T·C·V).
+  double blocks_gemm_forward = 0, head_forward = 0;
   std::string convention;
 };
 FlopCount model_flops(const ModelConfig& cfg);

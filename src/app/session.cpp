@@ -12,11 +12,14 @@
 namespace lss {
 
 namespace {
-double comm_seconds(const Grid& g) {
-  return g.seq->counts().seconds + g.data->counts().seconds + g.world_comm->counts().seconds;
-}
-double exposed_seconds(const Grid& g) {
-  return g.seq->counts().exposed_seconds + g.data->counts().exposed_seconds + g.world_comm->counts().exposed_seconds;
+// Seconds in collectives and of them exposed, over the grid's groups so far.
+std::pair<double, double> comm_seconds(const Grid& g) {
+  double in_collectives = 0, exposed = 0;
+  for (const Communicator* c : {g.seq.get(), g.data.get(), g.world_comm.get()}) {
+    in_collectives += c->counts().seconds;
+    exposed += c->counts().exposed_seconds;
+  }
+  return {in_collectives, exposed};
 }
 }  // namespace
 
@@ -60,7 +63,7 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 Session::~Session() = default;
 
 double Session::forward_backward(int64_t step, StepTimes* times) {
-  const double c0 = comm_seconds(grid_), e0 = exposed_seconds(grid_);
+  const auto [c0, e0] = comm_seconds(grid_);
   const Backend::Marker m0 = backend_->mark();
   strategy_->params().zero_grads();
   const double local = strategy_->forward(step);
@@ -74,8 +77,9 @@ double Session::forward_backward(int64_t step, StepTimes* times) {
   if (times) {
     times->forward = backend_->seconds_between(m0, m1);
     times->backward = backend_->seconds_between(m1, m2);
-    times->comm = comm_seconds(grid_) - c0;
-    times->comm_exposed = exposed_seconds(grid_) - e0;
+    const auto [c1, e1] = comm_seconds(grid_);
+    times->comm = c1 - c0;
+    times->comm_exposed = e1 - e0;
   }
   return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
 }

@@ -43,9 +43,23 @@ Backend::Marker Communicator::start_timer() {
   return m;
 }
 
-void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
+void Communicator::count(CollKind k, size_t bytes) {
   counts_.calls[static_cast<int>(k)] += 1;
   counts_.bytes[static_cast<int>(k)] += static_cast<int64_t>(bytes);
+}
+
+void Communicator::check_all_gather(View send, View recv, const char* what) const {
+  LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
+            name_ + "." + what + ": recv must hold size x send elements of the same type");
+}
+
+void Communicator::check_reduce_scatter(View send, View recv, const char* what) const {
+  LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel * size_,
+            name_ + "." + what + ": send must hold size x recv elements of the same type");
+}
+
+void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
+  count(k, bytes);
   if (timer_) {
     pending_.push_back({start, timer_->mark(), k});
   } else {
@@ -64,8 +78,7 @@ CommHandle Communicator::start(CollKind k, size_t bytes, View output, const std:
     finish(k, bytes, t0);
     return {true, -1};
   }
-  counts_.calls[static_cast<int>(k)] += 1;
-  counts_.bytes[static_cast<int>(k)] += static_cast<int64_t>(bytes);
+  count(k, bytes);
   return {true, start_async(k, output, enqueue)};
 }
 
@@ -109,8 +122,7 @@ void Communicator::set_counts(const CommCounts& c) {
 
 void Communicator::all_gather(View send, View recv) {
   require_idle("all_gather");
-  LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
-            name_ + ".all_gather: recv must hold size x send elements of the same type");
+  check_all_gather(send, recv, "all_gather");
   if (size_ == 1) return local_copy(recv, send);
   const auto t0 = start_timer();
   do_all_gather(send, recv);
@@ -119,8 +131,7 @@ void Communicator::all_gather(View send, View recv) {
 
 void Communicator::reduce_scatter(View send, View recv) {
   require_idle("reduce_scatter");
-  LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel * size_,
-            name_ + ".reduce_scatter: send must hold size x recv elements of the same type");
+  check_reduce_scatter(send, recv, "reduce_scatter");
   if (size_ == 1) return local_copy(recv, send);
   const auto t0 = start_timer();
   do_reduce_scatter(send, recv);
@@ -146,8 +157,7 @@ void Communicator::all_to_all(View send, View recv) {
 }
 
 CommHandle Communicator::start_all_gather(View send, View recv) {
-  LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
-            name_ + ".start_all_gather: recv must hold size x send elements of the same type");
+  check_all_gather(send, recv, "start_all_gather");
   if (size_ == 1) {
     local_copy(recv, send);
     return {};
@@ -156,8 +166,7 @@ CommHandle Communicator::start_all_gather(View send, View recv) {
 }
 
 CommHandle Communicator::start_reduce_scatter(View send, View recv) {
-  LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel * size_,
-            name_ + ".start_reduce_scatter: send must hold size x recv elements of the same type");
+  check_reduce_scatter(send, recv, "start_reduce_scatter");
   if (size_ == 1) {
     local_copy(recv, send);
     return {};

@@ -116,6 +116,10 @@ class Communicator {
   };
   Backend::Marker start_timer();
   void finish(CollKind k, size_t bytes, const Backend::Marker& start);
+  void count(CollKind k, size_t bytes);
+  // The operand shapes of a gather / reduce-scatter, blocking or started (`what` names the call).
+  void check_all_gather(View send, View recv, const char* what) const;
+  void check_reduce_scatter(View send, View recv, const char* what) const;
   CommHandle start(CollKind k, size_t bytes, View output, const std::function<void()>& enqueue);
   void require_idle(const char* what) const;
   std::string name_;

@@ -47,11 +47,16 @@ std::pair<int64_t, int64_t> Strategy::bucket_range(const ParamStore& store, cons
   return {begin, end};
 }
 
+std::vector<std::string> Strategy::bucket_keys() const {
+  std::vector<std::string> keys = {"head"};
+  for (int64_t l = ctx_.cfg.L - 1; l >= 0; --l) keys.push_back(std::to_string(l));
+  keys.push_back("embed");
+  return keys;
+}
+
 int64_t Strategy::gradient_buckets(const ParamStore& store) const {
   int64_t n = 0;
-  std::vector<std::string> keys = {"head", "embed"};
-  for (int64_t l = 0; l < ctx_.cfg.L; ++l) keys.push_back(std::to_string(l));
-  for (const auto& k : keys) {
+  for (const auto& k : bucket_keys()) {
     const auto [b, e] = bucket_range(store, k);
     if (e > b) ++n;
   }
@@ -60,14 +65,14 @@ int64_t Strategy::gradient_buckets(const ParamStore& store) const {
 
 void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const {
   const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(ctx_.cfg.dtype)));
-  auto add = [&](const std::string& key, double hidden) {
-    const auto [b, e] = bucket_range(store, key);
-    if (e > b && ctx_.grid.P > 1)
-      m.comm.push_back({"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1, hidden});
-  };
-  add("head", block_backward_flops);
-  for (int64_t l = ctx_.cfg.L - 1; l >= 0; --l) add(std::to_string(l), l > 0 ? block_backward_flops : 0.0);
-  add("embed", 0.0);
+  if (ctx_.grid.P > 1)
+    for (const auto& key : bucket_keys()) {
+      const auto [b, e] = bucket_range(store, key);
+      // Every bucket but layer 0's and the embeddings' has a block's backward still to run beside it.
+      const double hidden = key == "0" || key == "embed" ? 0.0 : block_backward_flops;
+      if (e > b)
+        m.comm.push_back({"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1, hidden});
+    }
   if (ctx_.grid.R > 1)
     m.comm.push_back({"gradient all-reduce, data group", "dp", CollKind::all_reduce, store.numel() * es_grad, 1, 0.0});
 }
@@ -92,6 +97,25 @@ void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   CommHandle h = ctx_.grid.seq->start_all_reduce(store.all_grads().slice(b, e - b));
   wait_unless_overlap(*ctx_.grid.seq, h);
   buckets_in_flight_.push_back(h);
+}
+
+Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
+  PendingCollective g{ctx_.backend.alloc(local.dtype, ctx_.grid.P * local.numel), {}};
+  g.handle = ctx_.grid.seq->start_all_gather(local, g.out.view());
+  wait_unless_overlap(*ctx_.grid.seq, g.handle);
+  return g;
+}
+
+Strategy::PendingCollective Strategy::start_seq_reduce_scatter(View full) {
+  PendingCollective r{ctx_.backend.alloc(full.dtype, full.numel / ctx_.grid.P), {}};
+  r.handle = ctx_.grid.seq->start_reduce_scatter(full, r.out.view());
+  wait_unless_overlap(*ctx_.grid.seq, r.handle);
+  return r;
+}
+
+Buffer Strategy::finish(PendingCollective& p) {
+  ctx_.grid.seq->wait(p.handle);
+  return std::move(p.out);
 }
 
 void Strategy::head_gradients_ready(ParamStore& store) { start_bucket(store, "head"); }

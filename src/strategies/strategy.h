@@ -47,7 +47,7 @@ struct BoundModel {
     CollKind kind = CollKind::all_gather;
     int64_t bytes = 0;  // per call, communicator.h's convention
     int64_t calls = 0;
-    double hidden_by_flops = 0;  // GEMM FLOPs of the same rank that run beside each call
+    double hidden_by_flops = 0;  // GEMM FLOPs of the same rank that run beside each call (with --overlap)
   };
   std::vector<Comm> comm;
 };
@@ -93,14 +93,23 @@ class Strategy {
   int64_t gradient_buckets(const ParamStore& store) const;
   // The gradient all-reduces of the bound model: the head's and layer l's (l > 0) buckets run
   // beside the next block's backward (`block_backward_flops` of GEMMs); layer 0's, the
-  // embeddings' and the data group's are exposed.
+  // embeddings' and the data group's are exposed. (The harness prices every collective as
+  // exposed under --no-overlap.)
   void add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const;
   // The shape of an attention call for the bound model.
   AttentionArgs attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const;
-  // Waits at once unless collectives overlap compute (the --no-overlap order).
-  void wait_unless_overlap(Communicator& comm, CommHandle& h) {
-    if (!ctx_.opts.overlap) comm.wait(h);
-  }
+  // A collective of the sequence group in flight and the new buffer it writes; with
+  // --no-overlap it has already finished. Its input must stay alive and unchanged until finish().
+  struct PendingCollective {
+    Buffer out;
+    CommHandle handle;
+  };
+  // All-gathers `local` over the sequence group into P x its elements.
+  PendingCollective start_seq_all_gather(View local);
+  // Reduce-scatters `full` over the sequence group into 1/P of its elements.
+  PendingCollective start_seq_reduce_scatter(View full);
+  // Waits for it and hands over its buffer.
+  Buffer finish(PendingCollective& p);
   // Uploads this rank's window of step `step`: sequences [b0, b0+nb) at the positions of
   // `ranges` one after the other, each (count, nb) T-major; int32 tokens and targets.
   void upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,
@@ -112,6 +121,12 @@ class Strategy {
   // [begin, end) of the flat gradient holding bucket `key`'s sequence-reduced entries ("head",
   // "embed", or the layer index); empty when it has none.
   std::pair<int64_t, int64_t> bucket_range(const ParamStore& store, const std::string& key) const;
+  // The bucket keys in the order backward finishes them: head, layers L-1..0, embeddings.
+  std::vector<std::string> bucket_keys() const;
+  // Waits at once unless collectives overlap compute (the --no-overlap order).
+  void wait_unless_overlap(Communicator& comm, CommHandle& h) {
+    if (!ctx_.opts.overlap) comm.wait(h);
+  }
   void start_bucket(ParamStore& store, const std::string& key);
   std::vector<CommHandle> buckets_in_flight_;
 };

@@ -86,8 +86,6 @@ class LssStrategy final : public Strategy {
       m.comm.push_back({"dK/dV reduce-scatter", "sp", CollKind::reduce_scatter, kv_bytes, cfg.L, q_backward});
     }
     add_gradient_bounds(m, store_, 48 * N * C * C);
-    if (!ctx_.opts.overlap)
-      for (auto& c : m.comm) c.hidden_by_flops = 0;
     return m;
   }
 
@@ -136,7 +134,7 @@ class LssStrategy final : public Strategy {
       }
       a.h_out.reset();
       // The re-gather of [K|V] runs while the MLP's backward computes.
-      PendingGather regather;
+      PendingCollective regather;
       if (!a.kv_full) regather = start_gather_kv(a);
       mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
       if (!a.kv_full) a.kv_full = finish_gather_kv(regather);
@@ -237,25 +235,14 @@ class LssStrategy final : public Strategy {
     }
   }
 
-  // An all-gather of [K|V] in flight; kv_local must stay alive until finish_gather_kv.
-  struct PendingGather {
-    Buffer gathered;  // (P*Tl*Bl, 2C) rank-major
-    CommHandle handle;
-  };
-  PendingGather start_gather_kv(const Layer& a) {
-    PendingGather g;
-    g.gathered = ctx_.backend.alloc(ctx_.cfg.dtype, ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C);
-    g.handle = ctx_.grid.seq->start_all_gather(a.kv_local.view(), g.gathered.view());
-    wait_unless_overlap(*ctx_.grid.seq, g.handle);
-    return g;
-  }
+  // The all-gather of [K|V] (rank-major); kv_local must stay alive until finish_gather_kv.
+  PendingCollective start_gather_kv(const Layer& a) { return start_seq_all_gather(a.kv_local.view()); }
   // The gathered [K|V] of all T tokens in global order.
-  Buffer finish_gather_kv(PendingGather& g) {
-    ctx_.grid.seq->wait(g.handle);
-    if (!ctx_.opts.zigzag) return std::move(g.gathered);
-    Buffer global = ctx_.backend.alloc(ctx_.cfg.dtype, g.gathered.numel());  // (T*Bl, 2C)
-    reorder_kv(g.gathered.view(), global.view(), true);
-    g.gathered.reset();
+  Buffer finish_gather_kv(PendingCollective& g) {
+    Buffer gathered = finish(g);  // (P*Tl*Bl, 2C) rank-major
+    if (!ctx_.opts.zigzag) return gathered;
+    Buffer global = ctx_.backend.alloc(ctx_.cfg.dtype, gathered.numel());  // (T*Bl, 2C)
+    reorder_kv(gathered.view(), global.view(), true);
     return global;
   }
 
@@ -272,7 +259,7 @@ class LssStrategy final : public Strategy {
     be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
     // K and V first, so that their all-gather runs while Q is projected.
     linear_forward(be, a.kv_local.view(), a.ln_out.view(), wkv(w.attn_w), bkv(w.attn_b), N, C, 2 * C);
-    PendingGather gather = start_gather_kv(a);
+    PendingCollective gather = start_gather_kv(a);
     linear_forward(be, a.q.view(), a.ln_out.view(), wq(w.attn_w), bq(w.attn_b), N, C, C);
     Buffer kv_full = finish_gather_kv(gather);
     a.attn_out = be.alloc(cfg.dtype, N * C);
@@ -346,13 +333,11 @@ class LssStrategy final : public Strategy {
     a.lse.reset();
     // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows; it runs while
     // the Q projection's backward computes.
-    Buffer dkv_local = be.alloc(cfg.dtype, N * 2 * C);  // (N, 2C)
-    CommHandle scatter = ctx_.grid.seq->start_reduce_scatter(dkv_full.view(), dkv_local.view());
-    wait_unless_overlap(*ctx_.grid.seq, scatter);
+    PendingCollective scatter = start_seq_reduce_scatter(dkv_full.view());
     Buffer d_ln = std::move(d_attn);  // (N, C), reused: d_attn is dead after attention backward
     linear_backward(be, d_ln.view(), 0.0, wq(g.attn_w), bq(g.attn_b), dq.view(), a.ln_out.view(), wq(w.attn_w), N, C,
                     C);
-    ctx_.grid.seq->wait(scatter);
+    const Buffer dkv_local = finish(scatter);  // (N, 2C)
     dkv_full.reset();
     linear_backward(be, d_ln.view(), 1.0, wkv(g.attn_w), bkv(g.attn_b), dkv_local.view(), a.ln_out.view(),
                     wkv(w.attn_w), N, C, 2 * C);
