@@ -4,6 +4,7 @@
 set -u
 lssbench=$(realpath "$1")
 mpiexec=$2
+root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failures=0
@@ -41,6 +42,16 @@ ok = ok and abs(b["step_over_bound"] - r["timing"]["median_ms"] / b["bound_ms"])
 sys.exit(0 if ok else 1)
 PY
   then failures=$((failures + 1)); echo "FAIL: $name: analytic bound"; return; fi
+  # On CPU ranks every collective blocks: all the time in collectives is exposed.
+  if ! python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timing']; sys.exit(0 if abs(t['comm_exposed_median_ms'] - t['comm_median_ms']) <= 1e-9 * max(1.0, t['comm_median_ms']) else 1)" "$work/$name.json"; then
+    failures=$((failures + 1)); echo "FAIL: $name: exposed communication differs from time in collectives on CPU"; return
+  fi
+  # The binary names the commit it was built from: this checkout's HEAD (with -dirty when modified).
+  if head=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null); then
+    if ! python3 -c "import json,sys; c=json.load(open(sys.argv[1]))['machine']['git_commit']; sys.exit(0 if c.split('-')[0] == sys.argv[2] else 1)" "$work/$name.json" "$head"; then
+      failures=$((failures + 1)); echo "FAIL: $name: machine.git_commit is not HEAD ($head)"; return
+    fi
+  fi
   echo "ok:   $name"
 }
 point 1 serial --strategy serial
