@@ -165,9 +165,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   session.reset_counts();
   // Every rank's bound and attention time: ranks whose attention differs make the faster ones
   // wait at the next collective (load imbalance), which the exposed communication then shows.
-  int rank = 0, world = 1;
-  LSS_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
-  LSS_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
+  const int world = grid.world;
   const double mine[2] = {gemm_s + attention_s + elementwise_s + optimizer_s + comm_s, attention_s};
   std::vector<double> all(2 * static_cast<size_t>(world));
   LSS_MPI_CHECK(MPI_Allgather(mine, 2, MPI_DOUBLE, all.data(), 2, MPI_DOUBLE, MPI_COMM_WORLD));
