@@ -5,15 +5,19 @@
 # Sections (run in the order given):
 #   tests     the CUDA step test on every GPU (all strategies, grids, overlap on) and the kernel tests
 #   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
-#   peers     our serial step and the PyTorch peer (bench/peers/torch_step.py) serial eager and
-#             compile at T=16K; our lss and the peer's on every GPU at T=16K x GPUs
+#   peers     peers-serial, then peers-lss
+#   peers-serial  our serial step and the PyTorch peer (bench/peers/torch_step.py) serial eager and
+#             compile at T=16K, one after the other on one card
+#   peers-lss our lss (zigzag) and the peer's (contiguous and zigzag) on every GPU at T=16K x GPUs
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   attention bench_attention (own flash kernel and cuDNN)
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
-#               $OUT/sweeps/<name>/
+#               .gpu-keep/sweeps/<name>/ and then copied to $OUT/sweeps/<name>/: .gpu-keep/ is ignored
+#               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
+#               limit resumes in the next call (the sweep skips the points it has)
 # Output in $OUT: log.txt, summary.txt (one line per point), points/ (every result JSON) and
 # sweeps/<name>/ (each sweep's folder), written as the runs finish.
 set -u
@@ -31,6 +35,7 @@ gpus=$(sys nvidia-smi -L | grep -c "^GPU")
 # Straight into $OUT, so that what finished comes back even when the call is cut at its limit.
 res=$out/points
 sweeps=$out/sweeps
+keep=$root/.gpu-keep/sweeps
 mkdir -p "$res"
 budget=${LSS_TIME_BUDGET_S:-570}
 model="--layers 4 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda"
@@ -68,11 +73,13 @@ run_section() {
     serial)
       point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
-    peers)
+    peers) run_section peers-serial; run_section peers-lss ;;
+    peers-serial)
       # Our serial step in the same call, so that the ratio compares one card with itself.
       point serial_beside_peer_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       peer peer_serial_eager_T16K 1 150 --strategy serial --mode eager --seq 16K
-      peer peer_serial_compile_T16K 1 240 --strategy serial --mode compile --seq 16K
+      peer peer_serial_compile_T16K 1 240 --strategy serial --mode compile --seq 16K ;;
+    peers-lss)
       local T=$((16 * gpus))K
       point lss_zigzag_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6
       peer peer_lss_eager_w${gpus}_T$T "$gpus" 200 --strategy lss --mode eager --seq "$T"
@@ -93,8 +100,11 @@ run_section() {
       step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json ;;
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
-      mkdir -p "$sweeps"
-      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$sweeps/$(basename "$2" .json)" ;;
+      local name
+      name=$(basename "$2" .json)
+      mkdir -p "$keep" "$sweeps"
+      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$keep/$name"
+      rm -rf "${sweeps:?}/$name" && cp -r "$keep/$name" "$sweeps/$name" ;;
     long)
       local big="--layers 16 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda --recompute --seq $2 --warmup 0 --iters 1 --no-measure-peak"
       step lss_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy lss --sp "$gpus" --zigzag --out "$res/lss_long_w${gpus}_T$2.json"
