@@ -15,11 +15,13 @@
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
-#               .gpu-keep/sweeps/<name>/ and then copied to $OUT/sweeps/<name>/: .gpu-keep/ is ignored
+#               .gpu-keep/sweeps/<name>/, packed into $OUT/sweeps.tar.gz: .gpu-keep/ is ignored
 #               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
 #               limit resumes in the next call (the sweep skips the points it has)
-# Output in $OUT: log.txt, summary.txt (one line per point), points/ (every result JSON) and
-# sweeps/<name>/ (each sweep's folder), written as the runs finish.
+# Output in $OUT: log.txt, summary.txt (one line per point), points.tar.gz (every result JSON of this
+# call) and sweeps.tar.gz (every sweep folder in .gpu-keep/sweeps/), packed again after each run so
+# that what finished comes back even when the call is cut at its limit. Archives, because the
+# device tool returns at most 8 files, none more than two folders down.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
@@ -32,11 +34,13 @@ sys() { LD_LIBRARY_PATH=$orig_ld "$@"; }
 export PATH=$dev/mpich/bin:$PATH LD_LIBRARY_PATH=$dev/lib:$dev/mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export NCCL_NVLS_ENABLE=0
 gpus=$(sys nvidia-smi -L | grep -c "^GPU")
-# Straight into $OUT, so that what finished comes back even when the call is cut at its limit.
-res=$out/points
-sweeps=$out/sweeps
 keep=$root/.gpu-keep/sweeps
+res=$(mktemp -d "${TMPDIR:-/tmp}/lss-points.XXXXXX")/points
 mkdir -p "$res"
+pack() {
+  tar -C "$(dirname "$res")" -czf "$out/points.tar.gz.tmp" points && mv "$out/points.tar.gz.tmp" "$out/points.tar.gz"
+  [ -d "$keep" ] && tar -C "$(dirname "$keep")" -czf "$out/sweeps.tar.gz.tmp" sweeps && mv "$out/sweeps.tar.gz.tmp" "$out/sweeps.tar.gz"
+}
 budget=${LSS_TIME_BUDGET_S:-570}
 model="--layers 4 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda"
 failed=0
@@ -50,6 +54,7 @@ step() {  # NAME LIMIT COMMAND...
   timeout --kill-after=10 "$limit" "$@"
   local rc=$?
   echo ">>> rc=$rc $name"
+  pack
   [ $rc -eq 0 ] || [ $rc -eq 77 ] || failed=1
 }
 point() {  # NAME NPROC LIMIT lssbench-run-args...
@@ -69,7 +74,7 @@ run_section() {
   case $1 in
     tests)
       step test_cuda_kernels 120 "$dev/bin/test_cuda_kernels" --gtest_brief=1
-      step test_strategies_cuda 200 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" --gtest_brief=1 ;;
+      step test_strategies_cuda 450 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" --gtest_brief=1 ;;
     serial)
       point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
@@ -102,9 +107,8 @@ run_section() {
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       local name
       name=$(basename "$2" .json)
-      mkdir -p "$keep" "$sweeps"
-      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$keep/$name"
-      rm -rf "${sweeps:?}/$name" && cp -r "$keep/$name" "$sweeps/$name" ;;
+      mkdir -p "$keep"
+      step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$keep/$name" ;;
     long)
       local big="--layers 16 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda --recompute --seq $2 --warmup 0 --iters 1 --no-measure-peak"
       step lss_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy lss --sp "$gpus" --zigzag --out "$res/lss_long_w${gpus}_T$2.json"

@@ -100,6 +100,27 @@ LSS_FAKE_OOM_ABOVE=300 "$lssbench" sweep maxseq.json --out maxseq > maxseq.log 2
 res=$(python3 -c "import json,glob; m=json.load(open(glob.glob('maxseq/aggregate-*.json')[0]))['max_seq'][0]; print(m['max_seq'], m['first_failing_seq'], m['failure'])" 2>/dev/null)
 if [ "$res" = "288 320 oom" ]; then ok "max-seq search: 288 trains, 320 runs out of memory"; else bad "max-seq search: '$res'"; cat maxseq.log; fi
 
+# ---- max-sequence search killed during a probe (the fake hangs at 128): exit 130, nothing
+# recorded for that probe, no crash; the rerun finds the points done before
+cat > maxseq_kill.json <<EOF2
+{"name": "maxseq_kill", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], $model,
+ "max_seq": {"granularity": 32, "limit": 4096}, "timeout_s": 60, "binary": "$fake"}
+EOF2
+"$lssbench" sweep maxseq_kill.json --out maxseq_kill > maxseq_kill1.log 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+  grep -q "probe 1" maxseq_kill1.log 2>/dev/null && break
+  sleep 0.1
+done
+sleep 0.5
+kill -TERM $pid
+wait $pid
+rc1=$?
+if [ $rc1 -eq 130 ] && grep -q "rerun the same command" maxseq_kill1.log && ! grep -q "failed" maxseq_kill1.log \
+   && [ "$(ls maxseq_kill/points)" = "maxseq_lss_w1_sp1_T64.json" ]; then
+  ok "max-seq search killed during a probe: exit 130, the finished probe kept, the killed one not recorded"
+else bad "max-seq search killed: exit $rc1, points $(ls maxseq_kill/points 2>&1)"; cat maxseq_kill1.log; fi
+
 # ---- Slurm batch script
 cat > slurm.json <<EOF2
 {"name": "big", "mode": "weak", "strategies": ["lss"], "world": [8, 16], "seq": [1024], $model}

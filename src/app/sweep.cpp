@@ -504,6 +504,7 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
         pt.args.insert(pt.args.end(), {"--iters", "1", "--warmup", "0", "--no-measure-peak"});
         bool ran = false;
         json r = run_point(spec, binary, pt, out, &ran);
+        if (r.is_null()) return r;  // interrupted: nothing recorded, the search stops below
         ran_count += ran;
         ++done;
         // The number of probes is not known in advance: no ETA, a running count.
@@ -516,6 +517,7 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
       std::string bad_status;
       for (int64_t T = (base.seq + step - 1) / step * step; T <= limit && !g_stop; T *= 2) {
         const json r = probe(T);
+        if (r.is_null()) break;
         if (point_ok(r)) good = T;
         else {
           bad = T;
@@ -527,12 +529,14 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
         const int64_t mid = (good + bad) / 2 / step * step;
         if (mid <= good) break;
         const json r = probe(mid);
+        if (r.is_null()) break;
         if (point_ok(r)) good = mid;
         else {
           bad = mid;
           bad_status = r.value("status", "");
         }
       }
+      if (g_stop) break;
       searches.push_back({{"strategy", base.strategy}, {"world", base.world}, {"sp", base.sp},
                           {"max_seq", good ? json(good) : json(nullptr)},
                           {"first_failing_seq", bad ? json(bad) : json(nullptr)},
