@@ -52,7 +52,11 @@ def load_sweep(folder):
                     raise InputError(f"{p}: result without '{field}'")
         r["_path"] = p
         points.append(r)
-    aggs = sorted(glob.glob(os.path.join(folder, "aggregate-*.json")))
+    def by_time(path):  # aggregate-<UTC stamp>[-<n>].json: the n-th aggregate of that second
+        stem = os.path.basename(path)[len("aggregate-"):-len(".json")]
+        stamp, _, n = stem.partition("-")
+        return (stamp, int(n) if n.isdigit() else 1)
+    aggs = sorted(glob.glob(os.path.join(folder, "aggregate-*.json")), key=by_time)
     if not aggs:
         raise InputError(f"{folder}: no aggregate-*.json (the sweep did not finish; rerun it)")
     agg = load_json(aggs[-1])
@@ -222,6 +226,13 @@ def draw(sweeps, out):
         data = by_strategy([{"strategy": e["strategy"], "w": e["world"], "m": e["max_seq"] or 0} for e in maxseq],
                            lambda e: e["w"], lambda e: e["m"])
         series = plot_lines(ax, data, "GPUs (ranks)", "longest trainable T", logx=True)
+        # A search that reached the spec's limit, or was cut short (its aggregate made with
+        # --aggregate-only), gives a lower bound: say so at the point.
+        for e in maxseq:
+            why = "limit" if e.get("limit_reached") else "cut short" if e.get("complete") is False else None
+            if why and e["max_seq"]:
+                ax.annotate(f"\u2265{e['max_seq'] // 1024}K ({why})", (e["world"], e["max_seq"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10 if e["strategy"] == "megatron_sp" else 4))
         charts.save(fig, "max_seq", "Longest trainable sequence", series)
 
     # 6. step time breakdown and communication volume per strategy, at the largest point

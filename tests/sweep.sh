@@ -121,6 +121,18 @@ if [ $rc1 -eq 130 ] && grep -q "rerun the same command" maxseq_kill1.log && ! gr
   ok "max-seq search killed during a probe: exit 130, the finished probe kept, the killed one not recorded"
 else bad "max-seq search killed: exit $rc1, points $(ls maxseq_kill/points 2>&1)"; cat maxseq_kill1.log; fi
 
+# ---- --aggregate-only: runs nothing, aggregates what the folder holds and names what it lacks
+"$lssbench" sweep maxseq_kill.json --out maxseq_kill --aggregate-only > maxseq_agg.log 2>&1
+res=$(python3 -c "import json,glob; a=json.load(open(glob.glob('maxseq_kill/aggregate-*.json')[0])); m=a['max_seq'][0]; print(m['max_seq'], m['complete'], m['limit_reached'], a['points_missing'])" 2>/dev/null)
+if [ "$res" = "64 False False ['maxseq_lss_w1_sp1_T128']" ] && [ "$(ls maxseq_kill/points | wc -l)" -eq 1 ] && grep -q "a lower bound" maxseq_agg.log; then
+  ok "--aggregate-only on a cut max-seq search: max T 64 as a lower bound, the T=128 probe missing, nothing run"
+else bad "--aggregate-only max-seq: '$res'"; cat maxseq_agg.log; fi
+"$lssbench" sweep parts.json --out parts --aggregate-only > parts_agg.log 2>&1
+res=$(python3 -c "import json,glob; import os; a=json.load(open(max(glob.glob('parts/aggregate-*.json'), key=os.path.getmtime))); print(a['points_ok'], a['points_missing'])" 2>/dev/null)
+if [ "$res" = "1 ['lss_w1_sp1_T64', 'lss_w4_sp4_T64']" ] && [ "$(ls parts/points | wc -l)" -eq 1 ]; then
+  ok "--aggregate-only on a sweep run in parts: 1 point aggregated, the 1- and 4-rank points listed as missing"
+else bad "--aggregate-only strong: '$res'"; cat parts_agg.log; fi
+
 # ---- Slurm batch script
 cat > slurm.json <<EOF2
 {"name": "big", "mode": "weak", "strategies": ["lss"], "world": [8, 16], "seq": [1024], $model}

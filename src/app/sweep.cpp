@@ -261,14 +261,17 @@ std::vector<std::string> launch_argv(const SweepSpec& spec, const std::string& b
   return argv;
 }
 
-// Runs one point unless its result exists; returns the point's result JSON.
-json run_point(const SweepSpec& spec, const std::string& binary, const SweepPoint& p, const fs::path& dir, bool* ran) {
+// Runs one point unless its result exists; returns the point's result JSON, or null when the point
+// has no result and was not run (interrupted, or run_missing false).
+json run_point(const SweepSpec& spec, const std::string& binary, const SweepPoint& p, const fs::path& dir, bool run_missing,
+               bool* ran) {
   const fs::path out = dir / "points" / (p.id + ".json");
   *ran = false;
   if (fs::exists(out)) {
     std::ifstream in(out);
     return json::parse(in);
   }
+  if (!run_missing) return json();
   *ran = true;
   const fs::path log = dir / "logs" / (p.id + ".log");
   const Outcome o = run_process(launch_argv(spec, binary, p, out.string()), log.string(), spec.timeout_s);
@@ -407,6 +410,9 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
   p.add_string("partition", "", "--emit-slurm: partition (empty: the cluster's default)");
   p.add_size("max-world", 0, "skip points of more ranks than this (0: run all), e.g. the GPUs of this machine");
   p.add_size("min-world", 0, "skip points of fewer ranks than this (0: run all), to run a sweep in parts");
+  p.add_flag("aggregate-only", false,
+             "run nothing: aggregate the points DIR holds, list the missing ones; a max-sequence search stops at its "
+             "first missing probe and is marked incomplete");
   std::vector<std::string> rest;
   std::string spec_path;
   for (const auto& a : args) {
@@ -463,8 +469,10 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
+  const bool run_missing = !p.flag("aggregate-only");
   std::vector<json> results;
   json searches = json::array();  // max_seq: one search per strategy and grid
+  json missing = json::array();   // --aggregate-only: the points without a result
   const auto t0 = std::chrono::steady_clock::now();
   int ran_count = 0;
   auto progress = [&](size_t done, size_t total, const std::string& what) {
@@ -479,8 +487,12 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
     for (const auto& pt : spec.points) {
       if (g_stop) break;
       bool ran = false;
-      json r = run_point(spec, binary, pt, out, &ran);
+      json r = run_point(spec, binary, pt, out, run_missing, &ran);
       if (g_stop && r.is_null()) break;
+      if (r.is_null()) {
+        missing.push_back(pt.id);
+        continue;
+      }
       ran_count += ran;
       ++done;
       progress(done, spec.points.size(),
@@ -503,8 +515,11 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
           if (pt.args[i] == "--seq") pt.args[i + 1] = std::to_string(T);
         pt.args.insert(pt.args.end(), {"--iters", "1", "--warmup", "0", "--no-measure-peak"});
         bool ran = false;
-        json r = run_point(spec, binary, pt, out, &ran);
-        if (r.is_null()) return r;  // interrupted: nothing recorded, the search stops below
+        json r = run_point(spec, binary, pt, out, run_missing, &ran);
+        if (r.is_null()) {  // interrupted or (--aggregate-only) not run: the search stops below
+          missing.push_back(pt.id);
+          return r;
+        }
         ran_count += ran;
         ++done;
         // The number of probes is not known in advance: no ETA, a running count.
@@ -514,10 +529,14 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
         return r;
       };
       int64_t good = 0, bad = 0;
+      bool complete = true;
       std::string bad_status;
       for (int64_t T = (base.seq + step - 1) / step * step; T <= limit && !g_stop; T *= 2) {
         const json r = probe(T);
-        if (r.is_null()) break;
+        if (r.is_null()) {
+          complete = false;
+          break;
+        }
         if (point_ok(r)) good = T;
         else {
           bad = T;
@@ -529,7 +548,10 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
         const int64_t mid = (good + bad) / 2 / step * step;
         if (mid <= good) break;
         const json r = probe(mid);
-        if (r.is_null()) break;
+        if (r.is_null()) {
+          complete = false;
+          break;
+        }
         if (point_ok(r)) good = mid;
         else {
           bad = mid;
@@ -542,7 +564,9 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
                           {"first_failing_seq", bad ? json(bad) : json(nullptr)},
                           {"failure", bad_status.empty() ? json(nullptr) : json(bad_status)},
                           {"granularity", step}, {"limit", limit},
-                          {"limit_reached", bad == 0 && good > 0}});
+                          {"limit_reached", complete && bad == 0 && good > 0},
+                          // Incomplete (--aggregate-only on a sweep cut short): max_seq is a lower bound.
+                          {"complete", complete}});
     }
   }
   if (g_stop) {
@@ -551,8 +575,13 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
   }
   json a = aggregate_points(results, spec.mode);
   if (spec.mode == "max_seq") a["max_seq"] = searches;
+  a["points_missing"] = missing;
   a["spec"] = spec.raw;
-  const std::string path = (fs::path(out) / ("aggregate-" + utc_timestamp() + ".json")).string();
+  // Two aggregates within one second (an --aggregate-only right after the sweep) get a suffix:
+  // an aggregate is never overwritten.
+  const std::string stamp = utc_timestamp();
+  std::string path = (fs::path(out) / ("aggregate-" + stamp + ".json")).string();
+  for (int n = 2; fs::exists(path); ++n) path = (fs::path(out) / fmt::format("aggregate-{}-{}.json", stamp, n)).string();
   write_file_atomic_no_overwrite(path, a.dump(2) + "\n");
   if (spec.mode != "max_seq") {
     fmt::print("\n{:<34} {:>9} {:>10} {:>10}\n", "point", "status", "step ms", "TFLOP/s");
@@ -564,6 +593,17 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
                  point_ok(r) ? fmt::format("{:.2f}", r["timing"]["median_ms"].get<double>()) : "-",
                  point_ok(r) ? fmt::format("{:.2f}", r["metrics"]["tflops_per_gpu"].get<double>()) : "-");
   }
+  else {
+    fmt::print("\n{:<12} {:>5} {:>10} {:>13}  {}\n", "strategy", "world", "max T", "first failing", "search");
+    for (const auto& e : searches)
+      fmt::print("{:<12} {:>5} {:>10} {:>13}  {}\n", e["strategy"].get<std::string>(), e["world"].get<int>(),
+                 e["max_seq"].is_null() ? "-" : std::to_string(e["max_seq"].get<int64_t>()),
+                 e["first_failing_seq"].is_null() ? "-" : std::to_string(e["first_failing_seq"].get<int64_t>()),
+                 !e["complete"].get<bool>()         ? "incomplete (probes missing): a lower bound"
+                 : e["limit_reached"].get<bool>() ? "limit reached"
+                                                  : e["failure"].is_null() ? "" : e["failure"].get<std::string>());
+  }
+  if (!missing.empty()) fmt::print("{} point(s) without a result: {}\n", missing.size(), missing.dump());
   fmt::print("wrote {}\n", path);
   return 0;
 }
