@@ -185,9 +185,13 @@ class LssStrategy final : public Strategy {
   std::vector<RowRange> segments_of(int p) const {
     if (!ctx_.opts.zigzag) return {{p * Tl_, Tl_}};
     const int64_t Tc = Tl_ / 2;
-    // Rank P-1's two chunks are neighbours (all of the sequence at P = 1): one segment, so that
-    // its attention runs as one call.
-    if (p == P_ - 1) return {{p * Tc, 2 * Tc}};
+    // At P = 1 the two chunks are the whole sequence: one segment, the contiguous order's square
+    // causal call. For P > 1 rank P-1's neighbouring chunks stay two calls like every rank's: one
+    // call of 2c queries on (P+1)c keys computes (2P+2)c² score tiles where the two calls compute
+    // (2P+1)c²: cuDNN's causal mask with a query offset (bottom-right alignment) computes every
+    // tile of the call, masked or not, as far as the per-rank attention times of 4 x H200 tell
+    // (that model predicts them within 3%; PERFORMANCE.md, third session).
+    if (P_ == 1) return {{0, 2 * Tc}};
     return {{p * Tc, Tc}, {(2 * P_ - 1 - p) * Tc, Tc}};
   }
 
