@@ -64,13 +64,14 @@ struct Case {
   bool option;  // lss: keep_kv; megatron_sp: regather_ln
   bool zigzag = false;  // lss: balanced segment order
   bool recompute = false;  // lss: activation checkpointing
+  bool split = false;      // lss: split_causal
 };
 
 std::string case_name(const Case& c, int P, int R) {
   return c.strategy + " P=" + std::to_string(P) + " R=" + std::to_string(R) + " " + dtype_name(c.dtype) +
          (c.causal ? " causal" : " non-causal") + (c.strategy == "lss" ? (c.option ? " keep-kv" : " regather-kv")
                                                                          : (c.option ? " regather-ln" : " keep-ln")) +
-         (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "");
+         (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -85,6 +86,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.keep_kv = c.strategy == "lss" && c.option;
     rc.strategy_opts.regather_ln = c.strategy == "megatron_sp" && c.option;
     rc.strategy_opts.zigzag = c.zigzag;
+    rc.strategy_opts.split_causal = c.split;
     rc.strategy_opts.recompute = c.recompute;
     Session dist(rc, MPI_COMM_WORLD);
     const double loss = dist.forward_backward(0);
@@ -143,6 +145,11 @@ std::vector<Case> all_cases() {
           if (std::string(s) == "lss") out.push_back({s, d, causal, option, true});
           // recomputation (lss: with and without zigzag)
           out.push_back({s, d, causal, option, std::string(s) == "lss" && option, true});
+          // split causal attention: contiguous and zigzag (kept K/V with zigzag), and recomputed
+          if (std::string(s) == "lss" && causal) {
+            out.push_back({s, d, causal, option, option, false, true});
+            out.push_back({s, d, causal, option, !option, true, true});
+          }
         }
   return out;
 }
@@ -151,7 +158,7 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                            const Case& c = info.param;
                            return c.strategy + "_" + dtype_name(c.dtype) + (c.causal ? "_causal" : "_noncausal") +
                                   (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "") +
-                                  (c.recompute ? "_recompute" : "");
+                                  (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "");
                          });
 
 // ---- communication: the README's formulas, written out again here ----

@@ -60,6 +60,7 @@ StrategyOptions options_of(const std::string& variant) {
   if (variant == "zigzag") o.zigzag = true;
   if (variant == "zigzag_recompute") o.zigzag = o.recompute = true;
   if (variant == "zigzag_keepkv") o.zigzag = o.keep_kv = true;
+  if (variant == "zigzag_split") o.zigzag = o.split_causal = true;
   if (variant == "recompute") o.recompute = true;
   if (variant == "keepln") o.regather_ln = false;
   if (variant == "nooverlap") o.overlap = false;
@@ -130,7 +131,7 @@ std::vector<Case> cases() {
   // The options on the GPU path: the balanced order (several attention calls per rank with a
   // query offset and a restricted key range, a scratch sum of dK/dV), recomputation, kept
   // gathers, and the collectives run in order instead of overlapped.
-  for (const char* v : {"zigzag", "zigzag_recompute", "zigzag_keepkv", "nooverlap"}) {
+  for (const char* v : {"zigzag", "zigzag_split", "zigzag_recompute", "zigzag_keepkv", "nooverlap"}) {
     out.push_back({"lss", DType::f32, true, "flash", v});
     out.push_back({"lss", DType::bf16, true, "cudnn", v});
   }

@@ -267,4 +267,34 @@ void attention_backward(const AttentionArgs& a, int threads) {
   });
 }
 
+void attention_merge(const AttentionMergeArgs& a, int threads) {
+  LSS_CHECK(a.B >= 0 && a.H >= 0 && a.D > 0 && a.Tq >= 0 && a.out.ptr && a.part.ptr && a.lse && a.part_lse &&
+                a.out.row_stride >= a.H * a.D && a.part.row_stride >= a.H * a.D,
+            "attention_merge: bad shape or null operand (B=" + std::to_string(a.B) + " H=" + std::to_string(a.H) +
+                " D=" + std::to_string(a.D) + " Tq=" + std::to_string(a.Tq) + ")");
+  dispatch_float(a.dtype, "attention_merge", [&](auto tag) {
+    using T = decltype(tag);
+    const auto out = typed<T>(a.out, a.D);
+    const auto part = typed<const T>(a.part, a.D);
+    T* lse = static_cast<T*>(a.lse);
+    const T* part_lse = static_cast<const T*>(a.part_lse);
+    const int64_t rows = a.B * a.H;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t bh = 0; bh < rows; ++bh) {
+      const int64_t b = bh / a.H, h = bh % a.H;
+      for (int64_t t = 0; t < a.Tq; ++t) {
+        T& l = lse[bh * a.Tq + t];
+        const T lp = part_lse[bh * a.Tq + t];
+        const T m = std::max(l, lp);
+        if (m == -std::numeric_limits<T>::infinity()) continue;  // no key in either part
+        const T wa = std::exp(l - m), wb = std::exp(lp - m), sum = wa + wb;
+        T* o = out.at(b, t, h);
+        const T* p = part.at(b, t, h);
+        for (int64_t d = 0; d < a.D; ++d) o[d] = (o[d] * wa + p[d] * wb) / sum;
+        l = m + std::log(sum);
+      }
+    }
+  });
+}
+
 }  // namespace lss::cpu

@@ -163,6 +163,7 @@ class CpuBackend final : public Backend {
   void attention_backward(const AttentionArgs& args) override {
     cpu::attention_backward(args, threads_);
   }
+  void attention_merge(const AttentionMergeArgs& args) override { cpu::attention_merge(args, threads_); }
   double cross_entropy_fused(View logits, View targets, int64_t N, int64_t V,
                              double grad_scale) override {
     return cpu::cross_entropy_fused(logits, targets, N, V, grad_scale, threads_);

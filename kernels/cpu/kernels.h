@@ -141,5 +141,6 @@ double cross_entropy_fused(View logits, View targets, int64_t N, int64_t V, doub
 void adamw(View param, View grad, View m, View v, const Backend::AdamW& hp, int threads);
 void attention_forward(const AttentionArgs& a, int threads);
 void attention_backward(const AttentionArgs& a, int threads);
+void attention_merge(const AttentionMergeArgs& a, int threads);
 
 }  // namespace lss::cpu

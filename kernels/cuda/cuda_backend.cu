@@ -190,6 +190,8 @@ class CudaBackend final : public Backend {
     }
   }
 
+  void attention_merge(const AttentionMergeArgs& args) override { cuda::attention_merge(ctx(), args); }
+
   void attention_backward(const AttentionArgs& args) override {
     if (use_cudnn(args)) {
       Buffer ws = workspace(cudnn().backward_workspace(args));

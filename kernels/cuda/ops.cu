@@ -1147,4 +1147,40 @@ void gemm_fallback(cudaStream_t stream, const GemmArgs& g) {
   });
 }
 
+// One warp per (b, t, h) row of D elements: the two parts' weights from their lse, then the
+// row rescaled and summed; fp32 arithmetic.
+template <class T>
+__global__ void attention_merge_kernel(AttentionMergeArgs a) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= a.B * a.H * a.Tq) return;
+  const int64_t h = row % a.H, t = (row / a.H) % a.Tq, b = row / (a.H * a.Tq);
+  float* lse = static_cast<float*>(a.lse) + (b * a.H + h) * a.Tq + t;
+  const float lp = static_cast<const float*>(a.part_lse)[(b * a.H + h) * a.Tq + t];
+  const float l = *lse;
+  const float m = fmaxf(l, lp);
+  if (m == -INFINITY) return;  // no key in either part
+  const float wa = expf(l - m), wb = expf(lp - m), inv = 1.0f / (wa + wb);
+  T* o = static_cast<T*>(a.out.ptr) + b * a.out.batch_stride + t * a.out.row_stride + h * a.D;
+  const T* p = static_cast<const T*>(a.part.ptr) + b * a.part.batch_stride + t * a.part.row_stride + h * a.D;
+  for (int64_t d = lane; d < a.D; d += 32) o[d] = cvt<T>((f32(o[d]) * wa + f32(p[d]) * wb) * inv);
+  __syncwarp();
+  if (lane == 0) *lse = m + logf(wa + wb);
+}
+
+void attention_merge(const OpContext& ctx, const AttentionMergeArgs& a) {
+  LSS_CHECK(a.B >= 0 && a.H >= 0 && a.D > 0 && a.Tq >= 0 && a.out.ptr && a.part.ptr && a.lse && a.part_lse &&
+                a.out.row_stride >= a.H * a.D && a.part.row_stride >= a.H * a.D,
+            "attention_merge: bad shape or null operand (B=" + std::to_string(a.B) + " H=" + std::to_string(a.H) +
+                " D=" + std::to_string(a.D) + " Tq=" + std::to_string(a.Tq) + ")");
+  const int64_t rows = a.B * a.H * a.Tq;
+  if (rows == 0) return;
+  dispatch_compute(a.dtype, "attention_merge", [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int kWarps = 8;
+    attention_merge_kernel<T><<<static_cast<unsigned>(ceil_div(rows, int64_t{kWarps})), 32 * kWarps, 0, ctx.stream>>>(a);
+    LSS_CUDA_CHECK_LAUNCH();
+  });
+}
+
 }  // namespace lss::cuda

@@ -54,6 +54,8 @@ void gelu_backward(const OpContext& ctx, View din, View dout, View in);
 double cross_entropy_fused(const OpContext& ctx, View logits, View targets, int64_t N, int64_t V,
                            double grad_scale);
 void adamw(const OpContext& ctx, View param, View grad, View m, View v, const Backend::AdamW& hp);
+// Backend::attention_merge (bf16 or fp32 outputs, fp32 lse).
+void attention_merge(const OpContext& ctx, const AttentionMergeArgs& a);
 
 // For GEMM: c (m x n, row stride ldc, dtype c_dtype) = beta * c + bias (n, c_dtype, may be null)
 // broadcast over rows; beta = 0 overwrites (NaN in c does not survive). Covers k = 0 and bias

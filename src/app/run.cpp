@@ -67,6 +67,9 @@ OptionParser make_parser() {
   p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
   p.add_flag("recompute", false, "activation checkpointing (keep block outputs, recompute blocks in backward)");
   p.add_flag("zigzag", false, "lss: balanced segment order (chunks p and 2P-1-p of T/(2P)) for causal masks");
+  p.add_flag("split-causal", false,
+             "lss: each segment's causal attention as a block on its own keys (run while the K/V gather is in flight) "
+             "plus one on the keys before it, merged by log-sum-exp");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
   p.add_flag("overlap", true, "overlap collectives with compute (communication stream, per-layer gradient all-reduces)");
   p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
@@ -99,6 +102,7 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.keep_kv = p.flag("keep-kv");
   rc.strategy_opts.regather_ln = p.flag("regather-ln");
   rc.strategy_opts.zigzag = p.flag("zigzag");
+  rc.strategy_opts.split_causal = p.flag("split-causal");
   rc.strategy_opts.recompute = p.flag("recompute");
   rc.strategy_opts.overlap = p.flag("overlap");
   rc.strategy = p.str("strategy");

@@ -101,6 +101,18 @@ struct AttentionArgs {
   AttnOperand dout, dq, dk, dv;  // backward only
 };
 
+// Two attention results of the same queries over disjoint key sets, merged into the result over
+// their union: with L = log(e^lse + e^part_lse), out = out e^(lse - L) + part e^(part_lse - L) and
+// lse = L. An empty key set has lse = -inf (and out 0).
+struct AttentionMergeArgs {
+  DType dtype = DType::f32;
+  int64_t B = 0, H = 0, D = 0, Tq = 0;
+  AttnOperand out;              // (B, Tq, H*D): one part on entry, the merged result on exit
+  void* lse = nullptr;          // (B, H, Tq), stat_dtype(dtype): likewise
+  AttnOperand part;             // (B, Tq, H*D) the other part
+  const void* part_lse = nullptr;  // (B, H, Tq)
+};
+
 // Bytes allocated through the backend: now, the high-water mark since the last reset, and the
 // device's own high-water mark where the backend can read one (-1 otherwise).
 struct MemoryStats {
@@ -169,6 +181,7 @@ class Backend {
   virtual void gelu_backward(View din, View dout, View in) = 0;
   virtual void attention_forward(const AttentionArgs& args) = 0;
   virtual void attention_backward(const AttentionArgs& args) = 0;
+  virtual void attention_merge(const AttentionMergeArgs& args) = 0;
   // Softmax cross-entropy of logits (N, V) against targets (N, int32). Returns the sum over rows
   // of -log softmax(logits)[target] (in double), and overwrites logits with its gradient
   // (softmax - onehot) * grad_scale.

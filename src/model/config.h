@@ -35,6 +35,11 @@ struct StrategyOptions {
   // lss: balanced (zigzag) segment order for causal masks: rank p holds chunks p and 2P-1-p of
   // T/(2P) tokens, so every rank does the same attention work (false: one contiguous segment).
   bool zigzag = false;
+  // lss, causal: each segment's attention as a square causal block on its own keys, which runs
+  // while the K/V all-gather is in flight (in backward: while the dK/dV reduce-scatter is), plus
+  // a non-causal block on the keys before it, merged by log-sum-exp (false: one call per segment
+  // with a query offset, after the gather).
+  bool split_causal = false;
   // lss, megatron_sp: activation checkpointing: keep only each block's output in forward,
   // recompute the block (its gathers included) in backward.
   bool recompute = false;

@@ -26,6 +26,7 @@ class LssStrategy final : public Strategy {
   nlohmann::json options_json() const override {
     return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"},
             {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"},
+            {"split_causal", split()},
             {"recompute", ctx_.opts.recompute},
             {"overlap", ctx_.opts.overlap}};
   }
@@ -70,13 +71,26 @@ class LssStrategy final : public Strategy {
     BoundModel m;
     m.layer_linears = {{N_, cfg.C, 2 * cfg.C}, {N_, cfg.C, cfg.C}, {N_, cfg.C, cfg.C}, {N_, cfg.C, 4 * cfg.C},
                        {N_, 4 * cfg.C, cfg.C}};
-    for (const RowRange& seg : segments_)
-      m.layer_attention.push_back(attention_shape(Bl_, cfg.H, seg.count, key_count(seg), seg.start));
+    // The causal blocks on a segment's own keys (split_causal), 4 Bl H c^2 D / 2 FLOPs forward and
+    // 2.5 times that backward, run beside the gather and the reduce-scatter; priced at the GEMM rate.
+    double diagonal_forward = 0;
+    for (const RowRange& seg : segments_) {
+      if (!split()) {
+        m.layer_attention.push_back(attention_shape(Bl_, cfg.H, seg.count, key_count(seg), seg.start));
+        continue;
+      }
+      m.layer_attention.push_back(attention_shape(Bl_, cfg.H, seg.count, seg.count, 0));
+      diagonal_forward += 2.0 * static_cast<double>(Bl_ * seg.count * seg.count) * C;
+      if (seg.start == 0) continue;
+      AttentionArgs before = attention_shape(Bl_, cfg.H, seg.count, seg.start, 0);
+      before.causal = false;
+      m.layer_attention.push_back(before);
+    }
     if (P_ > 1) {
       const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
-      const double q_projection = 2 * N * C * C;             // beside each forward gather
-      const double mlp_backward = 4 * (2 * N * C * 4 * C);   // beside a backward re-gather
-      const double q_backward = 2 * (2 * N * C * C);         // beside the reduce-scatter
+      const double q_projection = 2 * N * C * C + diagonal_forward;             // beside each forward gather
+      const double mlp_backward = 4 * (2 * N * C * 4 * C);                      // beside a backward re-gather
+      const double q_backward = 2 * (2 * N * C * C) + 2.5 * diagonal_forward;  // beside the reduce-scatter
       m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
       if (ctx_.opts.recompute)
         m.comm.push_back({"K/V all-gather, recomputed forward", "sp", CollKind::all_gather, kv_bytes, cfg.L,
@@ -223,6 +237,28 @@ class LssStrategy final : public Strategy {
     return args;
   }
 
+  // split_causal: segment `seg`'s queries (local rows row0...) against its own keys, rows
+  // [kv_row0, kv_row0 + count) of `kv` (kv_local in local order, or kv_full in global order),
+  // as a square causal block; output and lse are the segment's own.
+  AttentionArgs diagonal_args(const Layer& a, const Buffer& kv, const RowRange& seg, int64_t row0, int64_t kv_row0) const {
+    AttentionArgs args = attention_args(a, kv, seg, row0);
+    const int64_t shift = kv_row0 * Bl_ * 2 * ctx_.cfg.C * static_cast<int64_t>(dtype_size(ctx_.cfg.dtype));
+    args.k.ptr = static_cast<char*>(args.k.ptr) + shift;
+    args.v.ptr = static_cast<char*>(args.v.ptr) + shift;
+    args.Tk = seg.count;
+    args.q_offset = 0;
+    return args;
+  }
+  // split_causal: the segment's queries against every key before it (global order), unmasked.
+  AttentionArgs preceding_args(const Layer& a, const Buffer& kv_full, const RowRange& seg, int64_t row0) const {
+    AttentionArgs args = attention_args(a, kv_full, seg, row0);
+    args.Tk = seg.start;
+    args.q_offset = 0;
+    args.causal = false;
+    return args;
+  }
+  bool split() const { return ctx_.cfg.causal && ctx_.opts.split_causal; }
+
   // Moves [K|V] rows between the all-gather's rank-major order (rank q's local rows, segment by
   // segment) and global token order; identity for contiguous segments, which need no copy.
   void reorder_kv(View rank_major, View global, bool to_global) {
@@ -265,13 +301,40 @@ class LssStrategy final : public Strategy {
     linear_forward(be, a.kv_local.view(), a.ln_out.view(), wkv(w.attn_w), bkv(w.attn_b), N, C, 2 * C);
     PendingCollective gather = start_gather_kv(a);
     linear_forward(be, a.q.view(), a.ln_out.view(), wq(w.attn_w), bq(w.attn_b), N, C, C);
-    Buffer kv_full = finish_gather_kv(gather);
     a.attn_out = be.alloc(cfg.dtype, N * C);
     a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
-    int64_t row0 = 0;
-    for (const RowRange& seg : segments_) {
-      be.attention_forward(attention_args(a, kv_full, seg, row0));
-      row0 += seg.count;
+    if (split()) {
+      // The blocks on the segments' own keys need no gathered row: they run while the gather does.
+      for (int64_t i = 0, row0 = 0; i < std::ssize(segments_); row0 += segments_[i].count, ++i)
+        be.attention_forward(diagonal_args(a, a.kv_local, segments_[i], row0, row0));
+    }
+    Buffer kv_full = finish_gather_kv(gather);
+    for (int64_t i = 0, row0 = 0; i < std::ssize(segments_); row0 += segments_[i].count, ++i) {
+      const RowRange& seg = segments_[i];
+      if (!split()) {
+        be.attention_forward(attention_args(a, kv_full, seg, row0));
+        continue;
+      }
+      if (seg.start == 0) continue;  // no key before the segment
+      // The keys before the segment, into a part of its own, merged into the diagonal block's.
+      Buffer part = be.alloc(cfg.dtype, seg.count * Bl_ * C);      // (count*Bl, C)
+      Buffer part_lse = be.alloc(st, Bl_ * cfg.H * seg.count);     // (Bl, H, count)
+      AttentionArgs before = preceding_args(a, kv_full, seg, row0);
+      before.out = {part.ptr(), C, Bl_ * C};
+      before.lse = part_lse.ptr();
+      be.attention_forward(before);
+      const AttentionArgs own = attention_args(a, kv_full, seg, row0);  // the diagonal block's out and lse
+      AttentionMergeArgs merge;
+      merge.dtype = cfg.dtype;
+      merge.B = Bl_;
+      merge.H = cfg.H;
+      merge.D = cfg.D();
+      merge.Tq = seg.count;
+      merge.out = own.out;
+      merge.lse = own.lse;
+      merge.part = before.out;
+      merge.part_lse = part_lse.ptr();
+      be.attention_merge(merge);
     }
     if (keep_kv) {
       a.kv_full = std::move(kv_full);
@@ -295,9 +358,11 @@ class LssStrategy final : public Strategy {
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
     Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums, global order
-    // Each backward call writes dK/dV of the keys its segment sees (key_count rows). The segment
-    // reaching furthest goes first, into dkv_full, whose rows beyond are zeroed; a second (zigzag)
-    // segment writes its shorter prefix into a scratch buffer that is then added.
+    // Each backward call into dkv_full writes dK/dV of the keys its segment sees there (key_count
+    // rows; split_causal: the keys before the segment). The segment reaching furthest goes first,
+    // into dkv_full, whose rows beyond are zeroed; a second (zigzag) segment writes its shorter
+    // prefix into a scratch buffer that is then added.
+    auto keys_of = [&](const RowRange& seg) { return split() ? seg.start : key_count(seg); };
     std::vector<int64_t> row0_of(segments_.size());
     std::vector<size_t> order(segments_.size());
     for (size_t i = 0, row0 = 0; i < segments_.size(); row0 += segments_[i].count, ++i) {
@@ -305,44 +370,74 @@ class LssStrategy final : public Strategy {
       order[i] = i;
     }
     std::sort(order.begin(), order.end(),
-              [&](size_t x, size_t y) { return key_count(segments_[x]) > key_count(segments_[y]); });
+              [&](size_t x, size_t y) { return keys_of(segments_[x]) > keys_of(segments_[y]); });
     const int64_t key_row = Bl_ * 2 * C;  // elements of one key position in [dK | dV]
+    auto grad_args = [&](AttentionArgs args, int64_t row0, const void* dq_rows) {
+      args.dout = {static_cast<char*>(d_attn.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
+      args.dq = {const_cast<void*>(dq_rows), C, Bl_ * C};
+      return args;
+    };
     for (size_t n = 0; n < order.size(); ++n) {
       const size_t i = order[n];
-      const int64_t keys = key_count(segments_[i]), row0 = row0_of[i];
+      const int64_t keys = keys_of(segments_[i]), row0 = row0_of[i];
+      if (n == 0 && keys < cfg.T) be.fill_zero(dkv_full.view().slice(keys * key_row, (cfg.T - keys) * key_row));
+      if (keys == 0) continue;  // split_causal: nothing before the segment
       Buffer scratch;  // (keys*Bl, 2C), the second segment only
       if (n > 0) scratch = be.alloc(cfg.dtype, keys * key_row);
       auto* dkv = static_cast<char*>((n == 0 ? dkv_full : scratch).ptr());
-      AttentionArgs args = attention_args(a, kv_full, segments_[i], row0);
-      args.dout = {static_cast<char*>(d_attn.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
-      args.dq = {static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
+      const AttentionArgs fwd = split() ? preceding_args(a, kv_full, segments_[i], row0)
+                                        : attention_args(a, kv_full, segments_[i], row0);
+      AttentionArgs args = grad_args(fwd, row0, static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es);
       args.dk = {dkv, 2 * C, key_row};
       args.dv = {dkv + C * es, 2 * C, key_row};
       be.attention_backward(args);
-      if (n == 0 && keys < cfg.T) be.fill_zero(dkv_full.view().slice(keys * key_row, (cfg.T - keys) * key_row));
       if (n > 0) {
         View prefix = dkv_full.view().slice(0, keys * key_row);
         be.add(prefix, prefix, scratch.view());
       }
     }
-    kv_full.reset();
     if (ctx_.opts.zigzag) {
       // Back to the rank-major order the reduce-scatter hands out by rank.
       Buffer rank_major = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
       reorder_kv(rank_major.view(), dkv_full.view(), false);
       dkv_full = std::move(rank_major);
     }
+    // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows; it runs while
+    // the Q projection's backward computes (split_causal: and the diagonal blocks' backward, whose
+    // dK/dV belong to this rank's own rows alone and are added to the reduce-scatter's result).
+    PendingCollective scatter = start_seq_reduce_scatter(dkv_full.view());
+    Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order
+    if (split()) {
+      dkv_own = be.alloc(cfg.dtype, N * 2 * C);
+      for (size_t i = 0; i < segments_.size(); ++i) {
+        const RowRange& seg = segments_[i];
+        const int64_t row0 = row0_of[i];
+        // The segment's dQ rows hold the preceding keys' part already (a scratch then adds).
+        Buffer dq_part;  // (count*Bl, C)
+        if (seg.start > 0) dq_part = be.alloc(cfg.dtype, seg.count * Bl_ * C);
+        char* dq_rows = static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es;
+        AttentionArgs args = grad_args(diagonal_args(a, kv_full, seg, row0, seg.start), row0,
+                                       seg.start > 0 ? dq_part.ptr() : dq_rows);
+        char* own = static_cast<char*>(dkv_own.ptr()) + row0 * key_row * es;
+        args.dk = {own, 2 * C, key_row};
+        args.dv = {own + C * es, 2 * C, key_row};
+        be.attention_backward(args);
+        if (seg.start > 0) {
+          View rows = dq.view().slice(row0 * Bl_ * C, seg.count * Bl_ * C);
+          be.add(rows, rows, dq_part.view());
+        }
+      }
+    }
+    kv_full.reset();
     a.q.reset();
     a.attn_out.reset();
     a.lse.reset();
-    // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows; it runs while
-    // the Q projection's backward computes.
-    PendingCollective scatter = start_seq_reduce_scatter(dkv_full.view());
     Buffer d_ln = std::move(d_attn);  // (N, C), reused: d_attn is dead after attention backward
     linear_backward(be, d_ln.view(), 0.0, wq(g.attn_w), bq(g.attn_b), dq.view(), a.ln_out.view(), wq(w.attn_w), N, C,
                     C);
-    const Buffer dkv_local = finish(scatter);  // (N, 2C)
+    Buffer dkv_local = finish(scatter);  // (N, 2C)
     dkv_full.reset();
+    if (split()) be.add(dkv_local.view(), dkv_local.view(), dkv_own.view());
     linear_backward(be, d_ln.view(), 1.0, wkv(g.attn_w), bkv(g.attn_b), dkv_local.view(), a.ln_out.view(),
                     wkv(w.attn_w), N, C, 2 * C);
     be.layernorm_backward(dh, g.ln1_w, g.ln1_b, d_ln.view(), h, a.mean.view(), a.rstd.view(), w.ln1_w, N, C);
