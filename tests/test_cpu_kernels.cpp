@@ -861,6 +861,79 @@ TYPED_TEST(CpuKernels, AttentionIsDeterministicAcrossThreadCounts) {
   EXPECT_EQ(results[0], results[1]);
 }
 
+// The split lss uses (--split-causal): causal attention of Tq queries at offset o over o + Tq keys
+// equals the merge (attention_merge) of a non-causal call on the first o keys and a square causal
+// call on the last Tq; backward of both parts, each given the merged out and lse, gives the full
+// call's dk/dv on their keys and, summed, its dq. fp64, to 1e-12.
+TEST(CpuKernelsFp64, SplitCausalAttentionMergesToTheFullCall) {
+  auto be = make_cpu_backend(2);
+  const AttnShape s{2, 2, 8, 11, 23, 12, true};
+  const int64_t C = s.H * s.D, off = s.q_offset;
+  AttnRun<double> full(be.get(), s);
+  std::mt19937_64 rng(17);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  for (Buffer* b : {&full.qkv_q, &full.qkv_kv, &full.dout})
+    for (int64_t i = 0; i < b->numel(); ++i) b->view().as<double>()[i] = dist(rng);
+  be->attention_forward(full.args);
+  be->attention_backward(full.args);
+
+  // The square causal part writes out/lse; the part before goes to buffers of its own.
+  Buffer out = be->alloc(DType::f64, s.Tq * s.B * C), lse = be->alloc(DType::f64, s.B * s.H * s.Tq);
+  Buffer part = be->alloc(DType::f64, s.Tq * s.B * C), part_lse = be->alloc(DType::f64, s.B * s.H * s.Tq);
+  AttentionArgs diag = full.args, before = full.args;
+  const int64_t shift = off * full.args.k.row_stride;  // key row `off` of the packed buffer
+  diag.k.ptr = static_cast<double*>(diag.k.ptr) + shift;
+  diag.v.ptr = static_cast<double*>(diag.v.ptr) + shift;
+  diag.Tk = s.Tk - off;
+  diag.q_offset = 0;
+  diag.out = {out.ptr(), C, s.B * C};
+  diag.lse = lse.ptr();
+  before.Tk = off;
+  before.causal = false;
+  before.out = {part.ptr(), C, s.B * C};
+  before.lse = part_lse.ptr();
+  be->attention_forward(diag);
+  be->attention_forward(before);
+  AttentionMergeArgs m;
+  m.dtype = DType::f64;
+  m.B = s.B;
+  m.H = s.H;
+  m.D = s.D;
+  m.Tq = s.Tq;
+  m.out = diag.out;
+  m.lse = diag.lse;
+  m.part = before.out;
+  m.part_lse = part_lse.ptr();
+  be->attention_merge(m);
+  auto max_diff = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double e = 0;
+    for (size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i]));
+    return e;
+  };
+  EXPECT_LT(max_diff(full.gather(diag.out, s.Tq), full.gather(full.args.out, s.Tq)), 1e-12);
+  const double* l = lse.view().as<double>();
+  EXPECT_LT(max_diff(std::vector<double>(l, l + lse.numel()), full.lse_host()), 1e-12);
+
+  // Backward: both parts with the merged out and lse; dk/dv into their own key rows.
+  Buffer dq_part = be->alloc(DType::f64, s.Tq * s.B * C), dkv = be->alloc(DType::f64, s.Tk * s.B * 3 * C);
+  before.out = diag.out;
+  before.lse = diag.lse;
+  before.dq = {dq_part.ptr(), C, s.B * C};
+  before.dk = {static_cast<double*>(dkv.ptr()) + C, 3 * C, s.B * 3 * C};
+  before.dv = {static_cast<double*>(dkv.ptr()) + 2 * C, 3 * C, s.B * 3 * C};
+  AttentionArgs diag_b = diag;
+  Buffer dq_diag = be->alloc(DType::f64, s.Tq * s.B * C);
+  diag_b.dq = {dq_diag.ptr(), C, s.B * C};
+  diag_b.dk = {static_cast<double*>(before.dk.ptr) + shift, 3 * C, s.B * 3 * C};
+  diag_b.dv = {static_cast<double*>(before.dv.ptr) + shift, 3 * C, s.B * 3 * C};
+  be->attention_backward(before);
+  be->attention_backward(diag_b);
+  be->add(dq_part.view(), dq_part.view(), dq_diag.view());
+  EXPECT_LT(max_diff(full.gather(before.dq, s.Tq), full.gather(full.args.dq, s.Tq)), 1e-12);
+  EXPECT_LT(max_diff(full.gather(before.dk, s.Tk), full.gather(full.args.dk, s.Tk)), 1e-12);
+  EXPECT_LT(max_diff(full.gather(before.dv, s.Tk), full.gather(full.args.dv, s.Tk)), 1e-12);
+}
+
 // L = sum(out * R); dL/dq, dk, dv by central differences through the forward pass.
 TEST(CpuKernelsFp64, AttentionBackwardMatchesFiniteDifferences) {
   auto be = make_cpu_backend(2);
