@@ -11,6 +11,7 @@
 #   peers-lss our lss (zigzag) and the peer's (contiguous and zigzag) on every GPU at T=16K x GPUs
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
+#   split     lss zigzag with and without --split-causal on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernel and cuDNN)
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
@@ -100,6 +101,11 @@ run_section() {
         ((w > gpus)) && continue
         point lss_zigzag_weak_w${w}_T$((16 * w))K "$w" 120 --strategy lss --sp "$w" --zigzag --seq $((16 * w))K --warmup 2 --iters 6
         point megatron_sp_weak_w${w}_T$((16 * w))K "$w" 120 --strategy megatron_sp --sp "$w" --seq $((16 * w))K --warmup 2 --iters 6
+      done ;;
+    split)
+      for T in $((16 * gpus))K 64K; do
+        point lss_zigzag_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6
+        point lss_zigzag_split_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --split-causal --seq "$T" --warmup 2 --iters 6
       done ;;
     attention)
       step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json ;;
