@@ -103,7 +103,7 @@ run_section() {
         point megatron_sp_weak_w${w}_T$((16 * w))K "$w" 120 --strategy megatron_sp --sp "$w" --seq $((16 * w))K --warmup 2 --iters 6
       done ;;
     split)
-      for T in $((16 * gpus))K 64K; do
+      for T in $(printf "%s\n" $((16 * gpus))K 64K | sort -u); do
         point lss_zigzag_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6
         point lss_zigzag_split_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --split-causal --seq "$T" --warmup 2 --iters 6
       done ;;
