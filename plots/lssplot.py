@@ -282,21 +282,24 @@ def write_summary(sweeps, out, charts):
     lines = ["# lssbench summary", "", f"Ran on: {charts.footer}", ""]
     for s in sweeps:
         lines += [f"## {s['name']} ({s['aggregate'].get('mode')})", "",
-                  "| strategy | ranks | sp | T | status | step ms | exposed comm ms | step / bound | tokens/s "
-                  "| TFLOP/s/GPU | MFU (measured) | peak GiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| strategy | ranks | sp | T | status | step ms | exposed comm ms | step / bound "
+                  "| attention max / min rank | tokens/s | TFLOP/s/GPU | MFU (measured) | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in sorted(s["points"], key=lambda p: (p["strategy"], p["grid"]["world"], p["config"].get("seq", 0))):
             row = [p["strategy"], p["grid"]["world"], p["grid"].get("sp", ""), p["config"].get("seq", ""), p["status"]]
             if p["status"] == "ok":
                 m, t, b = p["metrics"], p["timing"], p.get("bound") or {}
                 exposed = t.get("comm_exposed_median_ms")
                 ratio = b.get("step_over_bound")
+                attn = [x for x in b.get("per_rank_attention_ms") or [] if isinstance(x, (int, float))]
+                imbalance = max(attn) / min(attn) if attn and min(attn) > 0 else None
                 row += [f"{t['median_ms']:.2f}", f"{exposed:.2f}" if isinstance(exposed, (int, float)) else "-",
                         f"{ratio:.3f}" if isinstance(ratio, (int, float)) else "-",
+                        f"{imbalance:.3f}" if imbalance else "-",
                         f"{m['tokens_per_s']:.0f}", f"{m['tflops_per_gpu']:.1f}",
                         f"{m['mfu_measured']:.3f}" if m.get("mfu_measured") else "-", f"{m['peak_mem_bytes'] / 2**30:.2f}"]
             else:
-                row += ["-"] * 7
+                row += ["-"] * 8
             lines.append("| " + " | ".join(map(str, row)) + " |")
         sp = s["aggregate"].get("speedup_lss_over_megatron_sp", [])
         if sp:
