@@ -894,17 +894,7 @@ TEST(CpuKernelsFp64, SplitCausalAttentionMergesToTheFullCall) {
   before.lse = part_lse.ptr();
   be->attention_forward(diag);
   be->attention_forward(before);
-  AttentionMergeArgs m;
-  m.dtype = DType::f64;
-  m.B = s.B;
-  m.H = s.H;
-  m.D = s.D;
-  m.Tq = s.Tq;
-  m.out = diag.out;
-  m.lse = diag.lse;
-  m.part = before.out;
-  m.part_lse = part_lse.ptr();
-  be->attention_merge(m);
+  be->attention_merge(attention_merge_args(diag, before));
   auto max_diff = [](const std::vector<double>& a, const std::vector<double>& b) {
     double e = 0;
     for (size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i]));

@@ -268,10 +268,7 @@ void attention_backward(const AttentionArgs& a, int threads) {
 }
 
 void attention_merge(const AttentionMergeArgs& a, int threads) {
-  LSS_CHECK(a.B >= 0 && a.H >= 0 && a.D > 0 && a.Tq >= 0 && a.out.ptr && a.part.ptr && a.lse && a.part_lse &&
-                a.out.row_stride >= a.H * a.D && a.part.row_stride >= a.H * a.D,
-            "attention_merge: bad shape or null operand (B=" + std::to_string(a.B) + " H=" + std::to_string(a.H) +
-                " D=" + std::to_string(a.D) + " Tq=" + std::to_string(a.Tq) + ")");
+  check_attention_merge(a);
   dispatch_float(a.dtype, "attention_merge", [&](auto tag) {
     using T = decltype(tag);
     const auto out = typed<T>(a.out, a.D);

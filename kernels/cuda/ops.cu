@@ -1169,10 +1169,7 @@ __global__ void attention_merge_kernel(AttentionMergeArgs a) {
 }
 
 void attention_merge(const OpContext& ctx, const AttentionMergeArgs& a) {
-  LSS_CHECK(a.B >= 0 && a.H >= 0 && a.D > 0 && a.Tq >= 0 && a.out.ptr && a.part.ptr && a.lse && a.part_lse &&
-                a.out.row_stride >= a.H * a.D && a.part.row_stride >= a.H * a.D,
-            "attention_merge: bad shape or null operand (B=" + std::to_string(a.B) + " H=" + std::to_string(a.H) +
-                " D=" + std::to_string(a.D) + " Tq=" + std::to_string(a.Tq) + ")");
+  check_attention_merge(a);
   const int64_t rows = a.B * a.H * a.Tq;
   if (rows == 0) return;
   dispatch_compute(a.dtype, "attention_merge", [&](auto tag) {

@@ -531,32 +531,26 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
       int64_t good = 0, bad = 0;
       bool complete = true;
       std::string bad_status;
-      for (int64_t T = (base.seq + step - 1) / step * step; T <= limit && !g_stop; T *= 2) {
+      enum class Outcome { trained, failed, missing };
+      auto try_seq = [&](int64_t T) {
         const json r = probe(T);
         if (r.is_null()) {
           complete = false;
-          break;
+          return Outcome::missing;
         }
-        if (point_ok(r)) good = T;
-        else {
-          bad = T;
-          bad_status = r.value("status", "");
-          break;
+        if (point_ok(r)) {
+          good = T;
+          return Outcome::trained;
         }
-      }
+        bad = T;
+        bad_status = r.value("status", "");
+        return Outcome::failed;
+      };
+      for (int64_t T = (base.seq + step - 1) / step * step; T <= limit && !g_stop; T *= 2)
+        if (try_seq(T) != Outcome::trained) break;
       while (bad && good && bad - good > step && !g_stop) {
         const int64_t mid = (good + bad) / 2 / step * step;
-        if (mid <= good) break;
-        const json r = probe(mid);
-        if (r.is_null()) {
-          complete = false;
-          break;
-        }
-        if (point_ok(r)) good = mid;
-        else {
-          bad = mid;
-          bad_status = r.value("status", "");
-        }
+        if (mid <= good || try_seq(mid) == Outcome::missing) break;
       }
       if (g_stop) break;
       searches.push_back({{"strategy", base.strategy}, {"world", base.world}, {"sp", base.sp},

@@ -77,6 +77,27 @@ MemoryStats Backend::memory_stats() const {
   return s;
 }
 
+AttentionMergeArgs attention_merge_args(const AttentionArgs& into, const AttentionArgs& part) {
+  AttentionMergeArgs m;
+  m.dtype = into.dtype;
+  m.B = into.B;
+  m.H = into.H;
+  m.D = into.D;
+  m.Tq = into.Tq;
+  m.out = into.out;
+  m.lse = into.lse;
+  m.part = part.out;
+  m.part_lse = part.lse;
+  return m;
+}
+
+void check_attention_merge(const AttentionMergeArgs& a) {
+  LSS_CHECK(a.B >= 0 && a.H >= 0 && a.D > 0 && a.Tq >= 0 && a.out.ptr && a.part.ptr && a.lse && a.part_lse &&
+                a.out.row_stride >= a.H * a.D && a.part.row_stride >= a.H * a.D,
+            "attention_merge: bad shape or null operand (B=" + std::to_string(a.B) + " H=" + std::to_string(a.H) +
+                " D=" + std::to_string(a.D) + " Tq=" + std::to_string(a.Tq) + ")");
+}
+
 DType parse_dtype(const std::string& s) {
   if (s == "fp32") return DType::f32;
   if (s == "fp64") return DType::f64;

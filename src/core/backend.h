@@ -112,6 +112,10 @@ struct AttentionMergeArgs {
   AttnOperand part;             // (B, Tq, H*D) the other part
   const void* part_lse = nullptr;  // (B, H, Tq)
 };
+// The merge of `part`'s result (its out and lse) into `into`'s: the same queries, other keys.
+AttentionMergeArgs attention_merge_args(const AttentionArgs& into, const AttentionArgs& part);
+// Fails on a bad shape or a null operand; every backend's attention_merge checks with it.
+void check_attention_merge(const AttentionMergeArgs& a);
 
 // Bytes allocated through the backend: now, the high-water mark since the last reset, and the
 // device's own high-water mark where the backend can read one (-1 otherwise).

@@ -319,22 +319,12 @@ class LssStrategy final : public Strategy {
       // The keys before the segment, into a part of its own, merged into the diagonal block's.
       Buffer part = be.alloc(cfg.dtype, seg.count * Bl_ * C);      // (count*Bl, C)
       Buffer part_lse = be.alloc(st, Bl_ * cfg.H * seg.count);     // (Bl, H, count)
-      AttentionArgs before = preceding_args(a, kv_full, seg, row0);
+      const AttentionArgs own = preceding_args(a, kv_full, seg, row0);  // out and lse: the diagonal block's
+      AttentionArgs before = own;
       before.out = {part.ptr(), C, Bl_ * C};
       before.lse = part_lse.ptr();
       be.attention_forward(before);
-      const AttentionArgs own = attention_args(a, kv_full, seg, row0);  // the diagonal block's out and lse
-      AttentionMergeArgs merge;
-      merge.dtype = cfg.dtype;
-      merge.B = Bl_;
-      merge.H = cfg.H;
-      merge.D = cfg.D();
-      merge.Tq = seg.count;
-      merge.out = own.out;
-      merge.lse = own.lse;
-      merge.part = before.out;
-      merge.part_lse = part_lse.ptr();
-      be.attention_merge(merge);
+      be.attention_merge(attention_merge_args(own, before));
     }
     if (keep_kv) {
       a.kv_full = std::move(kv_full);
@@ -372,9 +362,9 @@ class LssStrategy final : public Strategy {
     std::sort(order.begin(), order.end(),
               [&](size_t x, size_t y) { return keys_of(segments_[x]) > keys_of(segments_[y]); });
     const int64_t key_row = Bl_ * 2 * C;  // elements of one key position in [dK | dV]
-    auto grad_args = [&](AttentionArgs args, int64_t row0, const void* dq_rows) {
+    auto grad_args = [&](AttentionArgs args, int64_t row0, void* dq_rows) {
       args.dout = {static_cast<char*>(d_attn.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
-      args.dq = {const_cast<void*>(dq_rows), C, Bl_ * C};
+      args.dq = {dq_rows, C, Bl_ * C};
       return args;
     };
     for (size_t n = 0; n < order.size(); ++n) {
