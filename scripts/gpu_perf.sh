@@ -3,7 +3,8 @@
 # (scripts/gpu_bundle.sh) carried along:
 #   device tool: run(command="bash scripts/gpu_perf.sh SECTION...", carry=[".device"])
 # Sections (run in the order given):
-#   tests     the CUDA step test on every GPU (all strategies, grids, overlap on) and the kernel tests
+#   tests     the kernel tests and the CUDA step test on every GPU (all strategies, grids, options;
+#             LSS_STEP_TEST_FILTER, a gtest filter, picks cases: the whole test takes ~420 s on 4 GPUs)
 #   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
 #   peers     peers-serial, then peers-lss
 #   peers-serial  our serial step and the PyTorch peer (bench/peers/torch_step.py) serial eager and
@@ -11,7 +12,8 @@
 #   peers-lss our lss (zigzag) and the peer's (contiguous and zigzag) on every GPU at T=16K x GPUs
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
-#   split     lss zigzag with and without --split-causal on every GPU at T=16K x GPUs and 64K
+#   split     lss zigzag with split causal blocks (the default) and with query-offset calls
+#             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernel and cuDNN)
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
@@ -75,7 +77,8 @@ run_section() {
   case $1 in
     tests)
       step test_cuda_kernels 120 "$dev/bin/test_cuda_kernels" --gtest_brief=1
-      step test_strategies_cuda 450 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" --gtest_brief=1 ;;
+      step test_strategies_cuda 450 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" --gtest_brief=1 \
+        --gtest_filter="${LSS_STEP_TEST_FILTER:-*}" ;;
     serial)
       point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
@@ -104,7 +107,7 @@ run_section() {
       done ;;
     split)
       for T in $(printf "%s\n" $((16 * gpus))K 64K | sort -u); do
-        point lss_zigzag_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6
+        point lss_zigzag_offset_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --no-split-causal --seq "$T" --warmup 2 --iters 6
         point lss_zigzag_split_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --split-causal --seq "$T" --warmup 2 --iters 6
       done ;;
     attention)

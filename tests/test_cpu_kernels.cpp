@@ -500,6 +500,82 @@ TYPED_TEST(CpuKernels, Gelu) {
   expect_close(this->download(X), ref, kTol<T>, "gelu aliased");
 }
 
+// The GEMM's extras (core/backend.h): a separate beta input (the residual) and the GELU
+// epilogues, against loops over the same formulas. The CPU backend runs them as passes; the CUDA
+// backend's fused versions are checked against these in test_cuda_kernels.
+TYPED_TEST(CpuKernels, GemmResidualAndGeluEpilogues) {
+  using T = TypeParam;
+  const int64_t m = 23, n = 31, k = 17;  // y (m, n) = x (m, k) W^T, W (n, k)
+  const auto x = this->random(m * k), w = this->random(n * k), bias = this->random(n);
+  const auto residual = this->random(m * n), aux_in = this->random(m * n, -4.0, 4.0);
+  std::vector<double> z(m * n);  // x W^T + bias
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = bias[j];
+      for (int64_t p = 0; p < k; ++p) s += x[i * k + p] * w[j * k + p];
+      z[i * n + j] = s;
+    }
+  Buffer X = this->upload(x), W = this->upload(w), Bias = this->upload(bias);
+  auto args = [&](void* c) {
+    GemmArgs g;
+    g.dtype = g.c_dtype = kDType<T>;
+    g.trans_b = true;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.a = X.ptr();
+    g.lda = k;
+    g.b = W.ptr();
+    g.ldb = k;
+    g.c = c;
+    g.ldc = n;
+    g.bias = Bias.ptr();
+    return g;
+  };
+  std::vector<double> ref(m * n);
+  {  // C = x W^T + b + R, R untouched
+    Buffer R = this->upload(residual), C = this->poisoned(m * n);
+    GemmArgs g = args(C.ptr());
+    g.c_in = R.ptr();
+    g.beta = 1.0;
+    this->be->gemm(g);
+    for (int64_t i = 0; i < m * n; ++i) ref[i] = z[i] + residual[i];
+    expect_close(this->download(C), ref, kTol<T>, "residual");
+    expect_close(this->download(R), residual, 0.0, "residual input");
+  }
+  {  // C = gelu(Z), aux = Z
+    Buffer C = this->poisoned(m * n), Aux = this->poisoned(m * n);
+    GemmArgs g = args(C.ptr());
+    g.epilogue = GemmEpilogue::gelu;
+    g.aux = Aux.ptr();
+    this->be->gemm(g);
+    for (int64_t i = 0; i < m * n; ++i) ref[i] = gelu_ref(z[i]);
+    expect_close(this->download(C), ref, kTol<T>, "gelu epilogue");
+    expect_close(this->download(Aux), z, kTol<T>, "gelu epilogue's pre-activation");
+  }
+  {  // C = Z * gelu'(aux), no bias
+    Buffer C = this->poisoned(m * n), Aux = this->upload(aux_in);
+    GemmArgs g = args(C.ptr());
+    g.bias = nullptr;
+    g.epilogue = GemmEpilogue::gelu_backward;
+    g.aux = Aux.ptr();
+    this->be->gemm(g);
+    for (int64_t i = 0; i < m * n; ++i) ref[i] = (z[i] - bias[i % n]) * gelu_grad_ref(aux_in[i]);
+    expect_close(this->download(C), ref, kTol<T>, "gelu_backward epilogue");
+  }
+  {  // what the contract rules out fails loudly
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    Buffer C = this->poisoned(m * n), Aux = this->poisoned(m * n);
+    GemmArgs g = args(C.ptr());
+    g.epilogue = GemmEpilogue::gelu_backward;  // with a bias
+    g.aux = Aux.ptr();
+    EXPECT_DEATH(this->be->gemm(g), "takes no bias");
+    g = args(C.ptr());
+    g.epilogue = GemmEpilogue::gelu;  // no aux
+    EXPECT_DEATH(this->be->gemm(g), "without its aux");
+  }
+}
+
 TEST(CpuKernelsFp64, GeluBackwardMatchesFiniteDifferences) {
   auto be = make_cpu_backend(1);
   std::vector<double> x;

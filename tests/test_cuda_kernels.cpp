@@ -621,6 +621,75 @@ TEST_P(CudaOps, Gelu) {
   }
 }
 
+// The GEMM's extras, fused by cuBLASLt where it has an algorithm (residual through a separate C
+// input, GELU_AUX(_BIAS), DGELU), else run as passes: against the fp64 CPU backend, whose passes
+// test_cpu_kernels checks against loops. Shapes with tensor-core algorithms and an odd one.
+TEST_P(CudaOps, GemmResidualAndGeluEpilogues) {
+  struct Shape {
+    int64_t m, n, k;
+  };
+  for (const Shape& sh : {Shape{64, 96, 128}, Shape{512, 768, 256}, Shape{37, 29, 45}}) {
+    const int64_t m = sh.m, n = sh.n, k = sh.k;
+    const auto x = random(m * k, dt()), w = random(n * k, dt()), bias = random(n, dt());
+    const auto residual = random(m * n, dt()), aux_in = random(m * n, dt(), -4.0, 4.0);
+    Buffer gx = upload(x, dt()), gw = upload(w, dt()), gbias = upload(bias, dt());
+    Buffer rx = ref_upload(x), rw = ref_upload(w), rbias = ref_upload(bias);
+    auto args = [&](DType t, const Buffer& X, const Buffer& W, const Buffer& B, void* c) {
+      GemmArgs g;
+      g.dtype = g.c_dtype = t;
+      g.trans_b = true;
+      g.m = m;
+      g.n = n;
+      g.k = k;
+      g.a = X.ptr();
+      g.lda = k;
+      g.b = W.ptr();
+      g.ldb = k;
+      g.c = c;
+      g.ldc = n;
+      g.bias = B.ptr();
+      return g;
+    };
+    const std::string what = " m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k);
+    {
+      Buffer gr = upload(residual, dt()), gc = poisoned(m * n, dt());
+      Buffer rr = ref_upload(residual), rc = ref_upload(std::vector<double>(m * n));
+      GemmArgs g = args(dt(), gx, gw, gbias, gc.ptr()), r = args(DType::f64, rx, rw, rbias, rc.ptr());
+      g.c_in = gr.ptr();
+      r.c_in = rr.ptr();
+      g.beta = r.beta = 1.0;
+      gpu->gemm(g);
+      cpu->gemm(r);
+      expect_close(download(gc), ref_download(rc), tol(), "residual" + what);
+      expect_close(download(gr), residual, 0.0, "residual input" + what);
+    }
+    {
+      Buffer gc = poisoned(m * n, dt()), gaux = poisoned(m * n, dt());
+      Buffer rc = ref_upload(std::vector<double>(m * n)), raux = ref_upload(std::vector<double>(m * n));
+      GemmArgs g = args(dt(), gx, gw, gbias, gc.ptr()), r = args(DType::f64, rx, rw, rbias, rc.ptr());
+      g.epilogue = r.epilogue = GemmEpilogue::gelu;
+      g.aux = gaux.ptr();
+      r.aux = raux.ptr();
+      gpu->gemm(g);
+      cpu->gemm(r);
+      expect_close(download(gc), ref_download(rc), tol(), "gelu epilogue" + what);
+      expect_close(download(gaux), ref_download(raux), tol(), "gelu epilogue's pre-activation" + what);
+    }
+    {
+      Buffer gc = poisoned(m * n, dt()), gaux = upload(aux_in, dt());
+      Buffer rc = ref_upload(std::vector<double>(m * n)), raux = ref_upload(aux_in);
+      GemmArgs g = args(dt(), gx, gw, gbias, gc.ptr()), r = args(DType::f64, rx, rw, rbias, rc.ptr());
+      g.bias = r.bias = nullptr;
+      g.epilogue = r.epilogue = GemmEpilogue::gelu_backward;
+      g.aux = gaux.ptr();
+      r.aux = raux.ptr();
+      gpu->gemm(g);
+      cpu->gemm(r);
+      expect_close(download(gc), ref_download(rc), tol(), "gelu_backward epilogue" + what);
+    }
+  }
+}
+
 TEST_P(CudaOps, CrossEntropy) {
   struct Case {
     int64_t N, V;

@@ -50,8 +50,8 @@ struct Case {
   DType dtype;
   bool causal;
   std::string attention;
-  // Strategy options beyond the defaults (lss: re-gathered K/V, contiguous order; megatron_sp:
-  // re-gathered LN outputs; both: overlap on, no recomputation).
+  // Strategy options beyond the defaults (lss: re-gathered K/V, contiguous order, split causal
+  // blocks; megatron_sp: re-gathered LN outputs; both: overlap on, no recomputation).
   std::string variant = "default";
 };
 
@@ -60,7 +60,10 @@ StrategyOptions options_of(const std::string& variant) {
   if (variant == "zigzag") o.zigzag = true;
   if (variant == "zigzag_recompute") o.zigzag = o.recompute = true;
   if (variant == "zigzag_keepkv") o.zigzag = o.keep_kv = true;
-  if (variant == "zigzag_split") o.zigzag = o.split_causal = true;
+  if (variant == "zigzag_offset") {  // the query-offset calls instead of the split causal blocks
+    o.zigzag = true;
+    o.split_causal = false;
+  }
   if (variant == "recompute") o.recompute = true;
   if (variant == "keepln") o.regather_ln = false;
   if (variant == "nooverlap") o.overlap = false;
@@ -128,10 +131,11 @@ std::vector<Case> cases() {
       out.push_back({s, DType::bf16, causal, "flash"});
       out.push_back({s, DType::bf16, causal, "cudnn"});
     }
-  // The options on the GPU path: the balanced order (several attention calls per rank with a
-  // query offset and a restricted key range, a scratch sum of dK/dV), recomputation, kept
-  // gathers, and the collectives run in order instead of overlapped.
-  for (const char* v : {"zigzag", "zigzag_split", "zigzag_recompute", "zigzag_keepkv", "nooverlap"}) {
+  // The options on the GPU path: the balanced order (several attention calls per rank, merged by
+  // log-sum-exp, a scratch sum of dK/dV), the same with query-offset calls instead of split
+  // causal blocks, recomputation, kept gathers, and the collectives run in order instead of
+  // overlapped.
+  for (const char* v : {"zigzag", "zigzag_offset", "zigzag_recompute", "zigzag_keepkv", "nooverlap"}) {
     out.push_back({"lss", DType::f32, true, "flash", v});
     out.push_back({"lss", DType::bf16, true, "cudnn", v});
   }

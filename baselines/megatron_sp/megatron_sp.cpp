@@ -83,7 +83,10 @@ class MegatronSpStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const double NF = static_cast<double>(NF_), C = static_cast<double>(cfg.C), Cl = static_cast<double>(Cl_);
     BoundModel m;
-    m.layer_linears = {{NF_, cfg.C, 3 * Cl_}, {NF_, Cl_, cfg.C}, {NF_, cfg.C, 4 * Cl_}, {NF_, 4 * Cl_, cfg.C}};
+    // Its residual adds follow the row-parallel layers' reduce-scatters: separate kernels.
+    m.layer_linears = {
+        {NF_, cfg.C, 3 * Cl_}, {NF_, Cl_, cfg.C}, {NF_, cfg.C, 4 * Cl_, false, true}, {NF_, 4 * Cl_, cfg.C, false, false, true}};
+    m.residual_adds = 2;
     m.layer_attention = {attention_shape(Bl_, Hl_, cfg.T, cfg.T, 0)};
     if (P_ > 1) {
       const int64_t full = cfg.T * Bl_ * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
@@ -259,10 +262,9 @@ class MegatronSpStrategy final : public Strategy {
     Buffer ln_full = gather_rows(a.ln2_out.view());
     a.fc = be.alloc(cfg.dtype, NF * 4 * Cl_);
     a.act = be.alloc(cfg.dtype, NF * 4 * Cl_);
-    linear_forward(be, a.fc.view(), ln_full.view(), w.fc_w, w.fc_b, NF, C, 4 * Cl_);
+    linear_gelu_forward(be, a.act.view(), a.fc.view(), ln_full.view(), w.fc_w, w.fc_b, NF, C, 4 * Cl_);
     if (keep_ln) a.ln2_full = std::move(ln_full);
     ln_full.reset();
-    be.gelu_forward(a.act.view(), a.fc.view());
     Buffer partial = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C)
     linear_forward(be, partial.view(), a.act.view(), w.fc2_w, row_parallel_bias(w.fc2_b), NF, 4 * Cl_, C);
     Buffer y = scatter_rows(partial);
@@ -277,10 +279,10 @@ class MegatronSpStrategy final : public Strategy {
     be.bias_grad(g.fc2_b, dh, N, C);
     Buffer dy_full = gather_rows(dh);               // (T*Bl, C)
     Buffer d_act = be.alloc(cfg.dtype, NF * 4 * Cl_);  // (T*Bl, 4C/P)
-    linear_backward(be, d_act.view(), 0.0, g.fc2_w, View{}, dy_full.view(), a.act.view(), w.fc2_w, NF, 4 * Cl_, C);
+    linear_backward(be, d_act.view(), 0.0, g.fc2_w, View{}, dy_full.view(), a.act.view(), w.fc2_w, NF, 4 * Cl_, C,
+                    a.fc.view());
     dy_full.reset();
     a.act.reset();
-    be.gelu_backward(d_act.view(), d_act.view(), a.fc.view());
     a.fc.reset();
     Buffer d_ln = column_parallel_backward(a.ln2_full, a.ln2_out.view(), d_act.view(), w.fc_w, g.fc_w, g.fc_b, C,
                                            4 * Cl_);  // (N, C)

@@ -130,7 +130,13 @@ class CpuBackend final : public Backend {
     std::memset(dst.ptr, 0, dst.bytes());
   }
 
-  void gemm(const GemmArgs& args) override { cpu::gemm(args, threads_); }
+  // The epilogue and c_in as passes: on the CPU they cost what fused ones would.
+  void gemm(const GemmArgs& args) override {
+    if (args.c_in || args.epilogue != GemmEpilogue::none)
+      gemm_in_passes(*this, args);
+    else
+      cpu::gemm(args, threads_);
+  }
   void axpy(View y, View x, double alpha) override { cpu::axpy(y, x, alpha, threads_); }
   void add(View out, View a, View b) override { cpu::add(out, a, b, threads_); }
   void bias_grad(View db, View dy, int64_t rows, int64_t n) override {

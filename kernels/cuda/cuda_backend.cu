@@ -144,7 +144,10 @@ class CudaBackend final : public Backend {
   }
 
   // ---- dense algebra ----
-  void gemm(const GemmArgs& args) override { gemm_->run(args, stream_); }
+  // cuBLASLt fuses c_in and the epilogues where it has an algorithm for them; otherwise passes.
+  void gemm(const GemmArgs& args) override {
+    if (!gemm_->run(args, stream_)) gemm_in_passes(*this, args);
+  }
   void axpy(View y, View x, double alpha) override { cuda::axpy(ctx(), y, x, alpha); }
   void add(View out, View a, View b) override { cuda::add(ctx(), out, a, b); }
   void bias_grad(View db, View dy, int64_t rows, int64_t n) override {

@@ -4,6 +4,11 @@
 // first operand is our B, its second our A, and its m and n are our n and m. The row-major bias
 // (broadcast over C's rows) is then a vector over C^T's rows, which is what cuBLASLt's BIAS
 // epilogue adds.
+//
+// The model's other fusions go to the epilogue too: a residual added through the beta term with a
+// separate C input (cuBLASLt reads C and writes D, which may differ), the MLP's GELU (GELU_AUX /
+// GELU_AUX_BIAS keep the pre-activation in the aux matrix) and its gradient (DGELU reads it back).
+// cuBLASLt's GELU is the tanh form, the model's (kernels/cpu/ops.cpp, ops.cu).
 #include "kernels/cuda/gemm.h"
 
 #include <cublasLt.h>
@@ -38,7 +43,8 @@ struct Key {
   int64_t m, n, k, lda, ldb, ldc;
   DType dtype, c_dtype;
   bool trans_a, trans_b, bias, beta_zero;
-  uint32_t align_a, align_b, align_c, align_bias;
+  GemmEpilogue epilogue;
+  uint32_t align_a, align_b, align_c, align_bias, align_aux;
   bool operator==(const Key&) const = default;
 };
 
@@ -49,8 +55,8 @@ struct KeyHash {
     for (int64_t v : {k.m, k.n, k.k, k.lda, k.ldb, k.ldc}) mix(static_cast<uint64_t>(v));
     mix(static_cast<uint64_t>(k.dtype) | static_cast<uint64_t>(k.c_dtype) << 8 |
         uint64_t{k.trans_a} << 16 | uint64_t{k.trans_b} << 17 | uint64_t{k.bias} << 18 |
-        uint64_t{k.beta_zero} << 19);
-    for (uint32_t v : {k.align_a, k.align_b, k.align_c, k.align_bias}) mix(v);
+        uint64_t{k.beta_zero} << 19 | static_cast<uint64_t>(k.epilogue) << 20);
+    for (uint32_t v : {k.align_a, k.align_b, k.align_c, k.align_bias, k.align_aux}) mix(v);
     return static_cast<size_t>(h);
   }
 };
@@ -63,6 +69,7 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
   bool fused_bias = false;  // false with a bias: added by scale_add_bias after the matmul
   bool fallback = false;    // no cuBLASLt algorithm: gemm_fallback computes everything
+  bool passes = false;      // no algorithm with the epilogue: gemm_in_passes does it
 
   Plan() = default;
   Plan(const Plan&) = delete;
@@ -152,10 +159,27 @@ struct Gemm::Impl {
       p->algo = result.algo;
       return true;
     };
+    if (g.epilogue != GemmEpilogue::none) {
+      const bool fwd = g.epilogue == GemmEpilogue::gelu;
+      set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+               fwd ? (g.bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX) : CUBLASLT_EPILOGUE_DGELU);
+      if (g.bias) {
+        set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
+        set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(cuda_type(g.c_dtype)));
+      }
+      // aux is laid out as C (check_gemm_extras: contiguous, C's dtype).
+      set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<const void*>(g.aux));
+      set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.ldc);
+      set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, static_cast<int32_t>(cuda_type(g.c_dtype)));
+      p->fused_bias = g.bias != nullptr;
+      p->passes = !heuristic();
+      LSS_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+      return p;
+    }
     bool found = false;
-    // Fused only without accumulation: the model's biased GEMMs overwrite C, and the order of
-    // beta C and the bias inside the epilogue is then irrelevant.
-    if (g.bias && g.beta == 0.0) {
+    // beta C is added before the bias, inside the epilogue (a residual through c_in keeps its
+    // bias fused).
+    if (g.bias) {
       // The heuristic reads the bias pointer for its alignment; the bias has C's type.
       set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
       set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
@@ -194,13 +218,16 @@ Gemm::~Gemm() {
   if (impl_->handle) LSS_CUBLAS_CHECK(cublasLtDestroy(impl_->handle));
 }
 
-void Gemm::run(const GemmArgs& g, cudaStream_t stream) {
+bool Gemm::run(const GemmArgs& g, cudaStream_t stream) {
   check_args(g);
-  if (g.m == 0 || g.n == 0) return;
+  check_gemm_extras(g);
+  if (g.m == 0 || g.n == 0) return true;
+  const bool extras = g.c_in || g.epilogue != GemmEpilogue::none;
   if (g.k == 0) {
+    if (extras) return false;
     // cuBLASLt rejects k = 0; C = beta C (+ bias), with beta = 0 overwriting.
     scale_add_bias(stream, g.c, g.c_dtype, g.m, g.n, g.ldc, g.beta, g.bias);
-    return;
+    return true;
   }
   const Key key{g.m,
                 g.n,
@@ -214,23 +241,30 @@ void Gemm::run(const GemmArgs& g, cudaStream_t stream) {
                 g.trans_b,
                 g.bias != nullptr,
                 g.beta == 0.0,
+                g.epilogue,
                 alignment(g.a),
                 alignment(g.b),
-                alignment(g.c),
-                alignment(g.bias)};
+                std::min(alignment(g.c), alignment(g.c_in)),
+                alignment(g.bias),
+                alignment(g.aux)};
   auto it = impl_->plans.find(key);
   if (it == impl_->plans.end()) it = impl_->plans.emplace(key, impl_->make_plan(key, g)).first;
   const Plan& p = *it->second;
+  if (p.passes || (p.fallback && extras)) return false;
   if (p.fallback) {
     gemm_fallback(stream, g);
-    return;
+    return true;
   }
   if (p.fused_bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
+  if (g.epilogue != GemmEpilogue::none)
+    set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<const void*>(g.aux));
   const float alpha = static_cast<float>(g.alpha), beta = static_cast<float>(g.beta);
+  const void* c_in = g.c_in ? g.c_in : g.c;
   LSS_CUBLAS_CHECK(cublasLtMatmul(impl_->handle, p.desc, &alpha, g.b, p.a_layout, g.a, p.b_layout,
-                                  &beta, g.c, p.c_layout, g.c, p.c_layout, &p.algo,
+                                  &beta, c_in, p.c_layout, g.c, p.c_layout, &p.algo,
                                   impl_->workspace, kWorkspaceBytes, stream));
   if (g.bias && !p.fused_bias) scale_add_bias(stream, g.c, g.c_dtype, g.m, g.n, g.ldc, 1.0, g.bias);
+  return true;
 }
 
 }  // namespace lss::cuda

@@ -18,10 +18,12 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  // Enqueues C = alpha op(A) op(B) + beta C [+ bias] on `stream`. The workspace is shared by
-  // every call: all calls of one Gemm must be ordered on one stream. Throws UsageError for
-  // fp64 and for dtype combinations other than the three above.
-  void run(const GemmArgs& args, cudaStream_t stream);
+  // Enqueues C = epilogue(alpha op(A) op(B) + beta C_in [+ bias]) on `stream` and returns true;
+  // returns false, enqueueing nothing, when cuBLASLt has no algorithm for the args' c_in or
+  // epilogue (the caller then runs gemm_in_passes). The workspace is shared by every call: all
+  // calls of one Gemm must be ordered on one stream. Throws UsageError for fp64 and for dtype
+  // combinations other than the three above.
+  bool run(const GemmArgs& args, cudaStream_t stream);
 
  private:
   struct Impl;

@@ -4,6 +4,7 @@
 #include <array>
 #include <map>
 #include <tuple>
+#include <vector>
 
 #include "app/metrics.h"
 #include "comm/mpi_util.h"
@@ -45,50 +46,63 @@ std::pair<double, double> attention_seconds(Backend& be, AttentionArgs a) {
   return {fwd, bwd};
 }
 
-// Forward and backward (data and weight gradients, bias) seconds of one linear layer, fresh operands.
+// Forward and backward (data and weight gradients, bias) seconds of one linear layer, fresh
+// operands, with the step's fusions (residual, GELU and its gradient in the GEMM's epilogue).
 std::pair<double, double> linear_seconds(Backend& be, DType dtype, const BoundModel::Linear& l) {
   const DType gd = master_dtype(dtype);
   Buffer x = be.alloc_zeroed(dtype, l.rows * l.in), w = be.alloc_zeroed(dtype, l.out * l.in);
   Buffer b = be.alloc_zeroed(dtype, l.out), y = be.alloc(dtype, l.rows * l.out);
   Buffer dy = be.alloc_zeroed(dtype, l.rows * l.out), dx = be.alloc(dtype, l.rows * l.in);
   Buffer dw = be.alloc_zeroed(gd, l.out * l.in), db = be.alloc_zeroed(gd, l.out);
-  const double fwd = time_median(be, [&] { linear_forward(be, y.view(), x.view(), w.view(), b.view(), l.rows, l.in, l.out); });
+  Buffer residual = be.alloc_zeroed(dtype, l.residual ? l.rows * l.out : 0);  // (rows, out)
+  Buffer pre = be.alloc_zeroed(dtype, l.gelu_out ? l.rows * l.out : 0);       // (rows, out)
+  Buffer x_pre = be.alloc_zeroed(dtype, l.gelu_in ? l.rows * l.in : 0);       // (rows, in)
+  const double fwd = time_median(be, [&] {
+    if (l.gelu_out)
+      linear_gelu_forward(be, y.view(), pre.view(), x.view(), w.view(), b.view(), l.rows, l.in, l.out);
+    else
+      linear_forward(be, y.view(), x.view(), w.view(), b.view(), l.rows, l.in, l.out, residual.view());
+  });
   const double bwd = time_median(be, [&] {
-    linear_backward(be, dx.view(), 0.0, dw.view(), db.view(), dy.view(), x.view(), w.view(), l.rows, l.in, l.out);
+    linear_backward(be, dx.view(), 0.0, dw.view(), db.view(), dy.view(), x.view(), w.view(), l.rows, l.in, l.out,
+                    x_pre.view());
   });
   return {fwd, bwd};
 }
 
-// The elementwise kernels of one step on n rows of width C (the same for every strategy: the
-// LayerNorm and residual regions hold T*B/world rows, the MLP activation n x 4C elements), and
-// the head's (final LayerNorm, LM head, loss, embedding). Returns {per-layer forward, per-layer
-// backward, head (forward + backward)} seconds.
-std::array<double, 3> elementwise_seconds(Backend& be, const ModelConfig& m, int64_t n) {
+// Seconds of one call of each elementwise kernel of a step on n rows of width C (the same for
+// every strategy: the LayerNorm and residual regions hold T*B/world rows), on the run's own
+// tokens (the embedding's backward groups rows by token: its cost depends on their spread).
+struct ElementwiseTimes {
+  double ln_fwd = 0, ln_bwd = 0, add = 0, cross_entropy = 0, embedding_fwd = 0, embedding_bwd = 0;
+};
+ElementwiseTimes elementwise_seconds(Backend& be, const ModelConfig& m, const DataSource& data, int64_t n) {
   const DType dt = m.dtype, st = stat_dtype(dt), gd = master_dtype(dt);
   const int64_t C = m.C, V = m.V;
   Buffer x = be.alloc_zeroed(dt, n * C), y = be.alloc(dt, n * C), dx = be.alloc_zeroed(dt, n * C);
   Buffer mean = be.alloc_zeroed(st, n), rstd = be.alloc_zeroed(st, n);
   Buffer w = be.alloc_zeroed(dt, C), b = be.alloc_zeroed(dt, C), dw = be.alloc_zeroed(gd, C), dbias = be.alloc_zeroed(gd, C);
-  Buffer act = be.alloc_zeroed(dt, n * 4 * C), act2 = be.alloc(dt, n * 4 * C);
-  auto ln_fwd = [&] { be.layernorm_forward(y.view(), mean.view(), rstd.view(), x.view(), w.view(), b.view(), n, C, m.ln_eps); };
-  auto ln_bwd = [&] {
+  ElementwiseTimes t;
+  t.ln_fwd = time_median(be, [&] { be.layernorm_forward(y.view(), mean.view(), rstd.view(), x.view(), w.view(), b.view(), n, C, m.ln_eps); });
+  t.ln_bwd = time_median(be, [&] {
     be.layernorm_backward(dx.view(), dw.view(), dbias.view(), y.view(), x.view(), mean.view(), rstd.view(), w.view(), n, C);
-  };
-  const double t_ln_fwd = time_median(be, ln_fwd), t_ln_bwd = time_median(be, ln_bwd);
-  const double t_add = time_median(be, [&] { be.add(y.view(), x.view(), dx.view()); });
-  const double t_gelu_fwd = time_median(be, [&] { be.gelu_forward(act2.view(), act.view()); });
-  const double t_gelu_bwd = time_median(be, [&] { be.gelu_backward(act2.view(), act2.view(), act.view()); });
+  });
+  t.add = time_median(be, [&] { be.add(y.view(), x.view(), dx.view()); });
+  // Step 0's first n positions of the batch's sequences, as (t, b) rows.
+  const int64_t nt = (n + m.B - 1) / m.B;
+  std::vector<int32_t> inputs(static_cast<size_t>(nt * m.B)), targets(inputs.size());
+  data.fill(0, 0, m.B, 0, nt, inputs.data(), targets.data());
+  Buffer tokens = be.alloc(DType::i32, n);  // (n)
+  be.copy_from_host(tokens.view(), inputs.data(), DType::i32);
   Buffer logits = be.alloc_zeroed(dt, n * V);
-  Buffer tokens = be.alloc_zeroed(DType::i32, n);
   Buffer wte = be.alloc_zeroed(dt, V * C), wpe = be.alloc_zeroed(dt, n * C);
   Buffer dwte = be.alloc_zeroed(gd, V * C), dwpe = be.alloc_zeroed(gd, n * C);
-  const double t_ce = time_median(be, [&] { be.cross_entropy_fused(logits.view(), tokens.view(), n, V, 1.0); });
-  const double t_emb = time_median(be, [&] { be.embedding_forward(y.view(), tokens.view(), wte.view(), wpe.view(), n, 1, C); }) +
-                       time_median(be, [&] {
-                         be.embedding_backward(dwte.view(), dwpe.view(), x.view(), tokens.view(), n, 1, C);
-                       });
-  // A block: LN1, LN2, two residual adds, GELU forward; LN1, LN2 and GELU backward.
-  return {2 * t_ln_fwd + 2 * t_add + t_gelu_fwd, 2 * t_ln_bwd + t_gelu_bwd, t_ln_fwd + t_ln_bwd + t_ce + t_emb};
+  be.copy_from_host(tokens.view(), targets.data(), DType::i32);
+  t.cross_entropy = time_median(be, [&] { be.cross_entropy_fused(logits.view(), tokens.view(), n, V, 1.0); });
+  be.copy_from_host(tokens.view(), inputs.data(), DType::i32);
+  t.embedding_fwd = time_median(be, [&] { be.embedding_forward(y.view(), tokens.view(), wte.view(), wpe.view(), n, 1, C); });
+  t.embedding_bwd = time_median(be, [&] { be.embedding_backward(dwte.view(), dwpe.view(), x.view(), tokens.view(), n, 1, C); });
+  return t;
 }
 
 Communicator& group(Session& s, const std::string& name) {
@@ -138,8 +152,22 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     const auto [fwd, bwd] = linear_seconds(be, m.dtype, {rows, m.C, m.V});  // LM head (its bias is measured too)
     gemm_s += fwd + bwd;
   }
-  const auto [ew_fwd, ew_bwd, ew_head] = elementwise_seconds(be, m, rows);
-  const double elementwise_s = L * ((1 + recompute) * ew_fwd + ew_bwd) + ew_head;
+  // A block runs LN1 and LN2 (and the strategy's unfused residual adds) forward, LN1 and LN2
+  // backward; the head the final LayerNorm both ways, the loss and the embedding both ways.
+  // GELU and the other residual adds are inside GEMMs (linear_seconds).
+  const ElementwiseTimes ew = elementwise_seconds(be, m, session.data(), rows);
+  const double adds = static_cast<double>(model.residual_adds);
+  const double ew_fwd = 2 * ew.ln_fwd + adds * ew.add, ew_bwd = 2 * ew.ln_bwd;
+  const double elementwise_s = L * ((1 + recompute) * ew_fwd + ew_bwd) + ew.ln_fwd + ew.ln_bwd + ew.cross_entropy +
+                               ew.embedding_fwd + ew.embedding_bwd;
+  const double calls_ln_fwd = L * (1 + recompute) * 2 + 1, calls_ln_bwd = 2 * L + 1, calls_add = L * (1 + recompute) * adds;
+  const nlohmann::json elementwise_kernels = {
+      {"layernorm_forward", {{"ms_per_call", ew.ln_fwd * 1e3}, {"calls", calls_ln_fwd}}},
+      {"layernorm_backward", {{"ms_per_call", ew.ln_bwd * 1e3}, {"calls", calls_ln_bwd}}},
+      {"residual_add", {{"ms_per_call", ew.add * 1e3}, {"calls", calls_add}}},
+      {"cross_entropy", {{"ms_per_call", ew.cross_entropy * 1e3}, {"calls", 1}}},
+      {"embedding_forward", {{"ms_per_call", ew.embedding_fwd * 1e3}, {"calls", 1}}},
+      {"embedding_backward", {{"ms_per_call", ew.embedding_bwd * 1e3}, {"calls", 1}}}};
   double attention_s = 0;
   for (const AttentionArgs& a : model.layer_attention) {
     const auto [fwd, bwd] = attention_seconds(be, a);
@@ -176,10 +204,10 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     per_rank_attention_ms.push_back(all[2 * r + 1] * 1e3);
     total = std::max(total, all[2 * r]);
   }
-  return {{"definition", "this rank's linear layers, attention calls and elementwise kernels (LayerNorm, GELU, "
-                         "residual adds, head, loss, embedding) each timed alone at the step's shapes + the measured "
-                         "optimizer step + each collective timed alone less the GEMM time the schedule runs beside "
-                         "it; slowest rank"},
+  return {{"definition", "this rank's linear layers (with the GELU and residual adds their GEMMs fuse), attention "
+                         "calls and elementwise kernels (LayerNorm, unfused residual adds, head, loss, embedding on "
+                         "the run's tokens) each timed alone at the step's shapes + the measured optimizer step + "
+                         "each collective timed alone less the GEMM time the schedule runs beside it; slowest rank"},
           {"bound_ms", total * 1e3},
           {"per_rank_ms", per_rank_ms},
           {"per_rank_attention_ms", per_rank_attention_ms},
@@ -187,6 +215,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                      {"gemm_flops", gemm_flops},
                      {"gemm_tflops_at_step_shapes", gemm_flops / gemm_s / 1e12},
                      {"elementwise_ms", elementwise_s * 1e3},
+                     {"elementwise_kernels", elementwise_kernels},
                      {"attention_ms", attention_s * 1e3},
                      {"optimizer_ms", optimizer_s * 1e3},
                      {"comm_exposed_ms", comm_s * 1e3},

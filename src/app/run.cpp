@@ -67,7 +67,7 @@ OptionParser make_parser() {
   p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
   p.add_flag("recompute", false, "activation checkpointing (keep block outputs, recompute blocks in backward)");
   p.add_flag("zigzag", false, "lss: balanced segment order (chunks p and 2P-1-p of T/(2P)) for causal masks");
-  p.add_flag("split-causal", false,
+  p.add_flag("split-causal", true,
              "lss: each segment's causal attention as a block on its own keys (run while the K/V gather is in flight) "
              "plus one on the keys before it, merged by log-sum-exp");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");

@@ -98,6 +98,36 @@ void check_attention_merge(const AttentionMergeArgs& a) {
                 " D=" + std::to_string(a.D) + " Tq=" + std::to_string(a.Tq) + ")");
 }
 
+void check_gemm_extras(const GemmArgs& g) {
+  const bool gelu = g.epilogue != GemmEpilogue::none;
+  if (!gelu && !g.c_in) return;
+  LSS_CHECK(g.ldc == g.n, "gemm: c_in or an epilogue needs a contiguous C (ldc " + std::to_string(g.ldc) +
+                              " != n " + std::to_string(g.n) + ")");
+  LSS_CHECK(g.c_dtype == g.dtype, std::string("gemm: c_in or an epilogue needs C in A's dtype (C ") +
+                                      dtype_name(g.c_dtype) + ", A " + dtype_name(g.dtype) + ")");
+  LSS_CHECK(!gelu || g.aux != nullptr, "gemm: a gelu epilogue without its aux matrix");
+  LSS_CHECK(g.epilogue != GemmEpilogue::gelu_backward || g.bias == nullptr,
+            "gemm: the gelu_backward epilogue takes no bias");
+  LSS_CHECK(!gelu || (g.aux != g.c && g.aux != g.c_in), "gemm: the epilogue's aux aliases C or C_in");
+}
+
+void gemm_in_passes(Backend& be, const GemmArgs& g) {
+  check_gemm_extras(g);
+  const int64_t n = g.m * g.n;
+  const auto whole = [&](const void* p) { return View{const_cast<void*>(p), g.c_dtype, n}; };
+  // The plain GEMM writes Z where the epilogue wants it: aux for gelu, C otherwise.
+  GemmArgs plain = g;
+  plain.c_in = nullptr;
+  plain.epilogue = GemmEpilogue::none;
+  plain.aux = nullptr;
+  if (g.epilogue == GemmEpilogue::gelu) plain.c = g.aux;
+  const void* beta_src = g.c_in ? g.c_in : g.c;
+  if (g.beta != 0.0 && beta_src != plain.c && n > 0) be.copy(whole(plain.c), whole(beta_src));
+  be.gemm(plain);
+  if (g.epilogue == GemmEpilogue::gelu) be.gelu_forward(whole(g.c), whole(g.aux));
+  if (g.epilogue == GemmEpilogue::gelu_backward) be.gelu_backward(whole(g.c), whole(g.c), whole(g.aux));
+}
+
 DType parse_dtype(const std::string& s) {
   if (s == "fp32") return DType::f32;
   if (s == "fp64") return DType::f64;

@@ -58,10 +58,22 @@ class Buffer {
   View view_;
 };
 
-// C (m x n, ldc) = alpha * op(A) * op(B) + beta * C [+ bias broadcast over rows].
+// What a GEMM does with Z = alpha op(A) op(B) + beta C_in [+ bias] before storing C. The
+// activation's kernels then need not run separately: cuBLASLt applies them in the GEMM's
+// epilogue while the tile is in registers.
+enum class GemmEpilogue : uint8_t {
+  none,           // C = Z
+  gelu,           // aux = Z, C = gelu_tanh(Z): a linear layer and its activation, keeping the
+                  // pre-activation for backward
+  gelu_backward,  // C = Z * gelu_tanh'(aux): a data gradient through the activation of input aux
+};
+
+// C (m x n, ldc) = epilogue(alpha * op(A) * op(B) + beta * C_in [+ bias broadcast over rows]).
 // op(A) is m x k: A is stored m x k (lda) or, with trans_a, k x m (lda). Same for B (k x n).
 // A and B have type `dtype`; C and the bias have type `c_dtype` (mixed precision: bf16 inputs
 // accumulating into fp32 weight gradients). Accumulation is in fp32 (fp64 for fp64).
+// C_in is C unless c_in is set (a residual added in the GEMM: y = x W^T + b + h). With c_in or
+// an epilogue, C, C_in and aux are contiguous (ldc == n) and share C's dtype, which is A's.
 struct GemmArgs {
   DType dtype = DType::f32;
   DType c_dtype = DType::f32;
@@ -75,7 +87,15 @@ struct GemmArgs {
   int64_t ldc = 0;
   double alpha = 1.0, beta = 0.0;
   const void* bias = nullptr;  // (n) or null
+  const void* c_in = nullptr;  // (m x n) the beta term's matrix, or null for C itself
+  GemmEpilogue epilogue = GemmEpilogue::none;
+  void* aux = nullptr;         // (m x n) gelu: written; gelu_backward: read
 };
+// Fails on an epilogue or c_in the contract above does not allow (every backend checks with it).
+void check_gemm_extras(const GemmArgs& g);
+// The epilogue and c_in as separate passes around a plain GEMM (copy, gemm, gelu kernels of
+// `be`): for a backend, or a shape, whose GEMM cannot fuse them. Same result up to rounding.
+void gemm_in_passes(Backend& be, const GemmArgs& g);
 
 // A (B, T, H*D)-shaped operand of attention inside a larger buffer: element (b, t, h, d) is at
 // ptr + b*batch_stride + t*row_stride + h*D + d (in elements).

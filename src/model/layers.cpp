@@ -1,6 +1,9 @@
 #include "model/layers.h"
 
 #include <cmath>
+#include <string>
+
+#include "core/check.h"
 
 namespace lss {
 
@@ -18,7 +21,8 @@ LayerTensors layer_views(const ParamStore& store, int64_t l, bool grads) {
 LayerTensors layer_params(const ParamStore& store, int64_t l) { return layer_views(store, l, false); }
 LayerTensors layer_grads(const ParamStore& store, int64_t l) { return layer_views(store, l, true); }
 
-void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out) {
+namespace {
+GemmArgs linear_forward_args(View y, View x, View W, View b, int64_t N, int64_t in, int64_t out) {
   GemmArgs g;
   g.dtype = x.dtype;
   g.c_dtype = y.dtype;
@@ -34,11 +38,35 @@ void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int6
   g.c = y.ptr;
   g.ldc = out;
   g.bias = b.numel ? b.ptr : nullptr;
+  return g;
+}
+}  // namespace
+
+void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out, View residual) {
+  GemmArgs g = linear_forward_args(y, x, W, b, N, in, out);
+  if (residual.numel) {
+    LSS_CHECK(residual.numel == N * out, "linear_forward: residual of " + std::to_string(residual.numel) +
+                                             " elements for a (" + std::to_string(N) + ", " + std::to_string(out) +
+                                             ") output");
+    g.c_in = residual.ptr;
+    g.beta = 1.0;
+  }
+  be.gemm(g);
+}
+
+void linear_gelu_forward(Backend& be, View act, View pre, View x, View W, View b, int64_t N, int64_t in,
+                         int64_t out) {
+  LSS_CHECK(pre.numel == N * out, "linear_gelu_forward: pre-activation of " + std::to_string(pre.numel) +
+                                      " elements for a (" + std::to_string(N) + ", " + std::to_string(out) +
+                                      ") output");
+  GemmArgs g = linear_forward_args(act, x, W, b, N, in, out);
+  g.epilogue = GemmEpilogue::gelu;
+  g.aux = pre.ptr;
   be.gemm(g);
 }
 
 void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
-                     int64_t N, int64_t in, int64_t out) {
+                     int64_t N, int64_t in, int64_t out, View gelu_pre) {
   if (dW.numel) {
     GemmArgs gw;  // dW (out, in) += dy^T (out x N) x (N x in)
     gw.dtype = dy.dtype;
@@ -71,6 +99,14 @@ void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, Vie
     gx.c = dx.ptr;
     gx.ldc = in;
     gx.beta = dx_beta;
+    if (gelu_pre.numel) {
+      LSS_CHECK(gelu_pre.numel == N * in && dx_beta == 0.0,
+                "linear_backward: gelu_pre of " + std::to_string(gelu_pre.numel) + " elements for a (" +
+                    std::to_string(N) + ", " + std::to_string(in) + ") data gradient, dx_beta " +
+                    std::to_string(dx_beta));
+      gx.epilogue = GemmEpilogue::gelu_backward;
+      gx.aux = gelu_pre.ptr;
+    }
     be.gemm(gx);
   }
 }
@@ -115,21 +151,17 @@ void mlp_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, Vie
   a.fc = be.alloc(cfg.dtype, N * 4 * C);
   a.act = be.alloc(cfg.dtype, N * 4 * C);
   be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h_in, w.ln2_w, w.ln2_b, N, C, cfg.ln_eps);
-  linear_forward(be, a.fc.view(), a.ln_out.view(), w.fc_w, w.fc_b, N, C, 4 * C);
-  be.gelu_forward(a.act.view(), a.fc.view());
-  linear_forward(be, h_out, a.act.view(), w.fc2_w, w.fc2_b, N, 4 * C, C);
-  be.add(h_out, h_out, h_in);
+  linear_gelu_forward(be, a.act.view(), a.fc.view(), a.ln_out.view(), w.fc_w, w.fc_b, N, C, 4 * C);
+  linear_forward(be, h_out, a.act.view(), w.fc2_w, w.fc2_b, N, 4 * C, C, h_in);
 }
 
 void mlp_backward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, const LayerTensors& g,
                   View h_in, View dh, MlpActivations& a, int64_t N) {
   const int64_t C = cfg.C;
-  // The gradient of gelu's output reuses the saved activation's storage: it is not needed after
-  // the W2 weight gradient, which is computed first.
+  // The gradient w.r.t. the pre-activation, through gelu in the data-gradient GEMM's epilogue.
   Buffer d_act = be.alloc(cfg.dtype, N * 4 * C);  // (N, 4C)
-  linear_backward(be, d_act.view(), 0.0, g.fc2_w, g.fc2_b, dh, a.act.view(), w.fc2_w, N, 4 * C, C);
+  linear_backward(be, d_act.view(), 0.0, g.fc2_w, g.fc2_b, dh, a.act.view(), w.fc2_w, N, 4 * C, C, a.fc.view());
   a.act.reset();
-  be.gelu_backward(d_act.view(), d_act.view(), a.fc.view());
   a.fc.reset();
   Buffer d_ln = be.alloc(cfg.dtype, N * C);  // (N, C)
   linear_backward(be, d_ln.view(), 0.0, g.fc_w, g.fc_b, d_act.view(), a.ln_out.view(), w.fc_w, N, C, 4 * C);

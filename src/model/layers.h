@@ -15,13 +15,21 @@ struct LayerTensors {
 LayerTensors layer_params(const ParamStore& store, int64_t l);
 LayerTensors layer_grads(const ParamStore& store, int64_t l);
 
-// y (N, out) = x (N, in) W^T + b, W (out, in); b may be empty (numel 0).
-void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out);
+// y (N, out) = x (N, in) W^T + b [+ residual (N, out)], W (out, in); b and residual may be
+// empty (numel 0). The residual is added by the GEMM (its beta term): no separate add pass.
+void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out,
+                    View residual = {});
+// act (N, out) = gelu_tanh(pre), pre (N, out) = x (N, in) W^T + b: the MLP's first layer with
+// its activation in the GEMM's epilogue; pre is kept for backward.
+void linear_gelu_forward(Backend& be, View act, View pre, View x, View W, View b, int64_t N, int64_t in,
+                         int64_t out);
 // dW (out, in) += dy^T x (skipped if dW is empty); db (out) += column sums of dy (skipped if
-// empty); dx (N, in) = dy W + dx_beta * dx (skipped if dx is empty). The data gradient alone
-// and the weight gradient alone let a strategy overlap a collective between them.
+// empty); dx (N, in) = dy W + dx_beta * dx (skipped if dx is empty), or, given gelu_pre (N, in)
+// (dx_beta 0), dx = (dy W) * gelu_tanh'(gelu_pre): the gradient through the activation that
+// produced x, in the GEMM's epilogue. The data gradient alone and the weight gradient alone let
+// a strategy overlap a collective between them.
 void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
-                     int64_t N, int64_t in, int64_t out);
+                     int64_t N, int64_t in, int64_t out, View gelu_pre = {});
 
 // Attention over a packed (T*B, 3W) buffer whose row t*B + b holds [q | k | v] of H heads of
 // width W = H*D each (serial: W = C; megatron_sp: the H/P heads of a tensor rank), writing

@@ -36,8 +36,14 @@ struct BoundModel {
   // more with recomputation.
   struct Linear {
     int64_t rows = 0, in = 0, out = 0;
+    bool residual = false;  // forward adds the residual stream in the GEMM (linear_forward's residual)
+    bool gelu_out = false;  // forward applies GELU in the GEMM's epilogue (linear_gelu_forward)
+    bool gelu_in = false;   // its input is a GELU output: the data gradient goes through gelu' in the epilogue
   };
   std::vector<Linear> layer_linears;
+  // Residual adds a block runs as separate kernels on the rank's N rows (those not fused into a
+  // GEMM: megatron_sp adds after its reduce-scatter).
+  int64_t residual_adds = 0;
   // One layer's attention calls on this rank (shapes only, no pointers): each runs forward and
   // backward per layer and step, and forward once more with recomputation.
   std::vector<AttentionArgs> layer_attention;

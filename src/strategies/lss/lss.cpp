@@ -69,8 +69,11 @@ class LssStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const double N = static_cast<double>(N_), C = static_cast<double>(cfg.C);
     BoundModel m;
-    m.layer_linears = {{N_, cfg.C, 2 * cfg.C}, {N_, cfg.C, cfg.C}, {N_, cfg.C, cfg.C}, {N_, cfg.C, 4 * cfg.C},
-                       {N_, 4 * cfg.C, cfg.C}};
+    m.layer_linears = {{N_, cfg.C, 2 * cfg.C},
+                       {N_, cfg.C, cfg.C},
+                       {N_, cfg.C, cfg.C, true},
+                       {N_, cfg.C, 4 * cfg.C, false, true},
+                       {N_, 4 * cfg.C, cfg.C, true, false, true}};
     // The causal blocks on a segment's own keys (split_causal), 4 Bl H c^2 D / 2 FLOPs forward and
     // 2.5 times that backward, run beside the gather and the reduce-scatter; priced at the GEMM rate.
     double diagonal_forward = 0;
@@ -331,8 +334,7 @@ class LssStrategy final : public Strategy {
       a.kv_local.reset();  // its rows are inside kv_full
     }
     a.h_mid = be.alloc(cfg.dtype, N * C);
-    linear_forward(be, a.h_mid.view(), a.attn_out.view(), w.proj_w, w.proj_b, N, C, C);
-    be.add(a.h_mid.view(), a.h_mid.view(), h);
+    linear_forward(be, a.h_mid.view(), a.attn_out.view(), w.proj_w, w.proj_b, N, C, C, h);
   }
 
   // dh: gradient w.r.t. h_mid on entry, w.r.t. the block input h on exit.

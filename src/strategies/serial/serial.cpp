@@ -22,7 +22,7 @@ class SerialStrategy final : public Strategy {
   BoundModel bound_model() const override {
     BoundModel m;
     const int64_t N = ctx_.cfg.T * ctx_.cfg.B, C = ctx_.cfg.C;
-    m.layer_linears = {{N, C, 3 * C}, {N, C, C}, {N, C, 4 * C}, {N, 4 * C, C}};
+    m.layer_linears = {{N, C, 3 * C}, {N, C, C, true}, {N, C, 4 * C, false, true}, {N, 4 * C, C, true, false, true}};
     m.layer_attention = {attention_shape(ctx_.cfg.B, ctx_.cfg.H, ctx_.cfg.T, ctx_.cfg.T, 0)};
     return m;
   }
@@ -100,8 +100,7 @@ class SerialStrategy final : public Strategy {
     be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
     linear_forward(be, a.qkv.view(), a.ln_out.view(), w.attn_w, w.attn_b, N, C, 3 * C);
     be.attention_forward(attention_args(a));
-    linear_forward(be, a.h_mid.view(), a.attn_out.view(), w.proj_w, w.proj_b, N, C, C);
-    be.add(a.h_mid.view(), a.h_mid.view(), h);
+    linear_forward(be, a.h_mid.view(), a.attn_out.view(), w.proj_w, w.proj_b, N, C, C, h);
   }
 
   // dh: gradient w.r.t. h_mid on entry, w.r.t. the block input h on exit.
