@@ -9,6 +9,7 @@
 #include "app/metrics.h"
 #include "comm/mpi_util.h"
 #include "core/check.h"
+#include "core/init.h"
 #include "model/layers.h"
 
 namespace lss {
@@ -29,12 +30,31 @@ double time_median(Backend& be, Op op) {
   return percentile(t, 50);
 }
 
+// n values uniform in [-0.5, 0.5): operands as the step has them. Zeros would let the tensor cores
+// draw less power and clock higher (the GEMM-rate measurement uses random operands for the same
+// reason), and the bound would then undercut the kernels it prices. One block is made on the host,
+// the rest copied from it on the device.
+Buffer random_operand(Backend& be, DType dtype, int64_t n) {
+  Buffer b = be.alloc(dtype, n);
+  const int64_t block = std::min<int64_t>(n, int64_t{1} << 20);
+  std::vector<double> values(static_cast<size_t>(block));
+  const uint64_t key = stream_key(4321, "bound-operand");
+  for (int64_t i = 0; i < block; ++i) values[static_cast<size_t>(i)] = uniform01(key, static_cast<uint64_t>(i)) - 0.5;
+  if (block > 0) be.copy_from_host(b.slice(0, block), values.data(), DType::f64);
+  for (int64_t filled = block; filled < n;) {
+    const int64_t count = std::min(filled, n - filled);
+    be.copy(b.slice(filled, count), b.slice(0, count));
+    filled += count;
+  }
+  return b;
+}
+
 // Forward and backward seconds of one attention call of `shape` on fresh, contiguous operands.
 std::pair<double, double> attention_seconds(Backend& be, AttentionArgs a) {
   const int64_t W = a.H * a.D;
-  Buffer q = be.alloc_zeroed(a.dtype, a.B * a.Tq * W), out = be.alloc(a.dtype, a.B * a.Tq * W);
-  Buffer dout = be.alloc_zeroed(a.dtype, a.B * a.Tq * W), dq = be.alloc(a.dtype, a.B * a.Tq * W);
-  Buffer k = be.alloc_zeroed(a.dtype, a.B * a.Tk * W), v = be.alloc_zeroed(a.dtype, a.B * a.Tk * W);
+  Buffer q = random_operand(be, a.dtype, a.B * a.Tq * W), out = be.alloc(a.dtype, a.B * a.Tq * W);
+  Buffer dout = random_operand(be, a.dtype, a.B * a.Tq * W), dq = be.alloc(a.dtype, a.B * a.Tq * W);
+  Buffer k = random_operand(be, a.dtype, a.B * a.Tk * W), v = random_operand(be, a.dtype, a.B * a.Tk * W);
   Buffer dk = be.alloc(a.dtype, a.B * a.Tk * W), dv = be.alloc(a.dtype, a.B * a.Tk * W);
   Buffer lse = be.alloc(stat_dtype(a.dtype), a.B * a.H * a.Tq);
   // (T, B, W) row-major, as the strategies lay activations out.
@@ -50,13 +70,13 @@ std::pair<double, double> attention_seconds(Backend& be, AttentionArgs a) {
 // operands, with the step's fusions (residual, GELU and its gradient in the GEMM's epilogue).
 std::pair<double, double> linear_seconds(Backend& be, DType dtype, const BoundModel::Linear& l) {
   const DType gd = master_dtype(dtype);
-  Buffer x = be.alloc_zeroed(dtype, l.rows * l.in), w = be.alloc_zeroed(dtype, l.out * l.in);
-  Buffer b = be.alloc_zeroed(dtype, l.out), y = be.alloc(dtype, l.rows * l.out);
-  Buffer dy = be.alloc_zeroed(dtype, l.rows * l.out), dx = be.alloc(dtype, l.rows * l.in);
+  Buffer x = random_operand(be, dtype, l.rows * l.in), w = random_operand(be, dtype, l.out * l.in);
+  Buffer b = random_operand(be, dtype, l.out), y = be.alloc(dtype, l.rows * l.out);
+  Buffer dy = random_operand(be, dtype, l.rows * l.out), dx = be.alloc(dtype, l.rows * l.in);
   Buffer dw = be.alloc_zeroed(gd, l.out * l.in), db = be.alloc_zeroed(gd, l.out);
-  Buffer residual = be.alloc_zeroed(dtype, l.residual ? l.rows * l.out : 0);  // (rows, out)
-  Buffer pre = be.alloc_zeroed(dtype, l.gelu_out ? l.rows * l.out : 0);       // (rows, out)
-  Buffer x_pre = be.alloc_zeroed(dtype, l.gelu_in ? l.rows * l.in : 0);       // (rows, in)
+  Buffer residual = random_operand(be, dtype, l.residual ? l.rows * l.out : 0);  // (rows, out)
+  Buffer pre = be.alloc(dtype, l.gelu_out ? l.rows * l.out : 0);                 // (rows, out)
+  Buffer x_pre = random_operand(be, dtype, l.gelu_in ? l.rows * l.in : 0);       // (rows, in)
   const double fwd = time_median(be, [&] {
     if (l.gelu_out)
       linear_gelu_forward(be, y.view(), pre.view(), x.view(), w.view(), b.view(), l.rows, l.in, l.out);
@@ -79,7 +99,7 @@ struct ElementwiseTimes {
 ElementwiseTimes elementwise_seconds(Backend& be, const ModelConfig& m, const DataSource& data, int64_t n) {
   const DType dt = m.dtype, st = stat_dtype(dt), gd = master_dtype(dt);
   const int64_t C = m.C, V = m.V;
-  Buffer x = be.alloc_zeroed(dt, n * C), y = be.alloc(dt, n * C), dx = be.alloc_zeroed(dt, n * C);
+  Buffer x = random_operand(be, dt, n * C), y = be.alloc(dt, n * C), dx = random_operand(be, dt, n * C);
   Buffer mean = be.alloc_zeroed(st, n), rstd = be.alloc_zeroed(st, n);
   Buffer w = be.alloc_zeroed(dt, C), b = be.alloc_zeroed(dt, C), dw = be.alloc_zeroed(gd, C), dbias = be.alloc_zeroed(gd, C);
   ElementwiseTimes t;
@@ -94,7 +114,7 @@ ElementwiseTimes elementwise_seconds(Backend& be, const ModelConfig& m, const Da
   data.fill(0, 0, m.B, 0, nt, inputs.data(), targets.data());
   Buffer tokens = be.alloc(DType::i32, n);  // (n)
   be.copy_from_host(tokens.view(), inputs.data(), DType::i32);
-  Buffer logits = be.alloc_zeroed(dt, n * V);
+  Buffer logits = random_operand(be, dt, n * V);
   Buffer wte = be.alloc_zeroed(dt, V * C), wpe = be.alloc_zeroed(dt, n * C);
   Buffer dwte = be.alloc_zeroed(gd, V * C), dwpe = be.alloc_zeroed(gd, n * C);
   be.copy_from_host(tokens.view(), targets.data(), DType::i32);
