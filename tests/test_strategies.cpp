@@ -179,6 +179,55 @@ CommCounts counts(std::initializer_list<std::tuple<CollKind, int64_t, int64_t>> 
   return c;
 }
 
+// The analytic bound's model of lss's own passes per layer (README, Metrics: analytic bound),
+// written out again: zigzag puts every gathered [K|V] into token order and [dK|dV] back into rank
+// order (T*Bl*2C elements each); backward zeroes the [dK|dV] rows no segment sees and adds a
+// second segment's prefix; the split blocks merge one preceding block per segment that has keys
+// before it, add its dQ part, and add the diagonal blocks' dK/dV (N*2C).
+TEST(BoundModel, LssPassesFollowTheSchedule) {
+  using Kind = BoundModel::Pass::Kind;
+  for (auto [P, R] : grids_for_world()) {
+    for (bool keep_kv : {false, true}) {
+      RunConfig rc = small("lss", P, DType::f32, true);
+      rc.strategy_opts.zigzag = true;
+      rc.strategy_opts.split_causal = true;
+      rc.strategy_opts.keep_kv = keep_kv;
+      Session s(rc, MPI_COMM_WORLD);
+      const BoundModel m = s.strategy().bound_model();
+      const ModelConfig& cfg = rc.model;
+      const int p = s.grid().p;
+      const int64_t Bl = cfg.B / R, c = cfg.T / (2 * P), key_row = Bl * 2 * cfg.C, N = 2 * c * Bl;
+      const std::string where = "P=" + std::to_string(P) + " R=" + std::to_string(R) + " rank p=" + std::to_string(p) +
+                                (keep_kv ? " keep_kv" : "");
+      double copy_fwd = 0, copy_bwd = 0, add_bwd = 0, zero_bwd = 0, merges = 0;
+      for (const auto& pass : m.layer_passes) {
+        if (pass.kind == Kind::copy) {
+          copy_fwd += pass.forward_calls * pass.numel;
+          copy_bwd += pass.backward_calls * pass.numel;
+        }
+        if (pass.kind == Kind::add) add_bwd += pass.backward_calls * pass.numel;
+        if (pass.kind == Kind::fill_zero) zero_bwd += pass.backward_calls * pass.numel;
+        if (pass.kind == Kind::attention_merge) {
+          merges += pass.forward_calls;
+          EXPECT_EQ(pass.merge.Tq, P == 1 ? 2 * c : c) << where;
+        }
+      }
+      const double kv = static_cast<double>(cfg.T) * key_row;
+      EXPECT_EQ(copy_fwd, kv) << where;
+      EXPECT_EQ(copy_bwd, (keep_kv ? 1 : 2) * kv) << where;
+      // Segments of rank p: chunks p and 2P-1-p (one segment of 2c at P = 1, no keys before it).
+      const int64_t segments_with_keys_before = P == 1 ? 0 : (p == 0 ? 1 : 2);
+      EXPECT_EQ(merges, segments_with_keys_before) << where;
+      // Keys before each segment: p*c and (2P-1-p)*c; the larger writes, rows from it on zeroed.
+      const int64_t first = P == 1 ? 0 : (2 * P - 1 - p) * c, second = P == 1 ? 0 : p * c;
+      EXPECT_EQ(zero_bwd, static_cast<double>(cfg.T - first) * key_row) << where;
+      const double dq_adds = static_cast<double>(segments_with_keys_before) * c * Bl * cfg.C;
+      EXPECT_EQ(add_bwd, static_cast<double>(second) * key_row + dq_adds + static_cast<double>(N) * 2 * cfg.C)
+          << where;
+    }
+  }
+}
+
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
   for (auto [P, R] : grids_for_world()) {
     for (const char* strategy : {"lss", "megatron_sp"}) {

@@ -90,6 +90,44 @@ std::pair<double, double> linear_seconds(Backend& be, DType dtype, const BoundMo
   return {fwd, bwd};
 }
 
+// Seconds of one of a strategy's own passes, on fresh operands.
+double pass_seconds(Backend& be, DType dtype, const BoundModel::Pass& p) {
+  using Kind = BoundModel::Pass::Kind;
+  switch (p.kind) {
+    case Kind::copy: {
+      Buffer src = random_operand(be, dtype, p.numel), dst = be.alloc(dtype, p.numel);
+      return time_median(be, [&] { be.copy(dst.view(), src.view()); });
+    }
+    case Kind::add: {
+      Buffer a = random_operand(be, dtype, p.numel), b = random_operand(be, dtype, p.numel);
+      return time_median(be, [&] { be.add(a.view(), a.view(), b.view()); });
+    }
+    case Kind::fill_zero: {
+      Buffer a = be.alloc(dtype, p.numel);
+      return time_median(be, [&] { be.fill_zero(a.view()); });
+    }
+    case Kind::attention_merge: {
+      const AttentionArgs& m = p.merge;
+      const int64_t W = m.H * m.D, rows = m.B * m.Tq;
+      Buffer out = random_operand(be, dtype, rows * W), part = random_operand(be, dtype, rows * W);  // (Tq, B, W)
+      Buffer lse = random_operand(be, stat_dtype(dtype), m.B * m.H * m.Tq);                          // (B, H, Tq)
+      Buffer part_lse = random_operand(be, stat_dtype(dtype), m.B * m.H * m.Tq);
+      AttentionMergeArgs a;
+      a.dtype = dtype;
+      a.B = m.B;
+      a.H = m.H;
+      a.D = m.D;
+      a.Tq = m.Tq;
+      a.out = {out.ptr(), W, m.B * W};
+      a.lse = lse.ptr();
+      a.part = {part.ptr(), W, m.B * W};
+      a.part_lse = part_lse.ptr();
+      return time_median(be, [&] { be.attention_merge(a); });
+    }
+  }
+  return 0;
+}
+
 // Seconds of one call of each elementwise kernel of a step on n rows of width C (the same for
 // every strategy: the LayerNorm and residual regions hold T*B/world rows), on the run's own
 // tokens (the embedding's backward groups rows by token: its cost depends on their spread).
@@ -164,9 +202,13 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const double gemm_flops = ((3.0 + recompute) * flops.blocks_gemm_forward + 3.0 * flops.head_forward) / grid.world;
   const int64_t rows = m.T * m.B / grid.world;  // LayerNorm / residual rows of every strategy
   double gemm_s = 0;
+  nlohmann::json linears = nlohmann::json::array();
   for (const auto& lin : model.layer_linears) {
     const auto [fwd, bwd] = linear_seconds(be, m.dtype, lin);
     gemm_s += L * ((1 + recompute) * fwd + bwd);
+    linears.push_back({{"rows", lin.rows}, {"in", lin.in}, {"out", lin.out}, {"residual", lin.residual},
+                       {"gelu_out", lin.gelu_out}, {"gelu_in", lin.gelu_in}, {"forward_ms", fwd * 1e3},
+                       {"backward_ms", bwd * 1e3}});
   }
   {
     const auto [fwd, bwd] = linear_seconds(be, m.dtype, {rows, m.C, m.V});  // LM head (its bias is measured too)
@@ -188,6 +230,14 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
       {"cross_entropy", {{"ms_per_call", ew.cross_entropy * 1e3}, {"calls", 1}}},
       {"embedding_forward", {{"ms_per_call", ew.embedding_fwd * 1e3}, {"calls", 1}}},
       {"embedding_backward", {{"ms_per_call", ew.embedding_bwd * 1e3}, {"calls", 1}}}};
+  double passes_s = 0;
+  nlohmann::json passes = nlohmann::json::array();
+  for (const auto& p : model.layer_passes) {
+    const double t = pass_seconds(be, m.dtype, p);
+    const double calls = L * ((1 + recompute) * p.forward_calls + p.backward_calls);
+    passes_s += calls * t;
+    passes.push_back({{"what", p.what}, {"ms_per_call", t * 1e3}, {"calls", calls}});
+  }
   double attention_s = 0;
   for (const AttentionArgs& a : model.layer_attention) {
     const auto [fwd, bwd] = attention_seconds(be, a);
@@ -214,7 +264,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // Every rank's bound and attention time: ranks whose attention differs make the faster ones
   // wait at the next collective (load imbalance), which the exposed communication then shows.
   const int world = grid.world;
-  const double mine[2] = {gemm_s + attention_s + elementwise_s + optimizer_s + comm_s, attention_s};
+  const double mine[2] = {gemm_s + attention_s + elementwise_s + passes_s + optimizer_s + comm_s, attention_s};
   std::vector<double> all(2 * static_cast<size_t>(world));
   LSS_MPI_CHECK(MPI_Allgather(mine, 2, MPI_DOUBLE, all.data(), 2, MPI_DOUBLE, MPI_COMM_WORLD));
   std::vector<double> per_rank_ms, per_rank_attention_ms;
@@ -225,8 +275,9 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     total = std::max(total, all[2 * r]);
   }
   return {{"definition", "this rank's linear layers (with the GELU and residual adds their GEMMs fuse), attention "
-                         "calls and elementwise kernels (LayerNorm, unfused residual adds, head, loss, embedding on "
-                         "the run's tokens) each timed alone at the step's shapes + the measured optimizer step + "
+                         "calls, elementwise kernels (LayerNorm, unfused residual adds, head, loss, embedding on "
+                         "the run's tokens) and the strategy's own passes (reorder copies, merges, additions) each "
+                         "timed alone at the step's shapes + the measured optimizer step + "
                          "each collective timed alone less the GEMM time the schedule runs beside it; slowest rank"},
           {"bound_ms", total * 1e3},
           {"per_rank_ms", per_rank_ms},
@@ -236,6 +287,9 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                      {"gemm_tflops_at_step_shapes", gemm_flops / gemm_s / 1e12},
                      {"elementwise_ms", elementwise_s * 1e3},
                      {"elementwise_kernels", elementwise_kernels},
+                     {"linears", linears},
+                     {"passes_ms", passes_s * 1e3},
+                     {"passes", passes},
                      {"attention_ms", attention_s * 1e3},
                      {"optimizer_ms", optimizer_s * 1e3},
                      {"comm_exposed_ms", comm_s * 1e3},

@@ -44,6 +44,18 @@ struct BoundModel {
   // Residual adds a block runs as separate kernels on the rank's N rows (those not fused into a
   // GEMM: megatron_sp adds after its reduce-scatter).
   int64_t residual_adds = 0;
+  // A strategy's own memory-bound passes per layer (lss: the zigzag reorder copies of [K|V] and
+  // [dK|dV], the split blocks' log-sum-exp merges and additions): each timed alone at its size.
+  struct Pass {
+    enum class Kind { copy, add, fill_zero, attention_merge };
+    std::string what;  // for the JSON
+    Kind kind = Kind::copy;
+    int64_t numel = 0;     // copy, add, fill_zero: elements of the compute dtype
+    AttentionArgs merge;   // attention_merge: B, H, D, Tq of the merged result
+    double forward_calls = 0;   // per layer and forward (twice with recomputation)
+    double backward_calls = 0;  // per layer and backward
+  };
+  std::vector<Pass> layer_passes;
   // One layer's attention calls on this rank (shapes only, no pointers): each runs forward and
   // backward per layer and step, and forward once more with recomputation.
   std::vector<AttentionArgs> layer_attention;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "core/check.h"
 #include "model/layers.h"
@@ -103,7 +104,41 @@ class LssStrategy final : public Strategy {
       m.comm.push_back({"dK/dV reduce-scatter", "sp", CollKind::reduce_scatter, kv_bytes, cfg.L, q_backward});
     }
     add_gradient_bounds(m, store_, 48 * N * C * C);
+    m.layer_passes = passes();
     return m;
+  }
+
+  // The memory-bound passes of one layer, as attention_forward / attention_backward run them.
+  std::vector<BoundModel::Pass> passes() const {
+    using Kind = BoundModel::Pass::Kind;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C, key_row = Bl_ * 2 * C, kv = cfg.T * key_row;
+    std::vector<BoundModel::Pass> out;
+    if (ctx_.opts.zigzag) {
+      // Every gather is put into token order: the forward's, and backward's re-gather.
+      const bool regather = !ctx_.opts.keep_kv && !ctx_.opts.recompute;
+      out.push_back({"[K|V] to token order", Kind::copy, kv, {}, 1, regather ? 1.0 : 0.0});
+      out.push_back({"[dK|dV] to rank order", Kind::copy, kv, {}, 0, 1});
+    }
+    // Backward's dK/dV: the segment seeing the most keys writes dkv_full (the rows beyond zeroed),
+    // the other adds its prefix from a scratch buffer.
+    std::vector<int64_t> keys;
+    for (const RowRange& seg : segments_) keys.push_back(split() ? seg.start : key_count(seg));
+    std::sort(keys.begin(), keys.end(), std::greater<>());
+    if (!keys.empty() && keys[0] < cfg.T)
+      out.push_back({"[dK|dV] rows no segment sees, zeroed", Kind::fill_zero, (cfg.T - keys[0]) * key_row, {}, 0, 1});
+    for (size_t n = 1; n < keys.size(); ++n)
+      if (keys[n] > 0) out.push_back({"[dK|dV] of a second segment, added", Kind::add, keys[n] * key_row, {}, 0, 1});
+    if (split()) {
+      for (const RowRange& seg : segments_) {
+        if (seg.start == 0) continue;
+        AttentionArgs merge = attention_shape(Bl_, cfg.H, seg.count, seg.count, 0);
+        out.push_back({"split blocks' merge", Kind::attention_merge, 0, merge, 1, 0});
+        out.push_back({"split blocks' dQ, added", Kind::add, seg.count * Bl_ * C, {}, 0, 1});
+      }
+      out.push_back({"diagonal blocks' dK/dV, added", Kind::add, N_ * 2 * C, {}, 0, 1});
+    }
+    return out;
   }
 
   double forward(int64_t step) override {
