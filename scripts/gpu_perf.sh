@@ -15,6 +15,8 @@
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernel and cuDNN)
+#   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs plain and with the fused
+#             epilogues, LayerNorm forward and backward, GELU, cross-entropy
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
@@ -112,6 +114,9 @@ run_section() {
       done ;;
     attention)
       step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json ;;
+    kernels)
+      step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large \
+        --benchmark_filter='gemm|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       local name
