@@ -24,7 +24,8 @@
 #               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
 #               limit resumes in the next call (the sweep skips the points it has)
 # Output in $OUT: log.txt, summary.txt (one line per point), points.tar.gz (every result JSON of this
-# call) and sweeps.tar.gz (every sweep folder in .gpu-keep/sweeps/), packed again after each run so
+# call: several invocations in one call, e.g. with different LSS_SWEEP_ARGS, add to the same
+# points and append to the same log) and sweeps.tar.gz (every sweep folder in .gpu-keep/sweeps/), packed again after each run so
 # that what finished comes back even when the call is cut at its limit. Archives, because the
 # device tool returns at most 8 files, none more than two folders down.
 set -u
@@ -40,7 +41,8 @@ export PATH=$dev/mpich/bin:$PATH LD_LIBRARY_PATH=$dev/lib:$dev/mpich/lib${LD_LIB
 export NCCL_NVLS_ENABLE=0
 gpus=$(sys nvidia-smi -L | grep -c "^GPU")
 keep=$root/.gpu-keep/sweeps
-res=$(mktemp -d "${TMPDIR:-/tmp}/lss-points.XXXXXX")/points
+# One points folder per $OUT, so that a second invocation in the same call keeps the first's.
+res=${TMPDIR:-/tmp}/lss-points-$(printf '%s' "$out" | cksum | cut -d' ' -f1)/points
 mkdir -p "$res"
 pack() {
   tar -C "$(dirname "$res")" -czf "$out/points.tar.gz.tmp" points && mv "$out/points.tar.gz.tmp" "$out/points.tar.gz"
@@ -157,5 +159,5 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
           f"bound {b.get('bound_ms', 0):8.2f} ratio {b.get('step_over_bound', 0):5.3f} mem {m['peak_mem_bytes'] / 2**30:6.2f} GiB "
           f"comm=model {j['comm']['matches_model']}")
 PY
-} 2>&1 | tee "$out/log.txt"
+} 2>&1 | tee -a "$out/log.txt"
 exit $failed
