@@ -22,7 +22,8 @@ point() {  # point NP NAME args...
     failures=$((failures + 1)); echo "FAIL: $name: check or status"; return
   fi
   # The analytic bound: its GEMM FLOPs per rank are README's ((3 + r)·L·24·B·T·C² + 6·B·T·C·V) / world,
-  # rank 0's parts add up to at most the bound (the slowest rank's), the collectives' lines add
+  # rank 0's parts add up to at most the bound (the slowest rank's; to the bound on one rank), the
+  # per-kernel elementwise and per-pass lists to their totals, the collectives' lines add
   # up to their total, a distributed run prices its collectives, and step_over_bound is the ratio.
   if ! python3 - "$work/$name.json" <<'PY'
 import json, sys
@@ -32,8 +33,17 @@ rec = 1 if c["strategy_options"].get("recompute") else 0
 L, B, T, C, V = c["layers"], c["batch"], c["seq"], c["width"], c["vocab"]
 want = ((3 + rec) * L * 24 * B * T * C * C + 6 * B * T * C * V) / r["grid"]["world"]
 r0 = b["rank0"]
-parts = r0["gemm_ms"] + r0["attention_ms"] + r0["elementwise_ms"] + r0["optimizer_ms"] + r0["comm_exposed_ms"]
+parts = r0["gemm_ms"] + r0["attention_ms"] + r0["elementwise_ms"] + r0["passes_ms"] + r0["optimizer_ms"] + r0["comm_exposed_ms"]
 ok = abs(r0["gemm_flops"] - want) <= 1e-9 * want and parts <= b["bound_ms"] * (1 + 1e-9)
+# One rank: its parts are the bound.
+ok = ok and (r["grid"]["world"] > 1 or abs(parts - b["bound_ms"]) <= 1e-9 * b["bound_ms"])
+# The per-kernel and per-pass lists add up to their totals.
+ew = sum(k["ms_per_call"] * k["calls"] for k in r0["elementwise_kernels"].values())
+ok = ok and abs(ew - r0["elementwise_ms"]) <= 1e-9 * r0["elementwise_ms"]
+ok = ok and abs(sum(x["ms_per_call"] * x["calls"] for x in r0["passes"]) - r0["passes_ms"]) <= 1e-9 * max(1.0, r0["passes_ms"])
+# lss in the zigzag order reorders every gather: priced passes.
+zigzag = c["strategy_options"].get("order") == "zigzag"
+ok = ok and (not zigzag or r0["passes_ms"] > 0)
 ok = ok and abs(max(b["per_rank_ms"]) - b["bound_ms"]) <= 1e-9 * b["bound_ms"] and len(b["per_rank_ms"]) == r["grid"]["world"]
 ok = ok and abs(r0["gemm_tflops_at_step_shapes"] - r0["gemm_flops"] / r0["gemm_ms"] / 1e9) <= 1e-9 * r0["gemm_tflops_at_step_shapes"]
 ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])
@@ -56,7 +66,7 @@ PY
 }
 point 1 serial --strategy serial
 point 2 lss --strategy lss --sp 2 --batch 2
-point 4 lss_dp --strategy lss --sp 2 --batch 2 --keep-kv
+point 4 lss_dp --strategy lss --sp 2 --batch 2 --keep-kv --zigzag
 point 2 megatron --strategy megatron_sp --sp 2 --dtype fp64
 point 4 megatron_dp --strategy megatron_sp --sp 2 --batch 2 --check-seq 32
 echo "$((total - failures)) passed, $failures failed"

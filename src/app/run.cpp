@@ -529,9 +529,17 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<22} {:>14.3f}\n", "step p90 (ms)", percentile(step_s, 90) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm median (ms)", percentile(comm_s, 50) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm exposed (ms)", percentile(exposed_s, 50) * 1e3);
-    if (!bound.is_null())
+    if (!bound.is_null()) {
       fmt::print("  {:<22} {:>14.3f}  (step / bound {:.3f})\n", "analytic bound (ms)", bound["bound_ms"].get<double>(),
                  bound["step_over_bound"].get<double>());
+      // Where the bound's time goes on rank 0 (bound.rank0 has each kernel).
+      const json& b0 = bound["rank0"];
+      fmt::print("  {:<22} gemm {:.2f}, attention {:.2f}, elementwise {:.2f}, passes {:.2f}, optimizer {:.2f}, "
+                 "exposed comm {:.2f}\n",
+                 "  rank 0's parts (ms)", b0["gemm_ms"].get<double>(), b0["attention_ms"].get<double>(),
+                 b0["elementwise_ms"].get<double>(), b0["passes_ms"].get<double>(), b0["optimizer_ms"].get<double>(),
+                 b0["comm_exposed_ms"].get<double>());
+    }
     fmt::print("  {:<22} {:>14.1f}\n", "tokens/s", tokens_per_s);
     fmt::print("  {:<22} {:>14.4f}\n", "TFLOP/s per device", tflops_per_dev);
     fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));
