@@ -15,6 +15,10 @@
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernel and cuDNN)
+#   profile   the serial step (T=16K, 2 steps, no bound) under Nsight Compute, one metric
+#             (gpu__time_duration), clocks and caches left alone: every kernel's time, summed by
+#             name into $OUT/profile_serial_T16K.txt (where the step's time goes beyond the bound's
+#             kernels; ncu reads counters on Firecracker machines only, KINDS.md)
 #   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs plain and with the fused
 #             epilogues, LayerNorm forward and backward, GELU, cross-entropy
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
@@ -116,6 +120,39 @@ run_section() {
       done ;;
     attention)
       step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json ;;
+    profile)
+      local csv=$res/ncu_serial_T16K.csv
+      step ncu_serial_T16K 300 mpiexec.hydra -n 1 ncu --clock-control none --cache-control none \
+        --metrics gpu__time_duration.sum --csv --print-units base --log-file "$csv" \
+        "$dev/bin/lssbench" run $model --strategy serial --seq 16K --warmup 1 --iters 1 --no-bound --no-measure-peak \
+        --out "$res/ncu_serial_T16K.json"
+      sys python3 - "$csv" 2 <<'PY' | tee "$out/profile_serial_T16K.txt"
+import csv, collections, sys
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+head = next((i for i, r in enumerate(rows) if "Kernel Name" in r and "Metric Value" in r), None)
+if head is None:
+    sys.exit(f"{sys.argv[1]}: no ncu CSV header (ncu failed?)")
+h = rows[head]
+name_col, value_col = h.index("Kernel Name"), h.index("Metric Value")
+per = collections.defaultdict(lambda: [0, 0.0])
+for r in rows[head + 1:]:
+    if len(r) <= max(name_col, value_col):
+        continue
+    try:
+        ns = float(r[value_col].replace(",", ""))
+    except ValueError:
+        continue
+    k = per[r[name_col][:90]]
+    k[0] += 1
+    k[1] += ns
+steps = int(sys.argv[2])
+total = sum(v[1] for v in per.values())
+print(f"kernel time per step {total / steps / 1e6:.2f} ms over {sum(v[0] for v in per.values())} launches in {steps} steps")
+print(f"{'ms/step':>9} {'calls/step':>10}  kernel")
+for name, (n, ns) in sorted(per.items(), key=lambda kv: -kv[1][1])[:40]:
+    print(f"{ns / steps / 1e6:9.3f} {n / steps:10.1f}  {name}")
+PY
+      ;;
     kernels)
       step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large \
         --benchmark_filter='gemm|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
