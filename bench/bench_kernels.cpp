@@ -1,12 +1,13 @@
 // Kernel micro-benchmarks through the backend interface: attention forward and backward over T
-// and D, the model's GEMM shapes (plain and with the step's fused epilogues), LayerNorm forward
-// and backward, GELU, cross-entropy. Times are the backend's own
-// markers (device events on cuda); FLOP and byte rates are user counters.
+// and D, the model's GEMM shapes, the MLP's linear layers plain and with the step's fusions,
+// LayerNorm forward and backward, GELU, cross-entropy. Times are the backend's own markers
+// (device events on cuda); FLOP and byte rates are user counters.
 //   bench_kernels [--backend=cpu|cuda] [--attention=auto|cudnn|flash] [--dtype=..] [--large]
 //                 [Google Benchmark flags, e.g. --benchmark_format=json --benchmark_out=FILE]
 #include <cmath>
 
 #include "bench/bench_common.h"
+#include "model/layers.h"
 
 namespace lss::bench {
 namespace {
@@ -88,38 +89,26 @@ void gemm(benchmark::State& state) {
   state.counters["TFLOP/s"] = benchmark::Counter(2.0 * M * N * K / 1e12, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// The MLP's GEMMs as the step runs them, against the plain GEMM of the same shape: epilogue 0 plain
-// (y = x W^T + b), 1 GELU with its pre-activation (the first MLP layer), 2 the data gradient
-// through GELU's derivative (dx = dy W * gelu'(pre)), 3 a residual through the beta term.
-void gemm_fused(benchmark::State& state) {
-  const int64_t M = state.range(0), N = state.range(1), K = state.range(2), kind = state.range(3);
+// A linear layer of the MLP as the step runs it (model/layers.h), plain and with each fusion:
+// kind 0 forward y = x W^T + b, 1 forward with GELU and its pre-activation, 2 forward with the
+// residual, 3 the data gradient dx = dy W, 4 the data gradient through GELU's derivative.
+void linear_fused(benchmark::State& state) {
+  const int64_t M = state.range(0), in = state.range(1), out = state.range(2), kind = state.range(3);
   const DType dt = bench_dtype(g_settings);
-  Buffer x = random_buffer(*g_backend, dt, M * K, 3), w = random_buffer(*g_backend, dt, N * K, 4);
-  Buffer bias = random_buffer(*g_backend, dt, N, 5), other = random_buffer(*g_backend, dt, M * N, 6);
-  Buffer y = g_backend->alloc(dt, M * N);  // (M, N)
-  GemmArgs g;
-  g.dtype = g.c_dtype = dt;
-  g.trans_b = true;
-  g.m = M;
-  g.n = N;
-  g.k = K;
-  g.a = x.ptr();
-  g.lda = K;
-  g.b = w.ptr();
-  g.ldb = K;
-  g.c = y.ptr();
-  g.ldc = N;
-  g.bias = kind == 2 ? nullptr : bias.ptr();
-  if (kind == 1 || kind == 2) {
-    g.epilogue = kind == 1 ? GemmEpilogue::gelu : GemmEpilogue::gelu_backward;
-    g.aux = other.ptr();  // written (gelu) or read (gelu_backward)
-  }
-  if (kind == 3) {
-    g.c_in = other.ptr();
-    g.beta = 1.0;
-  }
-  timed_loop(state, [&] { g_backend->gemm(g); });
-  state.counters["TFLOP/s"] = benchmark::Counter(2.0 * M * N * K / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  Buffer x = random_buffer(*g_backend, dt, M * in, 3), w = random_buffer(*g_backend, dt, out * in, 4);
+  Buffer bias = random_buffer(*g_backend, dt, out, 5), dy = random_buffer(*g_backend, dt, M * out, 6);
+  Buffer residual = random_buffer(*g_backend, dt, M * out, 7), x_pre = random_buffer(*g_backend, dt, M * in, 8);
+  Buffer y = g_backend->alloc(dt, M * out), pre = g_backend->alloc(dt, M * out);  // (M, out) each
+  Buffer dx = g_backend->alloc(dt, M * in);                                         // (M, in)
+  timed_loop(state, [&] {
+    if (kind == 0) linear_forward(*g_backend, y.view(), x.view(), w.view(), bias.view(), M, in, out);
+    if (kind == 1) linear_gelu_forward(*g_backend, y.view(), pre.view(), x.view(), w.view(), bias.view(), M, in, out);
+    if (kind == 2) linear_forward(*g_backend, y.view(), x.view(), w.view(), bias.view(), M, in, out, residual.view());
+    if (kind >= 3)
+      linear_backward(*g_backend, dx.view(), 0.0, View{}, View{}, dy.view(), x.view(), w.view(), M, in, out,
+                      kind == 4 ? x_pre.view() : View{});
+  });
+  state.counters["TFLOP/s"] = benchmark::Counter(2.0 * M * in * out / 1e12, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void layernorm_backward(benchmark::State& state) {
@@ -188,12 +177,10 @@ void register_all() {
   const int64_t C = L ? 2048 : 256, M = L ? 16384 : 1024;
   for (auto [n, k] : std::vector<std::pair<int64_t, int64_t>>{{3 * C, C}, {C, C}, {4 * C, C}, {C, 4 * C}}) g->Args({M, n, k});
   if (L) g->Args({8192, 8192, 8192});
-  auto* f = benchmark::RegisterBenchmark("gemm_fused", gemm_fused);
-  f->ArgNames({"M", "N", "K", "epilogue"})->UseManualTime()->Unit(benchmark::kMillisecond);
-  // M x 4C outputs over K = C (MLP up: plain, with GELU; the shape of MLP down's data gradient,
-  // with GELU's derivative), and M x C over K = 4C (MLP down: plain, with the residual).
-  for (int64_t kind : {0, 1, 2}) f->Args({M, 4 * C, C, kind});
-  for (int64_t kind : {0, 3}) f->Args({M, C, 4 * C, kind});
+  auto* f = benchmark::RegisterBenchmark("linear_fused", linear_fused);
+  f->ArgNames({"M", "in", "out", "kind"})->UseManualTime()->Unit(benchmark::kMillisecond);
+  for (int64_t kind : {0, 1}) f->Args({M, C, 4 * C, kind});        // MLP up: plain, with GELU
+  for (int64_t kind : {0, 2, 3, 4}) f->Args({M, 4 * C, C, kind});  // MLP down: + residual; data gradient, + GELU'
   benchmark::RegisterBenchmark("layernorm_fwd", layernorm)->ArgNames({"N", "C"})->Args({M, C})->UseManualTime();
   benchmark::RegisterBenchmark("layernorm_bwd", layernorm_backward)->ArgNames({"N", "C"})->Args({M, C})->UseManualTime();
   benchmark::RegisterBenchmark("gelu_fwd", gelu)->ArgNames({"n"})->Args({M * 4 * C})->UseManualTime();

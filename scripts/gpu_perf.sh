@@ -19,8 +19,8 @@
 #             (gpu__time_duration), clocks and caches left alone: every kernel's time, summed by
 #             name into $OUT/profile_serial_T16K.txt (where the step's time goes beyond the bound's
 #             kernels; ncu reads counters on Firecracker machines only, KINDS.md)
-#   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs plain and with the fused
-#             epilogues, LayerNorm forward and backward, GELU, cross-entropy
+#   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs, the MLP's linear layers plain
+#             and with the fused epilogues, LayerNorm forward and backward, GELU, cross-entropy
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
@@ -155,7 +155,7 @@ PY
       ;;
     kernels)
       step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large \
-        --benchmark_filter='gemm|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
+        --benchmark_filter='gemm|linear|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       local name

@@ -107,21 +107,16 @@ double pass_seconds(Backend& be, DType dtype, const BoundModel::Pass& p) {
       return time_median(be, [&] { be.fill_zero(a.view()); });
     }
     case Kind::attention_merge: {
-      const AttentionArgs& m = p.merge;
-      const int64_t W = m.H * m.D, rows = m.B * m.Tq;
-      Buffer out = random_operand(be, dtype, rows * W), part = random_operand(be, dtype, rows * W);  // (Tq, B, W)
-      Buffer lse = random_operand(be, stat_dtype(dtype), m.B * m.H * m.Tq);                          // (B, H, Tq)
-      Buffer part_lse = random_operand(be, stat_dtype(dtype), m.B * m.H * m.Tq);
-      AttentionMergeArgs a;
-      a.dtype = dtype;
-      a.B = m.B;
-      a.H = m.H;
-      a.D = m.D;
-      a.Tq = m.Tq;
-      a.out = {out.ptr(), W, m.B * W};
-      a.lse = lse.ptr();
-      a.part = {part.ptr(), W, m.B * W};
-      a.part_lse = part_lse.ptr();
+      AttentionArgs into = p.merge, part = p.merge;
+      const int64_t W = into.H * into.D, rows = into.B * into.Tq;
+      Buffer out = random_operand(be, dtype, rows * W), part_out = random_operand(be, dtype, rows * W);  // (Tq, B, W)
+      Buffer lse = random_operand(be, stat_dtype(dtype), into.B * into.H * into.Tq);                     // (B, H, Tq)
+      Buffer part_lse = random_operand(be, stat_dtype(dtype), into.B * into.H * into.Tq);
+      into.out = {out.ptr(), W, into.B * W};
+      into.lse = lse.ptr();
+      part.out = {part_out.ptr(), W, into.B * W};
+      part.lse = part_lse.ptr();
+      const AttentionMergeArgs a = attention_merge_args(into, part);
       return time_median(be, [&] { be.attention_merge(a); });
     }
   }
@@ -150,8 +145,7 @@ ElementwiseTimes elementwise_seconds(Backend& be, const ModelConfig& m, const Da
   const int64_t nt = (n + m.B - 1) / m.B;
   std::vector<int32_t> inputs(static_cast<size_t>(nt * m.B)), targets(inputs.size());
   data.fill(0, 0, m.B, 0, nt, inputs.data(), targets.data());
-  Buffer tokens = be.alloc(DType::i32, n);  // (n)
-  be.copy_from_host(tokens.view(), inputs.data(), DType::i32);
+  Buffer tokens = be.alloc(DType::i32, n);  // (n): the targets for the loss, then the inputs
   Buffer logits = random_operand(be, dt, n * V);
   Buffer wte = be.alloc_zeroed(dt, V * C), wpe = be.alloc_zeroed(dt, n * C);
   Buffer dwte = be.alloc_zeroed(gd, V * C), dwpe = be.alloc_zeroed(gd, n * C);

@@ -40,14 +40,18 @@ GemmArgs linear_forward_args(View y, View x, View W, View b, int64_t N, int64_t 
   g.bias = b.numel ? b.ptr : nullptr;
   return g;
 }
+
+// A fusion's extra operand must cover the GEMM's (rows, cols) matrix.
+void check_operand(const View& v, int64_t rows, int64_t cols, const char* what) {
+  LSS_CHECK(v.numel == rows * cols, std::string(what) + " of " + std::to_string(v.numel) + " elements for a (" +
+                                        std::to_string(rows) + ", " + std::to_string(cols) + ") matrix");
+}
 }  // namespace
 
 void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int64_t in, int64_t out, View residual) {
   GemmArgs g = linear_forward_args(y, x, W, b, N, in, out);
   if (residual.numel) {
-    LSS_CHECK(residual.numel == N * out, "linear_forward: residual of " + std::to_string(residual.numel) +
-                                             " elements for a (" + std::to_string(N) + ", " + std::to_string(out) +
-                                             ") output");
+    check_operand(residual, N, out, "linear_forward: residual");
     g.c_in = residual.ptr;
     g.beta = 1.0;
   }
@@ -56,9 +60,7 @@ void linear_forward(Backend& be, View y, View x, View W, View b, int64_t N, int6
 
 void linear_gelu_forward(Backend& be, View act, View pre, View x, View W, View b, int64_t N, int64_t in,
                          int64_t out) {
-  LSS_CHECK(pre.numel == N * out, "linear_gelu_forward: pre-activation of " + std::to_string(pre.numel) +
-                                      " elements for a (" + std::to_string(N) + ", " + std::to_string(out) +
-                                      ") output");
+  check_operand(pre, N, out, "linear_gelu_forward: pre-activation");
   GemmArgs g = linear_forward_args(act, x, W, b, N, in, out);
   g.epilogue = GemmEpilogue::gelu;
   g.aux = pre.ptr;
@@ -100,10 +102,8 @@ void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, Vie
     gx.ldc = in;
     gx.beta = dx_beta;
     if (gelu_pre.numel) {
-      LSS_CHECK(gelu_pre.numel == N * in && dx_beta == 0.0,
-                "linear_backward: gelu_pre of " + std::to_string(gelu_pre.numel) + " elements for a (" +
-                    std::to_string(N) + ", " + std::to_string(in) + ") data gradient, dx_beta " +
-                    std::to_string(dx_beta));
+      check_operand(gelu_pre, N, in, "linear_backward: gelu_pre");
+      LSS_CHECK(dx_beta == 0.0, "linear_backward: gelu_pre with dx_beta " + std::to_string(dx_beta) + " (must be 0)");
       gx.epilogue = GemmEpilogue::gelu_backward;
       gx.aux = gelu_pre.ptr;
     }

@@ -123,7 +123,7 @@ class LssStrategy final : public Strategy {
     // Backward's dK/dV: the segment seeing the most keys writes dkv_full (the rows beyond zeroed),
     // the other adds its prefix from a scratch buffer.
     std::vector<int64_t> keys;
-    for (const RowRange& seg : segments_) keys.push_back(split() ? seg.start : key_count(seg));
+    for (const RowRange& seg : segments_) keys.push_back(dkv_keys(seg));
     std::sort(keys.begin(), keys.end(), std::greater<>());
     if (!keys.empty() && keys[0] < cfg.T)
       out.push_back({"[dK|dV] rows no segment sees, zeroed", Kind::fill_zero, (cfg.T - keys[0]) * key_row, {}, 0, 1});
@@ -250,6 +250,10 @@ class LssStrategy final : public Strategy {
   // The keys a segment's queries see: with a causal mask those up to its last token (the rest
   // would be masked out entirely), else all T.
   int64_t key_count(const RowRange& seg) const { return ctx_.cfg.causal ? seg.start + seg.count : ctx_.cfg.T; }
+
+  // The keys whose dK/dV a segment's backward call writes into the gathered [dK|dV]: those it sees,
+  // or with split_causal those before it (its own keys' go to the diagonal block's buffer).
+  int64_t dkv_keys(const RowRange& seg) const { return split() ? seg.start : key_count(seg); }
 
   // Attention of local segment `s` (rows [row0, row0 + count) of the local Tl) against all keys.
   AttentionArgs attention_args(const Layer& a, const Buffer& kv_full, const RowRange& seg, int64_t row0) const {
@@ -389,7 +393,6 @@ class LssStrategy final : public Strategy {
     // rows; split_causal: the keys before the segment). The segment reaching furthest goes first,
     // into dkv_full, whose rows beyond are zeroed; a second (zigzag) segment writes its shorter
     // prefix into a scratch buffer that is then added.
-    auto keys_of = [&](const RowRange& seg) { return split() ? seg.start : key_count(seg); };
     std::vector<int64_t> row0_of(segments_.size());
     std::vector<size_t> order(segments_.size());
     for (size_t i = 0, row0 = 0; i < segments_.size(); row0 += segments_[i].count, ++i) {
@@ -397,7 +400,7 @@ class LssStrategy final : public Strategy {
       order[i] = i;
     }
     std::sort(order.begin(), order.end(),
-              [&](size_t x, size_t y) { return keys_of(segments_[x]) > keys_of(segments_[y]); });
+              [&](size_t x, size_t y) { return dkv_keys(segments_[x]) > dkv_keys(segments_[y]); });
     const int64_t key_row = Bl_ * 2 * C;  // elements of one key position in [dK | dV]
     auto grad_args = [&](AttentionArgs args, int64_t row0, void* dq_rows) {
       args.dout = {static_cast<char*>(d_attn.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
@@ -406,7 +409,7 @@ class LssStrategy final : public Strategy {
     };
     for (size_t n = 0; n < order.size(); ++n) {
       const size_t i = order[n];
-      const int64_t keys = keys_of(segments_[i]), row0 = row0_of[i];
+      const int64_t keys = dkv_keys(segments_[i]), row0 = row0_of[i];
       if (n == 0 && keys < cfg.T) be.fill_zero(dkv_full.view().slice(keys * key_row, (cfg.T - keys) * key_row));
       if (keys == 0) continue;  // split_causal: nothing before the segment
       Buffer scratch;  // (keys*Bl, 2C), the second segment only
