@@ -18,6 +18,10 @@ point() {  # point NP NAME args...
     failures=$((failures + 1)); echo "FAIL: $name did not run"; sed 's/^/    | /' "$work/$name.log" | tail -20; return
   fi
   if ! "$lssbench" validate "$work/$name.json"; then failures=$((failures + 1)); echo "FAIL: $name is not valid"; return; fi
+  # The table for people shows the bound and rank 0's parts of it.
+  if ! grep -q "analytic bound (ms)" "$work/$name.log" || ! grep -q "rank 0's parts (ms)  gemm .*passes .*exposed comm" "$work/$name.log"; then
+    failures=$((failures + 1)); echo "FAIL: $name: the bound's lines are missing from the table"; return
+  fi
   if ! python3 -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r['check']['passed'] and r['status']=='ok' else 1)" "$work/$name.json"; then
     failures=$((failures + 1)); echo "FAIL: $name: check or status"; return
   fi
