@@ -351,22 +351,38 @@ __global__ void column_partial_kernel(float* partial, const T* dy, int64_t rows,
   }
 }
 
-// out[c] += sum over chunks of partial[chunk * chunk_stride + c], in chunk order.
+// out[c] += sum over chunks of partial[chunk * chunk_stride + c]. Block (kColX, kFinY): lane y
+// sums chunks y, y + kFinY, ... of column c, then lane 0 adds the kFinY sums in lane order, so the
+// result does not depend on timing. One thread per column would walk all chunks alone: at
+// LayerNorm backward's ~4 chunks per SM that serial walk took longer than the kernel it finishes.
+constexpr int kFinY = 16;
+
 template <class G>
 __global__ void column_finalize_kernel(G* out, const float* partial, int64_t chunks, int64_t n,
                                        int64_t chunk_stride) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= n) return;
+  __shared__ float red[kFinY][kColX];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColX + tx;
   float s = 0.0f;
-  for (int64_t ch = 0; ch < chunks; ++ch) s += partial[ch * chunk_stride + c];
-  out[c] = cvt<G>(f32(out[c]) + s);
+  if (c < n) {
+#pragma unroll 4
+    for (int64_t ch = ty; ch < chunks; ch += kFinY) s += partial[ch * chunk_stride + c];
+  }
+  red[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && c < n) {
+    float total = red[0][tx];
+#pragma unroll
+    for (int y = 1; y < kFinY; ++y) total += red[y][tx];
+    out[c] = cvt<G>(f32(out[c]) + total);
+  }
 }
 
 template <class G>
 void launch_column_finalize(const OpContext& ctx, G* out, const float* partial, int64_t chunks,
                             int64_t n, int64_t chunk_stride) {
   column_finalize_kernel<G>
-      <<<static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, 0, ctx.stream>>>(
+      <<<static_cast<unsigned>(ceil_div(n, int64_t{kColX})), dim3(kColX, kFinY), 0, ctx.stream>>>(
           out, partial, chunks, n, chunk_stride);
   LSS_CUDA_CHECK_LAUNCH();
 }
@@ -590,6 +606,7 @@ __global__ void layernorm_backward_kernel(T* dx, float* partial, const T* dout, 
     if (r < N) {
       const float mu = mean[r], rs = rstd[r];
       float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll 4
       for (int64_t c = int64_t{lane} * VEC; c < C; c += 32 * VEC) {
         const auto g = load<VEC>(dout + r * C + c), xv = load<VEC>(x + r * C + c),
                    wv = load<VEC>(w + c);
@@ -620,10 +637,7 @@ __global__ void layernorm_backward_kernel(T* dx, float* partial, const T* dout, 
         dw[k] = acc[c + k];
         db[k] = acc[C + c + k];
       }
-      for (int j = 0; j < rows; ++j) {
-        const int64_t off = (r0 + j) * C + c;
-        const auto g = load<VEC>(dout + off), xv = load<VEC>(x + off);
-        auto d = load<VEC>(dx + off);
+      const auto update = [&](int j, const Vec<T, VEC>& g, const Vec<T, VEC>& xv, Vec<T, VEC>& d) {
         const float mu = s_mu[j], rs = s_rs[j], m1 = s_m1[j], m2 = s_m2[j];
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
@@ -633,7 +647,27 @@ __global__ void layernorm_backward_kernel(T* dx, float* partial, const T* dout, 
           dw[k] += gk * xhat;
           db[k] += gk;
         }
-        store(dx + off, d);
+        store(dx + (r0 + j) * C + c, d);
+      };
+      if (rows == kLnWarps) {
+        // All of the round's loads before any store: dx aliases neither dout nor x, but the compiler
+        // cannot know, and a load after each store left one row's DRAM latency per row exposed.
+        Vec<T, VEC> g[kLnWarps], xv[kLnWarps], d[kLnWarps];
+#pragma unroll
+        for (int j = 0; j < kLnWarps; ++j) {
+          const int64_t off = (r0 + j) * C + c;
+          g[j] = load<VEC>(dout + off);
+          xv[j] = load<VEC>(x + off);
+          d[j] = load<VEC>(dx + off);
+        }
+#pragma unroll
+        for (int j = 0; j < kLnWarps; ++j) update(j, g[j], xv[j], d[j]);
+      } else {
+        for (int j = 0; j < rows; ++j) {
+          const int64_t off = (r0 + j) * C + c;
+          auto d = load<VEC>(dx + off);
+          update(j, load<VEC>(dout + off), load<VEC>(x + off), d);
+        }
       }
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
