@@ -363,7 +363,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
 
   const int64_t base_bytes = be.memory_stats().current_bytes;  // params, grads, AdamW moments
   be.reset_peak();
-  std::vector<double> step_s, fwd_s, bwd_s, opt_s, comm_s, exposed_s;
+  std::vector<double> step_s, fwd_s, bwd_s, opt_s, comm_s, exposed_s, bwd_enq_s, opt_enq_s;
   std::vector<double> losses;
   CommModel step_counts, last_counts;  // of the first and of the last step
   bool counts_stable = true;
@@ -386,6 +386,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
       opt_s.push_back(t.optimizer);
       comm_s.push_back(t.comm);
       exposed_s.push_back(t.comm_exposed);
+      bwd_enq_s.push_back(t.backward_enqueue);
+      opt_enq_s.push_back(t.optimizer_enqueue);
     }
     if (rank == 0) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
@@ -405,6 +407,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   opt_s = max_over_ranks(opt_s);
   comm_s = max_over_ranks(comm_s);
   exposed_s = max_over_ranks(exposed_s);
+  bwd_enq_s = max_over_ranks(bwd_enq_s);
+  opt_enq_s = max_over_ranks(opt_enq_s);
   const MemoryStats mem = be.memory_stats();
   std::vector<double> mem_v = {static_cast<double>(mem.peak_bytes), static_cast<double>(mem.peak_bytes - base_bytes),
                                static_cast<double>(mem.device_peak_bytes)};
@@ -485,6 +489,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                    {"forward_median_ms", percentile(fwd_s, 50) * 1e3},
                    {"backward_median_ms", percentile(bwd_s, 50) * 1e3},
                    {"optimizer_median_ms", percentile(opt_s, 50) * 1e3},
+                   {"backward_enqueue_median_ms", percentile(bwd_enq_s, 50) * 1e3},
+                   {"optimizer_enqueue_median_ms", percentile(opt_enq_s, 50) * 1e3},
                    {"comm_median_ms", percentile(comm_s, 50) * 1e3},
                    {"comm_exposed_median_ms", percentile(exposed_s, 50) * 1e3},
                    {"comm_exposed_fraction", percentile(exposed_s, 50) / median},
@@ -527,6 +533,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<22} {:>14.3f}\n", "step median (ms)", median * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "step p10 (ms)", percentile(step_s, 10) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "step p90 (ms)", percentile(step_s, 90) * 1e3);
+    fmt::print("  {:<22} backward {:.2f} of {:.2f} on the device, optimizer {:.2f} of {:.2f}\n", "host enqueue (ms)",
+               percentile(bwd_enq_s, 50) * 1e3, percentile(bwd_s, 50) * 1e3, percentile(opt_enq_s, 50) * 1e3,
+               percentile(opt_s, 50) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm median (ms)", percentile(comm_s, 50) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm exposed (ms)", percentile(exposed_s, 50) * 1e3);
     if (!bound.is_null()) {

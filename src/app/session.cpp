@@ -72,11 +72,14 @@ double Session::forward_backward(int64_t step, StepTimes* times) {
   double total = 0;
   backend_->copy_to_host(&total, DType::f64, loss_buf_.view());
   const Backend::Marker m1 = backend_->mark();
+  const auto h1 = std::chrono::steady_clock::now();
   strategy_->backward();
+  const auto h2 = std::chrono::steady_clock::now();
   const Backend::Marker m2 = backend_->mark();
   if (times) {
     times->forward = backend_->seconds_between(m0, m1);
     times->backward = backend_->seconds_between(m1, m2);
+    times->backward_enqueue = std::chrono::duration<double>(h2 - h1).count();
     const auto [c1, e1] = comm_seconds(grid_);
     times->comm = c1 - c0;
     times->comm_exposed = e1 - e0;
@@ -86,9 +89,14 @@ double Session::forward_backward(int64_t step, StepTimes* times) {
 
 void Session::optimizer_step(int64_t adam_step, StepTimes* times) {
   const Backend::Marker m0 = backend_->mark();
+  const auto h0 = std::chrono::steady_clock::now();
   strategy_->optimizer_step(cfg_.opt, adam_step);
+  const auto h1 = std::chrono::steady_clock::now();
   const Backend::Marker m1 = backend_->mark();
-  if (times) times->optimizer = backend_->seconds_between(m0, m1);
+  if (times) {
+    times->optimizer = backend_->seconds_between(m0, m1);
+    times->optimizer_enqueue = std::chrono::duration<double>(h1 - h0).count();
+  }
 }
 
 CommModel Session::comm_counts() const {

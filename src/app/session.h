@@ -33,6 +33,9 @@ struct StepTimes {
   double forward = 0, backward = 0, optimizer = 0;
   double comm = 0;          // inside collectives (overlapped or not)
   double comm_exposed = 0;  // of that, the compute stream's stall (CommCounts::exposed_seconds)
+  // Host seconds to enqueue the backward and the optimizer step. Device work runs behind the
+  // host; an enqueue time near the phase's device time means the phase waits on the host.
+  double backward_enqueue = 0, optimizer_enqueue = 0;
   double total() const { return forward + backward + optimizer; }
 };
 
