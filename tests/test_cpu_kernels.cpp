@@ -576,47 +576,6 @@ TYPED_TEST(CpuKernels, GemmResidualAndGeluEpilogues) {
   }
 }
 
-// A weight gradient with its bias gradient (GemmArgs::bias_grad): dW += dy^T x and db += the
-// column sums of dy, both accumulated, against loops.
-TYPED_TEST(CpuKernels, GemmBiasGrad) {
-  using T = TypeParam;
-  const int64_t N = 29, in = 13, out = 19;  // dy (N, out), x (N, in), dW (out, in), db (out)
-  const auto dy = this->random(N * out), x = this->random(N * in);
-  const auto dw0 = this->random(out * in), db0 = this->random(out);
-  Buffer DY = this->upload(dy), X = this->upload(x), DW = this->upload(dw0), DB = this->upload(db0);
-  GemmArgs g;
-  g.dtype = g.c_dtype = kDType<T>;
-  g.trans_a = true;
-  g.m = out;
-  g.n = in;
-  g.k = N;
-  g.a = DY.ptr();
-  g.lda = out;
-  g.b = X.ptr();
-  g.ldb = in;
-  g.c = DW.ptr();
-  g.ldc = in;
-  g.beta = 1.0;
-  g.bias_grad = DB.ptr();
-  this->be->gemm(g);
-  std::vector<double> dw_ref = dw0, db_ref = db0;
-  for (int64_t o = 0; o < out; ++o) {
-    for (int64_t i = 0; i < in; ++i)
-      for (int64_t r = 0; r < N; ++r) dw_ref[o * in + i] += dy[r * out + o] * x[r * in + i];
-    for (int64_t r = 0; r < N; ++r) db_ref[o] += dy[r * out + o];
-  }
-  expect_close(this->download(DW), dw_ref, kTol<T>, "dW");
-  expect_close(this->download(DB), db_ref, kTol<T>, "db");
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
-  GemmArgs bad = g;
-  bad.trans_a = false;
-  bad.lda = N;
-  EXPECT_DEATH(this->be->gemm(bad), "bias_grad needs trans_a");
-  bad = g;
-  bad.alpha = 2.0;
-  EXPECT_DEATH(this->be->gemm(bad), "bias_grad goes with alpha 1");
-}
-
 TEST(CpuKernelsFp64, GeluBackwardMatchesFiniteDifferences) {
   auto be = make_cpu_backend(1);
   std::vector<double> x;

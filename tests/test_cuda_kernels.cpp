@@ -690,50 +690,6 @@ TEST_P(CudaOps, GemmResidualAndGeluEpilogues) {
   }
 }
 
-// The weight gradient's bias gradient (GemmArgs::bias_grad, cuBLASLt's BGRADB where it has an
-// algorithm, else a column-sum pass) against the fp64 CPU backend, accumulating into both
-// outputs, with bf16 or fp32 inputs into fp32 gradients (the model's mixed precision) and all in
-// the test's dtype; the model's shapes and an odd one.
-TEST_P(CudaOps, GemmBiasGrad) {
-  struct Shape {
-    int64_t N, in, out;
-  };
-  for (const Shape& sh : {Shape{512, 256, 768}, Shape{1024, 128, 512}, Shape{37, 29, 45}}) {
-    for (const DType c_dtype : dt() == DType::f32 ? std::vector<DType>{DType::f32} : std::vector<DType>{DType::f32, DType::bf16}) {
-      const int64_t N = sh.N, in = sh.in, out = sh.out;
-      const std::string what = " N=" + std::to_string(N) + " in=" + std::to_string(in) + " out=" +
-                               std::to_string(out) + " grads " + dtype_name(c_dtype);
-      const auto dy = random(N * out, dt()), x = random(N * in, dt());
-      const auto dw0 = random(out * in, c_dtype), db0 = random(out, c_dtype);
-      Buffer gdy = upload(dy, dt()), gx = upload(x, dt()), gdw = upload(dw0, c_dtype), gdb = upload(db0, c_dtype);
-      Buffer rdy = ref_upload(dy), rx = ref_upload(x), rdw = ref_upload(dw0), rdb = ref_upload(db0);
-      auto args = [&](DType t, DType ct, const Buffer& DY, const Buffer& X, Buffer& DW, Buffer& DB) {
-        GemmArgs g;
-        g.dtype = t;
-        g.c_dtype = ct;
-        g.trans_a = true;
-        g.m = out;
-        g.n = in;
-        g.k = N;
-        g.a = DY.ptr();
-        g.lda = out;
-        g.b = X.ptr();
-        g.ldb = in;
-        g.c = DW.ptr();
-        g.ldc = in;
-        g.beta = 1.0;
-        g.bias_grad = DB.ptr();
-        return g;
-      };
-      gpu->gemm(args(dt(), c_dtype, gdy, gx, gdw, gdb));
-      cpu->gemm(args(DType::f64, DType::f64, rdy, rx, rdw, rdb));
-      const double t = c_dtype == DType::bf16 ? kBf16Tol : dt() == DType::bf16 ? kMixedGemmTol : kF32Tol;
-      expect_close(download(gdw), ref_download(rdw), t, "dW" + what);
-      expect_close(download(gdb), ref_download(rdb), t, "db" + what);
-    }
-  }
-}
-
 TEST_P(CudaOps, CrossEntropy) {
   struct Case {
     int64_t N, V;

@@ -130,9 +130,9 @@ class CpuBackend final : public Backend {
     std::memset(dst.ptr, 0, dst.bytes());
   }
 
-  // The epilogue, c_in and bias_grad as passes: on the CPU they cost what fused ones would.
+  // The epilogue and c_in as passes: on the CPU they cost what fused ones would.
   void gemm(const GemmArgs& args) override {
-    if (args.c_in || args.epilogue != GemmEpilogue::none || args.bias_grad)
+    if (args.c_in || args.epilogue != GemmEpilogue::none)
       gemm_in_passes(*this, args);
     else
       cpu::gemm(args, threads_);

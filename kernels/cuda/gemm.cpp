@@ -9,9 +9,7 @@
 // separate C input (cuBLASLt reads C and writes D, which may differ), the MLP's GELU (GELU_AUX /
 // GELU_AUX_BIAS keep the pre-activation in the aux matrix) and its gradient (DGELU reads it back).
 // cuBLASLt's GELU is the tanh form, the model's (kernels/cpu/ops.cpp, ops.cu). The GELU epilogues
-// are for bf16; fp32 runs them as passes (see run()). A weight gradient's bias gradient (the sum of
-// our A = dy over k) is cuBLASLt's BGRADB: a reduction of its second operand over k. cuBLASLt
-// writes it, our contract adds it: it goes to the plan's own vector, then into bias_grad.
+// are for bf16; fp32 runs them as passes (see run()).
 #include "kernels/cuda/gemm.h"
 
 #include <cublasLt.h>
@@ -45,7 +43,7 @@ uint32_t alignment(const void* p) {
 struct Key {
   int64_t m, n, k, lda, ldb, ldc;
   DType dtype, c_dtype;
-  bool trans_a, trans_b, bias, beta_zero, bias_grad;
+  bool trans_a, trans_b, bias, beta_zero;
   GemmEpilogue epilogue;
   uint32_t align_a, align_b, align_c, align_bias, align_aux;
   bool operator==(const Key&) const = default;
@@ -58,8 +56,7 @@ struct KeyHash {
     for (int64_t v : {k.m, k.n, k.k, k.lda, k.ldb, k.ldc}) mix(static_cast<uint64_t>(v));
     mix(static_cast<uint64_t>(k.dtype) | static_cast<uint64_t>(k.c_dtype) << 8 |
         uint64_t{k.trans_a} << 16 | uint64_t{k.trans_b} << 17 | uint64_t{k.bias} << 18 |
-        uint64_t{k.beta_zero} << 19 | uint64_t{k.bias_grad} << 20 |
-        static_cast<uint64_t>(k.epilogue) << 24);
+        uint64_t{k.beta_zero} << 19 | static_cast<uint64_t>(k.epilogue) << 20);
     for (uint32_t v : {k.align_a, k.align_b, k.align_c, k.align_bias, k.align_aux}) mix(v);
     return static_cast<size_t>(h);
   }
@@ -74,7 +71,6 @@ struct Plan {
   bool fused_bias = false;  // false with a bias: added by scale_add_bias after the matmul
   bool fallback = false;    // no cuBLASLt algorithm: gemm_fallback computes everything
   bool passes = false;      // no algorithm with the epilogue: gemm_in_passes does it
-  void* bias_grad = nullptr;  // (m) in C's dtype: BGRADB's output, added to GemmArgs::bias_grad
 
   Plan() = default;
   Plan(const Plan&) = delete;
@@ -84,7 +80,6 @@ struct Plan {
     if (b_layout) LSS_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(b_layout));
     if (a_layout) LSS_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(a_layout));
     if (desc) LSS_CUBLAS_CHECK(cublasLtMatmulDescDestroy(desc));
-    if (bias_grad) LSS_CUDA_CHECK(cudaFree(bias_grad));
   }
 };
 
@@ -182,15 +177,6 @@ struct Gemm::Impl {
       LSS_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
       return p;
     }
-    if (g.bias_grad) {
-      LSS_CUDA_CHECK(cudaMalloc(&p->bias_grad, static_cast<size_t>(g.m) * dtype_size(g.c_dtype)));
-      set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BGRADB);
-      set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(p->bias_grad));
-      set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(cuda_type(g.c_dtype)));
-      p->passes = !heuristic();
-      LSS_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-      return p;
-    }
     bool found = false;
     // beta C is added before the bias, inside the epilogue (a residual through c_in keeps its
     // bias fused).
@@ -237,7 +223,7 @@ bool Gemm::run(const GemmArgs& g, cudaStream_t stream) {
   check_args(g);
   check_gemm_extras(g);
   if (g.m == 0 || g.n == 0) return true;
-  const bool extras = g.c_in || g.epilogue != GemmEpilogue::none || g.bias_grad;
+  const bool extras = g.c_in || g.epilogue != GemmEpilogue::none;
   // cuBLASLt's GELU derivative is an approximation good to ~1e-5 relative: far below bf16's
   // rounding, but above what the fp32 mode (the one checked against the CPU backend) promises.
   if (g.epilogue != GemmEpilogue::none && g.dtype == DType::f32) return false;
@@ -259,7 +245,6 @@ bool Gemm::run(const GemmArgs& g, cudaStream_t stream) {
                 g.trans_b,
                 g.bias != nullptr,
                 g.beta == 0.0,
-                g.bias_grad != nullptr,
                 g.epilogue,
                 alignment(g.a),
                 alignment(g.b),
@@ -283,7 +268,6 @@ bool Gemm::run(const GemmArgs& g, cudaStream_t stream) {
                                   &beta, c_in, p.c_layout, g.c, p.c_layout, &p.algo,
                                   impl_->workspace, kWorkspaceBytes, stream));
   if (g.bias && !p.fused_bias) scale_add_bias(stream, g.c, g.c_dtype, g.m, g.n, g.ldc, 1.0, g.bias);
-  if (g.bias_grad) scale_add_bias(stream, g.bias_grad, g.c_dtype, 1, g.m, g.m, 1.0, p.bias_grad);
   return true;
 }
 

@@ -99,12 +99,6 @@ void check_attention_merge(const AttentionMergeArgs& a) {
 }
 
 void check_gemm_extras(const GemmArgs& g) {
-  if (g.bias_grad) {
-    LSS_CHECK(g.trans_a && g.lda == g.m, "gemm: bias_grad needs trans_a and a contiguous A (lda " +
-                                             std::to_string(g.lda) + ", m " + std::to_string(g.m) + ")");
-    LSS_CHECK(g.epilogue == GemmEpilogue::none && g.bias == nullptr && g.c_in == nullptr && g.alpha == 1.0,
-              "gemm: bias_grad goes with alpha 1 and no epilogue, bias or c_in");
-  }
   const bool gelu = g.epilogue != GemmEpilogue::none;
   if (!gelu && !g.c_in) return;
   LSS_CHECK(g.ldc == g.n, "gemm: c_in or an epilogue needs a contiguous C (ldc " + std::to_string(g.ldc) +
@@ -126,15 +120,12 @@ void gemm_in_passes(Backend& be, const GemmArgs& g) {
   plain.c_in = nullptr;
   plain.epilogue = GemmEpilogue::none;
   plain.aux = nullptr;
-  plain.bias_grad = nullptr;
   if (g.epilogue == GemmEpilogue::gelu) plain.c = g.aux;
   const void* beta_src = g.c_in ? g.c_in : g.c;
   if (g.beta != 0.0 && beta_src != plain.c && n > 0) be.copy(whole(plain.c), whole(beta_src));
   be.gemm(plain);
   if (g.epilogue == GemmEpilogue::gelu) be.gelu_forward(whole(g.c), whole(g.aux));
   if (g.epilogue == GemmEpilogue::gelu_backward) be.gelu_backward(whole(g.c), whole(g.c), whole(g.aux));
-  if (g.bias_grad)
-    be.bias_grad(View{g.bias_grad, g.c_dtype, g.m}, View{const_cast<void*>(g.a), g.dtype, g.k * g.m}, g.k, g.m);
 }
 
 DType parse_dtype(const std::string& s) {

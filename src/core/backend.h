@@ -90,10 +90,6 @@ struct GemmArgs {
   const void* c_in = nullptr;  // (m x n) the beta term's matrix, or null for C itself
   GemmEpilogue epilogue = GemmEpilogue::none;
   void* aux = nullptr;         // (m x n) gelu: written; gelu_backward: read
-  // (m) or null: bias_grad[i] += sum over p of op(A)[i][p], in C's dtype, with trans_a, a
-  // contiguous A (lda == m), alpha 1 and no other extra. A weight gradient dW = dy^T x then also gives the bias gradient,
-  // summed over the rows of dy while the GEMM reads them, instead of in a second pass over dy.
-  void* bias_grad = nullptr;
 };
 // Fails on an epilogue or c_in the contract above does not allow (every backend checks with it).
 void check_gemm_extras(const GemmArgs& g);

@@ -69,10 +69,8 @@ void linear_gelu_forward(Backend& be, View act, View pre, View x, View W, View b
 
 void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, View dy, View x, View W,
                      int64_t N, int64_t in, int64_t out, View gelu_pre) {
-  // The bias gradient rides on the weight-gradient GEMM when both are there in one dtype.
-  const bool db_in_gemm = dW.numel && db.numel && db.dtype == dW.dtype;
   if (dW.numel) {
-    GemmArgs gw;  // dW (out, in) += dy^T (out x N) x (N x in); db (out) += dy^T 1
+    GemmArgs gw;  // dW (out, in) += dy^T (out x N) x (N x in)
     gw.dtype = dy.dtype;
     gw.c_dtype = dW.dtype;
     gw.trans_a = true;
@@ -86,13 +84,9 @@ void linear_backward(Backend& be, View dx, double dx_beta, View dW, View db, Vie
     gw.c = dW.ptr;
     gw.ldc = in;
     gw.beta = 1.0;
-    if (db_in_gemm) {
-      LSS_CHECK(db.numel == out, "linear_backward: db has " + std::to_string(db.numel) + " elements, not " + std::to_string(out));
-      gw.bias_grad = db.ptr;
-    }
     be.gemm(gw);
   }
-  if (db.numel && !db_in_gemm) be.bias_grad(db, dy, N, out);
+  if (db.numel) be.bias_grad(db, dy, N, out);
   if (dx.numel) {
     GemmArgs gx;  // dx (N, in) = dy (N x out) W (out x in)
     gx.dtype = dy.dtype;
