@@ -16,10 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 python3 -m pip --version >/dev/null 2>&1 || { $([ "$(id -u)" -eq 0 ] || echo sudo) apt-get install -y -qq python3-pip; }
-# cudnn-frontend's C++ headers (for the CUDA build; harmless without CUDA) and matplotlib for the
+# cudnn-frontend's C++ headers and NVML's header (for the CUDA build; harmless without CUDA) and matplotlib for the
 # charts, for the python3 on PATH (which may not be the system one that apt serves).
 pip_install() { python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"; }
-pip_install nvidia-cudnn-frontend
+pip_install nvidia-cudnn-frontend nvidia-nvml-dev-cu12
 python3 -c "import matplotlib" 2>/dev/null || pip_install matplotlib
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$(nproc)"

@@ -60,6 +60,10 @@ PY
   if ! python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timing']; sys.exit(0 if abs(t['comm_exposed_median_ms'] - t['comm_median_ms']) <= 1e-9 * max(1.0, t['comm_median_ms']) else 1)" "$work/$name.json"; then
     failures=$((failures + 1)); echo "FAIL: $name: exposed communication differs from time in collectives on CPU"; return
   fi
+  # Host enqueue times are there and positive; a CPU run has no device state to sample (null).
+  if ! python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timing']; sys.exit(0 if t['backward_enqueue_median_ms'] > 0 and t['optimizer_enqueue_median_ms'] > 0 and 'device_state' in t and t['device_state'] is None else 1)" "$work/$name.json"; then
+    failures=$((failures + 1)); echo "FAIL: $name: host enqueue times or device_state"; return
+  fi
   # The binary names the commit it was built from: this checkout's HEAD (with -dirty when modified).
   if head=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null); then
     if ! python3 -c "import json,sys; c=json.load(open(sys.argv[1]))['machine']['git_commit']; sys.exit(0 if c.split('-')[0] == sys.argv[2] else 1)" "$work/$name.json" "$head"; then

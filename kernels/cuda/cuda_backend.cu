@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_attention.h"
+#include "kernels/cuda/device_monitor.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
@@ -50,6 +51,14 @@ class CudaBackend final : public Backend {
     LSS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
     gemm_ = std::make_unique<cuda::Gemm>();
     sample_device_memory();  // the GEMM workspace
+  }
+
+  void start_device_sampling() override {
+    if (!monitor_) monitor_ = std::make_unique<cuda::DeviceMonitor>(device_);
+    monitor_->start();
+  }
+  std::optional<DeviceState> stop_device_sampling() override {
+    return monitor_ ? monitor_->stop() : std::nullopt;
   }
 
   ~CudaBackend() override {
@@ -323,6 +332,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 1;
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unique_ptr<cuda::CudnnAttention> cudnn_;  // created on first use
+  std::unique_ptr<cuda::DeviceMonitor> monitor_;  // created on first use
 
   std::unordered_map<size_t, std::vector<void*>> free_;  // size class -> cached blocks
   std::unordered_map<void*, size_t> live_;               // handed-out block -> size class

@@ -227,6 +227,48 @@ std::vector<double> max_over_ranks(std::vector<double> v) {
   return v;
 }
 
+// Every rank's device state over the timed steps (rank 0 gets them all, in rank order); null
+// when no rank could sample its device.
+json gather_device_states(const std::optional<DeviceState>& mine, int world) {
+  constexpr int kFields = 9;
+  std::vector<double> v(kFields, 0.0);
+  if (mine) {
+    v = {1.0,
+         static_cast<double>(mine->samples),
+         mine->sm_clock_mhz_median,
+         mine->sm_clock_mhz_min,
+         mine->sm_clock_mhz_max,
+         mine->power_w_median,
+         mine->power_limit_w,
+         mine->power_capped_fraction,
+         mine->slowdown_fraction};
+  }
+  std::vector<double> all(static_cast<size_t>(kFields) * world);
+  LSS_MPI_CHECK(MPI_Gather(v.data(), kFields, MPI_DOUBLE, all.data(), kFields, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  json per_rank = json::array();
+  bool any = false;
+  for (int r = 0; r < world; ++r) {
+    const double* f = all.data() + static_cast<size_t>(r) * kFields;
+    if (f[0] == 0.0) {
+      per_rank.push_back(nullptr);
+      continue;
+    }
+    any = true;
+    per_rank.push_back({{"samples", static_cast<int64_t>(f[1])},
+                        {"sm_clock_mhz_median", f[2]},
+                        {"sm_clock_mhz_min", f[3]},
+                        {"sm_clock_mhz_max", f[4]},
+                        {"power_w_median", f[5]},
+                        {"power_limit_w", f[6]},
+                        {"power_capped_fraction", f[7]},
+                        {"slowdown_fraction", f[8]}});
+  }
+  if (!any) return nullptr;
+  return {{"source", fmt::format("NVML on each rank's device, every {} ms through the timed steps",
+                                 mine ? mine->period_ms : 10.0)},
+          {"per_rank", per_rank}};
+}
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -368,7 +410,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   CommModel step_counts, last_counts;  // of the first and of the last step
   bool counts_stable = true;
   const auto wall0 = std::chrono::steady_clock::now();
+  std::optional<DeviceState> device_state;
   for (int64_t it = 0; it < warmup + iters; ++it) {
+    if (it == warmup) be.start_device_sampling();
     session.reset_counts();
     StepTimes t;
     const double loss = session.forward_backward(it, &t);
@@ -401,6 +445,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   }
 
   // Measure, then check: everything below runs after the timed loop.
+  device_state = be.stop_device_sampling();
+  const json device_states = gather_device_states(device_state, grid.world);
   step_s = max_over_ranks(step_s);
   fwd_s = max_over_ranks(fwd_s);
   bwd_s = max_over_ranks(bwd_s);
@@ -494,6 +540,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                    {"comm_median_ms", percentile(comm_s, 50) * 1e3},
                    {"comm_exposed_median_ms", percentile(exposed_s, 50) * 1e3},
                    {"comm_exposed_fraction", percentile(exposed_s, 50) / median},
+                   {"device_state", device_states},
                    {"comm_overlap", !rc.strategy_opts.overlap || rc.backend != "cuda"
                                         ? "none: collectives run in order (blocking MPI on CPU, --no-overlap)"
                                         : "communication stream; exposed = compute-stream stall at each wait "
@@ -536,6 +583,21 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<22} backward {:.2f} of {:.2f} on the device, optimizer {:.2f} of {:.2f}\n", "host enqueue (ms)",
                percentile(bwd_enq_s, 50) * 1e3, percentile(bwd_s, 50) * 1e3, percentile(opt_enq_s, 50) * 1e3,
                percentile(opt_s, 50) * 1e3);
+    if (!device_states.is_null()) {
+      // The rank whose device ran at the lowest median clock.
+      const json* low = nullptr;
+      for (const json& d : device_states["per_rank"])
+        if (!d.is_null() && (!low || d["sm_clock_mhz_median"].get<double>() < (*low)["sm_clock_mhz_median"].get<double>()))
+          low = &d;
+      const json& d = *low;
+      fmt::print("  {:<22} SM {:.0f} MHz median (top {:.0f}), {:.0f} W of {:.0f}, power cap in {:.0f}% of samples{}\n",
+                 grid.world > 1 ? "device (lowest clock)" : "device during steps", d["sm_clock_mhz_median"].get<double>(),
+                 d["sm_clock_mhz_max"].get<double>(), d["power_w_median"].get<double>(), d["power_limit_w"].get<double>(),
+                 100.0 * d["power_capped_fraction"].get<double>(),
+                 d["slowdown_fraction"].get<double>() > 0
+                     ? fmt::format(", thermal/hw slowdown in {:.0f}%", 100.0 * d["slowdown_fraction"].get<double>())
+                     : "");
+    }
     fmt::print("  {:<22} {:>14.3f}\n", "comm median (ms)", percentile(comm_s, 50) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm exposed (ms)", percentile(exposed_s, 50) * 1e3);
     if (!bound.is_null()) {

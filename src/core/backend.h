@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/dtype.h"
@@ -145,6 +146,20 @@ struct MemoryStats {
   int64_t device_peak_bytes = -1;
 };
 
+// The device's state over a timed region, sampled on the side (CUDA: NVML). A card held at its
+// power limit runs below its top clock, so a step runs slower than its kernels timed alone in
+// short bursts (as the analytic bound and kernel benchmarks time them).
+struct DeviceState {
+  int64_t samples = 0;
+  double period_ms = 0;
+  double sm_clock_mhz_median = 0, sm_clock_mhz_min = 0;
+  double sm_clock_mhz_max = 0;       // the device's top SM clock
+  double power_w_median = 0;         // the driver's power reading (its own moving average)
+  double power_limit_w = 0;          // the enforced limit
+  double power_capped_fraction = 0;  // of samples: the software power cap held the clocks down
+  double slowdown_fraction = 0;      // of samples: a thermal or hardware slowdown
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -221,6 +236,12 @@ class Backend {
     View param_copy{};
   };
   virtual void adamw(View param, View grad, View m, View v, const AdamW& hp) = 0;
+
+  // ---- device state ----
+  // Starts sampling the device's clocks and power; stop returns their summary, or nullopt where
+  // the backend cannot read them (the CPU backend, a machine without NVML).
+  virtual void start_device_sampling() {}
+  virtual std::optional<DeviceState> stop_device_sampling() { return std::nullopt; }
 
  protected:
   virtual void* raw_alloc(size_t bytes) = 0;

@@ -1,0 +1,149 @@
+#include "kernels/cuda/device_monitor.h"
+
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <nvml.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace lss::cuda {
+namespace {
+
+// The NVML entry points the monitor calls, resolved from the driver's library once per process.
+struct Nvml {
+  bool ok = false;
+  decltype(&nvmlInit_v2) init = nullptr;
+  decltype(&nvmlDeviceGetHandleByPciBusId_v2) by_pci = nullptr;
+  decltype(&nvmlDeviceGetClockInfo) clock = nullptr;
+  decltype(&nvmlDeviceGetMaxClockInfo) max_clock = nullptr;
+  decltype(&nvmlDeviceGetPowerUsage) power = nullptr;
+  decltype(&nvmlDeviceGetEnforcedPowerLimit) power_limit = nullptr;
+  decltype(&nvmlDeviceGetCurrentClocksEventReasons) reasons = nullptr;
+};
+
+const Nvml& nvml() {
+  static const Nvml lib = [] {
+    Nvml n;
+    void* h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) return n;
+    const auto sym = [h](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+      return fn != nullptr;
+    };
+    n.ok = sym(n.init, "nvmlInit_v2") && sym(n.by_pci, "nvmlDeviceGetHandleByPciBusId_v2") &&
+           sym(n.clock, "nvmlDeviceGetClockInfo") && sym(n.max_clock, "nvmlDeviceGetMaxClockInfo") &&
+           sym(n.power, "nvmlDeviceGetPowerUsage") && sym(n.power_limit, "nvmlDeviceGetEnforcedPowerLimit") &&
+           // Drivers before 535 name it "throttle reasons"; same signature and bits.
+           (sym(n.reasons, "nvmlDeviceGetCurrentClocksEventReasons") ||
+            sym(n.reasons, "nvmlDeviceGetCurrentClocksThrottleReasons"));
+    n.ok = n.ok && n.init() == NVML_SUCCESS;
+    return n;
+  }();
+  return lib;
+}
+
+struct Sample {
+  unsigned sm_mhz = 0, power_mw = 0;
+  unsigned long long reasons = 0;
+};
+
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+struct DeviceMonitor::Impl {
+  nvmlDevice_t device{};
+  bool usable = false;
+  int period_ms = 10;
+  std::thread thread;
+  std::atomic<bool> running{false};
+  std::mutex mu;
+  std::vector<Sample> samples;  // guarded by mu while the thread runs
+
+  void loop() {
+    const Nvml& n = nvml();
+    auto next = std::chrono::steady_clock::now();
+    while (running.load(std::memory_order_relaxed)) {
+      Sample s;
+      const bool ok = n.clock(device, NVML_CLOCK_SM, &s.sm_mhz) == NVML_SUCCESS &&
+                      n.power(device, &s.power_mw) == NVML_SUCCESS &&
+                      n.reasons(device, &s.reasons) == NVML_SUCCESS;
+      if (ok) {
+        std::lock_guard<std::mutex> lock(mu);
+        samples.push_back(s);
+      }
+      next += std::chrono::milliseconds(period_ms);
+      std::this_thread::sleep_until(next);
+    }
+  }
+
+  void halt() {
+    if (!thread.joinable()) return;
+    running = false;
+    thread.join();
+  }
+};
+
+DeviceMonitor::DeviceMonitor(int cuda_device) : impl_(std::make_unique<Impl>()) {
+  const Nvml& n = nvml();
+  if (!n.ok) return;
+  // NVML numbers devices its own way (not by CUDA_VISIBLE_DEVICES): find ours by its PCI bus.
+  char bus[32] = {};
+  LSS_CUDA_CHECK(cudaDeviceGetPCIBusId(bus, sizeof bus, cuda_device));
+  impl_->usable = n.by_pci(bus, &impl_->device) == NVML_SUCCESS;
+}
+
+DeviceMonitor::~DeviceMonitor() { impl_->halt(); }
+
+void DeviceMonitor::start(int period_ms) {
+  impl_->halt();
+  if (!impl_->usable) return;
+  impl_->samples.clear();
+  impl_->period_ms = std::max(1, period_ms);
+  impl_->running = true;
+  impl_->thread = std::thread([this] { impl_->loop(); });
+}
+
+std::optional<DeviceState> DeviceMonitor::stop() {
+  impl_->halt();
+  if (!impl_->usable || impl_->samples.empty()) return std::nullopt;
+  const Nvml& n = nvml();
+  DeviceState st;
+  st.samples = static_cast<int64_t>(impl_->samples.size());
+  st.period_ms = impl_->period_ms;
+  std::vector<double> clocks, power;
+  int64_t capped = 0, slowed = 0;
+  const unsigned long long slowdown = nvmlClocksEventReasonSwThermalSlowdown | nvmlClocksThrottleReasonHwSlowdown |
+                                      nvmlClocksThrottleReasonHwThermalSlowdown |
+                                      nvmlClocksThrottleReasonHwPowerBrakeSlowdown;
+  for (const Sample& s : impl_->samples) {
+    clocks.push_back(s.sm_mhz);
+    power.push_back(s.power_mw * 1e-3);
+    capped += (s.reasons & nvmlClocksEventReasonSwPowerCap) != 0;
+    slowed += (s.reasons & slowdown) != 0;
+  }
+  st.sm_clock_mhz_median = median_of(clocks);
+  st.sm_clock_mhz_min = *std::min_element(clocks.begin(), clocks.end());
+  st.power_w_median = median_of(power);
+  st.power_capped_fraction = static_cast<double>(capped) / st.samples;
+  st.slowdown_fraction = static_cast<double>(slowed) / st.samples;
+  unsigned v = 0;
+  if (n.max_clock(impl_->device, NVML_CLOCK_SM, &v) == NVML_SUCCESS) st.sm_clock_mhz_max = v;
+  if (n.power_limit(impl_->device, &v) == NVML_SUCCESS) st.power_limit_w = v * 1e-3;
+  return st;
+}
+
+}  // namespace lss::cuda
