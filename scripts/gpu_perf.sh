@@ -179,6 +179,12 @@ PY
   sys python3 - "$res" <<'PY' | tee "$out/summary.txt"
 import json, pathlib, sys
 rows = []
+def clocks(t):  # the lowest median SM clock over the ranks and its power-cap share
+    ds = [d for d in ((t or {}).get("device_state") or {}).get("per_rank", []) if d]
+    if not ds:
+        return ""
+    d = min(ds, key=lambda d: d["sm_clock_mhz_median"])
+    return f" sm {d['sm_clock_mhz_median']:.0f}/{d['sm_clock_mhz_max']:.0f} MHz cap {d['power_capped_fraction']:.2f}"
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     try:
         j = json.loads(f.read_text())
@@ -186,7 +192,8 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
         print(f"{f.name}: unreadable ({e})"); continue
     if j.get("schema") == "lssbench-peer/1":
         print(f"{f.stem:<40} peer {j.get('status')} step {j.get('step_ms', {}).get('median', 0):9.2f} ms "
-              f"{j.get('tflops_per_gpu') or 0:7.1f} TFLOP/s/GPU  mem {(j.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  {j.get('device')}")
+              f"{j.get('tflops_per_gpu') or 0:7.1f} TFLOP/s/GPU  mem {(j.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  {j.get('device')}"
+              f"{clocks(j)}")
         continue
     if "timing" not in j:
         continue
@@ -194,7 +201,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     print(f"{f.stem:<40} {j.get('status'):<6} step {t['median_ms']:9.2f} ms {m['tflops_per_gpu']:7.1f} TFLOP/s/GPU "
           f"mfu_meas {m.get('mfu_measured') or 0:5.3f} comm {t['comm_median_ms']:7.2f} exposed {t.get('comm_exposed_median_ms', 0):7.2f} "
           f"bound {b.get('bound_ms', 0):8.2f} ratio {b.get('step_over_bound', 0):5.3f} mem {m['peak_mem_bytes'] / 2**30:6.2f} GiB "
-          f"comm=model {j['comm']['matches_model']}")
+          f"comm=model {j['comm']['matches_model']}{clocks(t)}")
 PY
 } 2>&1 | tee -a "$out/log.txt"
 exit $failed

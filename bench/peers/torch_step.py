@@ -45,10 +45,12 @@ import datetime
 import json
 import math
 import os
+import ctypes
 import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import zlib
@@ -588,6 +590,78 @@ def versions() -> dict:
     return v
 
 
+class DeviceSampler:
+    """The device's SM clock, power and clock-event reasons through NVML (ctypes on the driver's
+    libnvidia-ml.so.1), sampled on a thread during the timed steps; summarised with the fields of
+    lssbench's timing.device_state, so that both sides' clocks can be compared (a card held at
+    its power limit runs below its top clock). Inert where NVML or the device is missing. The
+    NVML calls release the GIL; the per-sample Python work is tens of microseconds per period."""
+
+    SM_CLOCK = 1                       # NVML_CLOCK_SM
+    POWER_CAP = 0x4                    # nvmlClocksEventReasonSwPowerCap
+    SLOWDOWN = 0x8 | 0x20 | 0x40 | 0x80   # hw slowdown, sw/hw thermal, power brake
+
+    def __init__(self, device: torch.device, period_ms: int = 10):
+        self.period = period_ms / 1e3
+        self.samples: list[tuple[int, int, int]] = []
+        self.handle = None
+        self.thread = None
+        self.stop_flag = threading.Event()
+        if device.type != "cuda":
+            return
+        try:
+            lib = ctypes.CDLL("libnvidia-ml.so.1")
+            if lib.nvmlInit_v2() != 0:
+                return
+            props = torch.cuda.get_device_properties(device)
+            bus = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+            handle = ctypes.c_void_p()
+            if lib.nvmlDeviceGetHandleByPciBusId_v2(bus.encode(), ctypes.byref(handle)) != 0:
+                return
+            self.reasons = getattr(lib, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+                lib.nvmlDeviceGetCurrentClocksThrottleReasons
+            self.lib, self.handle = lib, handle
+        except (OSError, AttributeError):
+            self.handle = None
+
+    def _loop(self) -> None:
+        clock, power, reasons = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_ulonglong()
+        next_t = time.perf_counter()
+        while not self.stop_flag.is_set():
+            if (self.lib.nvmlDeviceGetClockInfo(self.handle, self.SM_CLOCK, ctypes.byref(clock)) == 0
+                    and self.lib.nvmlDeviceGetPowerUsage(self.handle, ctypes.byref(power)) == 0
+                    and self.reasons(self.handle, ctypes.byref(reasons)) == 0):
+                self.samples.append((clock.value, power.value, reasons.value))
+            next_t += self.period
+            time.sleep(max(0.0, next_t - time.perf_counter()))
+
+    def start(self) -> None:
+        if self.handle is not None:
+            self.thread = threading.Thread(target=self._loop, daemon=True)
+            self.thread.start()
+
+    def stop(self) -> dict | None:
+        if self.thread is None:
+            return None
+        self.stop_flag.set()
+        self.thread.join()
+        if not self.samples:
+            return None
+        clocks = [c for c, _, _ in self.samples]
+        top, limit = ctypes.c_uint(), ctypes.c_uint()
+        self.lib.nvmlDeviceGetMaxClockInfo(self.handle, self.SM_CLOCK, ctypes.byref(top))
+        self.lib.nvmlDeviceGetEnforcedPowerLimit(self.handle, ctypes.byref(limit))
+        n = len(self.samples)
+        return {"samples": n,
+                "sm_clock_mhz_median": statistics.median(clocks),
+                "sm_clock_mhz_min": min(clocks),
+                "sm_clock_mhz_max": top.value,
+                "power_w_median": statistics.median(p for _, p, _ in self.samples) / 1e3,
+                "power_limit_w": limit.value / 1e3,
+                "power_capped_fraction": sum(1 for *_, r in self.samples if r & self.POWER_CAP) / n,
+                "slowdown_fraction": sum(1 for *_, r in self.samples if r & self.SLOWDOWN) / n}
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -729,6 +803,8 @@ def run_bench(args, world: int, rank: int, local_rank: int) -> int:
         phase = "timed steps"
         times_ms, events = [], []
         loss = None
+        sampler = DeviceSampler(device)
+        sampler.start()
         for _ in range(args.iters):
             # Every step starts from an idle device with all ranks lined up, as the harness
             # does; the events then time this rank's stream from its first kernel to AdamW's last.
@@ -746,6 +822,7 @@ def run_bench(args, world: int, rank: int, local_rank: int) -> int:
                 loss = trainer.step(x, y)
                 times_ms.append((time.perf_counter() - t0) * 1e3)
         synchronize(device)
+        device_state = sampler.stop()
         if device.type == "cuda":
             times_ms = [s.elapsed_time(e) for s, e in events]
 
@@ -766,6 +843,9 @@ def run_bench(args, world: int, rank: int, local_rank: int) -> int:
             "tflops_per_gpu": flops / (median / 1e3) / world / 1e12,
             "tokens_per_s": B * T / (median / 1e3),
             "peak_memory_bytes": None if peak is None else int(peak),
+            "device_state": None if device_state is None else {
+                "source": "NVML on rank 0's device, every 10 ms through the timed steps",
+                "per_rank": [device_state]},
             "flop_convention": convention,
             "loss": float(loss),
             "status": "ok",
