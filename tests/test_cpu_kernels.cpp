@@ -1047,5 +1047,31 @@ TEST(CpuKernelsFp64, AttentionBackwardMatchesFiniteDifferences) {
   }
 }
 
+// The device monitor's summary (timing.device_state): medians (the middle two averaged for an
+// even count), the lowest clock, the shares of flagged samples, and nothing made up from no data.
+TEST(DeviceSamples, SummaryOfARegion) {
+  const std::vector<DeviceSample> samples = {{1980, 300, false, false},
+                                             {1700, 690, true, false},
+                                             {1650, 700, true, true},
+                                             {1755, 695, true, false}};
+  const DeviceState st = summarize_device_samples(samples, 10.0, 1980, 700);
+  EXPECT_EQ(st.samples, 4);
+  EXPECT_DOUBLE_EQ(st.period_ms, 10.0);
+  EXPECT_DOUBLE_EQ(st.sm_clock_mhz_median, 0.5 * (1700 + 1755));
+  EXPECT_DOUBLE_EQ(st.sm_clock_mhz_min, 1650);
+  EXPECT_DOUBLE_EQ(st.sm_clock_mhz_max, 1980);
+  EXPECT_DOUBLE_EQ(st.power_w_median, 0.5 * (690 + 695));
+  EXPECT_DOUBLE_EQ(st.power_limit_w, 700);
+  EXPECT_DOUBLE_EQ(st.power_capped_fraction, 0.75);
+  EXPECT_DOUBLE_EQ(st.slowdown_fraction, 0.25);
+  const DeviceState odd = summarize_device_samples({samples[0], samples[1], samples[2]}, 5.0, 1980, 700);
+  EXPECT_DOUBLE_EQ(odd.sm_clock_mhz_median, 1700);
+  EXPECT_DOUBLE_EQ(odd.power_w_median, 690);
+  const DeviceState none = summarize_device_samples({}, 10.0, 1980, 700);
+  EXPECT_EQ(none.samples, 0);
+  EXPECT_DOUBLE_EQ(none.sm_clock_mhz_median, 0.0);
+  EXPECT_DOUBLE_EQ(none.power_capped_fraction, 0.0);
+}
+
 }  // namespace
 }  // namespace lss

@@ -51,16 +51,9 @@ const Nvml& nvml() {
   return lib;
 }
 
-struct Sample {
-  unsigned sm_mhz = 0, power_mw = 0;
-  unsigned long long reasons = 0;
-};
-
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+constexpr unsigned long long kSlowdown = nvmlClocksEventReasonSwThermalSlowdown | nvmlClocksThrottleReasonHwSlowdown |
+                                       nvmlClocksThrottleReasonHwThermalSlowdown |
+                                       nvmlClocksThrottleReasonHwPowerBrakeSlowdown;
 
 }  // namespace
 
@@ -71,19 +64,20 @@ struct DeviceMonitor::Impl {
   std::thread thread;
   std::atomic<bool> running{false};
   std::mutex mu;
-  std::vector<Sample> samples;  // guarded by mu while the thread runs
+  std::vector<DeviceSample> samples;  // guarded by mu while the thread runs
 
   void loop() {
     const Nvml& n = nvml();
     auto next = std::chrono::steady_clock::now();
     while (running.load(std::memory_order_relaxed)) {
-      Sample s;
-      const bool ok = n.clock(device, NVML_CLOCK_SM, &s.sm_mhz) == NVML_SUCCESS &&
-                      n.power(device, &s.power_mw) == NVML_SUCCESS &&
-                      n.reasons(device, &s.reasons) == NVML_SUCCESS;
+      unsigned mhz = 0, mw = 0;
+      unsigned long long reasons = 0;
+      const bool ok = n.clock(device, NVML_CLOCK_SM, &mhz) == NVML_SUCCESS && n.power(device, &mw) == NVML_SUCCESS &&
+                      n.reasons(device, &reasons) == NVML_SUCCESS;
       if (ok) {
         std::lock_guard<std::mutex> lock(mu);
-        samples.push_back(s);
+        samples.push_back({static_cast<double>(mhz), mw * 1e-3, (reasons & nvmlClocksEventReasonSwPowerCap) != 0,
+                           (reasons & kSlowdown) != 0});
       }
       next += std::chrono::milliseconds(period_ms);
       std::this_thread::sleep_until(next);
@@ -121,29 +115,10 @@ std::optional<DeviceState> DeviceMonitor::stop() {
   impl_->halt();
   if (!impl_->usable || impl_->samples.empty()) return std::nullopt;
   const Nvml& n = nvml();
-  DeviceState st;
-  st.samples = static_cast<int64_t>(impl_->samples.size());
-  st.period_ms = impl_->period_ms;
-  std::vector<double> clocks, power;
-  int64_t capped = 0, slowed = 0;
-  const unsigned long long slowdown = nvmlClocksEventReasonSwThermalSlowdown | nvmlClocksThrottleReasonHwSlowdown |
-                                      nvmlClocksThrottleReasonHwThermalSlowdown |
-                                      nvmlClocksThrottleReasonHwPowerBrakeSlowdown;
-  for (const Sample& s : impl_->samples) {
-    clocks.push_back(s.sm_mhz);
-    power.push_back(s.power_mw * 1e-3);
-    capped += (s.reasons & nvmlClocksEventReasonSwPowerCap) != 0;
-    slowed += (s.reasons & slowdown) != 0;
-  }
-  st.sm_clock_mhz_median = median_of(clocks);
-  st.sm_clock_mhz_min = *std::min_element(clocks.begin(), clocks.end());
-  st.power_w_median = median_of(power);
-  st.power_capped_fraction = static_cast<double>(capped) / st.samples;
-  st.slowdown_fraction = static_cast<double>(slowed) / st.samples;
-  unsigned v = 0;
-  if (n.max_clock(impl_->device, NVML_CLOCK_SM, &v) == NVML_SUCCESS) st.sm_clock_mhz_max = v;
-  if (n.power_limit(impl_->device, &v) == NVML_SUCCESS) st.power_limit_w = v * 1e-3;
-  return st;
+  unsigned top = 0, limit_mw = 0;
+  if (n.max_clock(impl_->device, NVML_CLOCK_SM, &top) != NVML_SUCCESS) top = 0;
+  if (n.power_limit(impl_->device, &limit_mw) != NVML_SUCCESS) limit_mw = 0;
+  return summarize_device_samples(impl_->samples, impl_->period_ms, top, limit_mw * 1e-3);
 }
 
 }  // namespace lss::cuda

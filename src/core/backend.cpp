@@ -128,6 +128,35 @@ void gemm_in_passes(Backend& be, const GemmArgs& g) {
   if (g.epilogue == GemmEpilogue::gelu_backward) be.gelu_backward(whole(g.c), whole(g.c), whole(g.aux));
 }
 
+DeviceState summarize_device_samples(const std::vector<DeviceSample>& samples, double period_ms,
+                                     double sm_clock_mhz_max, double power_limit_w) {
+  DeviceState st;
+  st.period_ms = period_ms;
+  st.sm_clock_mhz_max = sm_clock_mhz_max;
+  st.power_limit_w = power_limit_w;
+  if (samples.empty()) return st;
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  std::vector<double> clocks, power;
+  int64_t capped = 0, slowed = 0;
+  for (const DeviceSample& s : samples) {
+    clocks.push_back(s.sm_clock_mhz);
+    power.push_back(s.power_w);
+    capped += s.power_capped;
+    slowed += s.slowdown;
+  }
+  st.samples = static_cast<int64_t>(samples.size());
+  st.sm_clock_mhz_median = median(clocks);
+  st.sm_clock_mhz_min = *std::min_element(clocks.begin(), clocks.end());
+  st.power_w_median = median(power);
+  st.power_capped_fraction = static_cast<double>(capped) / static_cast<double>(st.samples);
+  st.slowdown_fraction = static_cast<double>(slowed) / static_cast<double>(st.samples);
+  return st;
+}
+
 DType parse_dtype(const std::string& s) {
   if (s == "fp32") return DType::f32;
   if (s == "fp64") return DType::f64;

@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -159,6 +160,16 @@ struct DeviceState {
   double power_capped_fraction = 0;  // of samples: the software power cap held the clocks down
   double slowdown_fraction = 0;      // of samples: a thermal or hardware slowdown
 };
+
+// One reading of a device monitor.
+struct DeviceSample {
+  double sm_clock_mhz = 0, power_w = 0;
+  bool power_capped = false, slowdown = false;
+};
+// The summary of a region's readings (medians of the middle two for an even count); the device's
+// top clock and power limit are passed through. Empty `samples`: samples == 0 and zeros.
+DeviceState summarize_device_samples(const std::vector<DeviceSample>& samples, double period_ms,
+                                     double sm_clock_mhz_max, double power_limit_w);
 
 class Backend {
  public:
