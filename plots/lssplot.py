@@ -173,9 +173,12 @@ def draw(sweeps, out):
         series = []
         for e_list, key, style, label in ((strong, "efficiency", "-", "strong E=T1/(N TN)"),
                                           (weak, "flop_rate_efficiency", "-", "weak, per-GPU FLOP rate"),
+                                          (weak, "bound_flop_rate_efficiency", "-.", "weak, the bound's ceiling"),
                                           (weak, "time_ratio_paper_style", ":", "weak, paper-style time ratio")):
             groups = {}
             for e in e_list:
+                if not isinstance(e.get(key), (int, float)):  # no bound in older results
+                    continue
                 tag = e["strategy"] + (f" T={e['seq']}" if key == "efficiency" else "")
                 groups.setdefault(tag, []).append((e["world"], e[key]))
             seqs = sorted({e["seq"] for e in e_list})
@@ -301,6 +304,14 @@ def write_summary(sweeps, out, charts):
             else:
                 row += ["-"] * 8
             lines.append("| " + " | ".join(map(str, row)) + " |")
+        weak = s["aggregate"].get("weak_scaling", [])
+        if weak:
+            fmt = lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "-"
+            lines += ["", "| strategy | ranks | T | per-GPU FLOP rate efficiency | the bound's ceiling | "
+                      "paper-style time ratio |", "|---|---|---|---|---|---|"]
+            for e in sorted(weak, key=lambda e: (e["strategy"], e["world"])):
+                lines.append(f"| {e['strategy']} | {e['world']} | {e['seq']} | {fmt(e['flop_rate_efficiency'])} | "
+                             f"{fmt(e.get('bound_flop_rate_efficiency'))} | {fmt(e['time_ratio_paper_style'])} |")
         sp = s["aggregate"].get("speedup_lss_over_megatron_sp", [])
         if sp:
             lines += ["", "| ranks | T | lss ms | megatron_sp ms | speedup | memory ratio |", "|---|---|---|---|---|---|"]

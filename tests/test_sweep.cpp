@@ -58,4 +58,26 @@ TEST(SweepAggregate, WeakScalingBothDefinitions) {
   EXPECT_FALSE(a.contains("strong_scaling"));
 }
 
+TEST(SweepAggregate, WeakScalingBoundCeiling) {
+  // The bound's ceiling: model FLOPs per GPU over the bound. 1 rank: 1e12 FLOPs in a 5 ms bound,
+  // 200 TFLOP/s; 4 ranks: 8e12 FLOPs, 2e12 per GPU in a 12.5 ms bound, 160 TFLOP/s: 0.8.
+  json one = point("lss", 1, 1024, 6, 150, 1e9), four = point("lss", 4, 4096, 16, 125, 1e9);
+  one["metrics"]["flops_per_step"] = 1e12;
+  one["bound"] = {{"bound_ms", 5.0}};
+  four["metrics"]["flops_per_step"] = 8e12;
+  four["bound"] = {{"bound_ms", 12.5}};
+  json a = aggregate_points({one, four}, "weak");
+  const json* e = find(a["weak_scaling"], "lss", 4);
+  ASSERT_NE(e, nullptr);
+  EXPECT_NEAR((*e)["bound_flop_rate_efficiency"].get<double>(), 0.8, 1e-12);
+  EXPECT_NEAR((*e)["flop_rate_efficiency"].get<double>(), 125.0 / 150.0, 1e-12);
+  // Without a bound on either side there is no ceiling (null), and the rest is unchanged.
+  four.erase("bound");
+  a = aggregate_points({one, four}, "weak");
+  e = find(a["weak_scaling"], "lss", 4);
+  ASSERT_NE(e, nullptr);
+  EXPECT_TRUE((*e)["bound_flop_rate_efficiency"].is_null());
+  EXPECT_NEAR((*e)["flop_rate_efficiency"].get<double>(), 125.0 / 150.0, 1e-12);
+}
+
 }  // namespace

@@ -331,6 +331,13 @@ json aggregate_points(const std::vector<json>& points, const std::string& mode) 
   auto ms = [](const json* r) { return (*r)["timing"]["median_ms"].get<double>(); };
   auto mem = [](const json* r) { return (*r)["metrics"]["peak_mem_bytes"].get<double>(); };
   auto tflops = [](const json* r) { return (*r)["metrics"]["tflops_per_gpu"].get<double>(); };
+  // Model TFLOP/s per GPU if the step took its analytic bound; null without a bound.
+  auto bound_tflops = [](const json* r) -> json {
+    const json b = r->value("bound", json());
+    if (!b.is_object() || !b.contains("bound_ms") || b["bound_ms"].get<double>() <= 0) return nullptr;
+    return (*r)["metrics"]["flops_per_step"].get<double>() / (*r)["grid"]["world"].get<double>() /
+           (b["bound_ms"].get<double>() * 1e-3) / 1e12;
+  };
 
   json speedup = json::array();
   for (const auto& [k, r] : ok) {
@@ -367,11 +374,18 @@ json aggregate_points(const std::vector<json>& points, const std::string& mode) 
     } else if (mode == "weak" && !mine.empty()) {
       const auto base = *std::min_element(mine.begin(), mine.end(),
                                           [](const auto& a, const auto& b) { return a.first.world < b.first.world; });
-      for (const auto& [k, r] : mine)
+      const json base_bound = bound_tflops(base.second);
+      for (const auto& [k, r] : mine) {
+        const json mine_bound = bound_tflops(r);
+        const json ceiling = mine_bound.is_null() || base_bound.is_null()
+                                 ? json()
+                                 : json(mine_bound.get<double>() / base_bound.get<double>());
         weak.push_back({{"strategy", s}, {"world", k.world}, {"sp", k.sp}, {"seq", k.seq}, {"base_world", base.first.world},
                         {"base_seq", base.first.seq},
                         {"flop_rate_efficiency", tflops(r) / tflops(base.second)},
+                        {"bound_flop_rate_efficiency", ceiling},
                         {"time_ratio_paper_style", ms(base.second) / ms(r)}});
+      }
     }
   }
   json a;
@@ -386,6 +400,10 @@ json aggregate_points(const std::vector<json>& points, const std::string& mode) 
       {"memory_ratio", "megatron_sp peak memory per rank / lss peak memory per rank"},
       {"strong_efficiency", "(W_base * t_base) / (W * t): fixed problem, W ranks"},
       {"weak_flop_rate_efficiency", "TFLOP/s per GPU at W / TFLOP/s per GPU at W_base (T grows with W)"},
+      {"weak_bound_flop_rate_efficiency",
+       "the same ratio with each step at its analytic bound (model FLOPs per GPU / bound): the weak efficiency a "
+       "schedule without losses would reach, below 1 when the kernel mix changes with T (attention's share grows, "
+       "and attention runs slower per FLOP than the GEMMs); null without bounds"},
       {"weak_time_ratio_paper_style", "t_base / t_W with T grows with W; exceeds 1 when attention's T^2 work is "
                                       "split better than linearly, as the LSS paper's 'super-linear' efficiency"}};
   if (mode == "strong") a["strong_scaling"] = strong;
