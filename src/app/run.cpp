@@ -227,9 +227,9 @@ std::vector<double> max_over_ranks(std::vector<double> v) {
   return v;
 }
 
-// Every rank's device state over a region (rank 0 gets them all, in rank order); null when no
-// rank could sample its device.
-json gather_device_states(const std::optional<DeviceState>& mine, int world, const std::string& region) {
+// Every rank's device state over the timed steps (rank 0 gets them all, in rank order); null
+// when no rank could sample its device.
+json gather_device_states(const std::optional<DeviceState>& mine, int world) {
   constexpr int kFields = 9;
   std::vector<double> v(kFields, 0.0);
   if (mine) {
@@ -264,18 +264,9 @@ json gather_device_states(const std::optional<DeviceState>& mine, int world, con
                         {"slowdown_fraction", f[8]}});
   }
   if (!any) return nullptr;
-  return {{"source", fmt::format("NVML on each rank's device, every {} ms through {}", mine ? mine->period_ms : 10.0,
-                                 region)},
+  return {{"source", fmt::format("NVML on each rank's device, every {} ms through the timed steps",
+                                 mine ? mine->period_ms : 10.0)},
           {"per_rank", per_rank}};
-}
-
-// The rank entry of gather_device_states' result with the lowest median SM clock.
-const json& lowest_clock(const json& device_states) {
-  const json* low = nullptr;
-  for (const json& d : device_states["per_rank"])
-    if (!d.is_null() && (!low || d["sm_clock_mhz_median"].get<double>() < (*low)["sm_clock_mhz_median"].get<double>()))
-      low = &d;
-  return *low;
 }
 
 std::string human_bytes(double b) {
@@ -455,7 +446,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
 
   // Measure, then check: everything below runs after the timed loop.
   device_state = be.stop_device_sampling();
-  const json device_states = gather_device_states(device_state, grid.world, "the timed steps");
+  const json device_states = gather_device_states(device_state, grid.world);
   step_s = max_over_ranks(step_s);
   fwd_s = max_over_ranks(fwd_s);
   bwd_s = max_over_ranks(bwd_s);
@@ -490,11 +481,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   // The analytic bound prices the step at the rates just measured (after the timed region too).
   json bound = nullptr;
   if (gemm_peak > 0 && parser.flag("bound")) {
-    be.start_device_sampling();
     bound = analytic_bound(session, session.config(), gemm_peak, percentile(opt_s, 50));
-    // The clocks the bound's kernels ran at, beside the steps' (timing.device_state): each kernel
-    // timed alone in a short burst may run at higher clocks than a step held at the power cap.
-    bound["device_state"] = gather_device_states(be.stop_device_sampling(), grid.world, "the bound's measurement");
     bound["step_over_bound"] = median / (bound["bound_ms"].get<double>() * 1e-3);
   }
 
@@ -597,7 +584,12 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                percentile(bwd_enq_s, 50) * 1e3, percentile(bwd_s, 50) * 1e3, percentile(opt_enq_s, 50) * 1e3,
                percentile(opt_s, 50) * 1e3);
     if (!device_states.is_null()) {
-      const json& d = lowest_clock(device_states);
+      // The rank whose device ran at the lowest median clock.
+      const json* low = nullptr;
+      for (const json& d : device_states["per_rank"])
+        if (!d.is_null() && (!low || d["sm_clock_mhz_median"].get<double>() < (*low)["sm_clock_mhz_median"].get<double>()))
+          low = &d;
+      const json& d = *low;
       fmt::print("  {:<22} SM {:.0f} MHz median (top {:.0f}), {:.0f} W of {:.0f}, power cap in {:.0f}% of samples{}\n",
                  grid.world > 1 ? "device (lowest clock)" : "device during steps", d["sm_clock_mhz_median"].get<double>(),
                  d["sm_clock_mhz_max"].get<double>(), d["power_w_median"].get<double>(), d["power_limit_w"].get<double>(),
@@ -609,12 +601,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<22} {:>14.3f}\n", "comm median (ms)", percentile(comm_s, 50) * 1e3);
     fmt::print("  {:<22} {:>14.3f}\n", "comm exposed (ms)", percentile(exposed_s, 50) * 1e3);
     if (!bound.is_null()) {
-      fmt::print("  {:<22} {:>14.3f}  (step / bound {:.3f}{})\n", "analytic bound (ms)", bound["bound_ms"].get<double>(),
-                 bound["step_over_bound"].get<double>(),
-                 bound["device_state"].is_null()
-                     ? ""
-                     : fmt::format("; its kernels at SM {:.0f} MHz median",
-                                   lowest_clock(bound["device_state"])["sm_clock_mhz_median"].get<double>()));
+      fmt::print("  {:<22} {:>14.3f}  (step / bound {:.3f})\n", "analytic bound (ms)", bound["bound_ms"].get<double>(),
+                 bound["step_over_bound"].get<double>());
       // Where the bound's time goes on rank 0 (bound.rank0 has each kernel).
       const json& b0 = bound["rank0"];
       fmt::print("  {:<22} gemm {:.2f}, attention {:.2f}, elementwise {:.2f}, passes {:.2f}, optimizer {:.2f}, "
