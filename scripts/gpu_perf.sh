@@ -154,7 +154,7 @@ for name, (n, ns) in sorted(per.items(), key=lambda kv: -kv[1][1])[:40]:
 PY
       ;;
     kernels)
-      step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large \
+      step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large --benchmark_min_time=0.2 \
         --benchmark_filter='gemm|linear|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
