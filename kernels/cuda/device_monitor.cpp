@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -62,8 +61,7 @@ struct DeviceMonitor::Impl {
   int period_ms = 10;
   std::thread thread;
   std::atomic<bool> running{false};
-  std::mutex mu;
-  std::vector<DeviceSample> samples;  // guarded by mu while the thread runs
+  std::vector<DeviceSample> samples;  // written by the sampling thread only; read after it joins
 
   void loop() {
     const Nvml& n = nvml();
@@ -73,11 +71,9 @@ struct DeviceMonitor::Impl {
       unsigned long long reasons = 0;
       const bool ok = n.clock(device, NVML_CLOCK_SM, &mhz) == NVML_SUCCESS && n.power(device, &mw) == NVML_SUCCESS &&
                       n.reasons(device, &reasons) == NVML_SUCCESS;
-      if (ok) {
-        std::lock_guard<std::mutex> lock(mu);
+      if (ok)
         samples.push_back({static_cast<double>(mhz), mw * 1e-3, (reasons & nvmlClocksEventReasonSwPowerCap) != 0,
                            (reasons & kSlowdown) != 0});
-      }
       next += std::chrono::milliseconds(period_ms);
       std::this_thread::sleep_until(next);
     }
