@@ -13,7 +13,10 @@
 // The test exits 77 (CTest's skip code) without a CUDA device.
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -22,6 +25,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/backend.h"
@@ -688,6 +692,51 @@ TEST_P(CudaOps, GemmResidualAndGeluEpilogues) {
       expect_close(download(gc), ref_download(rc), tol(), "gelu_backward epilogue" + what);
     }
   }
+}
+
+// timing.device_state's source: the backend samples its device through NVML while work runs,
+// and the summary is that of real readings. Skipped where the driver's NVML library is missing.
+TEST_F(CudaTest, DeviceSamplingWhileWorkRuns) {
+  if (void* nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL)) {
+    dlclose(nvml);
+  } else {
+    GTEST_SKIP() << "libnvidia-ml.so.1 is not loadable here";
+  }
+  const int64_t n = 2048;
+  Buffer a = upload(random(n * n, DType::bf16), DType::bf16), c = gpu->alloc(DType::bf16, n * n);
+  GemmArgs g;
+  g.dtype = g.c_dtype = DType::bf16;
+  g.m = g.n = g.k = n;
+  g.a = g.b = a.ptr();
+  g.lda = g.ldb = g.ldc = n;
+  g.c = c.ptr();
+  gpu->start_device_sampling();
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(300)) {
+    for (int i = 0; i < 20; ++i) gpu->gemm(g);
+    gpu->synchronize();
+  }
+  const std::optional<DeviceState> st = gpu->stop_device_sampling();
+  ASSERT_TRUE(st.has_value()) << "NVML loads but the backend sampled nothing";
+  EXPECT_GE(st->samples, 10);  // every 10 ms over 300 ms
+  EXPECT_DOUBLE_EQ(st->period_ms, 10.0);
+  EXPECT_GT(st->sm_clock_mhz_min, 0.0);
+  EXPECT_LE(st->sm_clock_mhz_min, st->sm_clock_mhz_median);
+  EXPECT_LE(st->sm_clock_mhz_median, st->sm_clock_mhz_max);
+  EXPECT_GT(st->power_w_median, 0.0);
+  EXPECT_GT(st->power_limit_w, 0.0);
+  for (double f : {st->power_capped_fraction, st->slowdown_fraction}) {
+    EXPECT_GE(f, 0.0);
+    EXPECT_LE(f, 1.0);
+  }
+  // A second region starts afresh.
+  gpu->start_device_sampling();
+  gpu->gemm(g);
+  gpu->synchronize();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const std::optional<DeviceState> again = gpu->stop_device_sampling();
+  ASSERT_TRUE(again.has_value());
+  EXPECT_LT(again->samples, st->samples);
 }
 
 TEST_P(CudaOps, CrossEntropy) {
