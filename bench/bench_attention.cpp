@@ -1,5 +1,6 @@
-// Attention throughput of the CUDA backend: the project's flash kernels against cuDNN's fused
-// SDPA, bf16, forward and forward+backward, on the model's packed [q|k|v] layout.
+// Attention throughput of the CUDA backend: the project's flash kernels (on a compute capability
+// 9.0 GPU both generations: wgmma, the default there, and mma.sync) against cuDNN's fused SDPA,
+// bf16, forward and forward+backward, on the model's packed [q|k|v] layout.
 //
 // Shapes: B = 1, model width H*D = 2048 (H = 16 at D = 128, H = 32 at D = 64), T in {4K, 16K,
 // 64K}, causal and not. Time per iteration is measured with CUDA events on the backend's stream
@@ -22,6 +23,7 @@
 #include "core/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_attention.h"
 
 namespace lss {
 namespace {
@@ -54,15 +56,24 @@ void fill_random(Backend& be, const Buffer& buf, float amp, uint64_t seed) {
   }
 }
 
-// Arguments: T, D, causal (0/1), path (0 flash, 1 cudnn), backward (0 forward only, 1 both).
+// The kernels behind each value of the `path` argument.
+enum Path : int { kFlash = 0, kCudnn = 1, kFlashMmaSync = 2 };
+
+// Arguments: T, D, causal (0/1), path (Path), backward (0 forward only, 1 both).
 void BM_Attention(benchmark::State& state) {
   const int64_t T = state.range(0), D = state.range(1);
   const bool causal = state.range(2) != 0;
-  const std::string path = state.range(3) != 0 ? "cudnn" : "flash";
+  const Path path_id = static_cast<Path>(state.range(3));
   const bool with_backward = state.range(4) != 0;
   const int64_t H = kWidth / D, C = kWidth, B = kBatch;
+  const std::string path = path_id == kCudnn          ? "cudnn"
+                           : path_id == kFlashMmaSync ? "flash-mma.sync"
+                           : cuda::flash_wgmma_available(D) ? "flash-wgmma"
+                                                            : "flash-mma.sync";
+  cuda::set_flash_kernels(path_id == kFlashMmaSync ? cuda::FlashKernels::mma_sync
+                                                   : cuda::FlashKernels::automatic);
   try {
-    Backend& be = backend(path);
+    Backend& be = backend(path_id == kCudnn ? "cudnn" : "flash");
     const cudaStream_t stream = cuda_stream_of(be);
     // The model's layout: (T, B, 3C) packed [q|k|v] rows, (T, B, C) out and dout.
     Buffer qkv = be.alloc(DType::bf16, T * B * 3 * C);
@@ -131,12 +142,16 @@ void BM_Attention(benchmark::State& state) {
 }
 
 void attention_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"T", "D", "causal", "cudnn", "bwd"});
+  b->ArgNames({"T", "D", "causal", "path", "bwd"});
   for (int64_t T : {4096, 16384, 65536})
     for (int64_t D : {64, 128})
       for (int causal : {1, 0})
-        for (int cudnn : {0, 1})
-          for (int bwd : {0, 1}) b->Args({T, D, causal, cudnn, bwd});
+        for (int path : {kFlash, kCudnn, kFlashMmaSync}) {
+          // The mma.sync generation forced, at one length: on a GPU without the wgmma kernels it
+          // repeats the flash rows.
+          if (path == kFlashMmaSync && T != 16384) continue;
+          for (int bwd : {0, 1}) b->Args({T, D, causal, path, bwd});
+        }
 }
 
 BENCHMARK(BM_Attention)->Apply(attention_args)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -3,7 +3,7 @@
 # carry: [".device"], then run there with scripts/gpu_run.sh.
 #
 # Run from the repository root on this machine after a CUDA build in build/ (or BUILD_DIR), e.g.
-#   cmake -S . -B build -DCMAKE_CUDA_ARCHITECTURES=90 && make -C build -j2 && scripts/gpu_bundle.sh
+#   cmake -S . -B build -DCMAKE_CUDA_ARCHITECTURES=90a && make -C build -j2 && scripts/gpu_bundle.sh
 #
 # What goes in: the binaries lssbench and test_* of build/bin; the MPICH runtime
 # (/work/shared/device/bundle-mpich.sh: the GPU machine has Open MPI only); and every shared
@@ -27,7 +27,7 @@ build=${BUILD_DIR:-build}
 mpich_script=${MPICH_BUNDLE_SCRIPT:-/work/shared/device/bundle-mpich.sh}
 limit_mib=60
 
-[[ -d $build/bin ]] || die "$build/bin not found: build first (cmake -S . -B $build -DCMAKE_CUDA_ARCHITECTURES=90 && make -C $build)"
+[[ -d $build/bin ]] || die "$build/bin not found: build first (cmake -S . -B $build -DCMAKE_CUDA_ARCHITECTURES=90a && make -C $build)"
 [[ -x $build/bin/lssbench ]] || die "$build/bin/lssbench not found: the build is incomplete"
 [[ -x $mpich_script ]] || die "$mpich_script not found or not executable (it copies the MPICH runtime)"
 for tool in ldd strip tar xz; do
@@ -35,7 +35,7 @@ for tool in ldd strip tar xz; do
 done
 # A CPU-only build would run on the GPU machine without ever touching a GPU: refuse it.
 if ! ldd "$build/bin/lssbench" | grep -q 'libnccl\.so'; then
-  die "$build/bin/lssbench does not link NCCL: configure with CUDA (cmake -S . -B $build -DCMAKE_CUDA_ARCHITECTURES=90)"
+  die "$build/bin/lssbench does not link NCCL: configure with CUDA (cmake -S . -B $build -DCMAKE_CUDA_ARCHITECTURES=90a)"
 fi
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/lss-gpu-bundle.XXXXXX")

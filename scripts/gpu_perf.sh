@@ -3,7 +3,7 @@
 # (scripts/gpu_bundle.sh) carried along:
 #   device tool: run(command="bash scripts/gpu_perf.sh SECTION...", carry=[".device"])
 # Sections (run in the order given):
-#   tests     the kernel tests and the CUDA step test on every GPU (all strategies, grids, options;
+#   tests     the kernel and attention tests and the CUDA step test on every GPU (all strategies, grids, options;
 #             LSS_STEP_TEST_FILTER, a gtest filter, picks cases: the whole test takes ~420 s on 4 GPUs)
 #   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
 #   peers     peers-serial, then peers-lss
@@ -14,7 +14,8 @@
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
-#   attention bench_attention (own flash kernel and cuDNN)
+#   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN);
+#             LSS_BENCH_FILTER, a benchmark filter, picks cases
 #   profile   the serial step (T=16K, 2 steps, no bound) under Nsight Compute, one metric
 #             (gpu__time_duration), clocks and caches left alone: every kernel's time, summed by
 #             name into $OUT/profile_serial_T16K.txt (where the step's time goes beyond the bound's
@@ -85,6 +86,7 @@ run_section() {
   case $1 in
     tests)
       step test_cuda_kernels 120 "$dev/bin/test_cuda_kernels" --gtest_brief=1
+      step test_cuda_attention 120 "$dev/bin/test_cuda_attention" --gtest_brief=1
       step test_strategies_cuda 450 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" --gtest_brief=1 \
         --gtest_filter="${LSS_STEP_TEST_FILTER:-*}" ;;
     serial)
@@ -119,7 +121,8 @@ run_section() {
         point lss_zigzag_split_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --split-causal --seq "$T" --warmup 2 --iters 6
       done ;;
     attention)
-      step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json ;;
+      step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json \
+        --benchmark_filter="${LSS_BENCH_FILTER:-.}" ;;
     profile)
       local csv=$res/ncu_serial_T16K.csv
       step ncu_serial_T16K 300 mpiexec.hydra -n 1 ncu --clock-control none --cache-control none \

@@ -337,8 +337,19 @@ TEST_P(CudaAttention, MatchesCpuReference) {
       check_backend(*flash_, DType::f32, kTolFp32, s, *layout, in, ref);
     }
     {
-      SCOPED_TRACE("flash bf16");
+      SCOPED_TRACE("flash bf16, mma.sync kernels");
+      cuda::set_flash_kernels(cuda::FlashKernels::mma_sync);
       check_backend(*flash_, DType::bf16, kTolBf16, s, *layout, in, ref);
+      cuda::set_flash_kernels(cuda::FlashKernels::automatic);
+    }
+    if (cuda::flash_wgmma_available(s.D)) {
+      SCOPED_TRACE("flash bf16, wgmma kernels");
+      cuda::set_flash_kernels(cuda::FlashKernels::wgmma);
+      check_backend(*flash_, DType::bf16, kTolBf16, s, *layout, in, ref);
+      cuda::set_flash_kernels(cuda::FlashKernels::automatic);
+    } else {
+      std::cout << "[ note ] no wgmma flash kernels for D = " << s.D
+                << " on this GPU/build: that path is not checked for this shape\n";
     }
     {
       SCOPED_TRACE("cudnn bf16");
@@ -361,6 +372,20 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention, ::testing::ValuesIn(attention_sh
                                   std::to_string(s.Tk) + "_off" + std::to_string(s.q_offset) +
                                   (s.causal ? "_causal" : "_full");
                          });
+
+// On a compute capability 9.0 GPU (H100, H200) the build's default architectures include sm_90a,
+// so the wgmma kernels must be there: a build that lost them would otherwise test and time only
+// the mma.sync kernels without saying so.
+TEST(CudaFlashAttention, WgmmaKernelsOnHopper) {
+  int device = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), cudaSuccess);
+  if (major != 9 || minor != 0) GTEST_SKIP() << "not a compute capability 9.0 GPU";
+  EXPECT_TRUE(cuda::flash_wgmma_available(64));
+  EXPECT_TRUE(cuda::flash_wgmma_available(128));
+  EXPECT_FALSE(cuda::flash_wgmma_available(32));
+}
 
 // Which shapes the flash kernels take: head dims 32/64/128, fp32 and bf16, and for bf16 rows that
 // start on 16-byte boundaries (cp.async moves 16-byte chunks).

@@ -29,38 +29,13 @@
 
 #include "core/check.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/flash_attention_common.cuh"
+#include "kernels/cuda/flash_attention_sm90.h"
 
 namespace lss::cuda {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// One (B, T, H*D) operand: element (b, t, h, d) at ptr + b*bs + t*rs + h*D + d (elements).
-struct Tensor {
-  void* ptr;
-  int64_t bs, rs;
-};
-
-struct Params {
-  Tensor q, k, v, out, dout, dq, dk, dv;
-  float* lse;       // (B, H, Tq), natural-log units
-  float* delta;     // (B, H, Tq) backward workspace: rowsum(dO * O)
-  float* dq_accum;  // (B, H, Tq, D) backward workspace of the bf16 path
-  int B, H, Tq, Tk, q_offset;
-  bool causal;
-  float scale;       // softmax scale
-  float scale_log2;  // scale * log2(e): the bf16 path works in base 2 (ex2 is one instruction)
-};
-
-// Pointer to element (b, 0, h, 0) of an operand.
-template <class T, int D>
-__device__ __forceinline__ T* head_ptr(const Tensor& o, int b, int h) {
-  return static_cast<T*>(o.ptr) + static_cast<int64_t>(b) * o.bs + static_cast<int64_t>(h) * D;
-}
+using namespace flash_detail;
 
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
@@ -85,28 +60,6 @@ __device__ __forceinline__ float to_float(T x) {
 // =============================================================================================
 // bf16 tensor-core building blocks (sm_80+)
 // =============================================================================================
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy; with valid == false the destination is zero-filled instead
-// (src-size 0 reads nothing), which is how tiles are padded past the end of a sequence.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 4 : 0));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
 
 // Four 8x8 b16 matrices; lane l supplies the row address of matrix l/8, row l%8. Register i
 // receives, of matrix i, row lane/4, columns 2*(lane%4) and +1 (transposed with _t).
@@ -134,29 +87,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Two floats as a bf16 pair, `lo` in the low half (the lower column index).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &v, sizeof(u));
-  return u;
-}
-
-// The a-fragment of k-step kk (16 columns) from c-fragments of n-tiles 2kk and 2kk+1.
-__device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
-                                       const float (&c1)[4]) {
-  a[0] = pack_bf16(c0[0], c0[1]);
-  a[1] = pack_bf16(c0[2], c0[3]);
-  a[2] = pack_bf16(c1[0], c1[1]);
-  a[3] = pack_bf16(c1[2], c1[3]);
 }
 
 // Row pitch of the shared tiles: D + 8 elements, so that the eight 16-byte row segments one
@@ -989,10 +919,9 @@ using BwdBigCfg = BwdBf16<D, 8, 2>;
 template <int D>
 using BwdSmallCfg = BwdBf16<D, 4, 1>;
 
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct DeviceInfo {
-  int device = 0, cc_major = 0;
+  int device = 0, cc_major = 0, cc_minor = 0;
   size_t max_smem = 0;  // opt-in dynamic shared memory per block
 };
 
@@ -1001,6 +930,8 @@ DeviceInfo device_info() {
   LSS_CUDA_CHECK(cudaGetDevice(&info.device));
   LSS_CUDA_CHECK(
       cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, info.device));
+  LSS_CUDA_CHECK(
+      cudaDeviceGetAttribute(&info.cc_minor, cudaDevAttrComputeCapabilityMinor, info.device));
   int smem = 0;
   LSS_CUDA_CHECK(
       cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, info.device));
@@ -1028,22 +959,29 @@ void dispatch_head_dim(int64_t D, F&& f) {
 
 bool head_dim_ok(int64_t D) { return D == 32 || D == 64 || D == 128; }
 
-// Launches `kernel` with `smem` bytes of dynamic shared memory, raising the kernel's limit past
-// the 48 KB default once per device.
-template <auto Kernel>
-void launch(dim3 grid, int threads, size_t smem, cudaStream_t stream, const Params& p, int device) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  if (smem > 48 * 1024) {
-    static std::atomic<uint64_t> configured{0};  // bit per device ordinal
-    const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-    if (bit == 0 || (configured.load() & bit) == 0) {
-      LSS_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-      configured.fetch_or(bit);
-    }
+std::atomic<FlashKernels> g_flash_kernels{FlashKernels::automatic};
+
+// Whether the bf16 path can run the wgmma kernels here: built for sm_90a, a 9.0 GPU (sm_90a code
+// runs on nothing else), D 64 or 128, and the shared memory.
+bool wgmma_possible(const DeviceInfo& dev, int64_t D) {
+  return sm90_kernels_built() && dev.cc_major == 9 && dev.cc_minor == 0 &&
+         sm90_head_dim_ok(static_cast<int>(D)) && sm90_smem_bytes(static_cast<int>(D)) <= dev.max_smem;
+}
+
+bool use_wgmma(const DeviceInfo& dev, int64_t D) {
+  switch (g_flash_kernels.load()) {
+    case FlashKernels::mma_sync:
+      return false;
+    case FlashKernels::wgmma:
+      LSS_REQUIRE_INPUT(wgmma_possible(dev, D),
+                        "flash attention: the wgmma kernels were requested but cannot run here "
+                        "(they need a build for sm_90a, a compute capability 9.0 GPU and D = 64 "
+                        "or 128; D = " + std::to_string(D) + ")");
+      return true;
+    case FlashKernels::automatic:
+      break;
   }
-  Kernel<<<grid, threads, smem, stream>>>(p);
-  LSS_CUDA_CHECK_LAUNCH();
+  return wgmma_possible(dev, D);
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -1148,6 +1086,10 @@ size_t dq_accum_bytes(const AttentionArgs& a) {
 
 }  // namespace
 
+void set_flash_kernels(FlashKernels kernels) { g_flash_kernels.store(kernels); }
+
+bool flash_wgmma_available(int64_t D) { return wgmma_possible(device_info(), D); }
+
 bool flash_attention_supported(const AttentionArgs& args) {
   return unsupported_reason(args).empty();
 }
@@ -1156,10 +1098,13 @@ void flash_attention_forward(const AttentionArgs& a, cudaStream_t stream) {
   validate(a, false);
   if (a.B == 0 || a.H == 0 || a.Tq == 0) return;
   const Params p = make_params(a);
-  const int device = device_info().device;
+  const DeviceInfo dev = device_info();
+  const int device = dev.device;
   dispatch_head_dim(a.D, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    if (a.dtype == DType::bf16) {
+    if (a.dtype == DType::bf16 && use_wgmma(dev, D)) {
+      sm90_forward(p, D, stream, dev.device);
+    } else if (a.dtype == DType::bf16) {
       using Cfg = FwdCfg<D>;
       const dim3 grid(p.H, static_cast<unsigned>(cdiv(a.Tq, Cfg::kBlockM)), p.B);
       launch<flash_fwd_bf16_kernel<D, Cfg::kNumWarps, Cfg::kTileN>>(
@@ -1194,7 +1139,9 @@ void flash_attention_backward(const AttentionArgs& a, void* workspace, cudaStrea
     if (a.dtype == DType::bf16) {
       launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
                                              stream, p, dev.device);
-      if (BwdBigCfg<D>::kSmemBytes <= dev.max_smem)
+      if (use_wgmma(dev, D))
+        sm90_backward(p, D, stream, dev.device);
+      else if (BwdBigCfg<D>::kSmemBytes <= dev.max_smem)
         launch_bwd_bf16<D, BwdBigCfg<D>>(p, stream, dev.device);
       else
         launch_bwd_bf16<D, BwdSmallCfg<D>>(p, stream, dev.device);

@@ -1,7 +1,9 @@
 // The project's own flash-attention forward and backward (tiled, online softmax, nothing of size
 // Tq x Tk in memory), for the AttentionArgs contract of core/backend.h: strided Q/K/V/O, causal
 // with a query offset (query i at global position q_offset + i sees key j iff j <= q_offset + i),
-// bf16 or fp32 operands, fp32 lse. Runs on sm_70 and newer.
+// bf16 or fp32 operands, fp32 lse. Runs on sm_70 and newer. bf16 runs on tensor cores: wgmma
+// kernels (flash_attention_sm90.cu) on compute capability 9.0 when built for sm_90a and D is 64
+// or 128, mma.sync kernels (sm_80+) otherwise.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -10,6 +12,14 @@
 #include "core/backend.h"
 
 namespace lss::cuda {
+
+// Which bf16 kernel generation runs: automatic (wgmma where it can, else mma.sync) or one forced,
+// for the tests and benchmarks that compare them; forcing wgmma where it cannot run is a usage
+// error at the next call. Process-wide.
+enum class FlashKernels { automatic, mma_sync, wgmma };
+void set_flash_kernels(FlashKernels kernels);
+// Whether the wgmma kernels can run on the current device for head dim D.
+bool flash_wgmma_available(int64_t D);
 
 // True when the kernel handles this shape (head dim, dtype).
 bool flash_attention_supported(const AttentionArgs& args);

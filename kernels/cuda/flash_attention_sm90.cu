@@ -1,0 +1,628 @@
+// Flash attention for Hopper (sm_90a): the FlashAttention-2/3 arithmetic of flash_attention.cu
+// on warpgroup MMAs (wgmma), which read their operands from shared memory themselves instead of
+// every warp pulling its own copy through ldmatrix: the mma.sync kernels are bound by that shared
+// memory traffic on H100/H200 (~270 TFLOP/s), wgmma is not.
+//
+// Shared tiles: R rows x D bf16 columns stored as D/64 column blocks of R x 64 (one 128-byte row
+// each), the 16-byte chunk c of row r at chunk position c ^ (r % 8): the 128-byte swizzle of the
+// wgmma operand layouts, which also keeps the cp.async stores free of bank conflicts. One such
+// tile is a K-major operand when its columns are the reduction dimension (Q, K for S = Q K^T) and
+// an MN-major one when its rows are (V for O = P V), so every operand is loaded the same way.
+//
+//   forward : one CTA of two warpgroups per (128-query block, head, batch); each warpgroup owns 64
+//             query rows and streams 128-key K/V tiles (double-buffered cp.async): S = Q K^T from
+//             shared memory, the online softmax in registers, O += P V with P from registers.
+//   backward: one CTA of two warpgroups per (128-key block, head, batch), 64 keys each, looping
+//             over 64-query blocks (double-buffered): S^T = K Q^T and dP^T = V dO^T from shared
+//             memory, dV += P^T dO and dK += dS^T Q with P^T and dS^T from registers, dQ = dS K
+//             from the dS^T tile in shared memory, added into the fp32 dQ workspace with atomics.
+// The fragment layouts of wgmma's register operands match mma.sync's (per warp: rows g and g+8
+// of its 16, columns 2t, 2t+1 of each 8-column block), so the masking and softmax code reads
+// like flash_attention.cu's.
+#include "kernels/cuda/flash_attention_sm90.h"
+
+#include "kernels/cuda/flash_attention_common.cuh"
+
+namespace lss::cuda::flash_detail {
+namespace {
+
+// The kernel bodies exist only in the sm_90a code (wgmma is not in the portable sm_90 set); the
+// host side dispatches here only when that code was built (LSS_FLASH_SM90A) and the GPU is 9.0.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LSS_SM90A_BODY 1
+#endif
+
+// Byte offset of 16-byte chunk `chunk` (of D/8 per row) of row r in a swizzled tile of kRows rows.
+template <int kRows>
+__device__ __forceinline__ uint32_t sw_offset(int r, int chunk) {
+  return static_cast<uint32_t>((chunk >> 3) * (kRows * 128) + r * 128 + (((chunk & 7) ^ (r & 7)) << 4));
+}
+
+// Rows [row0, row0 + kRows) of a head slice (row stride rs elements) into a swizzled tile at
+// shared address `tile`; rows at or past `limit` are zero-filled.
+template <int D, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile_sw(uint32_t tile, const bf16* src, int64_t rs, int row0,
+                                             int limit) {
+  constexpr int kChunks = D / 8;
+  constexpr int kTotal = kRows * kChunks;
+  static_assert(kTotal % kThreads == 0, "whole rounds of 16-byte chunks");
+#pragma unroll
+  for (int it = 0; it < kTotal / kThreads; ++it) {
+    const int c = it * kThreads + static_cast<int>(threadIdx.x);
+    const int r = c / kChunks, ch = c % kChunks;
+    const bool valid = row0 + r < limit;
+    const bf16* g = valid ? src + static_cast<int64_t>(row0 + r) * rs + ch * 8 : src;
+    cp_async_16(tile + sw_offset<kRows>(r, ch), g, valid);
+  }
+}
+
+// wgmma shared-memory matrix descriptor with the 128-byte swizzle: start address, leading and
+// stride byte offsets (all in 16-byte units). K-major: the stride offset steps 8 rows (1024 bytes
+// here), the leading one is unused. MN-major: the stride offset steps 8 rows of K (1024), the
+// leading one steps to the next 64-column block (the tile's block size).
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t lead_bytes,
+                                               uint32_t stride_bytes) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>(lead_bytes >> 4) << 16) |
+         (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (uint64_t{1} << 62);
+}
+
+// K-major operand: rows [row0, row0 + 64 or N) of a tile of kRows rows, reduction step kk (16
+// columns of the D).
+template <int kRows>
+__device__ __forceinline__ uint64_t desc_k_major(uint32_t tile, int row0, int kk) {
+  return sw128_desc(tile + (kk >> 2) * (kRows * 128) + row0 * 128 + (kk & 3) * 32, 16, 1024);
+}
+
+// MN-major operand: reduction rows [16 kk, 16 kk + 16) of a tile of kRows rows, its columns from
+// 64-column block `block` on.
+template <int kRows>
+__device__ __forceinline__ uint64_t desc_mn_major(uint32_t tile, int kk, int block = 0) {
+  return sw128_desc(tile + block * (kRows * 128) + kk * 2048, kRows * 128, 1024);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// Generic-proxy writes to shared memory (cp.async, st.shared) made visible to the async proxy
+// that wgmma reads through; before the barrier that publishes them.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving accesses of accumulator registers across a wgmma issue or wait.
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void reg_fence(uint32_t (&d)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(d[i][e])::"memory");
+}
+
+// m64nNk16 bf16 -> fp32 warpgroup MMAs. ss: A and B from shared memory (descriptors), rs: A from
+// registers (the mma.sync a-fragment layout per warp). kTrans*: 0 K-major, 1 MN-major.
+// accumulate == 0 overwrites d.
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                              int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, "
+      "%6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, "
+      "%36;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
+}
+
+template <int kTransB>
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b,
+                                              int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, "
+      "%6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, "
+      "p, 1, 1, %38;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
+}
+
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                              int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, "
+      "%5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
+      "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, "
+      "%51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, "
+      "p, 1, 1, %67, %68;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
+}
+
+template <int kTransB>
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b,
+                                              int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, "
+      "%5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
+      "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, "
+      "%51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, "
+      "%66, %67}, %68, p, 1, 1, %70;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
+}
+
+template <int N, int kTransB>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (N == 64)
+    wgmma_rs_n64<kTransB>(d, a, desc_b, 1);
+  else
+    wgmma_rs_n128<kTransB>(d, a, desc_b, 1);
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) d[i] = 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward
+// ---------------------------------------------------------------------------------------------
+
+template <int D>
+struct FwdSm90 {
+  static constexpr int kThreads = 256;  // two warpgroups of 64 query rows
+  static constexpr int kBlockM = 128, kBlockN = 128;
+  static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
+  // Q, then two stages of (K, V); 1 KB to align the base to the swizzle's 1024-byte period.
+  static constexpr size_t kSmemBytes = kTileQ + 4 * kTileKV + 1024;
+  static_assert(D % 64 == 0, "64-column swizzle blocks");
+};
+
+template <int D>
+__global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) {
+#ifdef LSS_SM90A_BODY
+  using Cfg = FwdSm90<D>;
+  constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t q_tile = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  auto k_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + s * 2 * Cfg::kTileKV; };
+  auto v_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + (s * 2 + 1) * Cfg::kTileKV; };
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane >> 2, tq = lane & 3;
+  // Grid (H, query blocks, B), heads fastest, heaviest causal blocks first (as the sm_80 kernel).
+  const int mb = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  const int q0 = mb * kBlockM, h = blockIdx.x, b = blockIdx.z;
+  const bf16* qg = head_ptr<const bf16, D>(p.q, b, h);
+  const bf16* kg = head_ptr<const bf16, D>(p.k, b, h);
+  const bf16* vg = head_ptr<const bf16, D>(p.v, b, h);
+  const int kend = p.causal ? min(p.Tk, p.q_offset + q0 + kBlockM) : p.Tk;
+  const int n_tiles = (kend + kBlockN - 1) / kBlockN;
+
+  load_tile_sw<D, kBlockM, Cfg::kThreads>(q_tile, qg, p.q.rs, q0, p.Tq);
+  if (n_tiles > 0) {
+    load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile(0), kg, p.k.rs, 0, p.Tk);
+    load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile(0), vg, p.v.rs, 0, p.Tk);
+  }
+  cp_async_commit();
+
+  float o[D / 2];  // O (64 x D) of this warpgroup, unnormalised; n-tile n at o[4n .. 4n+3]
+  zero(o);
+  float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};  // rows g, g+8: running max (base 2), sum
+  const int row0 = q0 + 64 * wg + 16 * warp + g;
+  const int row_pos[2] = {p.q_offset + row0, p.q_offset + row0 + 8};
+
+  for (int j = 0; j < n_tiles; ++j) {
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // tile j landed; both warpgroups are done with tile j-1's stage
+    if (j + 1 < n_tiles) {
+      load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile((j + 1) & 1), kg, p.k.rs, (j + 1) * kBlockN,
+                                              p.Tk);
+      load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile((j + 1) & 1), vg, p.v.rs, (j + 1) * kBlockN,
+                                              p.Tk);
+      cp_async_commit();
+    }
+    const int k0 = j * kBlockN;
+
+    // S (64 x BN) = Q K^T
+    float s[kBlockN / 2];
+    zero(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM>(q_tile, 64 * wg, kk),
+                          desc_k_major<kBlockN>(k_tile(j & 1), 0, kk), kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(s);
+
+    if (k0 + kBlockN > p.Tk || (p.causal && k0 + kBlockN - 1 > p.q_offset + q0 + 64 * wg)) {
+#pragma unroll
+      for (int n = 0; n < kBlockN / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = k0 + 8 * n + 2 * tq + (e & 1);
+          if (key >= p.Tk || (p.causal && key > row_pos[e >> 1])) s[4 * n + e] = -kInf;
+        }
+    }
+
+    // Online softmax (see flash_attention.cu): rows g (e = 0, 1) and g+8 (e = 2, 3).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -kInf;
+#pragma unroll
+      for (int n = 0; n < kBlockN / 8; ++n)
+        mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[r], mx * p.scale_log2);
+      const float m_use = m_new == -kInf ? 0.f : m_new;
+      const float alpha = fast_exp2(m[r] - m_use);
+      m[r] = m_new;
+      l[r] *= alpha;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[4 * n + 2 * r] *= alpha;
+        o[4 * n + 2 * r + 1] *= alpha;
+      }
+#pragma unroll
+      for (int n = 0; n < kBlockN / 8; ++n)
+#pragma unroll
+        for (int e = 2 * r; e < 2 * r + 2; ++e) {
+          s[4 * n + e] = fast_exp2(fmaf(s[4 * n + e], p.scale_log2, -m_use));
+          l[r] += s[4 * n + e];
+        }
+    }
+
+    // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
+    uint32_t pa[kBlockN / 16][4];
+#pragma unroll
+    for (int kj = 0; kj < kBlockN / 16; ++kj) {
+      pa[kj][0] = pack_bf16(s[8 * kj + 0], s[8 * kj + 1]);
+      pa[kj][1] = pack_bf16(s[8 * kj + 2], s[8 * kj + 3]);
+      pa[kj][2] = pack_bf16(s[8 * kj + 4], s[8 * kj + 5]);
+      pa[kj][3] = pack_bf16(s[8 * kj + 6], s[8 * kj + 7]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kj = 0; kj < kBlockN / 16; ++kj)
+      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(j & 1), kj));
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(o);
+    reg_fence(pa);
+  }
+
+  bf16* og = head_ptr<bf16, D>(p.out, b, h);
+  float* lse = p.lse + (static_cast<int64_t>(b) * p.H + h) * p.Tq;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = l[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = row0 + 8 * r;
+    if (row >= p.Tq) continue;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    bf16* orow = og + static_cast<int64_t>(row) * p.out.rs;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * tq) =
+          pack_bf16(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+    if (tq == 0) lse[row] = sum > 0.f ? (m[r] + __log2f(sum)) * kLn2 : -kInf;
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward (after the preprocess kernel of flash_attention.cu; before its dQ conversion)
+// ---------------------------------------------------------------------------------------------
+
+template <int D>
+struct BwdSm90 {
+  static constexpr int kThreads = 256;  // two warpgroups of 64 keys
+  static constexpr int kBlockN = 128, kBlockM = 64;
+  static constexpr int kTileKV = kBlockN * D * 2, kTileQ = kBlockM * D * 2;  // bytes
+  static constexpr int kTileDs = kBlockN * kBlockM * 2;  // dS^T: 128 keys x 64 queries
+  // K, V, Q[2], dO[2], dS^T, then fp32 lse[2][BM] and delta[2][BM]; 1 KB of alignment slack.
+  static constexpr int kOffV = kTileKV, kOffQ = 2 * kTileKV, kOffDo = kOffQ + 2 * kTileQ;
+  static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffLse = kOffDs + kTileDs;
+  static constexpr int kOffDelta = kOffLse + 2 * kBlockM * 4;
+  static constexpr size_t kSmemBytes = kOffDelta + 2 * kBlockM * 4 + 1024;
+  static_assert(D % 64 == 0, "64-column swizzle blocks");
+};
+
+template <int D>
+__global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) {
+#ifdef LSS_SM90A_BODY
+  using Cfg = BwdSm90<D>;
+  constexpr int kBlockN = Cfg::kBlockN, kBlockM = Cfg::kBlockM;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  unsigned char* const base_ptr = smem_raw + (base - smem_addr(smem_raw));
+  const uint32_t k_tile = base, v_tile = base + Cfg::kOffV, ds_tile = base + Cfg::kOffDs;
+  auto q_tile = [base](int s) { return base + Cfg::kOffQ + s * Cfg::kTileQ; };
+  auto do_tile = [base](int s) { return base + Cfg::kOffDo + s * Cfg::kTileQ; };
+  float* const lse_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffLse);      // [2][BM]
+  float* const delta_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffDelta);  // [2][BM]
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane >> 2, tq = lane & 3;
+  const int k0 = blockIdx.y * kBlockN, h = blockIdx.x, b = blockIdx.z;
+  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  const bf16* qg = head_ptr<const bf16, D>(p.q, b, h);
+  const bf16* dog = head_ptr<const bf16, D>(p.dout, b, h);
+  const float* lse_g = p.lse + bh * p.Tq;
+  const float* delta_g = p.delta + bh * p.Tq;
+
+  const int q_first = p.causal ? max(0, k0 - p.q_offset) : 0;
+  const int m_first = q_first / kBlockM;
+  const int m_count = (p.Tq + kBlockM - 1) / kBlockM;
+  const int num = m_first < m_count ? m_count - m_first : 0;
+
+  auto load_q_block = [&](int mb, int st) {
+    const int qb0 = mb * kBlockM;
+    load_tile_sw<D, kBlockM, Cfg::kThreads>(q_tile(st), qg, p.q.rs, qb0, p.Tq);
+    load_tile_sw<D, kBlockM, Cfg::kThreads>(do_tile(st), dog, p.dout.rs, qb0, p.Tq);
+    const int t = threadIdx.x;
+    if (t < 2 * kBlockM) {
+      const int i = qb0 + (t % kBlockM);
+      const bool valid = i < p.Tq;
+      const float* src = t < kBlockM ? lse_g : delta_g;
+      float* dst = (t < kBlockM ? lse_s : delta_s) + st * kBlockM + (t % kBlockM);
+      cp_async_4(smem_addr(dst), valid ? src + i : src, valid);
+    }
+  };
+
+  load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile, head_ptr<const bf16, D>(p.k, b, h), p.k.rs, k0,
+                                          p.Tk);
+  load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile, head_ptr<const bf16, D>(p.v, b, h), p.v.rs, k0,
+                                          p.Tk);
+  if (num > 0) load_q_block(m_first, 0);
+  cp_async_commit();
+
+  float dk[D / 2], dv[D / 2];  // this warpgroup's 64 keys x D
+  zero(dk);
+  zero(dv);
+  const int key0 = k0 + 64 * wg + 16 * warp + g;
+  const int key_r[2] = {key0, key0 + 8};
+  float* dq_acc = p.dq_accum + bh * p.Tq * D;
+  // dQ (64 queries x D) is split over the warpgroups by 64-column blocks; with D = 64 the first
+  // warpgroup computes it alone.
+  const bool dq_here = wg < D / 64;
+
+  for (int it = 0; it < num; ++it) {
+    const int mb = m_first + it, qb0 = mb * kBlockM, st = it & 1;
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // block `it` landed; every warpgroup is done with the previous iteration
+    if (it + 1 < num) {
+      load_q_block(mb + 1, st ^ 1);
+      cp_async_commit();
+    }
+    const float* lse_t = lse_s + st * kBlockM;
+    const float* delta_t = delta_s + st * kBlockM;
+
+    // S^T (64 keys x 64 queries) = K Q^T and dP^T = V dO^T, in two groups so that P^T is
+    // computed while dP^T is still in the tensor cores.
+    float s[kBlockM / 2], dp[kBlockM / 2];
+    zero(s);
+    zero(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss_n64<0, 0>(s, desc_k_major<kBlockN>(k_tile, 64 * wg, kk),
+                         desc_k_major<kBlockM>(q_tile(st), 0, kk), kk > 0);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss_n64<0, 0>(dp, desc_k_major<kBlockN>(v_tile, 64 * wg, kk),
+                         desc_k_major<kBlockM>(do_tile(st), 0, kk), kk > 0);
+    wgmma_commit();
+    wgmma_wait<1>();
+    reg_fence(s);
+
+    const bool need_mask = qb0 + kBlockM > p.Tq || k0 + kBlockN > p.Tk ||
+                           (p.causal && k0 + 64 * wg + 63 > p.q_offset + qb0);
+    if (need_mask) {
+#pragma unroll
+      for (int n = 0; n < kBlockM / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = qb0 + 8 * n + 2 * tq + (e & 1), key = key_r[e >> 1];
+          if (qi >= p.Tq || key >= p.Tk || (p.causal && key > p.q_offset + qi))
+            s[4 * n + e] = -kInf;
+        }
+    }
+    // P^T = exp(scale S^T - lse[query]) as bf16 a-fragments (k = queries): n-tile n holds queries
+    // 8n..8n+7, registers {0,1} (n even) or {2,3} (n odd) of k-step n/2.
+    uint32_t pa[kBlockM / 16][4];
+#pragma unroll
+    for (int n = 0; n < kBlockM / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ql = 8 * n + 2 * tq + (e & 1);
+        s[4 * n + e] = fast_exp2(fmaf(s[4 * n + e], p.scale_log2, -lse_t[ql] * kLog2e));
+      }
+      pa[n / 2][(n & 1) * 2] = pack_bf16(s[4 * n + 0], s[4 * n + 1]);
+      pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(s[4 * n + 2], s[4 * n + 3]);
+    }
+    wgmma_wait<0>();
+    reg_fence(dp);
+
+    // dS^T = P^T * (dP^T - Delta[query]) with the bf16 P^T of dV; a-fragments for dK, and the
+    // swizzled dS^T tile (rows = keys, MN-major for dQ's A) for dQ.
+    uint32_t dsa[kBlockM / 16][4];
+    const int key_local = 64 * wg + 16 * warp + g;
+#pragma unroll
+    for (int n = 0; n < kBlockM / 8; ++n) {
+      const int kq = n / 2, hi = (n & 1) * 2;
+      const float d0 = delta_t[8 * n + 2 * tq], d1 = delta_t[8 * n + 2 * tq + 1];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t pp = pa[kq][hi + half];
+        const float p0 = __uint_as_float(pp << 16), p1 = __uint_as_float(pp & 0xffff0000u);
+        dsa[kq][hi + half] =
+            pack_bf16(p0 * (dp[4 * n + 2 * half] - d0), p1 * (dp[4 * n + 2 * half + 1] - d1));
+        const int r = key_local + 8 * half;
+        const uint32_t addr = ds_tile + r * 128 + ((n ^ (r & 7)) << 4) + 4 * tq;
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(dsa[kq][hi + half]) : "memory");
+      }
+    }
+    fence_proxy_async();
+
+    // dV (64 x D) += P^T (64 x BM) dO (BM x D); dK (64 x D) += dS^T (64 x BM) Q (BM x D), the
+    // softmax scale applied at the end.
+    wgmma_fence();
+#pragma unroll
+    for (int kq = 0; kq < kBlockM / 16; ++kq)
+      wgmma_rs<D, 1>(dv, pa[kq], desc_mn_major<kBlockM>(do_tile(st), kq));
+#pragma unroll
+    for (int kq = 0; kq < kBlockM / 16; ++kq)
+      wgmma_rs<D, 1>(dk, dsa[kq], desc_mn_major<kBlockM>(q_tile(st), kq));
+    wgmma_commit();
+    __syncthreads();  // the dS^T tile is complete (both warpgroups' keys)
+
+    // dQ (64 queries x 64 columns) = dS (64 x BN) K (BN x 64 of D), into the fp32 workspace.
+    if (dq_here) {
+      float dq[32];
+      zero(dq);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+        wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN>(ds_tile, kk),
+                           desc_mn_major<kBlockN>(k_tile, kk, wg), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(dq);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = qb0 + 16 * warp + g + 8 * r;
+        if (row >= p.Tq) continue;
+        float* dst = dq_acc + static_cast<int64_t>(row) * D + 64 * wg + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          atomicAdd(reinterpret_cast<float2*>(dst + 8 * n),
+                    make_float2(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale));
+      }
+    }
+    wgmma_wait<0>();
+    reg_fence(dv);
+    reg_fence(dk);
+    reg_fence(pa);
+    reg_fence(dsa);
+  }
+
+  cp_async_wait_all();  // without query blocks, the K/V copies were never waited for
+
+  bf16* dkg = head_ptr<bf16, D>(p.dk, b, h);
+  bf16* dvg = head_ptr<bf16, D>(p.dv, b, h);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key_r[r] >= p.Tk) continue;
+    bf16* dkrow = dkg + static_cast<int64_t>(key_r[r]) * p.dk.rs;
+    bf16* dvrow = dvg + static_cast<int64_t>(key_r[r]) * p.dv.rs;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(dkrow + 8 * n + 2 * tq) =
+          pack_bf16(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dvrow + 8 * n + 2 * tq) =
+          pack_bf16(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+    }
+  }
+#endif
+}
+
+}  // namespace
+
+bool sm90_kernels_built() {
+#ifdef LSS_FLASH_SM90A
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool sm90_head_dim_ok(int D) { return D == 64 || D == 128; }
+
+size_t sm90_smem_bytes(int D) {
+  return D == 64 ? std::max(FwdSm90<64>::kSmemBytes, BwdSm90<64>::kSmemBytes)
+                 : std::max(FwdSm90<128>::kSmemBytes, BwdSm90<128>::kSmemBytes);
+}
+
+void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
+  auto run = [&](auto d) {
+    constexpr int kD = decltype(d)::value;
+    using Cfg = FwdSm90<kD>;
+    const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tq, Cfg::kBlockM)), p.B);
+    launch<flash_fwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p, device);
+  };
+  if (D == 64)
+    run(std::integral_constant<int, 64>{});
+  else
+    run(std::integral_constant<int, 128>{});
+}
+
+void sm90_backward(const Params& p, int D, cudaStream_t stream, int device) {
+  auto run = [&](auto d) {
+    constexpr int kD = decltype(d)::value;
+    using Cfg = BwdSm90<kD>;
+    const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tk, Cfg::kBlockN)), p.B);
+    launch<flash_bwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p, device);
+  };
+  if (D == 64)
+    run(std::integral_constant<int, 64>{});
+  else
+    run(std::integral_constant<int, 128>{});
+}
+
+}  // namespace lss::cuda::flash_detail
