@@ -23,7 +23,8 @@
 #   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs, the MLP's linear layers plain
 #             and with the fused epilogues, LayerNorm forward and backward, GELU, cross-entropy
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
-#             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way
+#             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way;
+#             LSS_LONG_STRATEGIES (default "lss megatron_sp") picks which
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
 #               .gpu-keep/sweeps/<name>/, packed into $OUT/sweeps.tar.gz: .gpu-keep/ is ignored
 #               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
@@ -167,8 +168,12 @@ PY
       step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$keep/$name" ;;
     long)
       local big="--layers 16 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda --recompute --seq $2 --warmup 0 --iters 1 --no-measure-peak"
-      step lss_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy lss --sp "$gpus" --zigzag --out "$res/lss_long_w${gpus}_T$2.json"
-      step megatron_sp_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy megatron_sp --sp "$gpus" --out "$res/megatron_sp_long_w${gpus}_T$2.json" ;;
+      case " ${LSS_LONG_STRATEGIES:-lss megatron_sp} " in *" lss "*)
+        step lss_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy lss --sp "$gpus" --zigzag --out "$res/lss_long_w${gpus}_T$2.json" ;;
+      esac
+      case " ${LSS_LONG_STRATEGIES:-lss megatron_sp} " in *" megatron_sp "*)
+        step megatron_sp_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy megatron_sp --sp "$gpus" --out "$res/megatron_sp_long_w${gpus}_T$2.json" ;;
+      esac ;;
     *) echo "unknown section $1"; failed=1 ;;
   esac
 }
