@@ -14,8 +14,10 @@
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
-#   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN);
-#             LSS_BENCH_FILTER, a benchmark filter, picks cases
+#   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN), then
+#             its PyTorch peer (bench/peers/torch_attention.py: SDPA flash and cuDNN backends) on
+#             the same shapes; LSS_BENCH_FILTER (a benchmark filter) and LSS_PEER_ATTENTION_SEQ
+#             (lengths, default 4K,16K,64K) pick cases
 #   profile   the serial step (T=16K, 2 steps, no bound) under Nsight Compute, one metric
 #             (gpu__time_duration), clocks and caches left alone: every kernel's time, summed by
 #             name into $OUT/profile_serial_T16K.txt (where the step's time goes beyond the bound's
@@ -123,7 +125,9 @@ run_section() {
       done ;;
     attention)
       step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json \
-        --benchmark_filter="${LSS_BENCH_FILTER:-.}" ;;
+        --benchmark_filter="${LSS_BENCH_FILTER:-.}"
+      step peer_attention 240 env LD_LIBRARY_PATH="$orig_ld" python3 bench/peers/torch_attention.py \
+        --seq "${LSS_PEER_ATTENTION_SEQ:-4K,16K,64K}" --out "$res/peer_attention.json" ;;
     profile)
       local csv=$res/ncu_serial_T16K.csv
       step ncu_serial_T16K 300 mpiexec.hydra -n 1 ncu --clock-control none --cache-control none \
@@ -202,6 +206,16 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
         print(f"{f.stem:<40} peer {j.get('status')} step {j.get('step_ms', {}).get('median', 0):9.2f} ms "
               f"{j.get('tflops_per_gpu') or 0:7.1f} TFLOP/s/GPU  mem {(j.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  {j.get('device')}"
               f"{clocks(j)}")
+        continue
+    if j.get("schema") == "lssbench-peer-attention/1":
+        for r in j.get("rows", []):
+            what = f"{r['backend']} {r['pass']} {'causal' if r['causal'] else 'full'} D{r['D']} T{r['T']}"
+            print(f"peer_attention {what:<40} {r.get('median_ms', 0):9.3f} ms {r.get('tflops', 0):7.1f} TFLOP/s {r.get('error', '')}")
+        continue
+    if "benchmarks" in j and f.stem == "bench_attention":
+        for r in j["benchmarks"]:
+            print(f"bench_attention {r.get('label', r['name']):<60} {r.get('real_time', 0):9.3f} ms "
+                  f"{r.get('TFLOP/s') or 0:7.1f} TFLOP/s {r.get('error_message', '')}")
         continue
     if "timing" not in j:
         continue

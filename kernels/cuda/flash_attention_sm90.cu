@@ -15,7 +15,8 @@
 //   backward: one CTA of two warpgroups per (128-key block, head, batch), 64 keys each, looping
 //             over 64-query blocks (double-buffered): S^T = K Q^T and dP^T = V dO^T from shared
 //             memory, dV += P^T dO and dK += dS^T Q with P^T and dS^T from registers, dQ = dS K
-//             from the dS^T tile in shared memory, added into the fp32 dQ workspace with atomics.
+//             from the dS^T tile in shared memory, added into the fp32 dQ workspace by bulk
+//             reductions from a shared staging tile.
 // The fragment layouts of wgmma's register operands match mma.sync's (per warp: rows g and g+8
 // of its 16, columns 2t, 2t+1 of each 8-column block), so the masking and softmax code reads
 // like flash_attention.cu's.
@@ -95,6 +96,23 @@ __device__ __forceinline__ void wgmma_wait() {
 // that wgmma reads through; before the barrier that publishes them.
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Bulk (TMA-engine) reduction of `bytes` contiguous fp32 from shared into global memory, in this
+// thread's bulk group; the waits cover the thread's own groups (.read: the source was read).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+      "r"(src), "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 // Keeps the compiler from moving accesses of accumulator registers across a wgmma issue or wait.
 template <int N>
@@ -377,7 +395,11 @@ struct BwdSm90 {
   static constexpr int kOffV = kTileKV, kOffQ = 2 * kTileKV, kOffDo = kOffQ + 2 * kTileQ;
   static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffLse = kOffDs + kTileDs;
   static constexpr int kOffDelta = kOffLse + 2 * kBlockM * 4;
-  static constexpr size_t kSmemBytes = kOffDelta + 2 * kBlockM * 4 + 1024;
+  // fp32 dQ staging, BM rows of D (+4: consecutive rows start 4 banks apart, so a warp's float2
+  // stores of 8 rows x 4 column pairs hit every bank once).
+  static constexpr int kDqPitch = D + 4;
+  static constexpr int kOffDq = kOffDelta + 2 * kBlockM * 4;
+  static constexpr size_t kSmemBytes = kOffDq + kBlockM * kDqPitch * 4 + 1024;
   static_assert(D % 64 == 0, "64-column swizzle blocks");
 };
 
@@ -394,6 +416,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
   auto do_tile = [base](int s) { return base + Cfg::kOffDo + s * Cfg::kTileQ; };
   float* const lse_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffLse);      // [2][BM]
   float* const delta_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffDelta);  // [2][BM]
+  float* const dq_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffDq);  // [BM][kDqPitch]
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane >> 2, tq = lane & 3;
@@ -544,15 +567,28 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dq);
+      // Each warp stages its 16 rows x 64 columns in shared memory and adds them to the workspace
+      // with one bulk reduction per row (256 contiguous bytes), issued by lanes 0-15: whole
+      // lines through L2's reduction units instead of 4096 float2 atomics per block. The warp's
+      // region is its own, so a warp-level sync orders it; the previous block's reductions must
+      // have read it first.
+      const int row_l = 16 * warp + lane;  // the row lane < 16 sends
+      if (lane < 16) bulk_wait_read();
+      __syncwarp();
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int row = qb0 + 16 * warp + g + 8 * r;
-        if (row >= p.Tq) continue;
-        float* dst = dq_acc + static_cast<int64_t>(row) * D + 64 * wg + 2 * tq;
+        float* srow = dq_s + (16 * warp + g + 8 * r) * Cfg::kDqPitch + 64 * wg + 2 * tq;
 #pragma unroll
         for (int n = 0; n < 8; ++n)
-          atomicAdd(reinterpret_cast<float2*>(dst + 8 * n),
-                    make_float2(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale));
+          *reinterpret_cast<float2*>(srow + 8 * n) =
+              make_float2(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
+      }
+      fence_proxy_async();
+      __syncwarp();
+      if (lane < 16 && qb0 + row_l < p.Tq) {
+        bulk_reduce_add_f32(dq_acc + static_cast<int64_t>(qb0 + row_l) * D + 64 * wg,
+                            smem_addr(dq_s + row_l * Cfg::kDqPitch + 64 * wg), 64 * 4);
+        bulk_commit();
       }
     }
     wgmma_wait<0>();
@@ -563,6 +599,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
   }
 
   cp_async_wait_all();  // without query blocks, the K/V copies were never waited for
+  if (dq_here && lane < 16) bulk_wait_all();  // the dQ reductions done before the CTA exits
 
   bf16* dkg = head_ptr<bf16, D>(p.dk, b, h);
   bf16* dvg = head_ptr<bf16, D>(p.dv, b, h);
