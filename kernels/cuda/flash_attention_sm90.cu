@@ -9,15 +9,13 @@
 // tile is a K-major operand when its columns are the reduction dimension (Q, K for S = Q K^T) and
 // an MN-major one when its rows are (V for O = P V), so every operand is loaded the same way.
 //
-//   forward : one CTA per (128-query block, head, batch): a producer warp streams 128-key K/V
-//             tiles (double-buffered cp.async, mbarriers) to two consumer warpgroups of 64 query
-//             rows, which take turns on the tensor cores: S = Q K^T from shared memory, the
-//             online softmax in registers, O += P V with P from registers.
+//   forward : one CTA of two warpgroups per (128-query block, head, batch); each warpgroup owns 64
+//             query rows and streams 128-key K/V tiles (double-buffered cp.async): S = Q K^T from
+//             shared memory, the online softmax in registers, O += P V with P from registers.
 //   backward: one CTA of two warpgroups per (128-key block, head, batch), 64 keys each, looping
 //             over 64-query blocks (double-buffered): S^T = K Q^T and dP^T = V dO^T from shared
 //             memory, dV += P^T dO and dK += dS^T Q with P^T and dS^T from registers, dQ = dS K
-//             from the dS^T tile in shared memory, added into the fp32 dQ workspace by bulk
-//             reductions from a shared staging tile.
+//             from the dS^T tile in shared memory, added into the fp32 dQ workspace with atomics.
 // The fragment layouts of wgmma's register operands match mma.sync's (per warp: rows g and g+8
 // of its 16, columns 2t, 2t+1 of each 8-column block), so the masking and softmax code reads
 // like flash_attention.cu's.
@@ -42,16 +40,15 @@ __device__ __forceinline__ uint32_t sw_offset(int r, int chunk) {
 
 // Rows [row0, row0 + kRows) of a head slice (row stride rs elements) into a swizzled tile at
 // shared address `tile`; rows at or past `limit` are zero-filled.
-// Thread `tid` of kThreads copies its share.
 template <int D, int kRows, int kThreads>
 __device__ __forceinline__ void load_tile_sw(uint32_t tile, const bf16* src, int64_t rs, int row0,
-                                             int limit, int tid = static_cast<int>(threadIdx.x)) {
+                                             int limit) {
   constexpr int kChunks = D / 8;
   constexpr int kTotal = kRows * kChunks;
   static_assert(kTotal % kThreads == 0, "whole rounds of 16-byte chunks");
-#pragma unroll 4
+#pragma unroll
   for (int it = 0; it < kTotal / kThreads; ++it) {
-    const int c = it * kThreads + tid;
+    const int c = it * kThreads + static_cast<int>(threadIdx.x);
     const int r = c / kChunks, ch = c % kChunks;
     const bool valid = row0 + r < limit;
     const bf16* g = valid ? src + static_cast<int64_t>(row0 + r) * rs + ch * 8 : src;
@@ -98,48 +95,6 @@ __device__ __forceinline__ void wgmma_wait() {
 // that wgmma reads through; before the barrier that publishes them.
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// Bulk (TMA-engine) reduction of `bytes` contiguous fp32 from shared into global memory, in this
-// thread's bulk group; the waits cover the thread's own groups (.read: the source was read).
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
-  asm volatile(
-      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
-      "r"(src), "r"(bytes)
-      : "memory");
-}
-__device__ __forceinline__ void bulk_commit() {
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-}
-__device__ __forceinline__ void bulk_wait_all() {
-  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-}
-// mbarrier (shared memory, 8 bytes): init with an arrival count; arrive; wait for the phase with
-// the given parity to complete.
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nwait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-// Named barriers between the two consumer warpgroups (ids 1, 2; 0 is __syncthreads): 128
-// threads sync, the other warpgroup's 128 arrive.
-__device__ __forceinline__ void named_sync(int id) {
-  asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id) {
-  asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
 }
 // Keeps the compiler from moving accesses of accumulator registers across a wgmma issue or wait.
 template <int N>
@@ -264,25 +219,16 @@ __device__ __forceinline__ void zero(float (&d)[N]) {
 
 template <int D>
 struct FwdSm90 {
-  // Two consumer warpgroups of 64 query rows and one producer warp that fills the K/V stages.
-  static constexpr int kThreads = 288, kProducerWarp = 8;
+  static constexpr int kThreads = 256;  // two warpgroups of 64 query rows
   static constexpr int kBlockM = 128, kBlockN = 128;
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
-  // Q, two stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the base to
-  // the swizzle's 1024-byte period.
-  static constexpr int kOffBars = kTileQ + 4 * kTileKV;
-  static constexpr size_t kSmemBytes = kOffBars + 4 * 8 + 1024;
+  // Q, then two stages of (K, V); 1 KB to align the base to the swizzle's 1024-byte period.
+  static constexpr size_t kSmemBytes = kTileQ + 4 * kTileKV + 1024;
   static_assert(D % 64 == 0, "64-column swizzle blocks");
 };
 
-// Warp-specialised (FlashAttention-3's scheme without TMA): the producer warp copies K/V tiles
-// with cp.async into two stages and publishes each on the stage's "full" mbarrier once it has
-// landed; each consumer warpgroup releases a stage on its "empty" mbarrier when its last MMA
-// reading it has completed. The consumer warpgroups take turns on the tensor cores (named
-// barriers, "ping-pong"): one issues its S = Q K^T while the other runs its softmax, so the
-// exponentials of one overlap the other's matrix products.
 template <int D>
-__global__ void __launch_bounds__(288, 1) flash_fwd_sm90_kernel(const Params p) {
+__global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) {
 #ifdef LSS_SM90A_BODY
   using Cfg = FwdSm90<D>;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
@@ -290,73 +236,53 @@ __global__ void __launch_bounds__(288, 1) flash_fwd_sm90_kernel(const Params p) 
   const uint32_t q_tile = (smem_addr(smem_raw) + 1023u) & ~1023u;
   auto k_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + s * 2 * Cfg::kTileKV; };
   auto v_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + (s * 2 + 1) * Cfg::kTileKV; };
-  auto full_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 8 * s; };
-  auto empty_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 16 + 8 * s; };
 
-  const int warp_all = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane >> 2, tq = lane & 3;
   // Grid (H, query blocks, B), heads fastest, heaviest causal blocks first (as the sm_80 kernel).
   const int mb = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
   const int q0 = mb * kBlockM, h = blockIdx.x, b = blockIdx.z;
+  const bf16* qg = head_ptr<const bf16, D>(p.q, b, h);
+  const bf16* kg = head_ptr<const bf16, D>(p.k, b, h);
+  const bf16* vg = head_ptr<const bf16, D>(p.v, b, h);
   const int kend = p.causal ? min(p.Tk, p.q_offset + q0 + kBlockM) : p.Tk;
   const int n_tiles = (kend + kBlockN - 1) / kBlockN;
 
-  if (threadIdx.x == 0) {
-    mbar_init(full_bar(0), 1);
-    mbar_init(full_bar(1), 1);
-    mbar_init(empty_bar(0), 8);  // one arrival per consumer warp
-    mbar_init(empty_bar(1), 8);
+  load_tile_sw<D, kBlockM, Cfg::kThreads>(q_tile, qg, p.q.rs, q0, p.Tq);
+  if (n_tiles > 0) {
+    load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile(0), kg, p.k.rs, 0, p.Tk);
+    load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile(0), vg, p.v.rs, 0, p.Tk);
   }
-  __syncthreads();
+  cp_async_commit();
 
-  if (warp_all == Cfg::kProducerWarp) {
-    const bf16* kg = head_ptr<const bf16, D>(p.k, b, h);
-    const bf16* vg = head_ptr<const bf16, D>(p.v, b, h);
-    for (int j = 0; j < n_tiles; ++j) {
-      const int st = j & 1;
-      if (j >= 2) mbar_wait(empty_bar(st), ((j >> 1) - 1) & 1);  // both consumers left tile j-2
-      if (j == 0)
-        load_tile_sw<D, kBlockM, 32>(q_tile, head_ptr<const bf16, D>(p.q, b, h), p.q.rs, q0, p.Tq,
-                                     lane);
-      load_tile_sw<D, kBlockN, 32>(k_tile(st), kg, p.k.rs, j * kBlockN, p.Tk, lane);
-      load_tile_sw<D, kBlockN, 32>(v_tile(st), vg, p.v.rs, j * kBlockN, p.Tk, lane);
-      cp_async_commit();
-      // Landed, then made visible to the tensor cores' (async) proxy, then published.
-      cp_async_wait_all();
-      fence_proxy_async();
-      __syncwarp();
-      if (lane == 0) mbar_arrive(full_bar(st));
-    }
-    return;
-  }
-
-  const int wg = warp_all / 4, warp = warp_all % 4;
-  const int g = lane >> 2, tq = lane & 3;
   float o[D / 2];  // O (64 x D) of this warpgroup, unnormalised; n-tile n at o[4n .. 4n+3]
   zero(o);
   float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};  // rows g, g+8: running max (base 2), sum
   const int row0 = q0 + 64 * wg + 16 * warp + g;
   const int row_pos[2] = {p.q_offset + row0, p.q_offset + row0 + 8};
 
-  // Turns on the tensor cores: warpgroup w waits on barrier 1 + w; the other arrives on it once
-  // it has issued its S product. The first turn is warpgroup 0's.
-  if (wg == 1 && n_tiles > 0) named_arrive(1);
   for (int j = 0; j < n_tiles; ++j) {
-    const int st = j & 1;
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // tile j landed; both warpgroups are done with tile j-1's stage
+    if (j + 1 < n_tiles) {
+      load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile((j + 1) & 1), kg, p.k.rs, (j + 1) * kBlockN,
+                                              p.Tk);
+      load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile((j + 1) & 1), vg, p.v.rs, (j + 1) * kBlockN,
+                                              p.Tk);
+      cp_async_commit();
+    }
     const int k0 = j * kBlockN;
-    mbar_wait(full_bar(st), (j >> 1) & 1);
 
     // S (64 x BN) = Q K^T
     float s[kBlockN / 2];
     zero(s);
-    named_sync(1 + wg);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM>(q_tile, 64 * wg, kk),
-                          desc_k_major<kBlockN>(k_tile(st), 0, kk), kk > 0);
+                          desc_k_major<kBlockN>(k_tile(j & 1), 0, kk), kk > 0);
     wgmma_commit();
-    // Warpgroup 1 owes warpgroup 0 one arrival fewer: its first came before the loop.
-    if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
     wgmma_wait<0>();
     reg_fence(s);
 
@@ -410,13 +336,11 @@ __global__ void __launch_bounds__(288, 1) flash_fwd_sm90_kernel(const Params p) 
     wgmma_fence();
 #pragma unroll
     for (int kj = 0; kj < kBlockN / 16; ++kj)
-      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(st), kj));
+      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(j & 1), kj));
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(o);
     reg_fence(pa);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty_bar(st));  // this warp is done with stage st
   }
 
   bf16* og = head_ptr<bf16, D>(p.out, b, h);
@@ -453,11 +377,7 @@ struct BwdSm90 {
   static constexpr int kOffV = kTileKV, kOffQ = 2 * kTileKV, kOffDo = kOffQ + 2 * kTileQ;
   static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffLse = kOffDs + kTileDs;
   static constexpr int kOffDelta = kOffLse + 2 * kBlockM * 4;
-  // fp32 dQ staging, BM rows of D (+4: consecutive rows start 4 banks apart, so a warp's float2
-  // stores of 8 rows x 4 column pairs hit every bank once).
-  static constexpr int kDqPitch = D + 4;
-  static constexpr int kOffDq = kOffDelta + 2 * kBlockM * 4;
-  static constexpr size_t kSmemBytes = kOffDq + kBlockM * kDqPitch * 4 + 1024;
+  static constexpr size_t kSmemBytes = kOffDelta + 2 * kBlockM * 4 + 1024;
   static_assert(D % 64 == 0, "64-column swizzle blocks");
 };
 
@@ -474,7 +394,6 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
   auto do_tile = [base](int s) { return base + Cfg::kOffDo + s * Cfg::kTileQ; };
   float* const lse_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffLse);      // [2][BM]
   float* const delta_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffDelta);  // [2][BM]
-  float* const dq_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffDq);  // [BM][kDqPitch]
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane >> 2, tq = lane & 3;
@@ -625,28 +544,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dq);
-      // Each warp stages its 16 rows x 64 columns in shared memory and adds them to the workspace
-      // with one bulk reduction per row (256 contiguous bytes), issued by lanes 0-15: whole
-      // lines through L2's reduction units instead of 4096 float2 atomics per block. The warp's
-      // region is its own, so a warp-level sync orders it; the previous block's reductions must
-      // have read it first.
-      const int row_l = 16 * warp + lane;  // the row lane < 16 sends
-      if (lane < 16) bulk_wait_read();
-      __syncwarp();
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        float* srow = dq_s + (16 * warp + g + 8 * r) * Cfg::kDqPitch + 64 * wg + 2 * tq;
+        const int row = qb0 + 16 * warp + g + 8 * r;
+        if (row >= p.Tq) continue;
+        float* dst = dq_acc + static_cast<int64_t>(row) * D + 64 * wg + 2 * tq;
 #pragma unroll
         for (int n = 0; n < 8; ++n)
-          *reinterpret_cast<float2*>(srow + 8 * n) =
-              make_float2(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
-      }
-      fence_proxy_async();
-      __syncwarp();
-      if (lane < 16 && qb0 + row_l < p.Tq) {
-        bulk_reduce_add_f32(dq_acc + static_cast<int64_t>(qb0 + row_l) * D + 64 * wg,
-                            smem_addr(dq_s + row_l * Cfg::kDqPitch + 64 * wg), 64 * 4);
-        bulk_commit();
+          atomicAdd(reinterpret_cast<float2*>(dst + 8 * n),
+                    make_float2(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale));
       }
     }
     wgmma_wait<0>();
@@ -657,7 +563,6 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
   }
 
   cp_async_wait_all();  // without query blocks, the K/V copies were never waited for
-  if (dq_here && lane < 16) bulk_wait_all();  // the dQ reductions done before the CTA exits
 
   bf16* dkg = head_ptr<bf16, D>(p.dk, b, h);
   bf16* dvg = head_ptr<bf16, D>(p.dv, b, h);
