@@ -6,6 +6,7 @@
 #   tests     the kernel and attention tests and the CUDA step test on every GPU (all strategies, grids, options;
 #             LSS_STEP_TEST_FILTER, a gtest filter, picks cases: the whole test takes ~420 s on 4 GPUs)
 #   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
+#   serial-attention  the serial step at T=16K on each attention path (cuDNN, the own flash kernels)
 #   peers     peers-serial, then peers-lss
 #   peers-serial  our serial step and the PyTorch peer (bench/peers/torch_step.py) serial eager and
 #             compile at T=16K, one after the other on one card
@@ -95,6 +96,9 @@ run_section() {
     serial)
       point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
+    serial-attention)
+      point serial_cudnn_T16K 1 120 --strategy serial --seq 16K --attention cudnn --warmup 3 --iters 10
+      point serial_flash_T16K 1 120 --strategy serial --seq 16K --attention flash --warmup 3 --iters 10 ;;
     peers) run_section peers-serial; run_section peers-lss ;;
     peers-serial)
       # Our serial step in the same call, so that the ratio compares one card with itself.
