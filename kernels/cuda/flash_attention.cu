@@ -235,35 +235,7 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_fwd_bf16_kernel(const Pa
         }
     }
 
-    // Online softmax, rows g (e = 0, 1) and g+8 (e = 2, 3). A row is spread over the 4 threads
-    // of a quad, so the max needs two shuffles; the sum stays per thread until the end.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -kInf;
-#pragma unroll
-      for (int n = 0; n < kBlockN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[r], mx * p.scale_log2);
-      // A row with no visible key so far keeps m = -inf; shifting by 0 then gives exp2(-inf) = 0
-      // instead of exp2(-inf - -inf) = NaN.
-      const float m_use = m_new == -kInf ? 0.f : m_new;
-      const float alpha = fast_exp2(m[r] - m_use);
-      m[r] = m_new;
-      l[r] *= alpha;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][2 * r] *= alpha;
-        o[n][2 * r + 1] *= alpha;
-      }
-#pragma unroll
-      for (int n = 0; n < kBlockN / 8; ++n)
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          s[n][e] = fast_exp2(fmaf(s[n][e], p.scale_log2, -m_use));
-          l[r] += s[n][e];
-        }
-    }
+    online_softmax_tile<kBlockN, D>(s, o, m, l, p.scale_log2);
 
     // O (16 x D) += P (16 x BN) V (BN x D), P straight from the S accumulators.
 #pragma unroll
@@ -280,24 +252,7 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_fwd_bf16_kernel(const Pa
     }
   }
 
-  bf16* og = head_ptr<bf16, D>(p.out, b, h);
-  float* lse = p.lse + (static_cast<int64_t>(b) * p.H + h) * p.Tq;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = l[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = q0 + 16 * warp + g + 8 * r;
-    if (row >= p.Tq) continue;
-    // sum == 0 only without any key (Tk == 0): empty softmax, zero output, lse = -inf.
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    bf16* orow = og + static_cast<int64_t>(row) * p.out.rs;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * tq) =
-          pack_bf16(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-    if (tq == 0) lse[row] = sum > 0.f ? (m[r] + __log2f(sum)) * kLn2 : -kInf;
-  }
+  store_o_lse<D>(o, m, l, q0 + 16 * warp + g, tq, p, b, h);
 #endif
 }
 
@@ -371,14 +326,7 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_bwd_bf16_kernel(const Pa
                                          p.Tq);
     load_tile<D, kBlockM, Cfg::kThreads>(smem + Cfg::kOffDo + st * kBlockM * P, dog, p.dout.rs, qb0,
                                          p.Tq);
-    const int t = threadIdx.x;
-    if (t < 2 * kBlockM) {
-      const int i = qb0 + (t % kBlockM);
-      const bool valid = i < p.Tq;
-      const float* src = t < kBlockM ? lse_g : delta_g;
-      float* dst = (t < kBlockM ? lse_s : delta_s) + st * kBlockM + (t % kBlockM);
-      cp_async_4(smem_addr(dst), valid ? src + i : src, valid);
-    }
+    load_row_stats<kBlockM>(lse_s + st * kBlockM, delta_s + st * kBlockM, lse_g, delta_g, qb0, p.Tq);
   };
 
   load_tile<D, kBlockN, Cfg::kThreads>(k_tile, head_ptr<const bf16, D>(p.k, b, h), p.k.rs, k0,
@@ -569,21 +517,7 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_bwd_bf16_kernel(const Pa
   cp_async_wait_all();  // without query blocks, the K/V copies were never waited for
 
   // dK, dV of keys < Tk (zero for keys no query sees: the loop never ran or P was 0).
-  bf16* dkg = head_ptr<bf16, D>(p.dk, b, h);
-  bf16* dvg = head_ptr<bf16, D>(p.dv, b, h);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (key_r[r] >= p.Tk) continue;
-    bf16* dkrow = dkg + static_cast<int64_t>(key_r[r]) * p.dk.rs;
-    bf16* dvrow = dvg + static_cast<int64_t>(key_r[r]) * p.dv.rs;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dkrow + 8 * n + 2 * tq) =
-          pack_bf16(dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(dvrow + 8 * n + 2 * tq) =
-          pack_bf16(dv[n][2 * r], dv[n][2 * r + 1]);
-    }
-  }
+  store_dk_dv<D>(dk, dv, key_r, tq, p, b, h);
 #endif
 }
 

@@ -88,6 +88,113 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[3] = pack_bf16(c1[2], c1[3]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fragment-level steps both bf16 generations share. A thread holds, of a 16-row slice of a tile,
+// rows g and g+8 (g = lane / 4) and in each 8-column n-tile n the columns 2t, 2t+1 (t = lane % 4):
+// x[n][0..1] in row g, x[n][2..3] in row g+8 (mma.sync's c-fragments, wgmma's accumulators).
+// ---------------------------------------------------------------------------------------------
+
+// Online softmax over one key tile of kTileN columns: s holds the raw scores and becomes the
+// unnormalised probabilities exp2(scale_log2 * s - m); the running max m (base-2 scaled units),
+// the partial row sums l and the output accumulator o are rescaled to the new max. A row is
+// spread over the 4 threads of a quad, so the max needs two shuffles; the sum stays per thread
+// until store_o_lse.
+template <int kTileN, int D>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[kTileN / 8][4], float (&o)[D / 8][4],
+                                                    float (&m)[2], float (&l)[2], float scale_log2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -kInf;
+#pragma unroll
+    for (int n = 0; n < kTileN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[r], mx * scale_log2);
+    // A row with no visible key so far keeps m = -inf; shifting by 0 then gives exp2(-inf) = 0
+    // instead of exp2(-inf - -inf) = NaN.
+    const float m_use = m_new == -kInf ? 0.f : m_new;
+    const float alpha = fast_exp2(m[r] - m_use);
+    m[r] = m_new;
+    l[r] *= alpha;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][2 * r] *= alpha;
+      o[n][2 * r + 1] *= alpha;
+    }
+#pragma unroll
+    for (int n = 0; n < kTileN / 8; ++n)
+#pragma unroll
+      for (int e = 2 * r; e < 2 * r + 2; ++e) {
+        s[n][e] = fast_exp2(fmaf(s[n][e], scale_log2, -m_use));
+        l[r] += s[n][e];
+      }
+  }
+}
+
+// The forward's end for query rows `row` and row + 8 (local indices): O / rowsum as bf16 and the
+// natural-log lse; rows at or past Tq are skipped.
+template <int D>
+__device__ __forceinline__ void store_o_lse(const float (&o)[D / 8][4], const float (&m)[2],
+                                            const float (&l)[2], int row, int tq, const Params& p,
+                                            int b, int h) {
+  bf16* og = head_ptr<bf16, D>(p.out, b, h);
+  float* lse = p.lse + (static_cast<int64_t>(b) * p.H + h) * p.Tq;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = l[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int i = row + 8 * r;
+    if (i >= p.Tq) continue;
+    // sum == 0 only without any key (Tk == 0): empty softmax, zero output, lse = -inf.
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    bf16* orow = og + static_cast<int64_t>(i) * p.out.rs;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * tq) =
+          pack_bf16(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    if (tq == 0) lse[i] = sum > 0.f ? (m[r] + __log2f(sum)) * kLn2 : -kInf;
+  }
+}
+
+// lse and Delta of query rows [qb0, qb0 + kBlockM) into shared memory with cp.async, one thread
+// (of the first 2 * kBlockM) per value; rows at or past Tq are zero-filled.
+template <int kBlockM>
+__device__ __forceinline__ void load_row_stats(float* lse_s, float* delta_s, const float* lse_g,
+                                               const float* delta_g, int qb0, int Tq) {
+  const int t = threadIdx.x;
+  if (t < 2 * kBlockM) {
+    const int i = qb0 + (t % kBlockM);
+    const bool valid = i < Tq;
+    const float* src = t < kBlockM ? lse_g : delta_g;
+    float* dst = (t < kBlockM ? lse_s : delta_s) + (t % kBlockM);
+    cp_async_4(smem_addr(dst), valid ? src + i : src, valid);
+  }
+}
+
+// The backward's end for keys key_r[0..1] (global indices into Tk): dK (times the softmax scale)
+// and dV as bf16; keys at or past Tk are skipped.
+template <int D>
+__device__ __forceinline__ void store_dk_dv(const float (&dk)[D / 8][4], const float (&dv)[D / 8][4],
+                                            const int (&key_r)[2], int tq, const Params& p, int b,
+                                            int h) {
+  bf16* dkg = head_ptr<bf16, D>(p.dk, b, h);
+  bf16* dvg = head_ptr<bf16, D>(p.dv, b, h);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key_r[r] >= p.Tk) continue;
+    bf16* dkrow = dkg + static_cast<int64_t>(key_r[r]) * p.dk.rs;
+    bf16* dvrow = dvg + static_cast<int64_t>(key_r[r]) * p.dv.rs;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(dkrow + 8 * n + 2 * tq) =
+          pack_bf16(dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dvrow + 8 * n + 2 * tq) =
+          pack_bf16(dv[n][2 * r], dv[n][2 * r + 1]);
+    }
+  }
+}
+
 // Launches `kernel` with `smem` bytes of dynamic shared memory, raising the kernel's limit past
 // the 48 KB default once per device.
 template <auto Kernel>

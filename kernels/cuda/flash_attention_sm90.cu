@@ -98,9 +98,11 @@ __device__ __forceinline__ void fence_proxy_async() {
 }
 // Keeps the compiler from moving accesses of accumulator registers across a wgmma issue or wait.
 template <int N>
-__device__ __forceinline__ void reg_fence(float (&d)[N]) {
+__device__ __forceinline__ void reg_fence(float (&d)[N][4]) {
 #pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
 }
 template <int N>
 __device__ __forceinline__ void reg_fence(uint32_t (&d)[N][4]) {
@@ -112,9 +114,10 @@ __device__ __forceinline__ void reg_fence(uint32_t (&d)[N][4]) {
 
 // m64nNk16 bf16 -> fp32 warpgroup MMAs. ss: A and B from shared memory (descriptors), rs: A from
 // registers (the mma.sync a-fragment layout per warp). kTrans*: 0 K-major, 1 MN-major.
-// accumulate == 0 overwrites d.
+// accumulate == 0 overwrites d. The accumulator d[n][e] is element e of n-tile n (8 columns),
+// as mma.sync's c-fragments: the register order wgmma defines.
 template <int kTransA, int kTransB>
-__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b,
                                               int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -122,35 +125,37 @@ __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, ui
       "%6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
       "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, "
       "%36;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+        "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+        "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+        "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
+        "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
 }
 
 template <int kTransB>
-__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b,
-                                              int accumulate) {
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4],
+                                              uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, "
       "%6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
       "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, "
       "p, 1, 1, %38;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+        "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+        "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+        "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
+        "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
 }
 
 template <int kTransA, int kTransB>
-__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b,
                                               int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
@@ -160,23 +165,25 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t desc_a, u
       "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, "
       "%51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, "
       "p, 1, 1, %67, %68;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+        "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+        "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+        "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
+        "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]),
+        "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]),
+        "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]),
+        "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]),
+        "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+        "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
 }
 
 template <int kTransB>
-__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b,
-                                              int accumulate) {
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[16][4], const uint32_t (&a)[4],
+                                              uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, "
@@ -185,22 +192,25 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a
       "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, "
       "%51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, "
       "%66, %67}, %68, p, 1, 1, %70;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+        "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+        "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+        "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
+        "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]),
+        "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]),
+        "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]),
+        "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]),
+        "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+        "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
 }
 
 template <int N, int kTransB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4],
+                                         uint64_t desc_b) {
   if constexpr (N == 64)
     wgmma_rs_n64<kTransB>(d, a, desc_b, 1);
   else
@@ -208,9 +218,9 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 }
 
 template <int N>
-__device__ __forceinline__ void zero(float (&d)[N]) {
+__device__ __forceinline__ void zero(float (&d)[N][4]) {
 #pragma unroll
-  for (int i = 0; i < N; ++i) d[i] = 0.f;
+  for (int i = 0; i < N; ++i) d[i][0] = d[i][1] = d[i][2] = d[i][3] = 0.f;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,7 +265,7 @@ __global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) 
   }
   cp_async_commit();
 
-  float o[D / 2];  // O (64 x D) of this warpgroup, unnormalised; n-tile n at o[4n .. 4n+3]
+  float o[D / 8][4];  // O (64 x D) of this warpgroup, unnormalised
   zero(o);
   float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};  // rows g, g+8: running max (base 2), sum
   const int row0 = q0 + 64 * wg + 16 * warp + g;
@@ -275,7 +285,7 @@ __global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) 
     const int k0 = j * kBlockN;
 
     // S (64 x BN) = Q K^T
-    float s[kBlockN / 2];
+    float s[kBlockN / 8][4];
     zero(s);
     wgmma_fence();
 #pragma unroll
@@ -292,47 +302,16 @@ __global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) 
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = k0 + 8 * n + 2 * tq + (e & 1);
-          if (key >= p.Tk || (p.causal && key > row_pos[e >> 1])) s[4 * n + e] = -kInf;
+          if (key >= p.Tk || (p.causal && key > row_pos[e >> 1])) s[n][e] = -kInf;
         }
     }
 
-    // Online softmax (see flash_attention.cu): rows g (e = 0, 1) and g+8 (e = 2, 3).
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -kInf;
-#pragma unroll
-      for (int n = 0; n < kBlockN / 8; ++n)
-        mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[r], mx * p.scale_log2);
-      const float m_use = m_new == -kInf ? 0.f : m_new;
-      const float alpha = fast_exp2(m[r] - m_use);
-      m[r] = m_new;
-      l[r] *= alpha;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[4 * n + 2 * r] *= alpha;
-        o[4 * n + 2 * r + 1] *= alpha;
-      }
-#pragma unroll
-      for (int n = 0; n < kBlockN / 8; ++n)
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          s[4 * n + e] = fast_exp2(fmaf(s[4 * n + e], p.scale_log2, -m_use));
-          l[r] += s[4 * n + e];
-        }
-    }
+    online_softmax_tile<kBlockN, D>(s, o, m, l, p.scale_log2);
 
     // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
     uint32_t pa[kBlockN / 16][4];
 #pragma unroll
-    for (int kj = 0; kj < kBlockN / 16; ++kj) {
-      pa[kj][0] = pack_bf16(s[8 * kj + 0], s[8 * kj + 1]);
-      pa[kj][1] = pack_bf16(s[8 * kj + 2], s[8 * kj + 3]);
-      pa[kj][2] = pack_bf16(s[8 * kj + 4], s[8 * kj + 5]);
-      pa[kj][3] = pack_bf16(s[8 * kj + 6], s[8 * kj + 7]);
-    }
+    for (int kj = 0; kj < kBlockN / 16; ++kj) c_to_a(pa[kj], s[2 * kj], s[2 * kj + 1]);
     wgmma_fence();
 #pragma unroll
     for (int kj = 0; kj < kBlockN / 16; ++kj)
@@ -343,23 +322,7 @@ __global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) 
     reg_fence(pa);
   }
 
-  bf16* og = head_ptr<bf16, D>(p.out, b, h);
-  float* lse = p.lse + (static_cast<int64_t>(b) * p.H + h) * p.Tq;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = l[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = row0 + 8 * r;
-    if (row >= p.Tq) continue;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    bf16* orow = og + static_cast<int64_t>(row) * p.out.rs;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(orow + 8 * n + 2 * tq) =
-          pack_bf16(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
-    if (tq == 0) lse[row] = sum > 0.f ? (m[r] + __log2f(sum)) * kLn2 : -kInf;
-  }
+  store_o_lse<D>(o, m, l, row0, tq, p, b, h);
 #endif
 }
 
@@ -413,14 +376,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
     const int qb0 = mb * kBlockM;
     load_tile_sw<D, kBlockM, Cfg::kThreads>(q_tile(st), qg, p.q.rs, qb0, p.Tq);
     load_tile_sw<D, kBlockM, Cfg::kThreads>(do_tile(st), dog, p.dout.rs, qb0, p.Tq);
-    const int t = threadIdx.x;
-    if (t < 2 * kBlockM) {
-      const int i = qb0 + (t % kBlockM);
-      const bool valid = i < p.Tq;
-      const float* src = t < kBlockM ? lse_g : delta_g;
-      float* dst = (t < kBlockM ? lse_s : delta_s) + st * kBlockM + (t % kBlockM);
-      cp_async_4(smem_addr(dst), valid ? src + i : src, valid);
-    }
+    load_row_stats<kBlockM>(lse_s + st * kBlockM, delta_s + st * kBlockM, lse_g, delta_g, qb0, p.Tq);
   };
 
   load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile, head_ptr<const bf16, D>(p.k, b, h), p.k.rs, k0,
@@ -430,7 +386,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
   if (num > 0) load_q_block(m_first, 0);
   cp_async_commit();
 
-  float dk[D / 2], dv[D / 2];  // this warpgroup's 64 keys x D
+  float dk[D / 8][4], dv[D / 8][4];  // this warpgroup's 64 keys x D
   zero(dk);
   zero(dv);
   const int key0 = k0 + 64 * wg + 16 * warp + g;
@@ -454,7 +410,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
 
     // S^T (64 keys x 64 queries) = K Q^T and dP^T = V dO^T, in two groups so that P^T is
     // computed while dP^T is still in the tensor cores.
-    float s[kBlockM / 2], dp[kBlockM / 2];
+    float s[kBlockM / 8][4], dp[kBlockM / 8][4];
     zero(s);
     zero(dp);
     wgmma_fence();
@@ -480,7 +436,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
         for (int e = 0; e < 4; ++e) {
           const int qi = qb0 + 8 * n + 2 * tq + (e & 1), key = key_r[e >> 1];
           if (qi >= p.Tq || key >= p.Tk || (p.causal && key > p.q_offset + qi))
-            s[4 * n + e] = -kInf;
+            s[n][e] = -kInf;
         }
     }
     // P^T = exp(scale S^T - lse[query]) as bf16 a-fragments (k = queries): n-tile n holds queries
@@ -491,10 +447,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int ql = 8 * n + 2 * tq + (e & 1);
-        s[4 * n + e] = fast_exp2(fmaf(s[4 * n + e], p.scale_log2, -lse_t[ql] * kLog2e));
+        s[n][e] = fast_exp2(fmaf(s[n][e], p.scale_log2, -lse_t[ql] * kLog2e));
       }
-      pa[n / 2][(n & 1) * 2] = pack_bf16(s[4 * n + 0], s[4 * n + 1]);
-      pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(s[4 * n + 2], s[4 * n + 3]);
+      pa[n / 2][(n & 1) * 2] = pack_bf16(s[n][0], s[n][1]);
+      pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(s[n][2], s[n][3]);
     }
     wgmma_wait<0>();
     reg_fence(dp);
@@ -512,7 +468,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
         const uint32_t pp = pa[kq][hi + half];
         const float p0 = __uint_as_float(pp << 16), p1 = __uint_as_float(pp & 0xffff0000u);
         dsa[kq][hi + half] =
-            pack_bf16(p0 * (dp[4 * n + 2 * half] - d0), p1 * (dp[4 * n + 2 * half + 1] - d1));
+            pack_bf16(p0 * (dp[n][2 * half] - d0), p1 * (dp[n][2 * half + 1] - d1));
         const int r = key_local + 8 * half;
         const uint32_t addr = ds_tile + r * 128 + ((n ^ (r & 7)) << 4) + 4 * tq;
         asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(dsa[kq][hi + half]) : "memory");
@@ -534,7 +490,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
 
     // dQ (64 queries x 64 columns) = dS (64 x BN) K (BN x 64 of D), into the fp32 workspace.
     if (dq_here) {
-      float dq[32];
+      float dq[8][4];
       zero(dq);
       wgmma_fence();
 #pragma unroll
@@ -552,7 +508,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
 #pragma unroll
         for (int n = 0; n < 8; ++n)
           atomicAdd(reinterpret_cast<float2*>(dst + 8 * n),
-                    make_float2(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale));
+                    make_float2(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale));
       }
     }
     wgmma_wait<0>();
@@ -564,21 +520,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
 
   cp_async_wait_all();  // without query blocks, the K/V copies were never waited for
 
-  bf16* dkg = head_ptr<bf16, D>(p.dk, b, h);
-  bf16* dvg = head_ptr<bf16, D>(p.dv, b, h);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (key_r[r] >= p.Tk) continue;
-    bf16* dkrow = dkg + static_cast<int64_t>(key_r[r]) * p.dk.rs;
-    bf16* dvrow = dvg + static_cast<int64_t>(key_r[r]) * p.dv.rs;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dkrow + 8 * n + 2 * tq) =
-          pack_bf16(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(dvrow + 8 * n + 2 * tq) =
-          pack_bf16(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
-    }
-  }
+  store_dk_dv<D>(dk, dv, key_r, tq, p, b, h);
 #endif
 }
 
