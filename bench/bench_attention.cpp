@@ -24,6 +24,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_attention.h"
+#include "lss_git_commit.h"
 
 namespace lss {
 namespace {
@@ -166,6 +167,16 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  // What ran, in the JSON's context (plots/attnplot.py puts it under the charts).
+  int device = 0;
+  cudaDeviceProp prop{};
+  LSS_CUDA_CHECK(cudaGetDevice(&device));
+  LSS_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  benchmark::AddCustomContext("device", prop.name);
+  benchmark::AddCustomContext("compute_capability",
+                              std::to_string(prop.major) + "." + std::to_string(prop.minor));
+  benchmark::AddCustomContext("git_commit", LSS_GIT_COMMIT);
+  benchmark::AddCustomContext("flash_wgmma_d128", lss::cuda::flash_wgmma_available(128) ? "yes" : "no");
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

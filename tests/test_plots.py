@@ -94,5 +94,57 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run(empty, "--out", os.path.join(tmp, "c4"))
     check(r.returncode == 2 and "no point results" in r.stderr, f"empty sweep named: {r.stderr.strip()}")
 
+# plots/attnplot.py on bench_attention's and the PyTorch peer's JSON (an H200 run, kept as a fixture)
+attnplot = os.path.join(here, "..", "plots", "attnplot.py")
+attn = os.path.join(here, "fixtures", "attention")
+
+
+def run_attn(*args):
+    return subprocess.run([sys.executable, attnplot, *args], capture_output=True, text=True, timeout=300)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    bench, peer = os.path.join(attn, "bench_attention.json"), os.path.join(attn, "peer_attention.json")
+    out = os.path.join(tmp, "attn")
+    r = run_attn(bench, peer, "--commit", "249c1fa", "--out", out)
+    check(r.returncode == 0, f"attnplot draws the fixture (exit {r.returncode}) {r.stderr.strip()}")
+    manifest = json.load(open(os.path.join(out, "charts.json"))) if r.returncode == 0 else {"charts": []}
+    charts = {c["file"]: c for c in manifest["charts"]}
+    every = ["own flash (wgmma)", "own flash (mma.sync)", "own cuDNN binding", "PyTorch SDPA flash", "PyTorch SDPA cuDNN"]
+    for name in ("attention_fwd_bwd.png", "attention_fwd.png"):
+        path = os.path.join(out, name)
+        ok_png = os.path.exists(path) and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 10000
+        check(ok_png, f"{name} is a PNG image")
+        check(charts.get(name, {}).get("series") == every, f"{name} has every implementation ({charts.get(name, {}).get('series')})")
+    check("NVIDIA H200" in manifest.get("provenance", "") and "249c1fa" in manifest.get("provenance", ""),
+          f"attention charts say the card and commit ({manifest.get('provenance')})")
+    summary = open(os.path.join(out, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    # the 16K D128 causal forward+backward row: the own wgmma kernels, mma.sync, cuDNN, PyTorch flash, PyTorch cuDNN
+    row = [l for l in summary.splitlines() if l.startswith("| 16384 | 128 | causal |")]
+    check(bool(row) and [c.strip() for c in row[0].split("|")[4:9]] == ["387.5", "264.3", "548.7", "286.1", "485.2"],
+          f"SUMMARY.md has the measured forward+backward row ({row[:1]})")
+    r = run_attn(bench, "--out", os.path.join(tmp, "attn-own"))
+    m = json.load(open(os.path.join(tmp, "attn-own", "charts.json"))) if r.returncode == 0 else {"charts": [{}]}
+    check(r.returncode == 0 and "PyTorch SDPA flash" not in m["charts"][0].get("series", []),
+          "attnplot without a peer draws the own kernels only")
+    # bad input: named, exit 2
+    badb = os.path.join(tmp, "bad_bench.json")
+    open(badb, "w").write('{"benchmarks": [')
+    r = run_attn(badb, "--out", os.path.join(tmp, "a2"))
+    check(r.returncode == 2 and "bad_bench.json: malformed JSON" in r.stderr, f"malformed bench JSON named: {r.stderr.strip()}")
+    r = run_attn(bench, bench, "--out", os.path.join(tmp, "a3"))
+    check(r.returncode == 2 and "not a lssbench-peer-attention/1 result" in r.stderr,
+          f"a peer file of the wrong kind named: {r.stderr.strip()}")
+    other = os.path.join(tmp, "other_card.json")
+    doc = json.load(open(peer))
+    doc["device"] = "NVIDIA H100 80GB HBM3"
+    json.dump(doc, open(other, "w"))
+    b2 = os.path.join(tmp, "bench_h200.json")
+    doc = json.load(open(bench))
+    doc["context"]["device"] = "NVIDIA H200"
+    json.dump(doc, open(b2, "w"))
+    r = run_attn(b2, other, "--out", os.path.join(tmp, "a4"))
+    check(r.returncode == 2 and "compare one card with itself" in r.stderr, f"peer from another card refused: {r.stderr.strip()}")
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Attention kernel charts from bench_attention's JSON and its PyTorch peer's (JSON only).
+
+usage: python3 plots/attnplot.py BENCH_JSON [PEER_JSON ...] --out CHART_DIR
+
+BENCH_JSON is `bench_attention --benchmark_out=FILE --benchmark_out_format=json` (the own flash
+kernels, both generations where the GPU has both, and the cuDNN binding); each PEER_JSON is
+`bench/peers/torch_attention.py --out FILE` (schema lssbench-peer-attention/1). For the forward
+and for the forward+backward, one chart of 2 x 2 panels (D = 128, 64; causal, full): TFLOP/s
+against T for every implementation. CHART_DIR/charts.json lists the charts and their series,
+CHART_DIR/SUMMARY.md has the table. A missing or malformed file is an error naming the file
+(exit 2).
+"""
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PEER_SCHEMA = "lssbench-peer-attention/1"
+# Display name, colour, marker per implementation: the own kernels solid, PyTorch's dashed.
+IMPLS = {
+    "flash-wgmma": ("own flash (wgmma)", "tab:blue", "o", "-"),
+    "flash-mma.sync": ("own flash (mma.sync)", "tab:cyan", "v", "-"),
+    "cudnn": ("own cuDNN binding", "tab:green", "s", "-"),
+    "torch-flash": ("PyTorch SDPA flash", "tab:red", "o", "--"),
+    "torch-cudnn": ("PyTorch SDPA cuDNN", "tab:olive", "s", "--"),
+    "torch-efficient": ("PyTorch SDPA efficient", "tab:purple", "^", "--"),
+}
+
+
+class InputError(Exception):
+    pass
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: malformed JSON ({e})")
+
+
+def bench_rows(path):
+    """(impl, pass, mask, D, T) -> TFLOP/s from bench_attention's labels
+    ("<path> <fwd|fwd+bwd> <causal|full> B=1 H=.. D=.. T=..")."""
+    doc = load_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+        raise InputError(f"{path}: not a Google Benchmark JSON (no 'benchmarks' list)")
+    rows = {}
+    for b in doc["benchmarks"]:
+        if b.get("error_occurred"):
+            continue
+        words = str(b.get("label", "")).split()
+        try:
+            impl, pas, mask = words[0], words[1], words[2]
+            kv = dict(w.split("=", 1) for w in words[3:])
+            key = (impl, pas, mask, int(kv["D"]), int(kv["T"]))
+            rows[key] = float(b["TFLOP/s"])
+        except (IndexError, KeyError, ValueError):
+            raise InputError(f"{path}: benchmark '{b.get('name')}' has no bench_attention label and TFLOP/s")
+    if not rows:
+        raise InputError(f"{path}: no successful benchmark")
+    ctx = doc.get("context", {})
+    return rows, {"device": ctx.get("device", "unknown card"), "commit": ctx.get("git_commit", "?"),
+                  "date": ctx.get("date", "")}
+
+
+def peer_rows(path):
+    doc = load_json(path)
+    if not isinstance(doc, dict) or doc.get("schema") != PEER_SCHEMA:
+        raise InputError(f"{path}: not a {PEER_SCHEMA} result")
+    rows = {}
+    for r in doc.get("rows", []):
+        if r.get("status") != "ok":
+            continue
+        try:
+            key = ("torch-" + r["backend"], r["pass"], "causal" if r["causal"] else "full", int(r["D"]), int(r["T"]))
+            rows[key] = float(r["tflops"])
+        except (KeyError, ValueError, TypeError):
+            raise InputError(f"{path}: malformed row {r}")
+    return rows, {"device": doc.get("device", "unknown card"), "torch": (doc.get("versions") or {}).get("torch", "?")}
+
+
+def draw(rows, footer, out):
+    os.makedirs(out, exist_ok=True)
+    manifest = []
+    for pas, stem in (("fwd+bwd", "attention_fwd_bwd"), ("fwd", "attention_fwd")):
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+        series = set()
+        for i, D in enumerate((128, 64)):
+            for j, mask in enumerate(("causal", "full")):
+                ax = axes[i][j]
+                for impl, (name, color, marker, ls) in IMPLS.items():
+                    pts = sorted((T, v) for (im, p, m, d, T), v in rows.items()
+                                 if im == impl and p == pas and m == mask and d == D)
+                    if not pts:
+                        continue
+                    ax.plot([t for t, _ in pts], [v for _, v in pts], marker=marker, color=color, linestyle=ls,
+                            label=name)
+                    series.add(name)
+                ax.set_title(f"D={D}, {mask}", fontsize=10)
+                ax.set_xscale("log", base=2)
+                ax.set_ylim(bottom=0)
+                ax.set_ylabel("TFLOP/s")
+                ax.grid(alpha=0.3)
+                if i == 1:
+                    ax.set_xlabel("T (tokens)")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        for ax in axes.flat:  # the union of every panel's series, in IMPLS order
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        order = [IMPLS[k][0] for k in IMPLS if IMPLS[k][0] in labels]
+        fig.suptitle(f"Attention {pas}, bf16, B=1, H*D=2048", y=0.99)
+        fig.legend([handles[labels.index(n)] for n in order], order, loc="upper center",
+                   bbox_to_anchor=(0.5, 0.955), ncol=3, fontsize=9)
+        fig.text(0.5, 0.005, footer, ha="center", fontsize=8)
+        fig.tight_layout(rect=(0, 0.03, 1, 0.88))
+        fig.savefig(os.path.join(out, stem + ".png"), dpi=110)
+        plt.close(fig)
+        manifest.append({"file": stem + ".png", "title": f"Attention {pas} TFLOP/s against T",
+                         "series": [IMPLS[k][0] for k in IMPLS if IMPLS[k][0] in series]})
+    with open(os.path.join(out, "charts.json"), "w") as f:
+        json.dump({"provenance": footer, "charts": manifest}, f, indent=2)
+    write_summary(rows, footer, manifest, out)
+    return manifest
+
+
+def write_summary(rows, footer, manifest, out):
+    impls = [k for k in IMPLS if any(r[0] == k for r in rows)]
+    lines = ["# Attention kernels", "", f"Ran on: {footer}", "",
+             "TFLOP/s (forward 4·B·H·T²·D, halved when causal; forward+backward 3.5×).", ""]
+    for pas in ("fwd+bwd", "fwd"):
+        lines += [f"## {pas}", "", "| T | D | mask | " + " | ".join(IMPLS[k][0] for k in impls) + " |",
+                  "|---|---|---|" + "---|" * len(impls)]
+        keys = sorted({(T, D, m) for (_, p, m, D, T) in rows if p == pas}, key=lambda k: (k[0], -k[1], k[2]))
+        for T, D, m in keys:
+            vals = [rows.get((k, pas, m, D, T)) for k in impls]
+            lines.append(f"| {T} | {D} | {m} | " + " | ".join(f"{v:.1f}" if v is not None else "-" for v in vals) + " |")
+        lines.append("")
+    lines += ["## Charts", ""] + [f"![{c['title']}]({c['file']})" for c in manifest] + [""]
+    with open(os.path.join(out, "SUMMARY.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench", help="bench_attention JSON (--benchmark_out)")
+    ap.add_argument("peers", nargs="*", help="bench/peers/torch_attention.py JSON files")
+    ap.add_argument("--out", required=True, help="folder for the charts and SUMMARY.md")
+    ap.add_argument("--commit", help="the lssbench commit, for bench JSON written before bench_attention recorded it")
+    args = ap.parse_args(argv)
+    try:
+        rows, meta = bench_rows(args.bench)
+        if meta["commit"] == "?" and args.commit:
+            meta["commit"] = args.commit
+        torch_versions = []
+        for p in args.peers:
+            prow, pmeta = peer_rows(p)
+            if pmeta["device"] != meta["device"] and meta["device"] != "unknown card":
+                raise InputError(f"{p}: ran on {pmeta['device']}, {args.bench} on {meta['device']}: "
+                                 "compare one card with itself")
+            rows.update(prow)
+            torch_versions.append(pmeta["torch"])
+            if meta["device"] == "unknown card":  # bench_attention before it recorded the card
+                meta["device"] = pmeta["device"]
+        footer = (f"{meta['device']} | lssbench commit {meta['commit']} | {meta['date'][:10]}"
+                  + (f" | PyTorch {', '.join(sorted(set(torch_versions)))}" if torch_versions else ""))
+        manifest = draw(rows, footer, args.out)
+    except InputError as e:
+        print(f"attnplot: error: {e}", file=sys.stderr)
+        return 2
+    print(f"attnplot: {len(manifest)} charts and SUMMARY.md in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
