@@ -195,10 +195,11 @@ __device__ __forceinline__ void store_dk_dv(const float (&dk)[D / 8][4], const f
   }
 }
 
-// Launches `kernel` with `smem` bytes of dynamic shared memory, raising the kernel's limit past
-// the 48 KB default once per device.
-template <auto Kernel>
-void launch(dim3 grid, int threads, size_t smem, cudaStream_t stream, const Params& p, int device) {
+// Launches `kernel` with `smem` bytes of dynamic shared memory and the arguments `args`, raising
+// the kernel's limit past the 48 KB default once per device.
+template <auto Kernel, class... Args>
+void launch_args(dim3 grid, int threads, size_t smem, cudaStream_t stream, int device,
+                 const Args&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   if (smem > 48 * 1024) {
     static std::atomic<uint64_t> configured{0};  // bit per device ordinal
@@ -209,8 +210,13 @@ void launch(dim3 grid, int threads, size_t smem, cudaStream_t stream, const Para
       configured.fetch_or(bit);
     }
   }
-  Kernel<<<grid, threads, smem, stream>>>(p);
+  Kernel<<<grid, threads, smem, stream>>>(args...);
   LSS_CUDA_CHECK_LAUNCH();
+}
+
+template <auto Kernel>
+void launch(dim3 grid, int threads, size_t smem, cudaStream_t stream, const Params& p, int device) {
+  launch_args<Kernel>(grid, threads, smem, stream, device, p);
 }
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -9,9 +9,10 @@
 // tile is a K-major operand when its columns are the reduction dimension (Q, K for S = Q K^T) and
 // an MN-major one when its rows are (V for O = P V), so every operand is loaded the same way.
 //
-//   forward : one CTA of two warpgroups per (128-query block, head, batch); each warpgroup owns 64
-//             query rows and streams 128-key K/V tiles (double-buffered cp.async): S = Q K^T from
-//             shared memory, the online softmax in registers, O += P V with P from registers.
+//   forward : one CTA per (128-query block, head, batch): a producer thread streams 128-key K/V
+//             tiles with TMA (two stages, mbarriers) to two consumer warpgroups of 64 query rows,
+//             which take turns on the tensor cores: S = Q K^T from shared memory, the online
+//             softmax in registers, O += P V with P from registers.
 //   backward: one CTA of two warpgroups per (128-key block, head, batch), 64 keys each, looping
 //             over 64-query blocks (double-buffered): S^T = K Q^T and dP^T = V dO^T from shared
 //             memory, dV += P^T dO and dK += dS^T Q with P^T and dS^T from registers, dQ = dS K
@@ -21,6 +22,13 @@
 // like flash_attention.cu's.
 #include "kernels/cuda/flash_attention_sm90.h"
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <mutex>
+#include <string>
+
+#include "core/check.h"
 #include "kernels/cuda/flash_attention_common.cuh"
 
 namespace lss::cuda::flash_detail {
@@ -95,6 +103,48 @@ __device__ __forceinline__ void wgmma_wait() {
 // that wgmma reads through; before the barrier that publishes them.
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// mbarrier (shared memory, 8 bytes): init with an arrival count; arrive; wait for the phase with
+// the given parity to complete.
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar)
+               : "memory");
+}
+// One arrival that also announces `bytes` of asynchronous copies completing on this phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile(
+      "{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
+      "r"(bytes)
+      : "memory");
+}
+// TMA: the box at coordinates (c0 innermost .. c3) of a 4-D tensor map into shared memory at
+// `dst`, completing `bar`'s transaction count.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            int c3, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+      "%4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// Named barriers between the two consumer warpgroups (ids 1, 2; 0 is __syncthreads): 128
+// threads sync, the other warpgroup's 128 arrive.
+__device__ __forceinline__ void named_sync(int id) {
+  asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id) {
+  asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
 }
 // Keeps the compiler from moving accesses of accumulator registers across a wgmma issue or wait.
 template <int N>
@@ -229,16 +279,32 @@ __device__ __forceinline__ void zero(float (&d)[N][4]) {
 
 template <int D>
 struct FwdSm90 {
-  static constexpr int kThreads = 256;  // two warpgroups of 64 query rows
+  // Two consumer warpgroups of 64 query rows and one producer warp.
+  static constexpr int kThreads = 288, kProducerWarp = 8;
   static constexpr int kBlockM = 128, kBlockN = 128;
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
-  // Q, then two stages of (K, V); 1 KB to align the base to the swizzle's 1024-byte period.
-  static constexpr size_t kSmemBytes = kTileQ + 4 * kTileKV + 1024;
+  // Q, two stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the base to
+  // the swizzle's 1024-byte period.
+  static constexpr int kOffBars = kTileQ + 4 * kTileKV;
+  static constexpr size_t kSmemBytes = kOffBars + 4 * 8 + 1024;
   static_assert(D % 64 == 0, "64-column swizzle blocks");
 };
 
+// TMA descriptors of Q, K and V as 4-D tensors (D, H, T, B), boxes of 64 columns x 1 head x 128
+// rows x 1 sequence in the 128-byte swizzle: one box is one 64-column block of a shared tile.
+struct FwdMaps {
+  CUtensorMap q, k, v;
+};
+
+// FlashAttention-3's schedule: one producer thread issues the TMA copies of Q and of each K/V
+// tile into two stages and the copies complete the stage's "full" mbarrier; each consumer warp
+// releases a stage on its "empty" mbarrier once its last product reading it has completed. The
+// two consumer warpgroups take turns on the tensor cores (named barriers, "ping-pong"): one
+// issues its S = Q K^T while the other runs its softmax, so that the exponentials of one overlap
+// the other's matrix products.
 template <int D>
-__global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) {
+__global__ void __launch_bounds__(288, 1)
+    flash_fwd_sm90_kernel(const Params p, const __grid_constant__ FwdMaps maps) {
 #ifdef LSS_SM90A_BODY
   using Cfg = FwdSm90<D>;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
@@ -246,53 +312,76 @@ __global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) 
   const uint32_t q_tile = (smem_addr(smem_raw) + 1023u) & ~1023u;
   auto k_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + s * 2 * Cfg::kTileKV; };
   auto v_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + (s * 2 + 1) * Cfg::kTileKV; };
+  auto full_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 8 * s; };
+  auto empty_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 16 + 8 * s; };
 
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int g = lane >> 2, tq = lane & 3;
+  const int warp_all = threadIdx.x / 32, lane = threadIdx.x % 32;
   // Grid (H, query blocks, B), heads fastest, heaviest causal blocks first (as the sm_80 kernel).
   const int mb = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
   const int q0 = mb * kBlockM, h = blockIdx.x, b = blockIdx.z;
-  const bf16* qg = head_ptr<const bf16, D>(p.q, b, h);
-  const bf16* kg = head_ptr<const bf16, D>(p.k, b, h);
-  const bf16* vg = head_ptr<const bf16, D>(p.v, b, h);
   const int kend = p.causal ? min(p.Tk, p.q_offset + q0 + kBlockM) : p.Tk;
   const int n_tiles = (kend + kBlockN - 1) / kBlockN;
 
-  load_tile_sw<D, kBlockM, Cfg::kThreads>(q_tile, qg, p.q.rs, q0, p.Tq);
-  if (n_tiles > 0) {
-    load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile(0), kg, p.k.rs, 0, p.Tk);
-    load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile(0), vg, p.v.rs, 0, p.Tk);
+  if (threadIdx.x == 0) {
+    mbar_init(full_bar(0), 1);
+    mbar_init(full_bar(1), 1);
+    mbar_init(empty_bar(0), 8);  // one arrival per consumer warp
+    mbar_init(empty_bar(1), 8);
+    // The initialised barriers visible to the async proxy (the TMA unit completes them).
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  cp_async_commit();
+  __syncthreads();
 
+  if (warp_all == Cfg::kProducerWarp) {
+    if (lane == 0) {
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j & 1;
+        if (j >= 2) mbar_wait(empty_bar(st), ((j >> 1) - 1) & 1);  // consumers left tile j-2
+        mbar_arrive_expect_tx(full_bar(st), 2 * Cfg::kTileKV + (j == 0 ? Cfg::kTileQ : 0));
+        if (j == 0)
+#pragma unroll
+          for (int blk = 0; blk < D / 64; ++blk)
+            tma_load_4d(q_tile + blk * kBlockM * 128, &maps.q, 64 * blk, h, q0, b, full_bar(0));
+#pragma unroll
+        for (int blk = 0; blk < D / 64; ++blk) {
+          tma_load_4d(k_tile(st) + blk * kBlockN * 128, &maps.k, 64 * blk, h, j * kBlockN, b,
+                      full_bar(st));
+          tma_load_4d(v_tile(st) + blk * kBlockN * 128, &maps.v, 64 * blk, h, j * kBlockN, b,
+                      full_bar(st));
+        }
+      }
+    }
+    return;
+  }
+
+  const int wg = warp_all / 4, warp = warp_all % 4;
+  const int g = lane >> 2, tq = lane & 3;
   float o[D / 8][4];  // O (64 x D) of this warpgroup, unnormalised
   zero(o);
   float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};  // rows g, g+8: running max (base 2), sum
   const int row0 = q0 + 64 * wg + 16 * warp + g;
   const int row_pos[2] = {p.q_offset + row0, p.q_offset + row0 + 8};
 
+  // Turns on the tensor cores: warpgroup w waits on barrier 1 + w, the other arrives on it once
+  // it has issued its S product. The first turn is warpgroup 0's.
+  if (wg == 1 && n_tiles > 0) named_arrive(1);
   for (int j = 0; j < n_tiles; ++j) {
-    cp_async_wait_all();
-    fence_proxy_async();
-    __syncthreads();  // tile j landed; both warpgroups are done with tile j-1's stage
-    if (j + 1 < n_tiles) {
-      load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile((j + 1) & 1), kg, p.k.rs, (j + 1) * kBlockN,
-                                              p.Tk);
-      load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile((j + 1) & 1), vg, p.v.rs, (j + 1) * kBlockN,
-                                              p.Tk);
-      cp_async_commit();
-    }
+    const int st = j & 1;
     const int k0 = j * kBlockN;
+    mbar_wait(full_bar(st), (j >> 1) & 1);
 
     // S (64 x BN) = Q K^T
     float s[kBlockN / 8][4];
     zero(s);
+    named_sync(1 + wg);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM>(q_tile, 64 * wg, kk),
-                          desc_k_major<kBlockN>(k_tile(j & 1), 0, kk), kk > 0);
+                          desc_k_major<kBlockN>(k_tile(st), 0, kk), kk > 0);
     wgmma_commit();
+    // Warpgroup 1 owes warpgroup 0 one arrival fewer: its first came before the loop.
+    if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
     wgmma_wait<0>();
     reg_fence(s);
 
@@ -315,11 +404,13 @@ __global__ void __launch_bounds__(256, 1) flash_fwd_sm90_kernel(const Params p) 
     wgmma_fence();
 #pragma unroll
     for (int kj = 0; kj < kBlockN / 16; ++kj)
-      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(j & 1), kj));
+      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(st), kj));
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(o);
     reg_fence(pa);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty_bar(st));  // this warp is done with stage st
   }
 
   store_o_lse<D>(o, m, l, row0, tq, p, b, h);
@@ -541,12 +632,52 @@ size_t sm90_smem_bytes(int D) {
                  : std::max(FwdSm90<128>::kSmemBytes, BwdSm90<128>::kSmemBytes);
 }
 
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    LSS_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000,
+                                                    cudaEnableDefault, &status));
+    LSS_CHECK(status == cudaDriverEntryPointSuccess && ptr != nullptr,
+                "flash attention: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// The (D, H, T, B) view of one operand (rows of T elements apart by rs, sequences by bs), boxes
+// of 64 x 1 x rows x 1 in the 128-byte swizzle. T is at least 1 (an empty operand is never read).
+CUtensorMap tensor_map(const Tensor& t, int D, int H, int T, int B, int rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(H),
+                              static_cast<cuuint64_t>(std::max(T, 1)), static_cast<cuuint64_t>(B)};
+  // With one sequence its stride is never used but must still be a multiple of 16 bytes.
+  const int64_t batch_stride = B > 1 ? t.bs : std::max(T, 1) * t.rs;
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(D) * 2, static_cast<cuuint64_t>(t.rs) * 2,
+                                 static_cast<cuuint64_t>(batch_stride) * 2};
+  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(rows), 1};
+  const cuuint32_t unit[4] = {1, 1, 1, 1};
+  const CUresult r = tensor_map_encoder()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, t.ptr, dims, strides, box, unit,
+      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  LSS_CHECK(r == CUDA_SUCCESS, "flash attention: cuTensorMapEncodeTiled failed with CUresult " +
+                                     std::to_string(static_cast<int>(r)));
+  return map;
+}
+
 void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
   auto run = [&](auto d) {
     constexpr int kD = decltype(d)::value;
     using Cfg = FwdSm90<kD>;
+    FwdMaps maps;
+    maps.q = tensor_map(p.q, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
+    maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
+    maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tq, Cfg::kBlockM)), p.B);
-    launch<flash_fwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p, device);
+    launch_args<flash_fwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
+                                           maps);
   };
   if (D == 64)
     run(std::integral_constant<int, 64>{});
