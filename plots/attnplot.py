@@ -21,6 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lssplot import InputError, load_json  # noqa: E402  (the same error and JSON loading)
+
 PEER_SCHEMA = "lssbench-peer-attention/1"
 # Display name, colour, marker per implementation: the own kernels solid, PyTorch's dashed.
 IMPLS = {
@@ -31,20 +34,6 @@ IMPLS = {
     "torch-cudnn": ("PyTorch SDPA cuDNN", "tab:olive", "s", "--"),
     "torch-efficient": ("PyTorch SDPA efficient", "tab:purple", "^", "--"),
 }
-
-
-class InputError(Exception):
-    pass
-
-
-def load_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: malformed JSON ({e})")
 
 
 def bench_rows(path):

@@ -5,9 +5,10 @@
 //
 // Shared tiles: R rows x D bf16 columns stored as D/64 column blocks of R x 64 (one 128-byte row
 // each), the 16-byte chunk c of row r at chunk position c ^ (r % 8): the 128-byte swizzle of the
-// wgmma operand layouts, which also keeps the cp.async stores free of bank conflicts. One such
-// tile is a K-major operand when its columns are the reduction dimension (Q, K for S = Q K^T) and
-// an MN-major one when its rows are (V for O = P V), so every operand is loaded the same way.
+// wgmma operand layouts, which TMA writes itself (forward) and the cp.async loader reproduces
+// free of bank conflicts (backward). One such tile is a K-major operand when its columns are the
+// reduction dimension (Q, K for S = Q K^T) and an MN-major one when its rows are (V for O = P V),
+// so every operand is loaded the same way.
 //
 //   forward : one CTA per (128-query block, head, batch): a producer thread streams 128-key K/V
 //             tiles with TMA (two stages, mbarriers) to two consumer warpgroups of 64 query rows,
@@ -18,8 +19,8 @@
 //             memory, dV += P^T dO and dK += dS^T Q with P^T and dS^T from registers, dQ = dS K
 //             from the dS^T tile in shared memory, added into the fp32 dQ workspace with atomics.
 // The fragment layouts of wgmma's register operands match mma.sync's (per warp: rows g and g+8
-// of its 16, columns 2t, 2t+1 of each 8-column block), so the masking and softmax code reads
-// like flash_attention.cu's.
+// of its 16, columns 2t, 2t+1 of each 8-column block), so both generations share the softmax
+// and store code (flash_attention_common.cuh).
 #include "kernels/cuda/flash_attention_sm90.h"
 
 #include <cuda.h>
