@@ -26,6 +26,7 @@
 
 #include "comm/nccl_communicator.h"
 #include "kernels/cuda/cudnn_attention.h"
+#include "kernels/cuda/flash_attention.h"
 #endif
 
 namespace lss {
@@ -523,6 +524,13 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                     {"datasheet_peak_tflops", datasheet > 0 ? json(datasheet) : json(nullptr)}};
     const json versions = library_versions(rc.backend);
     for (auto it = versions.begin(); it != versions.end(); ++it) j["machine"][it.key()] = it.value();
+    // Which generation of the own flash kernels this head dim runs here (what --attention flash,
+    // and auto where cuDNN declines a shape, use).
+    j["machine"]["flash_attention_kernels"] = nullptr;
+#ifdef LSS_HAVE_CUDA
+    if (rc.backend == "cuda")
+      j["machine"]["flash_attention_kernels"] = cuda::flash_wgmma_available(m.D()) ? "wgmma" : "mma.sync";
+#endif
     j["loss"] = losses.front();
     j["losses"] = losses;
     j["timing"] = {{"unit", "ms"},
