@@ -176,12 +176,11 @@ PY
       step "sweep $2" 580 "$dev/bin/lssbench" sweep "$2" --max-world "$gpus" ${LSS_SWEEP_ARGS:-} --out "$keep/$name" ;;
     long)
       local big="--layers 16 --width 2048 --heads 16 --batch 1 --dtype bf16 --backend cuda --recompute --seq $2 --warmup 0 --iters 1 --no-measure-peak"
-      case " ${LSS_LONG_STRATEGIES:-lss megatron_sp} " in *" lss "*)
-        step lss_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy lss --sp "$gpus" --zigzag --out "$res/lss_long_w${gpus}_T$2.json" ;;
-      esac
-      case " ${LSS_LONG_STRATEGIES:-lss megatron_sp} " in *" megatron_sp "*)
-        step megatron_sp_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy megatron_sp --sp "$gpus" --out "$res/megatron_sp_long_w${gpus}_T$2.json" ;;
-      esac ;;
+      local s order
+      for s in ${LSS_LONG_STRATEGIES:-lss megatron_sp}; do
+        order=; [ "$s" = lss ] && order=--zigzag  # lss in its balanced order
+        step ${s}_long_w${gpus}_T$2 590 mpiexec.hydra -n "$gpus" "$dev/bin/lssbench" run $big --strategy "$s" --sp "$gpus" $order --out "$res/${s}_long_w${gpus}_T$2.json"
+      done ;;
     *) echo "unknown section $1"; failed=1 ;;
   esac
 }
