@@ -23,6 +23,9 @@
 #             (gpu__time_duration), clocks and caches left alone: every kernel's time, summed by
 #             name into $OUT/profile_serial_T16K.txt (where the step's time goes beyond the bound's
 #             kernels; ncu reads counters on Firecracker machines only, KINDS.md)
+#   ncu-attention  bench_attention at T=16K D128 causal forward+backward, own flash kernels and cuDNN,
+#             under Nsight Compute with its full section set (clocks left alone): reports
+#             ncu_attention_{flash,cudnn}.ncu-rep and their details pages as text in $OUT
 #   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs, the MLP's linear layers plain
 #             and with the fused epilogues, LayerNorm forward and backward, GELU, cross-entropy
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
@@ -165,6 +168,16 @@ for name, (n, ns) in sorted(per.items(), key=lambda kv: -kv[1][1])[:40]:
     print(f"{ns / steps / 1e6:9.3f} {n / steps:10.1f}  {name}")
 PY
       ;;
+    ncu-attention)
+      # path id of bench_attention, then the kernels to profile (the warm-up step and one timed step)
+      local name id kernels
+      for name in flash cudnn; do
+        if [ $name = flash ]; then id=0 kernels=regex:flash_; else id=1 kernels=regex:.; fi
+        step ncu_attention_$name 240 ncu --clock-control none --set full -k "$kernels" --launch-count 12 \
+          -f -o "$out/ncu_attention_$name" "$dev/bin/bench_attention" --benchmark_min_time=0.001 \
+          --benchmark_filter="BM_Attention/T:16384/D:128/causal:1/path:$id/bwd:1"
+        ncu --import "$out/ncu_attention_$name.ncu-rep" --page details >"$out/ncu_attention_$name.txt" 2>&1
+      done ;;
     kernels)
       step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large --benchmark_min_time=0.2 \
         --benchmark_filter='gemm|linear|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
