@@ -1012,10 +1012,11 @@ void launch_bwd_bf16(const Params& p, cudaStream_t stream, int device) {
       grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p, device);
 }
 
-// Workspace layout: [dq_accum (B, H, Tq, D) fp32, bf16 only][delta (B, H, Tq) fp32]; the base
-// must be 16-byte aligned (any allocator's blocks are).
+// Workspace layout: [dq_accum fp32, bf16 only: (B, H, Tq, D) rows for the mma.sync kernels,
+// 64-query tiles for the wgmma ones (Tq rounded up to 64)][delta (B, H, Tq) fp32]; the base must
+// be 16-byte aligned (any allocator's blocks are).
 size_t dq_accum_bytes(const AttentionArgs& a) {
-  return a.dtype == DType::bf16 ? static_cast<size_t>(a.B * a.H * a.Tq * a.D) * sizeof(float) : 0;
+  return a.dtype == DType::bf16 ? dq_accum_sm90_floats(a.B, a.H, a.Tq, a.D) * sizeof(float) : 0;
 }
 
 }  // namespace
@@ -1071,11 +1072,17 @@ void flash_attention_backward(const AttentionArgs& a, void* workspace, cudaStrea
   dispatch_head_dim(a.D, [&](auto d) {
     constexpr int D = decltype(d)::value;
     if (a.dtype == DType::bf16) {
+      if (use_wgmma(dev, D)) {
+        Params delta_only = p;  // the wgmma backward zeroes its own dQ tiles
+        delta_only.dq_accum = nullptr;
+        launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
+                                               stream, delta_only, dev.device);
+        sm90_backward(p, D, stream, dev.device);
+        return;
+      }
       launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
                                              stream, p, dev.device);
-      if (use_wgmma(dev, D))
-        sm90_backward(p, D, stream, dev.device);
-      else if (BwdBigCfg<D>::kSmemBytes <= dev.max_smem)
+      if (BwdBigCfg<D>::kSmemBytes <= dev.max_smem)
         launch_bwd_bf16<D, BwdBigCfg<D>>(p, stream, dev.device);
       else
         launch_bwd_bf16<D, BwdSmallCfg<D>>(p, stream, dev.device);

@@ -419,84 +419,185 @@ __global__ void __launch_bounds__(288, 1)
 }
 
 // ---------------------------------------------------------------------------------------------
-// backward (after the preprocess kernel of flash_attention.cu; before its dQ conversion)
+// backward (after the preprocess kernel of flash_attention.cu)
 // ---------------------------------------------------------------------------------------------
 
+// The backward's fp32 dQ workspace is not (Tq, D) rows here but one 64-query tile after the
+// other, each in the order the consumer warps hold it, so that a tile leaves shared memory in
+// one bulk reduction and the warps' stores into it are 16-byte and free of bank conflicts:
+// tile (B, H, Tq / 64 rounded up), then dQ warp w (D / 64 x 4: 64 columns by 16 rows each), then
+// n-tile j of the warp's accumulator (8 columns), then lane, then the lane's 4 values of that
+// n-tile (rows g and g + 8, columns 2t and 2t + 1). dq_convert_sm90_kernel reads it back.
 template <int D>
-struct BwdSm90 {
-  static constexpr int kThreads = 256;  // two warpgroups of 64 keys
-  static constexpr int kBlockN = 128, kBlockM = 64;
-  static constexpr int kTileKV = kBlockN * D * 2, kTileQ = kBlockM * D * 2;  // bytes
-  static constexpr int kTileDs = kBlockN * kBlockM * 2;  // dS^T: 128 keys x 64 queries
-  // K, V, Q[2], dO[2], dS^T, then fp32 lse[2][BM] and delta[2][BM]; 1 KB of alignment slack.
-  static constexpr int kOffV = kTileKV, kOffQ = 2 * kTileKV, kOffDo = kOffQ + 2 * kTileQ;
-  static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffLse = kOffDs + kTileDs;
-  static constexpr int kOffDelta = kOffLse + 2 * kBlockM * 4;
-  static constexpr size_t kSmemBytes = kOffDelta + 2 * kBlockM * 4 + 1024;
-  static_assert(D % 64 == 0, "64-column swizzle blocks");
+struct DqTile {
+  static constexpr int kRows = 64;
+  static constexpr int kFloats = kRows * D;
 };
 
 template <int D>
-__global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) {
+struct BwdSm90 {
+  // One producer warpgroup (warp 0: TMA copies of Q and dO and the row statistics; warp 1: the
+  // bulk dQ reductions; warps 2-3 idle) and two consumer warpgroups of 64 keys each.
+  static constexpr int kThreads = 384, kBlockN = 128, kBlockM = DqTile<D>::kRows;
+  static constexpr int kDqWarps = 4 * (D / 64);  // warps computing dQ (64 columns each 4 warps)
+  static constexpr int kTileKV = kBlockN * D * 2, kTileQ = kBlockM * D * 2;  // bytes
+  static constexpr int kTileDs = kBlockN * kBlockM * 2;  // dS^T: 128 keys x 64 queries, bf16
+  static constexpr int kTileDq = DqTile<D>::kFloats * 4;
+  // K, V, Q[2], dO[2], dS^T[2], dQ, fp32 lse·log2(e)[2][BM] and delta[2][BM], then the mbarriers
+  // (K/V full, Q/dO full[2] and empty[2], dQ full and empty); 1 KB of alignment slack.
+  static constexpr int kOffV = kTileKV, kOffQ = 2 * kTileKV, kOffDo = kOffQ + 2 * kTileQ;
+  static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffDq = kOffDs + 2 * kTileDs;
+  static constexpr int kOffLse = kOffDq + kTileDq, kOffDelta = kOffLse + 2 * kBlockM * 4;
+  static constexpr int kOffBars = kOffDelta + 2 * kBlockM * 4;
+  static constexpr size_t kSmemBytes = kOffBars + 7 * 8 + 1024;
+  static_assert(D % 64 == 0, "64-column swizzle blocks");
+};
+
+// TMA descriptors of the backward: Q and dO with 64-row boxes, K and V with 128-row boxes.
+struct BwdMaps {
+  CUtensorMap q, dout, k, v;
+};
+
+// Bulk (TMA-engine) reduction of `bytes` contiguous fp32 from shared into global memory, in
+// this thread's bulk group.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(src), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// kRead: until the sources were read (shared memory may be rewritten); else until complete.
+template <bool kRead>
+__device__ __forceinline__ void bulk_wait() {
+  if constexpr (kRead)
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+  else
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+// Register budgets per warpgroup (the CTA's 64K registers: 24 x 128 + 240 x 256 fit).
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// FlashAttention-3's backward schedule. One CTA per (128-key block, head, batch). The producer
+// streams 64-query blocks of Q and dO with TMA into two stages (full/empty mbarriers) with the
+// block's lse and Delta; each consumer warpgroup holds dK and dV of its 64 keys in registers and
+// per query block computes S^T = K Q^T and dP^T = V dO^T, P^T and dS^T, dV += P^T dO and
+// dK += dS^T Q (P^T, dS^T from registers), then, once both have written their half of the dS^T
+// tile, dQ = dS K (64 columns each) into a shared tile that the dQ warp adds to the workspace
+// with one bulk reduction while the consumers go on.
+template <int D>
+__global__ void __launch_bounds__(384, 1)
+    flash_bwd_sm90_kernel(const Params p, const __grid_constant__ BwdMaps maps) {
 #ifdef LSS_SM90A_BODY
   using Cfg = BwdSm90<D>;
   constexpr int kBlockN = Cfg::kBlockN, kBlockM = Cfg::kBlockM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   unsigned char* const base_ptr = smem_raw + (base - smem_addr(smem_raw));
-  const uint32_t k_tile = base, v_tile = base + Cfg::kOffV, ds_tile = base + Cfg::kOffDs;
+  const uint32_t k_tile = base, v_tile = base + Cfg::kOffV, dq_tile = base + Cfg::kOffDq;
   auto q_tile = [base](int s) { return base + Cfg::kOffQ + s * Cfg::kTileQ; };
   auto do_tile = [base](int s) { return base + Cfg::kOffDo + s * Cfg::kTileQ; };
-  float* const lse_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffLse);      // [2][BM]
+  auto ds_tile = [base](int s) { return base + Cfg::kOffDs + s * Cfg::kTileDs; };
+  float* const lse_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffLse);      // [2][BM], ·log2(e)
   float* const delta_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffDelta);  // [2][BM]
+  float* const dq_s = reinterpret_cast<float*>(base_ptr + Cfg::kOffDq);        // DqTile<D>
+  const uint32_t kv_bar = base + Cfg::kOffBars;
+  auto full_bar = [base](int s) { return base + Cfg::kOffBars + 8 + 8 * s; };
+  auto empty_bar = [base](int s) { return base + Cfg::kOffBars + 24 + 8 * s; };
+  const uint32_t dq_full_bar = base + Cfg::kOffBars + 40, dq_empty_bar = base + Cfg::kOffBars + 48;
 
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int g = lane >> 2, tq = lane & 3;
+  const int lane = threadIdx.x % 32;
   const int k0 = blockIdx.y * kBlockN, h = blockIdx.x, b = blockIdx.z;
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-  const bf16* qg = head_ptr<const bf16, D>(p.q, b, h);
-  const bf16* dog = head_ptr<const bf16, D>(p.dout, b, h);
-  const float* lse_g = p.lse + bh * p.Tq;
-  const float* delta_g = p.delta + bh * p.Tq;
-
   const int q_first = p.causal ? max(0, k0 - p.q_offset) : 0;
   const int m_first = q_first / kBlockM;
   const int m_count = (p.Tq + kBlockM - 1) / kBlockM;
   const int num = m_first < m_count ? m_count - m_first : 0;
 
-  auto load_q_block = [&](int mb, int st) {
-    const int qb0 = mb * kBlockM;
-    load_tile_sw<D, kBlockM, Cfg::kThreads>(q_tile(st), qg, p.q.rs, qb0, p.Tq);
-    load_tile_sw<D, kBlockM, Cfg::kThreads>(do_tile(st), dog, p.dout.rs, qb0, p.Tq);
-    load_row_stats<kBlockM>(lse_s + st * kBlockM, delta_s + st * kBlockM, lse_g, delta_g, qb0, p.Tq);
-  };
+  if (threadIdx.x == 0) {
+    mbar_init(kv_bar, 1);
+    mbar_init(full_bar(0), 33);  // the TMA transaction's arrival and the producer warp's lanes
+    mbar_init(full_bar(1), 33);
+    mbar_init(empty_bar(0), 8);  // one arrival per consumer warp
+    mbar_init(empty_bar(1), 8);
+    mbar_init(dq_full_bar, Cfg::kDqWarps);
+    mbar_init(dq_empty_bar, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
 
-  load_tile_sw<D, kBlockN, Cfg::kThreads>(k_tile, head_ptr<const bf16, D>(p.k, b, h), p.k.rs, k0,
-                                          p.Tk);
-  load_tile_sw<D, kBlockN, Cfg::kThreads>(v_tile, head_ptr<const bf16, D>(p.v, b, h), p.v.rs, k0,
-                                          p.Tk);
-  if (num > 0) load_q_block(m_first, 0);
-  cp_async_commit();
+  if (threadIdx.x < 128) {
+    setmaxnreg_dec<24>();
+    const int warp = threadIdx.x / 32;
+    if (warp == 0) {
+      const float* lse_g = p.lse + bh * p.Tq;
+      const float* delta_g = p.delta + bh * p.Tq;
+      if (num > 0 && lane == 0) {
+        mbar_arrive_expect_tx(kv_bar, 2 * Cfg::kTileKV);
+#pragma unroll
+        for (int blk = 0; blk < D / 64; ++blk) {
+          tma_load_4d(k_tile + blk * kBlockN * 128, &maps.k, 64 * blk, h, k0, b, kv_bar);
+          tma_load_4d(v_tile + blk * kBlockN * 128, &maps.v, 64 * blk, h, k0, b, kv_bar);
+        }
+      }
+      for (int it = 0; it < num; ++it) {
+        const int st = it & 1, qb0 = (m_first + it) * kBlockM;
+        if (it >= 2) mbar_wait(empty_bar(st), ((it >> 1) - 1) & 1);  // consumers left block it-2
+        if (lane == 0) {
+          mbar_arrive_expect_tx(full_bar(st), 2 * Cfg::kTileQ);
+#pragma unroll
+          for (int blk = 0; blk < D / 64; ++blk) {
+            tma_load_4d(q_tile(st) + blk * kBlockM * 128, &maps.q, 64 * blk, h, qb0, b, full_bar(st));
+            tma_load_4d(do_tile(st) + blk * kBlockM * 128, &maps.dout, 64 * blk, h, qb0, b, full_bar(st));
+          }
+        }
+        // Rows past Tq get finite statistics: their scores are masked to -inf, and exp2 of
+        // -inf minus a finite value is the 0 they must contribute.
+#pragma unroll
+        for (int i = lane; i < kBlockM; i += 32) {
+          const bool valid = qb0 + i < p.Tq;
+          lse_s[st * kBlockM + i] = valid ? lse_g[qb0 + i] * kLog2e : 0.f;
+          delta_s[st * kBlockM + i] = valid ? delta_g[qb0 + i] : 0.f;
+        }
+        mbar_arrive(full_bar(st));
+      }
+    } else if (warp == 1 && lane == 0) {
+      float* dq_acc = p.dq_accum + (bh * m_count + m_first) * DqTile<D>::kFloats;
+      for (int it = 0; it < num; ++it) {
+        mbar_wait(dq_full_bar, it & 1);
+        bulk_reduce_add_f32(dq_acc + static_cast<int64_t>(it) * DqTile<D>::kFloats, dq_tile, Cfg::kTileDq);
+        bulk_commit();
+        bulk_wait<true>();
+        mbar_arrive(dq_empty_bar);
+      }
+      bulk_wait<false>();
+    }
+    return;
+  }
 
+  setmaxnreg_inc<240>();
+  const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x / 32) % 4;  // consumer warpgroup 0/1
+  const int g = lane >> 2, tq = lane & 3;
   float dk[D / 8][4], dv[D / 8][4];  // this warpgroup's 64 keys x D
   zero(dk);
   zero(dv);
   const int key0 = k0 + 64 * wg + 16 * warp + g;
   const int key_r[2] = {key0, key0 + 8};
-  float* dq_acc = p.dq_accum + bh * p.Tq * D;
+  const int key_local = 64 * wg + 16 * warp + g;
   // dQ (64 queries x D) is split over the warpgroups by 64-column blocks; with D = 64 the first
   // warpgroup computes it alone.
   const bool dq_here = wg < D / 64;
+  if (num > 0) mbar_wait(kv_bar, 0);
 
   for (int it = 0; it < num; ++it) {
     const int mb = m_first + it, qb0 = mb * kBlockM, st = it & 1;
-    cp_async_wait_all();
-    fence_proxy_async();
-    __syncthreads();  // block `it` landed; every warpgroup is done with the previous iteration
-    if (it + 1 < num) {
-      load_q_block(mb + 1, st ^ 1);
-      cp_async_commit();
-    }
+    mbar_wait(full_bar(st), (it >> 1) & 1);
     const float* lse_t = lse_s + st * kBlockM;
     const float* delta_t = delta_s + st * kBlockM;
 
@@ -539,7 +640,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int ql = 8 * n + 2 * tq + (e & 1);
-        s[n][e] = fast_exp2(fmaf(s[n][e], p.scale_log2, -lse_t[ql] * kLog2e));
+        s[n][e] = fast_exp2(fmaf(s[n][e], p.scale_log2, -lse_t[ql]));
       }
       pa[n / 2][(n & 1) * 2] = pack_bf16(s[n][0], s[n][1]);
       pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(s[n][2], s[n][3]);
@@ -548,9 +649,9 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
     reg_fence(dp);
 
     // dS^T = P^T * (dP^T - Delta[query]) with the bf16 P^T of dV; a-fragments for dK, and the
-    // swizzled dS^T tile (rows = keys, MN-major for dQ's A) for dQ.
+    // swizzled dS^T tile (rows = keys, MN-major for dQ's A) for dQ. Tile st was last read by the
+    // dQ products of block it - 2, which both warpgroups finished before the barrier of it - 1.
     uint32_t dsa[kBlockM / 16][4];
-    const int key_local = 64 * wg + 16 * warp + g;
 #pragma unroll
     for (int n = 0; n < kBlockM / 8; ++n) {
       const int kq = n / 2, hi = (n & 1) * 2;
@@ -562,7 +663,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
         dsa[kq][hi + half] =
             pack_bf16(p0 * (dp[n][2 * half] - d0), p1 * (dp[n][2 * half + 1] - d1));
         const int r = key_local + 8 * half;
-        const uint32_t addr = ds_tile + r * 128 + ((n ^ (r & 7)) << 4) + 4 * tq;
+        const uint32_t addr = ds_tile(st) + r * 128 + ((n ^ (r & 7)) << 4) + 4 * tq;
         asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(dsa[kq][hi + half]) : "memory");
       }
     }
@@ -578,44 +679,72 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_kernel(const Params p) 
     for (int kq = 0; kq < kBlockM / 16; ++kq)
       wgmma_rs<D, 1>(dk, dsa[kq], desc_mn_major<kBlockM>(q_tile(st), kq));
     wgmma_commit();
-    __syncthreads();  // the dS^T tile is complete (both warpgroups' keys)
+    named_sync(1);  // the dS^T tile is complete (both warpgroups' keys)
 
-    // dQ (64 queries x 64 columns) = dS (64 x BN) K (BN x 64 of D), into the fp32 workspace.
+    // dQ (64 queries x 64 columns) = dS (64 x BN) K (BN x 64 of D), scaled, into the shared dQ
+    // tile once the dQ warp has read the previous one.
     if (dq_here) {
       float dq[8][4];
       zero(dq);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk)
-        wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN>(ds_tile, kk),
+        wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN>(ds_tile(st), kk),
                            desc_mn_major<kBlockN>(k_tile, kk, wg), kk > 0);
       wgmma_commit();
+      if (it > 0) mbar_wait(dq_empty_bar, (it - 1) & 1);
       wgmma_wait<0>();
       reg_fence(dq);
+      float4* dst = reinterpret_cast<float4*>(dq_s) + (4 * wg + warp) * 8 * 32 + lane;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = qb0 + 16 * warp + g + 8 * r;
-        if (row >= p.Tq) continue;
-        float* dst = dq_acc + static_cast<int64_t>(row) * D + 64 * wg + 2 * tq;
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-          atomicAdd(reinterpret_cast<float2*>(dst + 8 * n),
-                    make_float2(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale));
-      }
+      for (int n = 0; n < 8; ++n)
+        dst[n * 32] = make_float4(dq[n][0] * p.scale, dq[n][1] * p.scale, dq[n][2] * p.scale,
+                                  dq[n][3] * p.scale);
+      fence_proxy_async();
+      __syncwarp();
+      if (lane == 0) mbar_arrive(dq_full_bar);
     }
     wgmma_wait<0>();
     reg_fence(dv);
     reg_fence(dk);
     reg_fence(pa);
     reg_fence(dsa);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty_bar(st));  // this warp is done with Q/dO stage st
   }
-
-  cp_async_wait_all();  // without query blocks, the K/V copies were never waited for
 
   store_dk_dv<D>(dk, dv, key_r, tq, p, b, h);
 #endif
 }
 
+// dq (B, Tq, H, D; strided bf16) = the DqTile-ordered fp32 workspace. One thread per 8 columns of
+// rows g and g + 8 of one dQ warp's 16: the four lanes holding them are 64 contiguous bytes.
+template <int D>
+__global__ void dq_convert_sm90_kernel(const Params p) {
+  const int m_count = (p.Tq + 63) / 64;
+  const int64_t total = static_cast<int64_t>(p.B) * p.H * m_count * (D / 16) * 8 * 8;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    // c = ((tile * dq warps + w) * 8 + g) * 8 + j: consecutive threads write one row's columns.
+    const int j = static_cast<int>(c % 8), g = static_cast<int>(c / 8 % 8);
+    const int w = static_cast<int>(c / 64 % (D / 16));
+    const int64_t tile = c / 64 / (D / 16);
+    const int mb = static_cast<int>(tile % m_count);
+    const int64_t bh = tile / m_count;
+    const int h = static_cast<int>(bh % p.H), b = static_cast<int>(bh / p.H);
+    const float4* src = reinterpret_cast<const float4*>(p.dq_accum + tile * DqTile<D>::kFloats) +
+                        (w * 8 + j) * 32 + g * 4;
+    const float4 t0 = src[0], t1 = src[1], t2 = src[2], t3 = src[3];  // column pairs 0-3
+    const int row = mb * 64 + (w % 4) * 16 + g, col = (w / 4) * 64 + 8 * j;
+    bf16* dst = head_ptr<bf16, D>(p.dq, b, h) + col;
+    if (row < p.Tq)
+      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(row) * p.dq.rs) =
+          make_uint4(pack_bf16(t0.x, t0.y), pack_bf16(t1.x, t1.y), pack_bf16(t2.x, t2.y), pack_bf16(t3.x, t3.y));
+    if (row + 8 < p.Tq)
+      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(row + 8) * p.dq.rs) =
+          make_uint4(pack_bf16(t0.z, t0.w), pack_bf16(t1.z, t1.w), pack_bf16(t2.z, t2.w), pack_bf16(t3.z, t3.w));
+  }
+}
 }  // namespace
 
 bool sm90_kernels_built() {
@@ -690,8 +819,19 @@ void sm90_backward(const Params& p, int D, cudaStream_t stream, int device) {
   auto run = [&](auto d) {
     constexpr int kD = decltype(d)::value;
     using Cfg = BwdSm90<kD>;
+    const int64_t tiles = static_cast<int64_t>(p.B) * p.H * cdiv(p.Tq, DqTile<kD>::kRows);
+    LSS_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, tiles * DqTile<kD>::kFloats * sizeof(float), stream));
+    BwdMaps maps;
+    maps.q = tensor_map(p.q, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
+    maps.dout = tensor_map(p.dout, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
+    maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
+    maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tk, Cfg::kBlockN)), p.B);
-    launch<flash_bwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p, device);
+    launch_args<flash_bwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
+                                           maps);
+    const int64_t threads = tiles * (kD / 16) * 64;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cdiv(threads, 256), 65536));
+    launch<dq_convert_sm90_kernel<kD>>(dim3(blocks), 256, 0, stream, p, device);
   };
   if (D == 64)
     run(std::integral_constant<int, 64>{});
