@@ -46,6 +46,9 @@ expect 1 "unknown option '--bogus'" run --bogus 3
 expect 1 "'12x' is not a whole number" run --seq 12x
 expect 1 "--lr: 'abc' is not a finite number" run --lr abc
 expect 1 "--dtype: unknown value 'fp16'" run --dtype fp16
+expect 1 "--bound-heat -0.5: must not be negative" run --bound-heat -0.5
+expect 1 "--bound-heat: 'hot' is not a finite number" run --bound-heat hot
+expect 1 "--bound-heat 600: at most 60 seconds" run --bound-heat 600
 expect 1 "--strategy: unknown value 'nope'" run --strategy nope
 expect 1 "--dtype bf16: the cpu backend computes in fp32 or fp64" run --dtype bf16
 expect 1 "--data /nonexistent/enwik8: cannot be opened" run --data /nonexistent/enwik8
@@ -56,6 +59,7 @@ expect 2 "--strategy serial runs on one rank" run --strategy serial --batch 2
 expect 2 "--seq 127 does not divide by --sp 2" run --strategy lss --sp 2 --seq 127
 expect 2 "--heads 3 does not divide by --sp 2" run --strategy megatron_sp --sp 2 --heads 3 --width 48
 expect 2 "--sp 3: the world size 2" run --strategy lss --sp 3
+expect 2 "--bound-heat -1: must not be negative" run --strategy lss --sp 2 --bound-heat -1
 expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256
 expect 4 "--batch 1 does not divide by the 2 data-parallel replicas" run --strategy lss --sp 2 --batch 1
 expect 4 "--sp 3: the world size 4" run --strategy megatron_sp --sp 3

@@ -66,6 +66,39 @@ TEST(Validator, ChecksTheAnalyticBound) {
   EXPECT_TRUE(mentions(validate_result(r), "bound"));
 }
 
+TEST(Validator, ChecksTheSustainedBound) {
+  auto r = valid_result();
+  r["bound"] = {{"bound_ms", 10.0}, {"step_over_bound", 1.2}, {"rank0", json::object()}};
+  EXPECT_TRUE(validate_result(r).empty());  // a result from before the sustained bound
+  r["bound"]["sustained"] = nullptr;        // cpu, or --bound-heat 0
+  r["bound"]["step_over_sustained_bound"] = nullptr;
+  EXPECT_TRUE(validate_result(r).empty());
+  r["bound"]["sustained"] = {{"heat_s", 0.25}, {"bound_ms", 11.0}, {"per_rank_ms", {11.0, 10.5}},
+                             {"rank0", {{"gemm_ms", 5.0}, {"attention_ms", 4.0}, {"elementwise_ms", 1.0},
+                                        {"passes_ms", 0.0}}}};
+  r["bound"]["step_over_sustained_bound"] = 1.1;
+  EXPECT_TRUE(validate_result(r).empty());
+  auto bad = r;
+  bad["bound"]["sustained"]["bound_ms"] = 0.0;
+  bad["bound"]["sustained"]["heat_s"] = -1.0;
+  bad["bound"]["sustained"]["per_rank_ms"] = {11.0, -2.0};
+  bad["bound"]["sustained"]["rank0"]["gemm_ms"] = -5.0;
+  bad["bound"]["step_over_sustained_bound"] = -1.1;
+  auto errors = validate_result(bad);
+  for (const char* f : {"bound.sustained.bound_ms", "bound.sustained.heat_s", "bound.sustained.per_rank_ms",
+                        "bound.sustained.rank0.gemm_ms", "bound.step_over_sustained_bound"})
+    EXPECT_TRUE(mentions(errors, f)) << f;
+  bad = r;
+  bad["bound"].erase("step_over_sustained_bound");  // a sustained bound without its ratio
+  bad["bound"]["sustained"].erase("rank0");
+  errors = validate_result(bad);
+  EXPECT_TRUE(mentions(errors, "bound.step_over_sustained_bound"));
+  EXPECT_TRUE(mentions(errors, "bound.sustained.rank0"));
+  bad = r;
+  bad["bound"]["sustained"] = "hot";
+  EXPECT_TRUE(mentions(validate_result(bad), "bound.sustained"));
+}
+
 TEST(Guards, PassAValidResult) { EXPECT_EQ(sanity_verdict(valid_result()), ""); }
 
 TEST(Guards, NonFiniteLoss) {

@@ -45,6 +45,11 @@ struct Checker {
     if (const json* v = at(path); v && (!v->is_number_integer() || v->get<int64_t>() <= 0))
       errors.push_back(path + ": must be a positive integer");
   }
+  // A finite number > 0.
+  void positive(const std::string& path) {
+    if (const json* v = at(path); v && (!finite_number(*v) || v->get<double>() <= 0))
+      errors.push_back(path + ": must be a finite number > 0");
+  }
   // A number >= 0 (or null when `nullable`).
   void nonneg(const std::string& path, bool nullable = false) {
     const json* v = at(path);
@@ -113,6 +118,27 @@ std::vector<std::string> validate_result(const json& r) {
       c.nonneg("bound.bound_ms");
       c.nonneg("bound.step_over_bound");
       c.object("bound.rank0");
+      // The sustained bound: optional (older files), null on cpu by default and with --bound-heat 0.
+      const json& b = r["bound"];
+      if (b.contains("step_over_sustained_bound")) c.nonneg("bound.step_over_sustained_bound", true);
+      if (b.contains("sustained") && !b["sustained"].is_null()) {
+        if (!b["sustained"].is_object()) c.errors.push_back("bound.sustained: must be an object or null");
+        else {
+          for (const char* t : {"bound.sustained.heat_s", "bound.sustained.bound_ms"}) c.positive(t);
+          c.object("bound.sustained.rank0");
+          if (b["sustained"].contains("rank0") && b["sustained"]["rank0"].is_object())
+            for (const char* t : {"gemm_ms", "attention_ms", "elementwise_ms", "passes_ms"})
+              if (b["sustained"]["rank0"].contains(t)) c.nonneg(std::string("bound.sustained.rank0.") + t);
+          if (const json* p = c.at("bound.sustained.per_rank_ms"); p) {
+            bool ok = p->is_array() && !p->empty();
+            if (ok)
+              for (const auto& x : *p) ok = ok && finite_number(x) && x.get<double>() > 0;
+            if (!ok) c.errors.push_back("bound.sustained.per_rank_ms: must be a non-empty array of times > 0");
+          }
+          if (!b.contains("step_over_sustained_bound") || b["step_over_sustained_bound"].is_null())
+            c.errors.push_back("bound.step_over_sustained_bound: must be a number beside bound.sustained");
+        }
+      }
     }
   }
   if (r.contains("timing") && r["timing"].is_object() && r["timing"].contains("comm_exposed_median_ms"))

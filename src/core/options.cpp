@@ -77,6 +77,7 @@ bool OptionParser::parse(const std::vector<std::string>& args) {
       auto neg = specs_.find(name.substr(3));
       if (neg != specs_.end() && neg->second.kind == Kind::flag && !has_value) {
         values_[name.substr(3)] = "false";
+        given_.insert(name.substr(3));
         continue;
       }
     }
@@ -85,6 +86,7 @@ bool OptionParser::parse(const std::vector<std::string>& args) {
     if (s.kind == Kind::flag) {
       if (has_value) throw UsageError("option --" + name + " takes no value (use --" + name + " or --no-" + name + ")");
       values_[name] = "true";
+      given_.insert(name);
       continue;
     }
     if (!has_value) {
@@ -97,6 +99,7 @@ bool OptionParser::parse(const std::vector<std::string>& args) {
     if (s.kind == Kind::size) parse_size(value, "--" + name);
     if (s.kind == Kind::real) parse_double(value, "--" + name);
     values_[name] = value;
+    given_.insert(name);
   }
   return true;
 }
@@ -122,6 +125,11 @@ const std::string& OptionParser::str(const std::string& name) const {
 bool OptionParser::flag(const std::string& name) const {
   spec(name);
   return values_.at(name) == "true";
+}
+
+bool OptionParser::given(const std::string& name) const {
+  spec(name);
+  return given_.count(name) > 0;
 }
 
 std::string OptionParser::help() const {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,8 @@ class OptionParser {
   double real(const std::string& name) const;
   const std::string& str(const std::string& name) const;
   bool flag(const std::string& name) const;
+  // Whether the command line gave the option (as --name, --no-name or --name=...), not its default.
+  bool given(const std::string& name) const;
   // The options as given or defaulted, for the result JSON's config.
   const std::map<std::string, std::string>& values() const { return values_; }
 
@@ -46,6 +49,7 @@ class OptionParser {
   std::vector<std::string> order_;
   std::map<std::string, Spec> specs_;
   std::map<std::string, std::string> values_;
+  std::set<std::string> given_;
 };
 
 }  // namespace lss
