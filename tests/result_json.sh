@@ -82,7 +82,7 @@ ok = ok and shape(s0["linears"]) == shape(r0["linears"]) and all(x["forward_ms"]
 ok = ok and {k: v["calls"] for k, v in s0["elementwise_kernels"].items()} == {k: v["calls"] for k, v in r0["elementwise_kernels"].items()}
 ok = ok and close(sum(k["ms_per_call"] * k["calls"] for k in s0["elementwise_kernels"].values()), s0["elementwise_ms"])
 ok = ok and [(x["what"], x["calls"]) for x in s0["passes"]] == [(x["what"], x["calls"]) for x in r0["passes"]]
-ok = ok and re.search(r"sustained bound \(ms\) +[0-9.]+  \(step / bound [0-9.]+; each kernel after %g s back to back\)" % heat, log) is not None
+ok = ok and re.search(r"sustained bound \(ms\) +[0-9.]+  \(step / sustained [0-9.]+; each kernel after %g s back to back\)" % heat, log) is not None
 sys.exit(0 if ok else 1)
 PY
   then failures=$((failures + 1)); echo "FAIL: $name: sustained bound"; return; fi

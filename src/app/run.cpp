@@ -623,7 +623,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
       fmt::print("  {:<22} {:>14.3f}  (step / bound {:.3f})\n", "analytic bound (ms)", bound["bound_ms"].get<double>(),
                  bound["step_over_bound"].get<double>());
       if (!bound["sustained"].is_null())
-        fmt::print("  {:<22} {:>14.3f}  (step / bound {:.3f}; each kernel after {:g} s back to back)\n",
+        fmt::print("  {:<22} {:>14.3f}  (step / sustained {:.3f}; each kernel after {:g} s back to back)\n",
                    "sustained bound (ms)", bound["sustained"]["bound_ms"].get<double>(),
                    bound["step_over_sustained_bound"].get<double>(), bound["sustained"]["heat_s"].get<double>());
       // Where the bound's time goes on rank 0 (bound.rank0 has each kernel).
