@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <type_traits>
 
@@ -313,12 +314,8 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_bwd_bf16_kernel(const Pa
   const float* lse_g = p.lse + bh * p.Tq;
   const float* delta_g = p.delta + bh * p.Tq;
 
-  // Query blocks that see at least one key of this block: the first query seeing key k0 is
-  // i = k0 - q_offset (causal), all of them otherwise.
-  const int q_first = p.causal ? max(0, k0 - p.q_offset) : 0;
-  const int m_first = q_first / kBlockM;
-  const int m_count = (p.Tq + kBlockM - 1) / kBlockM;
-  const int num = m_first < m_count ? m_count - m_first : 0;
+  const QueryBlocks blocks = query_blocks_for_keys<kBlockM>(p, k0);
+  const int m_first = blocks.first, num = blocks.num();
 
   auto load_q_block = [&](int mb, int st) {
     const int qb0 = mb * kBlockM;
@@ -859,18 +856,26 @@ struct DeviceInfo {
   size_t max_smem = 0;  // opt-in dynamic shared memory per block
 };
 
+// The current device's attributes, read once per device ordinal (every flash call asks).
 DeviceInfo device_info() {
-  DeviceInfo info;
-  LSS_CUDA_CHECK(cudaGetDevice(&info.device));
-  LSS_CUDA_CHECK(
-      cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, info.device));
-  LSS_CUDA_CHECK(
-      cudaDeviceGetAttribute(&info.cc_minor, cudaDevAttrComputeCapabilityMinor, info.device));
-  int smem = 0;
-  LSS_CUDA_CHECK(
-      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, info.device));
-  info.max_smem = static_cast<size_t>(smem);
-  return info;
+  constexpr int kMaxDevices = 64;
+  static DeviceInfo cache[kMaxDevices];
+  static std::once_flag read[kMaxDevices];
+  int device = 0;
+  LSS_CUDA_CHECK(cudaGetDevice(&device));
+  const auto query = [device] {
+    DeviceInfo info;
+    info.device = device;
+    LSS_CUDA_CHECK(cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, device));
+    LSS_CUDA_CHECK(cudaDeviceGetAttribute(&info.cc_minor, cudaDevAttrComputeCapabilityMinor, device));
+    int smem = 0;
+    LSS_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    info.max_smem = static_cast<size_t>(smem);
+    return info;
+  };
+  if (device < 0 || device >= kMaxDevices) return query();
+  std::call_once(read[device], [&] { cache[device] = query(); });
+  return cache[device];
 }
 
 // Calls f(std::integral_constant<int, D>) for a supported head dim.

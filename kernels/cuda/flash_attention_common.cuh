@@ -157,6 +157,19 @@ __device__ __forceinline__ void store_o_lse(const float (&o)[D / 8][4], const fl
   }
 }
 
+// The backward's query blocks of kBlockM rows that see at least one key of the key block at k0:
+// blocks [first, count) of the count blocks covering Tq. With causal masking the first query
+// seeing key k0 is k0 - q_offset; without it every query does.
+struct QueryBlocks {
+  int first, count;
+  __device__ int num() const { return first < count ? count - first : 0; }
+};
+template <int kBlockM>
+__device__ __forceinline__ QueryBlocks query_blocks_for_keys(const Params& p, int k0) {
+  const int q_first = p.causal ? max(0, k0 - p.q_offset) : 0;
+  return {q_first / kBlockM, (p.Tq + kBlockM - 1) / kBlockM};
+}
+
 // lse and Delta of query rows [qb0, qb0 + kBlockM) into shared memory with cp.async, one thread
 // (of the first 2 * kBlockM) per value; rows at or past Tq are zero-filled.
 template <int kBlockM>

@@ -515,10 +515,8 @@ __global__ void __launch_bounds__(384, 1)
   const int lane = threadIdx.x % 32;
   const int k0 = blockIdx.y * kBlockN, h = blockIdx.x, b = blockIdx.z;
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-  const int q_first = p.causal ? max(0, k0 - p.q_offset) : 0;
-  const int m_first = q_first / kBlockM;
-  const int m_count = (p.Tq + kBlockM - 1) / kBlockM;
-  const int num = m_first < m_count ? m_count - m_first : 0;
+  const QueryBlocks blocks = query_blocks_for_keys<kBlockM>(p, k0);
+  const int m_first = blocks.first, m_count = blocks.count, num = blocks.num();
 
   if (threadIdx.x == 0) {
     mbar_init(kv_bar, 1);
