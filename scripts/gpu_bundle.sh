@@ -34,7 +34,7 @@ for tool in ldd strip tar xz; do
   command -v "$tool" >/dev/null || die "'$tool' is needed and not installed"
 done
 # A CPU-only build would run on the GPU machine without ever touching a GPU: refuse it.
-if ! ldd "$build/bin/lssbench" | grep -q 'libnccl\.so'; then
+if ! ldd "$build/bin/lssbench" | grep 'libnccl\.so' >/dev/null; then  # not -q: an early exit would break the pipe under pipefail
   die "$build/bin/lssbench does not link NCCL: configure with CUDA (cmake -S . -B $build -DCMAKE_CUDA_ARCHITECTURES=90a)"
 fi
 
