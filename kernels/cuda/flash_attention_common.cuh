@@ -95,14 +95,13 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
 // ---------------------------------------------------------------------------------------------
 
 // Online softmax over one key tile of kTileN columns: s holds the raw scores and becomes the
-// unnormalised probabilities exp2(scale_log2 * s - m); the running max m (base-2 scaled units) and
-// the partial row sums l move to the new max, and alpha is the factor the rows' output
-// accumulators must be multiplied by to follow them (rescale_rows; a kernel that still has a
-// product into them in flight applies it later). A row is spread over the 4 threads of a quad, so
-// the max needs two shuffles; the sum stays per thread until store_o_lse.
-template <int kTileN>
-__device__ __forceinline__ void online_softmax_p(float (&s)[kTileN / 8][4], float (&m)[2], float (&l)[2],
-                                                 float scale_log2, float (&alpha)[2]) {
+// unnormalised probabilities exp2(scale_log2 * s - m); the running max m (base-2 scaled units),
+// the partial row sums l and the output accumulator o are rescaled to the new max. A row is
+// spread over the 4 threads of a quad, so the max needs two shuffles; the sum stays per thread
+// until store_o_lse.
+template <int kTileN, int D>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[kTileN / 8][4], float (&o)[D / 8][4],
+                                                    float (&m)[2], float (&l)[2], float scale_log2) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = -kInf;
@@ -114,9 +113,14 @@ __device__ __forceinline__ void online_softmax_p(float (&s)[kTileN / 8][4], floa
     // A row with no visible key so far keeps m = -inf; shifting by 0 then gives exp2(-inf) = 0
     // instead of exp2(-inf - -inf) = NaN.
     const float m_use = m_new == -kInf ? 0.f : m_new;
-    alpha[r] = fast_exp2(m[r] - m_use);
+    const float alpha = fast_exp2(m[r] - m_use);
     m[r] = m_new;
-    l[r] *= alpha[r];
+    l[r] *= alpha;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][2 * r] *= alpha;
+      o[n][2 * r + 1] *= alpha;
+    }
 #pragma unroll
     for (int n = 0; n < kTileN / 8; ++n)
 #pragma unroll
@@ -125,25 +129,6 @@ __device__ __forceinline__ void online_softmax_p(float (&s)[kTileN / 8][4], floa
         l[r] += s[n][e];
       }
   }
-}
-
-template <int D>
-__device__ __forceinline__ void rescale_rows(float (&o)[D / 8][4], const float (&alpha)[2]) {
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    o[n][0] *= alpha[0];
-    o[n][1] *= alpha[0];
-    o[n][2] *= alpha[1];
-    o[n][3] *= alpha[1];
-  }
-}
-
-template <int kTileN, int D>
-__device__ __forceinline__ void online_softmax_tile(float (&s)[kTileN / 8][4], float (&o)[D / 8][4],
-                                                    float (&m)[2], float (&l)[2], float scale_log2) {
-  float alpha[2];
-  online_softmax_p<kTileN>(s, m, l, scale_log2, alpha);
-  rescale_rows<D>(o, alpha);
 }
 
 // The forward's end for query rows `row` and row + 8 (local indices): O / rowsum as bf16 and the

@@ -274,35 +274,20 @@ __device__ __forceinline__ void zero(float (&d)[N][4]) {
   for (int i = 0; i < N; ++i) d[i][0] = d[i][1] = d[i][2] = d[i][3] = 0.f;
 }
 
-// Register budgets per warpgroup (the CTA's 64K registers: 24 x 128 + 240 x 256 fit).
-template <int kRegs>
-__device__ __forceinline__ void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-template <int kRegs>
-__device__ __forceinline__ void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-
 // ---------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------
 
 template <int D>
 struct FwdSm90 {
-  // Two consumer warpgroups of 64 query rows and a producer warpgroup, whose first warp issues
-  // the copies: a whole warpgroup, so that registers can move to the consumers (setmaxnreg).
-  static constexpr int kThreads = 384, kProducerWarp = 8;
+  // Two consumer warpgroups of 64 query rows and one producer warp.
+  static constexpr int kThreads = 288, kProducerWarp = 8;
   static constexpr int kBlockM = 128, kBlockN = 128;
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
-  // A stage is released one product later than it is first read (P V runs beside the next
-  // S = Q K^T), so a third stage keeps a tile in flight where it fits beside Q (227 KB per block
-  // on H100/H200).
-  static constexpr int kStages = kTileQ + 3 * 2 * kTileKV + 6 * 8 + 1024 <= 227 * 1024 ? 3 : 2;
-  // Q, the stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the base to
+  // Q, two stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the base to
   // the swizzle's 1024-byte period.
-  static constexpr int kOffBars = kTileQ + kStages * 2 * kTileKV;
-  static constexpr size_t kSmemBytes = kOffBars + 2 * kStages * 8 + 1024;
+  static constexpr int kOffBars = kTileQ + 4 * kTileKV;
+  static constexpr size_t kSmemBytes = kOffBars + 4 * 8 + 1024;
   static_assert(D % 64 == 0, "64-column swizzle blocks");
 };
 
@@ -313,24 +298,23 @@ struct FwdMaps {
 };
 
 // FlashAttention-3's schedule: one producer thread issues the TMA copies of Q and of each K/V
-// tile into the stages and the copies complete the stage's "full" mbarrier; each consumer warp
+// tile into two stages and the copies complete the stage's "full" mbarrier; each consumer warp
 // releases a stage on its "empty" mbarrier once its last product reading it has completed. The
-// two consumer warpgroups take turns on the tensor cores (named barriers, "ping-pong"), and
-// within a warpgroup the products overlap its softmax: a turn issues S = Q K_j^T and
-// O += P_{j-1} V_{j-1} together, the softmax of S_j runs while the second is in flight, and O is
-// rescaled to tile j's row maxima once it has landed.
+// two consumer warpgroups take turns on the tensor cores (named barriers, "ping-pong"): one
+// issues its S = Q K^T while the other runs its softmax, so that the exponentials of one overlap
+// the other's matrix products.
 template <int D>
-__global__ void __launch_bounds__(384, 1)
+__global__ void __launch_bounds__(288, 1)
     flash_fwd_sm90_kernel(const Params p, const __grid_constant__ FwdMaps maps) {
 #ifdef LSS_SM90A_BODY
   using Cfg = FwdSm90<D>;
-  constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t q_tile = (smem_addr(smem_raw) + 1023u) & ~1023u;
   auto k_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + s * 2 * Cfg::kTileKV; };
   auto v_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + (s * 2 + 1) * Cfg::kTileKV; };
   auto full_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 8 * s; };
-  auto empty_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 8 * (kStages + s); };
+  auto empty_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 16 + 8 * s; };
 
   const int warp_all = threadIdx.x / 32, lane = threadIdx.x % 32;
   // Grid (H, query blocks, B), heads fastest, heaviest causal blocks first (as the sm_80 kernel).
@@ -340,23 +324,20 @@ __global__ void __launch_bounds__(384, 1)
   const int n_tiles = (kend + kBlockN - 1) / kBlockN;
 
   if (threadIdx.x == 0) {
-#pragma unroll
-    for (int st = 0; st < kStages; ++st) {
-      mbar_init(full_bar(st), 1);
-      mbar_init(empty_bar(st), 8);  // one arrival per consumer warp
-    }
+    mbar_init(full_bar(0), 1);
+    mbar_init(full_bar(1), 1);
+    mbar_init(empty_bar(0), 8);  // one arrival per consumer warp
+    mbar_init(empty_bar(1), 8);
     // The initialised barriers visible to the async proxy (the TMA unit completes them).
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
-  if (warp_all >= Cfg::kProducerWarp) {
-    setmaxnreg_dec<24>();
-    if (warp_all == Cfg::kProducerWarp && lane == 0) {
+  if (warp_all == Cfg::kProducerWarp) {
+    if (lane == 0) {
       for (int j = 0; j < n_tiles; ++j) {
-        const int st = j % kStages;
-        // Consumers left tile j - kStages.
-        if (j >= kStages) mbar_wait(empty_bar(st), (j / kStages - 1) & 1);
+        const int st = j & 1;
+        if (j >= 2) mbar_wait(empty_bar(st), ((j >> 1) - 1) & 1);  // consumers left tile j-2
         mbar_arrive_expect_tx(full_bar(st), 2 * Cfg::kTileKV + (j == 0 ? Cfg::kTileQ : 0));
         if (j == 0)
 #pragma unroll
@@ -374,7 +355,6 @@ __global__ void __launch_bounds__(384, 1)
     return;
   }
 
-  setmaxnreg_inc<240>();
   const int wg = warp_all / 4, warp = warp_all % 4;
   const int g = lane >> 2, tq = lane & 3;
   float o[D / 8][4];  // O (64 x D) of this warpgroup, unnormalised
@@ -382,31 +362,18 @@ __global__ void __launch_bounds__(384, 1)
   float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};  // rows g, g+8: running max (base 2), sum
   const int row0 = q0 + 64 * wg + 16 * warp + g;
   const int row_pos[2] = {p.q_offset + row0, p.q_offset + row0 + 8};
-  // P of the previous tile as bf16 a-fragments, multiplied into its V during the next turn.
-  uint32_t pa[kBlockN / 16][4];
-
-  // O (64 x D) += P (64 x BN) V (BN x D) of stage st, P from registers.
-  auto issue_pv = [&](int st) {
-#pragma unroll
-    for (int kj = 0; kj < kBlockN / 16; ++kj)
-      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(st), kj));
-    wgmma_commit();
-  };
-  auto release = [&](int st) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty_bar(st));  // this warp is done with stage st
-  };
 
   // Turns on the tensor cores: warpgroup w waits on barrier 1 + w, the other arrives on it once
-  // it has issued its turn's products. The first turn is warpgroup 0's.
+  // it has issued its S product. The first turn is warpgroup 0's.
   if (wg == 1 && n_tiles > 0) named_arrive(1);
   for (int j = 0; j < n_tiles; ++j) {
-    const int st = j % kStages, prev = (j + kStages - 1) % kStages;
+    const int st = j & 1;
     const int k0 = j * kBlockN;
-    mbar_wait(full_bar(st), (j / kStages) & 1);
+    mbar_wait(full_bar(st), (j >> 1) & 1);
 
-    // S (64 x BN) = Q K^T, and the previous tile's P V beside it.
+    // S (64 x BN) = Q K^T
     float s[kBlockN / 8][4];
+    zero(s);
     named_sync(1 + wg);
     wgmma_fence();
 #pragma unroll
@@ -414,13 +381,9 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM>(q_tile, 64 * wg, kk),
                           desc_k_major<kBlockN>(k_tile(st), 0, kk), kk > 0);
     wgmma_commit();
-    if (j > 0) issue_pv(prev);
     // Warpgroup 1 owes warpgroup 0 one arrival fewer: its first came before the loop.
     if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
-    if (j > 0)
-      wgmma_wait<1>();
-    else
-      wgmma_wait<0>();
+    wgmma_wait<0>();
     reg_fence(s);
 
     if (k0 + kBlockN > p.Tk || (p.causal && k0 + kBlockN - 1 > p.q_offset + q0 + 64 * wg)) {
@@ -433,25 +396,22 @@ __global__ void __launch_bounds__(384, 1)
         }
     }
 
-    float alpha[2];
-    online_softmax_p<kBlockN>(s, m, l, p.scale_log2, alpha);
-    if (j > 0) {
-      wgmma_wait<0>();  // the previous P V has landed in O
-      reg_fence(o);
-      reg_fence(pa);
-      release(prev);
-    }
-    rescale_rows<D>(o, alpha);
+    online_softmax_tile<kBlockN, D>(s, o, m, l, p.scale_log2);
+
+    // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
+    uint32_t pa[kBlockN / 16][4];
 #pragma unroll
     for (int kj = 0; kj < kBlockN / 16; ++kj) c_to_a(pa[kj], s[2 * kj], s[2 * kj + 1]);
-  }
-  if (n_tiles > 0) {
-    const int last = (n_tiles - 1) % kStages;
     wgmma_fence();
-    issue_pv(last);
+#pragma unroll
+    for (int kj = 0; kj < kBlockN / 16; ++kj)
+      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(st), kj));
+    wgmma_commit();
     wgmma_wait<0>();
     reg_fence(o);
-    release(last);
+    reg_fence(pa);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty_bar(st));  // this warp is done with stage st
   }
 
   store_o_lse<D>(o, m, l, row0, tq, p, b, h);
@@ -514,6 +474,16 @@ __device__ __forceinline__ void bulk_wait() {
   else
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
+// Register budgets per warpgroup (the CTA's 64K registers: 24 x 128 + 240 x 256 fit).
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
 // FlashAttention-3's backward schedule. One CTA per (128-key block, head, batch). The producer
 // streams 64-query blocks of Q and dO with TMA into two stages (full/empty mbarriers) with the
 // block's lse and Delta; each consumer warpgroup holds dK and dV of its 64 keys in registers and
