@@ -1077,7 +1077,9 @@ void flash_attention_backward(const AttentionArgs& a, void* workspace, cudaStrea
   dispatch_head_dim(a.D, [&](auto d) {
     constexpr int D = decltype(d)::value;
     if (a.dtype == DType::bf16) {
-      if (use_wgmma(dev, D)) {
+      // Without queries the mma.sync kernel writes the zero dK/dV (the wgmma one would need a Q
+      // tensor map).
+      if (a.Tq > 0 && use_wgmma(dev, D)) {
         Params delta_only = p;  // the wgmma backward zeroes its own dQ tiles
         delta_only.dq_accum = nullptr;
         launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
