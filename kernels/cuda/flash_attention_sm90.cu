@@ -5,8 +5,7 @@
 //
 // Shared tiles: R rows x D bf16 columns stored as D/64 column blocks of R x 64 (one 128-byte row
 // each), the 16-byte chunk c of row r at chunk position c ^ (r % 8): the 128-byte swizzle of the
-// wgmma operand layouts, which TMA writes itself (forward) and the cp.async loader reproduces
-// free of bank conflicts (backward). One such tile is a K-major operand when its columns are the
+// wgmma operand layouts, which TMA writes itself. One such tile is a K-major operand when its columns are the
 // reduction dimension (Q, K for S = Q K^T) and an MN-major one when its rows are (V for O = P V),
 // so every operand is loaded the same way.
 //
@@ -14,10 +13,11 @@
 //             tiles with TMA (two stages, mbarriers) to two consumer warpgroups of 64 query rows,
 //             which take turns on the tensor cores: S = Q K^T from shared memory, the online
 //             softmax in registers, O += P V with P from registers.
-//   backward: one CTA of two warpgroups per (128-key block, head, batch), 64 keys each, looping
-//             over 64-query blocks (double-buffered): S^T = K Q^T and dP^T = V dO^T from shared
-//             memory, dV += P^T dO and dK += dS^T Q with P^T and dS^T from registers, dQ = dS K
-//             from the dS^T tile in shared memory, added into the fp32 dQ workspace with atomics.
+//   backward: one CTA per (128-key block, head, batch): a producer warpgroup streams 64-query
+//             blocks of Q and dO with TMA (two stages) to two consumer warpgroups of 64 keys each:
+//             S^T = K Q^T and dP^T = V dO^T from shared memory, dV += P^T dO and dK += dS^T Q with
+//             P^T and dS^T from registers, dQ = dS K from the dS^T tile into a shared fp32 tile
+//             that the producer's second warp adds to the workspace with one bulk reduction.
 // The fragment layouts of wgmma's register operands match mma.sync's (per warp: rows g and g+8
 // of its 16, columns 2t, 2t+1 of each 8-column block), so both generations share the softmax
 // and store code (flash_attention_common.cuh).
@@ -40,30 +40,6 @@ namespace {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LSS_SM90A_BODY 1
 #endif
-
-// Byte offset of 16-byte chunk `chunk` (of D/8 per row) of row r in a swizzled tile of kRows rows.
-template <int kRows>
-__device__ __forceinline__ uint32_t sw_offset(int r, int chunk) {
-  return static_cast<uint32_t>((chunk >> 3) * (kRows * 128) + r * 128 + (((chunk & 7) ^ (r & 7)) << 4));
-}
-
-// Rows [row0, row0 + kRows) of a head slice (row stride rs elements) into a swizzled tile at
-// shared address `tile`; rows at or past `limit` are zero-filled.
-template <int D, int kRows, int kThreads>
-__device__ __forceinline__ void load_tile_sw(uint32_t tile, const bf16* src, int64_t rs, int row0,
-                                             int limit) {
-  constexpr int kChunks = D / 8;
-  constexpr int kTotal = kRows * kChunks;
-  static_assert(kTotal % kThreads == 0, "whole rounds of 16-byte chunks");
-#pragma unroll
-  for (int it = 0; it < kTotal / kThreads; ++it) {
-    const int c = it * kThreads + static_cast<int>(threadIdx.x);
-    const int r = c / kChunks, ch = c % kChunks;
-    const bool valid = row0 + r < limit;
-    const bf16* g = valid ? src + static_cast<int64_t>(row0 + r) * rs + ch * 8 : src;
-    cp_async_16(tile + sw_offset<kRows>(r, ch), g, valid);
-  }
-}
 
 // wgmma shared-memory matrix descriptor with the 128-byte swizzle: start address, leading and
 // stride byte offsets (all in 16-byte units). K-major: the stride offset steps 8 rows (1024 bytes
