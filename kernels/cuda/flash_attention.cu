@@ -226,15 +226,9 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_fwd_bf16_kernel(const Pa
 
     // Keys past the end, and (causal) keys after a row's position, get -inf. Needed only when
     // the tile reaches past Tk or its last key lies after the block's first query.
-    if (k0 + kBlockN > p.Tk || (p.causal && k0 + kBlockN - 1 > p.q_offset + q0)) {
-#pragma unroll
-      for (int n = 0; n < kBlockN / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = k0 + 8 * n + 2 * tq + (e & 1);
-          if (key >= p.Tk || (p.causal && key > row_pos[e >> 1])) s[n][e] = -kInf;
-        }
-    }
+    if (k0 + kBlockN > p.Tk || (p.causal && k0 + kBlockN - 1 > p.q_offset + q0))
+      mask_scores<kBlockN>(s, p, k0, tq, row_pos);
+
 
     online_softmax_tile<kBlockN, D>(s, o, m, l, p.scale_log2);
 

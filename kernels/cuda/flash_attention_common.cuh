@@ -94,6 +94,20 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
 // x[n][0..1] in row g, x[n][2..3] in row g+8 (mma.sync's c-fragments, wgmma's accumulators).
 // ---------------------------------------------------------------------------------------------
 
+// The forward's masking of one score tile (keys k0 .. k0 + kTileN of rows g and g + 8, whose
+// positions are row_pos): keys past Tk and, causal, keys after a row's position get -inf.
+template <int kTileN>
+__device__ __forceinline__ void mask_scores(float (&s)[kTileN / 8][4], const Params& p, int k0, int tq,
+                                            const int (&row_pos)[2]) {
+#pragma unroll
+  for (int n = 0; n < kTileN / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = k0 + 8 * n + 2 * tq + (e & 1);
+      if (key >= p.Tk || (p.causal && key > row_pos[e >> 1])) s[n][e] = -kInf;
+    }
+}
+
 // Online softmax over one key tile of kTileN columns: s holds the raw scores and becomes the
 // unnormalised probabilities exp2(scale_log2 * s - m); the running max m (base-2 scaled units),
 // the partial row sums l and the output accumulator o are rescaled to the new max. A row is
