@@ -229,7 +229,6 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_fwd_bf16_kernel(const Pa
     if (k0 + kBlockN > p.Tk || (p.causal && k0 + kBlockN - 1 > p.q_offset + q0))
       mask_scores<kBlockN>(s, p, k0, tq, row_pos);
 
-
     online_softmax_tile<kBlockN, D>(s, o, m, l, p.scale_log2);
 
     // O (16 x D) += P (16 x BN) V (BN x D), P straight from the S accumulators.
@@ -1073,16 +1072,15 @@ void flash_attention_backward(const AttentionArgs& a, void* workspace, cudaStrea
     if (a.dtype == DType::bf16) {
       // Without queries the mma.sync kernel writes the zero dK/dV (the wgmma one would need a Q
       // tensor map).
-      if (a.Tq > 0 && use_wgmma(dev, D)) {
-        Params delta_only = p;  // the wgmma backward zeroes its own dQ tiles
-        delta_only.dq_accum = nullptr;
-        launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
-                                               stream, delta_only, dev.device);
+      const bool wgmma = a.Tq > 0 && use_wgmma(dev, D);
+      Params pre = p;
+      if (wgmma) pre.dq_accum = nullptr;  // the wgmma backward zeroes its own dQ tiles
+      launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
+                                             stream, pre, dev.device);
+      if (wgmma) {
         sm90_backward(p, D, stream, dev.device);
         return;
       }
-      launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
-                                             stream, p, dev.device);
       if (BwdBigCfg<D>::kSmemBytes <= dev.max_smem)
         launch_bwd_bf16<D, BwdBigCfg<D>>(p, stream, dev.device);
       else

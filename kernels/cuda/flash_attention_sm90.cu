@@ -365,7 +365,6 @@ __global__ void __launch_bounds__(288, 1)
     if (k0 + kBlockN > p.Tk || (p.causal && k0 + kBlockN - 1 > p.q_offset + q0 + 64 * wg))
       mask_scores<kBlockN>(s, p, k0, tq, row_pos);
 
-
     online_softmax_tile<kBlockN, D>(s, o, m, l, p.scale_log2);
 
     // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
