@@ -91,9 +91,11 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     Session dist(rc, MPI_COMM_WORLD);
     const double loss = dist.forward_backward(0);
     const auto grads = dist.gather_full(true);
+    // The training loop's order from here: the last gradient buckets' all-reduces run into the
+    // optimizer step, which steps each bucket's parameters after its wait.
     for (int step = 1; step <= 3; ++step) {
       dist.optimizer_step(step);
-      dist.forward_backward(step);
+      dist.forward_backward(step, nullptr, Session::GradientSync::in_optimizer);
     }
     const auto params = dist.gather_full(false);
     if (world_rank() != 0) continue;

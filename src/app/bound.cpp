@@ -109,6 +109,25 @@ std::pair<double, double> linear_seconds(Backend& be, double heat_s, DType dtype
   return {fwd, bwd};
 }
 
+// Most parameters of one timed AdamW call: the optimizer is memory-bound, its time proportional
+// to the parameters it steps, so a larger store is priced by scaling this call's time.
+constexpr int64_t kMaxAdamwChunk = int64_t{1} << 26;
+
+// Seconds of the optimizer step of `numel` parameters (AdamW with a compute-dtype copy, as
+// ParamStore steps them) on fresh operands: timed alone, because the step's optimizer phase also
+// holds the waits for the gradient all-reduces it overlaps.
+double optimizer_seconds(Backend& be, double heat_s, DType dtype, int64_t numel) {
+  const int64_t n = std::min(numel, kMaxAdamwChunk);
+  if (n <= 0) return 0.0;
+  const DType md = master_dtype(dtype);
+  Buffer param = random_operand(be, md, n), grad = random_operand(be, md, n);
+  Buffer m = be.alloc_zeroed(md, n), v = be.alloc_zeroed(md, n);
+  Buffer copy = be.alloc(dtype, md != dtype ? n : 0);  // (n) the compute-dtype copy
+  const Backend::AdamW hp{1e-4, 0.9, 0.95, 1e-8, 0.1, 1, copy ? copy.view() : View{}};
+  const double t = time_median(be, heat_s, [&] { be.adamw(param.view(), grad.view(), m.view(), v.view(), hp); });
+  return t * static_cast<double>(numel) / static_cast<double>(n);
+}
+
 // Seconds of one of a strategy's own passes, on fresh operands.
 double pass_seconds(Backend& be, double heat_s, DType dtype, const BoundModel::Pass& p) {
   using Kind = BoundModel::Pass::Kind;
@@ -268,8 +287,7 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
 
 }  // namespace
 
-nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm_tflops, double optimizer_s,
-                              double heat_s) {
+nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm_tflops, double heat_s) {
   const ModelConfig& m = rc.model;
   const Grid& grid = session.grid();
   const BoundModel model = session.strategy().bound_model();
@@ -283,6 +301,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // the collectives, and only then the sustained pass: its heat would lower the clocks of the
   // bursts after it. Each pass allocates its operands kernel by kernel, so the peak is one pass's.
   const ComputeParts burst = compute_parts(session, rc, model, 0.0);
+  const int64_t param_numel = session.strategy().params().numel();
+  const double optimizer_s = optimizer_seconds(session.backend(), 0.0, m.dtype, param_numel);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0;
   std::map<std::tuple<std::string, int, int64_t>, double> measured;  // (group, kind, bytes) -> s
@@ -293,22 +313,26 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt);
     const double t = measured[key];
     // Under --no-overlap every collective runs where it is needed: nothing beside it.
-    const double hidden = rc.strategy_opts.overlap ? c.hidden_by_flops / (gemm_tflops * 1e12) : 0.0;
+    const double hidden = rc.strategy_opts.overlap ? c.hidden_by_flops / (gemm_tflops * 1e12) +
+                                                         c.hidden_by_optimizer_share * optimizer_s
+                                                   : 0.0;
     const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
     comm_s += exposed;
     comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
                     {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
+                    {"hidden_by_optimizer_share", c.hidden_by_optimizer_share},
                     {"exposed_ms", exposed * 1e3}});
   }
   const bool sustained = heat_s > 0;
   const ComputeParts hot = sustained ? compute_parts(session, rc, model, heat_s) : ComputeParts{};
+  const double hot_optimizer_s = sustained ? optimizer_seconds(session.backend(), heat_s, m.dtype, param_numel) : 0.0;
   session.reset_counts();
   // Every rank's bound, attention time and sustained bound: ranks whose attention differs make
   // the faster ones wait at the next collective (load imbalance), which the exposed
   // communication then shows.
   const int world = grid.world;
   const double mine[3] = {burst.total() + optimizer_s + comm_s, burst.attention_s,
-                          sustained ? hot.total() + optimizer_s + comm_s : 0.0};
+                          sustained ? hot.total() + hot_optimizer_s + comm_s : 0.0};
   std::vector<double> all(3 * static_cast<size_t>(world));
   LSS_MPI_CHECK(MPI_Allgather(mine, 3, MPI_DOUBLE, all.data(), 3, MPI_DOUBLE, MPI_COMM_WORLD));
   std::vector<double> per_rank_ms, per_rank_attention_ms, per_rank_sustained_ms;
@@ -328,18 +352,20 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   nlohmann::json sustained_json = nullptr;
   if (sustained)
     sustained_json = {{"definition", "the bound with every compute kernel (linear layers, attention, elementwise "
-                                     "kernels, passes) timed after heat_s seconds of running back to back, the "
-                                     "card at its power limit as the whole step holds it; the same optimizer step "
-                                     "and exposed communication as the bound (bound.rank0); slowest rank"},
+                                     "kernels, passes, the optimizer step) timed after heat_s seconds of running "
+                                     "back to back, the card at its power limit as the whole step holds it; the "
+                                     "same exposed communication as the bound (bound.rank0); slowest rank"},
                       {"heat_s", heat_s},
+                      {"optimizer_ms", hot_optimizer_s * 1e3},
                       {"bound_ms", total_sustained * 1e3},
                       {"per_rank_ms", per_rank_sustained_ms},
                       {"rank0", hot.to_json(gemm_flops)}};
   return {{"definition", "this rank's linear layers (with the GELU and residual adds their GEMMs fuse), attention "
                          "calls, elementwise kernels (LayerNorm, unfused residual adds, head, loss, embedding on "
                          "the run's tokens) and the strategy's own passes (reorder copies, merges, additions) each "
-                         "timed alone at the step's shapes + the measured optimizer step + "
-                         "each collective timed alone less the GEMM time the schedule runs beside it; slowest rank"},
+                         "timed alone at the step's shapes + the optimizer step (AdamW on the rank's parameters) "
+                         "timed alone + each collective timed alone less the GEMM and optimizer time the schedule "
+                         "runs beside it; slowest rank"},
           {"bound_ms", total * 1e3},
           {"per_rank_ms", per_rank_ms},
           {"per_rank_attention_ms", per_rank_attention_ms},

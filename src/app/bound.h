@@ -8,10 +8,9 @@
 
 namespace lss {
 
-// gemm_tflops: the measured GEMM rate; optimizer_s: the measured optimizer step; heat_s > 0: also
+// gemm_tflops: the measured GEMM rate; heat_s > 0: also
 // the sustained bound (bound.sustained, else null), each compute kernel timed after heat_s seconds
 // of running back to back. Collective over the session's world (heat_s the same on every rank).
-nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm_tflops, double optimizer_s,
-                              double heat_s);
+nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm_tflops, double heat_s);
 
 }  // namespace lss

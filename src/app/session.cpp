@@ -62,7 +62,8 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 
 Session::~Session() = default;
 
-double Session::forward_backward(int64_t step, StepTimes* times) {
+double Session::forward_backward(int64_t step, StepTimes* times, GradientSync sync) {
+  strategy_->finish_gradients();  // a caller that stepped no optimizer since
   const auto [c0, e0] = comm_seconds(grid_);
   const Backend::Marker m0 = backend_->mark();
   strategy_->params().zero_grads();
@@ -74,15 +75,22 @@ double Session::forward_backward(int64_t step, StepTimes* times) {
   const Backend::Marker m1 = backend_->mark();
   const auto h1 = std::chrono::steady_clock::now();
   strategy_->backward();
+  if (sync == GradientSync::finish) strategy_->finish_gradients();
   const auto h2 = std::chrono::steady_clock::now();
   const Backend::Marker m2 = backend_->mark();
+  // Reading the communication times waits for every collective started so far: with reductions
+  // left to the optimizer, optimizer_step reads them at the step's end.
+  comm_times_in_optimizer_ = sync == GradientSync::in_optimizer;
+  step_comm_start_ = {c0, e0};
   if (times) {
     times->forward = backend_->seconds_between(m0, m1);
     times->backward = backend_->seconds_between(m1, m2);
     times->backward_enqueue = std::chrono::duration<double>(h2 - h1).count();
-    const auto [c1, e1] = comm_seconds(grid_);
-    times->comm = c1 - c0;
-    times->comm_exposed = e1 - e0;
+    if (!comm_times_in_optimizer_) {
+      const auto [c1, e1] = comm_seconds(grid_);
+      times->comm = c1 - c0;
+      times->comm_exposed = e1 - e0;
+    }
   }
   return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
 }
@@ -96,7 +104,13 @@ void Session::optimizer_step(int64_t adam_step, StepTimes* times) {
   if (times) {
     times->optimizer = backend_->seconds_between(m0, m1);
     times->optimizer_enqueue = std::chrono::duration<double>(h1 - h0).count();
+    if (comm_times_in_optimizer_) {
+      const auto [c1, e1] = comm_seconds(grid_);
+      times->comm = c1 - step_comm_start_.first;
+      times->comm_exposed = e1 - step_comm_start_.second;
+    }
   }
+  comm_times_in_optimizer_ = false;
 }
 
 CommModel Session::comm_counts() const {
@@ -128,6 +142,7 @@ std::map<std::string, std::vector<double>> Session::gather_full(bool grads) {
   // Every data replica holds the same shards after the reductions, so replica 0's sequence group
   // is enough: its rank p sends each local shard to rank p = 0, which places it by the spec of p.
   std::map<std::string, std::vector<double>> full;
+  strategy_->finish_gradients();
   if (grid_.r != 0) return full;
   const ParamStore& store = strategy_->params();
   const CommCounts saved = grid_.seq->counts();

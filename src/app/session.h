@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "comm/grid.h"
@@ -46,8 +47,13 @@ class Session {
   Session(const RunConfig& cfg, MPI_Comm base);
   ~Session();
 
-  // Forward and backward of step `step` (gradients reduced); returns the global mean loss.
-  double forward_backward(int64_t step, StepTimes* times = nullptr);
+  // What forward_backward leaves of the gradient reductions: `finish` waits for all of them
+  // (the gradients are final on return); `in_optimizer` lets the strategy leave the last
+  // buckets' all-reduces in flight for optimizer_step (the training loop's order; the step's
+  // communication times are then filled in by optimizer_step).
+  enum class GradientSync { finish, in_optimizer };
+  // Forward and backward of step `step`; returns the global mean loss.
+  double forward_backward(int64_t step, StepTimes* times = nullptr, GradientSync sync = GradientSync::finish);
   void optimizer_step(int64_t adam_step, StepTimes* times = nullptr);
   // Per-group collective counts since the last reset_counts().
   CommModel comm_counts() const;
@@ -74,6 +80,10 @@ class Session {
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<Strategy> strategy_;
   Buffer loss_buf_;  // (1) fp64 loss sum, reduced over the world
+  // Communication seconds (in collectives, exposed) at the start of the step, when its
+  // reductions run into optimizer_step.
+  std::pair<double, double> step_comm_start_{0, 0};
+  bool comm_times_in_optimizer_ = false;
 };
 
 }  // namespace lss

@@ -142,9 +142,13 @@ View ParamStore::grad(const std::string& name) const {
 
 void ParamStore::zero_grads() { backend_.fill_zero(grads_.view()); }
 
-void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step) {
+void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step, int64_t begin, int64_t end) {
+  if (end < 0) end = numel();
   for (const auto& e : entries_) {
+    if (e.offset < begin || e.offset >= end) continue;
     const int64_t n = e.spec.local_numel();
+    LSS_CHECK(e.offset + n <= end, "adamw_step: parameter " + e.spec.name + " straddles the end of the range [" +
+                                       std::to_string(begin) + ", " + std::to_string(end) + ")");
     Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, e.spec.decay ? opt.weight_decay : 0.0, step,
                       compute_ ? compute_.slice(e.offset, n) : View{}};
     backend_.adamw(params_.slice(e.offset, n), grads_.slice(e.offset, n), m_.slice(e.offset, n),

@@ -69,7 +69,8 @@ class ParamStore {
   const std::vector<Entry>& entries() const { return entries_; }
 
   void zero_grads();
-  void adamw_step(const OptimizerConfig& opt, int64_t step);
+  // AdamW on the parameters whose flat range starts in [begin, end) (all by default).
+  void adamw_step(const OptimizerConfig& opt, int64_t step, int64_t begin = 0, int64_t end = -1);
 
  private:
   const Entry& entry(const std::string& name) const;

@@ -65,13 +65,25 @@ int64_t Strategy::gradient_buckets(const ParamStore& store) const {
 
 void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const {
   const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(ctx_.cfg.dtype)));
+  const double numel = static_cast<double>(std::max<int64_t>(1, store.numel()));
+  const auto [b0, e0] = bucket_range(store, "0");
+  const auto [be, ee] = bucket_range(store, "embed");
   if (ctx_.grid.P > 1)
     for (const auto& key : bucket_keys()) {
       const auto [b, e] = bucket_range(store, key);
-      // Every bucket but layer 0's and the embeddings' has a block's backward still to run beside it.
-      const double hidden = key == "0" || key == "embed" ? 0.0 : block_backward_flops;
-      if (e > b)
-        m.comm.push_back({"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1, hidden});
+      if (e <= b) continue;
+      BoundModel::Comm c{"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1};
+      if (key != "0" && key != "embed") {
+        // A block's backward is still to run beside it.
+        c.hidden_by_flops = block_backward_flops;
+      } else if (buckets_left_to_optimizer()) {
+        // optimizer_step steps every parameter outside layer 0's and the embeddings' buckets
+        // while layer 0's travels, then layer 0's while the embeddings' does (the communication
+        // stream runs them one after the other).
+        c.hidden_by_optimizer_share = key == "0" ? (numel - static_cast<double>((e0 - b0) + (ee - be))) / numel
+                                                 : static_cast<double>(e0 - b0) / numel;
+      }
+      m.comm.push_back(c);
     }
   if (ctx_.grid.R > 1)
     m.comm.push_back({"gradient all-reduce, data group", "dp", CollKind::all_reduce, store.numel() * es_grad, 1, 0.0});
@@ -96,7 +108,7 @@ void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   if (e <= b) return;
   CommHandle h = ctx_.grid.seq->start_all_reduce(store.all_grads().slice(b, e - b));
   wait_unless_overlap(*ctx_.grid.seq, h);
-  buckets_in_flight_.push_back(h);
+  buckets_in_flight_.push_back({h, b, e});
 }
 
 Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
@@ -124,9 +136,36 @@ void Strategy::layer_gradients_ready(ParamStore& store, int64_t l) { start_bucke
 
 void Strategy::reduce_gradients(ParamStore& store) {
   start_bucket(store, "embed");
-  for (CommHandle& h : buckets_in_flight_) ctx_.grid.seq->wait(h);
-  buckets_in_flight_.clear();
+  if (buckets_left_to_optimizer()) return;
+  finish_gradients();
   ctx_.grid.data->all_reduce(store.all_grads());
+}
+
+void Strategy::finish_gradients() {
+  for (Bucket& b : buckets_in_flight_) ctx_.grid.seq->wait(b.handle);
+  buckets_in_flight_.clear();
+}
+
+void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
+  ParamStore& store = params();
+  std::vector<Bucket> buckets = std::move(buckets_in_flight_);
+  buckets_in_flight_.clear();
+  // The flat gradient's ranges outside every bucket in flight (buckets do not overlap).
+  std::vector<std::pair<int64_t, int64_t>> ready;
+  std::vector<std::pair<int64_t, int64_t>> in_flight;
+  for (const Bucket& b : buckets) in_flight.emplace_back(b.begin, b.end);
+  std::sort(in_flight.begin(), in_flight.end());
+  int64_t at = 0;
+  for (const auto& [b, e] : in_flight) {
+    if (b > at) ready.emplace_back(at, b);
+    at = std::max(at, e);
+  }
+  if (store.numel() > at) ready.emplace_back(at, store.numel());
+  for (const auto& [b, e] : ready) store.adamw_step(opt, step, b, e);
+  for (Bucket& b : buckets) {
+    ctx_.grid.seq->wait(b.handle);
+    store.adamw_step(opt, step, b.begin, b.end);
+  }
 }
 
 void Strategy::upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,

@@ -66,6 +66,8 @@ struct BoundModel {
     int64_t bytes = 0;  // per call, communicator.h's convention
     int64_t calls = 0;
     double hidden_by_flops = 0;  // GEMM FLOPs of the same rank that run beside each call (with --overlap)
+    // Share of the optimizer step (parameters stepped / all) that runs beside it (with --overlap).
+    double hidden_by_optimizer_share = 0;
   };
   std::vector<Comm> comm;
 };
@@ -79,8 +81,10 @@ class Strategy {
   // Forward pass on step `step`'s batch; returns this rank's sum of -log p over its predicted
   // tokens (the harness sums it over the world for the mean loss). Keeps what backward needs.
   virtual double forward(int64_t step) = 0;
-  // Backward pass and the gradient reductions: on return every rank holds the gradients of its
-  // local parameter shards, equal to the serial model's gradients of those elements.
+  // Backward pass and the gradient reductions: after finish_gradients() every rank holds the
+  // gradients of its local parameter shards, equal to the serial model's gradients of those
+  // elements. With --overlap and one data replica, backward returns with the last buckets'
+  // all-reduces still in flight (reduce_gradients), for optimizer_step to finish.
   virtual void backward() = 0;
   virtual ParamStore& params() = 0;
   // The parameter shards held by sequence (tensor) position p, 0 <= p < P; every data replica
@@ -93,7 +97,13 @@ class Strategy {
   // What the analytic bound needs to know of this rank's step.
   virtual BoundModel bound_model() const = 0;
 
-  void optimizer_step(const OptimizerConfig& opt, int64_t step) { params().adamw_step(opt, step); }
+  // Waits for the gradient all-reduces backward left in flight (nothing when none is).
+  void finish_gradients();
+  // AdamW on every local parameter. AdamW is elementwise, so a parameter may step as soon as its
+  // gradient is summed: the parameters outside the buckets still in flight step first, then each
+  // bucket's as its all-reduce finishes, so that the last buckets (layer 0's, the embeddings')
+  // travel while the optimizer steps the rest instead of after backward.
+  void optimizer_step(const OptimizerConfig& opt, int64_t step);
 
  protected:
   // Double gradient averaging: sum the sequence-reduced gradients over the sequence (tensor)
@@ -101,8 +111,10 @@ class Strategy {
   // predicted tokens, these sums are the serial gradient. The sequence-group sums go in buckets
   // as backward produces them: call head_gradients_ready after the head's backward,
   // layer_gradients_ready(l) after block l's, and reduce_gradients at the end (embeddings, then
-  // waits for every bucket, then the data group). The buckets' all-reduces overlap the rest of
-  // backward when ctx_.opts.overlap.
+  // the data group). The buckets' all-reduces overlap the rest of backward when
+  // ctx_.opts.overlap; with one data replica the last ones are left in flight for optimizer_step
+  // (there is no data-group sum to wait for them), otherwise reduce_gradients waits for every
+  // bucket before the data group's all-reduce.
   void head_gradients_ready(ParamStore& store);
   void layer_gradients_ready(ParamStore& store, int64_t l);
   void reduce_gradients(ParamStore& store);
@@ -110,9 +122,10 @@ class Strategy {
   // layer and the embeddings, those with sequence-reduced gradients.
   int64_t gradient_buckets(const ParamStore& store) const;
   // The gradient all-reduces of the bound model: the head's and layer l's (l > 0) buckets run
-  // beside the next block's backward (`block_backward_flops` of GEMMs); layer 0's, the
-  // embeddings' and the data group's are exposed. (The harness prices every collective as
-  // exposed under --no-overlap.)
+  // beside the next block's backward (`block_backward_flops` of GEMMs); layer 0's and the
+  // embeddings' beside the optimizer's steps before their waits (one data replica; with several
+  // they are exposed, as is the data group's). (The harness prices every collective as exposed
+  // under --no-overlap.)
   void add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const;
   // The shape of an attention call for the bound model.
   AttentionArgs attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const;
@@ -146,7 +159,13 @@ class Strategy {
     if (!ctx_.opts.overlap) comm.wait(h);
   }
   void start_bucket(ParamStore& store, const std::string& key);
-  std::vector<CommHandle> buckets_in_flight_;
+  // Whether reduce_gradients leaves the last buckets in flight for optimizer_step.
+  bool buckets_left_to_optimizer() const { return ctx_.opts.overlap && ctx_.grid.R == 1; }
+  struct Bucket {
+    CommHandle handle;
+    int64_t begin = 0, end = 0;  // its range of the flat gradient
+  };
+  std::vector<Bucket> buckets_in_flight_;  // in the order started
 };
 
 // Adds `calls` calls of `bytes` bytes each of kind k to group g of the model (when the group has
