@@ -94,7 +94,9 @@ class LssStrategy final : public Strategy {
       const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
       const double q_projection = 2 * N * C * C + diagonal_forward;             // beside each forward gather
       const double mlp_backward = 4 * (2 * N * C * 4 * C);                      // beside a backward re-gather
-      const double q_backward = 2 * (2 * N * C * C) + 2.5 * diagonal_forward;  // beside the reduce-scatter
+      // Beside the reduce-scatter: the out-projection's weight gradient, the Q projection's
+      // backward and the diagonal blocks' backward.
+      const double q_backward = 3 * (2 * N * C * C) + 2.5 * diagonal_forward;
       m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
       if (ctx_.opts.recompute)
         m.comm.push_back({"K/V all-gather, recomputed forward", "sp", CollKind::all_gather, kv_bytes, cfg.L,
@@ -383,7 +385,9 @@ class LssStrategy final : public Strategy {
     const int64_t C = cfg.C, N = N_;
     a.h_mid.reset();
     Buffer d_attn = be.alloc(cfg.dtype, N * C);  // (N, C)
-    linear_backward(be, d_attn.view(), 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
+    // The out-projection's data gradient only: its weight gradient waits for the dK/dV
+    // reduce-scatter, beside which it runs (dh and attn_out stay unchanged until then).
+    linear_backward(be, d_attn.view(), 0.0, View{}, View{}, dh, a.attn_out.view(), w.proj_w, N, C, C);
     Buffer kv_full = std::move(a.kv_full);  // gathered by the caller
     a.kv_local.reset();
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
@@ -433,9 +437,11 @@ class LssStrategy final : public Strategy {
       dkv_full = std::move(rank_major);
     }
     // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows; it runs while
-    // the Q projection's backward computes (split_causal: and the diagonal blocks' backward, whose
-    // dK/dV belong to this rank's own rows alone and are added to the reduce-scatter's result).
+    // the out-projection's weight gradient and the Q projection's backward compute (split_causal:
+    // and the diagonal blocks' backward, whose dK/dV belong to this rank's own rows alone and are
+    // added to the reduce-scatter's result).
     PendingCollective scatter = start_seq_reduce_scatter(dkv_full.view());
+    linear_backward(be, View{}, 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
     Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order
     if (split()) {
       dkv_own = be.alloc(cfg.dtype, N * 2 * C);
