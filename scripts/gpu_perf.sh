@@ -28,6 +28,11 @@
 #             ncu_attention_{flash,cudnn}.ncu-rep and their details pages as text in $OUT
 #   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs, the MLP's linear layers plain
 #             and with the fused epilogues, LayerNorm forward and backward, GELU, cross-entropy
+#   ab        the bundle's lssbench against a base build, $LSS_AB_BASE (e.g. bin/lssbench-<commit>
+#             unpacked from .device/base.tar.xz, made with the same bundle script), in one call:
+#             lss zigzag and megatron_sp (LSS_AB_STRATEGIES) on every GPU at T = 8K and 16K per GPU
+#             (LSS_AB_SEQ_PER_GPU, in K), in the order base, new, base, new (the card's clocks drift
+#             over a call); the new build's points carry the bound, the base's are timed only
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way;
 #             LSS_LONG_STRATEGIES (default "lss megatron_sp") picks which
@@ -118,6 +123,24 @@ run_section() {
         point lss_contig_${o}_w${gpus}_T64K "$gpus" 120 --strategy lss --sp "$gpus" --$o --seq 64K --warmup 2 --iters 6
         point lss_zigzag_${o}_w${gpus}_T64K "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --$o --seq 64K --warmup 2 --iters 6
         point megatron_sp_${o}_w${gpus}_T64K "$gpus" 120 --strategy megatron_sp --sp "$gpus" --$o --seq 64K --warmup 2 --iters 6
+      done ;;
+    ab)
+      if [ ! -x "${LSS_AB_BASE:-}" ]; then echo ">>> NOT-RUN ab: LSS_AB_BASE (the base lssbench) is not executable"; failed=1; return; fi
+      local T t round side exe strategy
+      for t in ${LSS_AB_SEQ_PER_GPU:-8 16}; do
+        T=$((t * gpus))K
+        for strategy in ${LSS_AB_STRATEGIES:-lss megatron_sp}; do
+          for round in 1 2; do
+            for side in base new; do
+              local args=(--strategy "$strategy" --sp "$gpus" --seq "$T" --warmup 2 --iters 6)
+              [ "$strategy" = lss ] && args+=(--zigzag)
+              exe=$dev/bin/lssbench
+              if [ "$side" = base ]; then exe=$LSS_AB_BASE; args+=(--no-bound); fi
+              step "ab_${strategy}_${side}${round}_w${gpus}_T$T" 120 mpiexec.hydra -n "$gpus" "$exe" run $model \
+                --out "$res/ab_${strategy}_${side}${round}_w${gpus}_T$T.json" "${args[@]}"
+            done
+          done
+        done
       done ;;
     weak)
       for w in 1 2 4; do
