@@ -203,14 +203,8 @@ void NcclCommunicator::resolve_async(CommCounts& c) const {
 Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream) {
   GridSplit s = split_grid(base, P);
   Grid g = std::move(s.layout);
-  // The communication stream at the device's highest priority: a collective started beside a
-  // GEMM or attention kernel that fills every SM gets the first SMs those kernels free, instead of
-  // queueing behind their remaining blocks (which, on H200, halved the collectives' bus bandwidth
-  // inside the step against the same collective alone).
-  int least = 0, greatest = 0;
-  LSS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   cudaStream_t raw = nullptr;
-  LSS_CUDA_CHECK(cudaStreamCreateWithPriority(&raw, cudaStreamNonBlocking, greatest));
+  LSS_CUDA_CHECK(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking));
   // Destroyed with the last communicator holding it; a failure there is printed, not fatal.
   std::shared_ptr<CUstream_st> comm_stream(raw, [](cudaStream_t st) {
     if (cudaStreamDestroy(st) != cudaSuccess) std::fprintf(stderr, "cudaStreamDestroy(comm stream) failed\n");
