@@ -52,15 +52,26 @@ ok = ok and abs(max(b["per_rank_ms"]) - b["bound_ms"]) <= 1e-9 * b["bound_ms"] a
 ok = ok and abs(r0["gemm_tflops_at_step_shapes"] - r0["gemm_flops"] / r0["gemm_ms"] / 1e9) <= 1e-9 * r0["gemm_tflops_at_step_shapes"]
 ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])
 ok = ok and (r["grid"]["world"] == 1 or len(r0["comm"]) > 0)
-# Each collective's exposed time is what the time beside it leaves; with one data replica the
-# optimizer steps parameters beside layer 0's and the embeddings' gradient buckets (README,
-# analytic bound), and beside no other collective.
-one_replica = r["grid"]["dp"] == 1 and c["strategy_options"].get("overlap", True)
+# Each collective's exposed time is what the time beside it leaves. The optimizer steps parameters
+# beside the last gradient buckets' all-reduces (README, analytic bound): with one data replica
+# beside layer 0's and the embeddings' sequence-group sums; with several beside layer 0's
+# sequence-group sum, layer 1's data-group sums (these runs have 2 layers) and the embeddings'
+# data-group sums, while layer 0's data-group sums run beside nothing.
+replicas = r["grid"]["dp"] > 1
+beside = {"gradient all-reduce, bucket 0"} | (
+    {"gradient all-reduce (data group), bucket 1, sequence-reduced",
+     "gradient all-reduce (data group), bucket 1, the rest",
+     "gradient all-reduce (data group), bucket embed, sequence-reduced",
+     "gradient all-reduce (data group), bucket embed, the rest"} if replicas else {"gradient all-reduce, bucket embed"})
+data_group_0 = [x for x in r0["comm"] if x["what"].startswith("gradient all-reduce (data group), bucket 0")]
+ok = ok and (len(data_group_0) > 0) == replicas and all(x["hidden_by_ms"] == 0 for x in data_group_0)
 for x in r0["comm"]:
     ok = ok and abs(x["exposed_ms"] - x["calls"] * max(0.0, x["measured_ms"] - x["hidden_by_ms"])) <= 1e-9 * max(1.0, x["exposed_ms"])
     ok = ok and x["hidden_by_ms"] >= x["hidden_by_optimizer_share"] * r0["optimizer_ms"] * (1 - 1e-9)
-    beside_optimizer = x["what"] in ("gradient all-reduce, bucket 0", "gradient all-reduce, bucket embed") and one_replica
-    ok = ok and (0 < x["hidden_by_optimizer_share"] < 1 if beside_optimizer else x["hidden_by_optimizer_share"] == 0)
+    if x["what"] in beside:
+        ok = ok and 0 < x["hidden_by_optimizer_share"] < 1
+    else:
+        ok = ok and x["hidden_by_optimizer_share"] == 0
 ok = ok and abs(b["step_over_bound"] - r["timing"]["median_ms"] / b["bound_ms"]) <= 1e-9 * b["step_over_bound"]
 sys.exit(0 if ok else 1)
 PY

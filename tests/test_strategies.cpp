@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <limits>
 
 #include "app/session.h"
 
@@ -48,9 +49,12 @@ RunConfig small(const std::string& strategy, int P, DType dtype, bool causal) {
 }
 
 // max |a - b| / max |b| over one tensor.
+// Max-norm relative error; infinite when either side holds a NaN or an infinity (std::max would
+// skip a NaN, and a NaN result would pass no comparison only by accident of its use).
 double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
   double diff = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return std::numeric_limits<double>::infinity();
     diff = std::max(diff, std::abs(a[i] - b[i]));
     scale = std::max(scale, std::abs(b[i]));
   }
@@ -254,7 +258,8 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           // lss: L fused [K|V] all-gathers forward (+L re-gathers in backward unless kept), L fused
           // [dK|dV] reduce-scatters, each of T*Bl*2C elements; all-reduces of every gradient but
           // the positional rows this rank owns over sp, in L + 2 buckets (head, each layer, token
-          // embedding); one all-reduce of all its gradients over dp.
+          // embedding); all its gradients over dp, in the same buckets plus one for the owned
+          // positional rows (the embeddings' bucket's part not summed over sp).
           // The positional tail [T, T_max) belongs to the rank holding the last tokens: P-1, or 0
           // in the zigzag order (its second chunk is the sequence's last).
           const int end_rank = option ? 0 : P - 1;
@@ -265,12 +270,14 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
                                  {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
                                  {CollKind::all_reduce, L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C) * es;
-          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 1, (total - m.T_max * C + own_wpe) * es}});
+          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, L + 3, 0}});
+          if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C + own_wpe) * es;
         } else {
           // megatron_sp: per layer 2 all-gathers + 2 reduce-scatters forward, the same backward, plus
           // 2 re-gathers of LN outputs when regather_ln; each of T*Bl*C elements. Replicated
           // gradients (embeddings, LayerNorms, row-parallel biases, LM head) all-reduced over sp in
-          // L + 2 buckets (head, each layer, embeddings).
+          // L + 2 buckets (head, each layer, embeddings); over dp the same buckets, plus one per
+          // layer for its sharded weights.
           const int64_t replicated = 2 * m.V * C + m.T_max * C + L * (4 * C + 2 * C) + 2 * C;
           const int64_t sharded = L * (12 * C * C + 7 * C) / P;
           if (P > 1)
@@ -279,7 +286,8 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
                                  {CollKind::reduce_scatter, L * (recompute ? 6 : 4), m.T * Bl * C * es},
                                  {CollKind::all_reduce, L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es;
-          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 1, (replicated + sharded) * es}});
+          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 2 * L + 2, 0}});
+          if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (replicated + sharded) * es;
         }
         if (P * R > 1) want["world"] = counts({{CollKind::all_reduce, 1, 8}});
         EXPECT_EQ(got.size(), want.size()) << strategy << " P=" << P << " R=" << R;

@@ -75,7 +75,9 @@ class MegatronSpStrategy final : public Strategy {
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * (ctx_.opts.recompute ? 6 : 4), full);
     // The sequence-reduced gradients, one all-reduce per bucket (head, each layer, embeddings).
     expect_total(m, "sp", P, CollKind::all_reduce, gradient_buckets(store_), store_.seq_reduced_numel() * es_grad);
-    expect_calls(m, "dp", R, CollKind::all_reduce, 1, store_.numel() * es_grad);
+    // Then every gradient over the data group, two all-reduces per bucket (its sequence-reduced
+    // range, the rest).
+    expect_total(m, "dp", R, CollKind::all_reduce, data_gradient_calls(store_), store_.numel() * es_grad);
     return m;
   }
 

@@ -176,7 +176,7 @@ CommHandle Communicator::start_reduce_scatter(View send, View recv) {
 
 CommHandle Communicator::start_all_reduce(View buf) {
   if (size_ == 1) return {};
-  return start(CollKind::all_reduce, buf.bytes(), View{}, [this, buf] { do_all_reduce(buf); });
+  return start(CollKind::all_reduce, buf.bytes(), buf, [this, buf] { do_all_reduce(buf); });
 }
 
 void Communicator::send(View buf, int peer) {

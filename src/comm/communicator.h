@@ -98,7 +98,7 @@ class Communicator {
   virtual bool has_async_lane() const { return false; }
   // Runs `enqueue` (which calls a do_* method; it holds its operands by value) on the
   // asynchronous lane; returns an id for wait_async. `output` is what the collective will write
-  // (empty for in-place ones). The lane's implementation times it and counts the stall at wait in
+  // (for an in-place all-reduce, its buffer, which it also reads). The lane's implementation times it and counts the stall at wait in
   // resolve_async.
   virtual int64_t start_async(CollKind, View /*output*/, const std::function<void()>& enqueue) {
     enqueue();

@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/mpi_util.h"
 
@@ -54,7 +56,13 @@ MpiCommunicator::MpiCommunicator(std::string name, MPI_Comm comm)
   deferred_ = defer != nullptr && std::string(defer) == "1";
 }
 
-int64_t MpiCommunicator::start_async(CollKind, View output, const std::function<void()>& enqueue) {
+int64_t MpiCommunicator::start_async(CollKind kind, View output, const std::function<void()>& enqueue) {
+  // An in-place all-reduce sums its buffer as it is now: keep a copy, restored at wait().
+  std::shared_ptr<std::vector<char>> input;
+  if (kind == CollKind::all_reduce && output.ptr != nullptr) {
+    const auto* p = static_cast<const char*>(output.ptr);
+    input = std::make_shared<std::vector<char>>(p, p + output.bytes());
+  }
   // Whatever reads the output before wait() reads NaN (quiet NaN bit patterns per dtype).
   auto fill = [&](auto pattern) {
     auto* p = static_cast<decltype(pattern)*>(output.ptr);
@@ -66,7 +74,13 @@ int64_t MpiCommunicator::start_async(CollKind, View output, const std::function<
       case DType::bf16: fill(uint16_t{0x7fc0u}); break;
       case DType::i32: fill(int32_t{-1}); break;
     }
-  deferred_ops_[next_id_] = enqueue;
+  if (input)
+    deferred_ops_[next_id_] = [input, output, enqueue] {
+      std::copy(input->begin(), input->end(), static_cast<char*>(output.ptr));
+      enqueue();
+    };
+  else
+    deferred_ops_[next_id_] = enqueue;
   return next_id_++;
 }
 

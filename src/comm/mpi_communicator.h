@@ -16,7 +16,9 @@ class MpiCommunicator : public Communicator {
   // With LSS_DEFER_COLLECTIVES=1 in the environment, asynchronous collectives are deferred (a
   // test mode): start_* only fills the output with NaN and wait() runs the collective, so a
   // strategy that reads a result before waiting, or changes an input before waiting, computes
-  // a wrong result that the exactness tests see. Blocking collectives run as always.
+  // a wrong result that the exactness tests see. An in-place all-reduce keeps a copy of its
+  // buffer at start and sums that copy at wait: whatever reads the buffer in between (another
+  // collective too) reads NaN, whatever writes it is lost. Blocking collectives run as always.
   MpiCommunicator(std::string name, MPI_Comm comm);
   ~MpiCommunicator() override;
   MPI_Comm handle() const { return comm_; }

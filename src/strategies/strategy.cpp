@@ -33,16 +33,18 @@ std::string bucket_key(const std::string& name) {
 }
 }  // namespace
 
-std::pair<int64_t, int64_t> Strategy::bucket_range(const ParamStore& store, const std::string& key) const {
+std::pair<int64_t, int64_t> Strategy::bucket_range(const ParamStore& store, const std::string& key,
+                                                   bool seq_reduced) const {
   int64_t begin = -1, end = -1, numel = 0;
   for (const auto& e : store.entries()) {
-    if (!e.spec.seq_reduced || bucket_key(e.spec.name) != key || e.spec.local_numel() == 0) continue;
+    if (e.spec.seq_reduced != seq_reduced || bucket_key(e.spec.name) != key || e.spec.local_numel() == 0) continue;
     begin = begin < 0 ? e.offset : std::min(begin, e.offset);
     end = std::max(end, e.offset + e.spec.local_numel());
     numel += e.spec.local_numel();
   }
   if (begin < 0) return {0, 0};
-  // The store lays parameters out in model order, so a bucket is one contiguous range.
+  // The store lays parameters out in model order (the sequence-reduced ones first), so each of a
+  // bucket's two parts is one contiguous range.
   LSS_CHECK(numel == end - begin, "gradient bucket '" + key + "' is not contiguous in the flat gradient");
   return {begin, end};
 }
@@ -63,30 +65,71 @@ int64_t Strategy::gradient_buckets(const ParamStore& store) const {
   return n;
 }
 
+int64_t Strategy::data_gradient_calls(const ParamStore& store) const {
+  int64_t n = 0;
+  for (const auto& k : bucket_keys())
+    for (bool seq_reduced : {true, false}) {
+      const auto [b, e] = bucket_range(store, k, seq_reduced);
+      if (e > b) ++n;
+    }
+  return n;
+}
+
 void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const {
   const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(ctx_.cfg.dtype)));
+  const bool replicas = ctx_.grid.R > 1;
+  const std::vector<std::string> keys = bucket_keys();  // head, L-1 .. 0, embed
+  const size_t last_layer = keys.size() - 2;           // the index of layer 0's bucket
+  // The share of the parameters that optimizer_step steps as the buckets of keys [from, to): with
+  // one replica only their sequence-reduced ranges, the rest being ready at once (`ready`, which
+  // steps before every bucket).
   const double numel = static_cast<double>(std::max<int64_t>(1, store.numel()));
-  const auto [b0, e0] = bucket_range(store, "0");
-  const auto [be, ee] = bucket_range(store, "embed");
-  if (ctx_.grid.P > 1)
-    for (const auto& key : bucket_keys()) {
-      const auto [b, e] = bucket_range(store, key);
-      if (e <= b) continue;
-      BoundModel::Comm c{"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1};
-      if (key != "0" && key != "embed") {
-        // A block's backward is still to run beside it.
-        c.hidden_by_flops = block_backward_flops;
-      } else if (buckets_left_to_optimizer()) {
-        // optimizer_step steps every parameter outside layer 0's and the embeddings' buckets
-        // while layer 0's travels, then layer 0's while the embeddings' does (the communication
-        // stream runs them one after the other).
-        c.hidden_by_optimizer_share = key == "0" ? (numel - static_cast<double>((e0 - b0) + (ee - be))) / numel
-                                                 : static_cast<double>(e0 - b0) / numel;
+  auto share = [&](size_t from, size_t to) {
+    int64_t n = 0;
+    for (size_t i = from; i < to; ++i)
+      for (bool seq_reduced : {true, false}) {
+        if (!seq_reduced && !replicas) continue;
+        const auto [b, e] = bucket_range(store, keys[i], seq_reduced);
+        n += e - b;
       }
+    return static_cast<double>(n) / numel;
+  };
+  const double ready = replicas ? 0.0 : static_cast<double>(store.numel() - store.seq_reduced_numel()) / numel;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string& key = keys[i];
+    if (ctx_.grid.P > 1) {
+      const auto [b, e] = bucket_range(store, key);
+      if (e > b) {
+        BoundModel::Comm c{"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1};
+        if (i < last_layer) {
+          c.hidden_by_flops = block_backward_flops;  // the next block's backward
+        } else if (i == last_layer) {
+          // Beside the AdamW of every bucket before it; with replicas, of the one before it
+          // (the communication stream first runs that bucket's data-group sums).
+          c.hidden_by_optimizer_share = replicas ? share(i - 1, i) : ready + share(0, i);
+        } else if (!replicas) {
+          c.hidden_by_optimizer_share = share(last_layer, last_layer + 1);  // beside layer 0's AdamW
+        }
+        m.comm.push_back(c);
+      }
+    }
+    if (!replicas) continue;
+    for (bool seq_reduced : {true, false}) {
+      const auto [b, e] = bucket_range(store, key, seq_reduced);
+      if (e <= b) continue;
+      BoundModel::Comm c{std::string("gradient all-reduce (data group), bucket ") + key +
+                             (seq_reduced ? ", sequence-reduced" : ", the rest"),
+                         "dp", CollKind::all_reduce, (e - b) * es_grad, 1};
+      // Started when the next layer's bucket is ready: the backward of the block after that runs
+      // beside it; the one started at layer 0's readiness runs beside the optimizer's steps of
+      // the buckets before it; layer 0's starts in the optimizer step with nothing beside it,
+      // the embeddings' beside layer 0's AdamW.
+      if (i + 2 <= last_layer) c.hidden_by_flops = block_backward_flops;
+      else if (i + 1 == last_layer) c.hidden_by_optimizer_share = share(0, i);
+      else if (i == last_layer + 1) c.hidden_by_optimizer_share = share(last_layer, last_layer + 1);
       m.comm.push_back(c);
     }
-  if (ctx_.grid.R > 1)
-    m.comm.push_back({"gradient all-reduce, data group", "dp", CollKind::all_reduce, store.numel() * es_grad, 1, 0.0});
+  }
 }
 
 AttentionArgs Strategy::attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const {
@@ -104,11 +147,31 @@ AttentionArgs Strategy::attention_shape(int64_t B, int64_t H, int64_t Tq, int64_
 }
 
 void Strategy::start_bucket(ParamStore& store, const std::string& key) {
+  Bucket bucket;
   const auto [b, e] = bucket_range(store, key);
-  if (e <= b) return;
-  CommHandle h = ctx_.grid.seq->start_all_reduce(store.all_grads().slice(b, e - b));
-  wait_unless_overlap(*ctx_.grid.seq, h);
-  buckets_in_flight_.push_back({h, b, e});
+  if (e > b) {
+    bucket.seq = ctx_.grid.seq->start_all_reduce(store.all_grads().slice(b, e - b));
+    wait_unless_overlap(*ctx_.grid.seq, bucket.seq);
+    bucket.ranges.emplace_back(b, e);
+  }
+  if (ctx_.grid.R > 1) {
+    const auto [rb, re] = bucket_range(store, key, false);
+    if (re > rb) bucket.ranges.emplace_back(rb, re);
+  }
+  if (bucket.ranges.empty()) return;
+  buckets_in_flight_.push_back(bucket);
+  if (!ctx_.opts.overlap) start_data(store, buckets_in_flight_.back());
+}
+
+void Strategy::start_data(ParamStore& store, Bucket& b) {
+  if (b.data_started) return;
+  b.data_started = true;
+  if (ctx_.grid.R == 1) return;
+  ctx_.grid.seq->wait(b.seq);
+  for (const auto& [begin, end] : b.ranges) {
+    b.data.push_back(ctx_.grid.data->start_all_reduce(store.all_grads().slice(begin, end - begin)));
+    wait_unless_overlap(*ctx_.grid.data, b.data.back());
+  }
 }
 
 Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
@@ -132,17 +195,25 @@ Buffer Strategy::finish(PendingCollective& p) {
 
 void Strategy::head_gradients_ready(ParamStore& store) { start_bucket(store, "head"); }
 
-void Strategy::layer_gradients_ready(ParamStore& store, int64_t l) { start_bucket(store, std::to_string(l)); }
+void Strategy::layer_gradients_ready(ParamStore& store, int64_t l) {
+  // The buckets before this one have had a block's backward to finish their sequence-group sums:
+  // their data-group sums start now, behind them on the communication stream.
+  for (Bucket& b : buckets_in_flight_) start_data(store, b);
+  start_bucket(store, std::to_string(l));
+}
 
 void Strategy::reduce_gradients(ParamStore& store) {
   start_bucket(store, "embed");
-  if (buckets_left_to_optimizer()) return;
-  finish_gradients();
-  ctx_.grid.data->all_reduce(store.all_grads());
+  if (!ctx_.opts.overlap) finish_gradients();
 }
 
 void Strategy::finish_gradients() {
-  for (Bucket& b : buckets_in_flight_) ctx_.grid.seq->wait(b.handle);
+  ParamStore& store = params();
+  for (Bucket& b : buckets_in_flight_) start_data(store, b);
+  for (Bucket& b : buckets_in_flight_) {
+    ctx_.grid.seq->wait(b.seq);
+    for (CommHandle& h : b.data) ctx_.grid.data->wait(h);
+  }
   buckets_in_flight_.clear();
 }
 
@@ -150,10 +221,9 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
   ParamStore& store = params();
   std::vector<Bucket> buckets = std::move(buckets_in_flight_);
   buckets_in_flight_.clear();
-  // The flat gradient's ranges outside every bucket in flight (buckets do not overlap).
-  std::vector<std::pair<int64_t, int64_t>> ready;
-  std::vector<std::pair<int64_t, int64_t>> in_flight;
-  for (const Bucket& b : buckets) in_flight.emplace_back(b.begin, b.end);
+  // The flat gradient's ranges outside every bucket in flight (their ranges do not overlap).
+  std::vector<std::pair<int64_t, int64_t>> in_flight, ready;
+  for (const Bucket& b : buckets) in_flight.insert(in_flight.end(), b.ranges.begin(), b.ranges.end());
   std::sort(in_flight.begin(), in_flight.end());
   int64_t at = 0;
   for (const auto& [b, e] : in_flight) {
@@ -162,10 +232,20 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
   }
   if (store.numel() > at) ready.emplace_back(at, store.numel());
   for (const auto& [b, e] : ready) store.adamw_step(opt, step, b, e);
-  for (Bucket& b : buckets) {
-    ctx_.grid.seq->wait(b.handle);
-    store.adamw_step(opt, step, b.begin, b.end);
-  }
+  // The buckets whose sums are all under way first, each after its waits; then the last ones'
+  // data-group sums start (after their sequence-group sums), and they step as those finish.
+  auto step_bucket = [&](Bucket& b) {
+    ctx_.grid.seq->wait(b.seq);
+    for (CommHandle& h : b.data) ctx_.grid.data->wait(h);
+    for (const auto& [begin, end] : b.ranges) store.adamw_step(opt, step, begin, end);
+  };
+  for (Bucket& b : buckets)
+    if (b.data_started || ctx_.grid.R == 1) step_bucket(b);
+  std::vector<Bucket*> last;
+  for (Bucket& b : buckets)
+    if (!b.data_started && ctx_.grid.R > 1) last.push_back(&b);
+  for (Bucket* b : last) start_data(store, *b);
+  for (Bucket* b : last) step_bucket(*b);
 }
 
 void Strategy::upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,

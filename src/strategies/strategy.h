@@ -83,8 +83,8 @@ class Strategy {
   virtual double forward(int64_t step) = 0;
   // Backward pass and the gradient reductions: after finish_gradients() every rank holds the
   // gradients of its local parameter shards, equal to the serial model's gradients of those
-  // elements. With --overlap and one data replica, backward returns with the last buckets'
-  // all-reduces still in flight (reduce_gradients), for optimizer_step to finish.
+  // elements. With --overlap, backward returns with the last buckets' all-reduces still in
+  // flight (reduce_gradients), for optimizer_step to finish.
   virtual void backward() = 0;
   virtual ParamStore& params() = 0;
   // The parameter shards held by sequence (tensor) position p, 0 <= p < P; every data replica
@@ -108,24 +108,28 @@ class Strategy {
  protected:
   // Double gradient averaging: sum the sequence-reduced gradients over the sequence (tensor)
   // group, then the whole gradient over the data group. With the loss normalised by all B*T
-  // predicted tokens, these sums are the serial gradient. The sequence-group sums go in buckets
-  // as backward produces them: call head_gradients_ready after the head's backward,
-  // layer_gradients_ready(l) after block l's, and reduce_gradients at the end (embeddings, then
-  // the data group). The buckets' all-reduces overlap the rest of backward when
-  // ctx_.opts.overlap; with one data replica the last ones are left in flight for optimizer_step
-  // (there is no data-group sum to wait for them), otherwise reduce_gradients waits for every
-  // bucket before the data group's all-reduce.
+  // predicted tokens, these sums are the serial gradient. Both go in buckets (head, each layer,
+  // embeddings) as backward produces them: call head_gradients_ready after the head's backward,
+  // layer_gradients_ready(l) after block l's, and reduce_gradients at the end (embeddings). A
+  // bucket's sequence-group all-reduce starts at once; its data-group all-reduces (of its
+  // sequence-reduced range and of the rest) start when the next layer's bucket is ready, after a
+  // wait for the sequence group's sum that a block's backward has had time to finish. With
+  // --overlap all of them run beside the rest of backward, and the last ones beside the
+  // optimizer step (optimizer_step); with --no-overlap each is waited for at once.
   void head_gradients_ready(ParamStore& store);
   void layer_gradients_ready(ParamStore& store, int64_t l);
   void reduce_gradients(ParamStore& store);
   // Number of sequence-group gradient all-reduces per step (for expected_comm): the head, each
   // layer and the embeddings, those with sequence-reduced gradients.
   int64_t gradient_buckets(const ParamStore& store) const;
-  // The gradient all-reduces of the bound model: the head's and layer l's (l > 0) buckets run
-  // beside the next block's backward (`block_backward_flops` of GEMMs); layer 0's and the
-  // embeddings' beside the optimizer's steps before their waits (one data replica; with several
-  // they are exposed, as is the data group's). (The harness prices every collective as exposed
-  // under --no-overlap.)
+  // Number of data-group gradient all-reduces per step (for expected_comm): per bucket, one of
+  // its sequence-reduced range and one of the rest, those not empty. They cover every parameter.
+  int64_t data_gradient_calls(const ParamStore& store) const;
+  // The gradient all-reduces of the bound model, as the schedule above runs them: a bucket's
+  // sequence-group all-reduce beside the next block's backward (`block_backward_flops` of GEMMs),
+  // except layer 0's and the embeddings'; its data-group ones beside the backward of the block
+  // after that; the rest beside the optimizer's steps before their waits (README, analytic
+  // bound). (The harness prices every collective as exposed under --no-overlap.)
   void add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const;
   // The shape of an attention call for the bound model.
   AttentionArgs attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const;
@@ -150,8 +154,10 @@ class Strategy {
 
  private:
   // [begin, end) of the flat gradient holding bucket `key`'s sequence-reduced entries ("head",
-  // "embed", or the layer index); empty when it has none.
-  std::pair<int64_t, int64_t> bucket_range(const ParamStore& store, const std::string& key) const;
+  // "embed", or the layer index), or with seq_reduced false its other entries; empty when it has
+  // none.
+  std::pair<int64_t, int64_t> bucket_range(const ParamStore& store, const std::string& key,
+                                           bool seq_reduced = true) const;
   // The bucket keys in the order backward finishes them: head, layers L-1..0, embeddings.
   std::vector<std::string> bucket_keys() const;
   // Waits at once unless collectives overlap compute (the --no-overlap order).
@@ -159,12 +165,16 @@ class Strategy {
     if (!ctx_.opts.overlap) comm.wait(h);
   }
   void start_bucket(ParamStore& store, const std::string& key);
-  // Whether reduce_gradients leaves the last buckets in flight for optimizer_step.
-  bool buckets_left_to_optimizer() const { return ctx_.opts.overlap && ctx_.grid.R == 1; }
   struct Bucket {
-    CommHandle handle;
-    int64_t begin = 0, end = 0;  // its range of the flat gradient
+    CommHandle seq;                // the sequence group's all-reduce of its sequence-reduced range
+    std::vector<CommHandle> data;  // the data group's all-reduces (none with one replica)
+    bool data_started = false;
+    // Its ranges of the flat gradient that are reduced: the sequence-reduced one, and with
+    // several replicas the rest.
+    std::vector<std::pair<int64_t, int64_t>> ranges;
   };
+  // Waits for the bucket's sequence-group sum and starts its data-group all-reduces (once).
+  void start_data(ParamStore& store, Bucket& b);
   std::vector<Bucket> buckets_in_flight_;  // in the order started
 };
 
