@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "app/metrics.h"
 #include "app/result.h"
 
 using namespace lss;
@@ -136,3 +137,14 @@ TEST(Guards, FailedCheck) {
 }
 
 }  // namespace
+
+// The --check of a run takes the largest error over the tensors: a NaN there must not compare
+// below the bound (or below the running maximum) and pass.
+TEST(Metrics, NormRelErrorOfNonFiniteValuesIsInfinite) {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  EXPECT_DOUBLE_EQ(norm_rel_error({1.0, 2.0}, {1.0, 2.0}), 0.0);
+  EXPECT_NEAR(norm_rel_error({3.0, 0.0}, {0.0, 4.0}), 5.0 / 4.0, 1e-15);
+  EXPECT_EQ(norm_rel_error({1.0, nan}, {1.0, 2.0}), inf);
+  EXPECT_EQ(norm_rel_error({1.0, 2.0}, {nan, 2.0}), inf);
+  EXPECT_EQ(norm_rel_error({inf, 2.0}, {1.0, 2.0}), inf);
+}

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace lss {
 
@@ -23,6 +24,8 @@ FlopCount model_flops(const ModelConfig& cfg) {
 double norm_rel_error(const std::vector<double>& a, const std::vector<double>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
+    // A NaN would compare false with every bound and every running maximum: call it infinite.
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return std::numeric_limits<double>::infinity();
     num += (a[i] - b[i]) * (a[i] - b[i]);
     den += b[i] * b[i];
   }

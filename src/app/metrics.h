@@ -19,7 +19,8 @@ struct FlopCount {
 };
 FlopCount model_flops(const ModelConfig& cfg);
 
-// Normwise relative error ||a - b|| / ||b|| (||a - b|| when b is zero).
+// Normwise relative error ||a - b|| / ||b|| (||a - b|| when b is zero); infinite when either
+// holds a NaN or an infinity.
 double norm_rel_error(const std::vector<double>& a, const std::vector<double>& b);
 
 // Percentile (0..100) of the values by linear interpolation between closest ranks.
