@@ -116,14 +116,14 @@ constexpr int64_t kMaxAdamwChunk = int64_t{1} << 26;
 // Seconds of the optimizer step of `numel` parameters (AdamW with a compute-dtype copy, as
 // ParamStore steps them) on fresh operands: timed alone, because the step's optimizer phase also
 // holds the waits for the gradient all-reduces it overlaps.
-double optimizer_seconds(Backend& be, double heat_s, DType dtype, int64_t numel) {
+double optimizer_seconds(Backend& be, double heat_s, DType dtype, const OptimizerConfig& opt, int64_t numel) {
   const int64_t n = std::min(numel, kMaxAdamwChunk);
   if (n <= 0) return 0.0;
   const DType md = master_dtype(dtype);
   Buffer param = random_operand(be, md, n), grad = random_operand(be, md, n);
   Buffer m = be.alloc_zeroed(md, n), v = be.alloc_zeroed(md, n);
   Buffer copy = be.alloc(dtype, md != dtype ? n : 0);  // (n) the compute-dtype copy
-  const Backend::AdamW hp{1e-4, 0.9, 0.95, 1e-8, 0.1, 1, copy ? copy.view() : View{}};
+  const Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, 1, copy ? copy.view() : View{}};
   const double t = time_median(be, heat_s, [&] { be.adamw(param.view(), grad.view(), m.view(), v.view(), hp); });
   return t * static_cast<double>(numel) / static_cast<double>(n);
 }
@@ -302,7 +302,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // bursts after it. Each pass allocates its operands kernel by kernel, so the peak is one pass's.
   const ComputeParts burst = compute_parts(session, rc, model, 0.0);
   const int64_t param_numel = session.strategy().params().numel();
-  const double optimizer_s = optimizer_seconds(session.backend(), 0.0, m.dtype, param_numel);
+  const double optimizer_s = optimizer_seconds(session.backend(), 0.0, m.dtype, rc.opt, param_numel);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0;
   std::map<std::tuple<std::string, int, int64_t>, double> measured;  // (group, kind, bytes) -> s
@@ -325,7 +325,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   }
   const bool sustained = heat_s > 0;
   const ComputeParts hot = sustained ? compute_parts(session, rc, model, heat_s) : ComputeParts{};
-  const double hot_optimizer_s = sustained ? optimizer_seconds(session.backend(), heat_s, m.dtype, param_numel) : 0.0;
+  const double hot_optimizer_s = sustained ? optimizer_seconds(session.backend(), heat_s, m.dtype, rc.opt, param_numel) : 0.0;
   session.reset_counts();
   // Every rank's bound, attention time and sustained bound: ranks whose attention differs make
   // the faster ones wait at the next collective (load imbalance), which the exposed
