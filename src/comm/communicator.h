@@ -40,7 +40,8 @@ struct CommCounts {
   bool operator==(const CommCounts& o) const { return calls == o.calls && bytes == o.bytes; }
 };
 
-// An asynchronous collective in flight; wait() on it exactly once.
+// An asynchronous collective in flight: wait() on it before using its buffers; wait() empties the
+// handle, so a second wait() on it does nothing.
 struct CommHandle {
   bool pending = false;  // started and not waited for
   int64_t id = -1;       // the lane's id; -1 when it ran at once
