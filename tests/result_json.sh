@@ -96,7 +96,7 @@ ok = s["heat_s"] == heat and s["bound_ms"] > 0 and len(s["per_rank_ms"]) == worl
 ok = ok and close(max(s["per_rank_ms"]), s["bound_ms"])
 ok = ok and close(b["step_over_sustained_bound"], r["timing"]["median_ms"] / s["bound_ms"])
 parts = s0["gemm_ms"] + s0["attention_ms"] + s0["elementwise_ms"] + s0["passes_ms"]
-ok = ok and s["optimizer_ms"] > 0 and close(parts + s["optimizer_ms"] + r0["comm_exposed_ms"], s["per_rank_ms"][0])
+ok = ok and s0["optimizer_ms"] > 0 and close(parts + s0["optimizer_ms"] + r0["comm_exposed_ms"], s["per_rank_ms"][0])
 shape = lambda l: [(x["rows"], x["in"], x["out"], x["residual"], x["gelu_out"], x["gelu_in"]) for x in l]
 ok = ok and shape(s0["linears"]) == shape(r0["linears"]) and all(x["forward_ms"] > 0 and x["backward_ms"] > 0 for x in s0["linears"])
 ok = ok and {k: v["calls"] for k, v in s0["elementwise_kernels"].items()} == {k: v["calls"] for k, v in r0["elementwise_kernels"].items()}

@@ -219,12 +219,13 @@ double collective_seconds(Session& s, const std::string& name, CollKind kind, in
   return 0;
 }
 
-// The compute parts of this rank's bound: linear layers, attention, elementwise kernels and the
-// strategy's passes, each kernel timed by time_median with `heat_s` (0: in a short burst).
+// The compute parts of this rank's bound: linear layers, attention, elementwise kernels, the
+// strategy's passes and the optimizer step, each kernel timed by time_median with `heat_s` (0: in
+// a short burst).
 struct ComputeParts {
-  double gemm_s = 0, attention_s = 0, elementwise_s = 0, passes_s = 0;
+  double gemm_s = 0, attention_s = 0, elementwise_s = 0, passes_s = 0, optimizer_s = 0;
   nlohmann::json linears = nlohmann::json::array(), elementwise_kernels, passes = nlohmann::json::array();
-  double total() const { return gemm_s + attention_s + elementwise_s + passes_s; }
+  double total() const { return gemm_s + attention_s + elementwise_s + passes_s + optimizer_s; }
   // Milliseconds of each part and per kernel, as bound.rank0 and bound.sustained.rank0 have them.
   nlohmann::json to_json(double gemm_flops) const {
     return {{"gemm_ms", gemm_s * 1e3},
@@ -234,7 +235,8 @@ struct ComputeParts {
             {"linears", linears},
             {"passes_ms", passes_s * 1e3},
             {"passes", passes},
-            {"attention_ms", attention_s * 1e3}};
+            {"attention_ms", attention_s * 1e3},
+            {"optimizer_ms", optimizer_s * 1e3}};
   }
 };
 
@@ -282,6 +284,7 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
     const auto [fwd, bwd] = attention_seconds(be, heat_s, a);
     c.attention_s += L * ((1 + recompute) * fwd + bwd);
   }
+  c.optimizer_s = optimizer_seconds(be, heat_s, m.dtype, rc.opt, session.strategy().params().numel());
   return c;
 }
 
@@ -301,8 +304,6 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // the collectives, and only then the sustained pass: its heat would lower the clocks of the
   // bursts after it. Each pass allocates its operands kernel by kernel, so the peak is one pass's.
   const ComputeParts burst = compute_parts(session, rc, model, 0.0);
-  const int64_t param_numel = session.strategy().params().numel();
-  const double optimizer_s = optimizer_seconds(session.backend(), 0.0, m.dtype, rc.opt, param_numel);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0;
   std::map<std::tuple<std::string, int, int64_t>, double> measured;  // (group, kind, bytes) -> s
@@ -314,7 +315,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     const double t = measured[key];
     // Under --no-overlap every collective runs where it is needed: nothing beside it.
     const double hidden = rc.strategy_opts.overlap ? c.hidden_by_flops / (gemm_tflops * 1e12) +
-                                                         c.hidden_by_optimizer_share * optimizer_s
+                                                         c.hidden_by_optimizer_share * burst.optimizer_s
                                                    : 0.0;
     const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
     comm_s += exposed;
@@ -325,14 +326,12 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   }
   const bool sustained = heat_s > 0;
   const ComputeParts hot = sustained ? compute_parts(session, rc, model, heat_s) : ComputeParts{};
-  const double hot_optimizer_s = sustained ? optimizer_seconds(session.backend(), heat_s, m.dtype, rc.opt, param_numel) : 0.0;
   session.reset_counts();
   // Every rank's bound, attention time and sustained bound: ranks whose attention differs make
   // the faster ones wait at the next collective (load imbalance), which the exposed
   // communication then shows.
   const int world = grid.world;
-  const double mine[3] = {burst.total() + optimizer_s + comm_s, burst.attention_s,
-                          sustained ? hot.total() + hot_optimizer_s + comm_s : 0.0};
+  const double mine[3] = {burst.total() + comm_s, burst.attention_s, sustained ? hot.total() + comm_s : 0.0};
   std::vector<double> all(3 * static_cast<size_t>(world));
   LSS_MPI_CHECK(MPI_Allgather(mine, 3, MPI_DOUBLE, all.data(), 3, MPI_DOUBLE, MPI_COMM_WORLD));
   std::vector<double> per_rank_ms, per_rank_attention_ms, per_rank_sustained_ms;
@@ -346,7 +345,6 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   }
   nlohmann::json rank0 = burst.to_json(gemm_flops);
   rank0["gemm_flops"] = gemm_flops;
-  rank0["optimizer_ms"] = optimizer_s * 1e3;
   rank0["comm_exposed_ms"] = comm_s * 1e3;
   rank0["comm"] = comm;
   nlohmann::json sustained_json = nullptr;
@@ -356,7 +354,6 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                                      "back to back, the card at its power limit as the whole step holds it; the "
                                      "same exposed communication as the bound (bound.rank0); slowest rank"},
                       {"heat_s", heat_s},
-                      {"optimizer_ms", hot_optimizer_s * 1e3},
                       {"bound_ms", total_sustained * 1e3},
                       {"per_rank_ms", per_rank_sustained_ms},
                       {"rank0", hot.to_json(gemm_flops)}};
