@@ -207,13 +207,15 @@ void Strategy::reduce_gradients(ParamStore& store) {
   if (!ctx_.opts.overlap) finish_gradients();
 }
 
+void Strategy::wait_bucket(Bucket& b) {
+  ctx_.grid.seq->wait(b.seq);
+  for (CommHandle& h : b.data) ctx_.grid.data->wait(h);
+}
+
 void Strategy::finish_gradients() {
   ParamStore& store = params();
   for (Bucket& b : buckets_in_flight_) start_data(store, b);
-  for (Bucket& b : buckets_in_flight_) {
-    ctx_.grid.seq->wait(b.seq);
-    for (CommHandle& h : b.data) ctx_.grid.data->wait(h);
-  }
+  for (Bucket& b : buckets_in_flight_) wait_bucket(b);
   buckets_in_flight_.clear();
 }
 
@@ -235,8 +237,7 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
   // The buckets whose sums are all under way first, each after its waits; then the last ones'
   // data-group sums start (after their sequence-group sums), and they step as those finish.
   auto step_bucket = [&](Bucket& b) {
-    ctx_.grid.seq->wait(b.seq);
-    for (CommHandle& h : b.data) ctx_.grid.data->wait(h);
+    wait_bucket(b);
     for (const auto& [begin, end] : b.ranges) store.adamw_step(opt, step, begin, end);
   };
   for (Bucket& b : buckets)

@@ -175,6 +175,8 @@ class Strategy {
   };
   // Waits for the bucket's sequence-group sum and starts its data-group all-reduces (once).
   void start_data(ParamStore& store, Bucket& b);
+  // Waits for every all-reduce of the bucket started so far.
+  void wait_bucket(Bucket& b);
   std::vector<Bucket> buckets_in_flight_;  // in the order started
 };
 
