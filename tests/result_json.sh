@@ -131,6 +131,7 @@ PY
 point 1 serial --strategy serial
 point 2 lss --strategy lss --sp 2 --batch 2 --bound-heat 0.01
 point 4 lss_dp --strategy lss --sp 2 --batch 2 --keep-kv --zigzag --bound-heat=0.005
+point 4 lss_pipeline --strategy lss --sp 4 --zigzag --chunk-pipeline
 point 2 megatron --strategy megatron_sp --sp 2 --dtype fp64 --bound-heat 0
 point 4 megatron_dp --strategy megatron_sp --sp 2 --batch 2 --check-seq 32
 echo "$((total - failures)) passed, $failures failed"

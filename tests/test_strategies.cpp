@@ -69,13 +69,15 @@ struct Case {
   bool zigzag = false;  // lss: balanced segment order
   bool recompute = false;  // lss: activation checkpointing
   bool split = false;      // lss: split_causal
+  bool pipeline = false;   // lss: chunk_pipeline (with zigzag and split)
 };
 
 std::string case_name(const Case& c, int P, int R) {
   return c.strategy + " P=" + std::to_string(P) + " R=" + std::to_string(R) + " " + dtype_name(c.dtype) +
          (c.causal ? " causal" : " non-causal") + (c.strategy == "lss" ? (c.option ? " keep-kv" : " regather-kv")
                                                                          : (c.option ? " regather-ln" : " keep-ln")) +
-         (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "");
+         (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "") +
+         (c.pipeline ? " chunk-pipeline" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -92,6 +94,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.zigzag = c.zigzag;
     rc.strategy_opts.split_causal = c.split;
     rc.strategy_opts.recompute = c.recompute;
+    rc.strategy_opts.chunk_pipeline = c.pipeline;
     Session dist(rc, MPI_COMM_WORLD);
     const double loss = dist.forward_backward(0);
     const auto grads = dist.gather_full(true);
@@ -155,6 +158,9 @@ std::vector<Case> all_cases() {
           if (std::string(s) == "lss" && causal) {
             out.push_back({s, d, causal, option, option, false, true});
             out.push_back({s, d, causal, option, !option, true, true});
+            // the chunk pipeline: re-gathered and kept K/V, and recomputed
+            out.push_back({s, d, causal, option, true, false, true, true});
+            if (option) out.push_back({s, d, causal, option, true, true, true, true});
           }
         }
   return out;
@@ -164,7 +170,8 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                            const Case& c = info.param;
                            return c.strategy + "_" + dtype_name(c.dtype) + (c.causal ? "_causal" : "_noncausal") +
                                   (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "") +
-                                  (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "");
+                                  (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "") +
+                                  (c.pipeline ? "_pipeline" : "");
                          });
 
 // ---- communication: the README's formulas, written out again here ----
@@ -237,15 +244,19 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
   for (auto [P, R] : grids_for_world()) {
     for (const char* strategy : {"lss", "megatron_sp"}) {
-      for (int variant : {0, 1, 2}) {
+      for (int variant : {0, 1, 2, 3, 4}) {
         // 0: defaults; 1: keep_kv + zigzag (lss) or regather_ln (megatron_sp); 2: recomputation
-        // on top of 1.
-        const bool option = variant >= 1, recompute = variant == 2;
+        // on top of 1; lss only: 3: the chunk pipeline (zigzag, re-gathered K/V); 4: 3 with kept K/V.
+        if (variant >= 3 && std::string(strategy) != "lss") continue;
+        const bool pipeline = variant >= 3;
+        const bool option = variant == 1 || variant == 2 || variant == 4, recompute = variant == 2;
+        const bool zigzag = option || pipeline;
         RunConfig rc = small(strategy, P, DType::f32, true);
         rc.strategy_opts.keep_kv = option;
         rc.strategy_opts.regather_ln = option;
-        rc.strategy_opts.zigzag = option;  // lss: the balanced order moves exactly the same bytes
+        rc.strategy_opts.zigzag = zigzag;  // lss: the balanced order moves exactly the same bytes
         rc.strategy_opts.recompute = recompute;
+        rc.strategy_opts.chunk_pipeline = pipeline;
         Session s(rc, MPI_COMM_WORLD);
         s.reset_counts();
         s.forward_backward(0);
@@ -262,11 +273,18 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           // positional rows (the embeddings' bucket's part not summed over sp).
           // The positional tail [T, T_max) belongs to the rank holding the last tokens: P-1, or 0
           // in the zigzag order (its second chunk is the sequence's last).
-          const int end_rank = option ? 0 : P - 1;
+          const int end_rank = zigzag ? 0 : P - 1;
           const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
-          if (P > 1)
+          if (P > 1 && !pipeline)
             // With recomputation the recomputed forward gathers again, so kept K/V saves nothing.
             want["sp"] = counts({{CollKind::all_gather, L * (option && !recompute ? 1 : 2), m.T * Bl * 2 * C * es},
+                                 {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
+                                 {CollKind::all_reduce, L + 2, 0}});
+          if (P > 1 && pipeline)
+            // The chunk pipeline's forward gathers each layer's [K|V] in two halves (front chunks,
+            // back chunks), of T*Bl*C elements each.
+            want["sp"] = counts({{CollKind::all_gather, 2 * L, m.T * Bl * C * es},
+                                 {CollKind::all_gather, option ? 0 : L, m.T * Bl * 2 * C * es},
                                  {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
                                  {CollKind::all_reduce, L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C) * es;
@@ -290,14 +308,14 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (replicated + sharded) * es;
         }
         if (P * R > 1) want["world"] = counts({{CollKind::all_reduce, 1, 8}});
-        EXPECT_EQ(got.size(), want.size()) << strategy << " P=" << P << " R=" << R;
+        EXPECT_EQ(got.size(), want.size()) << strategy << " P=" << P << " R=" << R << " variant " << variant;
         for (const auto& [group, c] : want) {
           ASSERT_TRUE(got.count(group)) << strategy << " P=" << P << " R=" << R << ": no calls on " << group;
           for (int k = 0; k < kNumCollKinds; ++k) {
             EXPECT_EQ(got.at(group).calls[k], c.calls[k])
-                << strategy << " P=" << P << " R=" << R << " " << group << " " << coll_kind_name(CollKind(k)) << " calls";
+                << strategy << " P=" << P << " R=" << R << " variant " << variant << " " << group << " " << coll_kind_name(CollKind(k)) << " calls";
             EXPECT_EQ(got.at(group).bytes[k], c.bytes[k])
-                << strategy << " P=" << P << " R=" << R << " " << group << " " << coll_kind_name(CollKind(k)) << " bytes";
+                << strategy << " P=" << P << " R=" << R << " variant " << variant << " " << group << " " << coll_kind_name(CollKind(k)) << " bytes";
           }
         }
       }

@@ -60,6 +60,7 @@ StrategyOptions options_of(const std::string& variant) {
   if (variant == "zigzag") o.zigzag = true;
   if (variant == "zigzag_recompute") o.zigzag = o.recompute = true;
   if (variant == "zigzag_keepkv") o.zigzag = o.keep_kv = true;
+  if (variant == "zigzag_pipeline") o.zigzag = o.chunk_pipeline = true;
   if (variant == "zigzag_offset") {  // the query-offset calls instead of the split causal blocks
     o.zigzag = true;
     o.split_causal = false;
@@ -133,9 +134,10 @@ std::vector<Case> cases() {
     }
   // The options on the GPU path: the balanced order (several attention calls per rank, merged by
   // log-sum-exp, a scratch sum of dK/dV), the same with query-offset calls instead of split
-  // causal blocks, recomputation, kept gathers, and the collectives run in order instead of
+  // causal blocks, recomputation, kept gathers, the chunk pipeline (two half gathers into one
+  // buffer, row ranges of every layer's buffers), and the collectives run in order instead of
   // overlapped.
-  for (const char* v : {"zigzag", "zigzag_offset", "zigzag_recompute", "zigzag_keepkv", "nooverlap"}) {
+  for (const char* v : {"zigzag", "zigzag_offset", "zigzag_recompute", "zigzag_keepkv", "zigzag_pipeline", "nooverlap"}) {
     out.push_back({"lss", DType::f32, true, "flash", v});
     out.push_back({"lss", DType::bf16, true, "cudnn", v});
   }

@@ -71,6 +71,9 @@ OptionParser make_parser() {
   p.add_flag("split-causal", true,
              "lss: each segment's causal attention as a block on its own keys (run while the K/V gather is in flight) "
              "plus one on the keys before it, merged by log-sum-exp");
+  p.add_flag("chunk-pipeline", false,
+             "lss, zigzag: gather the front and the back chunks' K/V in two all-gathers and interleave the two chunks' "
+             "blocks in forward, so that each gather runs beside the other chunk's compute");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
   p.add_flag("overlap", true, "overlap collectives with compute (communication stream, per-layer gradient all-reduces)");
   p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
@@ -108,6 +111,7 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.zigzag = p.flag("zigzag");
   rc.strategy_opts.split_causal = p.flag("split-causal");
   rc.strategy_opts.recompute = p.flag("recompute");
+  rc.strategy_opts.chunk_pipeline = p.flag("chunk-pipeline");
   rc.strategy_opts.overlap = p.flag("overlap");
   rc.strategy = p.str("strategy");
   rc.backend = p.str("backend");

@@ -41,6 +41,11 @@ struct StrategyOptions {
   // with a query offset, after the gather). On by default: 7.5% faster at T = 64K on 4 x H200
   // (PERFORMANCE.md).
   bool split_causal = true;
+  // lss, zigzag, split_causal: forward all-gathers the ranks' front chunks' [K|V] and their back
+  // chunks' in two gathers of half the size and interleaves the two chunks' blocks across layers,
+  // so that each gather runs beside the other chunk's compute (false: one fused gather per layer,
+  // beside the Q projection and the diagonal blocks only). Backward is unchanged.
+  bool chunk_pipeline = false;
   // lss, megatron_sp: activation checkpointing: keep only each block's output in forward,
   // recompute the block (its gathers included) in backward.
   bool recompute = false;

@@ -143,6 +143,11 @@ void set_packed_qkv_grads(AttentionArgs& args, void* dout, void* dqkv) {
 
 void mlp_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, View h_in, View h_out,
                  MlpActivations& a, int64_t N) {
+  mlp_allocate(be, cfg, a, N);
+  mlp_forward_rows(be, cfg, w, h_in, h_out, a, 0, N);
+}
+
+void mlp_allocate(Backend& be, const ModelConfig& cfg, MlpActivations& a, int64_t N) {
   const int64_t C = cfg.C;
   const DType st = stat_dtype(cfg.dtype);
   a.ln_out = be.alloc(cfg.dtype, N * C);
@@ -150,9 +155,18 @@ void mlp_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, Vie
   a.rstd = be.alloc(st, N);
   a.fc = be.alloc(cfg.dtype, N * 4 * C);
   a.act = be.alloc(cfg.dtype, N * 4 * C);
-  be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h_in, w.ln2_w, w.ln2_b, N, C, cfg.ln_eps);
-  linear_gelu_forward(be, a.act.view(), a.fc.view(), a.ln_out.view(), w.fc_w, w.fc_b, N, C, 4 * C);
-  linear_forward(be, h_out, a.act.view(), w.fc2_w, w.fc2_b, N, 4 * C, C, h_in);
+}
+
+void mlp_forward_rows(Backend& be, const ModelConfig& cfg, const LayerTensors& w, View h_in, View h_out,
+                      MlpActivations& a, int64_t row0, int64_t rows) {
+  const int64_t C = cfg.C;
+  const View in = h_in.slice(row0 * C, rows * C), out = h_out.slice(row0 * C, rows * C);
+  const View ln = a.ln_out.view().slice(row0 * C, rows * C);
+  const View fc = a.fc.view().slice(row0 * 4 * C, rows * 4 * C), act = a.act.view().slice(row0 * 4 * C, rows * 4 * C);
+  be.layernorm_forward(ln, a.mean.view().slice(row0, rows), a.rstd.view().slice(row0, rows), in, w.ln2_w, w.ln2_b,
+                       rows, C, cfg.ln_eps);
+  linear_gelu_forward(be, act, fc, ln, w.fc_w, w.fc_b, rows, C, 4 * C);
+  linear_forward(be, out, act, w.fc2_w, w.fc2_b, rows, 4 * C, C, in);
 }
 
 void mlp_backward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, const LayerTensors& g,

@@ -47,6 +47,11 @@ struct MlpActivations {
 };
 void mlp_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, View h_in, View h_out,
                  MlpActivations& acts, int64_t N);
+// mlp_forward in parts: the activations of all N rows, then rows [row0, row0 + rows) of h_in (N, C)
+// into the same rows of h_out and of the activations (a strategy that pipelines parts of its rows).
+void mlp_allocate(Backend& be, const ModelConfig& cfg, MlpActivations& acts, int64_t N);
+void mlp_forward_rows(Backend& be, const ModelConfig& cfg, const LayerTensors& w, View h_in, View h_out,
+                      MlpActivations& acts, int64_t row0, int64_t rows);
 // dh (N, C): on entry the gradient w.r.t. h_out, on exit w.r.t. h_in. Frees `acts`.
 void mlp_backward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, const LayerTensors& g,
                   View h_in, View dh, MlpActivations& acts, int64_t N);

@@ -193,6 +193,14 @@ Buffer Strategy::finish(PendingCollective& p) {
   return std::move(p.out);
 }
 
+CommHandle Strategy::start_seq_all_gather_into(View local, View out) {
+  CommHandle h = ctx_.grid.seq->start_all_gather(local, out);
+  wait_unless_overlap(*ctx_.grid.seq, h);
+  return h;
+}
+
+void Strategy::wait_seq(CommHandle& h) { ctx_.grid.seq->wait(h); }
+
 void Strategy::head_gradients_ready(ParamStore& store) { start_bucket(store, "head"); }
 
 void Strategy::layer_gradients_ready(ParamStore& store, int64_t l) {

@@ -145,6 +145,10 @@ class Strategy {
   PendingCollective start_seq_reduce_scatter(View full);
   // Waits for it and hands over its buffer.
   Buffer finish(PendingCollective& p);
+  // All-gathers `local` over the sequence group into `out` (P x its elements), a part of a buffer
+  // the caller owns; both must stay alive and unchanged until wait_seq().
+  CommHandle start_seq_all_gather_into(View local, View out);
+  void wait_seq(CommHandle& h);
   // Uploads this rank's window of step `step`: sequences [b0, b0+nb) at the positions of
   // `ranges` one after the other, each (count, nb) T-major; int32 tokens and targets.
   void upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,

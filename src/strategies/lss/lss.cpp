@@ -1,6 +1,7 @@
 #include "strategies/lss/lss.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 
@@ -28,6 +29,7 @@ class LssStrategy final : public Strategy {
     return {{"kv", ctx_.opts.keep_kv ? "keep" : "regather"},
             {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"},
             {"split_causal", split()},
+            {"chunk_pipeline", pipelined()},
             {"recompute", ctx_.opts.recompute},
             {"overlap", ctx_.opts.overlap}};
   }
@@ -58,7 +60,13 @@ class LssStrategy final : public Strategy {
     // Forward gathers once per layer; backward gathers again unless the forward's gather was kept
     // (with recomputation, the recomputed forward's gather is the second one).
     const bool one_gather = ctx_.opts.keep_kv && !ctx_.opts.recompute;
-    expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (one_gather ? 1 : 2), kv_bytes);
+    if (pipelined()) {
+      // The forward's gather in two halves (front chunks, back chunks).
+      expect_calls(m, "sp", P, CollKind::all_gather, 2 * cfg.L, kv_bytes / 2);
+      if (!one_gather) expect_calls(m, "sp", P, CollKind::all_gather, cfg.L, kv_bytes);
+    } else {
+      expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (one_gather ? 1 : 2), kv_bytes);
+    }
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
     // The sequence-reduced gradients, one all-reduce per bucket (head, each layer, embeddings).
     expect_total(m, "sp", P, CollKind::all_reduce, gradient_buckets(store_), store_.seq_reduced_numel() * es_grad);
@@ -99,7 +107,8 @@ class LssStrategy final : public Strategy {
       // Beside the reduce-scatter: the out-projection's weight gradient, the Q projection's
       // backward and the diagonal blocks' backward.
       const double q_backward = 3 * (2 * N * C * C) + 2.5 * diagonal_forward;
-      m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
+      if (pipelined()) add_pipelined_gather_bounds(m, kv_bytes);
+      else m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
       if (ctx_.opts.recompute)
         m.comm.push_back({"K/V all-gather, recomputed forward", "sp", CollKind::all_gather, kv_bytes, cfg.L,
                           q_projection});
@@ -112,6 +121,43 @@ class LssStrategy final : public Strategy {
     return m;
   }
 
+  // --chunk-pipeline's forward gathers, each with the FLOPs that forward_pipelined's order runs
+  // beside it. Per chunk (n = N/2 rows): its K/V projection; then, after its gather starts, its Q
+  // projection and diagonal block; later its "attend" part (preceding block, out projection,
+  // MLP). A front chunk's gather of layer l runs beside its own Q projection and diagonal, then
+  // attend(back, l-1) and the back chunk's whole project(l); a back chunk's gather beside its own
+  // Q projection and diagonal, attend(front, l) and the front chunk's project(l+1). Layer 0's
+  // front gather has no attend(back, -1) beside it, layer L-1's back gather no project(front, L).
+  void add_pipelined_gather_bounds(BoundModel& m, int64_t kv_bytes) const {
+    const ModelConfig& cfg = ctx_.cfg;
+    const double C = static_cast<double>(cfg.C);
+    auto chunk = [&](int s) {
+      const RowRange& seg = segments_[s];
+      const double n = static_cast<double>(seg.count * Bl_);
+      const double diagonal = 2.0 * static_cast<double>(Bl_ * seg.count * seg.count) * C;
+      const double kv_projection = 2 * n * C * 2 * C;
+      const double q_and_diagonal = 2 * n * C * C + diagonal;
+      const double attend = 4.0 * static_cast<double>(Bl_ * seg.count * seg.start) * C + 2 * n * C * C + 16 * n * C * C;
+      return std::array<double, 3>{kv_projection, q_and_diagonal, attend};
+    };
+    const auto front = chunk(0), back = chunk(1);
+    const double front_gather = front[1] + back[2] + back[0] + back[1];  // layers 1...L-1
+    const double front_gather_first = front[1] + back[0] + back[1];      // layer 0: no attend(back, -1)
+    const double back_gather = back[1] + front[2] + front[0] + front[1];  // layers 0...L-2
+    const double back_gather_last = back[1] + front[2];                  // layer L-1: no project(front, L)
+    const int64_t half = kv_bytes / 2;
+    m.comm.push_back({"K/V all-gather, forward, front chunks, layer 0", "sp", CollKind::all_gather, half, 1,
+                      front_gather_first});
+    if (cfg.L > 1)
+      m.comm.push_back({"K/V all-gather, forward, front chunks", "sp", CollKind::all_gather, half, cfg.L - 1,
+                        front_gather});
+    if (cfg.L > 1)
+      m.comm.push_back({"K/V all-gather, forward, back chunks", "sp", CollKind::all_gather, half, cfg.L - 1,
+                        back_gather});
+    m.comm.push_back({"K/V all-gather, forward, back chunks, last layer", "sp", CollKind::all_gather, half, 1,
+                      back_gather_last});
+  }
+
   // The memory-bound passes of one layer, as attention_forward / attention_backward run them.
   std::vector<BoundModel::Pass> passes() const {
     using Kind = BoundModel::Pass::Kind;
@@ -121,7 +167,12 @@ class LssStrategy final : public Strategy {
     if (ctx_.opts.zigzag) {
       // Every gather is put into token order: the forward's, and backward's re-gather.
       const bool regather = !ctx_.opts.keep_kv && !ctx_.opts.recompute;
-      out.push_back({"[K|V] to token order", Kind::copy, kv, {}, 1, regather ? 1.0 : 0.0});
+      // --chunk-pipeline's forward attends from the gathered halves as they are, and puts them
+      // into token order only to keep them (keep_kv); with recomputation only the recomputed
+      // forward (the fused gather) copies: once per layer, counted twice.
+      double forward_copies = 1;
+      if (pipelined()) forward_copies = ctx_.opts.recompute ? 0.5 : (ctx_.opts.keep_kv ? 1 : 0);
+      out.push_back({"[K|V] to token order", Kind::copy, kv, {}, forward_copies, regather ? 1.0 : 0.0});
       out.push_back({"[dK|dV] to rank order", Kind::copy, kv, {}, 0, 1});
     }
     // Backward's dK/dV: the segment seeing the most keys writes dkv_full (the rows beyond zeroed),
@@ -154,19 +205,24 @@ class LssStrategy final : public Strategy {
     be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"), store_.param("wpe").slice(0, Tl_ * C),
                          Tl_, Bl_, C);
     layers_.resize(cfg.L);
-    View h = resid0_.view();
-    for (int64_t l = 0; l < cfg.L; ++l) {
-      Layer& a = layers_[l];
-      block_forward(l, h, a);
-      // Activation checkpointing: keep only the block's output (the next block's input); the
-      // rest is recomputed from it in backward.
-      if (ctx_.opts.recompute) {
-        Buffer out = std::move(a.h_out);
-        a = Layer{};
-        a.h_out = std::move(out);
+    if (pipelined()) {
+      forward_pipelined();
+    } else {
+      View h = resid0_.view();
+      for (int64_t l = 0; l < cfg.L; ++l) {
+        Layer& a = layers_[l];
+        block_forward(l, h, a);
+        // Activation checkpointing: keep only the block's output (the next block's input); the
+        // rest is recomputed from it in backward.
+        if (ctx_.opts.recompute) {
+          Buffer out = std::move(a.h_out);
+          a = Layer{};
+          a.h_out = std::move(out);
+        }
+        h = a.h_out.view();
       }
-      h = a.h_out.view();
     }
+    const View h = layers_.empty() ? resid0_.view() : layers_.back().h_out.view();
     return head_forward(be, cfg, store_, h, targets_.view(), head_, N,
                         1.0 / static_cast<double>(cfg.B * cfg.T));
   }
@@ -213,6 +269,11 @@ class LssStrategy final : public Strategy {
     Buffer q;           // (N, C) local queries
     Buffer kv_local;    // (N, 2C) row n = [k | v] of local token n (kept for the re-gather)
     Buffer kv_full;     // (T*Bl, 2C) gathered, in global token order (kept only with keep_kv)
+    // --chunk-pipeline's forward: (T*Bl, 2C) the back chunks' gathered [K|V] (rank q's chunk
+    // 2P-1-q at rows q*c*Bl), then the front chunks' (rank q's chunk q at rows (P+q)*c*Bl), and
+    // the two gathers writing them (index: chunk 0 front, 1 back).
+    Buffer kv_wave;
+    CommHandle wave_gather[2];
     Buffer attn_out;    // (N, C)
     Buffer lse;         // (Bl, H, Tl): one (Bl, H, count) block per segment
     Buffer h_mid;       // (N, C) residual after attention
@@ -304,6 +365,123 @@ class LssStrategy final : public Strategy {
     return args;
   }
   bool split() const { return ctx_.cfg.causal && ctx_.opts.split_causal; }
+  bool pipelined() const { return ctx_.opts.chunk_pipeline && ctx_.opts.zigzag && split() && P_ > 1; }
+
+  // --chunk-pipeline's forward. Every key a chunk's preceding block sees is one range of kv_wave
+  // (the front chunk p: front chunks 0...p-1; the back chunk 2P-1-p: the back chunks of ranks
+  // p+1...P-1, then every front chunk), and an unmasked block does not depend on the order of its
+  // keys, so the gathered halves are used as they arrive. The blocks run in the order
+  //   project(0, front) project(0, back) attend(0, front)
+  //   project(l, front) attend(l-1, back) project(l, back) attend(l, front)   for l = 1...L-1
+  //   attend(L-1, back)
+  // so that each half's gather runs beside the other chunk's work (README, lss schedule).
+  void forward_pipelined() {
+    const int64_t L = ctx_.cfg.L;
+    wave_project(0, 0);
+    wave_project(0, 1);
+    wave_attend(0, 0);
+    for (int64_t l = 1; l < L; ++l) {
+      wave_project(l, 0);
+      wave_attend(l - 1, 1);
+      wave_project(l, 1);
+      wave_attend(l, 0);
+    }
+    wave_attend(L - 1, 1);
+  }
+
+  View block_input(int64_t l) const { return l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(); }
+  // Local rows (row0 * Bl) of chunk s, and the first row of kv_wave its preceding block reads.
+  int64_t chunk_row0(int s) const { return s == 0 ? 0 : segments_[0].count; }
+  int64_t wave_first_key(int s) const {
+    const int64_t c = Tl_ / 2;
+    return s == 0 ? P_ * c : (ctx_.grid.p + 1) * c;
+  }
+
+  // Chunk s of layer l up to its gather: LN1, the K/V projection, the gather started, the Q
+  // projection and the diagonal block. The front chunk allocates the layer's activations.
+  void wave_project(int64_t l, int s) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C;
+    const DType st = stat_dtype(cfg.dtype);
+    Layer& a = layers_[l];
+    const LayerTensors w = layer_params(store_, l);
+    if (s == 0) {
+      a.ln_out = be.alloc(cfg.dtype, N_ * C);
+      a.mean = be.alloc(st, N_);
+      a.rstd = be.alloc(st, N_);
+      a.q = be.alloc(cfg.dtype, N_ * C);
+      a.kv_local = be.alloc(cfg.dtype, N_ * 2 * C);
+      a.kv_wave = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);
+      a.attn_out = be.alloc(cfg.dtype, N_ * C);
+      a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
+      a.h_mid = be.alloc(cfg.dtype, N_ * C);
+      a.h_out = be.alloc(cfg.dtype, N_ * C);
+      mlp_allocate(be, cfg, a.mlp, N_);
+    }
+    const RowRange& seg = segments_[s];
+    const int64_t row0 = chunk_row0(s), r = row0 * Bl_, n = seg.count * Bl_;
+    const View ln = a.ln_out.view().slice(r * C, n * C), kv = a.kv_local.view().slice(r * 2 * C, n * 2 * C);
+    be.layernorm_forward(ln, a.mean.view().slice(r, n), a.rstd.view().slice(r, n), block_input(l).slice(r * C, n * C),
+                         w.ln1_w, w.ln1_b, n, C, cfg.ln_eps);
+    linear_forward(be, kv, ln, wkv(w.attn_w), bkv(w.attn_b), n, C, 2 * C);
+    const int64_t half = P_ * n * 2 * C;  // elements of one gathered half
+    a.wave_gather[s] = start_seq_all_gather_into(kv, a.kv_wave.view().slice(s == 0 ? half : 0, half));
+    linear_forward(be, a.q.view().slice(r * C, n * C), ln, wq(w.attn_w), bq(w.attn_b), n, C, C);
+    be.attention_forward(diagonal_args(a, a.kv_local, seg, row0, row0));
+  }
+
+  // Chunk s of layer l from its gather on: the preceding block (merged into the diagonal one's),
+  // the out projection and the MLP. The back chunk finishes the layer.
+  void wave_attend(int64_t l, int s) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const int64_t C = cfg.C;
+    Layer& a = layers_[l];
+    const LayerTensors w = layer_params(store_, l);
+    const RowRange& seg = segments_[s];
+    const int64_t row0 = chunk_row0(s), r = row0 * Bl_, n = seg.count * Bl_;
+    // The back chunk reads both halves (a second wait on the front's is a no-op).
+    wait_seq(a.wave_gather[0]);
+    if (s == 1) wait_seq(a.wave_gather[1]);
+    if (seg.start > 0) {
+      AttentionArgs own = attention_args(a, a.kv_wave, seg, row0);
+      const int64_t shift = wave_first_key(s) * Bl_ * 2 * C * static_cast<int64_t>(dtype_size(cfg.dtype));
+      own.k.ptr = static_cast<char*>(own.k.ptr) + shift;
+      own.v.ptr = static_cast<char*>(own.v.ptr) + shift;
+      own.Tk = seg.start;
+      own.q_offset = 0;
+      own.causal = false;
+      Buffer part = be.alloc(cfg.dtype, n * C);                     // (count*Bl, C)
+      Buffer part_lse = be.alloc(stat_dtype(cfg.dtype), Bl_ * cfg.H * seg.count);  // (Bl, H, count)
+      AttentionArgs before = own;
+      before.out = {part.ptr(), C, Bl_ * C};
+      before.lse = part_lse.ptr();
+      be.attention_forward(before);
+      be.attention_merge(attention_merge_args(own, before));
+    }
+    const View h = block_input(l).slice(r * C, n * C);
+    linear_forward(be, a.h_mid.view().slice(r * C, n * C), a.attn_out.view().slice(r * C, n * C), w.proj_w, w.proj_b,
+                   n, C, C, h);
+    mlp_forward_rows(be, cfg, w, a.h_mid.view(), a.h_out.view(), a.mlp, r, n);
+    if (s == 0) return;
+    if (ctx_.opts.recompute) {  // activation checkpointing, as in forward()
+      Buffer out = std::move(a.h_out);
+      a = Layer{};
+      a.h_out = std::move(out);
+      return;
+    }
+    if (ctx_.opts.keep_kv) {
+      a.kv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (T*Bl, 2C) global order
+      const int64_t c = Tl_ / 2, rows = c * Bl_ * 2 * C;
+      for (int64_t q = 0; q < P_; ++q) {
+        be.copy(a.kv_full.view().slice(q * rows, rows), a.kv_wave.view().slice((P_ + q) * rows, rows));
+        be.copy(a.kv_full.view().slice((2 * P_ - 1 - q) * rows, rows), a.kv_wave.view().slice(q * rows, rows));
+      }
+      a.kv_local.reset();
+    }
+    a.kv_wave.reset();
+  }
 
   // Moves [K|V] rows between the all-gather's rank-major order (rank q's local rows, segment by
   // segment) and global token order; identity for contiguous segments, which need no copy.
@@ -500,6 +678,12 @@ std::unique_ptr<Strategy> make_lss_strategy(StrategyContext ctx) {
   LSS_REQUIRE_INPUT(!ctx.opts.zigzag || cfg.T % (2 * ctx.grid.P) == 0,
                     "--zigzag: --seq " + std::to_string(cfg.T) + " does not divide by 2 x --sp = " +
                         std::to_string(2 * ctx.grid.P) + " (each rank holds two chunks of T/(2P))");
+  // The pipeline interleaves the two zigzag chunks and reads each one's preceding keys from the
+  // gathered halves as an unmasked block: it needs the chunks, the causal mask and the split blocks.
+  LSS_REQUIRE_INPUT(!ctx.opts.chunk_pipeline || (ctx.opts.zigzag && cfg.causal && ctx.opts.split_causal),
+                    std::string("--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: ") +
+                        (ctx.opts.zigzag ? "--zigzag" : "--no-zigzag") + ", " + (cfg.causal ? "--causal" : "--no-causal") +
+                        ", " + (ctx.opts.split_causal ? "--split-causal" : "--no-split-causal") + ")");
   return std::make_unique<LssStrategy>(ctx);
 }
 
