@@ -48,6 +48,10 @@ ok = ok and abs(sum(x["ms_per_call"] * x["calls"] for x in r0["passes"]) - r0["p
 # lss in the zigzag order reorders every gather: priced passes.
 zigzag = c["strategy_options"].get("order") == "zigzag"
 ok = ok and (not zigzag or r0["passes_ms"] > 0)
+# lss --chunk-pipeline runs every forward linear on each of its two chunks: timed so.
+pipeline = c["strategy_options"].get("chunk_pipeline", False)
+ok = ok and all((x.get("forward_parts", 1) == 2) == pipeline for x in r0["linears"])
+ok = ok and all(x["forward_in_parts_ms"] > 0 for x in r0["linears"] if pipeline)
 ok = ok and abs(max(b["per_rank_ms"]) - b["bound_ms"]) <= 1e-9 * b["bound_ms"] and len(b["per_rank_ms"]) == r["grid"]["world"]
 ok = ok and abs(r0["gemm_tflops_at_step_shapes"] - r0["gemm_flops"] / r0["gemm_ms"] / 1e9) <= 1e-9 * r0["gemm_tflops_at_step_shapes"]
 ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])

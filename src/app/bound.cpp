@@ -86,8 +86,12 @@ std::pair<double, double> attention_seconds(Backend& be, double heat_s, Attentio
 }
 
 // Forward and backward (data and weight gradients, bias) seconds of one linear layer, fresh
-// operands, with the step's fusions (residual, GELU and its gradient in the GEMM's epilogue).
-std::pair<double, double> linear_seconds(Backend& be, double heat_s, DType dtype, const BoundModel::Linear& l) {
+// operands, with the step's fusions (residual, GELU and its gradient in the GEMM's epilogue); and
+// with forward_parts > 1 the forward run as that many GEMMs on consecutive row ranges.
+struct LinearSeconds {
+  double forward = 0, backward = 0, forward_in_parts = 0;
+};
+LinearSeconds linear_seconds(Backend& be, double heat_s, DType dtype, const BoundModel::Linear& l) {
   const DType gd = master_dtype(dtype);
   Buffer x = random_operand(be, dtype, l.rows * l.in), w = random_operand(be, dtype, l.out * l.in);
   Buffer b = random_operand(be, dtype, l.out), y = be.alloc(dtype, l.rows * l.out);
@@ -96,17 +100,32 @@ std::pair<double, double> linear_seconds(Backend& be, double heat_s, DType dtype
   Buffer residual = random_operand(be, dtype, l.residual ? l.rows * l.out : 0);  // (rows, out)
   Buffer pre = be.alloc(dtype, l.gelu_out ? l.rows * l.out : 0);                 // (rows, out)
   Buffer x_pre = random_operand(be, dtype, l.gelu_in ? l.rows * l.in : 0);       // (rows, in)
-  const double fwd = time_median(be, heat_s, [&] {
+  // Rows [r0, r0 + n) of the forward.
+  auto forward = [&](int64_t r0, int64_t n) {
+    const View xs = x.view().slice(r0 * l.in, n * l.in), ys = y.view().slice(r0 * l.out, n * l.out);
     if (l.gelu_out)
-      linear_gelu_forward(be, y.view(), pre.view(), x.view(), w.view(), b.view(), l.rows, l.in, l.out);
+      linear_gelu_forward(be, ys, pre.view().slice(r0 * l.out, n * l.out), xs, w.view(), b.view(), n, l.in, l.out);
     else
-      linear_forward(be, y.view(), x.view(), w.view(), b.view(), l.rows, l.in, l.out, residual.view());
-  });
-  const double bwd = time_median(be, heat_s, [&] {
+      linear_forward(be, ys, xs, w.view(), b.view(), n, l.in, l.out,
+                     l.residual ? residual.view().slice(r0 * l.out, n * l.out) : View{});
+  };
+  LinearSeconds t;
+  t.forward = time_median(be, heat_s, [&] { forward(0, l.rows); });
+  t.backward = time_median(be, heat_s, [&] {
     linear_backward(be, dx.view(), 0.0, dw.view(), db.view(), dy.view(), x.view(), w.view(), l.rows, l.in, l.out,
                     x_pre.view());
   });
-  return {fwd, bwd};
+  t.forward_in_parts = t.forward;
+  if (l.forward_parts > 1) {
+    t.forward_in_parts = time_median(be, heat_s, [&] {
+      for (int64_t part = 0, r0 = 0; part < l.forward_parts; ++part) {
+        const int64_t n = (l.rows - r0) / (l.forward_parts - part);
+        forward(r0, n);
+        r0 += n;
+      }
+    });
+  }
+  return t;
 }
 
 // Most parameters of one timed AdamW call: the optimizer is memory-bound, its time proportional
@@ -248,15 +267,21 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
   const int64_t rows = m.T * m.B / session.grid().world;  // LayerNorm / residual rows of every strategy
   ComputeParts c;
   for (const auto& lin : model.layer_linears) {
-    const auto [fwd, bwd] = linear_seconds(be, heat_s, m.dtype, lin);
-    c.gemm_s += L * ((1 + recompute) * fwd + bwd);
-    c.linears.push_back({{"rows", lin.rows}, {"in", lin.in}, {"out", lin.out}, {"residual", lin.residual},
-                         {"gelu_out", lin.gelu_out}, {"gelu_in", lin.gelu_in}, {"forward_ms", fwd * 1e3},
-                         {"backward_ms", bwd * 1e3}});
+    const LinearSeconds t = linear_seconds(be, heat_s, m.dtype, lin);
+    // The step's forward in its parts; the recomputed forward (one block at a time) whole.
+    c.gemm_s += L * (t.forward_in_parts + recompute * t.forward + t.backward);
+    nlohmann::json j = {{"rows", lin.rows}, {"in", lin.in}, {"out", lin.out}, {"residual", lin.residual},
+                        {"gelu_out", lin.gelu_out}, {"gelu_in", lin.gelu_in}, {"forward_ms", t.forward * 1e3},
+                        {"backward_ms", t.backward * 1e3}};
+    if (lin.forward_parts > 1) {
+      j["forward_parts"] = lin.forward_parts;
+      j["forward_in_parts_ms"] = t.forward_in_parts * 1e3;
+    }
+    c.linears.push_back(j);
   }
   {
-    const auto [fwd, bwd] = linear_seconds(be, heat_s, m.dtype, {rows, m.C, m.V});  // LM head (its bias is measured too)
-    c.gemm_s += fwd + bwd;
+    const LinearSeconds t = linear_seconds(be, heat_s, m.dtype, {rows, m.C, m.V});  // LM head (its bias is measured too)
+    c.gemm_s += t.forward + t.backward;
   }
   // A block runs LN1 and LN2 (and the strategy's unfused residual adds) forward, LN1 and LN2
   // backward; the head the final LayerNorm both ways, the loss and the embedding both ways.

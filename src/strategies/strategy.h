@@ -39,6 +39,9 @@ struct BoundModel {
     bool residual = false;  // forward adds the residual stream in the GEMM (linear_forward's residual)
     bool gelu_out = false;  // forward applies GELU in the GEMM's epilogue (linear_gelu_forward)
     bool gelu_in = false;   // its input is a GELU output: the data gradient goes through gelu' in the epilogue
+    // The step's forward runs it as this many GEMMs on consecutive row ranges (lss
+    // --chunk-pipeline: one per chunk); backward and a recomputed forward run it whole.
+    int64_t forward_parts = 1;
   };
   std::vector<Linear> layer_linears;
   // Residual adds a block runs as separate kernels on the rank's N rows (those not fused into a

@@ -85,6 +85,8 @@ class LssStrategy final : public Strategy {
                        {N_, cfg.C, cfg.C, true},
                        {N_, cfg.C, 4 * cfg.C, false, true},
                        {N_, 4 * cfg.C, cfg.C, true, false, true}};
+    if (pipelined())
+      for (auto& lin : m.layer_linears) lin.forward_parts = static_cast<int64_t>(segments_.size());
     // The causal blocks on a segment's own keys (split_causal), 4 Bl H c^2 D / 2 FLOPs forward and
     // 2.5 times that backward, run beside the gather and the reduce-scatter; priced at the GEMM rate.
     double diagonal_forward = 0;
