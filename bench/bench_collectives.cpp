@@ -5,10 +5,16 @@
 // buffer of nccl-tests ("size": the gathered output of all_gather, the input of
 // reduce_scatter/all_to_all, the buffer of all_reduce); algbw = size / time and
 // busbw = algbw x (P-1)/P (all_gather, reduce_scatter, all_to_all) or x 2(P-1)/P (all_reduce).
+// The overlap_* benchmarks time an asynchronous all-gather or reduce-scatter with the model's MLP
+// GEMMs running beside it on the compute stream, against each alone: how much of the collective
+// the GEMMs hide and how much each slows the other (the trade of every overlapped schedule).
 #include <mpi.h>
+
+#include <algorithm>
 
 #include "bench/bench_common.h"
 #include "comm/grid.h"
+#include "model/layers.h"
 #ifdef LSS_HAVE_CUDA
 #include "comm/nccl_communicator.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -58,6 +64,92 @@ void collective(benchmark::State& state, Kind kind) {
   state.counters["busbw_GB/s"] = benchmark::Counter(size * factor / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Seconds of op() on the compute stream, slowest rank.
+template <class Op>
+double timed(Op op) {
+  const auto a = g_backend->mark();
+  op();
+  const auto b = g_backend->mark();
+  double t = g_backend->seconds_between(a, b);
+  MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return t;
+}
+
+template <class Op>
+double median_seconds(Op op, int runs) {
+  std::vector<double> t;
+  for (int i = 0; i < runs; ++i) t.push_back(timed(op));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Args: the collective's size (as above) and the number of GEMMs beside it, each the MLP's
+// first linear layer on `rows` local rows, (rows, C) x (C, 4C), C = 2048 with --large (the
+// model of GPU.md; rows 4096 = T 16K on 4 ranks), else 64 on 256 rows. Iteration time: the
+// collective started, the GEMMs, the wait, on the compute stream. Counters (microseconds, slowest
+// rank, medians): coll_alone_us, gemms_alone_us, gemms_beside_us (the GEMMs while the collective
+// runs), together_us; hidden = (coll_alone + gemms_alone - together) / min(coll_alone,
+// gemms_alone), 1 when the shorter one is hidden whole at no cost to the other, 0 when they
+// run as if one after the other; gemm_slowdown = gemms_beside / gemms_alone.
+void overlap(benchmark::State& state, Kind kind) {
+  const int P = g_grid.world;
+  const int64_t bytes = state.range(0), gemms = state.range(1);
+  const DType dt = bench_dtype(g_settings);
+  const int64_t es = static_cast<int64_t>(dtype_size(dt));
+  const int64_t total = bytes / es / P * P;
+  const int64_t C = g_settings.large ? 2048 : 64, rows = g_settings.large ? 4096 : 256;
+  Buffer full = random_buffer(*g_backend, dt, total, 11);        // (total)
+  Buffer part = random_buffer(*g_backend, dt, total / P, 12);    // (total / P)
+  Buffer x = random_buffer(*g_backend, dt, rows * C, 13);        // (rows, C)
+  Buffer w = random_buffer(*g_backend, dt, 4 * C * C, 14, 0.02);  // (4C, C)
+  Buffer bias = random_buffer(*g_backend, dt, 4 * C, 15);        // (4C)
+  Buffer y = g_backend->alloc(dt, rows * 4 * C);                 // (rows, 4C)
+  Communicator& comm = *g_grid.world_comm;
+  auto run_gemms = [&] {
+    for (int64_t i = 0; i < gemms; ++i) linear_forward(*g_backend, y.view(), x.view(), w.view(), bias.view(), rows, C, 4 * C);
+  };
+  auto start = [&] {
+    return kind == kAllGather ? comm.start_all_gather(part.view(), full.view())
+                              : comm.start_reduce_scatter(full.view(), part.view());
+  };
+  auto alone = [&] {
+    CommHandle h = start();
+    comm.wait(h);
+  };
+  double beside = 0;
+  auto together = [&] {
+    const auto a = g_backend->mark();
+    CommHandle h = start();
+    run_gemms();
+    const auto m = g_backend->mark();
+    comm.wait(h);
+    beside = g_backend->seconds_between(a, m);
+  };
+  alone();
+  run_gemms();
+  together();
+  constexpr int kRuns = 5;
+  const double coll_alone = median_seconds(alone, kRuns), gemms_alone = median_seconds(run_gemms, kRuns);
+  std::vector<double> beside_runs, together_runs;
+  for (auto _ : state) {
+    const double t = timed(together);
+    MPI_Allreduce(MPI_IN_PLACE, &beside, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    beside_runs.push_back(beside);
+    together_runs.push_back(t);
+    state.SetIterationTime(t);
+  }
+  std::sort(beside_runs.begin(), beside_runs.end());
+  std::sort(together_runs.begin(), together_runs.end());
+  const double gemms_beside = beside_runs[beside_runs.size() / 2], both = together_runs[together_runs.size() / 2];
+  state.counters["size_bytes"] = static_cast<double>(total * es);
+  state.counters["coll_alone_us"] = coll_alone * 1e6;
+  state.counters["gemms_alone_us"] = gemms_alone * 1e6;
+  state.counters["gemms_beside_us"] = gemms_beside * 1e6;
+  state.counters["together_us"] = both * 1e6;
+  state.counters["hidden"] = (coll_alone + gemms_alone - both) / std::min(coll_alone, gemms_alone);
+  state.counters["gemm_slowdown"] = gemms_beside / gemms_alone;
+}
+
 void register_all() {
   const std::vector<std::pair<const char*, Kind>> kinds = {
       {"all_gather", kAllGather}, {"reduce_scatter", kReduceScatter}, {"all_reduce", kAllReduce}, {"all_to_all", kAllToAll}};
@@ -66,6 +158,18 @@ void register_all() {
     b->ArgNames({"bytes"})->UseManualTime()->Iterations(kIterations)->Unit(benchmark::kMicrosecond);
     const int64_t hi = g_settings.large ? (int64_t{1} << 30) : (int64_t{1} << 24);
     for (int64_t s = int64_t{1} << 16; s <= hi; s *= 4) b->Args({s});
+  }
+  // The K/V gather of the model at T = 16K (32 MiB per half, 64 MiB whole in bf16 with --large:
+  // T * 2C * 2 bytes, halves of the chunk pipeline) and its reduce-scatter, beside 1-8 GEMMs.
+  const std::vector<std::pair<const char*, Kind>> overlapped = {{"overlap_all_gather", kAllGather},
+                                                                 {"overlap_reduce_scatter", kReduceScatter}};
+  for (const auto& [name, kind] : overlapped) {
+    auto* b = benchmark::RegisterBenchmark(name, [kind = kind](benchmark::State& s) { overlap(s, kind); });
+    b->ArgNames({"bytes", "gemms"})->UseManualTime()->Iterations(kIterations)->Unit(benchmark::kMicrosecond);
+    const std::vector<int64_t> sizes = g_settings.large ? std::vector<int64_t>{int64_t{1} << 25, int64_t{1} << 26, int64_t{1} << 27}
+                                                        : std::vector<int64_t>{int64_t{1} << 20};
+    for (int64_t size : sizes)
+      for (int64_t gemms : {1, 2, 4, 8}) b->Args({size, gemms});
   }
 }
 
