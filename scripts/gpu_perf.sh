@@ -28,6 +28,10 @@
 #             ncu_attention_{flash,cudnn}.ncu-rep and their details pages as text in $OUT
 #   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs, the MLP's linear layers plain
 #             and with the fused epilogues, LayerNorm forward and backward, GELU, cross-entropy
+#   collectives  bench_collectives --large on every GPU: the collectives alone (nccl-tests' busbw)
+#             and overlap_* (a K/V-sized all-gather or reduce-scatter with 1-8 MLP GEMMs beside it:
+#             hidden share, GEMM slowdown); LSS_BENCH_FILTER picks benchmarks, and NCCL's own
+#             variables (e.g. NCCL_MAX_CTAS) pass through, for A/Bs of the collectives' SM share
 #   ab        the bundle's lssbench against a base build, $LSS_AB_BASE (e.g. bin/lssbench-<commit>
 #             unpacked from .device/base.tar.xz, made with the same bundle script; or the bundle's own
 #             lssbench, to compare options: LSS_AB_NEW_ARGS are added to the new side's runs), in one call:
@@ -205,6 +209,11 @@ PY
     kernels)
       step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large --benchmark_min_time=0.2 \
         --benchmark_filter='gemm|linear|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
+    collectives)
+      local tag=${NCCL_MAX_CTAS:+_max_ctas$NCCL_MAX_CTAS}
+      step bench_collectives$tag 300 mpiexec.hydra -n "$gpus" "$dev/bin/bench_collectives" --backend=cuda --large \
+        --benchmark_filter="${LSS_BENCH_FILTER:-.}" --benchmark_out="$res/bench_collectives_w$gpus$tag.json" \
+        --benchmark_out_format=json ;;
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       local name
