@@ -4,7 +4,9 @@
 usage: python3 plots/lssplot.py SWEEP_DIR [SWEEP_DIR ...] --out CHART_DIR
 
 Each SWEEP_DIR is a `lssbench sweep` folder (points/*.json and aggregate-*.json; the newest
-aggregate is used). Charts (PNG) and their series are listed in CHART_DIR/charts.json, and
+aggregate is used). Folders that share a strategy (e.g. lss with and without an option, one sweep
+each) stay apart: that strategy's series are named "<strategy> (<folder name>)" and drawn with a
+line style per folder. Charts (PNG) and their series are listed in CHART_DIR/charts.json, and
 CHART_DIR/SUMMARY.md holds the tables. A missing or malformed file is an error naming the file.
 """
 import argparse
@@ -51,6 +53,7 @@ def load_sweep(folder):
                 if field not in r:
                     raise InputError(f"{p}: result without '{field}'")
         r["_path"] = p
+        r["_sweep"] = os.path.basename(os.path.normpath(folder))
         points.append(r)
     def by_time(path):  # aggregate-<UTC stamp>[-<n>].json: the n-th aggregate of that second
         stem = os.path.basename(path)[len("aggregate-"):-len(".json")]
@@ -98,17 +101,46 @@ def ok_points(sweeps):
     return [p for s in sweeps for p in s["points"] if p["status"] == "ok"]
 
 
-def by_strategy(points, x_of, y_of):
+LINE_STYLES = ["-", "--", ":", "-."]
+
+
+class Series:
+    """Names of the series: a strategy alone, or with its sweep's name where several sweeps have it."""
+
+    def __init__(self, sweeps):
+        self.order = [s["name"] for s in sweeps]
+        owners = {}
+        for s in sweeps:
+            strategies = {p["strategy"] for p in s["points"]}
+            strategies |= {e["strategy"] for key in ("strong_scaling", "weak_scaling", "max_seq")
+                           for e in s["aggregate"].get(key, [])}
+            for st in strategies:
+                owners.setdefault(st, set()).add(s["name"])
+        self.shared = {st for st, names in owners.items() if len(names) > 1}
+        self.speedup_sweeps = sum(1 for s in sweeps if s["aggregate"].get("speedup_lss_over_megatron_sp"))
+
+    def name(self, strategy, sweep):
+        return f"{strategy} ({sweep})" if strategy in self.shared else strategy
+
+    def of(self, p):
+        return self.name(p["strategy"], p["_sweep"])
+
+    def style(self, sweep):
+        return LINE_STYLES[self.order.index(sweep) % len(LINE_STYLES)] if len(self.order) > 1 else "-"
+
+
+def by_series(points, name_of, x_of, y_of):
     out = {}
     for p in points:
-        out.setdefault(p["strategy"], []).append((x_of(p), y_of(p)))
+        out.setdefault(name_of(p), []).append((x_of(p), y_of(p)))
     return {k: sorted(v) for k, v in out.items()}
 
 
-def plot_lines(ax, data, xlabel, ylabel, logx=False):
+def plot_lines(ax, data, xlabel, ylabel, logx=False, styles=None):
     for s, xy in sorted(data.items()):
-        color, marker = STYLE.get(s, (None, "x"))
-        ax.plot([x for x, _ in xy], [y for _, y in xy], marker=marker, color=color, label=s)
+        color, marker = STYLE.get(s.split(" (")[0], (None, "x"))
+        ax.plot([x for x, _ in xy], [y for _, y in xy], marker=marker, color=color, ls=(styles or {}).get(s, "-"),
+                label=s)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logx:
@@ -122,7 +154,9 @@ def draw(sweeps, out):
     os.makedirs(out, exist_ok=True)
     charts = Charts(out, provenance(sweeps))
     pts = ok_points(sweeps)
-    speed = [e for s in sweeps for e in s["aggregate"].get("speedup_lss_over_megatron_sp", [])]
+    names = Series(sweeps)
+    styles = {names.of(p): names.style(p["_sweep"]) for p in pts}
+    speed = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("speedup_lss_over_megatron_sp", [])]
     world = lambda p: p["grid"]["world"]
     seq = lambda p: p["config"]["seq"]
 
@@ -134,10 +168,10 @@ def draw(sweeps, out):
             groups = {}
             other = "seq" if key == "world" else "world"
             for e in speed:
-                groups.setdefault(e[other], []).append((e[key], e["speedup"]))
-            for g, xy in sorted(groups.items()):
+                groups.setdefault((e["_sweep"], e[other]), []).append((e[key], e["speedup"]))
+            for (sweep, g), xy in sorted(groups.items()):
                 xy.sort()
-                name = f"{'T' if other == 'seq' else 'GPUs'}={g}"
+                name = (f"{sweep}: " if names.speedup_sweeps > 1 else "") + f"{'T' if other == 'seq' else 'GPUs'}={g}"
                 ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
                 series.append(name)
             ax.axhline(1.0, color="gray", lw=0.8, ls="--")
@@ -151,14 +185,15 @@ def draw(sweeps, out):
     # 2. peak memory per GPU against T and GPU count, and the memory ratio
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     gib = lambda p: p["metrics"]["peak_mem_bytes"] / 2**30
-    s1 = plot_lines(axes[0], by_strategy([p for p in pts if world(p) == max(map(world, pts))], seq, gib),
-                    f"T (at {max(map(world, pts))} ranks)", "peak memory per rank (GiB)", logx=True)
-    s2 = plot_lines(axes[1], by_strategy([p for p in pts if seq(p) == max(map(seq, pts))], world, gib),
-                    f"ranks (at T={max(map(seq, pts))})", "peak memory per rank (GiB)", logx=True)
+    s1 = plot_lines(axes[0], by_series([p for p in pts if world(p) == max(map(world, pts))], names.of, seq, gib),
+                    f"T (at {max(map(world, pts))} ranks)", "peak memory per rank (GiB)", logx=True, styles=styles)
+    s2 = plot_lines(axes[1], by_series([p for p in pts if seq(p) == max(map(seq, pts))], names.of, world, gib),
+                    f"ranks (at T={max(map(seq, pts))})", "peak memory per rank (GiB)", logx=True, styles=styles)
     if speed:
-        xy = sorted((e["world"], e["seq"], e["memory_ratio"]) for e in speed)
-        axes[2].plot(range(len(xy)), [r for _, _, r in xy], marker="o", color="tab:green", label="memory ratio")
-        axes[2].set_xticks(range(len(xy)), [f"{w}g\nT{t}" for w, t, _ in xy], fontsize=7)
+        xy = sorted((e["world"], e["seq"], e["memory_ratio"], e["_sweep"]) for e in speed)
+        axes[2].plot(range(len(xy)), [r for _, _, r, _ in xy], marker="o", color="tab:green", label="memory ratio")
+        axes[2].set_xticks(range(len(xy)), [f"{w}g\nT{t}" + (f"\n{n}" if names.speedup_sweeps > 1 else "")
+                                            for w, t, _, n in xy], fontsize=7)
         axes[2].axhline(1.0, color="gray", lw=0.8, ls="--")
         axes[2].set_ylabel("megatron_sp / lss peak memory")
         axes[2].legend()
@@ -166,8 +201,8 @@ def draw(sweeps, out):
     charts.save(fig, "memory", "Peak memory per GPU", s1 + s2 + (["memory ratio"] if speed else []))
 
     # 3. scaling efficiency against GPU count (strong; weak with both definitions, labelled)
-    strong = [e for s in sweeps for e in s["aggregate"].get("strong_scaling", [])]
-    weak = [e for s in sweeps for e in s["aggregate"].get("weak_scaling", [])]
+    strong = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("strong_scaling", [])]
+    weak = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("weak_scaling", [])]
     if strong or weak:
         fig, ax = plt.subplots(figsize=(7, 4))
         series = []
@@ -179,19 +214,20 @@ def draw(sweeps, out):
             for e in e_list:
                 if not isinstance(e.get(key), (int, float)):  # no bound in older results
                     continue
-                tag = e["strategy"] + (f" T={e['seq']}" if key == "efficiency" else "")
-                groups.setdefault(tag, []).append((e["world"], e[key]))
+                tag = names.name(e["strategy"], e["_sweep"]) + (f" T={e['seq']}" if key == "efficiency" else "")
+                groups.setdefault((tag, e["_sweep"]), []).append((e["world"], e[key]))
             seqs = sorted({e["seq"] for e in e_list})
-            for tag, xy in sorted(groups.items()):
+            for (tag, sweep), xy in sorted(groups.items()):
                 if len(xy) < 2:  # a strategy measured at one rank count only (serial) has no scaling
                     continue
                 xy.sort()
                 name = f"{tag}: {label}"
-                color = STYLE.get(tag.split()[0], (None, "x"))[0]
+                color = STYLE.get(tag.split()[0], (None, "x"))[0]  # the strategy's colour
                 ls = style
                 if key == "efficiency" and len(seqs) > 1 and not tag.endswith(f"T={seqs[0]}"):
                     ls = "--"
-                ax.plot([x for x, _ in xy], [y for _, y in xy], ls=ls, marker="o", color=color, label=name, alpha=0.85)
+                marker = "osD^"[names.order.index(sweep) % 4]  # the sweep's, where several share a strategy
+                ax.plot([x for x, _ in xy], [y for _, y in xy], ls=ls, marker=marker, color=color, label=name, alpha=0.85)
                 series.append(name)
         ax.set_xlabel("GPUs (ranks)")
         ax.set_ylabel("parallel efficiency")
@@ -209,26 +245,27 @@ def draw(sweeps, out):
                               (axes[2], lambda p: p["metrics"].get("mfu_measured") or 0.0, "MFU vs measured GEMM peak")):
         data = {}
         for p in pts:
-            data.setdefault(f"{p['strategy']} {world(p)}g", []).append((seq(p), getter(p)))
-        for k, xy in sorted(data.items()):
+            data.setdefault((names.of(p), world(p), p["strategy"]), []).append((seq(p), getter(p)))
+        for (name, w, strategy), xy in sorted(data.items()):
             xy.sort()
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=k,
-                    color=STYLE.get(k.split()[0], (None, "x"))[0], alpha=0.4 + 0.6 * (int(k.split()[1][:-1]) / max(map(world, pts))))
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=f"{name} {w}g", ls=styles.get(name, "-"),
+                    color=STYLE.get(strategy, (None, "x"))[0], alpha=0.4 + 0.6 * (w / max(map(world, pts))))
         ax.set_xlabel("sequence length T")
         ax.set_ylabel(label)
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        series = sorted(data)
+        series = [f"{name} {w}g" for name, w, _ in sorted(data)]
     charts.save(fig, "throughput", "Throughput against sequence length", series)
 
     # 5. longest trainable sequence against GPU count
-    maxseq = [e for s in sweeps for e in s["aggregate"].get("max_seq", [])]
+    maxseq = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("max_seq", [])]
     if maxseq:
         fig, ax = plt.subplots(figsize=(7, 4))
-        data = by_strategy([{"strategy": e["strategy"], "w": e["world"], "m": e["max_seq"] or 0} for e in maxseq],
-                           lambda e: e["w"], lambda e: e["m"])
-        series = plot_lines(ax, data, "GPUs (ranks)", "longest trainable T", logx=True)
+        data = by_series(maxseq, lambda e: names.name(e["strategy"], e["_sweep"]), lambda e: e["world"],
+                         lambda e: e["max_seq"] or 0)
+        series = plot_lines(ax, data, "GPUs (ranks)", "longest trainable T", logx=True,
+                            styles={names.name(e["strategy"], e["_sweep"]): names.style(e["_sweep"]) for e in maxseq})
         # A search that reached the spec's limit, or was cut short (its aggregate made with
         # --aggregate-only), gives a lower bound: say so at the point.
         for e in maxseq:
@@ -242,17 +279,17 @@ def draw(sweeps, out):
     big = [p for p in pts if world(p) == max(map(world, pts))]
     if big:
         T = max(map(seq, big))
-        big = sorted([p for p in big if seq(p) == T], key=lambda p: p["strategy"])
+        big = sorted([p for p in big if seq(p) == T], key=names.of)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        names = [p["strategy"] for p in big]
+        bars = [names.of(p) for p in big]
         tm = [p["timing"] for p in big]
         exposed = [t.get("comm_exposed_median_ms", t.get("comm_median_ms", 0)) for t in tm]
         total_comm = [t.get("comm_median_ms", 0) for t in tm]
         hidden = [max(0.0, c - e) for c, e in zip(total_comm, exposed)]
         compute = [max(0.0, t["median_ms"] - e) for t, e in zip(tm, exposed)]
-        axes[0].bar(names, compute, label="compute", color="tab:green")
-        axes[0].bar(names, exposed, bottom=compute, label="exposed communication", color="tab:red")
-        axes[0].bar(names, hidden, bottom=[c + e for c, e in zip(compute, exposed)], label="hidden communication",
+        axes[0].bar(bars, compute, label="compute", color="tab:green")
+        axes[0].bar(bars, exposed, bottom=compute, label="exposed communication", color="tab:red")
+        axes[0].bar(bars, hidden, bottom=[c + e for c, e in zip(compute, exposed)], label="hidden communication",
                     color="tab:pink", hatch="//")
         # The analytic bound (README, Metrics), where the result has one: what the step would take
         # with every kernel at its measured speed and only the unhideable communication.
@@ -269,11 +306,11 @@ def draw(sweeps, out):
             for group in p["comm"]["per_step_rank0"].values():
                 total += sum(k["bytes"] for k in group.values())
             vol.append(total / 2**30)
-        axes[1].bar(names, vol, color=[STYLE.get(n, ("gray",))[0] for n in names])
+        axes[1].bar(bars, vol, color=[STYLE.get(p["strategy"], ("gray",))[0] for p in big])
         axes[1].set_ylabel("GiB moved per step per rank (collective sizes)")
         charts.save(fig, "breakdown", "Step time breakdown and communication volume",
                     ["compute", "exposed communication", "hidden communication"] +
-                    (["analytic bound"] if bounds else []) + names)
+                    (["analytic bound"] if bounds else []) + bars)
 
     with open(os.path.join(out, "charts.json"), "w") as f:
         json.dump({"provenance": charts.footer, "charts": charts.manifest}, f, indent=2)

@@ -82,6 +82,24 @@ with tempfile.TemporaryDirectory() as tmp:
           "SUMMARY.md gives the ranks' attention imbalance (max / min of bound.per_rank_attention_ms)")
     check("| step / bound |" in summary and "| - |" in summary, "results without a bound show '-' there")
 
+    # two sweeps with the same strategies (e.g. an option on and off): their series stay apart,
+    # named after the sweep folders
+    pair = [os.path.join(tmp, "opt-on"), os.path.join(tmp, "opt-off")]
+    for d in pair:
+        shutil.copytree(fixture, d)
+    out4 = os.path.join(tmp, "charts-pair")
+    r = run(*pair, "--out", out4)
+    check(r.returncode == 0, f"draws two sweeps of the same strategies (exit {r.returncode}) {r.stderr.strip()}")
+    m4 = {c["file"]: c for c in (json.load(open(os.path.join(out4, "charts.json")))["charts"] if r.returncode == 0 else [])}
+    for name, must in (("speedup.png", ["opt-on: GPUs=1", "opt-off: GPUs=1"]),
+                       ("memory.png", ["lss (opt-on)", "lss (opt-off)", "megatron_sp (opt-off)"]),
+                       ("efficiency.png", ["lss (opt-on) T=256: strong E=T1/(N TN)", "lss (opt-off) T=256: strong E=T1/(N TN)"]),
+                       ("throughput.png", ["lss (opt-on) 4g", "lss (opt-off) 4g", "serial (opt-on) 1g"]),
+                       ("breakdown.png", ["lss (opt-on)", "lss (opt-off)"])):
+        series = m4.get(name, {}).get("series", [])
+        check(all(m in series for m in must) and "lss" not in series and "lss 4g" not in series,
+              f"{name} keeps the two sweeps apart: {must} (has {series})")
+
     # malformed and missing input: an error naming the file, exit 2
     broken = os.path.join(tmp, "broken")
     shutil.copytree(fixture, broken)
