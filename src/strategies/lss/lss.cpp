@@ -376,7 +376,7 @@ class LssStrategy final : public Strategy {
   //   project(0, front) project(0, back) attend(0, front)
   //   project(l, front) attend(l-1, back) project(l, back) attend(l, front)   for l = 1...L-1
   //   attend(L-1, back)
-  // so that each half's gather runs beside the other chunk's work (README, lss schedule).
+  // so that each half's gather runs beside the other chunk's work (README, `--chunk-pipeline`).
   void forward_pipelined() {
     const int64_t L = ctx_.cfg.L;
     wave_project(0, 0);
@@ -392,7 +392,8 @@ class LssStrategy final : public Strategy {
   }
 
   View block_input(int64_t l) const { return l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(); }
-  // Local rows (row0 * Bl) of chunk s, and the first row of kv_wave its preceding block reads.
+  // The first local token of chunk s (its rows start at that times Bl), and the first token row
+  // of kv_wave that its preceding block reads.
   int64_t chunk_row0(int s) const { return s == 0 ? 0 : segments_[0].count; }
   int64_t wave_first_key(int s) const {
     const int64_t c = Tl_ / 2;
@@ -475,10 +476,10 @@ class LssStrategy final : public Strategy {
     }
     if (ctx_.opts.keep_kv) {
       a.kv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (T*Bl, 2C) global order
-      const int64_t c = Tl_ / 2, rows = c * Bl_ * 2 * C;
+      const int64_t chunk = Tl_ / 2 * Bl_ * 2 * C;  // elements of one chunk's [K|V]
       for (int64_t q = 0; q < P_; ++q) {
-        be.copy(a.kv_full.view().slice(q * rows, rows), a.kv_wave.view().slice((P_ + q) * rows, rows));
-        be.copy(a.kv_full.view().slice((2 * P_ - 1 - q) * rows, rows), a.kv_wave.view().slice(q * rows, rows));
+        be.copy(a.kv_full.view().slice(q * chunk, chunk), a.kv_wave.view().slice((P_ + q) * chunk, chunk));
+        be.copy(a.kv_full.view().slice((2 * P_ - 1 - q) * chunk, chunk), a.kv_wave.view().slice(q * chunk, chunk));
       }
       a.kv_local.reset();
     }
