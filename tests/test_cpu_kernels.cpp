@@ -618,7 +618,10 @@ TYPED_TEST(CpuKernels, CrossEntropy) {
     for (int64_t i = 0; i < N; ++i) tgt[i] = static_cast<int32_t>((i * 13 + 5) % V);
     Buffer L = this->upload(logits), Tg = this->upload_tokens(tgt);
     const double grad_scale = 1.0 / static_cast<double>(N);
-    const double loss = this->be->cross_entropy_fused(L.view(), Tg.view(), N, V, grad_scale);
+    Buffer sum = this->be->alloc(DType::f64, 1);  // (1)
+    this->be->cross_entropy_fused(L.view(), Tg.view(), sum.view(), N, V, grad_scale);
+    double loss = 0.0;
+    this->be->copy_to_host(&loss, DType::f64, sum.view());
     double ref_loss = 0.0;
     std::vector<double> grad(N * V);
     for (int64_t i = 0; i < N; ++i) {
@@ -646,12 +649,15 @@ TEST(CpuKernelsFp64, CrossEntropyGradientMatchesFiniteDifferences) {
   std::vector<double> x(N * V);
   for (auto& e : x) e = dist(rng);
   const std::vector<int32_t> tgt = {4, 0, 10};
-  Buffer Tg = be->alloc(DType::i32, N), L = be->alloc(DType::f64, N * V);
+  Buffer Tg = be->alloc(DType::i32, N), L = be->alloc(DType::f64, N * V), sum = be->alloc(DType::f64, 1);
   be->copy_from_host(Tg.view(), tgt.data(), DType::i32);
   const double grad_scale = 0.37;
   auto loss_at = [&](const std::vector<double>& at) {
     be->copy_from_host(L.view(), at.data(), DType::f64);
-    return be->cross_entropy_fused(L.view(), Tg.view(), N, V, grad_scale);
+    be->cross_entropy_fused(L.view(), Tg.view(), sum.view(), N, V, grad_scale);
+    double loss = 0.0;
+    be->copy_to_host(&loss, DType::f64, sum.view());
+    return loss;
   };
   std::vector<double> fd(N * V);
   for (int64_t i = 0; i < N * V; ++i) {

@@ -748,10 +748,14 @@ TEST_P(CudaOps, CrossEntropy) {
     const auto logits = random(c.N * c.V, dt(), -4.0, 4.0);
     const auto targets = random_tokens(c.N, static_cast<int32_t>(c.V));
     const double scale = 1.0 / static_cast<double>(c.N);
-    Buffer gl = upload(logits, dt()), gt = upload_tokens(targets);
-    const double loss = gpu->cross_entropy_fused(gl.view(), gt.view(), c.N, c.V, scale);
-    Buffer rl = ref_upload(logits), rt = ref_tokens(targets);
-    const double ref_loss = cpu->cross_entropy_fused(rl.view(), rt.view(), c.N, c.V, scale);
+    Buffer gl = upload(logits, dt()), gt = upload_tokens(targets), gsum = gpu->alloc(DType::f64, 1);
+    gpu->cross_entropy_fused(gl.view(), gt.view(), gsum.view(), c.N, c.V, scale);
+    double loss = 0.0;
+    gpu->copy_to_host(&loss, DType::f64, gsum.view());
+    Buffer rl = ref_upload(logits), rt = ref_tokens(targets), rsum = cpu->alloc(DType::f64, 1);
+    cpu->cross_entropy_fused(rl.view(), rt.view(), rsum.view(), c.N, c.V, scale);
+    double ref_loss = 0.0;
+    cpu->copy_to_host(&ref_loss, DType::f64, rsum.view());
     EXPECT_NEAR(loss, ref_loss, kF32Tol * std::max(1.0, std::abs(ref_loss))) << "loss" << what;
     expect_close(download(gl), ref_download(rl), tol(), "cross_entropy gradient" + what);
   }

@@ -102,7 +102,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     // optimizer step, which steps each bucket's parameters after its wait.
     for (int step = 1; step <= 3; ++step) {
       dist.optimizer_step(step);
-      dist.forward_backward(step, nullptr, Session::GradientSync::in_optimizer);
+      dist.forward_backward_into_optimizer(step);
     }
     const auto params = dist.gather_full(false);
     if (world_rank() != 0) continue;

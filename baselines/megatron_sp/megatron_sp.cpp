@@ -115,7 +115,7 @@ class MegatronSpStrategy final : public Strategy {
     return m;
   }
 
-  double forward(int64_t step) override {
+  void forward(int64_t step, View loss_sum) override {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
@@ -137,7 +137,7 @@ class MegatronSpStrategy final : public Strategy {
       }
       h = a.h_out.view();
     }
-    return head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(cfg.B * cfg.T));
+    head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(cfg.B * cfg.T), loss_sum);
   }
 
   void backward() override {

@@ -170,9 +170,10 @@ class CpuBackend final : public Backend {
     cpu::attention_backward(args, threads_);
   }
   void attention_merge(const AttentionMergeArgs& args) override { cpu::attention_merge(args, threads_); }
-  double cross_entropy_fused(View logits, View targets, int64_t N, int64_t V,
-                             double grad_scale) override {
-    return cpu::cross_entropy_fused(logits, targets, N, V, grad_scale, threads_);
+  void cross_entropy_fused(View logits, View targets, View loss_sum, int64_t N, int64_t V,
+                           double grad_scale) override {
+    LSS_CHECK(loss_sum.dtype == DType::f64 && loss_sum.numel == 1, "cross_entropy_fused: loss_sum is not one fp64");
+    *loss_sum.as<double>() = cpu::cross_entropy_fused(logits, targets, N, V, grad_scale, threads_);
   }
   void adamw(View param, View grad, View m, View v, const AdamW& hp) override {
     cpu::adamw(param, grad, m, v, hp, threads_);

@@ -184,9 +184,9 @@ class CudaBackend final : public Backend {
   void gelu_backward(View din, View dout, View in) override {
     cuda::gelu_backward(ctx(), din, dout, in);
   }
-  double cross_entropy_fused(View logits, View targets, int64_t N, int64_t V,
-                             double grad_scale) override {
-    return cuda::cross_entropy_fused(ctx(), logits, targets, N, V, grad_scale);
+  void cross_entropy_fused(View logits, View targets, View loss_sum, int64_t N, int64_t V,
+                           double grad_scale) override {
+    cuda::cross_entropy_fused(ctx(), logits, targets, loss_sum, N, V, grad_scale);
   }
   void adamw(View param, View grad, View m, View v, const AdamW& hp) override {
     cuda::adamw(ctx(), param, grad, m, v, hp);

@@ -1083,31 +1083,27 @@ void gelu_backward(const OpContext& ctx, View din, View dout, View in) {
   });
 }
 
-double cross_entropy_fused(const OpContext& ctx, View logits, View targets, int64_t N, int64_t V,
-                           double grad_scale) {
-  double total = 0.0;
+void cross_entropy_fused(const OpContext& ctx, View logits, View targets, View loss_sum, int64_t N, int64_t V,
+                         double grad_scale) {
   dispatch_compute(logits.dtype, "cross_entropy_fused", [&](auto tag) {
     using T = decltype(tag);
     LSS_CHECK(V > 0, "cross_entropy_fused: empty vocabulary");
     check_view(logits, logits.dtype, N * V, "cross_entropy_fused", "logits");
     check_view(targets, DType::i32, N, "cross_entropy_fused", "targets");
-    if (N == 0) return;
+    check_view(loss_sum, DType::f64, 1, "cross_entropy_fused", "loss_sum");
     T* pl = logits.as<T>();                      // (N, V)
     const int32_t* tgt = targets.as<int32_t>();  // (N)
-    const size_t rows_bytes = carve_bytes<double>(N);
-    Buffer scratch = ctx.scratch(rows_bytes + sizeof(double));
-    double* row_loss = scratch.view().as<double>();                                           // (N)
-    double* sum = reinterpret_cast<double*>(static_cast<char*>(scratch.ptr()) + rows_bytes);  // (1)
-    cross_entropy_kernel<T><<<static_cast<unsigned>(N), kCeThreads, 0, ctx.stream>>>(
-        pl, row_loss, tgt, V, static_cast<float>(grad_scale));
+    // N = 0 leaves the kernels nothing to do but the sum kernel's zero.
+    Buffer scratch = ctx.scratch(carve_bytes<double>(std::max<int64_t>(N, 1)));
+    double* row_loss = scratch.view().as<double>();  // (N)
+    if (N > 0) {
+      cross_entropy_kernel<T><<<static_cast<unsigned>(N), kCeThreads, 0, ctx.stream>>>(
+          pl, row_loss, tgt, V, static_cast<float>(grad_scale));
+      LSS_CUDA_CHECK_LAUNCH();
+    }
+    sum_kernel<<<1, kSumThreads, 0, ctx.stream>>>(loss_sum.as<double>(), row_loss, N);
     LSS_CUDA_CHECK_LAUNCH();
-    sum_kernel<<<1, kSumThreads, 0, ctx.stream>>>(sum, row_loss, N);
-    LSS_CUDA_CHECK_LAUNCH();
-    LSS_CUDA_CHECK(
-        cudaMemcpyAsync(&total, sum, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
-    LSS_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   });
-  return total;
 }
 
 void adamw(const OpContext& ctx, View param, View grad, View m, View v, const Backend::AdamW& hp) {

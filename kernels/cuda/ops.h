@@ -2,8 +2,7 @@
 // attention (flash_attention.h, cudnn_attention.h), see Backend in core/backend.h for the
 // contracts. The entry points check dtypes and sizes (UsageError for fp64, which the CUDA backend
 // does not compute in; fatal for anything else, which can only be a programming error) and
-// enqueue their kernels on the context's stream without synchronizing, except
-// cross_entropy_fused, which returns a host value.
+// enqueue their kernels on the context's stream without synchronizing.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -50,9 +49,9 @@ void layernorm_backward(const OpContext& ctx, View dx, View dweight, View dbias,
                         View mean, View rstd, View weight, int64_t N, int64_t C);
 void gelu_forward(const OpContext& ctx, View out, View in);
 void gelu_backward(const OpContext& ctx, View din, View dout, View in);
-// Synchronizes the stream to return the loss sum.
-double cross_entropy_fused(const OpContext& ctx, View logits, View targets, int64_t N, int64_t V,
-                           double grad_scale);
+// The loss sum goes to loss_sum (one fp64 on the device).
+void cross_entropy_fused(const OpContext& ctx, View logits, View targets, View loss_sum, int64_t N, int64_t V,
+                         double grad_scale);
 void adamw(const OpContext& ctx, View param, View grad, View m, View v, const Backend::AdamW& hp);
 // Backend::attention_merge (bf16 or fp32 outputs, fp32 lse).
 void attention_merge(const OpContext& ctx, const AttentionMergeArgs& a);

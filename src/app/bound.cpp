@@ -207,8 +207,9 @@ ElementwiseTimes elementwise_seconds(Backend& be, double heat_s, const ModelConf
   Buffer logits = random_operand(be, dt, n * V);
   Buffer wte = be.alloc_zeroed(dt, V * C), wpe = be.alloc_zeroed(dt, n * C);
   Buffer dwte = be.alloc_zeroed(gd, V * C), dwpe = be.alloc_zeroed(gd, n * C);
+  Buffer loss_sum = be.alloc(DType::f64, 1);  // (1)
   be.copy_from_host(tokens.view(), targets.data(), DType::i32);
-  t.cross_entropy = time_median(be, heat_s, [&] { be.cross_entropy_fused(logits.view(), tokens.view(), n, V, 1.0); });
+  t.cross_entropy = time_median(be, heat_s, [&] { be.cross_entropy_fused(logits.view(), tokens.view(), loss_sum.view(), n, V, 1.0); });
   be.copy_from_host(tokens.view(), inputs.data(), DType::i32);
   t.embedding_fwd = time_median(be, heat_s, [&] { be.embedding_forward(y.view(), tokens.view(), wte.view(), wpe.view(), n, 1, C); });
   t.embedding_bwd = time_median(be, heat_s, [&] { be.embedding_backward(dwte.view(), dwpe.view(), x.view(), tokens.view(), n, 1, C); });

@@ -427,10 +427,14 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     StepTimes t;
     // The export reads the first step's gradients: they must be final before the optimizer.
     const bool exporting = it == 0 && !export_path.empty();
-    const double loss = session.forward_backward(
-        it, &t, exporting ? Session::GradientSync::finish : Session::GradientSync::in_optimizer);
-    if (exporting) export_step(session, it, export_path);
+    if (exporting) {
+      session.forward_backward(it, &t);
+      export_step(session, it, export_path);
+    } else {
+      session.forward_backward_into_optimizer(it, &t);
+    }
     session.optimizer_step(it + 1, &t);
+    const double loss = session.loss();
     const CommModel counts = session.comm_counts();
     losses.push_back(loss);
     last_counts = counts;

@@ -62,25 +62,45 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 
 Session::~Session() = default;
 
-double Session::forward_backward(int64_t step, StepTimes* times, GradientSync sync) {
-  strategy_->finish_gradients();  // a caller that stepped no optimizer since
+double Session::forward_backward(int64_t step, StepTimes* times) {
+  run_forward_backward(step, times, true);
+  return loss();
+}
+
+void Session::forward_backward_into_optimizer(int64_t step, StepTimes* times) {
+  run_forward_backward(step, times, false);
+}
+
+double Session::loss() {
+  grid_.world_comm->wait(loss_sum_);
+  double total = 0;
+  backend_->copy_to_host(&total, DType::f64, loss_buf_.view());
+  return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
+}
+
+void Session::run_forward_backward(int64_t step, StepTimes* times, bool finish) {
+  strategy_->finish_gradients();     // a caller that stepped no optimizer since
+  grid_.world_comm->wait(loss_sum_);  // and read no loss
   const auto [c0, e0] = comm_seconds(grid_);
   const Backend::Marker m0 = backend_->mark();
   strategy_->params().zero_grads();
-  const double local = strategy_->forward(step);
-  backend_->copy_from_host(loss_buf_.view(), &local, DType::f64);
-  grid_.world_comm->all_reduce(loss_buf_.view());
-  double total = 0;
-  backend_->copy_to_host(&total, DType::f64, loss_buf_.view());
+  strategy_->forward(step, loss_buf_.view());
+  // The world's sum of the loss runs beside backward and is read at the step's end, so that the
+  // host need not wait for the forward before it enqueues the backward.
+  loss_sum_ = grid_.world_comm->start_all_reduce(loss_buf_.view());
+  if (!cfg_.strategy_opts.overlap) grid_.world_comm->wait(loss_sum_);
   const Backend::Marker m1 = backend_->mark();
   const auto h1 = std::chrono::steady_clock::now();
   strategy_->backward();
-  if (sync == GradientSync::finish) strategy_->finish_gradients();
+  if (finish) {
+    strategy_->finish_gradients();
+    grid_.world_comm->wait(loss_sum_);
+  }
   const auto h2 = std::chrono::steady_clock::now();
   const Backend::Marker m2 = backend_->mark();
   // Reading the communication times waits for every collective started so far: with reductions
   // left to the optimizer, optimizer_step reads them at the step's end.
-  comm_times_in_optimizer_ = sync == GradientSync::in_optimizer;
+  comm_times_in_optimizer_ = !finish;
   step_comm_start_ = {c0, e0};
   if (times) {
     times->forward = backend_->seconds_between(m0, m1);
@@ -92,13 +112,13 @@ double Session::forward_backward(int64_t step, StepTimes* times, GradientSync sy
       times->comm_exposed = e1 - e0;
     }
   }
-  return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
 }
 
 void Session::optimizer_step(int64_t adam_step, StepTimes* times) {
   const Backend::Marker m0 = backend_->mark();
   const auto h0 = std::chrono::steady_clock::now();
   strategy_->optimizer_step(cfg_.opt, adam_step);
+  grid_.world_comm->wait(loss_sum_);  // long done: the step's last collective, so its times are read
   const auto h1 = std::chrono::steady_clock::now();
   const Backend::Marker m1 = backend_->mark();
   if (times) {

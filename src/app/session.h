@@ -47,14 +47,18 @@ class Session {
   Session(const RunConfig& cfg, MPI_Comm base);
   ~Session();
 
-  // What forward_backward leaves of the gradient reductions: `finish` waits for all of them
-  // (the gradients are final on return); `in_optimizer` lets the strategy leave the last
-  // buckets' all-reduces in flight for optimizer_step (the training loop's order; the step's
-  // communication times are then filled in by optimizer_step).
-  enum class GradientSync { finish, in_optimizer };
-  // Forward and backward of step `step`; returns the global mean loss.
-  double forward_backward(int64_t step, StepTimes* times = nullptr, GradientSync sync = GradientSync::finish);
+  // Forward and backward of step `step`, every gradient reduction finished (the gradients are
+  // final on return); returns the global mean loss.
+  double forward_backward(int64_t step, StepTimes* times = nullptr);
+  // The training loop's order: forward and backward of step `step` with the last gradient
+  // buckets' all-reduces and the world's sum of the loss still in flight, for optimizer_step to
+  // finish (it fills in the step's communication times); loss() reads the loss after it. No host
+  // synchronisation splits the step.
+  void forward_backward_into_optimizer(int64_t step, StepTimes* times = nullptr);
   void optimizer_step(int64_t adam_step, StepTimes* times = nullptr);
+  // The global mean loss of the last forward and backward: waits for its world sum and reads it
+  // (a host synchronisation).
+  double loss();
   // Per-group collective counts since the last reset_counts().
   CommModel comm_counts() const;
   void reset_counts();
@@ -79,7 +83,10 @@ class Session {
   Grid grid_;
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<Strategy> strategy_;
-  Buffer loss_buf_;  // (1) fp64 loss sum, reduced over the world
+  void run_forward_backward(int64_t step, StepTimes* times, bool finish);
+
+  Buffer loss_buf_;   // (1) fp64 loss sum, reduced over the world
+  CommHandle loss_sum_;  // that world all-reduce, started after forward
   // Communication seconds (in collectives, exposed) at the start of the step, when its
   // reductions run into optimizer_step.
   std::pair<double, double> step_comm_start_{0, 0};

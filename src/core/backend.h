@@ -232,11 +232,11 @@ class Backend {
   virtual void attention_forward(const AttentionArgs& args) = 0;
   virtual void attention_backward(const AttentionArgs& args) = 0;
   virtual void attention_merge(const AttentionMergeArgs& args) = 0;
-  // Softmax cross-entropy of logits (N, V) against targets (N, int32). Returns the sum over rows
-  // of -log softmax(logits)[target] (in double), and overwrites logits with its gradient
-  // (softmax - onehot) * grad_scale.
-  virtual double cross_entropy_fused(View logits, View targets, int64_t N, int64_t V,
-                                     double grad_scale) = 0;
+  // Softmax cross-entropy of logits (N, V) against targets (N, int32). Writes the sum over rows
+  // of -log softmax(logits)[target] into loss_sum (one fp64 element on the device: no host
+  // synchronisation), and overwrites logits with its gradient (softmax - onehot) * grad_scale.
+  virtual void cross_entropy_fused(View logits, View targets, View loss_sum, int64_t N, int64_t V,
+                                   double grad_scale) = 0;
   // Decoupled AdamW on one tensor: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
   // p -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + weight_decay * p).
   // param, grad, m, v share one dtype (the master dtype); param_copy, when not empty, receives

@@ -184,8 +184,8 @@ void mlp_backward(Backend& be, const ModelConfig& cfg, const LayerTensors& w, co
   a = MlpActivations{};
 }
 
-double head_forward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View targets,
-                    HeadActivations& a, int64_t N, double grad_scale) {
+void head_forward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View targets,
+                  HeadActivations& a, int64_t N, double grad_scale, View loss_sum) {
   const int64_t C = cfg.C, V = cfg.V;
   const DType st = stat_dtype(cfg.dtype);
   a.ln_out = be.alloc(cfg.dtype, N * C);
@@ -195,7 +195,7 @@ double head_forward(Backend& be, const ModelConfig& cfg, const ParamStore& store
   be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, store.param("ln_f.weight"),
                        store.param("ln_f.bias"), N, C, cfg.ln_eps);
   linear_forward(be, a.dlogits.view(), a.ln_out.view(), store.param("lm_head.weight"), View{}, N, C, V);
-  return be.cross_entropy_fused(a.dlogits.view(), targets, N, V, grad_scale);
+  be.cross_entropy_fused(a.dlogits.view(), targets, loss_sum, N, V, grad_scale);
 }
 
 void head_backward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View dh,

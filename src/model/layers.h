@@ -62,10 +62,11 @@ struct HeadActivations {
   Buffer mean, rstd;  // (N)
   Buffer dlogits;     // (N, V): the logits, overwritten with their gradient by the fused loss
 };
-// Returns the sum over the N rows of -log p(target); the loss gradient is scaled by grad_scale
-// (1 / number of predicted tokens over all ranks, so that summing gradients gives the mean).
-double head_forward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View targets,
-                    HeadActivations& acts, int64_t N, double grad_scale);
+// Writes the sum over the N rows of -log p(target) into loss_sum (one fp64 on the device); the
+// loss gradient is scaled by grad_scale (1 / number of predicted tokens over all ranks, so that
+// summing gradients gives the mean).
+void head_forward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View targets,
+                  HeadActivations& acts, int64_t N, double grad_scale, View loss_sum);
 // dh (N, C) = gradient w.r.t. the final residual stream (overwritten). Frees `acts`.
 void head_backward(Backend& be, const ModelConfig& cfg, const ParamStore& store, View h, View dh,
                    HeadActivations& acts, int64_t N);

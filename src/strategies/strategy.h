@@ -81,9 +81,10 @@ class Strategy {
   virtual ~Strategy() = default;
 
   virtual std::string name() const = 0;
-  // Forward pass on step `step`'s batch; returns this rank's sum of -log p over its predicted
-  // tokens (the harness sums it over the world for the mean loss). Keeps what backward needs.
-  virtual double forward(int64_t step) = 0;
+  // Forward pass on step `step`'s batch; writes this rank's sum of -log p over its predicted
+  // tokens into loss_sum (one fp64 on the device; the harness sums it over the world for the
+  // mean loss). Keeps what backward needs.
+  virtual void forward(int64_t step, View loss_sum) = 0;
   // Backward pass and the gradient reductions: after finish_gradients() every rank holds the
   // gradients of its local parameter shards, equal to the serial model's gradients of those
   // elements. With --overlap, backward returns with the last buckets' all-reduces still in

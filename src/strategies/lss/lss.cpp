@@ -198,7 +198,7 @@ class LssStrategy final : public Strategy {
     return out;
   }
 
-  double forward(int64_t step) override {
+  void forward(int64_t step, View loss_sum) override {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
@@ -225,8 +225,7 @@ class LssStrategy final : public Strategy {
       }
     }
     const View h = layers_.empty() ? resid0_.view() : layers_.back().h_out.view();
-    return head_forward(be, cfg, store_, h, targets_.view(), head_, N,
-                        1.0 / static_cast<double>(cfg.B * cfg.T));
+    head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(cfg.B * cfg.T), loss_sum);
   }
 
   void backward() override {

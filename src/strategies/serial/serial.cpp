@@ -27,7 +27,7 @@ class SerialStrategy final : public Strategy {
     return m;
   }
 
-  double forward(int64_t step) override {
+  void forward(int64_t step, View loss_sum) override {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t T = cfg.T, B = cfg.B, C = cfg.C, N = T * B;
@@ -45,7 +45,7 @@ class SerialStrategy final : public Strategy {
       mlp_forward(be, cfg, layer_params(store_, l), a.h_mid.view(), a.h_out.view(), a.mlp, N);
       h = a.h_out.view();
     }
-    return head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(N));
+    head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(N), loss_sum);
   }
 
   void backward() override {
