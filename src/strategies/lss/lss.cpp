@@ -214,13 +214,7 @@ class LssStrategy final : public Strategy {
       for (int64_t l = 0; l < cfg.L; ++l) {
         Layer& a = layers_[l];
         block_forward(l, h, a);
-        // Activation checkpointing: keep only the block's output (the next block's input); the
-        // rest is recomputed from it in backward.
-        if (ctx_.opts.recompute) {
-          Buffer out = std::move(a.h_out);
-          a = Layer{};
-          a.h_out = std::move(out);
-        }
+        if (ctx_.opts.recompute) keep_only_output(a);
         h = a.h_out.view();
       }
     }
@@ -321,8 +315,10 @@ class LssStrategy final : public Strategy {
   // or with split_causal those before it (its own keys' go to the diagonal block's buffer).
   int64_t dkv_keys(const RowRange& seg) const { return split() ? seg.start : key_count(seg); }
 
-  // Attention of local segment `s` (rows [row0, row0 + count) of the local Tl) against all keys.
-  AttentionArgs attention_args(const Layer& a, const Buffer& kv_full, const RowRange& seg, int64_t row0) const {
+  // Attention of local segment `s` (rows [row0, row0 + count) of the local Tl) against all keys,
+  // which start at token row kv_row0 of `kv`.
+  AttentionArgs attention_args(const Layer& a, const Buffer& kv, const RowRange& seg, int64_t row0,
+                               int64_t kv_row0 = 0) const {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C;
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
@@ -336,10 +332,10 @@ class LssStrategy final : public Strategy {
     args.q_offset = seg.start;
     args.causal = cfg.causal;
     args.scale = 1.0 / std::sqrt(static_cast<double>(cfg.D()));
-    auto* kv = static_cast<char*>(kv_full.ptr());
+    auto* keys = static_cast<char*>(kv.ptr()) + kv_row0 * Bl_ * 2 * C * es;
     args.q = {static_cast<char*>(a.q.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
-    args.k = {kv, 2 * C, Bl_ * 2 * C};
-    args.v = {kv + C * es, 2 * C, Bl_ * 2 * C};
+    args.k = {keys, 2 * C, Bl_ * 2 * C};
+    args.v = {keys + C * es, 2 * C, Bl_ * 2 * C};
     args.out = {static_cast<char*>(a.attn_out.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
     args.lse = static_cast<char*>(a.lse.ptr()) + Bl_ * cfg.H * row0 * static_cast<int64_t>(dtype_size(stat_dtype(cfg.dtype)));
     return args;
@@ -349,21 +345,52 @@ class LssStrategy final : public Strategy {
   // [kv_row0, kv_row0 + count) of `kv` (kv_local in local order, or kv_full in global order),
   // as a square causal block; output and lse are the segment's own.
   AttentionArgs diagonal_args(const Layer& a, const Buffer& kv, const RowRange& seg, int64_t row0, int64_t kv_row0) const {
-    AttentionArgs args = attention_args(a, kv, seg, row0);
-    const int64_t shift = kv_row0 * Bl_ * 2 * ctx_.cfg.C * static_cast<int64_t>(dtype_size(ctx_.cfg.dtype));
-    args.k.ptr = static_cast<char*>(args.k.ptr) + shift;
-    args.v.ptr = static_cast<char*>(args.v.ptr) + shift;
+    AttentionArgs args = attention_args(a, kv, seg, row0, kv_row0);
     args.Tk = seg.count;
     args.q_offset = 0;
     return args;
   }
-  // split_causal: the segment's queries against every key before it (global order), unmasked.
-  AttentionArgs preceding_args(const Layer& a, const Buffer& kv_full, const RowRange& seg, int64_t row0) const {
-    AttentionArgs args = attention_args(a, kv_full, seg, row0);
+  // split_causal: the segment's queries against every key before it, unmasked: rows
+  // [kv_row0, kv_row0 + seg.start) of `kv` (kv_full in global order: from 0; --chunk-pipeline's
+  // kv_wave: from wave_first_key).
+  AttentionArgs preceding_args(const Layer& a, const Buffer& kv, const RowRange& seg, int64_t row0,
+                               int64_t kv_row0 = 0) const {
+    AttentionArgs args = attention_args(a, kv, seg, row0, kv_row0);
     args.Tk = seg.start;
     args.q_offset = 0;
     args.causal = false;
     return args;
+  }
+  // split_causal forward: the preceding block `own` (out and lse: the diagonal block's) into a
+  // part of its own, merged into the diagonal block's.
+  void attend_preceding(const AttentionArgs& own) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    Buffer part = be.alloc(cfg.dtype, own.Tq * Bl_ * cfg.C);             // (count*Bl, C)
+    Buffer part_lse = be.alloc(stat_dtype(cfg.dtype), Bl_ * cfg.H * own.Tq);  // (Bl, H, count)
+    AttentionArgs before = own;
+    before.out = {part.ptr(), cfg.C, Bl_ * cfg.C};
+    before.lse = part_lse.ptr();
+    be.attention_forward(before);
+    be.attention_merge(attention_merge_args(own, before));
+  }
+  // The buffers LN1 and the Q and K/V projections write, for the rank's N rows.
+  void allocate_projections(Layer& a) {
+    Backend& be = ctx_.backend;
+    const ModelConfig& cfg = ctx_.cfg;
+    const DType st = stat_dtype(cfg.dtype);
+    a.ln_out = be.alloc(cfg.dtype, N_ * cfg.C);
+    a.mean = be.alloc(st, N_);
+    a.rstd = be.alloc(st, N_);
+    a.q = be.alloc(cfg.dtype, N_ * cfg.C);
+    a.kv_local = be.alloc(cfg.dtype, N_ * 2 * cfg.C);
+  }
+  // Activation checkpointing: keep only the block's output (the next block's input); the rest is
+  // recomputed from it in backward.
+  static void keep_only_output(Layer& a) {
+    Buffer out = std::move(a.h_out);
+    a = Layer{};
+    a.h_out = std::move(out);
   }
   bool split() const { return ctx_.cfg.causal && ctx_.opts.split_causal; }
   bool pipelined() const { return ctx_.opts.chunk_pipeline && ctx_.opts.zigzag && split() && P_ > 1; }
@@ -409,11 +436,7 @@ class LssStrategy final : public Strategy {
     Layer& a = layers_[l];
     const LayerTensors w = layer_params(store_, l);
     if (s == 0) {
-      a.ln_out = be.alloc(cfg.dtype, N_ * C);
-      a.mean = be.alloc(st, N_);
-      a.rstd = be.alloc(st, N_);
-      a.q = be.alloc(cfg.dtype, N_ * C);
-      a.kv_local = be.alloc(cfg.dtype, N_ * 2 * C);
+      allocate_projections(a);
       a.kv_wave = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);
       a.attn_out = be.alloc(cfg.dtype, N_ * C);
       a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
@@ -446,31 +469,14 @@ class LssStrategy final : public Strategy {
     // The back chunk reads both halves (a second wait on the front's is a no-op).
     wait_seq(a.wave_gather[0]);
     if (s == 1) wait_seq(a.wave_gather[1]);
-    if (seg.start > 0) {
-      AttentionArgs own = attention_args(a, a.kv_wave, seg, row0);
-      const int64_t shift = wave_first_key(s) * Bl_ * 2 * C * static_cast<int64_t>(dtype_size(cfg.dtype));
-      own.k.ptr = static_cast<char*>(own.k.ptr) + shift;
-      own.v.ptr = static_cast<char*>(own.v.ptr) + shift;
-      own.Tk = seg.start;
-      own.q_offset = 0;
-      own.causal = false;
-      Buffer part = be.alloc(cfg.dtype, n * C);                     // (count*Bl, C)
-      Buffer part_lse = be.alloc(stat_dtype(cfg.dtype), Bl_ * cfg.H * seg.count);  // (Bl, H, count)
-      AttentionArgs before = own;
-      before.out = {part.ptr(), C, Bl_ * C};
-      before.lse = part_lse.ptr();
-      be.attention_forward(before);
-      be.attention_merge(attention_merge_args(own, before));
-    }
+    if (seg.start > 0) attend_preceding(preceding_args(a, a.kv_wave, seg, row0, wave_first_key(s)));
     const View h = block_input(l).slice(r * C, n * C);
     linear_forward(be, a.h_mid.view().slice(r * C, n * C), a.attn_out.view().slice(r * C, n * C), w.proj_w, w.proj_b,
                    n, C, C, h);
     mlp_forward_rows(be, cfg, w, a.h_mid.view(), a.h_out.view(), a.mlp, r, n);
     if (s == 0) return;
-    if (ctx_.opts.recompute) {  // activation checkpointing, as in forward()
-      Buffer out = std::move(a.h_out);
-      a = Layer{};
-      a.h_out = std::move(out);
+    if (ctx_.opts.recompute) {
+      keep_only_output(a);
       return;
     }
     if (ctx_.opts.keep_kv) {
@@ -517,11 +523,7 @@ class LssStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
     const DType st = stat_dtype(cfg.dtype);
-    a.ln_out = be.alloc(cfg.dtype, N * C);
-    a.mean = be.alloc(st, N);
-    a.rstd = be.alloc(st, N);
-    a.q = be.alloc(cfg.dtype, N * C);
-    a.kv_local = be.alloc(cfg.dtype, N * 2 * C);
+    allocate_projections(a);
     be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
     // K and V first, so that their all-gather runs while Q is projected.
     linear_forward(be, a.kv_local.view(), a.ln_out.view(), wkv(w.attn_w), bkv(w.attn_b), N, C, 2 * C);
@@ -541,16 +543,7 @@ class LssStrategy final : public Strategy {
         be.attention_forward(attention_args(a, kv_full, seg, row0));
         continue;
       }
-      if (seg.start == 0) continue;  // no key before the segment
-      // The keys before the segment, into a part of its own, merged into the diagonal block's.
-      Buffer part = be.alloc(cfg.dtype, seg.count * Bl_ * C);      // (count*Bl, C)
-      Buffer part_lse = be.alloc(st, Bl_ * cfg.H * seg.count);     // (Bl, H, count)
-      const AttentionArgs own = preceding_args(a, kv_full, seg, row0);  // out and lse: the diagonal block's
-      AttentionArgs before = own;
-      before.out = {part.ptr(), C, Bl_ * C};
-      before.lse = part_lse.ptr();
-      be.attention_forward(before);
-      be.attention_merge(attention_merge_args(own, before));
+      if (seg.start > 0) attend_preceding(preceding_args(a, kv_full, seg, row0));  // keys before it
     }
     if (keep_kv) {
       a.kv_full = std::move(kv_full);
