@@ -30,6 +30,17 @@ constexpr int kIterations = 20;
 
 enum Kind { kAllGather, kReduceScatter, kAllReduce, kAllToAll };
 
+// Seconds of op() on the compute stream, slowest rank.
+template <class Op>
+double timed(Op op) {
+  const auto a = g_backend->mark();
+  op();
+  const auto b = g_backend->mark();
+  double t = g_backend->seconds_between(a, b);
+  MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return t;
+}
+
 void collective(benchmark::State& state, Kind kind) {
   const int P = g_grid.world;
   const int64_t bytes = state.range(0);
@@ -49,30 +60,12 @@ void collective(benchmark::State& state, Kind kind) {
     }
   };
   run();
-  for (auto _ : state) {
-    const auto a = g_backend->mark();
-    run();
-    const auto b = g_backend->mark();
-    double t = g_backend->seconds_between(a, b);
-    MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    state.SetIterationTime(t);
-  }
+  for (auto _ : state) state.SetIterationTime(timed(run));
   const double size = static_cast<double>(total * es);
   const double factor = kind == kAllReduce ? 2.0 * (P - 1) / P : static_cast<double>(P - 1) / P;
   state.counters["size_bytes"] = size;
   state.counters["algbw_GB/s"] = benchmark::Counter(size / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["busbw_GB/s"] = benchmark::Counter(size * factor / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-}
-
-// Seconds of op() on the compute stream, slowest rank.
-template <class Op>
-double timed(Op op) {
-  const auto a = g_backend->mark();
-  op();
-  const auto b = g_backend->mark();
-  double t = g_backend->seconds_between(a, b);
-  MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return t;
 }
 
 template <class Op>

@@ -176,8 +176,7 @@ void Strategy::start_data(ParamStore& store, Bucket& b) {
 
 Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
   PendingCollective g{ctx_.backend.alloc(local.dtype, ctx_.grid.P * local.numel), {}};
-  g.handle = ctx_.grid.seq->start_all_gather(local, g.out.view());
-  wait_unless_overlap(*ctx_.grid.seq, g.handle);
+  g.handle = start_seq_all_gather_into(local, g.out.view());
   return g;
 }
 
@@ -189,7 +188,7 @@ Strategy::PendingCollective Strategy::start_seq_reduce_scatter(View full) {
 }
 
 Buffer Strategy::finish(PendingCollective& p) {
-  ctx_.grid.seq->wait(p.handle);
+  wait_seq(p.handle);
   return std::move(p.out);
 }
 
