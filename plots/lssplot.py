@@ -40,6 +40,7 @@ def load_json(path):
 def load_sweep(folder):
     if not os.path.isdir(folder):
         raise InputError(f"{folder}: not a folder")
+    name = os.path.basename(os.path.normpath(folder))
     points = []
     paths = sorted(glob.glob(os.path.join(folder, "points", "*.json")))
     if not paths:
@@ -53,7 +54,7 @@ def load_sweep(folder):
                 if field not in r:
                     raise InputError(f"{p}: result without '{field}'")
         r["_path"] = p
-        r["_sweep"] = os.path.basename(os.path.normpath(folder))
+        r["_sweep"] = name
         points.append(r)
     def by_time(path):  # aggregate-<UTC stamp>[-<n>].json: the n-th aggregate of that second
         stem = os.path.basename(path)[len("aggregate-"):-len(".json")]
@@ -65,7 +66,7 @@ def load_sweep(folder):
     agg = load_json(aggs[-1])
     if not isinstance(agg, dict) or agg.get("kind") != "sweep_aggregate":
         raise InputError(f"{aggs[-1]}: not a sweep aggregate")
-    return {"folder": folder, "name": os.path.basename(os.path.normpath(folder)), "points": points, "aggregate": agg}
+    return {"folder": folder, "name": name, "points": points, "aggregate": agg}
 
 
 def provenance(sweeps):
@@ -95,6 +96,11 @@ class Charts:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         self.manifest.append({"file": name + ".png", "title": title, "series": series})
+
+
+def aggregate_entries(sweeps, key):
+    """The entries of every sweep's aggregate list `key`, each marked with its sweep's name."""
+    return [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get(key, [])]
 
 
 def ok_points(sweeps):
@@ -156,7 +162,7 @@ def draw(sweeps, out):
     pts = ok_points(sweeps)
     names = Series(sweeps)
     styles = {names.of(p): names.style(p["_sweep"]) for p in pts}
-    speed = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("speedup_lss_over_megatron_sp", [])]
+    speed = aggregate_entries(sweeps, "speedup_lss_over_megatron_sp")
     world = lambda p: p["grid"]["world"]
     seq = lambda p: p["config"]["seq"]
 
@@ -201,8 +207,8 @@ def draw(sweeps, out):
     charts.save(fig, "memory", "Peak memory per GPU", s1 + s2 + (["memory ratio"] if speed else []))
 
     # 3. scaling efficiency against GPU count (strong; weak with both definitions, labelled)
-    strong = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("strong_scaling", [])]
-    weak = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("weak_scaling", [])]
+    strong = aggregate_entries(sweeps, "strong_scaling")
+    weak = aggregate_entries(sweeps, "weak_scaling")
     if strong or weak:
         fig, ax = plt.subplots(figsize=(7, 4))
         series = []
@@ -259,7 +265,7 @@ def draw(sweeps, out):
     charts.save(fig, "throughput", "Throughput against sequence length", series)
 
     # 5. longest trainable sequence against GPU count
-    maxseq = [dict(e, _sweep=s["name"]) for s in sweeps for e in s["aggregate"].get("max_seq", [])]
+    maxseq = aggregate_entries(sweeps, "max_seq")
     if maxseq:
         fig, ax = plt.subplots(figsize=(7, 4))
         data = by_series(maxseq, lambda e: names.name(e["strategy"], e["_sweep"]), lambda e: e["world"],

@@ -48,9 +48,8 @@ RunConfig small(const std::string& strategy, int P, DType dtype, bool causal) {
   return rc;
 }
 
-// max |a - b| / max |b| over one tensor.
-// Max-norm relative error; infinite when either side holds a NaN or an infinity (std::max would
-// skip a NaN, and a NaN result would pass no comparison only by accident of its use).
+// max |a - b| / max |b| over one tensor; infinite when either side holds a NaN or an infinity
+// (std::max would skip a NaN, and a NaN result would pass no comparison only by accident of its use).
 double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
   double diff = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) {
