@@ -34,7 +34,8 @@
 #             variables (e.g. NCCL_MAX_CTAS) pass through, for A/Bs of the collectives' SM share
 #   ab        the bundle's lssbench against a base build, $LSS_AB_BASE (e.g. bin/lssbench-<commit>
 #             unpacked from .device/base.tar.xz, made with the same bundle script; or the bundle's own
-#             lssbench, to compare options: LSS_AB_NEW_ARGS are added to the new side's runs), in one call:
+#             lssbench, to compare options: LSS_AB_NEW_ARGS are added to the new side's runs, LSS_AB_BASE_ARGS
+#             to the base's, e.g. an option both sides share), in one call:
 #             lss zigzag and megatron_sp (LSS_AB_STRATEGIES) on every GPU at T = 8K and 16K per GPU
 #             (LSS_AB_SEQ_PER_GPU, in K), in the order base, new, base, new (the card's clocks drift
 #             over a call); the new build's points carry the bound, the base's are timed only
@@ -140,7 +141,7 @@ run_section() {
               local args=(--strategy "$strategy" --sp "$gpus" --seq "$T" --warmup 2 --iters 6)
               [ "$strategy" = lss ] && args+=(--zigzag)
               exe=$dev/bin/lssbench
-              if [ "$side" = base ]; then exe=$LSS_AB_BASE; args+=(--no-bound); else args+=(${LSS_AB_NEW_ARGS:-}); fi
+              if [ "$side" = base ]; then exe=$LSS_AB_BASE; args+=(--no-bound ${LSS_AB_BASE_ARGS:-}); else args+=(${LSS_AB_NEW_ARGS:-}); fi
               step "ab_${strategy}_${side}${round}_w${gpus}_T$T" 120 mpiexec.hydra -n "$gpus" "$exe" run $model \
                 --out "$res/ab_${strategy}_${side}${round}_w${gpus}_T$T.json" "${args[@]}"
             done
