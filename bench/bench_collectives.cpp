@@ -1,5 +1,5 @@
 // Collective micro-benchmarks through the project's communicators, under MPI:
-//   mpiexec -n P bench_collectives [--backend=cpu|cuda] [--large] [Google Benchmark flags]
+//   mpiexec -n P bench_collectives [--backend=cpu|cuda] [--large] [--copy-engine] [Google Benchmark flags]
 // Every rank runs the same fixed iteration count; each iteration's time (backend markers:
 // device events on cuda) is max-reduced over ranks, and rank 0 reports. Sizes are the total
 // buffer of nccl-tests ("size": the gathered output of all_gather, the input of
@@ -8,12 +8,15 @@
 // The overlap_* benchmarks time an asynchronous all-gather or reduce-scatter with the model's MLP
 // GEMMs running beside it on the compute stream, against each alone: how much of the collective
 // the GEMMs hide and how much each slows the other (the trade of every overlapped schedule).
+// --copy-engine (cuda): the communicator of lssbench's --copy-engine-gathers, whose all-gathers
+// run on the copy engines from symmetric windows; every operand is then in those windows.
 #include <mpi.h>
 
 #include <algorithm>
 
 #include "bench/bench_common.h"
 #include "comm/grid.h"
+#include "core/check.h"
 #include "model/layers.h"
 #ifdef LSS_HAVE_CUDA
 #include "comm/nccl_communicator.h"
@@ -24,9 +27,18 @@ namespace lss::bench {
 namespace {
 
 Settings g_settings;
+bool g_copy_engine = false;
 std::unique_ptr<Backend> g_backend;
-Grid g_grid;
+Grid g_grid;  // one group of all ranks: the collectives run on g_grid.seq
 constexpr int kIterations = 20;
+
+// A collective's operand of n random elements, in symmetric memory where --copy-engine set one.
+Buffer operand(DType dtype, int64_t n, uint64_t seed) {
+  Buffer values = random_buffer(*g_backend, dtype, n, seed);
+  Buffer b = g_backend->alloc_symmetric(dtype, n);
+  g_backend->copy(b.view(), values.view());
+  return b;
+}
 
 enum Kind { kAllGather, kReduceScatter, kAllReduce, kAllToAll };
 
@@ -42,15 +54,15 @@ double timed(Op op) {
 }
 
 void collective(benchmark::State& state, Kind kind) {
-  const int P = g_grid.world;
+  const int P = g_grid.P;
   const int64_t bytes = state.range(0);
   const DType dt = bench_dtype(g_settings);
   const int64_t es = static_cast<int64_t>(dtype_size(dt));
   const int64_t total = bytes / es / P * P;  // elements of the full buffer, a multiple of P
-  Buffer full = random_buffer(*g_backend, dt, total, 11);
-  Buffer part = random_buffer(*g_backend, dt, total / P, 12);
+  Buffer full = operand(dt, total, 11);
+  Buffer part = operand(dt, total / P, 12);
   Buffer other = g_backend->alloc(dt, total);
-  Communicator& comm = *g_grid.world_comm;
+  Communicator& comm = *g_grid.seq;
   auto run = [&] {
     switch (kind) {
       case kAllGather: comm.all_gather(part.view(), full.view()); break;
@@ -85,19 +97,19 @@ double median_seconds(Op op, int runs) {
 // gemms_alone), 1 when the shorter one is hidden whole at no cost to the other, 0 when they
 // run as if one after the other; gemm_slowdown = gemms_beside / gemms_alone.
 void overlap(benchmark::State& state, Kind kind) {
-  const int P = g_grid.world;
+  const int P = g_grid.P;
   const int64_t bytes = state.range(0), gemms = state.range(1);
   const DType dt = bench_dtype(g_settings);
   const int64_t es = static_cast<int64_t>(dtype_size(dt));
   const int64_t total = bytes / es / P * P;
   const int64_t C = g_settings.large ? 2048 : 64, rows = g_settings.large ? 4096 : 256;
-  Buffer full = random_buffer(*g_backend, dt, total, 11);        // (total)
-  Buffer part = random_buffer(*g_backend, dt, total / P, 12);    // (total / P)
+  Buffer full = operand(dt, total, 11);                          // (total)
+  Buffer part = operand(dt, total / P, 12);                      // (total / P)
   Buffer x = random_buffer(*g_backend, dt, rows * C, 13);        // (rows, C)
   Buffer w = random_buffer(*g_backend, dt, 4 * C * C, 14, 0.02);  // (4C, C)
   Buffer bias = random_buffer(*g_backend, dt, 4 * C, 15);        // (4C)
   Buffer y = g_backend->alloc(dt, rows * 4 * C);                 // (rows, 4C)
-  Communicator& comm = *g_grid.world_comm;
+  Communicator& comm = *g_grid.seq;
   auto run_gemms = [&] {
     for (int64_t i = 0; i < gemms; ++i) linear_forward(*g_backend, y.view(), x.view(), w.view(), bias.view(), rows, C, 4 * C);
   };
@@ -181,16 +193,29 @@ int main(int argc, char** argv) {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   g_settings = parse_settings(&argc, argv);
+  {
+    int out = 1;
+    for (int i = 1; i < argc; ++i) {
+      if (std::string(argv[i]) == "--copy-engine") g_copy_engine = true;
+      else argv[out++] = argv[i];
+    }
+    argc = out;
+  }
   int rc = 0;
   try {
     const int local = lss::node_position(MPI_COMM_WORLD).rank;
     g_backend = lss::make_backend(lss::BackendOptions{g_settings.backend, g_settings.threads, local, g_settings.attention});
+    int world = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    LSS_REQUIRE_INPUT(!g_copy_engine || g_settings.backend == "cuda", "--copy-engine needs --backend=cuda");
 #ifdef LSS_HAVE_CUDA
-    if (g_settings.backend == "cuda") g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, 1, lss::cuda_stream_of(*g_backend));
-    else g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, 1);
+    if (g_settings.backend == "cuda")
+      g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, world, lss::cuda_stream_of(*g_backend), g_copy_engine);
+    else g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
 #else
-    g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, 1);
+    g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
 #endif
+    g_backend->use_symmetric_memory(g_grid.seq->symmetric_memory());
     register_all();
     if (rank != 0) {
       // Only rank 0 reports: the others drop any --benchmark_out so that one file is written.
@@ -202,6 +227,8 @@ int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
     benchmark::AddCustomContext("backend", g_backend->device_name());
     benchmark::AddCustomContext("ranks", std::to_string(g_grid.world));
+    benchmark::AddCustomContext("all_gather_engine", g_copy_engine ? "copy engines (NCCL zero-CTA policy, symmetric windows)"
+                                                                    : "SM kernels");
     if (rank == 0) {
       benchmark::RunSpecifiedBenchmarks();
     } else {
@@ -213,6 +240,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "[rank %d] bench_collectives: %s\n", rank, e.what());
     rc = 2;
   }
+  if (g_backend) g_backend->use_symmetric_memory(nullptr);
   g_grid = lss::Grid{};
   g_backend.reset();
   MPI_Finalize();

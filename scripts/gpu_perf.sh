@@ -4,7 +4,8 @@
 #   device tool: run(command="bash scripts/gpu_perf.sh SECTION...", carry=[".device"])
 # Sections (run in the order given):
 #   tests     the kernel and attention tests and the CUDA step test on every GPU (all strategies, grids, options;
-#             LSS_STEP_TEST_FILTER, a gtest filter, picks cases: the whole test takes ~420 s on 4 GPUs)
+#             LSS_STEP_TEST_FILTER, a gtest filter, picks cases: the whole test takes ~420 s on 4 GPUs;
+#             LSS_TESTS picks the binaries, default "kernels attention strategies")
 #   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
 #   serial-attention  the serial step at T=16K on each attention path (cuDNN, the own flash kernels)
 #   peers     peers-serial, then peers-lss
@@ -31,7 +32,8 @@
 #   collectives  bench_collectives --large on every GPU: the collectives alone (nccl-tests' busbw)
 #             and overlap_* (a K/V-sized all-gather or reduce-scatter with 1-8 MLP GEMMs beside it:
 #             hidden share, GEMM slowdown); LSS_BENCH_FILTER picks benchmarks, and NCCL's own
-#             variables (e.g. NCCL_MAX_CTAS) pass through, for A/Bs of the collectives' SM share
+#             variables (e.g. NCCL_MAX_CTAS) pass through, for A/Bs of the collectives' SM share;
+#             LSS_COLLECTIVES_ARGS=--copy-engine: the all-gathers on the copy engines (symmetric windows)
 #   ab        the bundle's lssbench against a base build, $LSS_AB_BASE (e.g. bin/lssbench-<commit>
 #             unpacked from .device/base.tar.xz, made with the same bundle script; or the bundle's own
 #             lssbench, to compare options: LSS_AB_NEW_ARGS are added to the new side's runs, LSS_AB_BASE_ARGS
@@ -103,10 +105,12 @@ peer() {  # NAME NPROC LIMIT torch_step-args...
 run_section() {
   case $1 in
     tests)
-      step test_cuda_kernels 120 "$dev/bin/test_cuda_kernels" --gtest_brief=1
-      step test_cuda_attention 120 "$dev/bin/test_cuda_attention" --gtest_brief=1
-      step test_strategies_cuda 450 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" --gtest_brief=1 \
-        --gtest_filter="${LSS_STEP_TEST_FILTER:-*}" ;;
+      local tests=" ${LSS_TESTS:-kernels attention strategies} "
+      [[ $tests == *" kernels "* ]] && step test_cuda_kernels 120 "$dev/bin/test_cuda_kernels" --gtest_brief=1
+      [[ $tests == *" attention "* ]] && step test_cuda_attention 120 "$dev/bin/test_cuda_attention" --gtest_brief=1
+      [[ $tests == *" strategies "* ]] && step test_strategies_cuda 450 mpiexec.hydra -n "$gpus" "$dev/bin/test_strategies_cuda" \
+        --gtest_brief=1 --gtest_filter="${LSS_STEP_TEST_FILTER:-*}"
+      return 0 ;;
     serial)
       point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
@@ -212,7 +216,8 @@ PY
         --benchmark_filter='gemm|linear|layernorm|gelu|cross' --benchmark_out="$res/bench_kernels.json" --benchmark_out_format=json ;;
     collectives)
       local tag=${NCCL_MAX_CTAS:+_max_ctas$NCCL_MAX_CTAS}
-      step bench_collectives$tag 300 mpiexec.hydra -n "$gpus" "$dev/bin/bench_collectives" --backend=cuda --large \
+      [[ " ${LSS_COLLECTIVES_ARGS:-} " == *" --copy-engine "* ]] && tag+=_copy_engine
+      step bench_collectives$tag 300 mpiexec.hydra -n "$gpus" "$dev/bin/bench_collectives" --backend=cuda --large ${LSS_COLLECTIVES_ARGS:-} \
         --benchmark_filter="${LSS_BENCH_FILTER:-.}" --benchmark_out="$res/bench_collectives_w$gpus$tag.json" \
         --benchmark_out_format=json ;;
     sweep)

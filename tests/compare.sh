@@ -52,6 +52,10 @@ fresh; edit "$work/new/$p" 'r["schema_version"] = 2'
 expect 2 "lss_w2_sp2_T256.json has schema_version 2" "a schema mismatch names the file" "$base" "$work/new"
 fresh; cp "$work/new/$p" "$work/new/points/extra.json"; edit "$work/new/points/extra.json" 'r["config"]["seq"] = 512'
 expect 0 "new point, not in the baseline" "an extra point is reported" "$base" "$work/new"
+fresh; edit "$work/new/$p" 'r["config"]["copy_engine_gathers"] = True'
+expect 1 "lss cpu w2 sp2 T256 L2 C64 H4 B1 fp32 copy-engine-gathers" "a point whose gathers ran on the copy engines is another point than the baseline's" "$base" "$work/new"
+fresh; edit "$work/new/$p" 'r["config"]["copy_engine_gathers"] = False'
+expect 0 "0 regressions" "copy_engine_gathers false matches a baseline written before it was recorded" "$base" "$work/new"
 
 # CPU CI: the deterministic figures of a fresh smoke sweep equal the committed baseline.
 "$lssbench" sweep "$root/sweeps/cpu-smoke.json" --out "$work/smoke" > "$work/smoke.log" 2>&1

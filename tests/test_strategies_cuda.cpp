@@ -60,7 +60,8 @@ StrategyOptions options_of(const std::string& variant) {
   if (variant == "zigzag") o.zigzag = true;
   if (variant == "zigzag_recompute") o.zigzag = o.recompute = true;
   if (variant == "zigzag_keepkv") o.zigzag = o.keep_kv = true;
-  if (variant == "zigzag_pipeline") o.zigzag = o.chunk_pipeline = true;
+  if (variant == "zigzag_pipeline" || variant == "zigzag_pipeline_copyengine") o.zigzag = o.chunk_pipeline = true;
+  if (variant == "zigzag_copyengine") o.zigzag = true;
   if (variant == "zigzag_offset") {  // the query-offset calls instead of the split causal blocks
     o.zigzag = true;
     o.split_causal = false;
@@ -89,6 +90,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
   for (auto [P, R] : grids) {
     RunConfig rc = model(c.strategy, P, c.dtype, c.causal, c.attention);
     rc.strategy_opts = options_of(c.variant);
+    rc.copy_engine_gathers = c.variant.find("copyengine") != std::string::npos;
     Session gpu(rc, MPI_COMM_WORLD);
     gpu.reset_counts();
     const double loss = gpu.forward_backward(0);
@@ -145,6 +147,12 @@ std::vector<Case> cases() {
   // kernels, which on H100/H200 are the wgmma generation.
   out.push_back({"lss", DType::bf16, true, "flash", "zigzag"});
   for (const char* v : {"recompute", "keepln", "nooverlap"}) out.push_back({"megatron_sp", DType::bf16, true, "cudnn", v});
+  // The all-gathers on the copy engines (--copy-engine-gathers; RunConfig, not a strategy
+  // option): every gathered buffer in the sequence group's symmetric windows, the pipeline's
+  // half gathers into row ranges of one.
+  for (const char* v : {"zigzag_copyengine", "zigzag_pipeline_copyengine"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
+  out.push_back({"lss", DType::f32, true, "flash", "zigzag_copyengine"});
+  out.push_back({"megatron_sp", DType::bf16, true, "cudnn", "copyengine"});
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, GpuStep, ::testing::ValuesIn(cases()),

@@ -144,7 +144,7 @@ class MegatronSpStrategy final : public Strategy {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
-    Buffer dh = be.alloc(cfg.dtype, N * C);  // (N, C) gradient of the local rows of the residual stream
+    Buffer dh = be.alloc_symmetric(cfg.dtype, N * C);  // (N, C) gradient of the local rows of the residual stream; all-gathered
     head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(), head_, N);
     head_gradients_ready(store_);
     for (int64_t l = cfg.L - 1; l >= 0; --l) {
@@ -234,7 +234,7 @@ class MegatronSpStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_, NF = NF_;
     const DType st = stat_dtype(cfg.dtype);
-    a.ln1_out = be.alloc(cfg.dtype, N * C);
+    a.ln1_out = be.alloc_symmetric(cfg.dtype, N * C);  // all-gathered
     a.ln1_mean = be.alloc(st, N);
     a.ln1_rstd = be.alloc(st, N);
     be.layernorm_forward(a.ln1_out.view(), a.ln1_mean.view(), a.ln1_rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
@@ -257,7 +257,7 @@ class MegatronSpStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_, NF = NF_;
     const DType st = stat_dtype(cfg.dtype);
-    a.ln2_out = be.alloc(cfg.dtype, N * C);
+    a.ln2_out = be.alloc_symmetric(cfg.dtype, N * C);  // all-gathered
     a.ln2_mean = be.alloc(st, N);
     a.ln2_rstd = be.alloc(st, N);
     be.layernorm_forward(a.ln2_out.view(), a.ln2_mean.view(), a.ln2_rstd.view(), h_in, w.ln2_w, w.ln2_b, N, C, cfg.ln_eps);

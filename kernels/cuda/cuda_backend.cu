@@ -245,7 +245,38 @@ class CudaBackend final : public Backend {
     return p;
   }
 
+  // Symmetric blocks are cached like the others but in their own lists, and never freed here:
+  // the communicator that registered them owns them. The first request of a size class reaches
+  // the communicator's allocate(), a collective: the ranks' identical request sequences (the
+  // gathers are shaped alike on every rank) keep them in step.
+  void use_symmetric_memory(SymmetricMemory* memory) override {
+    LSS_CHECK(symmetric_live_.empty(), "cuda backend: symmetric memory replaced while " +
+                                           std::to_string(symmetric_live_.size()) + " of its buffers are live");
+    symmetric_ = memory;
+    symmetric_free_.clear();
+  }
+
+  void* raw_alloc_symmetric(size_t bytes) override {
+    if (symmetric_ == nullptr) return raw_alloc(bytes);
+    const size_t cls = size_class(bytes);
+    void* p = nullptr;
+    if (auto it = symmetric_free_.find(cls); it != symmetric_free_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+    } else {
+      p = symmetric_->allocate(cls);
+      sample_device_memory();
+    }
+    symmetric_live_.emplace(p, cls);
+    return p;
+  }
+
   void raw_free(void* ptr, size_t) override {
+    if (const auto sym = symmetric_live_.find(ptr); sym != symmetric_live_.end()) {
+      symmetric_free_[sym->second].push_back(ptr);
+      symmetric_live_.erase(sym);
+      return;
+    }
     const auto it = live_.find(ptr);
     LSS_CHECK(it != live_.end(), "cuda backend: freeing a pointer it did not allocate");
     free_[it->second].push_back(ptr);
@@ -336,6 +367,9 @@ class CudaBackend final : public Backend {
 
   std::unordered_map<size_t, std::vector<void*>> free_;  // size class -> cached blocks
   std::unordered_map<void*, size_t> live_;               // handed-out block -> size class
+  SymmetricMemory* symmetric_ = nullptr;                 // alloc_symmetric's blocks (not owned)
+  std::unordered_map<size_t, std::vector<void*>> symmetric_free_;
+  std::unordered_map<void*, size_t> symmetric_live_;
   size_t reserved_bytes_ = 0;                            // from cudaMalloc, live or cached
   int64_t device_peak_ = 0;
 };

@@ -228,8 +228,15 @@ double collective_seconds(Session& s, const std::string& name, CollKind kind, in
   Backend& be = s.backend();
   Communicator& c = group(s, name);
   const int64_t n = bytes / static_cast<int64_t>(dtype_size(dtype));
-  Buffer big = be.alloc_zeroed(dtype, n);
-  Buffer part = be.alloc_zeroed(dtype, std::max<int64_t>(n / c.size(), 1));
+  // A gather's operands come from where the strategies take theirs (symmetric windows with
+  // --copy-engine-gathers), so that it runs as theirs do.
+  auto operand = [&](int64_t count) {
+    Buffer b = kind == CollKind::all_gather ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
+    be.fill_zero(b.view());
+    return b;
+  };
+  Buffer big = operand(n);
+  Buffer part = operand(std::max<int64_t>(n / c.size(), 1));
   switch (kind) {
     case CollKind::all_gather: return time_median(be, 0.0, [&] { c.all_gather(part.view(), big.view()); });
     case CollKind::reduce_scatter: return time_median(be, 0.0, [&] { c.reduce_scatter(big.view(), part.view()); });

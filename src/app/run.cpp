@@ -76,6 +76,9 @@ OptionParser make_parser() {
              "blocks in forward, so that each gather runs beside the other chunk's compute");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
   p.add_flag("overlap", true, "overlap collectives with compute (communication stream, per-layer gradient all-reduces)");
+  p.add_flag("copy-engine-gathers", false,
+             "cuda: the sequence group's all-gathers on the GPUs' copy engines (NCCL zero-CTA policy, symmetric "
+             "windows), leaving every SM to the compute they overlap");
   p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
   p.add_flag("measure-peak", true, "after timing, measure the device's GEMM rate for MFU (8192^3 on cuda)");
   p.add_flag("bound", true, "after timing, price the step at measured kernel and collective rates (needs --measure-peak)");
@@ -113,6 +116,7 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.recompute = p.flag("recompute");
   rc.strategy_opts.chunk_pipeline = p.flag("chunk-pipeline");
   rc.strategy_opts.overlap = p.flag("overlap");
+  rc.copy_engine_gathers = p.flag("copy-engine-gathers");
   rc.strategy = p.str("strategy");
   rc.backend = p.str("backend");
   rc.attention = p.str("attention");
@@ -533,6 +537,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
         {"optimizer", {{"name", "adamw"}, {"lr", rc.opt.lr}, {"beta1", rc.opt.beta1}, {"beta2", rc.opt.beta2},
                        {"eps", rc.opt.eps}, {"weight_decay", rc.opt.weight_decay}}},
         {"strategy_options", session.strategy().options_json()},
+        {"copy_engine_gathers", rc.copy_engine_gathers},
         {"options", parser.values()}};
     j["grid"] = {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}};
     j["machine"] = {{"hosts", hosts},

@@ -40,11 +40,14 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
                                                  std::to_string(devices) + " CUDA devices; start at most one rank per GPU");
   }
 #endif
+  LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || cfg_.backend == "cuda",
+                    "--copy-engine-gathers: the " + cfg_.backend + " backend has no copy engines (needs --backend cuda)");
   backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {
-    grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_));
+    grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_), cfg_.copy_engine_gathers);
     for (Communicator* c : {grid_.world_comm.get(), grid_.seq.get(), grid_.data.get()}) c->time_with(backend_.get());
+    backend_->use_symmetric_memory(grid_.seq->symmetric_memory());
   } else {
     grid_ = make_mpi_grid(base, cfg_.P);
   }
@@ -60,7 +63,12 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   loss_buf_ = backend_->alloc(DType::f64, 1);
 }
 
-Session::~Session() = default;
+Session::~Session() {
+  // The strategy's symmetric buffers go back to the backend's cache, which then lets go of the
+  // sequence group's windows before the grid releases them.
+  strategy_.reset();
+  if (backend_) backend_->use_symmetric_memory(nullptr);
+}
 
 double Session::forward_backward(int64_t step, StepTimes* times) {
   run_forward_backward(step, times, true);

@@ -27,6 +27,9 @@ struct RunConfig {
   std::string data_path;  // empty: synthetic tokens
   int P = 1;
   int threads = 1;
+  // The sequence group's all-gathers on the GPUs' copy engines (NCCL's zero-CTA policy on
+  // symmetric windows) instead of SM kernels: cuda only.
+  bool copy_engine_gathers = false;
 };
 
 // Times of one training step on this rank, in seconds.

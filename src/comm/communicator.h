@@ -81,6 +81,9 @@ class Communicator {
   const CommCounts& counts() const;
   void reset_counts();
   void set_counts(const CommCounts& c);
+  // Memory whose buffers this group's all-gathers may address on every rank alike (NCCL's
+  // symmetric windows, for copy-engine all-gathers); null where the communicator has none.
+  virtual SymmetricMemory* symmetric_memory() { return nullptr; }
   // Time collectives with `backend`'s markers (device events on cuda, where a collective only
   // enqueues work and a host clock would measure the enqueueing). Without it: host clock.
   void time_with(Backend* backend) { timer_ = backend; }

@@ -20,9 +20,15 @@ class NcclCommunicator : public Communicator {
   // Collective over `mpi_comm`: rank 0 makes the unique id and broadcasts it over MPI. The
   // asynchronous collectives go to `comm_stream` (shared by the grid; may be null: then start_*
   // run on `stream` at once, as blocking calls).
+  // copy_engine: the all-gathers run on the GPUs' copy engines instead of SM kernels (NCCL's
+  // zero-CTA policy), which NCCL does for buffers in symmetric windows only: symmetric_memory()
+  // hands those out, and an all-gather on any other buffer stops the run (it would fall back to
+  // the kernels unseen). The other collectives keep their kernels.
   NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream,
-                   std::shared_ptr<CUstream_st> comm_stream = nullptr);
+                   std::shared_ptr<CUstream_st> comm_stream = nullptr, bool copy_engine = false);
   ~NcclCommunicator() override;
+
+  SymmetricMemory* symmetric_memory() override { return windows_.get(); }
 
  protected:
   void do_all_gather(View send, View recv) override;
@@ -45,7 +51,27 @@ class NcclCommunicator : public Communicator {
     CollKind kind;
     cudaEvent_t start = nullptr, end = nullptr, wait_begin = nullptr, wait_end = nullptr;
   };
+  // Blocks from ncclMemAlloc, each registered as one symmetric window of the communicator.
+  class Windows final : public SymmetricMemory {
+   public:
+    explicit Windows(NcclCommunicator& owner) : owner_(owner) {}
+    void* allocate(size_t bytes) override;
+    // Whether [ptr, ptr + bytes) lies inside one block.
+    bool holds(const void* ptr, size_t bytes) const;
+    // Deregisters and frees every block (the device must be done with them).
+    void release_all();
+
+   private:
+    struct Block {
+      char* ptr;
+      size_t bytes;
+      ncclWindow_t window;
+    };
+    NcclCommunicator& owner_;
+    std::vector<Block> blocks_;
+  };
   ncclComm_t comm_ = nullptr;
+  std::unique_ptr<Windows> windows_;  // copy-engine all-gathers only
   cudaStream_t stream_;          // where do_* enqueue: the compute stream, or the comm stream inside start_async
   cudaStream_t compute_stream_;
   std::shared_ptr<CUstream_st> comm_stream_;
@@ -55,7 +81,8 @@ class NcclCommunicator : public Communicator {
 
 // The grid of comm/grid.h with NCCL communicators on `stream` (world = R x P as make_mpi_grid),
 // sharing one communication stream for their asynchronous collectives.
-Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream);
+// copy_engine_seq: the sequence group's all-gathers on the copy engines (NcclCommunicator).
+Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, bool copy_engine_seq = false);
 
 // NCCL version this process loaded ("2.28.3").
 std::string nccl_loaded_version();

@@ -37,16 +37,25 @@ void Buffer::reset() {
   view_ = View{};
 }
 
-Buffer Backend::alloc(DType dtype, int64_t numel) {
+Buffer Backend::alloc(DType dtype, int64_t numel) { return allocate(dtype, numel, false); }
+
+Buffer Backend::alloc_symmetric(DType dtype, int64_t numel) { return allocate(dtype, numel, true); }
+
+Buffer Backend::allocate(DType dtype, int64_t numel, bool symmetric) {
   LSS_CHECK(numel >= 0, "negative allocation size " + std::to_string(numel));
   View v;
   v.dtype = dtype;
   v.numel = numel;
   // Zero-sized buffers still get a distinct pointer so views stay valid.
-  v.ptr = raw_alloc(std::max<size_t>(v.bytes(), 1));
+  const size_t bytes = std::max<size_t>(v.bytes(), 1);
+  v.ptr = symmetric ? raw_alloc_symmetric(bytes) : raw_alloc(bytes);
   current_bytes_ += static_cast<int64_t>(v.bytes());
   if (current_bytes_ > peak_bytes_) peak_bytes_ = current_bytes_;
   return Buffer(this, v);
+}
+
+void Backend::use_symmetric_memory(SymmetricMemory* memory) {
+  LSS_CHECK(memory == nullptr, std::string("the ") + name() + " backend has no symmetric memory (copy-engine collectives need cuda)");
 }
 
 Buffer Backend::alloc_zeroed(DType dtype, int64_t numel) {

@@ -36,6 +36,16 @@ struct View {
   T* as() const { return static_cast<T*>(ptr); }
 };
 
+// Device memory that every rank of a group maps at once, so that a collective can address its
+// peers' buffers directly (NCCL's symmetric windows, which copy-engine all-gathers need). Its
+// owner is the group's communicator; allocate() is collective over the group: every rank calls it
+// with the same size in the same order.
+class SymmetricMemory {
+ public:
+  virtual ~SymmetricMemory() = default;
+  virtual void* allocate(size_t bytes) = 0;
+};
+
 // An owning buffer; freed through the backend that allocated it. Move-only.
 class Buffer {
  public:
@@ -181,6 +191,14 @@ class Backend {
   // ---- memory (accounting is done here, storage by the backend) ----
   Buffer alloc(DType dtype, int64_t numel);
   Buffer alloc_zeroed(DType dtype, int64_t numel);
+  // A buffer that a sequence-group all-gather reads or writes. From `symmetric` memory once
+  // use_symmetric_memory() has set one (--copy-engine-gathers), else as alloc(). Collective over
+  // that group when a new block is needed, so its ranks call it for the same sizes in the same
+  // order (the strategies' gathers are shaped alike on every rank).
+  Buffer alloc_symmetric(DType dtype, int64_t numel);
+  // Where alloc_symmetric takes its blocks from (null: alloc). The backend caches released blocks
+  // for reuse and never frees them: `memory` owns them. Unset it before `memory` goes away.
+  virtual void use_symmetric_memory(SymmetricMemory* memory);
   MemoryStats memory_stats() const;
   void reset_peak() { peak_bytes_ = current_bytes_; }
 
@@ -257,10 +275,14 @@ class Backend {
  protected:
   virtual void* raw_alloc(size_t bytes) = 0;
   virtual void raw_free(void* ptr, size_t bytes) = 0;
+  // From the memory use_symmetric_memory set (freed through raw_free). Backends that take none
+  // keep alloc()'s storage.
+  virtual void* raw_alloc_symmetric(size_t bytes) { return raw_alloc(bytes); }
   virtual int64_t device_peak_bytes() const { return -1; }
 
  private:
   friend class Buffer;
+  Buffer allocate(DType dtype, int64_t numel, bool symmetric);
   void release(View& v);
   int64_t current_bytes_ = 0;
   int64_t peak_bytes_ = 0;

@@ -175,7 +175,7 @@ void Strategy::start_data(ParamStore& store, Bucket& b) {
 }
 
 Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
-  PendingCollective g{ctx_.backend.alloc(local.dtype, ctx_.grid.P * local.numel), {}};
+  PendingCollective g{ctx_.backend.alloc_symmetric(local.dtype, ctx_.grid.P * local.numel), {}};
   g.handle = start_seq_all_gather_into(local, g.out.view());
   return g;
 }

@@ -383,7 +383,7 @@ class LssStrategy final : public Strategy {
     a.mean = be.alloc(st, N_);
     a.rstd = be.alloc(st, N_);
     a.q = be.alloc(cfg.dtype, N_ * cfg.C);
-    a.kv_local = be.alloc(cfg.dtype, N_ * 2 * cfg.C);
+    a.kv_local = be.alloc_symmetric(cfg.dtype, N_ * 2 * cfg.C);  // all-gathered
   }
   // Activation checkpointing: keep only the block's output (the next block's input); the rest is
   // recomputed from it in backward.
@@ -437,7 +437,7 @@ class LssStrategy final : public Strategy {
     const LayerTensors w = layer_params(store_, l);
     if (s == 0) {
       allocate_projections(a);
-      a.kv_wave = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);
+      a.kv_wave = be.alloc_symmetric(cfg.dtype, cfg.T * Bl_ * 2 * C);
       a.attn_out = be.alloc(cfg.dtype, N_ * C);
       a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
       a.h_mid = be.alloc(cfg.dtype, N_ * C);
