@@ -105,6 +105,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     ref.strategy = "serial";
     ref.P = 1;
     ref.backend = "cpu";
+    ref.copy_engine_gathers = false;
     ref.model.dtype = DType::f64;
     Session cpu(ref, MPI_COMM_SELF);
     const double ref_loss = cpu.forward_backward(0);
