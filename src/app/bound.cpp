@@ -223,10 +223,11 @@ Communicator& group(Session& s, const std::string& name) {
   return *g.world_comm;
 }
 
-// Seconds of one blocking collective of `bytes` (communicator.h's convention) on the group.
-double collective_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype) {
-  Backend& be = s.backend();
-  Communicator& c = group(s, name);
+// A collective's operands: the gathered (or scattered, or reduced) buffer and one rank's part.
+struct CollectiveOperands {
+  Buffer big, part;
+};
+CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollKind kind, int64_t bytes, DType dtype) {
   const int64_t n = bytes / static_cast<int64_t>(dtype_size(dtype));
   // A gather's operands come from where the strategies take theirs (symmetric windows with
   // --copy-engine-gathers), so that it runs as theirs do.
@@ -235,15 +236,62 @@ double collective_seconds(Session& s, const std::string& name, CollKind kind, in
     be.fill_zero(b.view());
     return b;
   };
-  Buffer big = operand(n);
-  Buffer part = operand(std::max<int64_t>(n / c.size(), 1));
+  CollectiveOperands o;
+  o.big = operand(n);
+  o.part = operand(std::max<int64_t>(n / c.size(), 1));
+  return o;
+}
+
+// Seconds of one blocking collective of `bytes` (communicator.h's convention) on the group.
+double collective_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype) {
+  Backend& be = s.backend();
+  Communicator& c = group(s, name);
+  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype);
   switch (kind) {
-    case CollKind::all_gather: return time_median(be, 0.0, [&] { c.all_gather(part.view(), big.view()); });
-    case CollKind::reduce_scatter: return time_median(be, 0.0, [&] { c.reduce_scatter(big.view(), part.view()); });
-    case CollKind::all_reduce: return time_median(be, 0.0, [&] { c.all_reduce(big.view()); });
+    case CollKind::all_gather: return time_median(be, 0.0, [&] { c.all_gather(o.part.view(), o.big.view()); });
+    case CollKind::reduce_scatter: return time_median(be, 0.0, [&] { c.reduce_scatter(o.big.view(), o.part.view()); });
+    case CollKind::all_reduce: return time_median(be, 0.0, [&] { c.all_reduce(o.big.view()); });
     default: LSS_CHECK(false, std::string("analytic bound: no rate for ") + coll_kind_name(kind));
   }
   return 0;
+}
+
+CommHandle start_collective(Communicator& c, CollKind kind, CollectiveOperands& o) {
+  switch (kind) {
+    case CollKind::all_gather: return c.start_all_gather(o.part.view(), o.big.view());
+    case CollKind::reduce_scatter: return c.start_reduce_scatter(o.big.view(), o.part.view());
+    case CollKind::all_reduce: return c.start_all_reduce(o.big.view());
+    default: LSS_CHECK(false, std::string("analytic bound: no overlap timing for ") + coll_kind_name(kind));
+  }
+  return {};
+}
+
+// One collective beside the GEMMs the schedule runs with it, measured: `gemms` forward GEMMs of
+// `lin` (the layer's largest linear layer, standing in for the GEMM FLOPs beside the collective)
+// alone, and the collective started on the communication lane, the same GEMMs on the compute
+// stream, then the wait. together - gemms_alone is what the collective costs the step where it
+// overlaps: its unhidden part, plus what the GEMMs lose to it (SMs, memory bandwidth, power).
+struct OverlapSeconds {
+  double gemms_alone = 0, together = 0;
+};
+OverlapSeconds overlap_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype,
+                               DType compute, const BoundModel::Linear& lin, int64_t gemms) {
+  Backend& be = s.backend();
+  Communicator& c = group(s, name);
+  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype);
+  Buffer x = random_operand(be, compute, lin.rows * lin.in), w = random_operand(be, compute, lin.out * lin.in);
+  Buffer b = random_operand(be, compute, lin.out), y = be.alloc(compute, lin.rows * lin.out);
+  auto run_gemms = [&] {
+    for (int64_t i = 0; i < gemms; ++i) linear_forward(be, y.view(), x.view(), w.view(), b.view(), lin.rows, lin.in, lin.out);
+  };
+  OverlapSeconds t;
+  t.gemms_alone = time_median(be, 0.0, run_gemms);
+  t.together = time_median(be, 0.0, [&] {
+    CommHandle h = start_collective(c, kind, o);
+    run_gemms();
+    c.wait(h);
+  });
+  return t;
 }
 
 // The compute parts of this rank's bound: linear layers, attention, elementwise kernels, the
@@ -338,8 +386,13 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // bursts after it. Each pass allocates its operands kernel by kernel, so the peak is one pass's.
   const ComputeParts burst = compute_parts(session, rc, model, 0.0);
   nlohmann::json comm = nlohmann::json::array();
-  double comm_s = 0;
+  double comm_s = 0, contended_comm_s = 0;
   std::map<std::tuple<std::string, int, int64_t>, double> measured;  // (group, kind, bytes) -> s
+  // The contended bound prices each collective that GEMMs hide by running it beside them: the
+  // layer's largest linear layer stands in for those GEMMs.
+  const BoundModel::Linear* stand_in = nullptr;
+  for (const auto& lin : model.layer_linears)
+    if (stand_in == nullptr || lin.rows * lin.in * lin.out > stand_in->rows * stand_in->in * stand_in->out) stand_in = &lin;
   // Gradients travel in the master dtype, activations in the compute dtype.
   for (const auto& c : model.comm) {
     const DType dt = c.kind == CollKind::all_reduce ? master_dtype(m.dtype) : m.dtype;
@@ -352,10 +405,27 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                                                    : 0.0;
     const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
     comm_s += exposed;
-    comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
-                    {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
-                    {"hidden_by_optimizer_share", c.hidden_by_optimizer_share},
-                    {"exposed_ms", exposed * 1e3}});
+    nlohmann::json entry = {{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
+                            {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
+                            {"hidden_by_optimizer_share", c.hidden_by_optimizer_share},
+                            {"exposed_ms", exposed * 1e3}};
+    double contended = exposed;
+    // Every rank has the same entries in the same order (their collectives match), so each
+    // rank's overlap timing meets the others' in the collective.
+    if (rc.strategy_opts.overlap && c.hidden_by_flops > 0 && c.calls > 0 && stand_in != nullptr) {
+      const double stand_in_flops = 2.0 * static_cast<double>(stand_in->rows * stand_in->in * stand_in->out);
+      const int64_t gemms = std::max<int64_t>(1, std::llround(c.hidden_by_flops / stand_in_flops));
+      const OverlapSeconds o = overlap_seconds(session, c.group, c.kind, c.bytes, dt, m.dtype, *stand_in, gemms);
+      const double beside_optimizer = c.hidden_by_optimizer_share * burst.optimizer_s;
+      contended = static_cast<double>(c.calls) * std::max(0.0, o.together - o.gemms_alone - beside_optimizer);
+      entry["contended"] = {{"gemms", gemms},
+                            {"gemm_shape", {stand_in->rows, stand_in->in, stand_in->out}},
+                            {"gemms_alone_ms", o.gemms_alone * 1e3},
+                            {"together_ms", o.together * 1e3},
+                            {"exposed_ms", contended * 1e3}};
+    }
+    contended_comm_s += contended;
+    comm.push_back(entry);
   }
   const bool sustained = heat_s > 0;
   const ComputeParts hot = sustained ? compute_parts(session, rc, model, heat_s) : ComputeParts{};
@@ -364,17 +434,22 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // the faster ones wait at the next collective (load imbalance), which the exposed
   // communication then shows.
   const int world = grid.world;
-  const double mine[3] = {burst.total() + comm_s, burst.attention_s, sustained ? hot.total() + comm_s : 0.0};
-  std::vector<double> all(3 * static_cast<size_t>(world));
-  LSS_MPI_CHECK(MPI_Allgather(mine, 3, MPI_DOUBLE, all.data(), 3, MPI_DOUBLE, MPI_COMM_WORLD));
-  std::vector<double> per_rank_ms, per_rank_attention_ms, per_rank_sustained_ms;
-  double total = 0, total_sustained = 0;
+  constexpr int kFigures = 4;
+  const double mine[kFigures] = {burst.total() + comm_s, burst.attention_s, sustained ? hot.total() + comm_s : 0.0,
+                                 burst.total() + contended_comm_s};
+  std::vector<double> all(kFigures * static_cast<size_t>(world));
+  LSS_MPI_CHECK(MPI_Allgather(mine, kFigures, MPI_DOUBLE, all.data(), kFigures, MPI_DOUBLE, MPI_COMM_WORLD));
+  std::vector<double> per_rank_ms, per_rank_attention_ms, per_rank_sustained_ms, per_rank_contended_ms;
+  double total = 0, total_sustained = 0, total_contended = 0;
   for (int r = 0; r < world; ++r) {
-    per_rank_ms.push_back(all[3 * r] * 1e3);
-    per_rank_attention_ms.push_back(all[3 * r + 1] * 1e3);
-    per_rank_sustained_ms.push_back(all[3 * r + 2] * 1e3);
-    total = std::max(total, all[3 * r]);
-    total_sustained = std::max(total_sustained, all[3 * r + 2]);
+    const double* f = &all[static_cast<size_t>(kFigures * r)];
+    per_rank_ms.push_back(f[0] * 1e3);
+    per_rank_attention_ms.push_back(f[1] * 1e3);
+    per_rank_sustained_ms.push_back(f[2] * 1e3);
+    per_rank_contended_ms.push_back(f[3] * 1e3);
+    total = std::max(total, f[0]);
+    total_sustained = std::max(total_sustained, f[2]);
+    total_contended = std::max(total_contended, f[3]);
   }
   nlohmann::json rank0 = burst.to_json(gemm_flops);
   rank0["gemm_flops"] = gemm_flops;
@@ -400,7 +475,16 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
           {"per_rank_ms", per_rank_ms},
           {"per_rank_attention_ms", per_rank_attention_ms},
           {"rank0", rank0},
-          {"sustained", sustained_json}};
+          {"sustained", sustained_json},
+          {"contended",
+           {{"definition", "the bound with each collective that GEMMs hide priced as measured beside them: the "
+                           "collective started, as many of the layer's largest GEMM as match the FLOPs the "
+                           "schedule runs beside it, the wait; its cost is that time less the GEMMs' alone (its "
+                           "unhidden part plus what the GEMMs lose to it), less the optimizer time beside it; "
+                           "the other collectives as in the bound; slowest rank"},
+            {"bound_ms", total_contended * 1e3},
+            {"per_rank_ms", per_rank_contended_ms},
+            {"comm_exposed_ms", contended_comm_s * 1e3}}}};
 }
 
 }  // namespace lss
