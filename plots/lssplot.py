@@ -329,9 +329,9 @@ def write_summary(sweeps, out, charts):
     for s in sweeps:
         lines += [f"## {s['name']} ({s['aggregate'].get('mode')})", "",
                   "| strategy | ranks | sp | T | status | step ms | exposed comm ms | step / bound "
-                  "| step / sustained | attention max / min rank | tokens/s | TFLOP/s/GPU | MFU (measured) "
-                  "| peak GiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| step / sustained | step / contended | attention max / min rank | tokens/s | TFLOP/s/GPU "
+                  "| MFU (measured) | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in sorted(s["points"], key=lambda p: (p["strategy"], p["grid"]["world"], p["config"].get("seq", 0))):
             row = [p["strategy"], p["grid"]["world"], p["grid"].get("sp", ""), p["config"].get("seq", ""), p["status"]]
             if p["status"] == "ok":
@@ -340,16 +340,19 @@ def write_summary(sweeps, out, charts):
                 ratio = b.get("step_over_bound")
                 # The other side of the power-cap bracket (README, Metrics); absent before it existed.
                 sustained = b.get("step_over_sustained_bound")
+                # The bound with overlap's contention priced (README, Metrics); absent before it existed.
+                contended = b.get("step_over_contended_bound")
                 attn = [x for x in b.get("per_rank_attention_ms") or [] if isinstance(x, (int, float))]
                 imbalance = max(attn) / min(attn) if attn and min(attn) > 0 else None
                 row += [f"{t['median_ms']:.2f}", f"{exposed:.2f}" if isinstance(exposed, (int, float)) else "-",
                         f"{ratio:.3f}" if isinstance(ratio, (int, float)) else "-",
                         f"{sustained:.3f}" if isinstance(sustained, (int, float)) else "-",
+                        f"{contended:.3f}" if isinstance(contended, (int, float)) else "-",
                         f"{imbalance:.3f}" if imbalance else "-",
                         f"{m['tokens_per_s']:.0f}", f"{m['tflops_per_gpu']:.1f}",
                         f"{m['mfu_measured']:.3f}" if m.get("mfu_measured") else "-", f"{m['peak_mem_bytes'] / 2**30:.2f}"]
             else:
-                row += ["-"] * 9
+                row += ["-"] * 10
             lines.append("| " + " | ".join(map(str, row)) + " |")
         weak = s["aggregate"].get("weak_scaling", [])
         if weak:

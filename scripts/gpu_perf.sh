@@ -277,7 +277,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     t, m, b = j["timing"], j["metrics"], j.get("bound") or {}
     print(f"{f.stem:<40} {j.get('status'):<6} step {t['median_ms']:9.2f} ms {m['tflops_per_gpu']:7.1f} TFLOP/s/GPU "
           f"mfu_meas {m.get('mfu_measured') or 0:5.3f} comm {t['comm_median_ms']:7.2f} exposed {t.get('comm_exposed_median_ms', 0):7.2f} "
-          f"bound {b.get('bound_ms', 0):8.2f} ratio {b.get('step_over_bound', 0):5.3f} sustained {b.get('step_over_sustained_bound') or 0:5.3f} "
+          f"bound {b.get('bound_ms', 0):8.2f} ratio {b.get('step_over_bound', 0):5.3f} sustained {b.get('step_over_sustained_bound') or 0:5.3f} contended {b.get('step_over_contended_bound') or 0:5.3f} "
           f"mem {m['peak_mem_bytes'] / 2**30:6.2f} GiB "
           f"comm=model {j['comm']['matches_model']}{clocks(t)}")
 PY

@@ -67,7 +67,8 @@ with tempfile.TemporaryDirectory() as tmp:
         r0 = json.load(open(f))
         if r0.get("status") == "ok":
             r0["bound"] = {"bound_ms": r0["timing"]["median_ms"] / 1.25, "step_over_bound": 1.25, "rank0": {},
-                           "per_rank_attention_ms": [100.0, 110.0], "step_over_sustained_bound": 0.875}
+                           "per_rank_attention_ms": [100.0, 110.0], "step_over_sustained_bound": 0.875,
+                           "step_over_contended_bound": 1.0625}
             json.dump(r0, open(f, "w"))
     out3 = os.path.join(tmp, "charts-bound")
     r = run(bounded, "--out", out3)
@@ -78,6 +79,8 @@ with tempfile.TemporaryDirectory() as tmp:
     check("| step / bound |" in summary3 and "| 1.250 |" in summary3, "SUMMARY.md gives step / bound")
     check("| step / sustained |" in summary3 and "| 1.250 | 0.875 |" in summary3,
           "SUMMARY.md gives step / sustained bound beside step / bound")
+    check("| step / contended |" in summary3 and "| 1.250 | 0.875 | 1.062 |" in summary3,
+          "SUMMARY.md gives step / contended bound after step / sustained")
     check("| attention max / min rank |" in summary3 and "| 1.100 |" in summary3,
           "SUMMARY.md gives the ranks' attention imbalance (max / min of bound.per_rank_attention_ms)")
     check("| step / bound |" in summary and "| - |" in summary, "results without a bound show '-' there")

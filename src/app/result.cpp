@@ -121,6 +121,11 @@ std::vector<std::string> validate_result(const json& r) {
       // The sustained bound: optional (older files), null on cpu by default and with --bound-heat 0.
       const json& b = r["bound"];
       if (b.contains("step_over_sustained_bound")) c.nonneg("bound.step_over_sustained_bound", true);
+      // The contended bound: optional (results before the tenth session).
+      if (b.contains("contended")) {
+        c.positive("bound.contended.bound_ms");
+        c.nonneg("bound.step_over_contended_bound");
+      }
       if (b.contains("sustained") && !b["sustained"].is_null()) {
         if (!b["sustained"].is_object()) c.errors.push_back("bound.sustained: must be an object or null");
         else {
