@@ -14,6 +14,8 @@
 #   peers-lss our lss (zigzag) and the peer's (contiguous and zigzag) on every GPU at T=16K x GPUs
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
+#   bound     lss zigzag (with and without --chunk-pipeline) and megatron_sp on every GPU at T = 16K and
+#             64K (LSS_BOUND_SEQ) with the three bounds (burst, sustained, contended)
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN), then
@@ -157,6 +159,12 @@ run_section() {
         ((w > gpus)) && continue
         point lss_zigzag_weak_w${w}_T$((16 * w))K "$w" 120 --strategy lss --sp "$w" --zigzag --seq $((16 * w))K --warmup 2 --iters 6
         point megatron_sp_weak_w${w}_T$((16 * w))K "$w" 120 --strategy megatron_sp --sp "$w" --seq $((16 * w))K --warmup 2 --iters 6
+      done ;;
+    bound)
+      for T in ${LSS_BOUND_SEQ:-16K 64K}; do
+        point lss_zigzag_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6
+        point lss_zigzag_pipeline_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag --chunk-pipeline --seq "$T" --warmup 2 --iters 6
+        point megatron_sp_w${gpus}_T$T "$gpus" 150 --strategy megatron_sp --sp "$gpus" --seq "$T" --warmup 2 --iters 6
       done ;;
     split)
       for T in $(printf "%s\n" $((16 * gpus))K 64K | sort -u); do
