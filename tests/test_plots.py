@@ -67,6 +67,7 @@ with tempfile.TemporaryDirectory() as tmp:
         r0 = json.load(open(f))
         if r0.get("status") == "ok":
             r0["bound"] = {"bound_ms": r0["timing"]["median_ms"] / 1.25, "step_over_bound": 1.25, "rank0": {},
+                           "contended": {"bound_ms": r0["timing"]["median_ms"] / 1.0625},
                            "per_rank_attention_ms": [100.0, 110.0], "step_over_sustained_bound": 0.875,
                            "step_over_contended_bound": 1.0625}
             json.dump(r0, open(f, "w"))
@@ -75,6 +76,7 @@ with tempfile.TemporaryDirectory() as tmp:
     m3 = json.load(open(os.path.join(out3, "charts.json"))) if r.returncode == 0 else {"charts": []}
     bd = {c["file"]: c for c in m3["charts"]}.get("breakdown.png", {})
     check("analytic bound" in bd.get("series", []), f"breakdown.png marks the analytic bound ({bd.get('series')})")
+    check("contended bound" in bd.get("series", []), f"breakdown.png marks the contended bound ({bd.get('series')})")
     summary3 = open(os.path.join(out3, "SUMMARY.md")).read() if r.returncode == 0 else ""
     check("| step / bound |" in summary3 and "| 1.250 |" in summary3, "SUMMARY.md gives step / bound")
     check("| step / sustained |" in summary3 and "| 1.250 | 0.875 |" in summary3,

@@ -249,9 +249,12 @@ class CudaBackend final : public Backend {
   // the communicator that registered them owns them. The first request of a size class reaches
   // the communicator's allocate(), a collective: the ranks' identical request sequences (the
   // gathers are shaped alike on every rank) keep them in step.
+  // Unsetting it (null) is always allowed: buffers still live then go to a free list nothing
+  // draws from again.
   void use_symmetric_memory(SymmetricMemory* memory) override {
-    LSS_CHECK(symmetric_live_.empty(), "cuda backend: symmetric memory replaced while " +
-                                           std::to_string(symmetric_live_.size()) + " of its buffers are live");
+    LSS_CHECK(memory == nullptr || symmetric_live_.empty(),
+              "cuda backend: symmetric memory replaced while " + std::to_string(symmetric_live_.size()) +
+                  " of its buffers are live");
     symmetric_ = memory;
     symmetric_free_.clear();
   }

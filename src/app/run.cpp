@@ -413,7 +413,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<14} {}\n", "data", session.data().describe());
     fmt::print("  {:<14} {} warm-up + {} timed steps\n", "steps", warmup, iters);
     fmt::print("  {:<14} {:.4g} GFLOP/step\n", "model FLOPs", flops.step / 1e9);
-    fmt::print("  {:<14} {}\n", "options", session.strategy().options_json().dump());
+    fmt::print("  {:<14} {}{}\n", "options", session.strategy().options_json().dump(),
+               rc.copy_engine_gathers ? ", all-gathers on the copy engines" : "");
     fmt::print("  {:<14} {}\n", "result", out);
   }
 
