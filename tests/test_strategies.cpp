@@ -200,8 +200,7 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
   using Kind = BoundModel::Pass::Kind;
   for (auto [P, R] : grids_for_world()) {
     for (int variant : {0, 1, 2, 3}) {
-      // keep_kv in 1 and 3; the chunk pipeline (P > 1) in 2 and 3, whose forward copies only to
-      // keep its gathered halves.
+      // keep_kv in 1 and 3; the chunk pipeline (P > 1) in 2 and 3.
       const bool keep_kv = variant % 2 == 1, pipeline = variant >= 2 && P > 1;
       RunConfig rc = small("lss", P, DType::f32, true);
       rc.strategy_opts.zigzag = true;
@@ -229,8 +228,10 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
         }
       }
       const double kv = static_cast<double>(cfg.T) * key_row;
-      EXPECT_EQ(copy_fwd, pipeline && !keep_kv ? 0 : kv) << where;
-      EXPECT_EQ(copy_bwd, (keep_kv ? 1 : 2) * kv) << where;
+      // The pipeline keeps its gathered halves as they are and runs backward in their layout:
+      // no reorder copy at all.
+      EXPECT_EQ(copy_fwd, pipeline ? 0 : kv) << where;
+      EXPECT_EQ(copy_bwd, pipeline ? 0 : (keep_kv ? 1 : 2) * kv) << where;
       // Segments of rank p: chunks p and 2P-1-p (one segment of 2c at P = 1, no keys before it).
       const int64_t segments_with_keys_before = P == 1 ? 0 : (p == 0 ? 1 : 2);
       EXPECT_EQ(merges, segments_with_keys_before) << where;
@@ -284,11 +285,11 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
                                  {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
                                  {CollKind::all_reduce, L + 2, 0}});
           if (P > 1 && pipeline)
-            // The chunk pipeline's forward gathers each layer's [K|V] in two halves (front chunks,
-            // back chunks), of T*Bl*C elements each.
-            want["sp"] = counts({{CollKind::all_gather, 2 * L, m.T * Bl * C * es},
-                                 {CollKind::all_gather, option ? 0 : L, m.T * Bl * 2 * C * es},
-                                 {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
+            // The chunk pipeline gathers each layer's [K|V] in two halves (front chunks, back
+            // chunks), of T*Bl*C elements each, in forward and (unless kept) again in backward,
+            // and reduce-scatters [dK|dV] in the same two halves.
+            want["sp"] = counts({{CollKind::all_gather, (option ? 2 : 4) * L, m.T * Bl * C * es},
+                                 {CollKind::reduce_scatter, 2 * L, m.T * Bl * C * es},
                                  {CollKind::all_reduce, L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C) * es;
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, L + 3, 0}});

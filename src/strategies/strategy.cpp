@@ -182,9 +182,14 @@ Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
 
 Strategy::PendingCollective Strategy::start_seq_reduce_scatter(View full) {
   PendingCollective r{ctx_.backend.alloc(full.dtype, full.numel / ctx_.grid.P), {}};
-  r.handle = ctx_.grid.seq->start_reduce_scatter(full, r.out.view());
-  wait_unless_overlap(*ctx_.grid.seq, r.handle);
+  r.handle = start_seq_reduce_scatter_into(full, r.out.view());
   return r;
+}
+
+CommHandle Strategy::start_seq_reduce_scatter_into(View full, View out) {
+  CommHandle h = ctx_.grid.seq->start_reduce_scatter(full, out);
+  wait_unless_overlap(*ctx_.grid.seq, h);
+  return h;
 }
 
 Buffer Strategy::finish(PendingCollective& p) {

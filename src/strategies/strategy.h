@@ -152,6 +152,9 @@ class Strategy {
   // All-gathers `local` over the sequence group into `out` (P x its elements), a part of a buffer
   // the caller owns; both must stay alive and unchanged until wait_seq().
   CommHandle start_seq_all_gather_into(View local, View out);
+  // Reduce-scatters `full` over the sequence group into `out` (1/P of its elements), a part of a
+  // buffer the caller owns; both must stay alive and unchanged until wait_seq().
+  CommHandle start_seq_reduce_scatter_into(View full, View out);
   void wait_seq(CommHandle& h);
   // Uploads this rank's window of step `step`: sequences [b0, b0+nb) at the positions of
   // `ranges` one after the other, each (count, nb) T-major; int32 tokens and targets.

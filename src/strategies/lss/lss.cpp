@@ -61,13 +61,17 @@ class LssStrategy final : public Strategy {
     // (with recomputation, the recomputed forward's gather is the second one).
     const bool one_gather = ctx_.opts.keep_kv && !ctx_.opts.recompute;
     if (pipelined()) {
-      // The forward's gather in two halves (front chunks, back chunks).
+      // The forward's gather in two halves (front chunks, back chunks); backward's re-gather in
+      // halves too, or with recomputation the recomputed forward's one fused gather.
       expect_calls(m, "sp", P, CollKind::all_gather, 2 * cfg.L, kv_bytes / 2);
-      if (!one_gather) expect_calls(m, "sp", P, CollKind::all_gather, cfg.L, kv_bytes);
+      if (ctx_.opts.recompute) expect_calls(m, "sp", P, CollKind::all_gather, cfg.L, kv_bytes);
+      else if (!one_gather) expect_calls(m, "sp", P, CollKind::all_gather, 2 * cfg.L, kv_bytes / 2);
     } else {
       expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * (one_gather ? 1 : 2), kv_bytes);
     }
-    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
+    // The dK/dV reduce-scatter: in halves in the pipeline's layout.
+    if (wave_backward()) expect_calls(m, "sp", P, CollKind::reduce_scatter, 2 * cfg.L, kv_bytes / 2);
+    else expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
     // The sequence-reduced gradients, one all-reduce per bucket (head, each layer, embeddings).
     expect_total(m, "sp", P, CollKind::all_reduce, gradient_buckets(store_), store_.seq_reduced_numel() * es_grad);
     // Then every gradient over the data group, two all-reduces per bucket (its sequence-reduced
@@ -111,12 +115,24 @@ class LssStrategy final : public Strategy {
       const double q_backward = 3 * (2 * N * C * C) + 2.5 * diagonal_forward;
       if (pipelined()) add_pipelined_gather_bounds(m, kv_bytes);
       else m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
-      if (ctx_.opts.recompute)
+      if (ctx_.opts.recompute) {
         m.comm.push_back({"K/V all-gather, recomputed forward", "sp", CollKind::all_gather, kv_bytes, cfg.L,
                           q_projection});
-      else if (!ctx_.opts.keep_kv)
+      } else if (!ctx_.opts.keep_kv && wave_backward()) {
+        // Both halves start before the MLP's backward, which runs beside the two.
+        for (const char* half : {"front", "back"})
+          m.comm.push_back({std::string("K/V re-gather, backward, ") + half + " chunks", "sp", CollKind::all_gather,
+                            kv_bytes / 2, cfg.L, mlp_backward / 2});
+      } else if (!ctx_.opts.keep_kv) {
         m.comm.push_back({"K/V re-gather, backward", "sp", CollKind::all_gather, kv_bytes, cfg.L, mlp_backward});
-      m.comm.push_back({"dK/dV reduce-scatter", "sp", CollKind::reduce_scatter, kv_bytes, cfg.L, q_backward});
+      }
+      if (wave_backward()) {
+        for (const char* half : {"front", "back"})
+          m.comm.push_back({std::string("dK/dV reduce-scatter, ") + half + " chunks", "sp", CollKind::reduce_scatter,
+                            kv_bytes / 2, cfg.L, q_backward / 2});
+      } else {
+        m.comm.push_back({"dK/dV reduce-scatter", "sp", CollKind::reduce_scatter, kv_bytes, cfg.L, q_backward});
+      }
     }
     add_gradient_bounds(m, store_, 48 * N * C * C);
     m.layer_passes = passes();
@@ -166,14 +182,13 @@ class LssStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, key_row = Bl_ * 2 * C, kv = cfg.T * key_row;
     std::vector<BoundModel::Pass> out;
-    if (ctx_.opts.zigzag) {
+    if (ctx_.opts.zigzag && !wave_backward()) {
       // Every gather is put into token order: the forward's, and backward's re-gather.
       const bool regather = !ctx_.opts.keep_kv && !ctx_.opts.recompute;
-      // --chunk-pipeline's forward attends from the gathered halves as they are, and puts them
-      // into token order only to keep them (keep_kv); with recomputation only the recomputed
-      // forward (the fused gather) copies: once per layer, counted twice.
-      double forward_copies = 1;
-      if (pipelined()) forward_copies = ctx_.opts.recompute ? 0.5 : (ctx_.opts.keep_kv ? 1 : 0);
+      // --chunk-pipeline with recomputation: the pipelined forward attends from the gathered
+      // halves as they are; only the recomputed forward (the fused gather) copies, once per layer,
+      // counted twice. Without recomputation the pipeline copies nothing (wave_backward).
+      const double forward_copies = pipelined() ? 0.5 : 1;
       out.push_back({"[K|V] to token order", Kind::copy, kv, {}, forward_copies, regather ? 1.0 : 0.0});
       out.push_back({"[dK|dV] to rank order", Kind::copy, kv, {}, 0, 1});
     }
@@ -240,11 +255,24 @@ class LssStrategy final : public Strategy {
         block_forward(l, h_in, a, /*keep_kv=*/true);
       }
       a.h_out.reset();
-      // The re-gather of [K|V] runs while the MLP's backward computes.
+      // The re-gather of [K|V] runs while the MLP's backward computes (--chunk-pipeline: in
+      // halves, into the forward's layout).
       PendingCollective regather;
-      if (!a.kv_full) regather = start_gather_kv(a);
+      const bool wave_regather = wave_backward() && !a.kv_wave;
+      if (wave_regather) {
+        a.kv_wave = be.alloc_symmetric(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (T*Bl, 2C) [back | front]
+        start_wave_gather(a, 0);
+        start_wave_gather(a, 1);
+      } else if (!wave_backward() && !a.kv_full) {
+        regather = start_gather_kv(a);
+      }
       mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
-      if (!a.kv_full) a.kv_full = finish_gather_kv(regather);
+      if (wave_regather) {
+        wait_seq(a.wave_gather[0]);
+        wait_seq(a.wave_gather[1]);
+      } else if (!wave_backward() && !a.kv_full) {
+        a.kv_full = finish_gather_kv(regather);
+      }
       attention_backward(layer_params(store_, l), layer_grads(store_, l), h_in, dh.view(), a);
       layer_gradients_ready(store_, l);
     }
@@ -264,9 +292,10 @@ class LssStrategy final : public Strategy {
     Buffer q;           // (N, C) local queries
     Buffer kv_local;    // (N, 2C) row n = [k | v] of local token n (kept for the re-gather)
     Buffer kv_full;     // (T*Bl, 2C) gathered, in global token order (kept only with keep_kv)
-    // --chunk-pipeline's forward: (T*Bl, 2C) the back chunks' gathered [K|V] (rank q's chunk
-    // 2P-1-q at rows q*c*Bl), then the front chunks' (rank q's chunk q at rows (P+q)*c*Bl), and
-    // the two gathers writing them (index: chunk 0 front, 1 back).
+    // --chunk-pipeline: (T*Bl, 2C) the back chunks' gathered [K|V] (rank q's chunk 2P-1-q at rows
+    // q*c*Bl), then the front chunks' (rank q's chunk q at rows (P+q)*c*Bl), and the two gathers
+    // writing them (index: chunk 0 front, 1 back); forward's, kept for backward with keep_kv, or
+    // backward's own.
     Buffer kv_wave;
     CommHandle wave_gather[2];
     Buffer attn_out;    // (N, C)
@@ -394,6 +423,10 @@ class LssStrategy final : public Strategy {
   }
   bool split() const { return ctx_.cfg.causal && ctx_.opts.split_causal; }
   bool pipelined() const { return ctx_.opts.chunk_pipeline && ctx_.opts.zigzag && split() && P_ > 1; }
+  // Backward in the pipeline's [back | front] layout: its [K|V] (kept, or gathered again in two
+  // halves) and its [dK|dV] (reduce-scattered in two halves) need no reorder copy. With
+  // recomputation the recomputed forward gathers once, in rank order, as without the pipeline.
+  bool wave_backward() const { return pipelined() && !ctx_.opts.recompute; }
 
   // --chunk-pipeline's forward. Every key a chunk's preceding block sees is one range of kv_wave
   // (the front chunk p: front chunks 0...p-1; the back chunk 2P-1-p: the back chunks of ranks
@@ -450,10 +483,18 @@ class LssStrategy final : public Strategy {
     be.layernorm_forward(ln, a.mean.view().slice(r, n), a.rstd.view().slice(r, n), block_input(l).slice(r * C, n * C),
                          w.ln1_w, w.ln1_b, n, C, cfg.ln_eps);
     linear_forward(be, kv, ln, wkv(w.attn_w), bkv(w.attn_b), n, C, 2 * C);
-    const int64_t half = P_ * n * 2 * C;  // elements of one gathered half
-    a.wave_gather[s] = start_seq_all_gather_into(kv, a.kv_wave.view().slice(s == 0 ? half : 0, half));
+    start_wave_gather(a, s);
     linear_forward(be, a.q.view().slice(r * C, n * C), ln, wq(w.attn_w), bq(w.attn_b), n, C, C);
     be.attention_forward(diagonal_args(a, a.kv_local, seg, row0, row0));
+  }
+
+  // Chunk s's [K|V] (its rows of kv_local) into its half of kv_wave: the front chunks' half after
+  // the back chunks'.
+  void start_wave_gather(Layer& a, int s) {
+    const int64_t C = ctx_.cfg.C, n = segments_[s].count * Bl_, r = chunk_row0(s) * Bl_;
+    const int64_t half = P_ * n * 2 * C;  // elements of one gathered half
+    a.wave_gather[s] = start_seq_all_gather_into(a.kv_local.view().slice(r * 2 * C, n * 2 * C),
+                                                 a.kv_wave.view().slice(s == 0 ? half : 0, half));
   }
 
   // Chunk s of layer l from its gather on: the preceding block (merged into the diagonal one's),
@@ -479,16 +520,9 @@ class LssStrategy final : public Strategy {
       keep_only_output(a);
       return;
     }
-    if (ctx_.opts.keep_kv) {
-      a.kv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (T*Bl, 2C) global order
-      const int64_t chunk = Tl_ / 2 * Bl_ * 2 * C;  // elements of one chunk's [K|V]
-      for (int64_t q = 0; q < P_; ++q) {
-        be.copy(a.kv_full.view().slice(q * chunk, chunk), a.kv_wave.view().slice((P_ + q) * chunk, chunk));
-        be.copy(a.kv_full.view().slice((2 * P_ - 1 - q) * chunk, chunk), a.kv_wave.view().slice(q * chunk, chunk));
-      }
-      a.kv_local.reset();
-    }
-    a.kv_wave.reset();
+    // Backward reads [K|V] in this layout too (attention_backward): the halves are kept as they
+    // are with keep_kv (and kv_local, for the diagonal blocks), gathered again otherwise.
+    if (!ctx_.opts.keep_kv) a.kv_wave.reset();
   }
 
   // Moves [K|V] rows between the all-gather's rank-major order (rank q's local rows, segment by
@@ -563,15 +597,21 @@ class LssStrategy final : public Strategy {
     // The out-projection's data gradient only: its weight gradient waits for the dK/dV
     // reduce-scatter, beside which it runs (dh and attn_out stay unchanged until then).
     linear_backward(be, d_attn.view(), 0.0, View{}, View{}, dh, a.attn_out.view(), w.proj_w, N, C, C);
-    Buffer kv_full = std::move(a.kv_full);  // gathered by the caller
-    a.kv_local.reset();
+    // Gathered by the caller: in global order, or (wave_backward) in the pipeline's [back | front]
+    // layout, where every segment's keys before it are one row range starting at wave_first_key
+    // and the diagonal blocks read kv_local.
+    const bool wave = wave_backward();
+    Buffer kv_full = std::move(wave ? a.kv_wave : a.kv_full);
+    if (!wave) a.kv_local.reset();
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
-    Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums, global order
+    Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums, kv_full's layout
     // Each backward call into dkv_full writes dK/dV of the keys its segment sees there (key_count
-    // rows; split_causal: the keys before the segment). The segment reaching furthest goes first,
-    // into dkv_full, whose rows beyond are zeroed; a second (zigzag) segment writes its shorter
-    // prefix into a scratch buffer that is then added.
+    // rows; split_causal: the keys before the segment), rows [first, first + keys) where the
+    // segment's keys start (0 in global order). The segment seeing the most keys goes first, into
+    // dkv_full, whose other rows are zeroed; a second (zigzag) segment writes its keys (a subrange
+    // of the first's) into a scratch buffer that is then added.
+    auto first_key = [&](size_t i) { return wave ? wave_first_key(static_cast<int>(i)) : int64_t{0}; };
     std::vector<int64_t> row0_of(segments_.size());
     std::vector<size_t> order(segments_.size());
     for (size_t i = 0, row0 = 0; i < segments_.size(); row0 += segments_[i].count, ++i) {
@@ -588,34 +628,51 @@ class LssStrategy final : public Strategy {
     };
     for (size_t n = 0; n < order.size(); ++n) {
       const size_t i = order[n];
-      const int64_t keys = dkv_keys(segments_[i]), row0 = row0_of[i];
-      if (n == 0 && keys < cfg.T) be.fill_zero(dkv_full.view().slice(keys * key_row, (cfg.T - keys) * key_row));
+      const int64_t keys = dkv_keys(segments_[i]), row0 = row0_of[i], first = first_key(i);
+      if (n == 0) {
+        if (first > 0) be.fill_zero(dkv_full.view().slice(0, first * key_row));
+        if (first + keys < cfg.T)
+          be.fill_zero(dkv_full.view().slice((first + keys) * key_row, (cfg.T - first - keys) * key_row));
+      }
       if (keys == 0) continue;  // split_causal: nothing before the segment
       Buffer scratch;  // (keys*Bl, 2C), the second segment only
       if (n > 0) scratch = be.alloc(cfg.dtype, keys * key_row);
-      auto* dkv = static_cast<char*>((n == 0 ? dkv_full : scratch).ptr());
-      const AttentionArgs fwd = split() ? preceding_args(a, kv_full, segments_[i], row0)
+      auto* dkv = n == 0 ? static_cast<char*>(dkv_full.ptr()) + first * key_row * es : static_cast<char*>(scratch.ptr());
+      const AttentionArgs fwd = split() ? preceding_args(a, kv_full, segments_[i], row0, first)
                                         : attention_args(a, kv_full, segments_[i], row0);
       AttentionArgs args = grad_args(fwd, row0, static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es);
       args.dk = {dkv, 2 * C, key_row};
       args.dv = {dkv + C * es, 2 * C, key_row};
       be.attention_backward(args);
       if (n > 0) {
-        View prefix = dkv_full.view().slice(0, keys * key_row);
-        be.add(prefix, prefix, scratch.view());
+        View rows = dkv_full.view().slice(first * key_row, keys * key_row);
+        be.add(rows, rows, scratch.view());
       }
     }
-    if (ctx_.opts.zigzag) {
-      // Back to the rank-major order the reduce-scatter hands out by rank.
-      Buffer rank_major = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
-      reorder_kv(rank_major.view(), dkv_full.view(), false);
-      dkv_full = std::move(rank_major);
+    // The reduce-scatters return the summed [dK | dV] of this rank's own rows; they run while the
+    // out-projection's weight gradient and the Q projection's backward compute (split_causal: and
+    // the diagonal blocks' backward, whose dK/dV belong to this rank's own rows alone and are
+    // added to the result). One fused call on rank-major rows (zigzag: reordered from global
+    // order first), or (wave) one per half of the [back | front] layout, each into its chunk's
+    // local rows.
+    Buffer dkv_local;  // (N, 2C)
+    std::array<CommHandle, 2> scatters;
+    if (wave) {
+      dkv_local = be.alloc(cfg.dtype, N * 2 * C);
+      const int64_t chunk = segments_[0].count * key_row, half = P_ * chunk;  // elements
+      for (int s : {0, 1})
+        scatters[s] = start_seq_reduce_scatter_into(dkv_full.view().slice(s == 0 ? half : 0, half),
+                                                    dkv_local.view().slice(chunk_row0(s) * key_row, chunk));
+    } else {
+      if (ctx_.opts.zigzag) {
+        Buffer rank_major = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
+        reorder_kv(rank_major.view(), dkv_full.view(), false);
+        dkv_full = std::move(rank_major);
+      }
+      PendingCollective scatter = start_seq_reduce_scatter(dkv_full.view());
+      dkv_local = std::move(scatter.out);
+      scatters[0] = scatter.handle;
     }
-    // One fused reduce-scatter returns the summed [dK | dV] of this rank's own rows; it runs while
-    // the out-projection's weight gradient and the Q projection's backward compute (split_causal:
-    // and the diagonal blocks' backward, whose dK/dV belong to this rank's own rows alone and are
-    // added to the reduce-scatter's result).
-    PendingCollective scatter = start_seq_reduce_scatter(dkv_full.view());
     linear_backward(be, View{}, 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
     Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order
     if (split()) {
@@ -627,8 +684,9 @@ class LssStrategy final : public Strategy {
         Buffer dq_part;  // (count*Bl, C)
         if (seg.start > 0) dq_part = be.alloc(cfg.dtype, seg.count * Bl_ * C);
         char* dq_rows = static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es;
-        AttentionArgs args = grad_args(diagonal_args(a, kv_full, seg, row0, seg.start), row0,
-                                       seg.start > 0 ? dq_part.ptr() : dq_rows);
+        AttentionArgs args = grad_args(wave ? diagonal_args(a, a.kv_local, seg, row0, row0)
+                                            : diagonal_args(a, kv_full, seg, row0, seg.start),
+                                       row0, seg.start > 0 ? dq_part.ptr() : dq_rows);
         char* own = static_cast<char*>(dkv_own.ptr()) + row0 * key_row * es;
         args.dk = {own, 2 * C, key_row};
         args.dv = {own + C * es, 2 * C, key_row};
@@ -640,13 +698,14 @@ class LssStrategy final : public Strategy {
       }
     }
     kv_full.reset();
+    a.kv_local.reset();
     a.q.reset();
     a.attn_out.reset();
     a.lse.reset();
     Buffer d_ln = std::move(d_attn);  // (N, C), reused: d_attn is dead after attention backward
     linear_backward(be, d_ln.view(), 0.0, wq(g.attn_w), bq(g.attn_b), dq.view(), a.ln_out.view(), wq(w.attn_w), N, C,
                     C);
-    Buffer dkv_local = finish(scatter);  // (N, 2C)
+    for (CommHandle& h : scatters) wait_seq(h);
     dkv_full.reset();
     if (split()) be.add(dkv_local.view(), dkv_local.view(), dkv_own.view());
     linear_backward(be, d_ln.view(), 1.0, wkv(g.attn_w), bkv(g.attn_b), dkv_local.view(), a.ln_out.view(),
