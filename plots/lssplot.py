@@ -298,18 +298,17 @@ def draw(sweeps, out):
         axes[0].bar(bars, hidden, bottom=[c + e for c, e in zip(compute, exposed)], label="hidden communication",
                     color="tab:pink", hatch="//")
         # The analytic bound (README, Metrics), where the result has one: what the step would take
-        # with every kernel at its measured speed and only the unhideable communication.
-        bounds = [(i, (p.get("bound") or {}).get("bound_ms")) for i, p in enumerate(big)]
-        bounds = [(i, b) for i, b in bounds if isinstance(b, (int, float))]
-        if bounds:
-            axes[0].scatter([i for i, _ in bounds], [b for _, b in bounds], marker="_", s=900, color="black",
-                            zorder=3, label="analytic bound")
-        # The contended bound (the hidden collectives timed beside GEMMs), where the result has one.
-        contended = [(i, ((p.get("bound") or {}).get("contended") or {}).get("bound_ms")) for i, p in enumerate(big)]
-        contended = [(i, b) for i, b in contended if isinstance(b, (int, float))]
-        if contended:
-            axes[0].scatter([i for i, _ in contended], [b for _, b in contended], marker="_", s=900, color="tab:blue",
-                            linestyle="--", zorder=3, label="contended bound")
+        # with every kernel at its measured speed and only the unhideable communication; and the
+        # contended bound, with the hidden collectives timed beside GEMMs.
+        marks = []
+        for label, bound_of, color, ls in (("analytic bound", lambda b: b, "black", "-"),
+                                           ("contended bound", lambda b: b.get("contended") or {}, "tab:blue", "--")):
+            at = [(i, bound_of(p.get("bound") or {}).get("bound_ms")) for i, p in enumerate(big)]
+            at = [(i, b) for i, b in at if isinstance(b, (int, float))]
+            if at:
+                axes[0].scatter([i for i, _ in at], [b for _, b in at], marker="_", s=900, color=color, linestyle=ls,
+                                zorder=3, label=label)
+                marks.append(label)
         axes[0].set_ylabel(f"ms per step (T={T}, {world(big[0])} ranks)")
         axes[0].legend(fontsize=8)
         vol = []
@@ -322,7 +321,7 @@ def draw(sweeps, out):
         axes[1].set_ylabel("GiB moved per step per rank (collective sizes)")
         charts.save(fig, "breakdown", "Step time breakdown and communication volume",
                     ["compute", "exposed communication", "hidden communication"] +
-                    (["analytic bound"] if bounds else []) + (["contended bound"] if contended else []) + bars)
+                    marks + bars)
 
     with open(os.path.join(out, "charts.json"), "w") as f:
         json.dump({"provenance": charts.footer, "charts": charts.manifest}, f, indent=2)

@@ -400,9 +400,9 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt);
     const double t = measured[key];
     // Under --no-overlap every collective runs where it is needed: nothing beside it.
-    const double hidden = rc.strategy_opts.overlap ? c.hidden_by_flops / (gemm_tflops * 1e12) +
-                                                         c.hidden_by_optimizer_share * burst.optimizer_s
-                                                   : 0.0;
+    const double beside_optimizer = c.hidden_by_optimizer_share * burst.optimizer_s;
+    const double hidden =
+        rc.strategy_opts.overlap ? c.hidden_by_flops / (gemm_tflops * 1e12) + beside_optimizer : 0.0;
     const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
     comm_s += exposed;
     nlohmann::json entry = {{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
@@ -416,7 +416,6 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
       const double stand_in_flops = 2.0 * static_cast<double>(stand_in->rows * stand_in->in * stand_in->out);
       const int64_t gemms = std::max<int64_t>(1, std::llround(c.hidden_by_flops / stand_in_flops));
       const OverlapSeconds o = overlap_seconds(session, c.group, c.kind, c.bytes, dt, m.dtype, *stand_in, gemms);
-      const double beside_optimizer = c.hidden_by_optimizer_share * burst.optimizer_s;
       contended = static_cast<double>(c.calls) * std::max(0.0, o.together - o.gemms_alone - beside_optimizer);
       entry["contended"] = {{"gemms", gemms},
                             {"gemm_shape", {stand_in->rows, stand_in->in, stand_in->out}},

@@ -44,7 +44,8 @@ struct StrategyOptions {
   // lss, zigzag, split_causal: forward all-gathers the ranks' front chunks' [K|V] and their back
   // chunks' in two gathers of half the size and interleaves the two chunks' blocks across layers,
   // so that each gather runs beside the other chunk's compute (false: one fused gather per layer,
-  // beside the Q projection and the diagonal blocks only). Backward is unchanged.
+  // beside the Q projection and the diagonal blocks only). Backward works in the same layout
+  // (two half gathers, two half reduce-scatters, no reorder copy), except with recompute.
   bool chunk_pipeline = false;
   // lss, megatron_sp: activation checkpointing: keep only each block's output in forward,
   // recompute the block (its gathers included) in backward.
