@@ -69,6 +69,9 @@ struct Case {
   bool recompute = false;  // lss: activation checkpointing
   bool split = false;      // lss: split_causal
   bool pipeline = false;   // lss: chunk_pipeline (with zigzag and split)
+  bool sharded = false;    // distributed_optimizer
+  // C = 9, H = 3: buckets of sizes no group size divides (the shards' remainders).
+  bool odd_width = false;
 };
 
 std::string case_name(const Case& c, int P, int R) {
@@ -76,7 +79,8 @@ std::string case_name(const Case& c, int P, int R) {
          (c.causal ? " causal" : " non-causal") + (c.strategy == "lss" ? (c.option ? " keep-kv" : " regather-kv")
                                                                          : (c.option ? " regather-ln" : " keep-ln")) +
          (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "") +
-         (c.pipeline ? " chunk-pipeline" : "");
+         (c.pipeline ? " chunk-pipeline" : "") + (c.sharded ? " distributed-optimizer" : "") +
+         (c.odd_width ? " C=9" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -94,7 +98,21 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.split_causal = c.split;
     rc.strategy_opts.recompute = c.recompute;
     rc.strategy_opts.chunk_pipeline = c.pipeline;
+    rc.strategy_opts.distributed_optimizer = c.sharded;
+    if (c.odd_width) {
+      rc.model.C = 9;
+      rc.model.H = 3;
+    }
     Session dist(rc, MPI_COMM_WORLD);
+    if (c.sharded && P > 1) {
+      // Each rank steps (and keeps moments for) its 1/P of every bucket of replicated gradients,
+      // plus the remainder P does not divide (under P elements per bucket), and the rest.
+      ParamStore& store = dist.strategy().params();
+      const int64_t seq = store.seq_reduced_numel(), rest = store.numel() - seq;
+      const int64_t buckets = rc.model.L + 2;
+      EXPECT_LE(dist.strategy().optimizer_numel(), rest + seq / P + buckets * P) << case_name(c, P, R);
+      EXPECT_GE(dist.strategy().optimizer_numel(), rest + seq / P - buckets) << case_name(c, P, R);
+    }
     const double loss = dist.forward_backward(0);
     const auto grads = dist.gather_full(true);
     // The training loop's order from here: the last gradient buckets' all-reduces run into the
@@ -161,6 +179,16 @@ std::vector<Case> all_cases() {
             out.push_back({s, d, causal, option, true, false, true, true});
             if (option) out.push_back({s, d, causal, option, true, true, true, true});
           }
+          // The distributed optimizer: with every schedule of lss (zigzag, kept K/V, recomputed,
+          // the pipeline) and both of megatron_sp's.
+          if (causal) {
+            if (std::string(s) == "lss") {
+              out.push_back({s, d, causal, option, true, !option, true, !option, true});
+              out.push_back({s, d, causal, option, false, false, false, false, true, true});
+            } else {
+              out.push_back({s, d, causal, option, false, !option, false, false, true});
+            }
+          }
         }
   return out;
 }
@@ -170,7 +198,8 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                            return c.strategy + "_" + dtype_name(c.dtype) + (c.causal ? "_causal" : "_noncausal") +
                                   (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "") +
                                   (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "") +
-                                  (c.pipeline ? "_pipeline" : "");
+                                  (c.pipeline ? "_pipeline" : "") + (c.sharded ? "_sharded" : "") +
+                                  (c.odd_width ? "_C9" : "");
                          });
 
 // ---- communication: the README's formulas, written out again here ----
@@ -248,11 +277,12 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
   for (auto [P, R] : grids_for_world()) {
     for (const char* strategy : {"lss", "megatron_sp"}) {
-      for (int variant : {0, 1, 2, 3, 4}) {
+      for (int variant : {0, 1, 2, 3, 4, 5, 6}) {
         // 0: defaults; 1: keep_kv + zigzag (lss) or regather_ln (megatron_sp); 2: recomputation
-        // on top of 1; lss only: 3: the chunk pipeline (zigzag, re-gathered K/V); 4: 3 with kept K/V.
-        if (variant >= 3 && std::string(strategy) != "lss") continue;
-        const bool pipeline = variant >= 3;
+        // on top of 1; lss only: 3: the chunk pipeline (zigzag, re-gathered K/V); 4: 3 with kept K/V;
+        // 5: the distributed optimizer; lss only: 6: 5 with C = 9, H = 3 (remainders).
+        if ((variant == 3 || variant == 4 || variant == 6) && std::string(strategy) != "lss") continue;
+        const bool pipeline = variant == 3 || variant == 4, sharded = variant >= 5;
         const bool option = variant == 1 || variant == 2 || variant == 4, recompute = variant == 2;
         const bool zigzag = option || pipeline;
         RunConfig rc = small(strategy, P, DType::f32, true);
@@ -261,6 +291,11 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         rc.strategy_opts.zigzag = zigzag;  // lss: the balanced order moves exactly the same bytes
         rc.strategy_opts.recompute = recompute;
         rc.strategy_opts.chunk_pipeline = pipeline;
+        rc.strategy_opts.distributed_optimizer = sharded;
+        if (variant == 6) {
+          rc.model.C = 9;
+          rc.model.H = 3;
+        }
         Session s(rc, MPI_COMM_WORLD);
         s.reset_counts();
         s.forward_backward(0);
@@ -310,6 +345,43 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es;
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 2 * L + 2, 0}});
           if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (replicated + sharded) * es;
+        }
+        // The distributed optimizer replaces each bucket's all-reduce of n replicated gradient
+        // elements by a reduce-scatter of P*floor(n/P), an all-reduce of the n mod P left and the
+        // forward's all-gather of P*floor(n/P) parameters; the data group then sums floor(n/P) +
+        // (n mod P) of them. Buckets: head (ln_f, lm_head), each layer, embeddings (lss: wte;
+        // megatron_sp: wte and wpe); a megatron_sp layer replicates its LayerNorms and two biases.
+        if (sharded && P > 1) {
+          const bool lss = std::string(strategy) == "lss";
+          std::vector<int64_t> buckets = {2 * C + m.V * C};
+          for (int64_t l = 0; l < L; ++l) buckets.push_back(lss ? 12 * C * C + 13 * C : 6 * C);
+          buckets.push_back(m.V * C + (lss ? 0 : m.T_max * C));
+          CommCounts& sp = want["sp"];
+          const int ar = static_cast<int>(CollKind::all_reduce), rs = static_cast<int>(CollKind::reduce_scatter),
+                    ag = static_cast<int>(CollKind::all_gather);
+          sp.calls[ar] = sp.bytes[ar] = 0;
+          int64_t dp_calls = 0, dp_elements = 0;
+          for (int64_t n : buckets) {
+            const int64_t shard = n / P, left = n % P;
+            sp.calls[rs] += 1;
+            sp.bytes[rs] += P * shard * es;
+            sp.calls[ag] += 1;
+            sp.bytes[ag] += P * shard * es;
+            sp.calls[ar] += left > 0 ? 1 : 0;
+            sp.bytes[ar] += left * es;
+            dp_calls += 1 + (left > 0 ? 1 : 0);
+            dp_elements += shard + left;
+          }
+          if (R > 1) {
+            // The rest, summed whole: lss's own positional rows; megatron_sp's sharded weights (a
+            // range per layer).
+            const int end_rank = zigzag ? 0 : P - 1;
+            const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
+            dp_calls += lss ? 1 : L;
+            dp_elements += lss ? own_wpe : L * (12 * C * C + 7 * C) / P;
+            want["dp"] = counts({{CollKind::all_reduce, dp_calls, 0}});
+            want["dp"].bytes[ar] = dp_elements * es;
+          }
         }
         if (P * R > 1) want["world"] = counts({{CollKind::all_reduce, 1, 8}});
         EXPECT_EQ(got.size(), want.size()) << strategy << " P=" << P << " R=" << R << " variant " << variant;

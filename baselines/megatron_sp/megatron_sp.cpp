@@ -20,12 +20,17 @@ class MegatronSpStrategy final : public Strategy {
         NF_(ctx.cfg.T * Bl_),
         Cl_(ctx.cfg.C / ctx.grid.P),
         Hl_(ctx.cfg.H / ctx.grid.P),
-        store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {}
+        store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {
+    plan_shards();
+  }
 
   std::string name() const override { return "megatron_sp"; }
   ParamStore& params() override { return store_; }
   nlohmann::json options_json() const override {
-    return {{"regather_ln", ctx_.opts.regather_ln}, {"recompute", ctx_.opts.recompute}, {"overlap", ctx_.opts.overlap}};
+    return {{"regather_ln", ctx_.opts.regather_ln},
+            {"recompute", ctx_.opts.recompute},
+            {"distributed_optimizer", ctx_.opts.distributed_optimizer},
+            {"overlap", ctx_.opts.overlap}};
   }
 
   std::vector<ParamSpec> param_specs_for(int p) const override {
@@ -62,9 +67,8 @@ class MegatronSpStrategy final : public Strategy {
   CommModel expected_comm() const override {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));                 // activations
-    const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(cfg.dtype)));  // gradients
     const int64_t full = cfg.T * Bl_ * cfg.C * es;  // one (T, B/R, C) activation
-    const int P = ctx_.grid.P, R = ctx_.grid.R;
+    const int P = ctx_.grid.P;
     CommModel m;
     // Forward: 2 all-gathers + 2 reduce-scatters per layer; backward mirrors them (the gradient
     // of a reduce-scatter is an all-gather and vice versa), plus 2 re-gathers of LN outputs.
@@ -73,11 +77,8 @@ class MegatronSpStrategy final : public Strategy {
     const int64_t gathers = ctx_.opts.recompute ? 6 : (ctx_.opts.regather_ln ? 6 : 4);
     expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * gathers, full);
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * (ctx_.opts.recompute ? 6 : 4), full);
-    // The sequence-reduced gradients, one all-reduce per bucket (head, each layer, embeddings).
-    expect_total(m, "sp", P, CollKind::all_reduce, gradient_buckets(store_), store_.seq_reduced_numel() * es_grad);
-    // Then every gradient over the data group, two all-reduces per bucket (its sequence-reduced
-    // range, the rest).
-    expect_total(m, "dp", R, CollKind::all_reduce, data_gradient_calls(store_), store_.numel() * es_grad);
+    // The replicated gradients' sums per bucket (head, each layer, embeddings), then the data group's.
+    expect_gradient_comm(m);
     return m;
   }
 
@@ -122,6 +123,7 @@ class MegatronSpStrategy final : public Strategy {
     upload_batch(step, ctx_.grid.r * Bl_, Bl_, {{ctx_.grid.p * Tl_, Tl_}}, tokens_, targets_);
     resid0_ = be.alloc(cfg.dtype, N * C);
     // wpe is replicated; this rank's rows start at its segment.
+    params_needed("embed");
     be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"),
                          store_.param("wpe").slice(ctx_.grid.p * Tl_ * C, Tl_ * C), Tl_, Bl_, C);
     layers_.resize(cfg.L);
@@ -137,6 +139,7 @@ class MegatronSpStrategy final : public Strategy {
       }
       h = a.h_out.view();
     }
+    params_needed("head");
     head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(cfg.B * cfg.T), loss_sum);
   }
 
@@ -185,6 +188,8 @@ class MegatronSpStrategy final : public Strategy {
 
   // One block from its input h; keep_ln keeps the gathered LayerNorm outputs for backward.
   void block_forward(int64_t l, View h, Layer& a, bool keep_ln) {
+    params_needed(layer_key(l));
+    prefetch_params(layer_key(l + 1));  // the replicated LayerNorms and biases: small
     const LayerTensors w = layer_params(store_, l);
     attention_forward(w, h, a, keep_ln);
     a.h_out = ctx_.backend.alloc(ctx_.cfg.dtype, N_ * ctx_.cfg.C);

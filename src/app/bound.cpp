@@ -365,7 +365,7 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
     const auto [fwd, bwd] = attention_seconds(be, heat_s, a);
     c.attention_s += L * ((1 + recompute) * fwd + bwd);
   }
-  c.optimizer_s = optimizer_seconds(be, heat_s, m.dtype, rc.opt, session.strategy().params().numel());
+  c.optimizer_s = optimizer_seconds(be, heat_s, m.dtype, rc.opt, session.strategy().optimizer_numel());
   return c;
 }
 
@@ -387,7 +387,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const ComputeParts burst = compute_parts(session, rc, model, 0.0);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0, contended_comm_s = 0;
-  std::map<std::tuple<std::string, int, int64_t>, double> measured;  // (group, kind, bytes) -> s
+  std::map<std::tuple<std::string, int, int64_t, int>, double> measured;  // (group, kind, bytes, dtype) -> s
   // The contended bound prices each collective that GEMMs hide by running it beside them: the
   // layer's largest linear layer stands in for those GEMMs.
   const BoundModel::Linear* stand_in = nullptr;
@@ -395,8 +395,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     if (stand_in == nullptr || lin.rows * lin.in * lin.out > stand_in->rows * stand_in->in * stand_in->out) stand_in = &lin;
   // Gradients travel in the master dtype, activations in the compute dtype.
   for (const auto& c : model.comm) {
-    const DType dt = c.kind == CollKind::all_reduce ? master_dtype(m.dtype) : m.dtype;
-    const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes);
+    const DType dt = c.gradients || c.kind == CollKind::all_reduce ? master_dtype(m.dtype) : m.dtype;
+    const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes, static_cast<int>(dt));
     if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt);
     const double t = measured[key];
     // Under --no-overlap every collective runs where it is needed: nothing beside it.

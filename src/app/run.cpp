@@ -75,6 +75,9 @@ OptionParser make_parser() {
              "lss, zigzag: gather the front and the back chunks' K/V in two all-gathers and interleave the two chunks' "
              "blocks in forward, so that each gather runs beside the other chunk's compute");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
+  p.add_flag("distributed-optimizer", false,
+             "shard the optimizer over the sequence group (ZeRO-1): reduce-scatter the summed gradients, step 1/P "
+             "of them, all-gather the parameters in the next forward");
   p.add_flag("overlap", true, "overlap collectives with compute (communication stream, per-layer gradient all-reduces)");
   p.add_flag("copy-engine-gathers", false,
              "cuda: the sequence group's all-gathers on the GPUs' copy engines (NCCL zero-CTA policy, symmetric "
@@ -116,6 +119,7 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.recompute = p.flag("recompute");
   rc.strategy_opts.chunk_pipeline = p.flag("chunk-pipeline");
   rc.strategy_opts.overlap = p.flag("overlap");
+  rc.strategy_opts.distributed_optimizer = p.flag("distributed-optimizer");
   rc.copy_engine_gathers = p.flag("copy-engine-gathers");
   rc.strategy = p.str("strategy");
   rc.backend = p.str("backend");

@@ -42,6 +42,11 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 #endif
   LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || cfg_.backend == "cuda",
                     "--copy-engine-gathers: the " + cfg_.backend + " backend has no copy engines (needs --backend cuda)");
+  // The parameters' gathers would need the flat parameter buffers in symmetric windows, which
+  // are allocated per rank at sizes that differ between ranks.
+  LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || !cfg_.strategy_opts.distributed_optimizer,
+                    "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the "
+                    "copy engines (give one of the two)");
   backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {
@@ -171,9 +176,14 @@ std::map<std::string, std::vector<double>> Session::gather_full(bool grads) {
   // is enough: its rank p sends each local shard to rank p = 0, which places it by the spec of p.
   std::map<std::string, std::vector<double>> full;
   strategy_->finish_gradients();
-  if (grid_.r != 0) return full;
-  const ParamStore& store = strategy_->params();
+  // The assembly's messages are bookkeeping, not the step's traffic.
   const CommCounts saved = grid_.seq->counts();
+  strategy_->complete_shards(grads);
+  if (grid_.r != 0) {
+    grid_.seq->set_counts(saved);
+    return full;
+  }
+  const ParamStore& store = strategy_->params();
   if (grid_.p == 0) {
     for (const auto& e : store.entries()) full[e.spec.name].assign(static_cast<size_t>(e.spec.rows * e.spec.cols), 0.0);
     for (int p = 0; p < grid_.P; ++p) {
@@ -197,7 +207,6 @@ std::map<std::string, std::vector<double>> Session::gather_full(bool grads) {
     for (const ParamSpec& spec : strategy_->param_specs_for(grid_.p))
       grid_.seq->send(grads ? store.grad(spec.name) : store.master(spec.name), 0);
   }
-  // The assembly's messages are bookkeeping, not the step's traffic.
   grid_.seq->set_counts(saved);
   return full;
 }

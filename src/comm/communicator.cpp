@@ -48,14 +48,27 @@ void Communicator::count(CollKind k, size_t bytes) {
   counts_.bytes[static_cast<int>(k)] += static_cast<int64_t>(bytes);
 }
 
+bool overlaps(const View& a, const View& b) {
+  if (a.ptr == nullptr || b.ptr == nullptr || a.numel == 0 || b.numel == 0) return false;
+  const auto* a0 = static_cast<const char*>(a.ptr);
+  const auto* b0 = static_cast<const char*>(b.ptr);
+  return a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
+}
+
 void Communicator::check_all_gather(View send, View recv, const char* what) const {
   LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
             name_ + "." + what + ": recv must hold size x send elements of the same type");
+  LSS_CHECK(!overlaps(send, recv) ||
+                send.ptr == static_cast<const char*>(recv.ptr) + static_cast<size_t>(rank_) * send.bytes(),
+            name_ + "." + what + ": send overlaps recv other than as its block rank() (in place)");
 }
 
 void Communicator::check_reduce_scatter(View send, View recv, const char* what) const {
   LSS_CHECK(send.dtype == recv.dtype && send.numel == recv.numel * size_,
             name_ + "." + what + ": send must hold size x recv elements of the same type");
+  LSS_CHECK(!overlaps(send, recv) ||
+                recv.ptr == static_cast<const char*>(send.ptr) + static_cast<size_t>(rank_) * recv.bytes(),
+            name_ + "." + what + ": recv overlaps send other than as its block rank() (in place)");
 }
 
 void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
@@ -70,7 +83,8 @@ void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start
   }
 }
 
-CommHandle Communicator::start(CollKind k, size_t bytes, View output, const std::function<void()>& enqueue) {
+CommHandle Communicator::start(CollKind k, size_t bytes, View output, View input,
+                               const std::function<void()>& enqueue) {
   ++in_flight_;
   if (!has_async_lane()) {
     const auto t0 = start_timer();
@@ -79,7 +93,7 @@ CommHandle Communicator::start(CollKind k, size_t bytes, View output, const std:
     return {true, -1};
   }
   count(k, bytes);
-  return {true, start_async(k, output, enqueue)};
+  return {true, start_async(k, output, input, enqueue)};
 }
 
 void Communicator::wait(CommHandle& h) {
@@ -162,7 +176,7 @@ CommHandle Communicator::start_all_gather(View send, View recv) {
     local_copy(recv, send);
     return {};
   }
-  return start(CollKind::all_gather, recv.bytes(), recv, [this, send, recv] { do_all_gather(send, recv); });
+  return start(CollKind::all_gather, recv.bytes(), recv, send, [this, send, recv] { do_all_gather(send, recv); });
 }
 
 CommHandle Communicator::start_reduce_scatter(View send, View recv) {
@@ -171,12 +185,13 @@ CommHandle Communicator::start_reduce_scatter(View send, View recv) {
     local_copy(recv, send);
     return {};
   }
-  return start(CollKind::reduce_scatter, send.bytes(), recv, [this, send, recv] { do_reduce_scatter(send, recv); });
+  return start(CollKind::reduce_scatter, send.bytes(), recv, send,
+               [this, send, recv] { do_reduce_scatter(send, recv); });
 }
 
 CommHandle Communicator::start_all_reduce(View buf) {
   if (size_ == 1) return {};
-  return start(CollKind::all_reduce, buf.bytes(), buf, [this, buf] { do_all_reduce(buf); });
+  return start(CollKind::all_reduce, buf.bytes(), buf, buf, [this, buf] { do_all_reduce(buf); });
 }
 
 void Communicator::send(View buf, int peer) {

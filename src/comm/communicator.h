@@ -40,6 +40,9 @@ struct CommCounts {
   bool operator==(const CommCounts& o) const { return calls == o.calls && bytes == o.bytes; }
 };
 
+// Whether two buffers share any byte.
+bool overlaps(const View& a, const View& b);
+
 // An asynchronous collective in flight: wait() on it before using its buffers; wait() empties the
 // handle, so a second wait() on it does nothing.
 struct CommHandle {
@@ -56,9 +59,11 @@ class Communicator {
   int rank() const { return rank_; }
   int size() const { return size_; }
 
-  // recv (size * send.numel), rank-major: recv[r*n .. (r+1)*n) = send of rank r.
+  // recv (size * send.numel), rank-major: recv[r*n .. (r+1)*n) = send of rank r. In place when
+  // send is recv's block rank() (the only overlap allowed).
   void all_gather(View send, View recv);
-  // send (size * recv.numel) summed over ranks; this rank keeps block rank().
+  // send (size * recv.numel) summed over ranks; this rank keeps block rank(). In place when recv
+  // is send's block rank() (the only overlap allowed); the rest of send is then left undefined.
   void reduce_scatter(View send, View recv);
   // buf summed over ranks, in place.
   void all_reduce(View buf);
@@ -101,10 +106,10 @@ class Communicator {
   // The asynchronous lane (NCCL: the communication stream). Without one, start_* run at once.
   virtual bool has_async_lane() const { return false; }
   // Runs `enqueue` (which calls a do_* method; it holds its operands by value) on the
-  // asynchronous lane; returns an id for wait_async. `output` is what the collective will write
-  // (for an in-place all-reduce, its buffer, which it also reads). The lane's implementation times it and counts the stall at wait in
-  // resolve_async.
-  virtual int64_t start_async(CollKind, View /*output*/, const std::function<void()>& enqueue) {
+  // asynchronous lane; returns an id for wait_async. `output` is what the collective will write,
+  // `input` what it reads (they overlap when it runs in place). The lane's implementation times it
+  // and counts the stall at wait in resolve_async.
+  virtual int64_t start_async(CollKind, View /*output*/, View /*input*/, const std::function<void()>& enqueue) {
     enqueue();
     return -1;
   }
@@ -124,7 +129,7 @@ class Communicator {
   // The operand shapes of a gather / reduce-scatter, blocking or started (`what` names the call).
   void check_all_gather(View send, View recv, const char* what) const;
   void check_reduce_scatter(View send, View recv, const char* what) const;
-  CommHandle start(CollKind k, size_t bytes, View output, const std::function<void()>& enqueue);
+  CommHandle start(CollKind k, size_t bytes, View output, View input, const std::function<void()>& enqueue);
   void require_idle(const char* what) const;
   std::string name_;
   int rank_, size_;

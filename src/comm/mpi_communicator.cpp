@@ -56,12 +56,13 @@ MpiCommunicator::MpiCommunicator(std::string name, MPI_Comm comm)
   deferred_ = defer != nullptr && std::string(defer) == "1";
 }
 
-int64_t MpiCommunicator::start_async(CollKind kind, View output, const std::function<void()>& enqueue) {
-  // An in-place all-reduce sums its buffer as it is now: keep a copy, restored at wait().
-  std::shared_ptr<std::vector<char>> input;
-  if (kind == CollKind::all_reduce && output.ptr != nullptr) {
-    const auto* p = static_cast<const char*>(output.ptr);
-    input = std::make_shared<std::vector<char>>(p, p + output.bytes());
+int64_t MpiCommunicator::start_async(CollKind, View output, View input, const std::function<void()>& enqueue) {
+  // A collective in place (an all-reduce, or a gather or reduce-scatter whose blocks share one
+  // buffer) reads its input as it is now: keep a copy, restored at wait().
+  std::shared_ptr<std::vector<char>> saved;
+  if (overlaps(input, output)) {
+    const auto* p = static_cast<const char*>(input.ptr);
+    saved = std::make_shared<std::vector<char>>(p, p + input.bytes());
   }
   // Whatever reads the output before wait() reads NaN (quiet NaN bit patterns per dtype).
   auto fill = [&](auto pattern) {
@@ -74,9 +75,9 @@ int64_t MpiCommunicator::start_async(CollKind kind, View output, const std::func
       case DType::bf16: fill(uint16_t{0x7fc0u}); break;
       case DType::i32: fill(int32_t{-1}); break;
     }
-  if (input)
-    deferred_ops_[next_id_] = [input, output, enqueue] {
-      std::copy(input->begin(), input->end(), static_cast<char*>(output.ptr));
+  if (saved)
+    deferred_ops_[next_id_] = [saved, input, enqueue] {
+      std::copy(saved->begin(), saved->end(), static_cast<char*>(input.ptr));
       enqueue();
     };
   else
@@ -99,11 +100,21 @@ MpiCommunicator::~MpiCommunicator() {
 }
 
 void MpiCommunicator::do_all_gather(View send, View recv) {
-  LSS_MPI_CHECK(MPI_Allgather(send.ptr, mpi_count(send.numel), mpi_type(send.dtype), recv.ptr,
-                              mpi_count(send.numel), mpi_type(recv.dtype), comm_));
+  // MPI forbids aliased buffers: in place (send is recv's block rank()) is MPI_IN_PLACE.
+  const bool in_place = overlaps(send, recv);
+  LSS_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : send.ptr, mpi_count(send.numel), mpi_type(send.dtype),
+                              recv.ptr, mpi_count(send.numel), mpi_type(recv.dtype), comm_));
 }
 
 void MpiCommunicator::do_reduce_scatter(View send, View recv) {
+  if (overlaps(send, recv)) {
+    // In place (recv is send's block rank()): MPI_IN_PLACE reads all of send and writes this
+    // rank's sum to its first block, from where it moves to block rank().
+    LSS_MPI_CHECK(MPI_Reduce_scatter_block(MPI_IN_PLACE, send.ptr, mpi_count(recv.numel), mpi_type(send.dtype),
+                                           MPI_SUM, comm_));
+    if (recv.ptr != send.ptr) std::memmove(recv.ptr, send.ptr, recv.bytes());
+    return;
+  }
   LSS_MPI_CHECK(MPI_Reduce_scatter_block(send.ptr, recv.ptr, mpi_count(recv.numel),
                                          mpi_type(send.dtype), MPI_SUM, comm_));
 }

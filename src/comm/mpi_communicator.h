@@ -33,7 +33,7 @@ class MpiCommunicator : public Communicator {
   void do_barrier() override;
   void local_copy(View dst, View src) override;
   bool has_async_lane() const override { return deferred_; }
-  int64_t start_async(CollKind kind, View output, const std::function<void()>& enqueue) override;
+  int64_t start_async(CollKind kind, View output, View input, const std::function<void()>& enqueue) override;
   void wait_async(int64_t id) override;
 
  private:

@@ -212,7 +212,7 @@ void NcclCommunicator::local_copy(View dst, View src) {
     LSS_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDeviceToDevice, stream_));
 }
 
-int64_t NcclCommunicator::start_async(CollKind kind, View, const std::function<void()>& enqueue) {
+int64_t NcclCommunicator::start_async(CollKind kind, View, View, const std::function<void()>& enqueue) {
   AsyncOp op{kind};
   cudaEvent_t ready = nullptr;
   LSS_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));

@@ -52,6 +52,11 @@ struct StrategyOptions {
   bool recompute = false;
   // megatron_sp: re-gather the LayerNorm outputs in backward instead of keeping the gathered ones.
   bool regather_ln = true;
+  // The optimizer sharded over the sequence group (ZeRO-1, as Megatron-LM's distributed optimizer
+  // over data parallelism): the gradients the group sums are reduce-scattered instead of
+  // all-reduced, each rank steps and keeps AdamW moments for its 1/P of them, and the forward
+  // all-gathers the updated parameters bucket by bucket, one ahead of their use.
+  bool distributed_optimizer = false;
   // Overlap collectives with compute (asynchronous collectives on a communication stream, and
   // gradient all-reduces per layer during backward); false runs each one where it is needed.
   bool overlap = true;

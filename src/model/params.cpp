@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "core/check.h"
 #include "core/init.h"
@@ -90,7 +91,7 @@ std::vector<double> init_shard_values(const ParamSpec& spec, uint64_t seed) {
 }
 
 ParamStore::ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<ParamSpec> specs)
-    : backend_(backend) {
+    : backend_(backend), master_(master_dtype(cfg.dtype)) {
   std::stable_partition(specs.begin(), specs.end(), [](const ParamSpec& s) { return s.seq_reduced; });
   int64_t offset = 0;
   for (auto& s : specs) {
@@ -102,12 +103,9 @@ ParamStore::ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<Par
     entries_.push_back({std::move(s), offset});
     offset += entries_.back().spec.local_numel();
   }
-  const DType master = master_dtype(cfg.dtype);
-  params_ = backend.alloc(master, offset);
-  grads_ = backend.alloc_zeroed(master, offset);
-  m_ = backend.alloc_zeroed(master, offset);
-  v_ = backend.alloc_zeroed(master, offset);
-  if (master != cfg.dtype) compute_ = backend.alloc(cfg.dtype, offset);
+  params_ = backend.alloc(master_, offset);
+  grads_ = backend.alloc_zeroed(master_, offset);
+  if (master_ != cfg.dtype) compute_ = backend.alloc(cfg.dtype, offset);
   for (const auto& e : entries_) {
     const auto values = init_shard_values(e.spec, cfg.seed);
     backend.copy_from_host(params_.slice(e.offset, e.spec.local_numel()), values.data(), DType::f64);
@@ -142,17 +140,49 @@ View ParamStore::grad(const std::string& name) const {
 
 void ParamStore::zero_grads() { backend_.fill_zero(grads_.view()); }
 
+void ParamStore::set_optimizer_ranges(std::vector<std::pair<int64_t, int64_t>> ranges) {
+  LSS_CHECK(!m_, "set_optimizer_ranges after the first AdamW step");
+  std::sort(ranges.begin(), ranges.end());
+  optimizer_ranges_.clear();
+  int64_t state = 0, at = 0;
+  for (const auto& [b, e] : ranges) {
+    LSS_CHECK(b >= at && e <= numel() && b <= e, "set_optimizer_ranges: ranges overlap or leave the flat buffers");
+    if (e > b) optimizer_ranges_.push_back({b, e, state});
+    state += e - b;
+    at = e;
+  }
+}
+
+int64_t ParamStore::optimizer_numel() const {
+  if (optimizer_ranges_.empty()) return numel();
+  return optimizer_ranges_.back().state + optimizer_ranges_.back().end - optimizer_ranges_.back().begin;
+}
+
 void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step, int64_t begin, int64_t end) {
   if (end < 0) end = numel();
+  if (!m_) {
+    m_ = backend_.alloc_zeroed(master_, optimizer_numel());
+    v_ = backend_.alloc_zeroed(master_, optimizer_numel());
+  }
+  // The row of m_ and v_ that holds flat element i (which must be stepped by this rank).
+  auto state_row = [&](int64_t i, int64_t n) {
+    if (optimizer_ranges_.empty()) return i;
+    auto it = std::upper_bound(optimizer_ranges_.begin(), optimizer_ranges_.end(), i,
+                               [](int64_t x, const OptimizerRange& r) { return x < r.begin; });
+    LSS_CHECK(it != optimizer_ranges_.begin() && i + n <= std::prev(it)->end,
+              "adamw_step: elements [" + std::to_string(i) + ", " + std::to_string(i + n) +
+                  ") are not in one of this rank's optimizer ranges");
+    --it;
+    return it->state + i - it->begin;
+  };
   for (const auto& e : entries_) {
-    if (e.offset < begin || e.offset >= end) continue;
-    const int64_t n = e.spec.local_numel();
-    LSS_CHECK(e.offset + n <= end, "adamw_step: parameter " + e.spec.name + " straddles the end of the range [" +
-                                       std::to_string(begin) + ", " + std::to_string(end) + ")");
+    // The part of this parameter inside [begin, end).
+    const int64_t b = std::max(begin, e.offset), n = std::min(end, e.offset + e.spec.local_numel()) - b;
+    if (n <= 0) continue;
+    const int64_t s = state_row(b, n);
     Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, e.spec.decay ? opt.weight_decay : 0.0, step,
-                      compute_ ? compute_.slice(e.offset, n) : View{}};
-    backend_.adamw(params_.slice(e.offset, n), grads_.slice(e.offset, n), m_.slice(e.offset, n),
-                   v_.slice(e.offset, n), hp);
+                      compute_ ? compute_.slice(b, n) : View{}};
+    backend_.adamw(params_.slice(b, n), grads_.slice(b, n), m_.slice(s, n), v_.slice(s, n), hp);
   }
 }
 

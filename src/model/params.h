@@ -50,8 +50,10 @@ class ParamStore {
   };
 
   // Lays out the specs (sequence-reduced ones first, so that they form one prefix), allocates
-  // master params, grads, m, v (master_dtype(cfg.dtype)) and, when the compute dtype differs,
-  // a working copy of the params in cfg.dtype; initialises params from cfg.seed.
+  // master params and grads (master_dtype(cfg.dtype)) and, when the compute dtype differs, a
+  // working copy of the params in cfg.dtype; initialises params from cfg.seed. The AdamW moments
+  // m, v (master dtype) are allocated, zeroed, at the first adamw_step: for every element, or
+  // for the ranges set_optimizer_ranges names.
   ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<ParamSpec> specs);
 
   // The parameter as the model computes with it (the compute-dtype copy, or the master itself).
@@ -60,6 +62,8 @@ class ParamStore {
   View master(const std::string& name) const;
   View grad(const std::string& name) const;
   View all_params() const { return params_.view(); }
+  // Every parameter as the model computes with it (the compute-dtype copy, or the masters).
+  View all_working() const { return (compute_ ? compute_ : params_).view(); }
   // After writing masters directly (tests), refresh the compute-dtype copy.
   void refresh_compute_copy();
   View all_grads() const { return grads_.view(); }
@@ -69,16 +73,29 @@ class ParamStore {
   const std::vector<Entry>& entries() const { return entries_; }
 
   void zero_grads();
-  // AdamW on the parameters whose flat range starts in [begin, end) (all by default).
+  // The flat ranges this rank steps (a distributed optimizer: its shards), sorted and disjoint;
+  // AdamW keeps moments for these elements only. Before the first adamw_step.
+  void set_optimizer_ranges(std::vector<std::pair<int64_t, int64_t>> ranges);
+  // Elements this rank steps (and keeps AdamW moments for).
+  int64_t optimizer_numel() const;
+  // AdamW on the elements [begin, end) of the flat buffers (all by default), which must lie in
+  // the optimizer ranges. AdamW is elementwise: a range may cut a parameter.
   void adamw_step(const OptimizerConfig& opt, int64_t step, int64_t begin = 0, int64_t end = -1);
 
  private:
   const Entry& entry(const std::string& name) const;
   Backend& backend_;
+  DType master_;
   std::vector<Entry> entries_;
   std::map<std::string, size_t> index_;
   int64_t seq_reduced_numel_ = 0;
-  Buffer params_, grads_, m_, v_;  // (numel) each, master dtype
+  Buffer params_, grads_;          // (numel) each, master dtype
+  // Flat ranges stepped by this rank, each with its first row in m_ and v_ (empty: all of them).
+  struct OptimizerRange {
+    int64_t begin, end, state;
+  };
+  std::vector<OptimizerRange> optimizer_ranges_;
+  Buffer m_, v_;                   // (optimizer_numel) each, master dtype, allocated at the first step
   Buffer compute_;                 // (numel) compute-dtype copy of params_, empty if the same dtype
 };
 

@@ -56,69 +56,153 @@ std::vector<std::string> Strategy::bucket_keys() const {
   return keys;
 }
 
-int64_t Strategy::gradient_buckets(const ParamStore& store) const {
-  int64_t n = 0;
-  for (const auto& k : bucket_keys()) {
-    const auto [b, e] = bucket_range(store, k);
-    if (e > b) ++n;
+void Strategy::plan_shards() {
+  LSS_CHECK(!planned_, name() + ": plan_shards called twice");
+  planned_ = true;
+  if (!sharded()) return;
+  ParamStore& store = params();
+  const int P = ctx_.grid.P;
+  for (const auto& key : bucket_keys()) {
+    const auto [b, e] = bucket_range(store, key);
+    if (e <= b) continue;
+    Shard sh;
+    sh.key = key;
+    sh.begin = b;
+    sh.end = e;
+    sh.size = (e - b) / P;
+    // Every rank's moments start at zero and its masters equal: the first forward gathers as
+    // every later one does, so that each step moves the same bytes.
+    sh.gather_owed = sh.size > 0;
+    shards_.push_back(sh);
+    if (sh.size > 0) owned_.emplace_back(shard_begin(sh), shard_begin(sh) + sh.size);
+    if (remainder_begin(sh) < e) owned_.emplace_back(remainder_begin(sh), e);
   }
-  return n;
+  if (store.numel() > store.seq_reduced_numel()) owned_.emplace_back(store.seq_reduced_numel(), store.numel());
+  std::sort(owned_.begin(), owned_.end());
+  store.set_optimizer_ranges(owned_);
+}
+
+const Strategy::Shard* Strategy::shard_of(const std::string& key) const {
+  LSS_CHECK(planned_, name() + ": its constructor did not call plan_shards()");
+  for (const Shard& s : shards_)
+    if (s.key == key) return &s;
+  return nullptr;
+}
+
+int64_t Strategy::optimizer_numel() const {
+  LSS_CHECK(planned_, name() + ": its constructor did not call plan_shards()");
+  return const_cast<Strategy*>(this)->params().optimizer_numel();
+}
+
+std::vector<std::pair<int64_t, int64_t>> Strategy::stepped_ranges(const ParamStore& store,
+                                                                  const std::string& key) const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (const Shard* sh = sharded() ? shard_of(key) : nullptr) {
+    if (sh->size > 0) out.emplace_back(shard_begin(*sh), shard_begin(*sh) + sh->size);
+    if (remainder_begin(*sh) < sh->end) out.emplace_back(remainder_begin(*sh), sh->end);
+  } else if (!sharded()) {
+    const auto [b, e] = bucket_range(store, key);
+    if (e > b) out.emplace_back(b, e);
+  }
+  if (ctx_.grid.R > 1) {
+    const auto [b, e] = bucket_range(store, key, false);
+    if (e > b) out.emplace_back(b, e);
+  }
+  return out;
 }
 
 int64_t Strategy::data_gradient_calls(const ParamStore& store) const {
   int64_t n = 0;
-  for (const auto& k : bucket_keys())
-    for (bool seq_reduced : {true, false}) {
-      const auto [b, e] = bucket_range(store, k, seq_reduced);
-      if (e > b) ++n;
-    }
+  for (const auto& k : bucket_keys()) n += static_cast<int64_t>(stepped_ranges(store, k).size());
   return n;
 }
 
+void Strategy::expect_gradient_comm(CommModel& m) const {
+  const ParamStore& store = const_cast<Strategy*>(this)->params();
+  const int P = ctx_.grid.P, R = ctx_.grid.R;
+  const int64_t es_grad = static_cast<int64_t>(dtype_size(store.all_grads().dtype));
+  const int64_t es_param = static_cast<int64_t>(dtype_size(store.all_working().dtype));
+  if (!sharded()) {
+    int64_t buckets = 0;
+    for (const auto& k : bucket_keys()) {
+      const auto [b, e] = bucket_range(store, k);
+      if (e > b) ++buckets;
+    }
+    expect_total(m, "sp", P, CollKind::all_reduce, buckets, store.seq_reduced_numel() * es_grad);
+  }
+  for (const Shard& sh : shards_) {
+    expect_calls(m, "sp", P, CollKind::reduce_scatter, sh.size > 0 ? 1 : 0, P * sh.size * es_grad);
+    expect_calls(m, "sp", P, CollKind::all_reduce, remainder_begin(sh) < sh.end ? 1 : 0,
+                 (sh.end - remainder_begin(sh)) * es_grad);
+    expect_calls(m, "sp", P, CollKind::all_gather, sh.size > 0 ? 1 : 0, P * sh.size * es_param);
+  }
+  // The data group sums what this rank steps: every element, or its shards and the rest.
+  expect_total(m, "dp", R, CollKind::all_reduce, data_gradient_calls(store), optimizer_numel() * es_grad);
+}
+
 void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const {
-  const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(ctx_.cfg.dtype)));
+  const int64_t es_grad = static_cast<int64_t>(dtype_size(store.all_grads().dtype));
+  const int64_t es_param = static_cast<int64_t>(dtype_size(store.all_working().dtype));
   const bool replicas = ctx_.grid.R > 1;
+  const int P = ctx_.grid.P;
   const std::vector<std::string> keys = bucket_keys();  // head, L-1 .. 0, embed
   const size_t last_layer = keys.size() - 2;           // the index of layer 0's bucket
-  // The share of the parameters that optimizer_step steps as the buckets of keys [from, to): with
-  // one replica only their sequence-reduced ranges, the rest being ready at once (`ready`, which
-  // steps before every bucket).
-  const double numel = static_cast<double>(std::max<int64_t>(1, store.numel()));
+  // The share of the optimizer's elements that optimizer_step steps as the buckets of keys
+  // [from, to): with one replica only their sequence-reduced ranges (shards), the rest being
+  // ready at once (`ready`, which steps before every bucket).
+  const double numel = static_cast<double>(std::max<int64_t>(1, optimizer_numel()));
   auto share = [&](size_t from, size_t to) {
     int64_t n = 0;
     for (size_t i = from; i < to; ++i)
-      for (bool seq_reduced : {true, false}) {
-        if (!seq_reduced && !replicas) continue;
-        const auto [b, e] = bucket_range(store, keys[i], seq_reduced);
-        n += e - b;
-      }
+      for (const auto& [b, e] : stepped_ranges(store, keys[i]))
+        if (b < store.seq_reduced_numel()) n += e - b;
     return static_cast<double>(n) / numel;
   };
   const double ready = replicas ? 0.0 : static_cast<double>(store.numel() - store.seq_reduced_numel()) / numel;
   for (size_t i = 0; i < keys.size(); ++i) {
     const std::string& key = keys[i];
-    if (ctx_.grid.P > 1) {
+    // A bucket's sequence-group sums run beside the next block's backward, but layer 0's and the
+    // embeddings': layer 0's beside the AdamW of every bucket before it (with replicas, of the one
+    // before it: the communication stream first runs that bucket's data-group sums); the
+    // embeddings' beside layer 0's AdamW.
+    auto hide_seq = [&](BoundModel::Comm& c) {
+      if (i < last_layer) c.hidden_by_flops = block_backward_flops;
+      else if (i == last_layer) c.hidden_by_optimizer_share = replicas ? share(i - 1, i) : ready + share(0, i);
+      else if (!replicas) c.hidden_by_optimizer_share = share(last_layer, last_layer + 1);
+    };
+    if (P > 1 && !sharded()) {
       const auto [b, e] = bucket_range(store, key);
       if (e > b) {
         BoundModel::Comm c{"gradient all-reduce, bucket " + key, "sp", CollKind::all_reduce, (e - b) * es_grad, 1};
-        if (i < last_layer) {
-          c.hidden_by_flops = block_backward_flops;  // the next block's backward
-        } else if (i == last_layer) {
-          // Beside the AdamW of every bucket before it; with replicas, of the one before it
-          // (the communication stream first runs that bucket's data-group sums).
-          c.hidden_by_optimizer_share = replicas ? share(i - 1, i) : ready + share(0, i);
-        } else if (!replicas) {
-          c.hidden_by_optimizer_share = share(last_layer, last_layer + 1);  // beside layer 0's AdamW
-        }
+        hide_seq(c);
+        m.comm.push_back(c);
+      }
+    }
+    if (const Shard* sh = sharded() ? shard_of(key) : nullptr) {
+      if (sh->size > 0) {
+        BoundModel::Comm rs{"gradient reduce-scatter, bucket " + key, "sp", CollKind::reduce_scatter,
+                            P * sh->size * es_grad, 1};
+        rs.gradients = true;
+        hide_seq(rs);
+        m.comm.push_back(rs);
+        // The forward gathers each bucket beside the previous block's forward (prefetched after
+        // that block's own gathers); nothing runs before the embeddings' and layer 0's.
+        BoundModel::Comm ag{"parameter all-gather, bucket " + key, "sp", CollKind::all_gather, P * sh->size * es_param,
+                            1};
+        if (i < last_layer) ag.hidden_by_flops = block_backward_flops / 2;
+        m.comm.push_back(ag);
+      }
+      if (remainder_begin(*sh) < sh->end) {
+        BoundModel::Comm c{"gradient all-reduce, bucket " + key + ", the remainder P does not divide", "sp",
+                           CollKind::all_reduce, (sh->end - remainder_begin(*sh)) * es_grad, 1};
+        hide_seq(c);
         m.comm.push_back(c);
       }
     }
     if (!replicas) continue;
-    for (bool seq_reduced : {true, false}) {
-      const auto [b, e] = bucket_range(store, key, seq_reduced);
-      if (e <= b) continue;
+    for (const auto& [b, e] : stepped_ranges(store, key)) {
       BoundModel::Comm c{std::string("gradient all-reduce (data group), bucket ") + key +
-                             (seq_reduced ? ", sequence-reduced" : ", the rest"),
+                             (b < store.seq_reduced_numel() ? ", sequence-reduced" : ", the rest"),
                          "dp", CollKind::all_reduce, (e - b) * es_grad, 1};
       // Started when the next layer's bucket is ready: the backward of the block after that runs
       // beside it; the one started at layer 0's readiness runs beside the optimizer's steps of
@@ -148,15 +232,26 @@ AttentionArgs Strategy::attention_shape(int64_t B, int64_t H, int64_t Tq, int64_
 
 void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   Bucket bucket;
-  const auto [b, e] = bucket_range(store, key);
-  if (e > b) {
-    bucket.seq = ctx_.grid.seq->start_all_reduce(store.all_grads().slice(b, e - b));
-    wait_unless_overlap(*ctx_.grid.seq, bucket.seq);
-    bucket.ranges.emplace_back(b, e);
-  }
-  if (ctx_.grid.R > 1) {
-    const auto [rb, re] = bucket_range(store, key, false);
-    if (re > rb) bucket.ranges.emplace_back(rb, re);
+  bucket.ranges = stepped_ranges(store, key);
+  Communicator& seq = *ctx_.grid.seq;
+  const View grads = store.all_grads();
+  if (const Shard* sh = sharded() ? shard_of(key) : nullptr) {
+    // In place: rank p's sum lands in its own shard of the bucket.
+    if (sh->size > 0) {
+      bucket.seq.push_back(seq.start_reduce_scatter(grads.slice(sh->begin, ctx_.grid.P * sh->size),
+                                                    grads.slice(shard_begin(*sh), sh->size)));
+      wait_unless_overlap(seq, bucket.seq.back());
+    }
+    if (remainder_begin(*sh) < sh->end) {
+      bucket.seq.push_back(seq.start_all_reduce(grads.slice(remainder_begin(*sh), sh->end - remainder_begin(*sh))));
+      wait_unless_overlap(seq, bucket.seq.back());
+    }
+  } else if (!sharded()) {
+    const auto [b, e] = bucket_range(store, key);
+    if (e > b) {
+      bucket.seq.push_back(seq.start_all_reduce(grads.slice(b, e - b)));
+      wait_unless_overlap(seq, bucket.seq.back());
+    }
   }
   if (bucket.ranges.empty()) return;
   buckets_in_flight_.push_back(bucket);
@@ -167,7 +262,7 @@ void Strategy::start_data(ParamStore& store, Bucket& b) {
   if (b.data_started) return;
   b.data_started = true;
   if (ctx_.grid.R == 1) return;
-  ctx_.grid.seq->wait(b.seq);
+  for (CommHandle& h : b.seq) ctx_.grid.seq->wait(h);
   for (const auto& [begin, end] : b.ranges) {
     b.data.push_back(ctx_.grid.data->start_all_reduce(store.all_grads().slice(begin, end - begin)));
     wait_unless_overlap(*ctx_.grid.data, b.data.back());
@@ -205,7 +300,51 @@ CommHandle Strategy::start_seq_all_gather_into(View local, View out) {
 
 void Strategy::wait_seq(CommHandle& h) { ctx_.grid.seq->wait(h); }
 
-void Strategy::head_gradients_ready(ParamStore& store) { start_bucket(store, "head"); }
+void Strategy::params_needed(const std::string& key) {
+  if (!sharded()) return;
+  Shard* sh = shard_of(key);
+  if (!sh) return;
+  prefetch_params(key);
+  ctx_.grid.seq->wait(sh->gather);
+}
+
+void Strategy::prefetch_params(const std::string& key) {
+  if (!sharded()) return;
+  Shard* sh = shard_of(key);
+  if (!sh || !sh->gather_owed) return;
+  sh->gather_owed = false;
+  // In place: every rank's updated shard of the working copy into the others' copies.
+  const View work = params().all_working();
+  sh->gather = ctx_.grid.seq->start_all_gather(work.slice(shard_begin(*sh), sh->size),
+                                               work.slice(sh->begin, ctx_.grid.P * sh->size));
+  wait_unless_overlap(*ctx_.grid.seq, sh->gather);
+}
+
+void Strategy::complete_shards(bool grads) {
+  if (!sharded()) return;
+  ParamStore& store = params();
+  // Where the model computes with the masters, a bucket's gather owed by the next forward is the
+  // one that completes them; a bf16 model's gathers move the compute copy, so its masters' other
+  // shards are gathered here.
+  const bool masters_gathered = store.all_working().ptr == store.all_params().ptr;
+  const View buf = grads ? store.all_grads() : store.all_params();
+  for (Shard& sh : shards_) {
+    if (sh.size == 0) continue;
+    if (!grads && masters_gathered) {
+      params_needed(sh.key);
+      continue;
+    }
+    ctx_.grid.seq->all_gather(buf.slice(shard_begin(sh), sh.size), buf.slice(sh.begin, ctx_.grid.P * sh.size));
+  }
+}
+
+void Strategy::head_gradients_ready(ParamStore& store) {
+  // Every bucket's parameters were gathered by this step's forward before it read them.
+  for (const Shard& sh : shards_)
+    LSS_CHECK(!sh.gather_owed && !sh.gather.pending,
+              name() + ": the forward read bucket " + sh.key + "'s parameters without params_needed()");
+  start_bucket(store, "head");
+}
 
 void Strategy::layer_gradients_ready(ParamStore& store, int64_t l) {
   // The buckets before this one have had a block's backward to finish their sequence-group sums:
@@ -220,7 +359,7 @@ void Strategy::reduce_gradients(ParamStore& store) {
 }
 
 void Strategy::wait_bucket(Bucket& b) {
-  ctx_.grid.seq->wait(b.seq);
+  for (CommHandle& h : b.seq) ctx_.grid.seq->wait(h);
   for (CommHandle& h : b.data) ctx_.grid.data->wait(h);
 }
 
@@ -235,16 +374,21 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
   ParamStore& store = params();
   std::vector<Bucket> buckets = std::move(buckets_in_flight_);
   buckets_in_flight_.clear();
-  // The flat gradient's ranges outside every bucket in flight (their ranges do not overlap).
+  // The ranges this rank steps outside every bucket in flight (their ranges do not overlap, and
+  // each lies inside one range this rank steps).
   std::vector<std::pair<int64_t, int64_t>> in_flight, ready;
   for (const Bucket& b : buckets) in_flight.insert(in_flight.end(), b.ranges.begin(), b.ranges.end());
   std::sort(in_flight.begin(), in_flight.end());
-  int64_t at = 0;
-  for (const auto& [b, e] : in_flight) {
-    if (b > at) ready.emplace_back(at, b);
-    at = std::max(at, e);
+  const std::vector<std::pair<int64_t, int64_t>> all = {{0, store.numel()}};
+  for (const auto& [ob, oe] : sharded() ? owned_ : all) {
+    int64_t at = ob;
+    for (const auto& [b, e] : in_flight) {
+      if (e <= ob || b >= oe) continue;
+      if (b > at) ready.emplace_back(at, b);
+      at = std::max(at, e);
+    }
+    if (oe > at) ready.emplace_back(at, oe);
   }
-  if (store.numel() > at) ready.emplace_back(at, store.numel());
   for (const auto& [b, e] : ready) store.adamw_step(opt, step, b, e);
   // The buckets whose sums are all under way first, each after its waits; then the last ones'
   // data-group sums start (after their sequence-group sums), and they step as those finish.
@@ -259,6 +403,8 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
     if (!b.data_started && ctx_.grid.R > 1) last.push_back(&b);
   for (Bucket* b : last) start_data(store, *b);
   for (Bucket* b : last) step_bucket(*b);
+  // The next forward gathers the updated shards.
+  for (Shard& sh : shards_) sh.gather_owed = sh.size > 0;
 }
 
 void Strategy::upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,

@@ -71,6 +71,8 @@ struct BoundModel {
     double hidden_by_flops = 0;  // GEMM FLOPs of the same rank that run beside each call (with --overlap)
     // Share of the optimizer step (parameters stepped / all) that runs beside it (with --overlap).
     double hidden_by_optimizer_share = 0;
+    // It moves gradients (the master dtype; otherwise the compute dtype), as every all-reduce does.
+    bool gradients = false;
   };
   std::vector<Comm> comm;
 };
@@ -101,8 +103,15 @@ class Strategy {
   // What the analytic bound needs to know of this rank's step.
   virtual BoundModel bound_model() const = 0;
 
-  // Waits for the gradient all-reduces backward left in flight (nothing when none is).
+  // Waits for the gradient reductions backward left in flight (nothing when none is).
   void finish_gradients();
+  // Elements of the flat parameter buffers this rank's optimizer steps: all of them, or with
+  // --distributed-optimizer its shards of the sequence-reduced ones and all the others.
+  int64_t optimizer_numel() const;
+  // With --distributed-optimizer each rank holds the summed gradients (and, in a bf16 model, the
+  // current masters) of its shards only: all-gathers the rest from the group so that every rank
+  // holds every element (for the export and the checks; not part of a step). Nothing otherwise.
+  void complete_shards(bool grads);
   // AdamW on every local parameter. AdamW is elementwise, so a parameter may step as soon as its
   // gradient is summed: the parameters outside the buckets still in flight step first, then each
   // bucket's as its all-reduce finishes, so that the last buckets (layer 0's, the embeddings')
@@ -111,7 +120,9 @@ class Strategy {
 
  protected:
   // Double gradient averaging: sum the sequence-reduced gradients over the sequence (tensor)
-  // group, then the whole gradient over the data group. With the loss normalised by all B*T
+  // group, then the whole gradient over the data group. With --distributed-optimizer the
+  // sequence group's sum is a reduce-scatter into each rank's shard of the bucket (1/P of it, an
+  // all-reduce for the few elements P does not divide), and the data group sums the shard. With the loss normalised by all B*T
   // predicted tokens, these sums are the serial gradient. Both go in buckets (head, each layer,
   // embeddings) as backward produces them: call head_gradients_ready after the head's backward,
   // layer_gradients_ready(l) after block l's, and reduce_gradients at the end (embeddings). A
@@ -123,17 +134,32 @@ class Strategy {
   void head_gradients_ready(ParamStore& store);
   void layer_gradients_ready(ParamStore& store, int64_t l);
   void reduce_gradients(ParamStore& store);
-  // Number of sequence-group gradient all-reduces per step (for expected_comm): the head, each
-  // layer and the embeddings, those with sequence-reduced gradients.
-  int64_t gradient_buckets(const ParamStore& store) const;
-  // Number of data-group gradient all-reduces per step (for expected_comm): per bucket, one of
-  // its sequence-reduced range and one of the rest, those not empty. They cover every parameter.
-  int64_t data_gradient_calls(const ParamStore& store) const;
+  // --distributed-optimizer: the forward calls params_needed(key) before it reads a bucket's
+  // parameters ("embed", the layer index, "head"), which starts the bucket's all-gather of its
+  // updated shards unless under way and waits for it; prefetch_params(key) starts it early, beside
+  // compute. Each bucket is gathered once per step, in the forward (the first forward's too).
+  // Nothing without the option.
+  void params_needed(const std::string& key);
+  void prefetch_params(const std::string& key);
+  // The bucket key of layer l's parameters; "head" for l == L (the next after the last layer).
+  std::string layer_key(int64_t l) const { return l < ctx_.cfg.L ? std::to_string(l) : "head"; }
+  // The gradient reductions and parameter gathers of a step, as the README's formulas count them
+  // (for expected_comm): over the sequence group one all-reduce per bucket with sequence-reduced
+  // gradients, or with --distributed-optimizer a reduce-scatter, an all-reduce of the remainder
+  // P does not divide and the parameters' all-gather; over the data group, per bucket, one
+  // all-reduce of each range this rank steps.
+  void expect_gradient_comm(CommModel& m) const;
+  // Lays out the --distributed-optimizer shards and gives the store its optimizer ranges: each
+  // strategy calls it once its store exists (its constructor).
+  void plan_shards();
   // The gradient all-reduces of the bound model, as the schedule above runs them: a bucket's
   // sequence-group all-reduce beside the next block's backward (`block_backward_flops` of GEMMs),
   // except layer 0's and the embeddings'; its data-group ones beside the backward of the block
   // after that; the rest beside the optimizer's steps before their waits (README, analytic
   // bound). (The harness prices every collective as exposed under --no-overlap.)
+  // With --distributed-optimizer the reduce-scatters take the all-reduces' places and the
+  // parameters' all-gathers run beside the previous block's forward (half `block_backward_flops`),
+  // but embeddings' and layer 0's, which nothing precedes.
   void add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const;
   // The shape of an attention call for the bound model.
   AttentionArgs attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const;
@@ -176,12 +202,38 @@ class Strategy {
     if (!ctx_.opts.overlap) comm.wait(h);
   }
   void start_bucket(ParamStore& store, const std::string& key);
+  bool sharded() const { return ctx_.opts.distributed_optimizer && ctx_.grid.P > 1; }
+  // --distributed-optimizer: a bucket's sequence-reduced range [begin, end) of the flat buffers,
+  // cut into P shards of `size` elements, rank p's at begin + p*size, and the remainder
+  // [begin + P*size, end) that every rank sums and steps whole.
+  struct Shard {
+    std::string key;
+    int64_t begin = 0, end = 0, size = 0;
+    // The bucket's parameter all-gather: owed (its shards stepped since the last), started.
+    bool gather_owed = false;
+    CommHandle gather;
+  };
+  const Shard* shard_of(const std::string& key) const;
+  Shard* shard_of(const std::string& key) {
+    return const_cast<Shard*>(static_cast<const Strategy*>(this)->shard_of(key));
+  }
+  int64_t shard_begin(const Shard& s) const { return s.begin + ctx_.grid.p * s.size; }
+  int64_t remainder_begin(const Shard& s) const { return s.begin + ctx_.grid.P * s.size; }
+  bool planned_ = false;
+  std::vector<Shard> shards_;                       // in bucket order
+  std::vector<std::pair<int64_t, int64_t>> owned_;  // the flat ranges this rank steps, sorted
+  // Number of data-group gradient all-reduces per step: per bucket, one of each range it steps.
+  int64_t data_gradient_calls(const ParamStore& store) const;
+  // The flat ranges of bucket `key` this rank steps and the data group sums: its shard and
+  // remainder (or its whole sequence-reduced range), and with replicas its other entries.
+  std::vector<std::pair<int64_t, int64_t>> stepped_ranges(const ParamStore& store, const std::string& key) const;
   struct Bucket {
-    CommHandle seq;                // the sequence group's all-reduce of its sequence-reduced range
+    // The sequence group's sum of its sequence-reduced range: one all-reduce, or a reduce-scatter
+    // and the remainder's all-reduce.
+    std::vector<CommHandle> seq;
     std::vector<CommHandle> data;  // the data group's all-reduces (none with one replica)
     bool data_started = false;
-    // Its ranges of the flat gradient that are reduced: the sequence-reduced one, and with
-    // several replicas the rest.
+    // Its ranges of the flat gradient that this rank steps (stepped_ranges).
     std::vector<std::pair<int64_t, int64_t>> ranges;
   };
   // Waits for the bucket's sequence-group sum and starts its data-group all-reduces (once).

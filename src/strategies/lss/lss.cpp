@@ -21,7 +21,9 @@ class LssStrategy final : public Strategy {
         Bl_(ctx.cfg.B / ctx.grid.R),
         N_(Tl_ * Bl_),
         segments_(segments_of(ctx.grid.p)),
-        store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {}
+        store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {
+    plan_shards();
+  }
 
   std::string name() const override { return "lss"; }
   ParamStore& params() override { return store_; }
@@ -31,6 +33,7 @@ class LssStrategy final : public Strategy {
             {"split_causal", split()},
             {"chunk_pipeline", pipelined()},
             {"recompute", ctx_.opts.recompute},
+            {"distributed_optimizer", ctx_.opts.distributed_optimizer},
             {"overlap", ctx_.opts.overlap}};
   }
 
@@ -53,10 +56,9 @@ class LssStrategy final : public Strategy {
   CommModel expected_comm() const override {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));                 // activations
-    const int64_t es_grad = static_cast<int64_t>(dtype_size(master_dtype(cfg.dtype)));  // gradients
     const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * es;  // the gathered [K|V] of one layer
     CommModel m;
-    const int P = ctx_.grid.P, R = ctx_.grid.R;
+    const int P = ctx_.grid.P;
     // Forward gathers once per layer; backward gathers again unless the forward's gather was kept
     // (with recomputation, the recomputed forward's gather is the second one).
     const bool one_gather = ctx_.opts.keep_kv && !ctx_.opts.recompute;
@@ -72,11 +74,9 @@ class LssStrategy final : public Strategy {
     // The dK/dV reduce-scatter: in halves in the pipeline's layout.
     if (wave_backward()) expect_calls(m, "sp", P, CollKind::reduce_scatter, 2 * cfg.L, kv_bytes / 2);
     else expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
-    // The sequence-reduced gradients, one all-reduce per bucket (head, each layer, embeddings).
-    expect_total(m, "sp", P, CollKind::all_reduce, gradient_buckets(store_), store_.seq_reduced_numel() * es_grad);
-    // Then every gradient over the data group, two all-reduces per bucket (its sequence-reduced
-    // range, the rest).
-    expect_total(m, "dp", R, CollKind::all_reduce, data_gradient_calls(store_), store_.numel() * es_grad);
+    // The sequence-reduced gradients' sums per bucket (head, each layer, embeddings), then the
+    // data group's.
+    expect_gradient_comm(m);
     return m;
   }
 
@@ -219,6 +219,8 @@ class LssStrategy final : public Strategy {
     const int64_t C = cfg.C, N = N_;
     upload_batch(step, ctx_.grid.r * Bl_, Bl_, segments_, tokens_, targets_);
     resid0_ = be.alloc(cfg.dtype, N * C);
+    params_needed("embed");
+    prefetch_params(layer_key(0));  // beside the embedding: nothing comes before it
     be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"), store_.param("wpe").slice(0, Tl_ * C),
                          Tl_, Bl_, C);
     layers_.resize(cfg.L);
@@ -234,6 +236,7 @@ class LssStrategy final : public Strategy {
       }
     }
     const View h = layers_.empty() ? resid0_.view() : layers_.back().h_out.view();
+    params_needed("head");
     head_forward(be, cfg, store_, h, targets_.view(), head_, N, 1.0 / static_cast<double>(cfg.B * cfg.T), loss_sum);
   }
 
@@ -308,8 +311,9 @@ class LssStrategy final : public Strategy {
   // One transformer block from its input h: attention and MLP sub-blocks, saving what backward
   // needs in `a` (the gathered [K|V] too when keep_kv).
   void block_forward(int64_t l, View h, Layer& a, bool keep_kv = false) {
+    params_needed(layer_key(l));
     const LayerTensors w = layer_params(store_, l);
-    attention_forward(w, h, a, keep_kv || ctx_.opts.keep_kv);
+    attention_forward(w, h, a, keep_kv || ctx_.opts.keep_kv, layer_key(l + 1));
     a.h_out = ctx_.backend.alloc(ctx_.cfg.dtype, N_ * ctx_.cfg.C);
     mlp_forward(ctx_.backend, ctx_.cfg, w, a.h_mid.view(), a.h_out.view(), a.mlp, N_);
   }
@@ -467,6 +471,7 @@ class LssStrategy final : public Strategy {
     const int64_t C = cfg.C;
     const DType st = stat_dtype(cfg.dtype);
     Layer& a = layers_[l];
+    if (s == 0) params_needed(layer_key(l));
     const LayerTensors w = layer_params(store_, l);
     if (s == 0) {
       allocate_projections(a);
@@ -484,6 +489,9 @@ class LssStrategy final : public Strategy {
                          w.ln1_w, w.ln1_b, n, C, cfg.ln_eps);
     linear_forward(be, kv, ln, wkv(w.attn_w), bkv(w.attn_b), n, C, 2 * C);
     start_wave_gather(a, s);
+    // The next layer's parameters travel behind the front chunks' gather, beside the back chunk
+    // of the layer before and this layer's work.
+    if (s == 0) prefetch_params(layer_key(l + 1));
     linear_forward(be, a.q.view().slice(r * C, n * C), ln, wq(w.attn_w), bq(w.attn_b), n, C, C);
     be.attention_forward(diagonal_args(a, a.kv_local, seg, row0, row0));
   }
@@ -552,7 +560,8 @@ class LssStrategy final : public Strategy {
     return global;
   }
 
-  void attention_forward(const LayerTensors& w, View h, Layer& a, bool keep_kv) {
+  // `next`: the bucket whose parameters the forward reads next, prefetched behind the K/V gather.
+  void attention_forward(const LayerTensors& w, View h, Layer& a, bool keep_kv, const std::string& next) {
     Backend& be = ctx_.backend;
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_;
@@ -562,6 +571,7 @@ class LssStrategy final : public Strategy {
     // K and V first, so that their all-gather runs while Q is projected.
     linear_forward(be, a.kv_local.view(), a.ln_out.view(), wkv(w.attn_w), bkv(w.attn_b), N, C, 2 * C);
     PendingCollective gather = start_gather_kv(a);
+    prefetch_params(next);
     linear_forward(be, a.q.view(), a.ln_out.view(), wq(w.attn_w), bq(w.attn_b), N, C, C);
     a.attn_out = be.alloc(cfg.dtype, N * C);
     a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);

@@ -12,7 +12,9 @@ namespace {
 class SerialStrategy final : public Strategy {
  public:
   explicit SerialStrategy(StrategyContext ctx)
-      : Strategy(ctx), store_(ctx.backend, ctx.cfg, param_specs_for(0)) {}
+      : Strategy(ctx), store_(ctx.backend, ctx.cfg, param_specs_for(0)) {
+    plan_shards();
+  }
 
   std::string name() const override { return "serial"; }
   ParamStore& params() override { return store_; }
