@@ -342,7 +342,7 @@ void Strategy::head_gradients_ready(ParamStore& store) {
   // Every bucket's parameters were gathered by this step's forward before it read them.
   for (const Shard& sh : shards_)
     LSS_CHECK(!sh.gather_owed && !sh.gather.pending,
-              name() + ": the forward read bucket " + sh.key + "'s parameters without params_needed()");
+              name() + ": the forward read bucket " + sh.key + "'s parameters without params_needed() (or before its gather finished)");
   start_bucket(store, "head");
 }
 
