@@ -60,6 +60,7 @@ expect 2 "--seq 127 does not divide by --sp 2" run --strategy lss --sp 2 --seq 1
 expect 2 "--heads 3 does not divide by --sp 2" run --strategy megatron_sp --sp 2 --heads 3 --width 48
 expect 2 "--sp 3: the world size 2" run --strategy lss --sp 3
 expect 2 "--copy-engine-gathers: the cpu backend has no copy engines (needs --backend cuda)" run --strategy lss --sp 2 --copy-engine-gathers
+expect 2 "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the copy engines (give one of the two)" run --strategy lss --sp 2 --copy-engine-gathers --distributed-optimizer
 expect 2 "--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: --no-zigzag, --causal, --split-causal)" run --strategy lss --sp 2 --chunk-pipeline
 expect 2 "--bound-heat -1: must not be negative" run --strategy lss --sp 2 --bound-heat -1
 expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256

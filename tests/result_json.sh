@@ -60,13 +60,24 @@ ok = ok and (r["grid"]["world"] == 1 or len(r0["comm"]) > 0)
 # beside the last gradient buckets' all-reduces (README, analytic bound): with one data replica
 # beside layer 0's and the embeddings' sequence-group sums; with several beside layer 0's
 # sequence-group sum, layer 1's data-group sums (these runs have 2 layers) and the embeddings'
-# data-group sums, while layer 0's data-group sums run beside nothing.
+# data-group sums, while layer 0's data-group sums run beside nothing. With
+# --distributed-optimizer a bucket's sequence-group sum is a reduce-scatter (and an all-reduce of
+# the remainder P does not divide).
 replicas = r["grid"]["dp"] > 1
-beside = {"gradient all-reduce, bucket 0"} | (
+seq_sums = lambda k: {"gradient all-reduce, bucket " + k, "gradient reduce-scatter, bucket " + k,
+                      "gradient all-reduce, bucket " + k + ", the remainder P does not divide"}
+beside = seq_sums("0") | (
     {"gradient all-reduce (data group), bucket 1, sequence-reduced",
      "gradient all-reduce (data group), bucket 1, the rest",
      "gradient all-reduce (data group), bucket embed, sequence-reduced",
-     "gradient all-reduce (data group), bucket embed, the rest"} if replicas else {"gradient all-reduce, bucket embed"})
+     "gradient all-reduce (data group), bucket embed, the rest"} if replicas else seq_sums("embed"))
+# The distributed optimizer's parameter all-gathers: one per bucket, GEMMs beside all but the
+# embeddings' and layer 0's.
+sharded = c["strategy_options"].get("distributed_optimizer", False) and r["grid"]["sp"] > 1
+gathers = {x["what"]: x for x in r0["comm"] if x["what"].startswith("parameter all-gather")}
+ok = ok and (len(gathers) == L + 2 if sharded else not gathers)
+for k, x in gathers.items():
+    ok = ok and (x["hidden_by_ms"] == 0) == (k.endswith("bucket embed") or k.endswith("bucket 0"))
 data_group_0 = [x for x in r0["comm"] if x["what"].startswith("gradient all-reduce (data group), bucket 0")]
 ok = ok and (len(data_group_0) > 0) == replicas and all(x["hidden_by_ms"] == 0 for x in data_group_0)
 for x in r0["comm"]:
@@ -177,5 +188,7 @@ point 4 lss_pipeline --strategy lss --sp 4 --zigzag --chunk-pipeline
 point 2 megatron --strategy megatron_sp --sp 2 --dtype fp64 --bound-heat 0
 point 4 megatron_dp --strategy megatron_sp --sp 2 --batch 2 --check-seq 32
 point 2 lss_no_overlap --strategy lss --sp 2 --no-overlap
+point 4 lss_sharded --strategy lss --sp 4 --zigzag --distributed-optimizer
+point 4 megatron_sharded_dp --strategy megatron_sp --sp 2 --batch 2 --distributed-optimizer
 echo "$((total - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

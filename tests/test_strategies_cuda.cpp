@@ -60,7 +60,10 @@ StrategyOptions options_of(const std::string& variant) {
   if (variant == "zigzag") o.zigzag = true;
   if (variant == "zigzag_recompute") o.zigzag = o.recompute = true;
   if (variant == "zigzag_keepkv") o.zigzag = o.keep_kv = true;
-  if (variant == "zigzag_pipeline" || variant == "zigzag_pipeline_copyengine") o.zigzag = o.chunk_pipeline = true;
+  if (variant == "zigzag_pipeline" || variant == "zigzag_pipeline_copyengine" || variant == "zigzag_pipeline_sharded")
+    o.zigzag = o.chunk_pipeline = true;
+  if (variant == "zigzag_sharded") o.zigzag = true;
+  o.distributed_optimizer = variant.find("sharded") != std::string::npos;
   if (variant == "zigzag_copyengine") o.zigzag = true;
   if (variant == "zigzag_offset") {  // the query-offset calls instead of the split causal blocks
     o.zigzag = true;
@@ -91,6 +94,8 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     RunConfig rc = model(c.strategy, P, c.dtype, c.causal, c.attention);
     rc.strategy_opts = options_of(c.variant);
     rc.copy_engine_gathers = c.variant.find("copyengine") != std::string::npos;
+    // A step large enough that stale parameters would show in the next loss (checked below).
+    if (rc.strategy_opts.distributed_optimizer) rc.opt.lr = 3e-2;
     Session gpu(rc, MPI_COMM_WORLD);
     gpu.reset_counts();
     const double loss = gpu.forward_backward(0);
@@ -100,6 +105,14 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     for (const auto& [group, counts] : expected)
       EXPECT_TRUE(counted.count(group) && counted.at(group) == counts) << c.strategy << " P=" << P << " group " << group;
     const auto grads = gpu.gather_full(true);
+    // The distributed optimizer's loop: each rank steps its shards, the next forward gathers the
+    // parameters (in place, in the compute dtype) and its loss is the reference's after one step.
+    const bool sharded = rc.strategy_opts.distributed_optimizer;
+    double loss_after_step = 0;
+    if (sharded) {
+      gpu.optimizer_step(1);
+      loss_after_step = gpu.forward_backward(1);
+    }
     if (world_rank() != 0) continue;
     RunConfig ref = rc;
     ref.strategy = "serial";
@@ -114,6 +127,13 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
                               dtype_name(c.dtype) + (c.causal ? " causal " : " non-causal ") + c.attention + " " +
                               c.variant;
     EXPECT_LT(std::abs(loss - ref_loss) / ref_loss, loss_bound) << where << ": loss " << loss << " vs " << ref_loss;
+    if (sharded) {
+      cpu.optimizer_step(1);
+      const double ref_after = cpu.forward_backward(1);
+      EXPECT_GT(std::abs(ref_after - ref_loss) / ref_loss, 3 * loss_bound) << where << ": the step moved the loss too little";
+      EXPECT_LT(std::abs(loss_after_step - ref_after) / ref_after, loss_bound)
+          << where << ": loss after one AdamW step " << loss_after_step << " vs " << ref_after;
+    }
     double worst = 0;
     std::string worst_name;
     for (const auto& [name, g] : ref_grads) {
@@ -154,6 +174,11 @@ std::vector<Case> cases() {
   for (const char* v : {"zigzag_copyengine", "zigzag_pipeline_copyengine"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
   out.push_back({"lss", DType::f32, true, "flash", "zigzag_copyengine"});
   out.push_back({"megatron_sp", DType::bf16, true, "cudnn", "copyengine"});
+  // The distributed optimizer (in-place reduce-scatters of the gradients, the forward's in-place
+  // gathers of the bf16 working copy, one step later too).
+  for (const char* v : {"zigzag_sharded", "zigzag_pipeline_sharded"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
+  out.push_back({"lss", DType::f32, true, "flash", "zigzag_sharded"});
+  out.push_back({"megatron_sp", DType::bf16, true, "cudnn", "sharded"});
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, GpuStep, ::testing::ValuesIn(cases()),

@@ -40,13 +40,13 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
                                                  std::to_string(devices) + " CUDA devices; start at most one rank per GPU");
   }
 #endif
-  LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || cfg_.backend == "cuda",
-                    "--copy-engine-gathers: the " + cfg_.backend + " backend has no copy engines (needs --backend cuda)");
   // The parameters' gathers would need the flat parameter buffers in symmetric windows, which
   // are allocated per rank at sizes that differ between ranks.
   LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || !cfg_.strategy_opts.distributed_optimizer,
                     "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the "
                     "copy engines (give one of the two)");
+  LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || cfg_.backend == "cuda",
+                    "--copy-engine-gathers: the " + cfg_.backend + " backend has no copy engines (needs --backend cuda)");
   backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {

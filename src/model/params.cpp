@@ -151,6 +151,8 @@ void ParamStore::set_optimizer_ranges(std::vector<std::pair<int64_t, int64_t>> r
     state += e - b;
     at = e;
   }
+  m_ = backend_.alloc_zeroed(master_, optimizer_numel());
+  v_ = backend_.alloc_zeroed(master_, optimizer_numel());
 }
 
 int64_t ParamStore::optimizer_numel() const {
@@ -160,10 +162,7 @@ int64_t ParamStore::optimizer_numel() const {
 
 void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step, int64_t begin, int64_t end) {
   if (end < 0) end = numel();
-  if (!m_) {
-    m_ = backend_.alloc_zeroed(master_, optimizer_numel());
-    v_ = backend_.alloc_zeroed(master_, optimizer_numel());
-  }
+  if (!m_) set_optimizer_ranges({});
   // The row of m_ and v_ that holds flat element i (which must be stepped by this rank).
   auto state_row = [&](int64_t i, int64_t n) {
     if (optimizer_ranges_.empty()) return i;

@@ -52,8 +52,8 @@ class ParamStore {
   // Lays out the specs (sequence-reduced ones first, so that they form one prefix), allocates
   // master params and grads (master_dtype(cfg.dtype)) and, when the compute dtype differs, a
   // working copy of the params in cfg.dtype; initialises params from cfg.seed. The AdamW moments
-  // m, v (master dtype) are allocated, zeroed, at the first adamw_step: for every element, or
-  // for the ranges set_optimizer_ranges names.
+  // m, v (master dtype) are allocated, zeroed, by set_optimizer_ranges (or at the first
+  // adamw_step, for every element).
   ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<ParamSpec> specs);
 
   // The parameter as the model computes with it (the compute-dtype copy, or the master itself).
@@ -73,8 +73,8 @@ class ParamStore {
   const std::vector<Entry>& entries() const { return entries_; }
 
   void zero_grads();
-  // The flat ranges this rank steps (a distributed optimizer: its shards), sorted and disjoint;
-  // AdamW keeps moments for these elements only. Before the first adamw_step.
+  // The flat ranges this rank steps (a distributed optimizer: its shards), disjoint; none: every
+  // element. Allocates the AdamW moments for these elements only. Before the first adamw_step.
   void set_optimizer_ranges(std::vector<std::pair<int64_t, int64_t>> ranges);
   // Elements this rank steps (and keeps AdamW moments for).
   int64_t optimizer_numel() const;
@@ -95,7 +95,7 @@ class ParamStore {
     int64_t begin, end, state;
   };
   std::vector<OptimizerRange> optimizer_ranges_;
-  Buffer m_, v_;                   // (optimizer_numel) each, master dtype, allocated at the first step
+  Buffer m_, v_;                   // (optimizer_numel) each, master dtype
   Buffer compute_;                 // (numel) compute-dtype copy of params_, empty if the same dtype
 };
 

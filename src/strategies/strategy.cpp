@@ -59,8 +59,8 @@ std::vector<std::string> Strategy::bucket_keys() const {
 void Strategy::plan_shards() {
   LSS_CHECK(!planned_, name() + ": plan_shards called twice");
   planned_ = true;
-  if (!sharded()) return;
   ParamStore& store = params();
+  if (!sharded()) return store.set_optimizer_ranges({});
   const int P = ctx_.grid.P;
   for (const auto& key : bucket_keys()) {
     const auto [b, e] = bucket_range(store, key);
