@@ -42,7 +42,8 @@
 #             to the base's, e.g. an option both sides share), in one call:
 #             lss zigzag and megatron_sp (LSS_AB_STRATEGIES) on every GPU at T = 8K and 16K per GPU
 #             (LSS_AB_SEQ_PER_GPU, in K), in the order base, new, base, new (the card's clocks drift
-#             over a call); the new build's points carry the bound, the base's are timed only
+#             over a call); the new build's points carry the bound, the base's are timed only;
+#             LSS_AB_TAG names the points (ab_<tag>_...) so that several A/Bs fit in one call
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way;
 #             LSS_LONG_STRATEGIES (default "lss megatron_sp") picks which
@@ -148,8 +149,8 @@ run_section() {
               [ "$strategy" = lss ] && args+=(--zigzag)
               exe=$dev/bin/lssbench
               if [ "$side" = base ]; then exe=$LSS_AB_BASE; args+=(--no-bound ${LSS_AB_BASE_ARGS:-}); else args+=(${LSS_AB_NEW_ARGS:-}); fi
-              step "ab_${strategy}_${side}${round}_w${gpus}_T$T" 120 mpiexec.hydra -n "$gpus" "$exe" run $model \
-                --out "$res/ab_${strategy}_${side}${round}_w${gpus}_T$T.json" "${args[@]}"
+              step "ab${LSS_AB_TAG:+_$LSS_AB_TAG}_${strategy}_${side}${round}_w${gpus}_T$T" 120 mpiexec.hydra -n "$gpus" "$exe" run $model \
+                --out "$res/ab${LSS_AB_TAG:+_$LSS_AB_TAG}_${strategy}_${side}${round}_w${gpus}_T$T.json" "${args[@]}"
             done
           done
         done
