@@ -14,7 +14,7 @@ with the README formula
     X = 2*T*Bl*C (megatron_sp: a gathered activation plus a partial sum)
 which leaves out the per-row statistics (LayerNorm mean/rstd, attention lse: (L*(4+H)+2) values
 per row, under 1% here). Bound: 1.00 <= measured / M(P) <= 1.10, and the measured value falls
-strictly with P.
+strictly with P. With --distributed-optimizer the AdamW moments shrink exactly as the README says.
 """
 import json
 import subprocess
@@ -67,6 +67,28 @@ with tempfile.TemporaryDirectory() as tmp:
     failures += not ok
     print(f"{'ok  ' if ok else 'FAIL'} lss --recompute at L=4: {peaks['--recompute']} B against "
           f"{peaks['--no-recompute']} B without")
-passed = 7 - failures
+    # The distributed optimizer (lss, P = 4) keeps AdamW moments (m, v; 4 bytes each here) for
+    # its quarter of each bucket the group sums (head 2C + VC, each layer 12C^2 + 13C, token
+    # embedding VC; P divides each here): the parameters, gradients and moments (peak minus
+    # activations) shrink by exactly 8 * (3/4) of those elements, and the activations do not grow.
+    state, activations = {}, {}
+    for flag in ("--no-distributed-optimizer", "--distributed-optimizer"):
+        out = Path(tmp) / f"zero{flag}.json"
+        subprocess.run([mpiexec, "-n", "4", lssbench, "run", "--strategy", "lss", "--sp", "4", "--layers", str(L),
+                        "--width", str(C), "--heads", str(H), "--seq", str(T), "--batch", str(B), "--iters", "1",
+                        "--warmup", "0", "--threads", "1", flag, "--out", str(out)],
+                       check=True, timeout=300, capture_output=True)
+        m = json.loads(out.read_text())["metrics"]
+        state[flag] = m["peak_mem_bytes"] - m["peak_activation_bytes"]
+        activations[flag] = m["peak_activation_bytes"]
+    replicated = (2 * C + V * C) + L * (12 * C * C + 13 * C) + V * C
+    saved = state["--no-distributed-optimizer"] - state["--distributed-optimizer"]
+    ok = saved == 2 * 4 * replicated * 3 // 4 and \
+        activations["--distributed-optimizer"] <= activations["--no-distributed-optimizer"]
+    failures += not ok
+    print(f"{'ok  ' if ok else 'FAIL'} lss --distributed-optimizer at P=4: state {saved} B smaller "
+          f"(formula {2 * 4 * replicated * 3 // 4} B), activations {activations['--distributed-optimizer']} B "
+          f"against {activations['--no-distributed-optimizer']} B")
+passed = 8 - failures
 print(f"{passed} passed, {failures} failed")
 sys.exit(1 if failures else 0)
