@@ -78,7 +78,7 @@ class MegatronSpStrategy final : public Strategy {
     expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * gathers, full);
     expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * (ctx_.opts.recompute ? 6 : 4), full);
     // The replicated gradients' sums per bucket (head, each layer, embeddings), then the data group's.
-    expect_gradient_comm(m);
+    expect_gradient_comm(m, store_);
     return m;
   }
 

@@ -60,7 +60,11 @@ void Strategy::plan_shards() {
   LSS_CHECK(!planned_, name() + ": plan_shards called twice");
   planned_ = true;
   ParamStore& store = params();
-  if (!sharded()) return store.set_optimizer_ranges({});
+  if (!sharded()) {
+    store.set_optimizer_ranges({});
+    optimizer_numel_ = store.optimizer_numel();
+    return;
+  }
   const int P = ctx_.grid.P;
   for (const auto& key : bucket_keys()) {
     const auto [b, e] = bucket_range(store, key);
@@ -80,6 +84,7 @@ void Strategy::plan_shards() {
   if (store.numel() > store.seq_reduced_numel()) owned_.emplace_back(store.seq_reduced_numel(), store.numel());
   std::sort(owned_.begin(), owned_.end());
   store.set_optimizer_ranges(owned_);
+  optimizer_numel_ = store.optimizer_numel();
 }
 
 const Strategy::Shard* Strategy::shard_of(const std::string& key) const {
@@ -91,7 +96,7 @@ const Strategy::Shard* Strategy::shard_of(const std::string& key) const {
 
 int64_t Strategy::optimizer_numel() const {
   LSS_CHECK(planned_, name() + ": its constructor did not call plan_shards()");
-  return const_cast<Strategy*>(this)->params().optimizer_numel();
+  return optimizer_numel_;
 }
 
 std::vector<std::pair<int64_t, int64_t>> Strategy::stepped_ranges(const ParamStore& store,
@@ -117,8 +122,7 @@ int64_t Strategy::data_gradient_calls(const ParamStore& store) const {
   return n;
 }
 
-void Strategy::expect_gradient_comm(CommModel& m) const {
-  const ParamStore& store = const_cast<Strategy*>(this)->params();
+void Strategy::expect_gradient_comm(CommModel& m, const ParamStore& store) const {
   const int P = ctx_.grid.P, R = ctx_.grid.R;
   const int64_t es_grad = static_cast<int64_t>(dtype_size(store.all_grads().dtype));
   const int64_t es_param = static_cast<int64_t>(dtype_size(store.all_working().dtype));
@@ -341,8 +345,9 @@ void Strategy::complete_shards(bool grads) {
 void Strategy::head_gradients_ready(ParamStore& store) {
   // Every bucket's parameters were gathered by this step's forward before it read them.
   for (const Shard& sh : shards_)
-    LSS_CHECK(!sh.gather_owed && !sh.gather.pending,
-              name() + ": the forward read bucket " + sh.key + "'s parameters without params_needed() (or before its gather finished)");
+    LSS_CHECK(!sh.gather_owed && !sh.gather.pending, name() + ": the forward read bucket " + sh.key +
+                                                         "'s parameters without params_needed() (or before its "
+                                                         "gather finished)");
   start_bucket(store, "head");
 }
 

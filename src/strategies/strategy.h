@@ -148,7 +148,7 @@ class Strategy {
   // gradients, or with --distributed-optimizer a reduce-scatter, an all-reduce of the remainder
   // P does not divide and the parameters' all-gather; over the data group, per bucket, one
   // all-reduce of each range this rank steps.
-  void expect_gradient_comm(CommModel& m) const;
+  void expect_gradient_comm(CommModel& m, const ParamStore& store) const;
   // Lays out the --distributed-optimizer shards and gives the store its optimizer ranges: each
   // strategy calls it once its store exists (its constructor).
   void plan_shards();
@@ -220,6 +220,7 @@ class Strategy {
   int64_t shard_begin(const Shard& s) const { return s.begin + ctx_.grid.p * s.size; }
   int64_t remainder_begin(const Shard& s) const { return s.begin + ctx_.grid.P * s.size; }
   bool planned_ = false;
+  int64_t optimizer_numel_ = 0;
   std::vector<Shard> shards_;                       // in bucket order
   std::vector<std::pair<int64_t, int64_t>> owned_;  // the flat ranges this rank steps, sorted
   // Number of data-group gradient all-reduces per step: per bucket, one of each range it steps.

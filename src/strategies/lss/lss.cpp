@@ -76,7 +76,7 @@ class LssStrategy final : public Strategy {
     else expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L, kv_bytes);
     // The sequence-reduced gradients' sums per bucket (head, each layer, embeddings), then the
     // data group's.
-    expect_gradient_comm(m);
+    expect_gradient_comm(m, store_);
     return m;
   }
 
