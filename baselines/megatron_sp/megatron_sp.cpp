@@ -29,7 +29,7 @@ class MegatronSpStrategy final : public Strategy {
   nlohmann::json options_json() const override {
     return {{"regather_ln", ctx_.opts.regather_ln},
             {"recompute", ctx_.opts.recompute},
-            {"distributed_optimizer", ctx_.opts.distributed_optimizer},
+            {"distributed_optimizer", sharded()},
             {"overlap", ctx_.opts.overlap}};
   }
 

@@ -152,6 +152,8 @@ class Strategy {
   // Lays out the --distributed-optimizer shards and gives the store its optimizer ranges: each
   // strategy calls it once its store exists (its constructor).
   void plan_shards();
+  // --distributed-optimizer in effect: asked for, and a sequence group to shard over.
+  bool sharded() const { return ctx_.opts.distributed_optimizer && ctx_.grid.P > 1; }
   // The gradient all-reduces of the bound model, as the schedule above runs them: a bucket's
   // sequence-group all-reduce beside the next block's backward (`block_backward_flops` of GEMMs),
   // except layer 0's and the embeddings'; its data-group ones beside the backward of the block
@@ -202,7 +204,6 @@ class Strategy {
     if (!ctx_.opts.overlap) comm.wait(h);
   }
   void start_bucket(ParamStore& store, const std::string& key);
-  bool sharded() const { return ctx_.opts.distributed_optimizer && ctx_.grid.P > 1; }
   // --distributed-optimizer: a bucket's sequence-reduced range [begin, end) of the flat buffers,
   // cut into P shards of `size` elements, rank p's at begin + p*size, and the remainder
   // [begin + P*size, end) that every rank sums and steps whole.

@@ -33,7 +33,7 @@ class LssStrategy final : public Strategy {
             {"split_causal", split()},
             {"chunk_pipeline", pipelined()},
             {"recompute", ctx_.opts.recompute},
-            {"distributed_optimizer", ctx_.opts.distributed_optimizer},
+            {"distributed_optimizer", sharded()},
             {"overlap", ctx_.opts.overlap}};
   }
 
