@@ -162,7 +162,7 @@ int64_t ParamStore::optimizer_numel() const {
 
 void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step, int64_t begin, int64_t end) {
   if (end < 0) end = numel();
-  if (!m_) set_optimizer_ranges({});
+  LSS_CHECK(m_, "adamw_step before set_optimizer_ranges (the strategy's plan_shards)");
   // The row of m_ and v_ that holds flat element i (which must be stepped by this rank).
   auto state_row = [&](int64_t i, int64_t n) {
     if (optimizer_ranges_.empty()) return i;

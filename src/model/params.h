@@ -52,8 +52,7 @@ class ParamStore {
   // Lays out the specs (sequence-reduced ones first, so that they form one prefix), allocates
   // master params and grads (master_dtype(cfg.dtype)) and, when the compute dtype differs, a
   // working copy of the params in cfg.dtype; initialises params from cfg.seed. The AdamW moments
-  // m, v (master dtype) are allocated, zeroed, by set_optimizer_ranges (or at the first
-  // adamw_step, for every element).
+  // m, v (master dtype) are allocated, zeroed, by set_optimizer_ranges.
   ParamStore(Backend& backend, const ModelConfig& cfg, std::vector<ParamSpec> specs);
 
   // The parameter as the model computes with it (the compute-dtype copy, or the master itself).
