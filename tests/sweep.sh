@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The sweep runner: spec validation, failing points (crash, hang, out-of-memory) recorded while
 # the sweep goes on, a sweep killed half-way and rerun ends with every point exactly once, the
-# max-sequence search, the Slurm script.   usage: sweep.sh LSSBENCH
+# max-sequence search, the Slurm script, the committed presets.   usage: sweep.sh LSSBENCH
 set -u
 lssbench=$(realpath "$1")
 fake=$(realpath "$(dirname "$0")/fake_lssbench.sh")
+presets=$(realpath "$(dirname "$0")/../sweeps")
 export LSS_REAL_BINARY=$lssbench
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -140,6 +141,16 @@ EOF2
 "$lssbench" sweep slurm.json --out /scratch/big --emit-slurm big.sbatch --gpus-per-node 8 --time 01:30:00 > /dev/null 2>&1
 if grep -q "^#SBATCH --nodes=2$" big.sbatch && grep -q "^#SBATCH --gpus-per-node=8$" big.sbatch && grep -q "^#SBATCH --time=01:30:00$" big.sbatch \
    && grep -q "sweep .*slurm.json --out /scratch/big" big.sbatch; then ok "--emit-slurm: 2 nodes x 8 GPUs"; else bad "--emit-slurm"; cat big.sbatch; fi
+
+# ---- the committed presets are valid specs (every model option one `lssbench run` takes)
+for spec in "$presets"/*.json; do
+  name=$(basename "$spec" .json)
+  if out=$("$lssbench" sweep "$spec" --out "$work/preset-$name" --emit-slurm "$work/preset-$name.sbatch" 2>&1); then
+    ok "preset $name is a valid spec"
+  else
+    bad "preset $name: $out"
+  fi
+done
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
