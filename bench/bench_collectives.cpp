@@ -95,10 +95,13 @@ double median_seconds(Op op, int runs) {
 // rank, medians): coll_alone_us, gemms_alone_us, gemms_beside_us (the GEMMs while the collective
 // runs), together_us; hidden = (coll_alone + gemms_alone - together) / min(coll_alone,
 // gemms_alone), 1 when the shorter one is hidden whole at no cost to the other, 0 when they
-// run as if one after the other; gemm_slowdown = gemms_beside / gemms_alone.
+// run as if one after the other; gemm_slowdown = gemms_beside / gemms_alone. The third arg,
+// sm_reserve, is the SMs the GEMMs beside the collective leave to it (Backend::reserve_sms; 0:
+// they plan for all); gemms_reserved_alone_us times them so planned with nothing beside.
 void overlap(benchmark::State& state, Kind kind) {
   const int P = g_grid.P;
   const int64_t bytes = state.range(0), gemms = state.range(1);
+  const int sm_reserve = static_cast<int>(state.range(2));
   const DType dt = bench_dtype(g_settings);
   const int64_t es = static_cast<int64_t>(dtype_size(dt));
   const int64_t total = bytes / es / P * P;
@@ -122,19 +125,26 @@ void overlap(benchmark::State& state, Kind kind) {
     comm.wait(h);
   };
   double beside = 0;
+  auto reserved_gemms = [&] {
+    g_backend->reserve_sms(sm_reserve);
+    run_gemms();
+    g_backend->reserve_sms(0);
+  };
   auto together = [&] {
     const auto a = g_backend->mark();
     CommHandle h = start();
-    run_gemms();
+    reserved_gemms();
     const auto m = g_backend->mark();
     comm.wait(h);
     beside = g_backend->seconds_between(a, m);
   };
   alone();
   run_gemms();
+  reserved_gemms();
   together();
   constexpr int kRuns = 5;
   const double coll_alone = median_seconds(alone, kRuns), gemms_alone = median_seconds(run_gemms, kRuns);
+  const double gemms_reserved_alone = median_seconds(reserved_gemms, kRuns);
   std::vector<double> beside_runs, together_runs;
   for (auto _ : state) {
     const double t = timed(together);
@@ -149,6 +159,7 @@ void overlap(benchmark::State& state, Kind kind) {
   state.counters["size_bytes"] = static_cast<double>(total * es);
   state.counters["coll_alone_us"] = coll_alone * 1e6;
   state.counters["gemms_alone_us"] = gemms_alone * 1e6;
+  state.counters["gemms_reserved_alone_us"] = gemms_reserved_alone * 1e6;
   state.counters["gemms_beside_us"] = gemms_beside * 1e6;
   state.counters["together_us"] = both * 1e6;
   state.counters["hidden"] = (coll_alone + gemms_alone - both) / std::min(coll_alone, gemms_alone);
@@ -170,11 +181,15 @@ void register_all() {
                                                                  {"overlap_reduce_scatter", kReduceScatter}};
   for (const auto& [name, kind] : overlapped) {
     auto* b = benchmark::RegisterBenchmark(name, [kind = kind](benchmark::State& s) { overlap(s, kind); });
-    b->ArgNames({"bytes", "gemms"})->UseManualTime()->Iterations(kIterations)->Unit(benchmark::kMicrosecond);
+    b->ArgNames({"bytes", "gemms", "sm_reserve"})->UseManualTime()->Iterations(kIterations)->Unit(benchmark::kMicrosecond);
     const std::vector<int64_t> sizes = g_settings.large ? std::vector<int64_t>{int64_t{1} << 25, int64_t{1} << 26, int64_t{1} << 27}
                                                         : std::vector<int64_t>{int64_t{1} << 20};
+    // With --large also the GEMMs planned for fewer SMs (the CUDA backend's; others ignore it).
+    const std::vector<int64_t> reserves = g_settings.large ? std::vector<int64_t>{0, 8, 16, 24, 32, 48}
+                                                           : std::vector<int64_t>{0};
     for (int64_t size : sizes)
-      for (int64_t gemms : {1, 2, 4, 8}) b->Args({size, gemms});
+      for (int64_t gemms : {1, 2, 4, 8})
+        for (int64_t reserve : reserves) b->Args({size, gemms, reserve});
   }
 }
 

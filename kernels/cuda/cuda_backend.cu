@@ -157,6 +157,11 @@ class CudaBackend final : public Backend {
   void gemm(const GemmArgs& args) override {
     if (!gemm_->run(args, stream_)) gemm_in_passes(*this, args);
   }
+  void reserve_sms(int sms) override {
+    LSS_CHECK(sms >= 0 && sms < num_sms_, "reserve_sms: " + std::to_string(sms) + " of the device's " +
+                                              std::to_string(num_sms_) + " SMs");
+    gemm_->set_sm_target(sms > 0 ? num_sms_ - sms : 0);
+  }
   void axpy(View y, View x, double alpha) override { cuda::axpy(ctx(), y, x, alpha); }
   void add(View out, View a, View b) override { cuda::add(ctx(), out, a, b); }
   void bias_grad(View db, View dy, int64_t rows, int64_t n) override {

@@ -45,6 +45,7 @@ struct Key {
   DType dtype, c_dtype;
   bool trans_a, trans_b, bias, beta_zero;
   GemmEpilogue epilogue;
+  int32_t sm_target;
   uint32_t align_a, align_b, align_c, align_bias, align_aux;
   bool operator==(const Key&) const = default;
 };
@@ -56,7 +57,8 @@ struct KeyHash {
     for (int64_t v : {k.m, k.n, k.k, k.lda, k.ldb, k.ldc}) mix(static_cast<uint64_t>(v));
     mix(static_cast<uint64_t>(k.dtype) | static_cast<uint64_t>(k.c_dtype) << 8 |
         uint64_t{k.trans_a} << 16 | uint64_t{k.trans_b} << 17 | uint64_t{k.bias} << 18 |
-        uint64_t{k.beta_zero} << 19 | static_cast<uint64_t>(k.epilogue) << 20);
+        uint64_t{k.beta_zero} << 19 | static_cast<uint64_t>(k.epilogue) << 20 |
+        static_cast<uint64_t>(static_cast<uint32_t>(k.sm_target)) << 24);
     for (uint32_t v : {k.align_a, k.align_b, k.align_c, k.align_bias, k.align_aux}) mix(v);
     return static_cast<size_t>(h);
   }
@@ -121,6 +123,7 @@ struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;  // kWorkspaceBytes
   std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash> plans;
+  int32_t sm_target = 0;  // set_sm_target
 
   // Builds the descriptors of g's shape and asks the heuristic for the best algorithm; with a
   // bias, falls back to a plain matmul when no algorithm takes the bias epilogue.
@@ -129,6 +132,7 @@ struct Gemm::Impl {
     LSS_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
     set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+    if (key.sm_target > 0) set_desc(p->desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, key.sm_target);
     const auto u = [](int64_t x) { return static_cast<uint64_t>(x); };
     // Our B stored row-major (trans_b ? n x k : k x n) is column-major (trans_b ? k x n : n x k).
     LSS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a_layout, cuda_type(g.dtype),
@@ -219,6 +223,11 @@ Gemm::~Gemm() {
   if (impl_->handle) LSS_CUBLAS_CHECK(cublasLtDestroy(impl_->handle));
 }
 
+void Gemm::set_sm_target(int sms) {
+  LSS_CHECK(sms >= 0, "gemm: SM count target " + std::to_string(sms) + " < 0");
+  impl_->sm_target = static_cast<int32_t>(sms);
+}
+
 bool Gemm::run(const GemmArgs& g, cudaStream_t stream) {
   check_args(g);
   check_gemm_extras(g);
@@ -246,6 +255,7 @@ bool Gemm::run(const GemmArgs& g, cudaStream_t stream) {
                 g.bias != nullptr,
                 g.beta == 0.0,
                 g.epilogue,
+                impl_->sm_target,
                 alignment(g.a),
                 alignment(g.b),
                 std::min(alignment(g.c), alignment(g.c_in)),

@@ -24,6 +24,11 @@ class Gemm {
   // calls of one Gemm must be ordered on one stream. Throws UsageError for fp64 and for dtype
   // combinations other than the three above.
   bool run(const GemmArgs& args, cudaStream_t stream);
+  // The SMs the calls after this may plan for (cuBLASLt's SM count target: a persistent kernel
+  // then launches that many CTAs, not one per SM of the device); 0: every SM. For GEMMs that run
+  // beside a collective whose kernels hold some SMs, so that no CTA waits for one of them.
+  void set_sm_target(int sms);
+
 
  private:
   struct Impl;

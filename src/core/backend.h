@@ -223,6 +223,9 @@ class Backend {
 
   // ---- dense algebra ----
   virtual void gemm(const GemmArgs& args) = 0;
+  // GEMMs enqueued after this plan for the device's SMs less `sms`, which a collective running
+  // beside them holds (0: every SM). A backend without such a choice ignores it.
+  virtual void reserve_sms(int sms) { (void)sms; }
   // y (n) += alpha * x (n)
   virtual void axpy(View y, View x, double alpha) = 0;
   // out (n) = a (n) + b (n); out may alias a or b
