@@ -56,29 +56,29 @@ ok = ok and abs(max(b["per_rank_ms"]) - b["bound_ms"]) <= 1e-9 * b["bound_ms"] a
 ok = ok and abs(r0["gemm_tflops_at_step_shapes"] - r0["gemm_flops"] / r0["gemm_ms"] / 1e9) <= 1e-9 * r0["gemm_tflops_at_step_shapes"]
 ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])
 ok = ok and (r["grid"]["world"] == 1 or len(r0["comm"]) > 0)
-# Each collective's exposed time is what the time beside it leaves. The optimizer steps parameters
-# beside the last gradient buckets' all-reduces (README, analytic bound): with one data replica
-# beside layer 0's and the embeddings' sequence-group sums; with several beside layer 0's
-# sequence-group sum, layer 1's data-group sums (these runs have 2 layers) and the embeddings'
-# data-group sums, while layer 0's data-group sums run beside nothing. With
-# --distributed-optimizer a bucket's sequence-group sum is a reduce-scatter (and an all-reduce of
-# the remainder P does not divide).
+# Each collective's exposed time is what the time beside it leaves. A layer's gradients are two
+# buckets, "<l>.attn" and "<l>.mlp". The optimizer steps parameters beside the last gradient
+# buckets' all-reduces (README, analytic bound): with one data replica beside layer 0's attention
+# half's and the embeddings' sequence-group sums; with several beside layer 0's attention half's
+# sequence-group sum and the data-group sums of layer 1's attention half (started when backward
+# ends: these runs have 2 layers), layer 0's attention half and the embeddings, while layer 0's
+# MLP half's data-group sums run beside nothing. With --distributed-optimizer a bucket's
+# sequence-group sum is a reduce-scatter (and an all-reduce of the remainder P does not divide).
 replicas = r["grid"]["dp"] > 1
 seq_sums = lambda k: {"gradient all-reduce, bucket " + k, "gradient reduce-scatter, bucket " + k,
                       "gradient all-reduce, bucket " + k + ", the remainder P does not divide"}
-beside = seq_sums("0") | (
-    {"gradient all-reduce (data group), bucket 1, sequence-reduced",
-     "gradient all-reduce (data group), bucket 1, the rest",
-     "gradient all-reduce (data group), bucket embed, sequence-reduced",
-     "gradient all-reduce (data group), bucket embed, the rest"} if replicas else seq_sums("embed"))
+data_sums = lambda k: {"gradient all-reduce (data group), bucket " + k + ", sequence-reduced",
+                       "gradient all-reduce (data group), bucket " + k + ", the rest"}
+beside = seq_sums("0.attn") | (
+    data_sums("1.attn") | data_sums("0.attn") | data_sums("embed") if replicas else seq_sums("embed"))
 # The distributed optimizer's parameter all-gathers: one per bucket, GEMMs beside all but the
-# embeddings' and layer 0's.
+# embeddings' and layer 0's attention half's.
 sharded = c["strategy_options"].get("distributed_optimizer", False) and r["grid"]["sp"] > 1
 gathers = {x["what"]: x for x in r0["comm"] if x["what"].startswith("parameter all-gather")}
-ok = ok and (len(gathers) == L + 2 if sharded else not gathers)
+ok = ok and (len(gathers) == 2 * L + 2 if sharded else not gathers)
 for k, x in gathers.items():
-    ok = ok and (x["hidden_by_ms"] == 0) == (k.endswith("bucket embed") or k.endswith("bucket 0"))
-data_group_0 = [x for x in r0["comm"] if x["what"].startswith("gradient all-reduce (data group), bucket 0")]
+    ok = ok and (x["hidden_by_ms"] == 0) == (k.endswith("bucket embed") or k.endswith("bucket 0.attn"))
+data_group_0 = [x for x in r0["comm"] if x["what"].startswith("gradient all-reduce (data group), bucket 0.mlp")]
 ok = ok and (len(data_group_0) > 0) == replicas and all(x["hidden_by_ms"] == 0 for x in data_group_0)
 for x in r0["comm"]:
     ok = ok and abs(x["exposed_ms"] - x["calls"] * max(0.0, x["measured_ms"] - x["hidden_by_ms"])) <= 1e-9 * max(1.0, x["exposed_ms"])

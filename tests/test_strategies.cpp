@@ -109,7 +109,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
       // plus the remainder P does not divide (under P elements per bucket), and the rest.
       ParamStore& store = dist.strategy().params();
       const int64_t seq = store.seq_reduced_numel(), rest = store.numel() - seq;
-      const int64_t buckets = rc.model.L + 2;
+      const int64_t buckets = 2 * rc.model.L + 2;  // head, each layer's two halves, embeddings
       EXPECT_LE(dist.strategy().optimizer_numel(), rest + seq / P + buckets * P) << case_name(c, P, R);
       EXPECT_GE(dist.strategy().optimizer_numel(), rest + seq / P - buckets) << case_name(c, P, R);
     }
@@ -307,9 +307,10 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         if (std::string(strategy) == "lss") {
           // lss: L fused [K|V] all-gathers forward (+L re-gathers in backward unless kept), L fused
           // [dK|dV] reduce-scatters, each of T*Bl*2C elements; all-reduces of every gradient but
-          // the positional rows this rank owns over sp, in L + 2 buckets (head, each layer, token
-          // embedding); all its gradients over dp, in the same buckets plus one for the owned
-          // positional rows (the embeddings' bucket's part not summed over sp).
+          // the positional rows this rank owns over sp, in 2L + 2 buckets (head, each layer's
+          // attention and MLP halves, token embedding); all its gradients over dp, in the same
+          // buckets plus one for the owned positional rows (the embeddings' bucket's part not
+          // summed over sp).
           // The positional tail [T, T_max) belongs to the rank holding the last tokens: P-1, or 0
           // in the zigzag order (its second chunk is the sequence's last).
           const int end_rank = zigzag ? 0 : P - 1;
@@ -318,43 +319,47 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             // With recomputation the recomputed forward gathers again, so kept K/V saves nothing.
             want["sp"] = counts({{CollKind::all_gather, L * (option && !recompute ? 1 : 2), m.T * Bl * 2 * C * es},
                                  {CollKind::reduce_scatter, L, m.T * Bl * 2 * C * es},
-                                 {CollKind::all_reduce, L + 2, 0}});
+                                 {CollKind::all_reduce, 2 * L + 2, 0}});
           if (P > 1 && pipeline)
             // The chunk pipeline gathers each layer's [K|V] in two halves (front chunks, back
             // chunks), of T*Bl*C elements each, in forward and (unless kept) again in backward,
             // and reduce-scatters [dK|dV] in the same two halves.
             want["sp"] = counts({{CollKind::all_gather, (option ? 2 : 4) * L, m.T * Bl * C * es},
                                  {CollKind::reduce_scatter, 2 * L, m.T * Bl * C * es},
-                                 {CollKind::all_reduce, L + 2, 0}});
+                                 {CollKind::all_reduce, 2 * L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C) * es;
-          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, L + 3, 0}});
+          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 2 * L + 3, 0}});
           if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C + own_wpe) * es;
         } else {
           // megatron_sp: per layer 2 all-gathers + 2 reduce-scatters forward, the same backward, plus
           // 2 re-gathers of LN outputs when regather_ln; each of T*Bl*C elements. Replicated
           // gradients (embeddings, LayerNorms, row-parallel biases, LM head) all-reduced over sp in
-          // L + 2 buckets (head, each layer, embeddings); over dp the same buckets, plus one per
-          // layer for its sharded weights.
+          // 2L + 2 buckets (head, each layer's attention and MLP halves, embeddings); over dp the
+          // same buckets, plus one per layer half for its sharded weights.
           const int64_t replicated = 2 * m.V * C + m.T_max * C + L * (4 * C + 2 * C) + 2 * C;
           const int64_t sharded = L * (12 * C * C + 7 * C) / P;
           if (P > 1)
             // Recomputation runs each block's forward again (2 + 2 more) and keeps its LN gathers.
             want["sp"] = counts({{CollKind::all_gather, L * (recompute || option ? 6 : 4), m.T * Bl * C * es},
                                  {CollKind::reduce_scatter, L * (recompute ? 6 : 4), m.T * Bl * C * es},
-                                 {CollKind::all_reduce, L + 2, 0}});
+                                 {CollKind::all_reduce, 2 * L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es;
-          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 2 * L + 2, 0}});
+          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 4 * L + 2, 0}});
           if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (replicated + sharded) * es;
         }
         // The distributed optimizer replaces each bucket's all-reduce of n replicated gradient
         // elements by a reduce-scatter of P*floor(n/P), an all-reduce of the n mod P left and the
         // forward's all-gather of P*floor(n/P) parameters; the data group then sums floor(n/P) +
-        // (n mod P) of them. Buckets: head (ln_f, lm_head), each layer, embeddings (lss: wte;
-        // megatron_sp: wte and wpe); a megatron_sp layer replicates its LayerNorms and two biases.
+        // (n mod P) of them. Buckets: head (ln_f, lm_head), each layer's attention half (ln_1,
+        // attn.*) and MLP half (ln_2, mlp.*), embeddings (lss: wte; megatron_sp: wte and wpe); a
+        // megatron_sp layer half replicates its LayerNorm and the row-parallel bias.
         if (sharded && P > 1) {
           const bool lss = std::string(strategy) == "lss";
           std::vector<int64_t> buckets = {2 * C + m.V * C};
-          for (int64_t l = 0; l < L; ++l) buckets.push_back(lss ? 12 * C * C + 13 * C : 6 * C);
+          for (int64_t l = 0; l < L; ++l) {
+            buckets.push_back(lss ? 4 * C * C + 6 * C : 3 * C);  // attention half
+            buckets.push_back(lss ? 8 * C * C + 7 * C : 3 * C);  // MLP half
+          }
           buckets.push_back(m.V * C + (lss ? 0 : m.T_max * C));
           CommCounts& sp = want["sp"];
           const int ar = static_cast<int>(CollKind::all_reduce), rs = static_cast<int>(CollKind::reduce_scatter),
@@ -377,7 +382,7 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             // range per layer).
             const int end_rank = zigzag ? 0 : P - 1;
             const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
-            dp_calls += lss ? 1 : L;
+            dp_calls += lss ? 1 : 2 * L;
             dp_elements += lss ? own_wpe : L * (12 * C * C + 7 * C) / P;
             want["dp"] = counts({{CollKind::all_reduce, dp_calls, 0}});
             want["dp"].bytes[ar] = dp_elements * es;

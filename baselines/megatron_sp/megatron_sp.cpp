@@ -160,8 +160,9 @@ class MegatronSpStrategy final : public Strategy {
       a.h_out.reset();
       const LayerTensors w = layer_params(store_, l), g = layer_grads(store_, l);
       mlp_backward(w, g, dh.view(), a);
+      mlp_gradients_ready(store_, l);
       attention_backward(w, g, l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(), dh.view(), a);
-      layer_gradients_ready(store_, l);
+      attention_gradients_ready(store_, l);
     }
     be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(ctx_.grid.p * Tl_ * C, Tl_ * C), dh.view(),
                           tokens_.view(), Tl_, Bl_, C);
@@ -188,11 +189,14 @@ class MegatronSpStrategy final : public Strategy {
 
   // One block from its input h; keep_ln keeps the gathered LayerNorm outputs for backward.
   void block_forward(int64_t l, View h, Layer& a, bool keep_ln) {
-    params_needed(layer_key(l));
-    prefetch_params(layer_key(l + 1));  // the replicated LayerNorms and biases: small
+    // The replicated LayerNorms and biases: small, each half prefetched at the other's start.
+    params_needed(attention_key(l));
+    prefetch_params(mlp_key(l));
     const LayerTensors w = layer_params(store_, l);
     attention_forward(w, h, a, keep_ln);
     a.h_out = ctx_.backend.alloc(ctx_.cfg.dtype, N_ * ctx_.cfg.C);
+    params_needed(mlp_key(l));
+    prefetch_params(attention_key(l + 1));
     mlp_forward(w, a.h_mid.view(), a.h_out.view(), a, keep_ln);
   }
 

@@ -24,10 +24,17 @@ void expect_total(CommModel& model, const std::string& group, int group_size, Co
 }
 
 namespace {
-// The bucket a parameter's gradient belongs to: its layer ("h.<l>."), the embeddings, or the head
-// (final LayerNorm, LM head), in the order backward finishes them: head, layers L-1..0, embed.
+// The bucket a parameter's gradient belongs to: its layer's attention half ("h.<l>.ln_1.*",
+// "h.<l>.attn.*": "<l>.attn") or MLP half ("h.<l>.ln_2.*", "h.<l>.mlp.*": "<l>.mlp"), the
+// embeddings, or the head (final LayerNorm, LM head).
 std::string bucket_key(const std::string& name) {
-  if (name.rfind("h.", 0) == 0) return name.substr(2, name.find('.', 2) - 2);
+  if (name.rfind("h.", 0) == 0) {
+    const size_t dot = name.find('.', 2);
+    const std::string layer = name.substr(2, dot - 2), rest = name.substr(dot + 1);
+    if (rest.rfind("ln_1.", 0) == 0 || rest.rfind("attn.", 0) == 0) return layer + ".attn";
+    if (rest.rfind("ln_2.", 0) == 0 || rest.rfind("mlp.", 0) == 0) return layer + ".mlp";
+    LSS_CHECK(false, "gradient buckets: parameter '" + name + "' is in neither half of its layer");
+  }
   if (name == "wte" || name == "wpe") return "embed";
   return "head";
 }
@@ -51,7 +58,10 @@ std::pair<int64_t, int64_t> Strategy::bucket_range(const ParamStore& store, cons
 
 std::vector<std::string> Strategy::bucket_keys() const {
   std::vector<std::string> keys = {"head"};
-  for (int64_t l = ctx_.cfg.L - 1; l >= 0; --l) keys.push_back(std::to_string(l));
+  for (int64_t l = ctx_.cfg.L - 1; l >= 0; --l) {
+    keys.push_back(mlp_key(l));
+    keys.push_back(attention_key(l));
+  }
   keys.push_back("embed");
   return keys;
 }
@@ -149,8 +159,11 @@ void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, doubl
   const int64_t es_param = static_cast<int64_t>(dtype_size(store.all_working().dtype));
   const bool replicas = ctx_.grid.R > 1;
   const int P = ctx_.grid.P;
-  const std::vector<std::string> keys = bucket_keys();  // head, L-1 .. 0, embed
-  const size_t last_layer = keys.size() - 2;           // the index of layer 0's bucket
+  const std::vector<std::string> keys = bucket_keys();  // head, (L-1).mlp, (L-1).attn, ..., 0.mlp, 0.attn, embed
+  const size_t last = keys.size() - 2;                 // layer 0's attention half: backward's last
+  // A layer's GEMMs divide as its weights do: the attention half holds 4C² of the 12C², the MLP 8C².
+  const double attention_flops = block_backward_flops / 3, mlp_flops = block_backward_flops - attention_flops;
+  const auto is_mlp = [](const std::string& k) { return k.ends_with(".mlp"); };
   // The share of the optimizer's elements that optimizer_step steps as the buckets of keys
   // [from, to): with one replica only their sequence-reduced ranges (shards), the rest being
   // ready at once (`ready`, which steps before every bucket).
@@ -165,14 +178,17 @@ void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, doubl
   const double ready = replicas ? 0.0 : static_cast<double>(store.numel() - store.seq_reduced_numel()) / numel;
   for (size_t i = 0; i < keys.size(); ++i) {
     const std::string& key = keys[i];
-    // A bucket's sequence-group sums run beside the next block's backward, but layer 0's and the
-    // embeddings': layer 0's beside the AdamW of every bucket before it (with replicas, of the one
-    // before it: the communication stream first runs that bucket's data-group sums); the
-    // embeddings' beside layer 0's AdamW.
+    // The sequence-group sums run one after another on the communication stream, each layer's two
+    // beside the backward that follows them: each half is priced beside the GEMMs of its own share
+    // of a block (the head's beside layer L-1's MLP half). But layer 0's: its MLP half's beside
+    // layer 0's attention backward only, its attention half's beside the AdamW of every bucket
+    // before it (with replicas, of the last one whose data-group sums started in backward: the
+    // communication stream runs those first); the embeddings' beside layer 0's attention half's AdamW.
     auto hide_seq = [&](BoundModel::Comm& c) {
-      if (i < last_layer) c.hidden_by_flops = block_backward_flops;
-      else if (i == last_layer) c.hidden_by_optimizer_share = replicas ? share(i - 1, i) : ready + share(0, i);
-      else if (!replicas) c.hidden_by_optimizer_share = share(last_layer, last_layer + 1);
+      if (i + 1 < last) c.hidden_by_flops = i == 0 || is_mlp(key) ? mlp_flops : attention_flops;
+      else if (i + 1 == last) c.hidden_by_flops = attention_flops;
+      else if (i == last) c.hidden_by_optimizer_share = replicas ? share(i - 2, i - 1) : ready + share(0, i);
+      else if (!replicas) c.hidden_by_optimizer_share = share(last, last + 1);
     };
     if (P > 1 && !sharded()) {
       const auto [b, e] = bucket_range(store, key);
@@ -189,11 +205,13 @@ void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, doubl
         rs.gradients = true;
         hide_seq(rs);
         m.comm.push_back(rs);
-        // The forward gathers each bucket beside the previous block's forward (prefetched after
-        // that block's own gathers); nothing runs before the embeddings' and layer 0's.
+        // The forward gathers each bucket beside the forward before it reads it: an MLP half beside
+        // its layer's attention, an attention half (and the head) beside the MLP of the layer
+        // before; nothing runs before the embeddings' and layer 0's attention half's.
         BoundModel::Comm ag{"parameter all-gather, bucket " + key, "sp", CollKind::all_gather, P * sh->size * es_param,
                             1};
-        if (i < last_layer) ag.hidden_by_flops = block_backward_flops / 2;
+        if (is_mlp(key)) ag.hidden_by_flops = attention_flops / 2;
+        else if (i < last) ag.hidden_by_flops = mlp_flops / 2;
         m.comm.push_back(ag);
       }
       if (remainder_begin(*sh) < sh->end) {
@@ -208,13 +226,16 @@ void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, doubl
       BoundModel::Comm c{std::string("gradient all-reduce (data group), bucket ") + key +
                              (b < store.seq_reduced_numel() ? ", sequence-reduced" : ", the rest"),
                          "dp", CollKind::all_reduce, (e - b) * es_grad, 1};
-      // Started when the next layer's bucket is ready: the backward of the block after that runs
-      // beside it; the one started at layer 0's readiness runs beside the optimizer's steps of
-      // the buckets before it; layer 0's starts in the optimizer step with nothing beside it,
-      // the embeddings' beside layer 0's AdamW.
-      if (i + 2 <= last_layer) c.hidden_by_flops = block_backward_flops;
-      else if (i + 1 == last_layer) c.hidden_by_optimizer_share = share(0, i);
-      else if (i == last_layer + 1) c.hidden_by_optimizer_share = share(last_layer, last_layer + 1);
+      // Started when the bucket after the next is ready (the next has had a half block for its
+      // own sums), beside the backward from there, priced as the sequence group's; the ones
+      // started when layer 0's attention half is ready beside the optimizer's steps of the buckets
+      // before them; layer 0's MLP half's starts in the optimizer step with nothing beside it,
+      // layer 0's attention half's beside its MLP half's AdamW, the embeddings' beside layer 0's
+      // attention half's.
+      if (i + 3 <= last) c.hidden_by_flops = i == 0 || is_mlp(key) ? mlp_flops : attention_flops;
+      else if (i + 2 == last) c.hidden_by_optimizer_share = share(0, i);
+      else if (i == last) c.hidden_by_optimizer_share = share(i - 1, i);
+      else if (i == last + 1) c.hidden_by_optimizer_share = share(last, last + 1);
       m.comm.push_back(c);
     }
   }
@@ -351,11 +372,18 @@ void Strategy::head_gradients_ready(ParamStore& store) {
   start_bucket(store, "head");
 }
 
-void Strategy::layer_gradients_ready(ParamStore& store, int64_t l) {
-  // The buckets before this one have had a block's backward to finish their sequence-group sums:
-  // their data-group sums start now, behind them on the communication stream.
-  for (Bucket& b : buckets_in_flight_) start_data(store, b);
-  start_bucket(store, std::to_string(l));
+void Strategy::mlp_gradients_ready(ParamStore& store, int64_t l) { half_gradients_ready(store, mlp_key(l)); }
+
+void Strategy::attention_gradients_ready(ParamStore& store, int64_t l) {
+  half_gradients_ready(store, attention_key(l));
+}
+
+void Strategy::half_gradients_ready(ParamStore& store, const std::string& key) {
+  // The buckets before the last one started have had a block's backward (two halves) to finish
+  // their sequence-group sums: their data-group sums start now, behind them on the communication
+  // stream (the last one's, started half a block ago, would stall the compute stream on its wait).
+  for (size_t i = 0; i + 1 < buckets_in_flight_.size(); ++i) start_data(store, buckets_in_flight_[i]);
+  start_bucket(store, key);
 }
 
 void Strategy::reduce_gradients(ParamStore& store) {

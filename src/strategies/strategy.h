@@ -123,28 +123,36 @@ class Strategy {
   // group, then the whole gradient over the data group. With --distributed-optimizer the
   // sequence group's sum is a reduce-scatter into each rank's shard of the bucket (1/P of it, an
   // all-reduce for the few elements P does not divide), and the data group sums the shard. With the loss normalised by all B*T
-  // predicted tokens, these sums are the serial gradient. Both go in buckets (head, each layer,
-  // embeddings) as backward produces them: call head_gradients_ready after the head's backward,
-  // layer_gradients_ready(l) after block l's, and reduce_gradients at the end (embeddings). A
-  // bucket's sequence-group all-reduce starts at once; its data-group all-reduces (of its
-  // sequence-reduced range and of the rest) start when the next layer's bucket is ready, after a
-  // wait for the sequence group's sum that a block's backward has had time to finish. With
-  // --overlap all of them run beside the rest of backward, and the last ones beside the
-  // optimizer step (optimizer_step); with --no-overlap each is waited for at once.
+  // predicted tokens, these sums are the serial gradient. Both go in buckets (head, each layer's
+  // MLP half and attention half, embeddings) as backward produces them: call head_gradients_ready
+  // after the head's backward, mlp_gradients_ready(l) after block l's MLP backward,
+  // attention_gradients_ready(l) after its attention backward, and reduce_gradients at the end
+  // (embeddings). Halves, so that layer 0's MLP sum runs beside layer 0's attention backward and
+  // layer 0's MLP gather beside its attention forward: at either end of the step only a third of
+  // a layer's parameters travels with nothing beside it. A bucket's sequence-group sum starts at
+  // once; its data-group all-reduces (of its sequence-reduced range and of the rest) start when
+  // the bucket after the next is ready, after a wait for the sequence group's sum that a block's
+  // backward has had time to finish. With --overlap all of them run beside the rest of backward,
+  // and the last ones beside the optimizer step (optimizer_step); with --no-overlap each is
+  // waited for at once.
   void head_gradients_ready(ParamStore& store);
-  void layer_gradients_ready(ParamStore& store, int64_t l);
+  void mlp_gradients_ready(ParamStore& store, int64_t l);
+  void attention_gradients_ready(ParamStore& store, int64_t l);
   void reduce_gradients(ParamStore& store);
   // --distributed-optimizer: the forward calls params_needed(key) before it reads a bucket's
-  // parameters ("embed", the layer index, "head"), which starts the bucket's all-gather of its
+  // parameters ("embed", attention_key(l), mlp_key(l), "head"), which starts the bucket's all-gather of its
   // updated shards unless under way and waits for it; prefetch_params(key) starts it early, beside
   // compute. Each bucket is gathered once per step, in the forward (the first forward's too).
   // Nothing without the option.
   void params_needed(const std::string& key);
   void prefetch_params(const std::string& key);
-  // The bucket key of layer l's parameters; "head" for l == L (the next after the last layer).
-  std::string layer_key(int64_t l) const { return l < ctx_.cfg.L ? std::to_string(l) : "head"; }
+  // The bucket keys of layer l's attention half (LN1 and attention; "head" for l == L, the next
+  // after the last layer) and MLP half (LN2 and MLP).
+  std::string attention_key(int64_t l) const { return l < ctx_.cfg.L ? std::to_string(l) + ".attn" : "head"; }
+  std::string mlp_key(int64_t l) const { return std::to_string(l) + ".mlp"; }
   // The gradient reductions and parameter gathers of a step, as the README's formulas count them
-  // (for expected_comm): over the sequence group one all-reduce per bucket with sequence-reduced
+  // (for expected_comm): over the sequence group one all-reduce per bucket (head, each layer's two
+  // halves, embeddings) with sequence-reduced
   // gradients, or with --distributed-optimizer a reduce-scatter, an all-reduce of the remainder
   // P does not divide and the parameters' all-gather; over the data group, per bucket, one
   // all-reduce of each range this rank steps.
@@ -154,14 +162,15 @@ class Strategy {
   void plan_shards();
   // --distributed-optimizer in effect: asked for, and a sequence group to shard over.
   bool sharded() const { return ctx_.opts.distributed_optimizer && ctx_.grid.P > 1; }
-  // The gradient all-reduces of the bound model, as the schedule above runs them: a bucket's
-  // sequence-group all-reduce beside the next block's backward (`block_backward_flops` of GEMMs),
-  // except layer 0's and the embeddings'; its data-group ones beside the backward of the block
-  // after that; the rest beside the optimizer's steps before their waits (README, analytic
-  // bound). (The harness prices every collective as exposed under --no-overlap.)
+  // The gradient all-reduces of the bound model, as the schedule above runs them: a layer's two
+  // sequence-group all-reduces beside the next block's backward (`block_backward_flops` of GEMMs,
+  // each half priced beside its own share: a third for the attention half, two for the MLP),
+  // except layer 0's and the embeddings'; their data-group ones likewise, a half block later;
+  // the rest beside the optimizer's steps before their waits (README, analytic bound). (The
+  // harness prices every collective as exposed under --no-overlap.)
   // With --distributed-optimizer the reduce-scatters take the all-reduces' places and the
-  // parameters' all-gathers run beside the previous block's forward (half `block_backward_flops`),
-  // but embeddings' and layer 0's, which nothing precedes.
+  // parameters' all-gathers run beside the forward of the half before (its GEMMs: half its
+  // backward's), but the embeddings' and layer 0's attention half's, which nothing precedes.
   void add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const;
   // The shape of an attention call for the bound model.
   AttentionArgs attention_shape(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t q_offset) const;
@@ -204,6 +213,9 @@ class Strategy {
     if (!ctx_.opts.overlap) comm.wait(h);
   }
   void start_bucket(ParamStore& store, const std::string& key);
+  // A layer half's gradients are complete: the data-group sums of the buckets before the last
+  // one started, then this bucket's sequence-group sum.
+  void half_gradients_ready(ParamStore& store, const std::string& key);
   // --distributed-optimizer: a bucket's sequence-reduced range [begin, end) of the flat buffers,
   // cut into P shards of `size` elements, rank p's at begin + p*size, and the remainder
   // [begin + P*size, end) that every rank sums and steps whole.

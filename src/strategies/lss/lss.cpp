@@ -220,7 +220,7 @@ class LssStrategy final : public Strategy {
     upload_batch(step, ctx_.grid.r * Bl_, Bl_, segments_, tokens_, targets_);
     resid0_ = be.alloc(cfg.dtype, N * C);
     params_needed("embed");
-    prefetch_params(layer_key(0));  // beside the embedding: nothing comes before it
+    prefetch_params(attention_key(0));  // beside the embedding: nothing comes before it
     be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"), store_.param("wpe").slice(0, Tl_ * C),
                          Tl_, Bl_, C);
     layers_.resize(cfg.L);
@@ -248,6 +248,7 @@ class LssStrategy final : public Strategy {
     head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(),
                   head_, N);
     head_gradients_ready(store_);
+    Regather regather;
     for (int64_t l = cfg.L - 1; l >= 0; --l) {
       Layer& a = layers_[l];
       const View h_in = l == 0 ? resid0_.view() : layers_[l - 1].h_out.view();
@@ -259,25 +260,17 @@ class LssStrategy final : public Strategy {
       }
       a.h_out.reset();
       // The re-gather of [K|V] runs while the MLP's backward computes (--chunk-pipeline: in
-      // halves, into the forward's layout).
-      PendingCollective regather;
-      const bool wave_regather = wave_backward() && !a.kv_wave;
-      if (wave_regather) {
-        a.kv_wave = be.alloc_symmetric(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (T*Bl, 2C) [back | front]
-        start_wave_gather(a, 0);
-        start_wave_gather(a, 1);
-      } else if (!wave_backward() && !a.kv_full) {
-        regather = start_gather_kv(a);
-      }
+      // halves, into the forward's layout); the layer after this one started it already.
+      if (l == cfg.L - 1 || ctx_.opts.recompute) regather = start_regather(a);
       mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
-      if (wave_regather) {
-        wait_seq(a.wave_gather[0]);
-        wait_seq(a.wave_gather[1]);
-      } else if (!wave_backward() && !a.kv_full) {
-        a.kv_full = finish_gather_kv(regather);
-      }
+      // The MLP half's sum runs beside the attention's backward, ahead of the dK/dV reduce-scatter.
+      mlp_gradients_ready(store_, l);
+      finish_regather(a, regather);
       attention_backward(layer_params(store_, l), layer_grads(store_, l), h_in, dh.view(), a);
-      layer_gradients_ready(store_, l);
+      // The next layer's re-gather goes ahead of this layer's attention-half sum on the
+      // communication stream: the MLP backward before its wait is the shorter wait.
+      if (l > 0 && !ctx_.opts.recompute) regather = start_regather(layers_[l - 1]);
+      attention_gradients_ready(store_, l);
     }
     be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(0, Tl_ * C), dh.view(), tokens_.view(), Tl_,
                           Bl_, C);
@@ -309,13 +302,44 @@ class LssStrategy final : public Strategy {
   };
 
   // One transformer block from its input h: attention and MLP sub-blocks, saving what backward
-  // needs in `a` (the gathered [K|V] too when keep_kv).
+  // needs in `a` (the gathered [K|V] too when keep_kv). The MLP half's parameters travel behind
+  // the K/V gather, the next layer's attention half's beside this MLP.
   void block_forward(int64_t l, View h, Layer& a, bool keep_kv = false) {
-    params_needed(layer_key(l));
+    params_needed(attention_key(l));
     const LayerTensors w = layer_params(store_, l);
-    attention_forward(w, h, a, keep_kv || ctx_.opts.keep_kv, layer_key(l + 1));
+    attention_forward(w, h, a, keep_kv || ctx_.opts.keep_kv, mlp_key(l));
     a.h_out = ctx_.backend.alloc(ctx_.cfg.dtype, N_ * ctx_.cfg.C);
+    params_needed(mlp_key(l));
+    prefetch_params(attention_key(l + 1));
     mlp_forward(ctx_.backend, ctx_.cfg, w, a.h_mid.view(), a.h_out.view(), a.mlp, N_);
+  }
+
+  // Backward's re-gather of a layer's [K|V] in flight: rank-major, or (wave) in the pipeline's two
+  // halves into kv_wave; none where the layer kept its gather.
+  struct Regather {
+    bool wave = false;
+    PendingCollective pending;
+  };
+  Regather start_regather(Layer& a) {
+    Regather r;
+    if (wave_backward() && !a.kv_wave) {
+      r.wave = true;
+      a.kv_wave = ctx_.backend.alloc_symmetric(ctx_.cfg.dtype, ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C);  // (T*Bl, 2C) [back | front]
+      start_wave_gather(a, 0);
+      start_wave_gather(a, 1);
+    } else if (!wave_backward() && !a.kv_full) {
+      r.pending = start_gather_kv(a);
+    }
+    return r;
+  }
+  void finish_regather(Layer& a, Regather& r) {
+    if (r.wave) {
+      wait_seq(a.wave_gather[0]);
+      wait_seq(a.wave_gather[1]);
+    } else if (!wave_backward() && !a.kv_full) {
+      a.kv_full = finish_gather_kv(r.pending);
+    }
+    r = Regather{};
   }
 
   // The c_attn weight (3C, C) holds Q rows, then K and V rows: K and V together are one
@@ -471,7 +495,7 @@ class LssStrategy final : public Strategy {
     const int64_t C = cfg.C;
     const DType st = stat_dtype(cfg.dtype);
     Layer& a = layers_[l];
-    if (s == 0) params_needed(layer_key(l));
+    if (s == 0) params_needed(attention_key(l));
     const LayerTensors w = layer_params(store_, l);
     if (s == 0) {
       allocate_projections(a);
@@ -489,9 +513,9 @@ class LssStrategy final : public Strategy {
                          w.ln1_w, w.ln1_b, n, C, cfg.ln_eps);
     linear_forward(be, kv, ln, wkv(w.attn_w), bkv(w.attn_b), n, C, 2 * C);
     start_wave_gather(a, s);
-    // The next layer's parameters travel behind the front chunks' gather, beside the back chunk
-    // of the layer before and this layer's work.
-    if (s == 0) prefetch_params(layer_key(l + 1));
+    // This layer's MLP half's parameters travel behind the front chunks' gather, the next layer's
+    // attention half's behind the back chunks', each beside the other chunk's work.
+    prefetch_params(s == 0 ? mlp_key(l) : attention_key(l + 1));
     linear_forward(be, a.q.view().slice(r * C, n * C), ln, wq(w.attn_w), bq(w.attn_b), n, C, C);
     be.attention_forward(diagonal_args(a, a.kv_local, seg, row0, row0));
   }
@@ -522,6 +546,7 @@ class LssStrategy final : public Strategy {
     const View h = block_input(l).slice(r * C, n * C);
     linear_forward(be, a.h_mid.view().slice(r * C, n * C), a.attn_out.view().slice(r * C, n * C), w.proj_w, w.proj_b,
                    n, C, C, h);
+    params_needed(mlp_key(l));
     mlp_forward_rows(be, cfg, w, a.h_mid.view(), a.h_out.view(), a.mlp, r, n);
     if (s == 0) return;
     if (ctx_.opts.recompute) {
