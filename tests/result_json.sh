@@ -58,8 +58,8 @@ ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]
 ok = ok and (r["grid"]["world"] == 1 or len(r0["comm"]) > 0)
 # Each collective's exposed time is what the time beside it leaves. A layer's gradients are two
 # buckets, "<l>.attn" and "<l>.mlp". The optimizer steps parameters beside the last gradient
-# buckets' all-reduces (README, analytic bound): with one data replica beside layer 0's attention
-# half's and the embeddings' sequence-group sums; with several beside layer 0's attention half's
+# buckets' all-reduces (README, analytic bound): with one data replica beside layer 0's two
+# halves' and the embeddings' sequence-group sums; with several beside layer 0's attention half's
 # sequence-group sum and the data-group sums of layer 1's attention half (started when backward
 # ends: these runs have 2 layers), layer 0's attention half and the embeddings, while layer 0's
 # MLP half's data-group sums run beside nothing. With --distributed-optimizer a bucket's
@@ -70,7 +70,7 @@ seq_sums = lambda k: {"gradient all-reduce, bucket " + k, "gradient reduce-scatt
 data_sums = lambda k: {"gradient all-reduce (data group), bucket " + k + ", sequence-reduced",
                        "gradient all-reduce (data group), bucket " + k + ", the rest"}
 beside = seq_sums("0.attn") | (
-    data_sums("1.attn") | data_sums("0.attn") | data_sums("embed") if replicas else seq_sums("embed"))
+    data_sums("1.attn") | data_sums("0.attn") | data_sums("embed") if replicas else seq_sums("0.mlp") | seq_sums("embed"))
 # The distributed optimizer's parameter all-gathers: one per bucket, GEMMs beside all but the
 # embeddings' and layer 0's attention half's.
 sharded = c["strategy_options"].get("distributed_optimizer", False) and r["grid"]["sp"] > 1

@@ -181,13 +181,17 @@ void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, doubl
     // The sequence-group sums run one after another on the communication stream, each layer's two
     // beside the backward that follows them: each half is priced beside the GEMMs of its own share
     // of a block (the head's beside layer L-1's MLP half). But layer 0's: its MLP half's beside
-    // layer 0's attention backward only, its attention half's beside the AdamW of every bucket
-    // before it (with replicas, of the last one whose data-group sums started in backward: the
-    // communication stream runs those first); the embeddings' beside layer 0's attention half's AdamW.
+    // layer 0's attention backward and then (one replica) the AdamW of every bucket before it,
+    // its attention half's beside that AdamW only (with replicas, beside the AdamW of the last
+    // bucket whose data-group sums started in backward: the communication stream runs those
+    // first); the embeddings' beside layer 0's attention half's AdamW.
     auto hide_seq = [&](BoundModel::Comm& c) {
-      if (i + 1 < last) c.hidden_by_flops = i == 0 || is_mlp(key) ? mlp_flops : attention_flops;
-      else if (i + 1 == last) c.hidden_by_flops = attention_flops;
-      else if (i == last) c.hidden_by_optimizer_share = replicas ? share(i - 2, i - 1) : ready + share(0, i);
+      if (i + 1 < last) {
+        c.hidden_by_flops = i == 0 || is_mlp(key) ? mlp_flops : attention_flops;
+      } else if (i + 1 == last) {
+        c.hidden_by_flops = attention_flops;
+        if (!replicas) c.hidden_by_optimizer_share = ready + share(0, i);
+      } else if (i == last) c.hidden_by_optimizer_share = replicas ? share(i - 2, i - 1) : ready + share(0, i);
       else if (!replicas) c.hidden_by_optimizer_share = share(last, last + 1);
     };
     if (P > 1 && !sharded()) {
