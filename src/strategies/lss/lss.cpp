@@ -263,12 +263,15 @@ class LssStrategy final : public Strategy {
       // halves, into the forward's layout); the layer after this one started it already.
       if (l == cfg.L - 1 || ctx_.opts.recompute) regather = start_regather(a);
       mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
-      // The MLP half's sum runs beside the attention's backward, ahead of the dK/dV reduce-scatter.
+      // The MLP half's sum runs beside the attention's backward kernels, ahead of the dK/dV
+      // reduce-scatter (behind it, beside the next MLP's GEMMs, the step at T = 16K on 4 GPUs was
+      // 2.4-3.4% slower: PERFORMANCE.md, twelfth session).
       mlp_gradients_ready(store_, l);
       finish_regather(a, regather);
       attention_backward(layer_params(store_, l), layer_grads(store_, l), h_in, dh.view(), a);
       // The next layer's re-gather goes ahead of this layer's attention-half sum on the
-      // communication stream: the MLP backward before its wait is the shorter wait.
+      // communication stream: it is waited for after one MLP backward, the sum only by the
+      // optimizer step (or the data group's sum a block later).
       if (l > 0 && !ctx_.opts.recompute) regather = start_regather(layers_[l - 1]);
       attention_gradients_ready(store_, l);
     }
