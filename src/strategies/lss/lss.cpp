@@ -317,6 +317,11 @@ class LssStrategy final : public Strategy {
     mlp_forward(ctx_.backend, ctx_.cfg, w, a.h_mid.view(), a.h_out.view(), a.mlp, N_);
   }
 
+  // The pipeline's gathered [K|V] of a layer, forward's or backward's re-gather.
+  Buffer alloc_kv_wave() {
+    return ctx_.backend.alloc_symmetric(ctx_.cfg.dtype, ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C);  // (T*Bl, 2C) [back | front]
+  }
+
   // Backward's re-gather of a layer's [K|V] in flight: rank-major, or (wave) in the pipeline's two
   // halves into kv_wave; none where the layer kept its gather.
   struct Regather {
@@ -327,7 +332,7 @@ class LssStrategy final : public Strategy {
     Regather r;
     if (wave_backward() && !a.kv_wave) {
       r.wave = true;
-      a.kv_wave = ctx_.backend.alloc_symmetric(ctx_.cfg.dtype, ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C);  // (T*Bl, 2C) [back | front]
+      a.kv_wave = alloc_kv_wave();
       start_wave_gather(a, 0);
       start_wave_gather(a, 1);
     } else if (!wave_backward() && !a.kv_full) {
@@ -502,7 +507,7 @@ class LssStrategy final : public Strategy {
     const LayerTensors w = layer_params(store_, l);
     if (s == 0) {
       allocate_projections(a);
-      a.kv_wave = be.alloc_symmetric(cfg.dtype, cfg.T * Bl_ * 2 * C);
+      a.kv_wave = alloc_kv_wave();
       a.attn_out = be.alloc(cfg.dtype, N_ * C);
       a.lse = be.alloc(st, Bl_ * cfg.H * Tl_);
       a.h_mid = be.alloc(cfg.dtype, N_ * C);
