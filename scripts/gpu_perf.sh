@@ -43,7 +43,9 @@
 #             lss zigzag and megatron_sp (LSS_AB_STRATEGIES) on every GPU at T = 8K and 16K per GPU
 #             (LSS_AB_SEQ_PER_GPU, in K), in the order base, new, base, new (the card's clocks drift
 #             over a call); the new build's points carry the bound, the base's are timed only;
-#             LSS_AB_TAG names the points (ab_<tag>_...) so that several A/Bs fit in one call
+#             LSS_AB_TAG names the points (ab_<tag>_...) so that several A/Bs fit in one call;
+#             LSS_AB_ITERS timed steps per run (default 6; more where the power cap's spread hides
+#             a 1% change, as at T = 64K on 4 GPUs)
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way;
 #             LSS_LONG_STRATEGIES (default "lss megatron_sp") picks which
@@ -145,7 +147,7 @@ run_section() {
         for strategy in ${LSS_AB_STRATEGIES:-lss megatron_sp}; do
           for round in 1 2; do
             for side in base new; do
-              local args=(--strategy "$strategy" --sp "$gpus" --seq "$T" --warmup 2 --iters 6)
+              local args=(--strategy "$strategy" --sp "$gpus" --seq "$T" --warmup 2 --iters "${LSS_AB_ITERS:-6}")
               [ "$strategy" = lss ] && args+=(--zigzag)
               exe=$dev/bin/lssbench
               if [ "$side" = base ]; then exe=$LSS_AB_BASE; args+=(--no-bound ${LSS_AB_BASE_ARGS:-}); else args+=(${LSS_AB_NEW_ARGS:-}); fi
