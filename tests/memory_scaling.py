@@ -68,8 +68,8 @@ with tempfile.TemporaryDirectory() as tmp:
     print(f"{'ok  ' if ok else 'FAIL'} lss --recompute at L=4: {peaks['--recompute']} B against "
           f"{peaks['--no-recompute']} B without")
     # The distributed optimizer (lss, P = 4) keeps AdamW moments (m, v; 4 bytes each here) for
-    # its quarter of each bucket the group sums (head 2C + VC, each layer 12C^2 + 13C, token
-    # embedding VC; P divides each here): the parameters, gradients and moments (peak minus
+    # its quarter of each bucket the group sums (head 2C + VC, each layer's attention half
+    # 4C^2 + 6C and MLP half 8C^2 + 7C, token embedding VC; P divides each here): the parameters, gradients and moments (peak minus
     # activations) shrink by exactly 8 * (3/4) of those elements, and the activations do not grow.
     state, activations = {}, {}
     for flag in ("--no-distributed-optimizer", "--distributed-optimizer"):

@@ -344,7 +344,7 @@ class LssStrategy final : public Strategy {
     if (r.wave) {
       wait_seq(a.wave_gather[0]);
       wait_seq(a.wave_gather[1]);
-    } else if (!wave_backward() && !a.kv_full) {
+    } else if (r.pending.out) {
       a.kv_full = finish_gather_kv(r.pending);
     }
     r = Regather{};
