@@ -393,6 +393,17 @@ TEST_F(GemmTest, Fp32) { check_all(DType::f32, DType::f32, kF32Tol); }
 TEST_F(GemmTest, Bf16IntoBf16) { check_all(DType::bf16, DType::bf16, kBf16Tol); }
 TEST_F(GemmTest, Bf16IntoFp32) { check_all(DType::bf16, DType::f32, kMixedGemmTol); }
 
+// GEMMs planned for fewer SMs (Backend::reserve_sms: cuBLASLt's SM count target, bench_collectives'
+// sm_reserve) compute the same products; a reserve outside [0, SMs) is refused.
+TEST_F(GemmTest, PlannedForFewerSms) {
+  gpu->reserve_sms(16);
+  check_all(DType::bf16, DType::bf16, kBf16Tol);
+  check({2048, 2048, 512, false, true, true, 1.0, 0.0, 0, 0}, DType::bf16, DType::bf16, kBf16Tol);  // more tiles than SMs
+  gpu->reserve_sms(0);
+  EXPECT_ANY_THROW(gpu->reserve_sms(-1));
+  EXPECT_ANY_THROW(gpu->reserve_sms(1 << 20));
+}
+
 TEST_F(GemmTest, Fp32IntoBf16IsRejected) {
   Buffer x = gpu->alloc(DType::f32, 16);
   Buffer y = gpu->alloc(DType::bf16, 16);
