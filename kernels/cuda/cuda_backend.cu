@@ -158,8 +158,9 @@ class CudaBackend final : public Backend {
     if (!gemm_->run(args, stream_)) gemm_in_passes(*this, args);
   }
   void reserve_sms(int sms) override {
-    LSS_CHECK(sms >= 0 && sms < num_sms_, "reserve_sms: " + std::to_string(sms) + " of the device's " +
-                                              std::to_string(num_sms_) + " SMs");
+    const std::string range = "[0, " + std::to_string(num_sms_) + ")";
+    LSS_REQUIRE_INPUT(sms >= 0 && sms < num_sms_,
+                      "reserve_sms: " + std::to_string(sms) + " SMs reserved, outside the device's " + range);
     gemm_->set_sm_target(sms > 0 ? num_sms_ - sms : 0);
   }
   void axpy(View y, View x, double alpha) override { cuda::axpy(ctx(), y, x, alpha); }

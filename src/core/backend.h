@@ -224,7 +224,8 @@ class Backend {
   // ---- dense algebra ----
   virtual void gemm(const GemmArgs& args) = 0;
   // GEMMs enqueued after this plan for the device's SMs less `sms`, which a collective running
-  // beside them holds (0: every SM). A backend without such a choice ignores it.
+  // beside them holds (0: every SM); UsageError outside [0, SMs). A backend without such a choice
+  // ignores it.
   virtual void reserve_sms(int sms) { (void)sms; }
   // y (n) += alpha * x (n)
   virtual void axpy(View y, View x, double alpha) = 0;
