@@ -107,6 +107,37 @@ def ok_points(sweeps):
     return [p for s in sweeps for p in s["points"] if p["status"] == "ok"]
 
 
+# What two points must share to be compared across sweeps: ranks, sequence group, model and length.
+MODEL_KEYS = ("layers", "width", "heads", "batch", "dtype", "causal", "seq")
+
+
+def cross_sweep_speedups(sweeps):
+    """The speedup entries (README, Metrics: megatron_sp step time / lss step time, and the memory
+    ratio) of the lss points of each sweep without megatron_sp, an ablation of lss's options, against
+    the megatron_sp points of the other sweeps at the same ranks, sequence group and model (the first
+    sweep given that has one). Named "<lss sweep> vs <megatron_sp sweep>"."""
+    def key(p):
+        return (p["grid"]["world"], p["grid"].get("sp"), tuple(p["config"].get(k) for k in MODEL_KEYS))
+    baseline = {}
+    for p in ok_points(sweeps):
+        if p["strategy"] == "megatron_sp":
+            baseline.setdefault(key(p), p)
+    out = []
+    for s in sweeps:
+        if any(p["strategy"] == "megatron_sp" for p in s["points"]):
+            continue
+        for p in s["points"]:
+            b = baseline.get(key(p)) if p["status"] == "ok" and p["strategy"] == "lss" else None
+            if b is None:
+                continue
+            lss_ms, meg_ms = p["timing"]["median_ms"], b["timing"]["median_ms"]
+            out.append({"world": p["grid"]["world"], "sp": p["grid"].get("sp"), "seq": p["config"]["seq"],
+                        "lss_ms": lss_ms, "megatron_sp_ms": meg_ms, "speedup": meg_ms / lss_ms,
+                        "memory_ratio": b["metrics"]["peak_mem_bytes"] / p["metrics"]["peak_mem_bytes"],
+                        "_sweep": f"{s['name']} vs {b['_sweep']}", "_lss_sweep": s["name"]})
+    return sorted(out, key=lambda e: (e["_sweep"], e["world"], e["seq"]))
+
+
 LINE_STYLES = ["-", "--", ":", "-."]
 
 
@@ -162,7 +193,8 @@ def draw(sweeps, out):
     pts = ok_points(sweeps)
     names = Series(sweeps)
     styles = {names.of(p): names.style(p["_sweep"]) for p in pts}
-    speed = aggregate_entries(sweeps, "speedup_lss_over_megatron_sp")
+    speed = aggregate_entries(sweeps, "speedup_lss_over_megatron_sp") + cross_sweep_speedups(sweeps)
+    names.speedup_sweeps = len({e["_sweep"] for e in speed})
     world = lambda p: p["grid"]["world"]
     seq = lambda p: p["config"]["seq"]
 
@@ -175,10 +207,12 @@ def draw(sweeps, out):
             other = "seq" if key == "world" else "world"
             for e in speed:
                 groups.setdefault((e["_sweep"], e[other]), []).append((e[key], e["speedup"]))
+            lss_sweep = {e["_sweep"]: e.get("_lss_sweep", e["_sweep"]) for e in speed}
             for (sweep, g), xy in sorted(groups.items()):
                 xy.sort()
                 name = (f"{sweep}: " if names.speedup_sweeps > 1 else "") + f"{'T' if other == 'seq' else 'GPUs'}={g}"
-                ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
+                ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name,
+                        ls=names.style(lss_sweep[sweep]))
                 series.append(name)
             ax.axhline(1.0, color="gray", lw=0.8, ls="--")
             ax.set_xlabel(label)
@@ -373,6 +407,15 @@ def write_summary(sweeps, out, charts):
             for e in sp:
                 lines.append(f"| {e['world']} | {e['seq']} | {e['lss_ms']:.2f} | {e['megatron_sp_ms']:.2f} | "
                              f"{e['speedup']:.3f} | {e['memory_ratio']:.3f} |")
+        cross = [e for e in cross_sweep_speedups(sweeps) if e["_lss_sweep"] == s["name"]]
+        if cross:
+            lines += ["", "This sweep's lss against megatron_sp of another sweep (same ranks, model and T; "
+                      "its own run, so its own card and build):", "",
+                      "| against | ranks | T | lss ms | megatron_sp ms | speedup | memory ratio |",
+                      "|---|---|---|---|---|---|---|"]
+            for e in cross:
+                lines.append(f"| {e['_sweep'].split(' vs ', 1)[1]} | {e['world']} | {e['seq']} | {e['lss_ms']:.2f} | "
+                             f"{e['megatron_sp_ms']:.2f} | {e['speedup']:.3f} | {e['memory_ratio']:.3f} |")
         lines.append("")
     lines += ["## Charts", ""] + [f"![{c['title']}]({c['file']})" for c in charts.manifest] + [""]
     with open(os.path.join(out, "SUMMARY.md"), "w") as f:

@@ -105,6 +105,37 @@ with tempfile.TemporaryDirectory() as tmp:
         check(all(m in series for m in must) and "lss" not in series and "lss 4g" not in series,
               f"{name} keeps the two sweeps apart: {must} (has {series})")
 
+    # an ablation: a sweep of lss alone (an option set), drawn with a sweep that has megatron_sp; its
+    # lss points are compared with that sweep's megatron_sp points at the same ranks, model and T
+    full, ablation = os.path.join(tmp, "full"), os.path.join(tmp, "lss-only")
+    shutil.copytree(fixture, full)
+    shutil.copytree(fixture, ablation)
+    meg_ms, lss_ms = {}, {}
+    for f in glob.glob(os.path.join(ablation, "points", "*.json")):
+        r0 = json.load(open(f))
+        if r0["strategy"] != "lss":
+            if r0["strategy"] == "megatron_sp" and r0["status"] == "ok":
+                meg_ms[r0["grid"]["world"]] = r0["timing"]["median_ms"]
+            os.remove(f)
+            continue
+        r0["timing"]["median_ms"] *= 0.8
+        lss_ms[r0["grid"]["world"]] = r0["timing"]["median_ms"]
+        json.dump(r0, open(f, "w"))
+    for f in glob.glob(os.path.join(ablation, "aggregate-*.json")):
+        a0 = json.load(open(f))
+        a0["speedup_lss_over_megatron_sp"] = []
+        json.dump(a0, open(f, "w"))
+    out5 = os.path.join(tmp, "charts-ablation")
+    r = run(full, ablation, "--out", out5)
+    check(r.returncode == 0, f"draws an lss-only sweep with a full one (exit {r.returncode}) {r.stderr.strip()}")
+    m5 = {c["file"]: c for c in (json.load(open(os.path.join(out5, "charts.json")))["charts"] if r.returncode == 0 else [])}
+    series = m5.get("speedup.png", {}).get("series", [])
+    check("lss-only vs full: GPUs=4" in series and "full: GPUs=4" in series,
+          f"speedup.png has the ablation's lss against the other sweep's megatron_sp (has {series})")
+    summary5 = open(os.path.join(out5, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    want = f"| full | 4 | 256 | {lss_ms[4]:.2f} | {meg_ms[4]:.2f} | {meg_ms[4] / lss_ms[4]:.3f} |"
+    check(want in summary5, f"SUMMARY.md gives the ablation's speedup, megatron_sp ms / lss ms: {want}")
+
     # malformed and missing input: an error naming the file, exit 2
     broken = os.path.join(tmp, "broken")
     shutil.copytree(fixture, broken)
