@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "app/session.h"
+#include "comm/mpi_communicator.h"
 
 using namespace lss;
 
@@ -221,8 +222,8 @@ CommCounts counts(std::initializer_list<std::tuple<CollKind, int64_t, int64_t>> 
 }
 
 // The analytic bound's model of lss's own passes per layer (README, Metrics: analytic bound),
-// written out again: zigzag puts every gathered [K|V] into token order and [dK|dV] back into rank
-// order (T*Bl*2C elements each); backward zeroes the [dK|dV] rows no segment sees and adds a
+// written out again: zigzag's gathers land [K|V] in token order (the MPI communicator places a
+// gather's pieces), and [dK|dV] is put back into rank order (T*Bl*2C elements); backward zeroes the [dK|dV] rows no segment sees and adds a
 // second segment's prefix; the split blocks merge one preceding block per segment that has keys
 // before it, add its dQ part, and add the diagonal blocks' dK/dV (N*2C).
 TEST(BoundModel, LssPassesFollowTheSchedule) {
@@ -257,10 +258,11 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
         }
       }
       const double kv = static_cast<double>(cfg.T) * key_row;
-      // The pipeline keeps its gathered halves as they are and runs backward in their layout:
-      // no reorder copy at all.
-      EXPECT_EQ(copy_fwd, pipeline ? 0 : kv) << where;
-      EXPECT_EQ(copy_bwd, pipeline ? 0 : (keep_kv ? 1 : 2) * kv) << where;
+      // The gathers are placed: no copy of [K|V]. The pipeline keeps its gathered halves as they
+      // are and runs backward in their layout: no reorder copy at all.
+      EXPECT_TRUE(s.grid().seq->places_gathers()) << where;
+      EXPECT_EQ(copy_fwd, 0) << where;
+      EXPECT_EQ(copy_bwd, pipeline ? 0 : kv) << where;
       // Segments of rank p: chunks p and 2P-1-p (one segment of 2c at P = 1, no keys before it).
       const int64_t segments_with_keys_before = P == 1 ? 0 : (p == 0 ? 1 : 2);
       EXPECT_EQ(merges, segments_with_keys_before) << where;
@@ -272,6 +274,41 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
           << where;
     }
   }
+}
+
+// Communicator::all_gather_placed (lss's zigzag K/V gather): every rank's pieces land where they
+// say, blocking and started (deferred to the wait under LSS_DEFER_COLLECTIVES=1, as the _deferred
+// runs of this test do), and each counts as one all-gather of the output's bytes.
+TEST(Communication, PlacedAllGatherPutsEachPieceAtItsPlace) {
+  MPI_Comm dup;
+  ASSERT_EQ(MPI_Comm_dup(MPI_COMM_WORLD, &dup), MPI_SUCCESS);
+  MpiCommunicator comm("sp", dup);
+  const int P = comm.size(), me = comm.rank();
+  // Each rank's 12 elements in pieces of 5, 3 and 4; recv holds every rank's first piece, then the
+  // second ones in reverse rank order, then the third ones.
+  const std::vector<int64_t> counts = {5, 3, 4}, src = {0, 5, 8};
+  std::vector<GatherPiece> pieces;
+  std::vector<double> want(static_cast<size_t>(12 * P));
+  for (int j = 0, base = 0; j < 3; base += static_cast<int>(counts[j]) * P, ++j)
+    for (int q = 0; q < P; ++q) {
+      const int slot = j == 1 ? P - 1 - q : q;
+      const int64_t dst = base + slot * counts[j];
+      pieces.push_back({q, src[j], counts[j], dst});
+      for (int64_t i = 0; i < counts[j]; ++i) want[static_cast<size_t>(dst + i)] = 100.0 * q + static_cast<double>(src[j] + i);
+    }
+  std::vector<double> send(12), recv(want.size(), -1.0);
+  for (int i = 0; i < 12; ++i) send[static_cast<size_t>(i)] = 100.0 * me + i;
+  const View sv{send.data(), DType::f64, 12}, rv{recv.data(), DType::f64, static_cast<int64_t>(recv.size())};
+  comm.all_gather_placed(sv, rv, pieces);
+  EXPECT_EQ(recv, want) << "blocking";
+  std::fill(recv.begin(), recv.end(), -1.0);
+  CommHandle h = comm.start_all_gather_placed(sv, rv, pieces);
+  comm.wait(h);
+  EXPECT_EQ(recv, want) << "started";
+  const CommCounts& c = comm.counts();
+  const int calls = P > 1 ? 2 : 0;  // a group of one copies locally and counts nothing
+  EXPECT_EQ(c.calls[static_cast<int>(CollKind::all_gather)], calls);
+  EXPECT_EQ(c.bytes[static_cast<int>(CollKind::all_gather)], calls * static_cast<int64_t>(rv.bytes()));
 }
 
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {

@@ -1,5 +1,6 @@
 #include "comm/communicator.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "core/check.h"
@@ -69,6 +70,38 @@ void Communicator::check_reduce_scatter(View send, View recv, const char* what) 
   LSS_CHECK(!overlaps(send, recv) ||
                 recv.ptr == static_cast<const char*>(send.ptr) + static_cast<size_t>(rank_) * recv.bytes(),
             name_ + "." + what + ": recv overlaps send other than as its block rank() (in place)");
+}
+
+void Communicator::check_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces,
+                                           const char* what) const {
+  const std::string where = name_ + "." + what + ": ";
+  LSS_CHECK(places_gathers(), where + "this communicator cannot place a gather's pieces (places_gathers())");
+  LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
+            where + "recv must hold size x send elements of the same type");
+  LSS_CHECK(!overlaps(send, recv), where + "send overlaps recv");
+  // Each rank's pieces tile its send, and all pieces tile recv: sorted, each starts where the
+  // previous one ended.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> src(static_cast<size_t>(size_));
+  std::vector<std::pair<int64_t, int64_t>> dst;
+  for (const GatherPiece& pc : pieces) {
+    LSS_CHECK(pc.rank >= 0 && pc.rank < size_ && pc.count > 0, where + "a piece of rank " + std::to_string(pc.rank) +
+                                                                   " with " + std::to_string(pc.count) + " elements");
+    src[static_cast<size_t>(pc.rank)].emplace_back(pc.src, pc.count);
+    dst.emplace_back(pc.dst, pc.count);
+  }
+  auto tiles = [](std::vector<std::pair<int64_t, int64_t>> ranges, int64_t n) {
+    std::sort(ranges.begin(), ranges.end());
+    int64_t at = 0;
+    for (const auto& [begin, count] : ranges) {
+      if (begin != at) return false;
+      at += count;
+    }
+    return at == n;
+  };
+  for (int q = 0; q < size_; ++q)
+    LSS_CHECK(tiles(src[static_cast<size_t>(q)], send.numel),
+              where + "rank " + std::to_string(q) + "'s pieces do not cover its send once");
+  LSS_CHECK(tiles(dst, recv.numel), where + "the pieces do not cover recv once");
 }
 
 void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
@@ -168,6 +201,28 @@ void Communicator::all_to_all(View send, View recv) {
   const auto t0 = start_timer();
   do_all_to_all(send, recv);
   finish(CollKind::all_to_all, send.bytes(), t0);
+}
+
+void Communicator::all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) {
+  require_idle("all_gather_placed");
+  check_all_gather_placed(send, recv, pieces, "all_gather_placed");
+  if (size_ == 1) {
+    for (const GatherPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
+    return;
+  }
+  const auto t0 = start_timer();
+  do_all_gather_placed(send, recv, pieces);
+  finish(CollKind::all_gather, recv.bytes(), t0);
+}
+
+CommHandle Communicator::start_all_gather_placed(View send, View recv, std::vector<GatherPiece> pieces) {
+  check_all_gather_placed(send, recv, pieces, "start_all_gather_placed");
+  if (size_ == 1) {
+    for (const GatherPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
+    return {};
+  }
+  return start(CollKind::all_gather, recv.bytes(), recv, send,
+               [this, send, recv, pieces = std::move(pieces)] { do_all_gather_placed(send, recv, pieces); });
 }
 
 CommHandle Communicator::start_all_gather(View send, View recv) {

@@ -43,6 +43,13 @@ struct CommCounts {
 // Whether two buffers share any byte.
 bool overlaps(const View& a, const View& b);
 
+// One piece of a placed all-gather: rank `rank`'s send elements [src, src + count) land at
+// recv[dst, dst + count).
+struct GatherPiece {
+  int rank = 0;
+  int64_t src = 0, count = 0, dst = 0;
+};
+
 // An asynchronous collective in flight: wait() on it before using its buffers; wait() empties the
 // handle, so a second wait() on it does nothing.
 struct CommHandle {
@@ -69,6 +76,14 @@ class Communicator {
   void all_reduce(View buf);
   // send and recv (size * n): block r of send goes to rank r, block r of recv came from rank r.
   void all_to_all(View send, View recv);
+  // all_gather with recv laid out by `pieces` instead of rank-major (lss's zigzag chunks land at
+  // their token positions): every rank passes the same pieces, which cover each rank's send once
+  // and recv once; send must not overlap recv. Counted as an all-gather of recv's bytes. Only where
+  // places_gathers(); elsewhere the caller gathers rank-major and moves the pieces itself.
+  void all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces);
+  // Whether all_gather_placed runs here (NCCL's copy-engine all-gathers cannot: they take whole
+  // rank-major buffers in symmetric windows).
+  virtual bool places_gathers() const { return true; }
   void send(View buf, int peer);
   void recv(View buf, int peer);
   void barrier();
@@ -78,6 +93,7 @@ class Communicator {
   CommHandle start_all_gather(View send, View recv);
   CommHandle start_reduce_scatter(View send, View recv);
   CommHandle start_all_reduce(View buf);
+  CommHandle start_all_gather_placed(View send, View recv, std::vector<GatherPiece> pieces);
   void wait(CommHandle& h);
   // Started collectives not waited for yet.
   int64_t in_flight() const { return in_flight_; }
@@ -98,6 +114,7 @@ class Communicator {
   virtual void do_reduce_scatter(View send, View recv) = 0;
   virtual void do_all_reduce(View buf) = 0;
   virtual void do_all_to_all(View send, View recv) = 0;
+  virtual void do_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) = 0;
   virtual void do_send(View buf, int peer) = 0;
   virtual void do_recv(View buf, int peer) = 0;
   virtual void do_barrier() = 0;
@@ -129,6 +146,7 @@ class Communicator {
   // The operand shapes of a gather / reduce-scatter, blocking or started (`what` names the call).
   void check_all_gather(View send, View recv, const char* what) const;
   void check_reduce_scatter(View send, View recv, const char* what) const;
+  void check_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces, const char* what) const;
   CommHandle start(CollKind k, size_t bytes, View output, View input, const std::function<void()>& enqueue);
   void require_idle(const char* what) const;
   std::string name_;

@@ -106,6 +106,19 @@ void MpiCommunicator::do_all_gather(View send, View recv) {
                               recv.ptr, mpi_count(send.numel), mpi_type(recv.dtype), comm_));
 }
 
+void MpiCommunicator::do_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) {
+  // Rank-major into host scratch, then each piece to its place: host memory, so the copies are the
+  // reference's cost only.
+  std::vector<char> gathered(recv.bytes());
+  LSS_MPI_CHECK(MPI_Allgather(send.ptr, mpi_count(send.numel), mpi_type(send.dtype), gathered.data(),
+                              mpi_count(send.numel), mpi_type(recv.dtype), comm_));
+  const size_t es = dtype_size(send.dtype);
+  for (const GatherPiece& pc : pieces)
+    std::memcpy(static_cast<char*>(recv.ptr) + static_cast<size_t>(pc.dst) * es,
+                gathered.data() + static_cast<size_t>(pc.rank * send.numel + pc.src) * es,
+                static_cast<size_t>(pc.count) * es);
+}
+
 void MpiCommunicator::do_reduce_scatter(View send, View recv) {
   if (overlaps(send, recv)) {
     // In place (recv is send's block rank()): MPI_IN_PLACE reads all of send and writes this

@@ -304,6 +304,13 @@ Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
   return g;
 }
 
+Strategy::PendingCollective Strategy::start_seq_all_gather_placed(View local, std::vector<GatherPiece> pieces) {
+  PendingCollective g{ctx_.backend.alloc(local.dtype, ctx_.grid.P * local.numel), {}};
+  g.handle = ctx_.grid.seq->start_all_gather_placed(local, g.out.view(), std::move(pieces));
+  wait_unless_overlap(*ctx_.grid.seq, g.handle);
+  return g;
+}
+
 Strategy::PendingCollective Strategy::start_seq_reduce_scatter(View full) {
   PendingCollective r{ctx_.backend.alloc(full.dtype, full.numel / ctx_.grid.P), {}};
   r.handle = start_seq_reduce_scatter_into(full, r.out.view());

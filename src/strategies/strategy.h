@@ -73,6 +73,9 @@ struct BoundModel {
     double hidden_by_optimizer_share = 0;
     // It moves gradients (the master dtype; otherwise the compute dtype), as every all-reduce does.
     bool gradients = false;
+    // An all-gather placed in this many pieces per rank (Communicator::all_gather_placed, timed
+    // as such); 0: rank-major.
+    int64_t placed_pieces = 0;
   };
   std::vector<Comm> comm;
 };
@@ -182,6 +185,8 @@ class Strategy {
   };
   // All-gathers `local` over the sequence group into P x its elements.
   PendingCollective start_seq_all_gather(View local);
+  // The same, each rank's pieces placed as `pieces` say (Communicator::all_gather_placed).
+  PendingCollective start_seq_all_gather_placed(View local, std::vector<GatherPiece> pieces);
   // Reduce-scatters `full` over the sequence group into 1/P of its elements.
   PendingCollective start_seq_reduce_scatter(View full);
   // Waits for it and hands over its buffer.

@@ -113,11 +113,15 @@ class LssStrategy final : public Strategy {
       // Beside the reduce-scatter: the out-projection's weight gradient, the Q projection's
       // backward and the diagonal blocks' backward.
       const double q_backward = 3 * (2 * N * C * C) + 2.5 * diagonal_forward;
+      // The fused gathers, placed in each rank's segments (placed_gather) or rank-major.
+      const int64_t pieces = placed_gather() ? static_cast<int64_t>(segments_.size()) : 0;
       if (pipelined()) add_pipelined_gather_bounds(m, kv_bytes);
       else m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
+      if (!pipelined()) m.comm.back().placed_pieces = pieces;
       if (ctx_.opts.recompute) {
         m.comm.push_back({"K/V all-gather, recomputed forward", "sp", CollKind::all_gather, kv_bytes, cfg.L,
                           q_projection});
+        m.comm.back().placed_pieces = pieces;
       } else if (!ctx_.opts.keep_kv && wave_backward()) {
         // Both halves start before the MLP's backward, which runs beside the two.
         for (const char* half : {"front", "back"})
@@ -125,6 +129,7 @@ class LssStrategy final : public Strategy {
                             kv_bytes / 2, cfg.L, mlp_backward / 2});
       } else if (!ctx_.opts.keep_kv) {
         m.comm.push_back({"K/V re-gather, backward", "sp", CollKind::all_gather, kv_bytes, cfg.L, mlp_backward});
+        m.comm.back().placed_pieces = pieces;
       }
       if (wave_backward()) {
         for (const char* half : {"front", "back"})
@@ -183,13 +188,14 @@ class LssStrategy final : public Strategy {
     const int64_t C = cfg.C, key_row = Bl_ * 2 * C, kv = cfg.T * key_row;
     std::vector<BoundModel::Pass> out;
     if (ctx_.opts.zigzag && !wave_backward()) {
-      // Every gather is put into token order: the forward's, and backward's re-gather.
+      // A rank-major gather is put into token order: the forward's, and backward's re-gather.
       const bool regather = !ctx_.opts.keep_kv && !ctx_.opts.recompute;
       // --chunk-pipeline with recomputation: the pipelined forward attends from the gathered
       // halves as they are; only the recomputed forward (the fused gather) copies, once per layer,
       // counted twice. Without recomputation the pipeline copies nothing (wave_backward).
       const double forward_copies = pipelined() ? 0.5 : 1;
-      out.push_back({"[K|V] to token order", Kind::copy, kv, {}, forward_copies, regather ? 1.0 : 0.0});
+      if (!placed_gather())
+        out.push_back({"[K|V] to token order", Kind::copy, kv, {}, forward_copies, regather ? 1.0 : 0.0});
       out.push_back({"[dK|dV] to rank order", Kind::copy, kv, {}, 0, 1});
     }
     // Backward's dK/dV: the segment seeing the most keys writes dkv_full (the rows beyond zeroed),
@@ -582,12 +588,32 @@ class LssStrategy final : public Strategy {
     }
   }
 
-  // The all-gather of [K|V] (rank-major); kv_local must stay alive until finish_gather_kv.
-  PendingCollective start_gather_kv(const Layer& a) { return start_seq_all_gather(a.kv_local.view()); }
+  // Zigzag's gather lands each rank's chunks at their token positions (one collective, no reorder
+  // copy after it) where the sequence group can place a gather's pieces; with copy-engine gathers
+  // it lands rank-major and is reordered.
+  bool placed_gather() const { return ctx_.opts.zigzag && ctx_.grid.seq->places_gathers(); }
+  // The pieces of that gather: rank q's segments, in local order, at their token rows.
+  std::vector<GatherPiece> kv_pieces() const {
+    const int64_t row = Bl_ * 2 * ctx_.cfg.C;  // elements of one token position
+    std::vector<GatherPiece> pieces;
+    for (int q = 0; q < P_; ++q) {
+      int64_t local = 0;
+      for (const RowRange& seg : segments_of(q)) {
+        pieces.push_back({q, local * row, seg.count * row, seg.start * row});
+        local += seg.count;
+      }
+    }
+    return pieces;
+  }
+  // The all-gather of [K|V]; kv_local must stay alive until finish_gather_kv.
+  PendingCollective start_gather_kv(const Layer& a) {
+    return placed_gather() ? start_seq_all_gather_placed(a.kv_local.view(), kv_pieces())
+                           : start_seq_all_gather(a.kv_local.view());
+  }
   // The gathered [K|V] of all T tokens in global order.
   Buffer finish_gather_kv(PendingCollective& g) {
-    Buffer gathered = finish(g);  // (P*Tl*Bl, 2C) rank-major
-    if (!ctx_.opts.zigzag) return gathered;
+    Buffer gathered = finish(g);  // (T*Bl, 2C): in global order, or rank-major (P*Tl*Bl, 2C)
+    if (!ctx_.opts.zigzag || placed_gather()) return gathered;
     Buffer global = ctx_.backend.alloc(ctx_.cfg.dtype, gathered.numel());  // (T*Bl, 2C)
     reorder_kv(gathered.view(), global.view(), true);
     return global;
