@@ -5,6 +5,8 @@
 // buffer of nccl-tests ("size": the gathered output of all_gather, the input of
 // reduce_scatter/all_to_all, the buffer of all_reduce); algbw = size / time and
 // busbw = algbw x (P-1)/P (all_gather, reduce_scatter, all_to_all) or x 2(P-1)/P (all_reduce).
+// all_gather_zigzag is lss's placed K/V gather (Communicator::all_gather_placed, each rank's two
+// chunks at their token positions), counted as an all_gather.
 // The overlap_* benchmarks time an asynchronous all-gather or reduce-scatter with the model's MLP
 // GEMMs running beside it on the compute stream, against each alone: how much of the collective
 // the GEMMs hide and how much each slows the other (the trade of every overlapped schedule).
@@ -40,7 +42,10 @@ Buffer operand(DType dtype, int64_t n, uint64_t seed) {
   return b;
 }
 
-enum Kind { kAllGather, kReduceScatter, kAllReduce, kAllToAll };
+// kAllGatherZigzag: all_gather_placed as lss's zigzag K/V gather runs it, each rank's part in two
+// pieces landing at blocks q and 2P-1-q of the gathered buffer (NCCL: grouped broadcasts), to set
+// against the rank-major all_gather and the copy it replaces.
+enum Kind { kAllGather, kReduceScatter, kAllReduce, kAllToAll, kAllGatherZigzag };
 
 // Seconds of op() on the compute stream, slowest rank.
 template <class Op>
@@ -58,14 +63,21 @@ void collective(benchmark::State& state, Kind kind) {
   const int64_t bytes = state.range(0);
   const DType dt = bench_dtype(g_settings);
   const int64_t es = static_cast<int64_t>(dtype_size(dt));
-  const int64_t total = bytes / es / P * P;  // elements of the full buffer, a multiple of P
+  const int64_t total = bytes / es / (2 * P) * (2 * P);  // elements of the full buffer, a multiple of 2P
   Buffer full = operand(dt, total, 11);
   Buffer part = operand(dt, total / P, 12);
   Buffer other = g_backend->alloc(dt, total);
   Communicator& comm = *g_grid.seq;
+  std::vector<GatherPiece> zigzag;
+  const int64_t chunk = total / (2 * P);
+  for (int q = 0; q < P; ++q) {
+    zigzag.push_back({q, 0, chunk, q * chunk});
+    zigzag.push_back({q, chunk, chunk, (2 * P - 1 - q) * chunk});
+  }
   auto run = [&] {
     switch (kind) {
       case kAllGather: comm.all_gather(part.view(), full.view()); break;
+      case kAllGatherZigzag: comm.all_gather_placed(part.view(), other.view(), zigzag); break;
       case kReduceScatter: comm.reduce_scatter(full.view(), part.view()); break;
       case kAllReduce: comm.all_reduce(full.view()); break;
       case kAllToAll: comm.all_to_all(full.view(), other.view()); break;
@@ -74,7 +86,7 @@ void collective(benchmark::State& state, Kind kind) {
   run();
   for (auto _ : state) state.SetIterationTime(timed(run));
   const double size = static_cast<double>(total * es);
-  const double factor = kind == kAllReduce ? 2.0 * (P - 1) / P : static_cast<double>(P - 1) / P;
+  const double factor = kind == kAllReduce ? 2.0 * (P - 1) / P : static_cast<double>(P - 1) / P;  // zigzag: as all_gather
   state.counters["size_bytes"] = size;
   state.counters["algbw_GB/s"] = benchmark::Counter(size / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["busbw_GB/s"] = benchmark::Counter(size * factor / 1e9, benchmark::Counter::kIsIterationInvariantRate);
@@ -169,7 +181,9 @@ void overlap(benchmark::State& state, Kind kind) {
 void register_all() {
   const std::vector<std::pair<const char*, Kind>> kinds = {
       {"all_gather", kAllGather}, {"reduce_scatter", kReduceScatter}, {"all_reduce", kAllReduce}, {"all_to_all", kAllToAll}};
-  for (const auto& [name, kind] : kinds) {
+  std::vector<std::pair<const char*, Kind>> all = kinds;
+  if (g_grid.seq->places_gathers()) all.push_back({"all_gather_zigzag", kAllGatherZigzag});
+  for (const auto& [name, kind] : all) {
     auto* b = benchmark::RegisterBenchmark(name, [kind = kind](benchmark::State& s) { collective(s, kind); });
     b->ArgNames({"bytes"})->UseManualTime()->Iterations(kIterations)->Unit(benchmark::kMicrosecond);
     const int64_t hi = g_settings.large ? (int64_t{1} << 30) : (int64_t{1} << 24);
