@@ -6,7 +6,8 @@
 // reduce_scatter/all_to_all, the buffer of all_reduce); algbw = size / time and
 // busbw = algbw x (P-1)/P (all_gather, reduce_scatter, all_to_all) or x 2(P-1)/P (all_reduce).
 // all_gather_zigzag is lss's placed K/V gather (Communicator::all_gather_placed, each rank's two
-// chunks at their token positions), counted as an all_gather.
+// chunks at their token positions), counted as an all_gather; reduce_scatter_zigzag its inverse
+// (reduce_scatter_placed), counted as a reduce_scatter.
 // The overlap_* benchmarks time an asynchronous all-gather or reduce-scatter with the model's MLP
 // GEMMs running beside it on the compute stream, against each alone: how much of the collective
 // the GEMMs hide and how much each slows the other (the trade of every overlapped schedule).
@@ -45,7 +46,9 @@ Buffer operand(DType dtype, int64_t n, uint64_t seed) {
 // kAllGatherZigzag: all_gather_placed as lss's zigzag K/V gather runs it, each rank's part in two
 // pieces landing at blocks q and 2P-1-q of the gathered buffer (NCCL: grouped broadcasts), to set
 // against the rank-major all_gather and the copy it replaces.
-enum Kind { kAllGather, kReduceScatter, kAllReduce, kAllToAll, kAllGatherZigzag };
+// kReduceScatterZigzag: its inverse, reduce_scatter_placed from token order (NCCL: grouped
+// reduces), against the rank-major reduce-scatter and the copy into rank order before it.
+enum Kind { kAllGather, kReduceScatter, kAllReduce, kAllToAll, kAllGatherZigzag, kReduceScatterZigzag };
 
 // Seconds of op() on the compute stream, slowest rank.
 template <class Op>
@@ -68,7 +71,7 @@ void collective(benchmark::State& state, Kind kind) {
   Buffer part = operand(dt, total / P, 12);
   Buffer other = g_backend->alloc(dt, total);
   Communicator& comm = *g_grid.seq;
-  std::vector<GatherPiece> zigzag;
+  std::vector<PlacedPiece> zigzag;
   const int64_t chunk = total / (2 * P);
   for (int q = 0; q < P; ++q) {
     zigzag.push_back({q, 0, chunk, q * chunk});
@@ -78,6 +81,7 @@ void collective(benchmark::State& state, Kind kind) {
     switch (kind) {
       case kAllGather: comm.all_gather(part.view(), full.view()); break;
       case kAllGatherZigzag: comm.all_gather_placed(part.view(), other.view(), zigzag); break;
+      case kReduceScatterZigzag: comm.reduce_scatter_placed(full.view(), part.view(), zigzag); break;
       case kReduceScatter: comm.reduce_scatter(full.view(), part.view()); break;
       case kAllReduce: comm.all_reduce(full.view()); break;
       case kAllToAll: comm.all_to_all(full.view(), other.view()); break;
@@ -183,6 +187,7 @@ void register_all() {
       {"all_gather", kAllGather}, {"reduce_scatter", kReduceScatter}, {"all_reduce", kAllReduce}, {"all_to_all", kAllToAll}};
   std::vector<std::pair<const char*, Kind>> all = kinds;
   if (g_grid.seq->places_gathers()) all.push_back({"all_gather_zigzag", kAllGatherZigzag});
+  all.push_back({"reduce_scatter_zigzag", kReduceScatterZigzag});
   for (const auto& [name, kind] : all) {
     auto* b = benchmark::RegisterBenchmark(name, [kind = kind](benchmark::State& s) { collective(s, kind); });
     b->ArgNames({"bytes"})->UseManualTime()->Iterations(kIterations)->Unit(benchmark::kMicrosecond);

@@ -287,7 +287,7 @@ TEST(Communication, PlacedAllGatherPutsEachPieceAtItsPlace) {
   // Each rank's 12 elements in pieces of 5, 3 and 4; recv holds every rank's first piece, then the
   // second ones in reverse rank order, then the third ones.
   const std::vector<int64_t> counts = {5, 3, 4}, src = {0, 5, 8};
-  std::vector<GatherPiece> pieces;
+  std::vector<PlacedPiece> pieces;
   std::vector<double> want(static_cast<size_t>(12 * P));
   for (int j = 0, base = 0; j < 3; base += static_cast<int>(counts[j]) * P, ++j)
     for (int q = 0; q < P; ++q) {
@@ -309,6 +309,39 @@ TEST(Communication, PlacedAllGatherPutsEachPieceAtItsPlace) {
   const int calls = P > 1 ? 2 : 0;  // a group of one copies locally and counts nothing
   EXPECT_EQ(c.calls[static_cast<int>(CollKind::all_gather)], calls);
   EXPECT_EQ(c.bytes[static_cast<int>(CollKind::all_gather)], calls * static_cast<int64_t>(rv.bytes()));
+}
+
+// Communicator::reduce_scatter_placed, with the same pieces: each piece of the full buffer, summed
+// over the ranks, lands in its rank's part; counted as one reduce-scatter of the full buffer.
+TEST(Communication, PlacedReduceScatterSumsEachPieceIntoItsRank) {
+  MPI_Comm dup;
+  ASSERT_EQ(MPI_Comm_dup(MPI_COMM_WORLD, &dup), MPI_SUCCESS);
+  MpiCommunicator comm("sp", dup);
+  const int P = comm.size(), me = comm.rank();
+  // Rank q's part of 12 in pieces of 5, 3 and 4, placed piece-major, the middle pieces in reverse
+  // rank order (as the gather test's).
+  const std::vector<int64_t> counts = {5, 3, 4}, src = {0, 5, 8};
+  std::vector<PlacedPiece> pieces;
+  for (int j = 0, base = 0; j < 3; base += static_cast<int>(counts[j]) * P, ++j)
+    for (int q = 0; q < P; ++q) pieces.push_back({q, src[j], counts[j], base + (j == 1 ? P - 1 - q : q) * counts[j]});
+  // Rank r sends (r + 1)·(i + 1) at element i: the sum over ranks is (i + 1)·P(P + 1)/2.
+  std::vector<double> send(static_cast<size_t>(12 * P)), recv(12, -1.0), want(12);
+  for (size_t i = 0; i < send.size(); ++i) send[i] = (me + 1.0) * (static_cast<double>(i) + 1.0);
+  for (const PlacedPiece& pc : pieces)
+    if (pc.rank == me)
+      for (int64_t k = 0; k < pc.count; ++k)
+        want[static_cast<size_t>(pc.src + k)] = static_cast<double>(pc.dst + k + 1) * P * (P + 1) / 2.0;
+  const View sv{send.data(), DType::f64, static_cast<int64_t>(send.size())}, rv{recv.data(), DType::f64, 12};
+  comm.reduce_scatter_placed(sv, rv, pieces);
+  EXPECT_EQ(recv, want) << "blocking";
+  std::fill(recv.begin(), recv.end(), -1.0);
+  CommHandle h = comm.start_reduce_scatter_placed(sv, rv, pieces);
+  comm.wait(h);
+  EXPECT_EQ(recv, want) << "started";
+  const CommCounts& c = comm.counts();
+  const int calls = P > 1 ? 2 : 0;
+  EXPECT_EQ(c.calls[static_cast<int>(CollKind::reduce_scatter)], calls);
+  EXPECT_EQ(c.bytes[static_cast<int>(CollKind::reduce_scatter)], calls * static_cast<int64_t>(sv.bytes()));
 }
 
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {

@@ -229,7 +229,7 @@ Communicator& group(Session& s, const std::string& name) {
 // the gathered buffer, as lss's zigzag chunks land.
 struct CollectiveOperands {
   Buffer big, part;
-  std::vector<GatherPiece> pieces;
+  std::vector<PlacedPiece> pieces;
 };
 CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollKind kind, int64_t bytes, DType dtype,
                                        int64_t placed_pieces) {

@@ -72,18 +72,18 @@ void Communicator::check_reduce_scatter(View send, View recv, const char* what) 
             name_ + "." + what + ": recv overlaps send other than as its block rank() (in place)");
 }
 
-void Communicator::check_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces,
-                                           const char* what) const {
+void Communicator::check_placed(View part, View full, const std::vector<PlacedPiece>& pieces, bool gather,
+                                const char* what) const {
   const std::string where = name_ + "." + what + ": ";
-  LSS_CHECK(places_gathers(), where + "this communicator cannot place a gather's pieces (places_gathers())");
-  LSS_CHECK(send.dtype == recv.dtype && recv.numel == send.numel * size_,
-            where + "recv must hold size x send elements of the same type");
-  LSS_CHECK(!overlaps(send, recv), where + "send overlaps recv");
-  // Each rank's pieces tile its send, and all pieces tile recv: sorted, each starts where the
-  // previous one ended.
+  LSS_CHECK(!gather || places_gathers(), where + "this communicator cannot place a gather's pieces (places_gathers())");
+  LSS_CHECK(part.dtype == full.dtype && full.numel == part.numel * size_,
+            where + "the full buffer must hold size x the rank's part, of the same type");
+  LSS_CHECK(!overlaps(part, full), where + "send overlaps recv");
+  // Each rank's pieces tile its part, and all pieces tile the full buffer: sorted, each starts
+  // where the previous one ended.
   std::vector<std::vector<std::pair<int64_t, int64_t>>> src(static_cast<size_t>(size_));
   std::vector<std::pair<int64_t, int64_t>> dst;
-  for (const GatherPiece& pc : pieces) {
+  for (const PlacedPiece& pc : pieces) {
     LSS_CHECK(pc.rank >= 0 && pc.rank < size_ && pc.count > 0, where + "a piece of rank " + std::to_string(pc.rank) +
                                                                    " with " + std::to_string(pc.count) + " elements");
     src[static_cast<size_t>(pc.rank)].emplace_back(pc.src, pc.count);
@@ -99,9 +99,9 @@ void Communicator::check_all_gather_placed(View send, View recv, const std::vect
     return at == n;
   };
   for (int q = 0; q < size_; ++q)
-    LSS_CHECK(tiles(src[static_cast<size_t>(q)], send.numel),
-              where + "rank " + std::to_string(q) + "'s pieces do not cover its send once");
-  LSS_CHECK(tiles(dst, recv.numel), where + "the pieces do not cover recv once");
+    LSS_CHECK(tiles(src[static_cast<size_t>(q)], part.numel),
+              where + "rank " + std::to_string(q) + "'s pieces do not cover its part once");
+  LSS_CHECK(tiles(dst, full.numel), where + "the pieces do not cover the full buffer once");
 }
 
 void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
@@ -203,11 +203,11 @@ void Communicator::all_to_all(View send, View recv) {
   finish(CollKind::all_to_all, send.bytes(), t0);
 }
 
-void Communicator::all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) {
+void Communicator::all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) {
   require_idle("all_gather_placed");
-  check_all_gather_placed(send, recv, pieces, "all_gather_placed");
+  check_placed(send, recv, pieces, true, "all_gather_placed");
   if (size_ == 1) {
-    for (const GatherPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
+    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
     return;
   }
   const auto t0 = start_timer();
@@ -215,14 +215,36 @@ void Communicator::all_gather_placed(View send, View recv, const std::vector<Gat
   finish(CollKind::all_gather, recv.bytes(), t0);
 }
 
-CommHandle Communicator::start_all_gather_placed(View send, View recv, std::vector<GatherPiece> pieces) {
-  check_all_gather_placed(send, recv, pieces, "start_all_gather_placed");
+CommHandle Communicator::start_all_gather_placed(View send, View recv, std::vector<PlacedPiece> pieces) {
+  check_placed(send, recv, pieces, true, "start_all_gather_placed");
   if (size_ == 1) {
-    for (const GatherPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
+    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
     return {};
   }
   return start(CollKind::all_gather, recv.bytes(), recv, send,
                [this, send, recv, pieces = std::move(pieces)] { do_all_gather_placed(send, recv, pieces); });
+}
+
+void Communicator::reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) {
+  require_idle("reduce_scatter_placed");
+  check_placed(recv, send, pieces, false, "reduce_scatter_placed");
+  if (size_ == 1) {
+    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.src, pc.count), send.slice(pc.dst, pc.count));
+    return;
+  }
+  const auto t0 = start_timer();
+  do_reduce_scatter_placed(send, recv, pieces);
+  finish(CollKind::reduce_scatter, send.bytes(), t0);
+}
+
+CommHandle Communicator::start_reduce_scatter_placed(View send, View recv, std::vector<PlacedPiece> pieces) {
+  check_placed(recv, send, pieces, false, "start_reduce_scatter_placed");
+  if (size_ == 1) {
+    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.src, pc.count), send.slice(pc.dst, pc.count));
+    return {};
+  }
+  return start(CollKind::reduce_scatter, send.bytes(), recv, send,
+               [this, send, recv, pieces = std::move(pieces)] { do_reduce_scatter_placed(send, recv, pieces); });
 }
 
 CommHandle Communicator::start_all_gather(View send, View recv) {

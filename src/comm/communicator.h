@@ -44,8 +44,9 @@ struct CommCounts {
 bool overlaps(const View& a, const View& b);
 
 // One piece of a placed all-gather: rank `rank`'s send elements [src, src + count) land at
-// recv[dst, dst + count).
-struct GatherPiece {
+// recv[dst, dst + count); of a placed reduce-scatter, the inverse: send[dst, dst + count), summed
+// over the ranks, lands at rank `rank`'s recv[src, src + count).
+struct PlacedPiece {
   int rank = 0;
   int64_t src = 0, count = 0, dst = 0;
 };
@@ -80,10 +81,14 @@ class Communicator {
   // their token positions): every rank passes the same pieces, which cover each rank's send once
   // and recv once; send must not overlap recv. Counted as an all-gather of recv's bytes. Only where
   // places_gathers(); elsewhere the caller gathers rank-major and moves the pieces itself.
-  void all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces);
+  void all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces);
   // Whether all_gather_placed runs here (NCCL's copy-engine all-gathers cannot: they take whole
   // rank-major buffers in symmetric windows).
   virtual bool places_gathers() const { return true; }
+  // reduce_scatter with send laid out by `pieces` instead of rank-major (the inverse of
+  // all_gather_placed, with the same pieces: lss's zigzag [dK|dV] summed from token order into
+  // each rank's chunks); send must not overlap recv. Counted as a reduce-scatter of send's bytes.
+  void reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces);
   void send(View buf, int peer);
   void recv(View buf, int peer);
   void barrier();
@@ -93,7 +98,8 @@ class Communicator {
   CommHandle start_all_gather(View send, View recv);
   CommHandle start_reduce_scatter(View send, View recv);
   CommHandle start_all_reduce(View buf);
-  CommHandle start_all_gather_placed(View send, View recv, std::vector<GatherPiece> pieces);
+  CommHandle start_all_gather_placed(View send, View recv, std::vector<PlacedPiece> pieces);
+  CommHandle start_reduce_scatter_placed(View send, View recv, std::vector<PlacedPiece> pieces);
   void wait(CommHandle& h);
   // Started collectives not waited for yet.
   int64_t in_flight() const { return in_flight_; }
@@ -114,7 +120,8 @@ class Communicator {
   virtual void do_reduce_scatter(View send, View recv) = 0;
   virtual void do_all_reduce(View buf) = 0;
   virtual void do_all_to_all(View send, View recv) = 0;
-  virtual void do_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) = 0;
+  virtual void do_all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) = 0;
+  virtual void do_reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) = 0;
   virtual void do_send(View buf, int peer) = 0;
   virtual void do_recv(View buf, int peer) = 0;
   virtual void do_barrier() = 0;
@@ -146,7 +153,9 @@ class Communicator {
   // The operand shapes of a gather / reduce-scatter, blocking or started (`what` names the call).
   void check_all_gather(View send, View recv, const char* what) const;
   void check_reduce_scatter(View send, View recv, const char* what) const;
-  void check_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces, const char* what) const;
+  // The operands of a placed gather (part: send, full: recv) or reduce-scatter (full: send, part:
+  // recv) and their pieces.
+  void check_placed(View part, View full, const std::vector<PlacedPiece>& pieces, bool gather, const char* what) const;
   CommHandle start(CollKind k, size_t bytes, View output, View input, const std::function<void()>& enqueue);
   void require_idle(const char* what) const;
   std::string name_;

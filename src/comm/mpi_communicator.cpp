@@ -106,17 +106,28 @@ void MpiCommunicator::do_all_gather(View send, View recv) {
                               recv.ptr, mpi_count(send.numel), mpi_type(recv.dtype), comm_));
 }
 
-void MpiCommunicator::do_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) {
+void MpiCommunicator::do_all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) {
   // Rank-major into host scratch, then each piece to its place: host memory, so the copies are the
   // reference's cost only.
   std::vector<char> gathered(recv.bytes());
   LSS_MPI_CHECK(MPI_Allgather(send.ptr, mpi_count(send.numel), mpi_type(send.dtype), gathered.data(),
                               mpi_count(send.numel), mpi_type(recv.dtype), comm_));
   const size_t es = dtype_size(send.dtype);
-  for (const GatherPiece& pc : pieces)
+  for (const PlacedPiece& pc : pieces)
     std::memcpy(static_cast<char*>(recv.ptr) + static_cast<size_t>(pc.dst) * es,
                 gathered.data() + static_cast<size_t>(pc.rank * send.numel + pc.src) * es,
                 static_cast<size_t>(pc.count) * es);
+}
+
+void MpiCommunicator::do_reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) {
+  // Each piece into rank-major host scratch, then the reduce-scatter.
+  std::vector<char> rank_major(send.bytes());
+  const size_t es = dtype_size(send.dtype);
+  for (const PlacedPiece& pc : pieces)
+    std::memcpy(rank_major.data() + static_cast<size_t>(pc.rank * recv.numel + pc.src) * es,
+                static_cast<const char*>(send.ptr) + static_cast<size_t>(pc.dst) * es, static_cast<size_t>(pc.count) * es);
+  LSS_MPI_CHECK(MPI_Reduce_scatter_block(rank_major.data(), recv.ptr, mpi_count(recv.numel), mpi_type(send.dtype),
+                                         MPI_SUM, comm_));
 }
 
 void MpiCommunicator::do_reduce_scatter(View send, View recv) {

@@ -28,7 +28,8 @@ class MpiCommunicator : public Communicator {
   void do_reduce_scatter(View send, View recv) override;
   void do_all_reduce(View buf) override;
   void do_all_to_all(View send, View recv) override;
-  void do_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) override;
+  void do_all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) override;
+  void do_reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) override;
   void do_send(View buf, int peer) override;
   void do_recv(View buf, int peer) override;
   void do_barrier() override;

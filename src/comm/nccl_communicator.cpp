@@ -158,17 +158,30 @@ void NcclCommunicator::do_all_gather(View send, View recv) {
   LSS_NCCL_CHECK(ncclAllGather(send.ptr, recv.ptr, count_of(send), nccl_type(send.dtype), comm_, stream_));
 }
 
-void NcclCommunicator::do_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) {
+void NcclCommunicator::do_all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) {
   // One broadcast per piece from its rank straight to its place, all in one group (one launch, as
   // PyTorch's uneven all-gather does): on 4 x H200 as fast as ncclAllGather at 32K-64K tokens of
   // [K|V] and 9% slower at 16K (PERFORMANCE.md, thirteenth session), with no reorder copy after.
   const size_t es = dtype_size(send.dtype);
   const ncclDataType_t type = nccl_type(send.dtype);
   LSS_NCCL_CHECK(ncclGroupStart());
-  for (const GatherPiece& pc : pieces)
+  for (const PlacedPiece& pc : pieces)
     LSS_NCCL_CHECK(ncclBroadcast(static_cast<const char*>(send.ptr) + static_cast<size_t>(pc.src) * es,
                                  static_cast<char*>(recv.ptr) + static_cast<size_t>(pc.dst) * es,
                                  static_cast<size_t>(pc.count), type, pc.rank, comm_, stream_));
+  LSS_NCCL_CHECK(ncclGroupEnd());
+}
+
+void NcclCommunicator::do_reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) {
+  // One reduce per piece to its rank, all in one group (one launch); the reduce-scatter's kernels
+  // also with --copy-engine-gathers, like every reduce-scatter.
+  const size_t es = dtype_size(send.dtype);
+  const ncclDataType_t type = nccl_type(send.dtype);
+  LSS_NCCL_CHECK(ncclGroupStart());
+  for (const PlacedPiece& pc : pieces)
+    LSS_NCCL_CHECK(ncclReduce(static_cast<const char*>(send.ptr) + static_cast<size_t>(pc.dst) * es,
+                              static_cast<char*>(recv.ptr) + static_cast<size_t>(pc.src) * es,
+                              static_cast<size_t>(pc.count), type, ncclSum, pc.rank, comm_, stream_));
   LSS_NCCL_CHECK(ncclGroupEnd());
 }
 

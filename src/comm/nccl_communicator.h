@@ -35,7 +35,8 @@ class NcclCommunicator : public Communicator {
   void do_reduce_scatter(View send, View recv) override;
   void do_all_reduce(View buf) override;
   void do_all_to_all(View send, View recv) override;
-  void do_all_gather_placed(View send, View recv, const std::vector<GatherPiece>& pieces) override;
+  void do_all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) override;
+  void do_reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) override;
   bool places_gathers() const override { return windows_ == nullptr; }
   void do_send(View buf, int peer) override;
   void do_recv(View buf, int peer) override;

@@ -186,7 +186,7 @@ class Strategy {
   // All-gathers `local` over the sequence group into P x its elements.
   PendingCollective start_seq_all_gather(View local);
   // The same, each rank's pieces placed as `pieces` say (Communicator::all_gather_placed).
-  PendingCollective start_seq_all_gather_placed(View local, std::vector<GatherPiece> pieces);
+  PendingCollective start_seq_all_gather_placed(View local, std::vector<PlacedPiece> pieces);
   // Reduce-scatters `full` over the sequence group into 1/P of its elements.
   PendingCollective start_seq_reduce_scatter(View full);
   // Waits for it and hands over its buffer.

@@ -593,9 +593,9 @@ class LssStrategy final : public Strategy {
   // it lands rank-major and is reordered.
   bool placed_gather() const { return ctx_.opts.zigzag && ctx_.grid.seq->places_gathers(); }
   // The pieces of that gather: rank q's segments, in local order, at their token rows.
-  std::vector<GatherPiece> kv_pieces() const {
+  std::vector<PlacedPiece> kv_pieces() const {
     const int64_t row = Bl_ * 2 * ctx_.cfg.C;  // elements of one token position
-    std::vector<GatherPiece> pieces;
+    std::vector<PlacedPiece> pieces;
     for (int q = 0; q < P_; ++q) {
       int64_t local = 0;
       for (const RowRange& seg : segments_of(q)) {
