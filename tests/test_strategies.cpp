@@ -276,6 +276,17 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
   }
 }
 
+// The pieces of a rank's 12 elements for the placed collectives' tests: pieces of 5, 3 and 4;
+// the full buffer holds every rank's first piece, then the second ones in reverse rank order,
+// then the third ones.
+std::vector<PlacedPiece> test_pieces(int P) {
+  const std::vector<int64_t> counts = {5, 3, 4}, src = {0, 5, 8};
+  std::vector<PlacedPiece> pieces;
+  for (int j = 0, base = 0; j < 3; base += static_cast<int>(counts[j]) * P, ++j)
+    for (int q = 0; q < P; ++q) pieces.push_back({q, src[j], counts[j], base + (j == 1 ? P - 1 - q : q) * counts[j]});
+  return pieces;
+}
+
 // Communicator::all_gather_placed (lss's zigzag K/V gather): every rank's pieces land where they
 // say, blocking and started (deferred to the wait under LSS_DEFER_COLLECTIVES=1, as the _deferred
 // runs of this test do), and each counts as one all-gather of the output's bytes.
@@ -284,18 +295,12 @@ TEST(Communication, PlacedAllGatherPutsEachPieceAtItsPlace) {
   ASSERT_EQ(MPI_Comm_dup(MPI_COMM_WORLD, &dup), MPI_SUCCESS);
   MpiCommunicator comm("sp", dup);
   const int P = comm.size(), me = comm.rank();
-  // Each rank's 12 elements in pieces of 5, 3 and 4; recv holds every rank's first piece, then the
-  // second ones in reverse rank order, then the third ones.
-  const std::vector<int64_t> counts = {5, 3, 4}, src = {0, 5, 8};
-  std::vector<PlacedPiece> pieces;
+  const std::vector<PlacedPiece> pieces = test_pieces(P);
+  // Rank q's element i is 100·q + i.
   std::vector<double> want(static_cast<size_t>(12 * P));
-  for (int j = 0, base = 0; j < 3; base += static_cast<int>(counts[j]) * P, ++j)
-    for (int q = 0; q < P; ++q) {
-      const int slot = j == 1 ? P - 1 - q : q;
-      const int64_t dst = base + slot * counts[j];
-      pieces.push_back({q, src[j], counts[j], dst});
-      for (int64_t i = 0; i < counts[j]; ++i) want[static_cast<size_t>(dst + i)] = 100.0 * q + static_cast<double>(src[j] + i);
-    }
+  for (const PlacedPiece& pc : pieces)
+    for (int64_t i = 0; i < pc.count; ++i)
+      want[static_cast<size_t>(pc.dst + i)] = 100.0 * pc.rank + static_cast<double>(pc.src + i);
   std::vector<double> send(12), recv(want.size(), -1.0);
   for (int i = 0; i < 12; ++i) send[static_cast<size_t>(i)] = 100.0 * me + i;
   const View sv{send.data(), DType::f64, 12}, rv{recv.data(), DType::f64, static_cast<int64_t>(recv.size())};
@@ -318,12 +323,7 @@ TEST(Communication, PlacedReduceScatterSumsEachPieceIntoItsRank) {
   ASSERT_EQ(MPI_Comm_dup(MPI_COMM_WORLD, &dup), MPI_SUCCESS);
   MpiCommunicator comm("sp", dup);
   const int P = comm.size(), me = comm.rank();
-  // Rank q's part of 12 in pieces of 5, 3 and 4, placed piece-major, the middle pieces in reverse
-  // rank order (as the gather test's).
-  const std::vector<int64_t> counts = {5, 3, 4}, src = {0, 5, 8};
-  std::vector<PlacedPiece> pieces;
-  for (int j = 0, base = 0; j < 3; base += static_cast<int>(counts[j]) * P, ++j)
-    for (int q = 0; q < P; ++q) pieces.push_back({q, src[j], counts[j], base + (j == 1 ? P - 1 - q : q) * counts[j]});
+  const std::vector<PlacedPiece> pieces = test_pieces(P);
   // Rank r sends (r + 1)·(i + 1) at element i: the sum over ranks is (i + 1)·P(P + 1)/2.
   std::vector<double> send(static_cast<size_t>(12 * P)), recv(12, -1.0), want(12);
   for (size_t i = 0; i < send.size(); ++i) send[i] = (me + 1.0) * (static_cast<double>(i) + 1.0);
