@@ -29,7 +29,6 @@ class Gemm {
   // beside a collective whose kernels hold some SMs, so that no CTA waits for one of them.
   void set_sm_target(int sms);
 
-
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -224,45 +224,36 @@ Communicator& group(Session& s, const std::string& name) {
 }
 
 // A collective's operands: the gathered (or scattered, or reduced) buffer and one rank's part.
-// A placed all-gather (BoundModel::Comm::placed_pieces > 0) also has its pieces: each rank's part
-// in that many equal pieces, rank q's piece j at block j·P + q (j even) or j·P + P-1-q (j odd) of
-// the gathered buffer, as lss's zigzag chunks land.
+// A placed all-gather (BoundModel::Comm::placed not empty) also has the strategy's pieces.
 struct CollectiveOperands {
   Buffer big, part;
   std::vector<PlacedPiece> pieces;
 };
 CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollKind kind, int64_t bytes, DType dtype,
-                                       int64_t placed_pieces) {
+                                       const std::vector<PlacedPiece>& placed) {
   const int64_t n = bytes / static_cast<int64_t>(dtype_size(dtype));
   // A gather's operands come from where the strategies take theirs (symmetric windows with
-  // --copy-engine-gathers), so that it runs as theirs do.
-  const bool placed = kind == CollKind::all_gather && placed_pieces > 0;
+  // --copy-engine-gathers; a placed gather's from plain memory, as lss's), so that it runs as
+  // theirs do.
+  const bool is_placed = kind == CollKind::all_gather && !placed.empty();
   auto operand = [&](int64_t count) {
-    Buffer b = kind == CollKind::all_gather && !placed ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
+    Buffer b = kind == CollKind::all_gather && !is_placed ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
     be.fill_zero(b.view());
     return b;
   };
   CollectiveOperands o;
   o.big = operand(n);
   o.part = operand(std::max<int64_t>(n / c.size(), 1));
-  if (placed) {
-    const int64_t P = c.size(), piece = o.part.numel() / placed_pieces;
-    LSS_CHECK(piece * placed_pieces == o.part.numel() && piece * placed_pieces * P == n,
-              "analytic bound: a placed all-gather of " + std::to_string(n) + " elements in " +
-                  std::to_string(placed_pieces) + " pieces per rank of " + std::to_string(P));
-    for (int q = 0; q < P; ++q)
-      for (int64_t j = 0; j < placed_pieces; ++j)
-        o.pieces.push_back({q, j * piece, piece, (j * P + (j % 2 ? P - 1 - q : q)) * piece});
-  }
+  if (is_placed) o.pieces = placed;
   return o;
 }
 
 // Seconds of one blocking collective of `bytes` (communicator.h's convention) on the group.
 double collective_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype,
-                          int64_t placed_pieces) {
+                          const std::vector<PlacedPiece>& placed) {
   Backend& be = s.backend();
   Communicator& c = group(s, name);
-  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype, placed_pieces);
+  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype, placed);
   if (!o.pieces.empty())
     return time_median(be, 0.0, [&] { c.all_gather_placed(o.part.view(), o.big.view(), o.pieces); });
   switch (kind) {
@@ -294,10 +285,11 @@ struct OverlapSeconds {
   double gemms_alone = 0, together = 0;
 };
 OverlapSeconds overlap_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype,
-                               int64_t placed_pieces, DType compute, const BoundModel::Linear& lin, int64_t gemms) {
+                               const std::vector<PlacedPiece>& placed, DType compute, const BoundModel::Linear& lin,
+                               int64_t gemms) {
   Backend& be = s.backend();
   Communicator& c = group(s, name);
-  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype, placed_pieces);
+  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype, placed);
   Buffer x = random_operand(be, compute, lin.rows * lin.in), w = random_operand(be, compute, lin.out * lin.in);
   Buffer b = random_operand(be, compute, lin.out), y = be.alloc(compute, lin.rows * lin.out);
   auto run_gemms = [&] {
@@ -406,7 +398,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const ComputeParts burst = compute_parts(session, rc, model, 0.0);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0, contended_comm_s = 0;
-  std::map<std::tuple<std::string, int, int64_t, int, int64_t>, double> measured;  // (group, kind, bytes, dtype, pieces) -> s
+  // (group, kind, bytes, dtype, pieces) -> s
+  std::map<std::tuple<std::string, int, int64_t, int, std::vector<PlacedPiece>>, double> measured;
   // The contended bound prices each collective that GEMMs hide by running it beside them: the
   // layer's largest linear layer stands in for those GEMMs.
   const BoundModel::Linear* stand_in = nullptr;
@@ -415,8 +408,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // Gradients travel in the master dtype, activations in the compute dtype.
   for (const auto& c : model.comm) {
     const DType dt = c.gradients || c.kind == CollKind::all_reduce ? master_dtype(m.dtype) : m.dtype;
-    const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes, static_cast<int>(dt), c.placed_pieces);
-    if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt, c.placed_pieces);
+    const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes, static_cast<int>(dt), c.placed);
+    if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt, c.placed);
     const double t = measured[key];
     // Under --no-overlap every collective runs where it is needed: nothing beside it.
     const double beside_optimizer = c.hidden_by_optimizer_share * burst.optimizer_s;
@@ -428,7 +421,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                             {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
                             {"hidden_by_optimizer_share", c.hidden_by_optimizer_share},
                             {"exposed_ms", exposed * 1e3}};
-    if (c.placed_pieces > 0) entry["placed_pieces"] = c.placed_pieces;
+    // Pieces per rank, for the record (every rank places as many).
+    if (!c.placed.empty()) entry["placed_pieces"] = static_cast<int64_t>(c.placed.size()) / group(session, c.group).size();
     double contended = exposed;
     // Every rank has the same entries in the same order (their collectives match), so each
     // rank's overlap timing meets the others' in the collective.
@@ -436,7 +430,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
       const double stand_in_flops = 2.0 * static_cast<double>(stand_in->rows * stand_in->in * stand_in->out);
       const int64_t gemms = std::max<int64_t>(1, std::llround(c.hidden_by_flops / stand_in_flops));
       const OverlapSeconds o =
-          overlap_seconds(session, c.group, c.kind, c.bytes, dt, c.placed_pieces, m.dtype, *stand_in, gemms);
+          overlap_seconds(session, c.group, c.kind, c.bytes, dt, c.placed, m.dtype, *stand_in, gemms);
       contended = static_cast<double>(c.calls) * std::max(0.0, o.together - o.gemms_alone - beside_optimizer);
       entry["contended"] = {{"gemms", gemms},
                             {"gemm_shape", {stand_in->rows, stand_in->in, stand_in->out}},

@@ -104,6 +104,14 @@ void Communicator::check_placed(View part, View full, const std::vector<PlacedPi
   LSS_CHECK(tiles(dst, full.numel), where + "the pieces do not cover the full buffer once");
 }
 
+void Communicator::copy_pieces(View part, View full, const std::vector<PlacedPiece>& pieces, bool gather) {
+  for (const PlacedPiece& pc : pieces) {
+    const View p = part.slice(pc.src, pc.count), f = full.slice(pc.dst, pc.count);
+    if (gather) local_copy(f, p);
+    else local_copy(p, f);
+  }
+}
+
 void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
   count(k, bytes);
   if (timer_) {
@@ -207,7 +215,7 @@ void Communicator::all_gather_placed(View send, View recv, const std::vector<Pla
   require_idle("all_gather_placed");
   check_placed(send, recv, pieces, true, "all_gather_placed");
   if (size_ == 1) {
-    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
+    copy_pieces(send, recv, pieces, true);
     return;
   }
   const auto t0 = start_timer();
@@ -218,7 +226,7 @@ void Communicator::all_gather_placed(View send, View recv, const std::vector<Pla
 CommHandle Communicator::start_all_gather_placed(View send, View recv, std::vector<PlacedPiece> pieces) {
   check_placed(send, recv, pieces, true, "start_all_gather_placed");
   if (size_ == 1) {
-    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.dst, pc.count), send.slice(pc.src, pc.count));
+    copy_pieces(send, recv, pieces, true);
     return {};
   }
   return start(CollKind::all_gather, recv.bytes(), recv, send,
@@ -229,7 +237,7 @@ void Communicator::reduce_scatter_placed(View send, View recv, const std::vector
   require_idle("reduce_scatter_placed");
   check_placed(recv, send, pieces, false, "reduce_scatter_placed");
   if (size_ == 1) {
-    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.src, pc.count), send.slice(pc.dst, pc.count));
+    copy_pieces(recv, send, pieces, false);
     return;
   }
   const auto t0 = start_timer();
@@ -240,7 +248,7 @@ void Communicator::reduce_scatter_placed(View send, View recv, const std::vector
 CommHandle Communicator::start_reduce_scatter_placed(View send, View recv, std::vector<PlacedPiece> pieces) {
   check_placed(recv, send, pieces, false, "start_reduce_scatter_placed");
   if (size_ == 1) {
-    for (const PlacedPiece& pc : pieces) local_copy(recv.slice(pc.src, pc.count), send.slice(pc.dst, pc.count));
+    copy_pieces(recv, send, pieces, false);
     return {};
   }
   return start(CollKind::reduce_scatter, send.bytes(), recv, send,

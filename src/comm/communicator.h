@@ -13,6 +13,7 @@
 // The MPI communicator has no second lane: its start_* run the collective at once.
 #pragma once
 #include <array>
+#include <compare>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -49,6 +50,7 @@ bool overlaps(const View& a, const View& b);
 struct PlacedPiece {
   int rank = 0;
   int64_t src = 0, count = 0, dst = 0;
+  auto operator<=>(const PlacedPiece&) const = default;
 };
 
 // An asynchronous collective in flight: wait() on it before using its buffers; wait() empties the
@@ -156,6 +158,9 @@ class Communicator {
   // The operands of a placed gather (part: send, full: recv) or reduce-scatter (full: send, part:
   // recv) and their pieces.
   void check_placed(View part, View full, const std::vector<PlacedPiece>& pieces, bool gather, const char* what) const;
+  // A group of one's placed collective: each piece copied between the rank's part and the full
+  // buffer (into full for a gather, into part for a reduce-scatter).
+  void copy_pieces(View part, View full, const std::vector<PlacedPiece>& pieces, bool gather);
   CommHandle start(CollKind k, size_t bytes, View output, View input, const std::function<void()>& enqueue);
   void require_idle(const char* what) const;
   std::string name_;

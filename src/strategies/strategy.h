@@ -73,9 +73,9 @@ struct BoundModel {
     double hidden_by_optimizer_share = 0;
     // It moves gradients (the master dtype; otherwise the compute dtype), as every all-reduce does.
     bool gradients = false;
-    // An all-gather placed in this many pieces per rank (Communicator::all_gather_placed, timed
-    // as such); 0: rank-major.
-    int64_t placed_pieces = 0;
+    // An all-gather placed by these pieces (Communicator::all_gather_placed, timed as such), in
+    // elements of its dtype; empty: rank-major.
+    std::vector<PlacedPiece> placed = {};
   };
   std::vector<Comm> comm;
 };

@@ -114,14 +114,14 @@ class LssStrategy final : public Strategy {
       // backward and the diagonal blocks' backward.
       const double q_backward = 3 * (2 * N * C * C) + 2.5 * diagonal_forward;
       // The fused gathers, placed in each rank's segments (placed_gather) or rank-major.
-      const int64_t pieces = placed_gather() ? static_cast<int64_t>(segments_.size()) : 0;
+      const std::vector<PlacedPiece> pieces = placed_gather() ? kv_pieces() : std::vector<PlacedPiece>{};
       if (pipelined()) add_pipelined_gather_bounds(m, kv_bytes);
       else m.comm.push_back({"K/V all-gather, forward", "sp", CollKind::all_gather, kv_bytes, cfg.L, q_projection});
-      if (!pipelined()) m.comm.back().placed_pieces = pieces;
+      if (!pipelined()) m.comm.back().placed = pieces;
       if (ctx_.opts.recompute) {
         m.comm.push_back({"K/V all-gather, recomputed forward", "sp", CollKind::all_gather, kv_bytes, cfg.L,
                           q_projection});
-        m.comm.back().placed_pieces = pieces;
+        m.comm.back().placed = pieces;
       } else if (!ctx_.opts.keep_kv && wave_backward()) {
         // Both halves start before the MLP's backward, which runs beside the two.
         for (const char* half : {"front", "back"})
@@ -129,7 +129,7 @@ class LssStrategy final : public Strategy {
                             kv_bytes / 2, cfg.L, mlp_backward / 2});
       } else if (!ctx_.opts.keep_kv) {
         m.comm.push_back({"K/V re-gather, backward", "sp", CollKind::all_gather, kv_bytes, cfg.L, mlp_backward});
-        m.comm.back().placed_pieces = pieces;
+        m.comm.back().placed = pieces;
       }
       if (wave_backward()) {
         for (const char* half : {"front", "back"})
@@ -572,19 +572,15 @@ class LssStrategy final : public Strategy {
     if (!ctx_.opts.keep_kv) a.kv_wave.reset();
   }
 
-  // Moves [K|V] rows between the all-gather's rank-major order (rank q's local rows, segment by
-  // segment) and global token order; identity for contiguous segments, which need no copy.
+  // Moves [K|V] rows between the all-gather's rank-major order (rank q's local rows at q*Tl) and
+  // global token order, piece by piece as a placed gather lays them (kv_pieces).
   void reorder_kv(View rank_major, View global, bool to_global) {
-    const int64_t row = Bl_ * 2 * ctx_.cfg.C;  // elements of one token position
-    for (int q = 0; q < P_; ++q) {
-      int64_t local = 0;
-      for (const RowRange& seg : segments_of(q)) {
-        View g = global.slice(seg.start * row, seg.count * row);
-        View r = rank_major.slice((q * Tl_ + local) * row, seg.count * row);
-        if (to_global) ctx_.backend.copy(g, r);
-        else ctx_.backend.copy(r, g);
-        local += seg.count;
-      }
+    const int64_t local = Tl_ * Bl_ * 2 * ctx_.cfg.C;  // elements of one rank's [K|V]
+    for (const PlacedPiece& pc : kv_pieces()) {
+      View g = global.slice(pc.dst, pc.count);
+      View r = rank_major.slice(pc.rank * local + pc.src, pc.count);
+      if (to_global) ctx_.backend.copy(g, r);
+      else ctx_.backend.copy(r, g);
     }
   }
 
