@@ -45,9 +45,14 @@ ok = ok and (r["grid"]["world"] > 1 or abs(parts - b["bound_ms"]) <= 1e-9 * b["b
 ew = sum(k["ms_per_call"] * k["calls"] for k in r0["elementwise_kernels"].values())
 ok = ok and abs(ew - r0["elementwise_ms"]) <= 1e-9 * r0["elementwise_ms"]
 ok = ok and abs(sum(x["ms_per_call"] * x["calls"] for x in r0["passes"]) - r0["passes_ms"]) <= 1e-9 * max(1.0, r0["passes_ms"])
-# lss in the zigzag order reorders every gather: priced passes.
+# lss in the zigzag order copies [dK|dV] into rank order: priced passes. Its fused K/V gathers
+# land each rank's two chunks at their places (the MPI communicator places gathers), timed so;
+# the pipeline's half gathers are rank-major.
 zigzag = c["strategy_options"].get("order") == "zigzag"
 ok = ok and (not zigzag or r0["passes_ms"] > 0)
+fused_kv = [x for x in r0["comm"] if x["what"] in ("K/V all-gather, forward", "K/V re-gather, backward",
+                                                   "K/V all-gather, recomputed forward")]
+ok = ok and all(x.get("placed_pieces") == (2 if zigzag else None) for x in fused_kv)
 # lss --chunk-pipeline runs every forward linear on each of its two chunks: timed so.
 pipeline = c["strategy_options"].get("chunk_pipeline", False)
 ok = ok and all((x.get("forward_parts", 1) == 2) == pipeline for x in r0["linears"])
