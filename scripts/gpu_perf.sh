@@ -7,6 +7,8 @@
 #             LSS_STEP_TEST_FILTER, a gtest filter, picks cases: the whole test takes ~420 s on 4 GPUs;
 #             LSS_TESTS picks the binaries, default "kernels attention strategies")
 #   serial    serial step, L4 C2048 H16 B1 bf16, T=16K and 64K, with the analytic bound
+#   libs      the serial step at T=16K on the system's CUDA libraries and on python3's (LSS_CUDA_LIBS=python
+#             makes every run use python3's), alternating, then the PyTorch eager peer
 #   serial-attention  the serial step at T=16K on each attention path (cuDNN, the own flash kernels)
 #   peers     peers-serial, then peers-lss
 #   peers-serial  our serial step and the PyTorch peer (bench/peers/torch_step.py) serial eager and
@@ -69,6 +71,28 @@ sys() { LD_LIBRARY_PATH=$orig_ld "$@"; }
 [ -x "$dev/bin/lssbench" ] || tar -C "$dev" -xJf "$dev/bundle.tar.xz" || { echo "cannot unpack $dev/bundle.tar.xz"; exit 1; }
 export PATH=$dev/mpich/bin:$PATH LD_LIBRARY_PATH=$dev/lib:$dev/mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export NCCL_NVLS_ENABLE=0
+# The CUDA libraries of the machine's python3 (PyTorch's environment): cuDNN, cuBLAS(Lt), NCCL and the
+# runtime in their nvidia/*/lib folders, as colon-separated folders; empty where python3 has none.
+# These can be newer than the system's (on the H200 machines cuDNN 9.19 against the system's 9.14).
+python_cuda_libs() {
+  sys python3 - <<'PY' 2>/dev/null
+import glob, os, site
+dirs = []
+for sp in site.getsitepackages():
+    for lib in ("libcudnn.so.9", "libcublasLt.so.13", "libnccl.so.2", "libcudart.so.13"):
+        for f in sorted(glob.glob(os.path.join(sp, "nvidia", "**", lib), recursive=True)):
+            if os.path.dirname(f) not in dirs:
+                dirs.append(os.path.dirname(f))
+print(":".join(dirs))
+PY
+}
+# LSS_CUDA_LIBS=python: every run of ours loads those instead of the system's (machine.cudnn, .cublas,
+# .nccl in the JSON say which were loaded).
+if [ "${LSS_CUDA_LIBS:-system}" = python ]; then
+  pylibs=$(python_cuda_libs)
+  [ -n "$pylibs" ] || { echo "LSS_CUDA_LIBS=python: python3 has no nvidia/*/lib folders"; exit 1; }
+  export LD_LIBRARY_PATH=$pylibs:$LD_LIBRARY_PATH
+fi
 gpus=$(sys nvidia-smi -L | grep -c "^GPU")
 keep=$root/.gpu-keep/sweeps
 # One points folder per $OUT, so that a second invocation in the same call keeps the first's.
@@ -119,6 +143,19 @@ run_section() {
     serial)
       point serial_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_T64K 1 120 --strategy serial --seq 64K --warmup 2 --iters 5 ;;
+    libs)
+      # The serial step on the system's CUDA libraries and on python3's (python_cuda_libs), alternating,
+      # then the PyTorch eager peer (which loads python3's) in the same call.
+      local pylibs round
+      pylibs=$(python_cuda_libs)
+      if [ -z "$pylibs" ]; then echo ">>> NOT-RUN libs: python3 has no nvidia/*/lib folders"; failed=1; return; fi
+      echo "python3's CUDA libraries: $pylibs"; ls ${pylibs//:/ } 2>/dev/null | grep -E '^lib(cudnn|cublas|nccl|cudart)[^_]*\.so' | sort -u | tr '\n' ' '; echo
+      for round in 1 2; do
+        point serial_system_libs${round}_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
+        step serial_python_libs${round}_T16K 120 env LD_LIBRARY_PATH="$pylibs:$LD_LIBRARY_PATH" mpiexec.hydra -n 1 "$dev/bin/lssbench" run $model \
+          --out "$res/serial_python_libs${round}_T16K.json" --strategy serial --seq 16K --warmup 3 --iters 10
+      done
+      peer peer_serial_eager_T16K 1 150 --strategy serial --mode eager --seq 16K ;;
     serial-attention)
       point serial_cudnn_T16K 1 120 --strategy serial --seq 16K --attention cudnn --warmup 3 --iters 10
       point serial_flash_T16K 1 120 --strategy serial --seq 16K --attention flash --warmup 3 --iters 10 ;;

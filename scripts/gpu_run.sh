@@ -113,7 +113,7 @@ for f in sorted(res_dir.glob("*.json")):
                          comm=j.get("comm", {}).get("matches_model"), status=j.get("status", "?")))
         if versions is None:
             mach = j.get("machine", {})
-            versions = ", ".join(f"{k} {mach.get(k)}" for k in ("driver", "cuda", "nccl", "cudnn", "mpi") if mach.get(k))
+            versions = ", ".join(f"{k} {mach.get(k)}" for k in ("driver", "cuda", "nccl", "cudnn", "cublas", "mpi") if mach.get(k))
     except Exception as e:  # a truncated or changed file must not hide the others
         lines.append(f"{f.name}: unreadable ({e})")
 if versions:

@@ -22,6 +22,7 @@
 #include "core/options.h"
 #include "lss_git_commit.h"
 #ifdef LSS_HAVE_CUDA
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include "comm/nccl_communicator.h"
@@ -168,9 +169,10 @@ std::string mpi_version() {
   return s;
 }
 
-// Versions of what this process loaded: driver, CUDA runtime, NCCL, cuDNN (null on cpu).
+// Versions of what this process loaded: driver, CUDA runtime, NCCL, cuDNN, cuBLASLt (null on cpu).
+// The loaded ones, not the ones built against: a machine may hold several (system and Python).
 json library_versions(const std::string& backend) {
-  json v = {{"driver", nullptr}, {"cuda", nullptr}, {"nccl", nullptr}, {"cudnn", nullptr}};
+  json v = {{"driver", nullptr}, {"cuda", nullptr}, {"nccl", nullptr}, {"cudnn", nullptr}, {"cublas", nullptr}};
 #ifdef LSS_HAVE_CUDA
   if (backend == "cuda") {
     auto dotted = [](int x) { return fmt::format("{}.{}", x / 1000, (x % 1000) / 10); };
@@ -180,6 +182,8 @@ json library_versions(const std::string& backend) {
     v["nccl"] = nccl_loaded_version();
     const int cudnn = cuda::CudnnAttention::loaded_version();
     v["cudnn"] = fmt::format("{}.{}.{}", cudnn / 10000, (cudnn % 10000) / 100, cudnn % 100);
+    const size_t cublas = cublasLtGetVersion();
+    v["cublas"] = fmt::format("{}.{}.{}", cublas / 10000, (cublas % 10000) / 100, cublas % 100);
     // The kernel driver's own version, as nvidia-smi shows it: the first dotted number on the
     // "NVRM version" line (its wording differs between the open and the proprietary module).
     if (FILE* f = std::fopen("/proc/driver/nvidia/version", "r")) {
