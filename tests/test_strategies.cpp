@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <map>
 #include <limits>
 
 #include "app/session.h"
@@ -117,11 +118,13 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     const double loss = dist.forward_backward(0);
     const auto grads = dist.gather_full(true);
     // The training loop's order from here: the last gradient buckets' all-reduces run into the
-    // optimizer step, which steps each bucket's parameters after its wait.
+    // optimizer step, which steps each bucket's parameters after its wait (on one rank, backward
+    // steps them itself: --optimizer-in-backward, on by default).
     for (int step = 1; step <= 3; ++step) {
       dist.optimizer_step(step);
-      dist.forward_backward_into_optimizer(step);
+      dist.forward_backward_into_optimizer(step, step + 1);
     }
+    dist.optimizer_step(4);
     const auto params = dist.gather_full(false);
     if (world_rank() != 0) continue;
 
@@ -135,6 +138,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
       serial.optimizer_step(step);
       serial.forward_backward(step);
     }
+    serial.optimizer_step(4);
     const auto ref_params = serial.gather_full(false);
 
     const std::string where = case_name(c, P, R);
@@ -202,6 +206,34 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                                   (c.pipeline ? "_pipeline" : "") + (c.sharded ? "_sharded" : "") +
                                   (c.odd_width ? "_C9" : "");
                          });
+
+// --optimizer-in-backward on one rank: backward steps every bucket as it finishes its gradients,
+// so the parameters have moved before optimizer_step; the result is bit for bit the optimizer
+// phase's (AdamW is elementwise; here every kernel runs at once, in order, so a bucket stepped
+// before backward is done with its parameters or gradients would change the result).
+TEST(OptimizerInBackward, StepsEachBucketInBackwardAndMatchesTheOptimizerPhaseBitForBit) {
+  if (world_rank() != 0) return;
+  for (const char* strategy : {"serial", "lss", "megatron_sp"}) {
+    std::map<std::string, std::vector<double>> before, after_backward[2], after_steps[2];
+    for (int in_backward : {0, 1}) {
+      RunConfig rc = small(strategy, 1, DType::f64, true);
+      rc.strategy_opts.optimizer_in_backward = in_backward == 1;
+      Session s(rc, MPI_COMM_SELF);
+      before = s.gather_full(false);
+      s.forward_backward_into_optimizer(0, 1);
+      after_backward[in_backward] = s.gather_full(false);
+      s.optimizer_step(1);
+      s.forward_backward_into_optimizer(1, 2);
+      s.optimizer_step(2);
+      after_steps[in_backward] = s.gather_full(false);
+    }
+    for (const auto& [name, p0] : before) {
+      EXPECT_EQ(after_backward[0].at(name), p0) << strategy << ": " << name << " moved before optimizer_step";
+      EXPECT_NE(after_backward[1].at(name), p0) << strategy << ": " << name << " not stepped in backward";
+      EXPECT_EQ(after_steps[1].at(name), after_steps[0].at(name)) << strategy << ": " << name << " after two steps";
+    }
+  }
+}
 
 // ---- communication: the README's formulas, written out again here ----
 

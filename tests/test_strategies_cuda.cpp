@@ -94,11 +94,21 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     RunConfig rc = model(c.strategy, P, c.dtype, c.causal, c.attention);
     rc.strategy_opts = options_of(c.variant);
     rc.copy_engine_gathers = c.variant.find("copyengine") != std::string::npos;
-    // A step large enough that stale parameters would show in the next loss (checked below).
-    if (rc.strategy_opts.distributed_optimizer) rc.opt.lr = 3e-2;
+    // The distributed optimizer, and the optimizer in backward (one rank: the side lane's AdamW
+    // beside backward), are checked through the loss one step later: a step large enough that
+    // stale parameters would show in it.
+    const bool sharded = rc.strategy_opts.distributed_optimizer;
+    const bool in_backward = rc.strategy_opts.optimizer_in_backward && P == 1 && R == 1;
+    if (sharded || in_backward) rc.opt.lr = 3e-2;
     Session gpu(rc, MPI_COMM_WORLD);
     gpu.reset_counts();
-    const double loss = gpu.forward_backward(0);
+    double loss = 0;
+    if (in_backward) {
+      gpu.forward_backward_into_optimizer(0, 1);  // the training loop's order: AdamW step 1 starts in backward
+      loss = gpu.loss();
+    } else {
+      loss = gpu.forward_backward(0);
+    }
     // The communicator's counts (bf16 activations, fp32 gradients) equal the README's formulas.
     const CommModel counted = gpu.comm_counts(), expected = gpu.expected_comm();
     EXPECT_EQ(counted.size(), expected.size()) << c.strategy << " P=" << P;
@@ -107,9 +117,10 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     const auto grads = gpu.gather_full(true);
     // The distributed optimizer's loop: each rank steps its shards, the next forward gathers the
     // parameters (in place, in the compute dtype) and its loss is the reference's after one step.
-    const bool sharded = rc.strategy_opts.distributed_optimizer;
+    // In backward: the optimizer phase steps what backward left (layer 0's attention half, the
+    // embeddings), after the side lane's AdamW of the rest.
     double loss_after_step = 0;
-    if (sharded) {
+    if (sharded || in_backward) {
       gpu.optimizer_step(1);
       loss_after_step = gpu.forward_backward(1);
     }
@@ -127,7 +138,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
                               dtype_name(c.dtype) + (c.causal ? " causal " : " non-causal ") + c.attention + " " +
                               c.variant;
     EXPECT_LT(std::abs(loss - ref_loss) / ref_loss, loss_bound) << where << ": loss " << loss << " vs " << ref_loss;
-    if (sharded) {
+    if (sharded || in_backward) {
       cpu.optimizer_step(1);
       const double ref_after = cpu.forward_backward(1);
       EXPECT_GT(std::abs(ref_after - ref_loss) / ref_loss, 3 * loss_bound) << where << ": the step moved the loss too little";

@@ -48,6 +48,13 @@ class CudaBackend final : public Backend {
       : device_(options.device), attention_(options.attention) {
     LSS_CUDA_CHECK(cudaSetDevice(device_));
     LSS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // The side lane at the lowest priority: its blocks take the SMs the main lane leaves free (the
+    // tails and gaps of backward's kernels) rather than delay the main lane's.
+    int least = 0, greatest = 0;
+    LSS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    LSS_CUDA_CHECK(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, least));
+    LSS_CUDA_CHECK(cudaEventCreateWithFlags(&side_fork_, cudaEventDisableTiming));
+    LSS_CUDA_CHECK(cudaEventCreateWithFlags(&side_join_, cudaEventDisableTiming));
     LSS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
     gemm_ = std::make_unique<cuda::Gemm>();
     sample_device_memory();  // the GEMM workspace
@@ -62,12 +69,16 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
+    LSS_CUDA_CHECK(cudaStreamSynchronize(side_stream_));
     LSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudnn_.reset();
     gemm_.reset();
     free_cache();
     // Buffers must not outlive their backend; free what is left rather than leak it.
     for (const auto& [ptr, bytes] : live_) LSS_CUDA_CHECK(cudaFree(ptr));
+    LSS_CUDA_CHECK(cudaEventDestroy(side_fork_));
+    LSS_CUDA_CHECK(cudaEventDestroy(side_join_));
+    LSS_CUDA_CHECK(cudaStreamDestroy(side_stream_));
     LSS_CUDA_CHECK(cudaStreamDestroy(stream_));
   }
 
@@ -122,12 +133,40 @@ class CudaBackend final : public Backend {
     LSS_CUDA_CHECK(cudaMemsetAsync(dst.ptr, 0, dst.bytes(), stream_));
   }
 
-  void synchronize() override { LSS_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    LSS_CHECK(!in_side_work_, "cuda backend: synchronize() inside side work");
+    LSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // ---- the side lane ----
+  // Inside side work every operation goes to the side stream (stream_ is swapped), so the kernels'
+  // own code needs no second path.
+  void begin_side_work() override {
+    LSS_CHECK(!in_side_work_, "cuda backend: begin_side_work() inside side work");
+    LSS_CUDA_CHECK(cudaEventRecord(side_fork_, stream_));
+    LSS_CUDA_CHECK(cudaStreamWaitEvent(side_stream_, side_fork_, 0));
+    std::swap(stream_, side_stream_);
+    in_side_work_ = true;
+    side_pending_ = true;
+  }
+  void end_side_work() override {
+    LSS_CHECK(in_side_work_, "cuda backend: end_side_work() without begin_side_work()");
+    std::swap(stream_, side_stream_);
+    in_side_work_ = false;
+  }
+  void join_side_work() override {
+    LSS_CHECK(!in_side_work_, "cuda backend: join_side_work() inside side work");
+    if (!side_pending_) return;
+    LSS_CUDA_CHECK(cudaEventRecord(side_join_, side_stream_));
+    LSS_CUDA_CHECK(cudaStreamWaitEvent(stream_, side_join_, 0));
+    side_pending_ = false;
+  }
 
   // ---- timing ----
   // A marker is an event recorded on the stream (no synchronization); the time between two is
   // what the device measured between them.
   Marker mark() override {
+    LSS_CHECK(!in_side_work_, "cuda backend: a timing marker inside side work");
     Marker m;
     m.host_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -225,6 +264,8 @@ class CudaBackend final : public Backend {
   // Every kernel of the backend runs on stream_, so a block freed here may be handed out again at
   // once: work enqueued after the reuse runs after the work that used the block before.
   void* raw_alloc(size_t bytes) override {
+    // A block handed out on the side lane could still be in use by the main lane's earlier work.
+    LSS_CHECK(!in_side_work_, "cuda backend: an allocation inside side work");
     const size_t cls = size_class(bytes);
     if (auto it = free_.find(cls); it != free_.end() && !it->second.empty()) {
       void* p = it->second.back();
@@ -368,7 +409,11 @@ class CudaBackend final : public Backend {
 
   int device_;
   std::string attention_;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t stream_ = nullptr;       // the main lane (swapped with side_stream_ inside side work)
+  cudaStream_t side_stream_ = nullptr;  // the side lane, lowest priority
+  cudaEvent_t side_fork_ = nullptr, side_join_ = nullptr;
+  bool in_side_work_ = false;
+  bool side_pending_ = false;  // side work enqueued since the last join
   int num_sms_ = 1;
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unique_ptr<cuda::CudnnAttention> cudnn_;  // created on first use

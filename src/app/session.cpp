@@ -76,12 +76,12 @@ Session::~Session() {
 }
 
 double Session::forward_backward(int64_t step, StepTimes* times) {
-  run_forward_backward(step, times, true);
+  run_forward_backward(step, times, true, 0);
   return loss();
 }
 
-void Session::forward_backward_into_optimizer(int64_t step, StepTimes* times) {
-  run_forward_backward(step, times, false);
+void Session::forward_backward_into_optimizer(int64_t step, int64_t adam_step, StepTimes* times) {
+  run_forward_backward(step, times, false, adam_step);
 }
 
 double Session::loss() {
@@ -91,9 +91,11 @@ double Session::loss() {
   return total / static_cast<double>(cfg_.model.B * cfg_.model.T);
 }
 
-void Session::run_forward_backward(int64_t step, StepTimes* times, bool finish) {
+void Session::run_forward_backward(int64_t step, StepTimes* times, bool finish, int64_t adam_step) {
   strategy_->finish_gradients();     // a caller that stepped no optimizer since
   grid_.world_comm->wait(loss_sum_);  // and read no loss
+  // Gradients read before the optimizer (finish) must not have stepped their parameters yet.
+  strategy_->step_in_backward(!finish && cfg_.strategy_opts.optimizer_in_backward ? &cfg_.opt : nullptr, adam_step);
   const auto [c0, e0] = comm_seconds(grid_);
   const Backend::Marker m0 = backend_->mark();
   strategy_->params().zero_grads();

@@ -56,8 +56,10 @@ class Session {
   // The training loop's order: forward and backward of step `step` with the last gradient
   // buckets' all-reduces and the world's sum of the loss still in flight, for optimizer_step to
   // finish (it fills in the step's communication times); loss() reads the loss after it. No host
-  // synchronisation splits the step.
-  void forward_backward_into_optimizer(int64_t step, StepTimes* times = nullptr);
+  // synchronisation splits the step. `adam_step` is the optimizer_step that follows: with
+  // --optimizer-in-backward backward may already step the parameters it has finished (AdamW step
+  // `adam_step`), and optimizer_step(adam_step) steps the rest.
+  void forward_backward_into_optimizer(int64_t step, int64_t adam_step, StepTimes* times = nullptr);
   void optimizer_step(int64_t adam_step, StepTimes* times = nullptr);
   // The global mean loss of the last forward and backward: waits for its world sum and reads it
   // (a host synchronisation).
@@ -86,7 +88,7 @@ class Session {
   Grid grid_;
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<Strategy> strategy_;
-  void run_forward_backward(int64_t step, StepTimes* times, bool finish);
+  void run_forward_backward(int64_t step, StepTimes* times, bool finish, int64_t adam_step);
 
   Buffer loss_buf_;   // (1) fp64 loss sum, reduced over the world
   CommHandle loss_sum_;  // that world all-reduce, started after forward

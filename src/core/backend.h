@@ -270,6 +270,17 @@ class Backend {
   };
   virtual void adamw(View param, View grad, View m, View v, const AdamW& hp) = 0;
 
+  // ---- a second lane of work ----
+  // Work enqueued between begin_side_work() and end_side_work() runs on a second lane, after all
+  // work enqueued before begin_side_work() and beside the work enqueued on the main lane after it;
+  // join_side_work() orders the main lane's later work after all side work so far. The side lane
+  // is for elementwise kernels on long-lived buffers (the optimizer stepping a layer's
+  // parameters while backward goes on): nothing may be allocated, timed or synchronized inside.
+  // The CPU backend runs everything at once, in order: there these do nothing.
+  virtual void begin_side_work() {}
+  virtual void end_side_work() {}
+  virtual void join_side_work() {}
+
   // ---- device state ----
   // Starts sampling the device's clocks and power; stop returns their summary, or nullopt where
   // the backend cannot read them (the CPU backend, a machine without NVML).

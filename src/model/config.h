@@ -57,6 +57,11 @@ struct StrategyOptions {
   // all-reduced, each rank steps and keeps AdamW moments for its 1/P of them, and the forward
   // all-gathers the updated parameters bucket by bucket, one ahead of their use.
   bool distributed_optimizer = false;
+  // The optimizer in backward: a bucket of parameters whose gradients need no sum (one rank:
+  // P = R = 1) steps as soon as backward has finished them, on the backend's side lane beside the
+  // rest of backward, instead of in the optimizer phase after it. AdamW is elementwise, so no value
+  // changes. With sums to wait for, buckets step in the optimizer phase as before.
+  bool optimizer_in_backward = true;
   // Overlap collectives with compute (asynchronous collectives on a communication stream, and
   // gradient all-reduces per layer during backward); false runs each one where it is needed.
   bool overlap = true;

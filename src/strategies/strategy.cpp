@@ -259,7 +259,43 @@ AttentionArgs Strategy::attention_shape(int64_t B, int64_t H, int64_t Tq, int64_
   return a;
 }
 
+bool Strategy::steps_in_backward() const { return backward_opt_ != nullptr && ctx_.grid.P == 1 && ctx_.grid.R == 1; }
+
+void Strategy::step_in_backward(const OptimizerConfig* opt, int64_t adam_step) {
+  LSS_CHECK(stepped_in_backward_.empty(), name() + ": a backward stepped parameters (AdamW step " +
+                                              std::to_string(backward_adam_step_) +
+                                              ") and no optimizer_step followed it");
+  backward_opt_ = opt;
+  backward_adam_step_ = adam_step;
+}
+
+double Strategy::optimizer_share_beside_backward(const ParamStore& store) const {
+  if (!ctx_.opts.optimizer_in_backward || ctx_.grid.P != 1 || ctx_.grid.R != 1) return 0;
+  const std::vector<std::string> keys = bucket_keys();
+  int64_t n = 0;
+  for (size_t i = 0; i + 2 < keys.size(); ++i)
+    for (bool seq_reduced : {true, false}) {
+      const auto [b, e] = bucket_range(store, keys[i], seq_reduced);
+      n += e - b;
+    }
+  return static_cast<double>(n) / static_cast<double>(std::max<int64_t>(1, optimizer_numel()));
+}
+
 void Strategy::start_bucket(ParamStore& store, const std::string& key) {
+  if (steps_in_backward()) {
+    // Nothing to sum: the bucket's gradients are final, so its parameters step now, beside the
+    // backward still to come (which reads neither them nor these gradients).
+    Backend& be = ctx_.backend;
+    be.begin_side_work();
+    for (bool seq_reduced : {true, false}) {
+      const auto [b, e] = bucket_range(store, key, seq_reduced);
+      if (e <= b) continue;
+      store.adamw_step(*backward_opt_, backward_adam_step_, b, e);
+      stepped_in_backward_.emplace_back(b, e);
+    }
+    be.end_side_work();
+    return;
+  }
   Bucket bucket;
   bucket.ranges = stepped_ranges(store, key);
   Communicator& seq = *ctx_.grid.seq;
@@ -412,6 +448,7 @@ void Strategy::finish_gradients() {
   for (Bucket& b : buckets_in_flight_) start_data(store, b);
   for (Bucket& b : buckets_in_flight_) wait_bucket(b);
   buckets_in_flight_.clear();
+  ctx_.backend.join_side_work();
 }
 
 void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
@@ -422,6 +459,11 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
   // each lies inside one range this rank steps).
   std::vector<std::pair<int64_t, int64_t>> in_flight, ready;
   for (const Bucket& b : buckets) in_flight.insert(in_flight.end(), b.ranges.begin(), b.ranges.end());
+  // And outside what backward has stepped already (step_in_backward).
+  LSS_CHECK(stepped_in_backward_.empty() || step == backward_adam_step_,
+            name() + ": optimizer_step " + std::to_string(step) + " after a backward that stepped AdamW step " +
+                std::to_string(backward_adam_step_));
+  in_flight.insert(in_flight.end(), stepped_in_backward_.begin(), stepped_in_backward_.end());
   std::sort(in_flight.begin(), in_flight.end());
   const std::vector<std::pair<int64_t, int64_t>> all = {{0, store.numel()}};
   for (const auto& [ob, oe] : sharded() ? owned_ : all) {
@@ -449,6 +491,10 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
   for (Bucket* b : last) step_bucket(*b);
   // The next forward gathers the updated shards.
   for (Shard& sh : shards_) sh.gather_owed = sh.size > 0;
+  // The next step's work (zeroing the gradients, the forward) after the side lane's AdamW.
+  ctx_.backend.join_side_work();
+  stepped_in_backward_.clear();
+  backward_opt_ = nullptr;
 }
 
 void Strategy::upload_batch(int64_t step, int64_t b0, int64_t nb, const std::vector<RowRange>& ranges, Buffer& tokens,

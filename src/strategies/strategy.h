@@ -106,8 +106,19 @@ class Strategy {
   // What the analytic bound needs to know of this rank's step.
   virtual BoundModel bound_model() const = 0;
 
-  // Waits for the gradient reductions backward left in flight (nothing when none is).
+  // Waits for the gradient reductions backward left in flight (nothing when none is), and for the
+  // parameters backward stepped on the side lane (step_in_backward).
   void finish_gradients();
+  // The next backward may step (AdamW step `adam_step` of `opt`) each bucket whose gradients are
+  // final when backward finishes them, on the backend's side lane beside the rest of backward
+  // (--optimizer-in-backward: on one rank, P = R = 1, where no bucket waits for a sum); null:
+  // none. optimizer_step(opt, adam_step) then steps the rest; a call before it, with parameters
+  // already stepped, is a bug (LSS_CHECK): the model would be left half stepped.
+  void step_in_backward(const OptimizerConfig* opt, int64_t adam_step);
+  // The share of optimizer_numel() that backward steps beside its compute under step_in_backward:
+  // every bucket but the last two (layer 0's attention half, whose AdamW has only the embeddings'
+  // backward beside it, and the embeddings'); 0 where backward steps none. For the bound.
+  double optimizer_share_beside_backward(const ParamStore& store) const;
   // Elements of the flat parameter buffers this rank's optimizer steps: all of them, or with
   // --distributed-optimizer its shards of the sequence-reduced ones and all the others.
   int64_t optimizer_numel() const;
@@ -260,6 +271,11 @@ class Strategy {
   // Waits for every all-reduce of the bucket started so far.
   void wait_bucket(Bucket& b);
   std::vector<Bucket> buckets_in_flight_;  // in the order started
+  // step_in_backward's AdamW (null: none) and the flat ranges backward has stepped with it.
+  bool steps_in_backward() const;
+  const OptimizerConfig* backward_opt_ = nullptr;
+  int64_t backward_adam_step_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> stepped_in_backward_;
 };
 
 // Adds `calls` calls of `bytes` bytes each of kind k to group g of the model (when the group has

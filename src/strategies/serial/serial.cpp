@@ -57,14 +57,20 @@ class SerialStrategy final : public Strategy {
     Buffer dh = be.alloc(cfg.dtype, N * C);  // (N, C) gradient of the residual stream
     head_backward(be, cfg, store_, layers_.empty() ? resid0_.view() : layers_.back().h_out.view(), dh.view(),
                   head_, N);
+    // The buckets' hooks: on one rank nothing is summed, but with --optimizer-in-backward each
+    // bucket's parameters step there, beside the backward still to come.
+    head_gradients_ready(store_);
     for (int64_t l = cfg.L - 1; l >= 0; --l) {
       Layer& a = layers_[l];
       a.h_out.reset();
       mlp_backward(be, cfg, layer_params(store_, l), layer_grads(store_, l), a.h_mid.view(), dh.view(), a.mlp, N);
+      mlp_gradients_ready(store_, l);
       attention_backward(layer_params(store_, l), layer_grads(store_, l), l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(),
                          dh.view(), a);
+      attention_gradients_ready(store_, l);
     }
     be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(0, T * C), dh.view(), tokens_.view(), T, B, C);
+    reduce_gradients(store_);
     layers_.clear();
     resid0_.reset();
     tokens_.reset();
