@@ -39,11 +39,11 @@ want = ((3 + rec) * L * 24 * B * T * C * C + 6 * B * T * C * V) / r["grid"]["wor
 r0 = b["rank0"]
 parts = r0["gemm_ms"] + r0["attention_ms"] + r0["elementwise_ms"] + r0["passes_ms"] + r0["optimizer_exposed_ms"] + r0["comm_exposed_ms"]
 ok = abs(r0["gemm_flops"] - want) <= 1e-9 * want and parts <= b["bound_ms"] * (1 + 1e-9)
-# --optimizer-in-backward (on by default) on one rank: backward steps every bucket but layer 0's
-# attention half and the embeddings beside its compute, and the bound prices the rest of AdamW;
+# --optimizer-in-backward on one rank: backward steps every bucket but layer 0's attention half
+# and the embeddings beside its compute, and the bound prices the rest of AdamW; without it, or
 # with sums to wait for (world > 1), the optimizer phase steps everything.
 share = r0["optimizer_hidden_share"]
-in_backward = r["grid"]["world"] == 1 and c["options"].get("optimizer-in-backward", True) in (True, "true")
+in_backward = r["grid"]["world"] == 1 and c["options"].get("optimizer-in-backward") in (True, "true")
 ok = ok and (0 < share < 1 if in_backward else share == 0)
 ok = ok and abs(r0["optimizer_exposed_ms"] - r0["optimizer_ms"] * (1 - share)) <= 1e-9 * max(1e-12, r0["optimizer_ms"])
 # One rank: its parts are the bound.
@@ -195,7 +195,7 @@ PY
 # The sustained bound: default (none on cpu), an explicit --bound-heat (measured on cpu too; with
 # the `=` form on 4 ranks), and an explicit 0 (none).
 point 1 serial --strategy serial
-point 1 serial_optimizer_after --strategy serial --no-optimizer-in-backward
+point 1 serial_optimizer_in_backward --strategy serial --optimizer-in-backward
 point 2 lss --strategy lss --sp 2 --batch 2 --bound-heat 0.01
 point 4 lss_dp --strategy lss --sp 2 --batch 2 --keep-kv --zigzag --bound-heat=0.005
 point 4 lss_pipeline --strategy lss --sp 4 --zigzag --chunk-pipeline

@@ -79,7 +79,7 @@ OptionParser make_parser() {
   p.add_flag("distributed-optimizer", false,
              "shard the optimizer over the sequence group (ZeRO-1): reduce-scatter the summed gradients, step 1/P "
              "of them, all-gather the parameters in the next forward");
-  p.add_flag("optimizer-in-backward", true,
+  p.add_flag("optimizer-in-backward", false,
              "on one rank (P = R = 1): step each bucket of parameters (head, each layer's halves) with AdamW beside the "
              "rest of backward, as soon as backward has finished its gradients");
   p.add_flag("overlap", true, "overlap collectives with compute (communication stream, per-layer gradient all-reduces)");

@@ -60,8 +60,10 @@ struct StrategyOptions {
   // The optimizer in backward: a bucket of parameters whose gradients need no sum (one rank:
   // P = R = 1) steps as soon as backward has finished them, on the backend's side lane beside the
   // rest of backward, instead of in the optimizer phase after it. AdamW is elementwise, so no value
-  // changes. With sums to wait for, buckets step in the optimizer phase as before.
-  bool optimizer_in_backward = true;
+  // changes. With sums to wait for, buckets step in the optimizer phase as before. Off by default:
+  // on an H200 at its power cap the serial step at T = 16K gained 0.2-0.5%, within the spread, as
+  // backward grew by what the optimizer phase lost (PERFORMANCE.md, fourteenth session).
+  bool optimizer_in_backward = false;
   // Overlap collectives with compute (asynchronous collectives on a communication stream, and
   // gradient all-reduces per layer during backward); false runs each one where it is needed.
   bool overlap = true;
