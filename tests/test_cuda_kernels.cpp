@@ -404,6 +404,82 @@ TEST_F(GemmTest, PlannedForFewerSms) {
   EXPECT_THROW(gpu->reserve_sms(1 << 20), UsageError);
 }
 
+// Tuned plans (CudaBackendOptions::gemm_tuning, the default): a shape's first call times
+// cuBLASLt's candidates into scratch, so the products equal the heuristic's first algorithm's (an
+// untuned backend) to rounding, and neither the accumulated C, nor beta C's input, nor the GELU
+// epilogue's aux takes a timing run's output. Shapes past the tuning threshold (2 GFLOP); the
+// widest is timed on its first rows only (its output and aux exceed the 256 MiB of scratch).
+TEST_F(GemmTest, TunedPlansComputeTheHeuristicsProducts) {
+  std::unique_ptr<Backend> untuned = make_cuda_backend(CudaBackendOptions{0, "auto", false});
+  struct Variant {
+    const char* what;
+    int64_t m, n, k;
+    bool ta;
+    DType c_dtype;
+    GemmEpilogue epilogue;
+    bool residual;  // beta C from a separate input (c_in)
+    double beta;    // 1: accumulate into C in place
+  };
+  const Variant variants[] = {
+      {"weight gradient, fp32 accumulated in place", 2048, 2048, 4096, true, DType::f32, GemmEpilogue::none, false, 1.0},
+      {"residual through c_in", 8192, 2048, 2048, false, DType::bf16, GemmEpilogue::none, true, 1.0},
+      {"gelu epilogue, its aux past the scratch", 20480, 4096, 256, false, DType::bf16, GemmEpilogue::gelu, false, 0.0},
+      {"gelu_backward epilogue", 8192, 4096, 2048, false, DType::bf16, GemmEpilogue::gelu_backward, false, 0.0},
+  };
+  for (const Variant& v : variants) {
+    const int64_t a_elems = v.m * v.k, b_elems = v.n * v.k, c_elems = v.m * v.n;
+    const auto A = random(a_elems, DType::bf16), Bm = random(b_elems, DType::bf16);
+    const auto C0 = random(c_elems, v.c_dtype), bias = random(v.n, v.c_dtype);
+    const auto aux = random(c_elems, DType::bf16, -4.0, 4.0);
+    std::vector<double> out[2], aux_out[2];
+    for (int tuned : {0, 1}) {
+      Backend& be = tuned ? *gpu : *untuned;
+      auto up = [&](const std::vector<double>& h, DType t) {
+        Buffer b = be.alloc(t, static_cast<int64_t>(h.size()));
+        be.copy_from_host(b.view(), h.data(), DType::f64);
+        return b;
+      };
+      Buffer gA = up(A, DType::bf16), gB = up(Bm, DType::bf16), gC = up(C0, v.c_dtype), gbias = up(bias, v.c_dtype);
+      Buffer gres = up(C0, v.c_dtype), gaux = up(aux, DType::bf16);
+      GemmArgs g;
+      g.dtype = DType::bf16;
+      g.c_dtype = v.c_dtype;
+      g.trans_a = v.ta;
+      g.trans_b = !v.ta;
+      g.m = v.m;
+      g.n = v.n;
+      g.k = v.k;
+      g.a = gA.ptr();
+      g.lda = v.ta ? v.m : v.k;
+      g.b = gB.ptr();
+      g.ldb = v.ta ? v.n : v.k;
+      g.c = gC.ptr();
+      g.ldc = v.n;
+      g.beta = v.beta;
+      g.bias = v.epilogue == GemmEpilogue::gelu_backward || v.ta ? nullptr : gbias.ptr();
+      g.c_in = v.residual ? gres.ptr() : nullptr;
+      g.epilogue = v.epilogue;
+      g.aux = v.epilogue == GemmEpilogue::none ? nullptr : gaux.ptr();
+      be.gemm(g);
+      be.gemm(g);  // the plan made: the second call runs its chosen algorithm only
+      out[tuned].resize(static_cast<size_t>(c_elems));
+      be.copy_to_host(out[tuned].data(), DType::f64, gC.view());
+      aux_out[tuned].resize(static_cast<size_t>(c_elems));
+      be.copy_to_host(aux_out[tuned].data(), DType::f64, gaux.view());
+      if (v.residual) {
+        std::vector<double> res(static_cast<size_t>(c_elems));
+        be.copy_to_host(res.data(), DType::f64, gres.view());
+        expect_close(res, C0, 0.0, std::string(v.what) + ": the residual input");
+      }
+    }
+    // In place, two calls accumulate twice: a timing run that wrote into C would make it three or more.
+    expect_close(out[1], out[0], v.c_dtype == DType::bf16 ? kBf16Tol : kMixedGemmTol,
+                 std::string(v.what) + ": tuned against untuned");
+    if (v.epilogue == GemmEpilogue::gelu) expect_close(aux_out[1], aux_out[0], kBf16Tol, std::string(v.what) + ": aux");
+    if (v.epilogue == GemmEpilogue::gelu_backward) expect_close(aux_out[1], aux, 0.0, std::string(v.what) + ": aux input");
+  }
+}
+
 TEST_F(GemmTest, Fp32IntoBf16IsRejected) {
   Buffer x = gpu->alloc(DType::f32, 16);
   Buffer y = gpu->alloc(DType::bf16, 16);
