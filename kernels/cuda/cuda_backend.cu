@@ -56,7 +56,7 @@ class CudaBackend final : public Backend {
     LSS_CUDA_CHECK(cudaEventCreateWithFlags(&side_fork_, cudaEventDisableTiming));
     LSS_CUDA_CHECK(cudaEventCreateWithFlags(&side_join_, cudaEventDisableTiming));
     LSS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
-    gemm_ = std::make_unique<cuda::Gemm>(options.gemm_tuning);
+    gemm_ = std::make_unique<cuda::Gemm>();
     sample_device_memory();  // the GEMM workspace
   }
 

@@ -13,9 +13,6 @@ namespace lss {
 struct CudaBackendOptions {
   int device = 0;                  // CUDA device ordinal of this rank
   std::string attention = "auto";  // "cudnn" | "flash" | "auto" (cuDNN where it takes the shape)
-  // Each GEMM shape's first call times cuBLASLt's first candidate algorithms and keeps the fastest
-  // (cuda::Gemm); false: the heuristic's first, as cuBLAS itself picks.
-  bool gemm_tuning = true;
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);

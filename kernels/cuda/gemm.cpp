@@ -19,7 +19,6 @@
 #include <cstdio>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops.h"
@@ -28,13 +27,6 @@ namespace lss::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
-// Plan tuning (Gemm(tune = true)): the heuristic's first kCandidates algorithms of a shape are
-// timed on its first call when it has at least kTuneMinFlops; their output goes to scratch of at
-// most kTuneScratchBytes, on the first rows of C that fit (the same algorithms; cuBLASLt's
-// ranking of them holds from a few thousand rows on).
-constexpr int kCandidates = 8;
-constexpr double kTuneMinFlops = 2e9;
-constexpr size_t kTuneScratchBytes = size_t{256} << 20;
 
 cudaDataType_t cuda_type(DType t) { return t == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 
@@ -78,7 +70,6 @@ struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a_layout = nullptr, b_layout = nullptr, c_layout = nullptr;
   cublasLtMatmulAlgo_t algo{};
-  std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's, best first; algo is one of them
   bool fused_bias = false;  // false with a bias: added by scale_add_bias after the matmul
   bool fallback = false;    // no cuBLASLt algorithm: gemm_fallback computes everything
   bool passes = false;      // no algorithm with the epilogue: gemm_in_passes does it
@@ -133,76 +124,6 @@ struct Gemm::Impl {
   void* workspace = nullptr;  // kWorkspaceBytes
   std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash> plans;
   int32_t sm_target = 0;  // set_sm_target
-  bool tune = true;
-
-  // Times each candidate of a new plan on g's operands (the output and GELU_AUX's aux to scratch,
-  // so that C, beta C and the caller's buffers are untouched) and keeps the fastest: the
-  // heuristic's first is up to 17% slower than another of its candidates at the model's shapes
-  // (PERFORMANCE.md, fourteenth session). Synchronizes the stream: plans are made in the first
-  // step. Keeps the heuristic's first where the scratch cannot be had.
-  void time_candidates(Plan& p, const GemmArgs& g, cudaStream_t stream) {
-    const bool aux_out = g.epilogue == GemmEpilogue::gelu;
-    const size_t row_bytes = static_cast<size_t>(g.ldc) * dtype_size(g.c_dtype) * (aux_out ? 2 : 1);
-    const int64_t rows = std::min<int64_t>(g.m, static_cast<int64_t>(kTuneScratchBytes / row_bytes));
-    if (rows < std::min<int64_t>(g.m, 1024)) return;
-    const size_t out_bytes = static_cast<size_t>(rows) * g.ldc * dtype_size(g.c_dtype);
-    void* scratch = nullptr;
-    if (cudaMalloc(&scratch, out_bytes * (aux_out ? 2 : 1)) != cudaSuccess) {
-      (void)cudaGetLastError();  // out of memory: clear it, keep the first
-      return;
-    }
-    const auto u = [](int64_t x) { return static_cast<uint64_t>(x); };
-    cublasLtMatrixLayout_t b_rows = nullptr, c_rows = nullptr;
-    LSS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_rows, cuda_type(g.dtype), u(g.trans_a ? rows : g.k),
-                                                u(g.trans_a ? g.k : rows), g.lda));
-    LSS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c_rows, cuda_type(g.c_dtype), u(g.n), u(rows), g.ldc));
-    if (p.fused_bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
-    if (g.epilogue != GemmEpilogue::none)
-      set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-               aux_out ? static_cast<const void*>(static_cast<char*>(scratch) + out_bytes) : g.aux);
-    const float alpha = static_cast<float>(g.alpha), beta = static_cast<float>(g.beta);
-    const void* c_in = g.c_in ? g.c_in : g.c;
-    const auto run = [&](const cublasLtMatmulAlgo_t& algo) {
-      return cublasLtMatmul(handle, p.desc, &alpha, g.b, p.a_layout, g.a, b_rows, &beta, c_in, c_rows, scratch,
-                            c_rows, &algo, workspace, kWorkspaceBytes, stream);
-    };
-    cudaEvent_t start = nullptr, stop = nullptr;
-    LSS_CUDA_CHECK(cudaEventCreate(&start));
-    LSS_CUDA_CHECK(cudaEventCreate(&stop));
-    const auto seconds = [&](const cublasLtMatmulAlgo_t& algo, int reps) {
-      LSS_CUDA_CHECK(cudaEventRecord(start, stream));
-      for (int r = 0; r < reps; ++r) LSS_CUBLAS_CHECK(run(algo));
-      LSS_CUDA_CHECK(cudaEventRecord(stop, stream));
-      LSS_CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      return 1e-3 * ms / reps;
-    };
-    // A candidate the heuristic offers may still refuse these operands: left out.
-    std::vector<cublasLtMatmulAlgo_t> usable;
-    for (const auto& algo : p.candidates)
-      if (run(algo) == CUBLAS_STATUS_SUCCESS) usable.push_back(algo);
-    if (usable.size() > 1) {
-      // About a millisecond per timing, three rounds in turn (the clocks drift), each candidate's
-      // median.
-      const int reps = std::clamp(static_cast<int>(1e-3 / std::max(1e-6, seconds(usable.front(), 1))), 2, 30);
-      std::vector<std::vector<double>> t(usable.size());
-      for (int round = 0; round < 3; ++round)
-        for (size_t i = 0; i < usable.size(); ++i) t[i].push_back(seconds(usable[i], reps));
-      size_t best = 0;
-      for (size_t i = 0; i < usable.size(); ++i) {
-        std::sort(t[i].begin(), t[i].end());
-        if (t[i][1] < t[best][1]) best = i;
-      }
-      p.algo = usable[best];
-    }
-    LSS_CUDA_CHECK(cudaStreamSynchronize(stream));
-    LSS_CUDA_CHECK(cudaEventDestroy(start));
-    LSS_CUDA_CHECK(cudaEventDestroy(stop));
-    LSS_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(b_rows));
-    LSS_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(c_rows));
-    LSS_CUDA_CHECK(cudaFree(scratch));
-  }
 
   // Builds the descriptors of g's shape and asks the heuristic for the best algorithm; with a
   // bias, falls back to a plain matmul when no algorithm takes the bias epilogue.
@@ -233,17 +154,14 @@ struct Gemm::Impl {
     set_pref(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c);
 
     const auto heuristic = [&]() {
-      cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
+      cublasLtMatmulHeuristicResult_t result{};
       int count = 0;
       const cublasStatus_t st =
           cublasLtMatmulAlgoGetHeuristic(handle, p->desc, p->a_layout, p->b_layout, p->c_layout,
-                                         p->c_layout, pref, tune ? kCandidates : 1, results, &count);
-      p->candidates.clear();
-      if (st != CUBLAS_STATUS_SUCCESS) return false;
-      for (int i = 0; i < count; ++i)
-        if (results[i].state == CUBLAS_STATUS_SUCCESS) p->candidates.push_back(results[i].algo);
-      if (p->candidates.empty()) return false;
-      p->algo = p->candidates.front();
+                                         p->c_layout, pref, 1, &result, &count);
+      if (st != CUBLAS_STATUS_SUCCESS || count == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+        return false;
+      p->algo = result.algo;
       return true;
     };
     if (g.epilogue != GemmEpilogue::none) {
@@ -294,8 +212,7 @@ struct Gemm::Impl {
   }
 };
 
-Gemm::Gemm(bool tune) : impl_(std::make_unique<Impl>()) {
-  impl_->tune = tune;
+Gemm::Gemm() : impl_(std::make_unique<Impl>()) {
   LSS_CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
   LSS_CUDA_CHECK(cudaMalloc(&impl_->workspace, kWorkspaceBytes));
 }
@@ -345,13 +262,7 @@ bool Gemm::run(const GemmArgs& g, cudaStream_t stream) {
                 alignment(g.bias),
                 alignment(g.aux)};
   auto it = impl_->plans.find(key);
-  if (it == impl_->plans.end()) {
-    it = impl_->plans.emplace(key, impl_->make_plan(key, g)).first;
-    Plan& made = *it->second;
-    if (impl_->tune && !made.passes && !made.fallback && made.candidates.size() > 1 &&
-        2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) >= kTuneMinFlops)
-      impl_->time_candidates(made, g, stream);
-  }
+  if (it == impl_->plans.end()) it = impl_->plans.emplace(key, impl_->make_plan(key, g)).first;
   const Plan& p = *it->second;
   if (p.passes || (p.fallback && extras)) return false;
   if (p.fallback) {

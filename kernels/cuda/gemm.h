@@ -12,10 +12,8 @@ namespace lss::cuda {
 
 class Gemm {
  public:
-  // Creates the cuBLASLt handle and a 32 MiB workspace on the current device. With `tune`, each
-  // shape's plan times the heuristic's first candidates on its first call and keeps the fastest
-  // (a stream synchronization and up to 256 MiB of scratch, then); without, the heuristic's first.
-  explicit Gemm(bool tune = true);
+  // Creates the cuBLASLt handle and a 32 MiB workspace on the current device.
+  Gemm();
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;

@@ -45,9 +45,6 @@ OptionParser make_parser() {
   p.add_string("strategy", "serial", "serial | lss | megatron_sp");
   p.add_string("backend", "cpu", "cpu | cuda");
   p.add_string("attention", "auto", "cuda attention path: auto (cuDNN where it takes the shape) | cudnn | flash");
-  p.add_flag("gemm-tuning", true,
-             "cuda: each GEMM shape's first call times cuBLASLt's first 8 candidate algorithms and keeps the fastest "
-             "(--no-gemm-tuning: the heuristic's first)");
   p.add_size("sp", 1, "P: ranks per sequence (lss) or tensor (megatron_sp) group");
   p.add_size("layers", 2, "L: transformer blocks");
   p.add_size("width", 64, "C: model width");
@@ -132,7 +129,6 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy = p.str("strategy");
   rc.backend = p.str("backend");
   rc.attention = p.str("attention");
-  rc.gemm_tuning = p.flag("gemm-tuning");
   rc.data_path = p.str("data");
   const int64_t sp = p.size("sp");
   LSS_REQUIRE_INPUT(sp >= 1 && sp <= (1 << 20), "--sp " + p.str("sp") + ": must be a positive group size");

@@ -47,7 +47,7 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
                     "copy engines (give one of the two)");
   LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || cfg_.backend == "cuda",
                     "--copy-engine-gathers: the " + cfg_.backend + " backend has no copy engines (needs --backend cuda)");
-  backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention, cfg_.gemm_tuning});
+  backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {
     grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_), cfg_.copy_engine_gathers);

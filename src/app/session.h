@@ -24,7 +24,6 @@ struct RunConfig {
   std::string strategy = "serial";
   std::string backend = "cpu";
   std::string attention = "auto";  // cuda: auto | cudnn | flash
-  bool gemm_tuning = true;         // cuda: time cuBLASLt's candidate algorithms per shape (--gemm-tuning)
   std::string data_path;  // empty: synthetic tokens
   int P = 1;
   int threads = 1;

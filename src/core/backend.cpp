@@ -184,7 +184,7 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
     if (o.device >= devices)
       throw UsageError("--backend cuda: this node has " + std::to_string(devices) + " CUDA devices but " +
                        std::to_string(o.device + 1) + " ranks on it; start at most one rank per GPU");
-    return make_cuda_backend(CudaBackendOptions{o.device, o.attention, o.gemm_tuning});
+    return make_cuda_backend(CudaBackendOptions{o.device, o.attention});
 #else
     throw UsageError("--backend cuda: this build has no CUDA backend (nvcc was not found at configure time)");
 #endif

@@ -308,7 +308,6 @@ struct BackendOptions {
   int threads = 1;                 // host threads (cpu)
   int device = 0;                  // device ordinal (cuda)
   std::string attention = "auto";  // cuda: "auto" | "cudnn" | "flash"
-  bool gemm_tuning = true;         // cuda: time cuBLASLt's candidate algorithms of each GEMM shape
 };
 
 // The backend the options name; throws UsageError for unknown or unavailable ones.
