@@ -60,6 +60,12 @@ ok = ok and (not zigzag or r0["passes_ms"] > 0)
 fused_kv = [x for x in r0["comm"] if x["what"] in ("K/V all-gather, forward", "K/V re-gather, backward",
                                                    "K/V all-gather, recomputed forward")]
 ok = ok and all(x.get("placed_pieces") == (2 if zigzag else None) for x in fused_kv)
+# --placed-reduce-scatter: the fused dK/dV reduce-scatter sums from those places, timed so, and
+# backward copies nothing into rank order.
+placed_rs = c["strategy_options"].get("placed_reduce_scatter", False)
+ok = ok and all(x.get("placed_pieces") == (2 if placed_rs else None) for x in r0["comm"] if x["what"] == "dK/dV reduce-scatter")
+ok = ok and (not placed_rs or not any(x["what"] == "[dK|dV] to rank order" for x in r0["passes"]))
+ok = ok and (not placed_rs or any(x["what"] == "dK/dV reduce-scatter" for x in r0["comm"]))
 # lss --chunk-pipeline runs every forward linear on each of its two chunks: timed so.
 pipeline = c["strategy_options"].get("chunk_pipeline", False)
 ok = ok and all((x.get("forward_parts", 1) == 2) == pipeline for x in r0["linears"])
@@ -199,6 +205,7 @@ point 1 serial_optimizer_in_backward --strategy serial --optimizer-in-backward
 point 2 lss --strategy lss --sp 2 --batch 2 --bound-heat 0.01
 point 4 lss_dp --strategy lss --sp 2 --batch 2 --keep-kv --zigzag --bound-heat=0.005
 point 4 lss_pipeline --strategy lss --sp 4 --zigzag --chunk-pipeline
+point 4 lss_placed_reduce_scatter --strategy lss --sp 4 --zigzag --placed-reduce-scatter
 point 2 megatron --strategy megatron_sp --sp 2 --dtype fp64 --bound-heat 0
 point 4 megatron_dp --strategy megatron_sp --sp 2 --batch 2 --check-seq 32
 point 2 lss_no_overlap --strategy lss --sp 2 --no-overlap

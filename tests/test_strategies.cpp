@@ -74,6 +74,7 @@ struct Case {
   bool sharded = false;    // distributed_optimizer
   // C = 9, H = 3: buckets of sizes no group size divides (the shards' remainders).
   bool odd_width = false;
+  bool placed_rs = false;  // lss: placed_reduce_scatter (with zigzag)
 };
 
 std::string case_name(const Case& c, int P, int R) {
@@ -82,7 +83,7 @@ std::string case_name(const Case& c, int P, int R) {
                                                                          : (c.option ? " regather-ln" : " keep-ln")) +
          (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "") +
          (c.pipeline ? " chunk-pipeline" : "") + (c.sharded ? " distributed-optimizer" : "") +
-         (c.odd_width ? " C=9" : "");
+         (c.odd_width ? " C=9" : "") + (c.placed_rs ? " placed-reduce-scatter" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -101,6 +102,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.recompute = c.recompute;
     rc.strategy_opts.chunk_pipeline = c.pipeline;
     rc.strategy_opts.distributed_optimizer = c.sharded;
+    rc.strategy_opts.placed_reduce_scatter = c.placed_rs;
     if (c.odd_width) {
       rc.model.C = 9;
       rc.model.H = 3;
@@ -173,7 +175,17 @@ std::vector<Case> all_cases() {
       for (bool causal : {true, false})
         for (bool option : {true, false}) {
           out.push_back({s, d, causal, option});
-          if (std::string(s) == "lss") out.push_back({s, d, causal, option, true});
+          if (std::string(s) == "lss") {
+            out.push_back({s, d, causal, option, true});
+            // the placed dK/dV reduce-scatter: zigzag, and with split blocks and recomputation
+            Case placed{s, d, causal, option, true};
+            placed.placed_rs = true;
+            out.push_back(placed);
+            if (causal) {
+              placed.split = placed.recompute = true;
+              out.push_back(placed);
+            }
+          }
           // recomputation (lss: with and without zigzag)
           out.push_back({s, d, causal, option, std::string(s) == "lss" && option, true});
           // split causal attention: contiguous and zigzag (kept K/V with zigzag), and recomputed
@@ -204,7 +216,7 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                                   (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "") +
                                   (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "") +
                                   (c.pipeline ? "_pipeline" : "") + (c.sharded ? "_sharded" : "") +
-                                  (c.odd_width ? "_C9" : "");
+                                  (c.odd_width ? "_C9" : "") + (c.placed_rs ? "_placedrs" : "");
                          });
 
 // --optimizer-in-backward on one rank: backward steps every bucket as it finishes its gradients,
@@ -261,21 +273,24 @@ CommCounts counts(std::initializer_list<std::tuple<CollKind, int64_t, int64_t>> 
 TEST(BoundModel, LssPassesFollowTheSchedule) {
   using Kind = BoundModel::Pass::Kind;
   for (auto [P, R] : grids_for_world()) {
-    for (int variant : {0, 1, 2, 3}) {
-      // keep_kv in 1 and 3; the chunk pipeline (P > 1) in 2 and 3.
-      const bool keep_kv = variant % 2 == 1, pipeline = variant >= 2 && P > 1;
+    for (int variant : {0, 1, 2, 3, 4}) {
+      // keep_kv in 1 and 3; the chunk pipeline (P > 1) in 2 and 3; the placed reduce-scatter in 4.
+      const bool keep_kv = variant % 2 == 1, pipeline = (variant == 2 || variant == 3) && P > 1;
+      const bool placed_rs = variant == 4;
       RunConfig rc = small("lss", P, DType::f32, true);
       rc.strategy_opts.zigzag = true;
       rc.strategy_opts.split_causal = true;
       rc.strategy_opts.keep_kv = keep_kv;
       rc.strategy_opts.chunk_pipeline = pipeline;
+      rc.strategy_opts.placed_reduce_scatter = placed_rs;
       Session s(rc, MPI_COMM_WORLD);
       const BoundModel m = s.strategy().bound_model();
       const ModelConfig& cfg = rc.model;
       const int p = s.grid().p;
       const int64_t Bl = cfg.B / R, c = cfg.T / (2 * P), key_row = Bl * 2 * cfg.C, N = 2 * c * Bl;
       const std::string where = "P=" + std::to_string(P) + " R=" + std::to_string(R) + " rank p=" + std::to_string(p) +
-                                (keep_kv ? " keep_kv" : "") + (pipeline ? " chunk_pipeline" : "");
+                                (keep_kv ? " keep_kv" : "") + (pipeline ? " chunk_pipeline" : "") +
+                                (placed_rs ? " placed_reduce_scatter" : "");
       double copy_fwd = 0, copy_bwd = 0, add_bwd = 0, zero_bwd = 0, merges = 0;
       for (const auto& pass : m.layer_passes) {
         if (pass.kind == Kind::copy) {
@@ -291,10 +306,15 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
       }
       const double kv = static_cast<double>(cfg.T) * key_row;
       // The gathers are placed: no copy of [K|V]. The pipeline keeps its gathered halves as they
-      // are and runs backward in their layout: no reorder copy at all.
+      // are and runs backward in their layout, and the placed reduce-scatter sums [dK|dV] from
+      // token order: no reorder copy at all. The bound times that scatter with its pieces (two per
+      // rank, the gather's).
       EXPECT_TRUE(s.grid().seq->places_gathers()) << where;
       EXPECT_EQ(copy_fwd, 0) << where;
-      EXPECT_EQ(copy_bwd, pipeline ? 0 : kv) << where;
+      EXPECT_EQ(copy_bwd, pipeline || placed_rs ? 0 : kv) << where;
+      for (const auto& c : m.comm)
+        if (c.kind == CollKind::reduce_scatter && c.what.rfind("dK/dV", 0) == 0)
+          EXPECT_EQ(c.placed.size(), placed_rs ? static_cast<size_t>(2 * P) : 0) << where << ": " << c.what;
       // Segments of rank p: chunks p and 2P-1-p (one segment of 2c at P = 1, no keys before it).
       const int64_t segments_with_keys_before = P == 1 ? 0 : (p == 0 ? 1 : 2);
       EXPECT_EQ(merges, segments_with_keys_before) << where;

@@ -65,6 +65,8 @@ StrategyOptions options_of(const std::string& variant) {
   if (variant == "zigzag_sharded") o.zigzag = true;
   o.distributed_optimizer = variant.find("sharded") != std::string::npos;
   if (variant == "zigzag_copyengine") o.zigzag = true;
+  if (variant == "zigzag_placedrs" || variant == "zigzag_recompute_placedrs") o.zigzag = o.placed_reduce_scatter = true;
+  if (variant == "zigzag_recompute_placedrs") o.recompute = true;
   if (variant == "zigzag_offset") {  // the query-offset calls instead of the split causal blocks
     o.zigzag = true;
     o.split_causal = false;
@@ -192,6 +194,9 @@ std::vector<Case> cases() {
   for (const char* v : {"zigzag_sharded", "zigzag_pipeline_sharded"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
   out.push_back({"lss", DType::f32, true, "flash", "zigzag_sharded"});
   out.push_back({"megatron_sp", DType::bf16, true, "cudnn", "sharded"});
+  // The placed dK/dV reduce-scatter (grouped ncclReduce calls from token order).
+  for (const char* v : {"zigzag_placedrs", "zigzag_recompute_placedrs"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
+  out.push_back({"lss", DType::f32, true, "flash", "zigzag_placedrs"});
   // The optimizer in backward (AdamW on the side lane beside backward; one rank only, so these
   // run their P = R = 1 grid on a one-GPU machine and step as usual elsewhere).
   out.push_back({"serial", DType::f32, true, "flash", "optbwd"});

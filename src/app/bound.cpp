@@ -224,7 +224,8 @@ Communicator& group(Session& s, const std::string& name) {
 }
 
 // A collective's operands: the gathered (or scattered, or reduced) buffer and one rank's part.
-// A placed all-gather (BoundModel::Comm::placed not empty) also has the strategy's pieces.
+// A placed all-gather or reduce-scatter (BoundModel::Comm::placed not empty) also has the
+// strategy's pieces.
 struct CollectiveOperands {
   Buffer big, part;
   std::vector<PlacedPiece> pieces;
@@ -235,7 +236,9 @@ CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollK
   // A gather's operands come from where the strategies take theirs (symmetric windows with
   // --copy-engine-gathers; a placed gather's from plain memory, as lss's), so that it runs as
   // theirs do.
-  const bool is_placed = kind == CollKind::all_gather && !placed.empty();
+  const bool is_placed = !placed.empty();
+  LSS_CHECK(!is_placed || kind == CollKind::all_gather || kind == CollKind::reduce_scatter,
+            std::string("analytic bound: a placed ") + coll_kind_name(kind));
   auto operand = [&](int64_t count) {
     Buffer b = kind == CollKind::all_gather && !is_placed ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
     be.fill_zero(b.view());
@@ -254,8 +257,10 @@ double collective_seconds(Session& s, const std::string& name, CollKind kind, in
   Backend& be = s.backend();
   Communicator& c = group(s, name);
   CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype, placed);
-  if (!o.pieces.empty())
+  if (!o.pieces.empty() && kind == CollKind::all_gather)
     return time_median(be, 0.0, [&] { c.all_gather_placed(o.part.view(), o.big.view(), o.pieces); });
+  if (!o.pieces.empty())
+    return time_median(be, 0.0, [&] { c.reduce_scatter_placed(o.big.view(), o.part.view(), o.pieces); });
   switch (kind) {
     case CollKind::all_gather: return time_median(be, 0.0, [&] { c.all_gather(o.part.view(), o.big.view()); });
     case CollKind::reduce_scatter: return time_median(be, 0.0, [&] { c.reduce_scatter(o.big.view(), o.part.view()); });
@@ -266,7 +271,9 @@ double collective_seconds(Session& s, const std::string& name, CollKind kind, in
 }
 
 CommHandle start_collective(Communicator& c, CollKind kind, CollectiveOperands& o) {
-  if (!o.pieces.empty()) return c.start_all_gather_placed(o.part.view(), o.big.view(), o.pieces);
+  if (!o.pieces.empty() && kind == CollKind::all_gather)
+    return c.start_all_gather_placed(o.part.view(), o.big.view(), o.pieces);
+  if (!o.pieces.empty()) return c.start_reduce_scatter_placed(o.big.view(), o.part.view(), o.pieces);
   switch (kind) {
     case CollKind::all_gather: return c.start_all_gather(o.part.view(), o.big.view());
     case CollKind::reduce_scatter: return c.start_reduce_scatter(o.big.view(), o.part.view());

@@ -75,6 +75,9 @@ OptionParser make_parser() {
   p.add_flag("chunk-pipeline", false,
              "lss, zigzag: gather the front and the back chunks' K/V in two all-gathers and interleave the two chunks' "
              "blocks in forward, so that each gather runs beside the other chunk's compute");
+  p.add_flag("placed-reduce-scatter", false,
+             "lss, zigzag: sum backward's dK/dV from token order into each rank's chunks (grouped reduces) instead of "
+             "copying it into rank order for a reduce-scatter");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
   p.add_flag("distributed-optimizer", false,
              "shard the optimizer over the sequence group (ZeRO-1): reduce-scatter the summed gradients, step 1/P "
@@ -122,6 +125,7 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.split_causal = p.flag("split-causal");
   rc.strategy_opts.recompute = p.flag("recompute");
   rc.strategy_opts.chunk_pipeline = p.flag("chunk-pipeline");
+  rc.strategy_opts.placed_reduce_scatter = p.flag("placed-reduce-scatter");
   rc.strategy_opts.overlap = p.flag("overlap");
   rc.strategy_opts.distributed_optimizer = p.flag("distributed-optimizer");
   rc.strategy_opts.optimizer_in_backward = p.flag("optimizer-in-backward");

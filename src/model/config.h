@@ -47,6 +47,12 @@ struct StrategyOptions {
   // beside the Q projection and the diagonal blocks only). Backward works in the same layout
   // (two half gathers, two half reduce-scatters, no reorder copy), except with recompute.
   bool chunk_pipeline = false;
+  // lss, zigzag: backward's dK/dV reduce-scatter sums straight from token order into each rank's
+  // two chunks (Communicator::reduce_scatter_placed: on NCCL one group of 2P ncclReduce calls),
+  // instead of a copy of [dK|dV] into rank order and a reduce-scatter. Where the gathers are
+  // placed (not with --copy-engine-gathers) and backward has a fused scatter (not the pipeline's
+  // halves, which need no copy). Off by default until measured on GPUs.
+  bool placed_reduce_scatter = false;
   // lss, megatron_sp: activation checkpointing: keep only each block's output in forward,
   // recompute the block (its gathers included) in backward.
   bool recompute = false;

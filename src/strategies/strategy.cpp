@@ -353,6 +353,13 @@ Strategy::PendingCollective Strategy::start_seq_reduce_scatter(View full) {
   return r;
 }
 
+Strategy::PendingCollective Strategy::start_seq_reduce_scatter_placed(View full, std::vector<PlacedPiece> pieces) {
+  PendingCollective r{ctx_.backend.alloc(full.dtype, full.numel / ctx_.grid.P), {}};
+  r.handle = ctx_.grid.seq->start_reduce_scatter_placed(full, r.out.view(), std::move(pieces));
+  wait_unless_overlap(*ctx_.grid.seq, r.handle);
+  return r;
+}
+
 CommHandle Strategy::start_seq_reduce_scatter_into(View full, View out) {
   CommHandle h = ctx_.grid.seq->start_reduce_scatter(full, out);
   wait_unless_overlap(*ctx_.grid.seq, h);

@@ -200,6 +200,8 @@ class Strategy {
   PendingCollective start_seq_all_gather_placed(View local, std::vector<PlacedPiece> pieces);
   // Reduce-scatters `full` over the sequence group into 1/P of its elements.
   PendingCollective start_seq_reduce_scatter(View full);
+  // The same, `full` laid out as `pieces` say (Communicator::reduce_scatter_placed).
+  PendingCollective start_seq_reduce_scatter_placed(View full, std::vector<PlacedPiece> pieces);
   // Waits for it and hands over its buffer.
   Buffer finish(PendingCollective& p);
   // All-gathers `local` over the sequence group into `out` (P x its elements), a part of a buffer

@@ -32,6 +32,7 @@ class LssStrategy final : public Strategy {
             {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"},
             {"split_causal", split()},
             {"chunk_pipeline", pipelined()},
+            {"placed_reduce_scatter", placed_scatter()},
             {"recompute", ctx_.opts.recompute},
             {"distributed_optimizer", sharded()},
             {"overlap", ctx_.opts.overlap}};
@@ -137,6 +138,7 @@ class LssStrategy final : public Strategy {
                             kv_bytes / 2, cfg.L, q_backward / 2});
       } else {
         m.comm.push_back({"dK/dV reduce-scatter", "sp", CollKind::reduce_scatter, kv_bytes, cfg.L, q_backward});
+        if (placed_scatter()) m.comm.back().placed = pieces;
       }
     }
     add_gradient_bounds(m, store_, 48 * N * C * C);
@@ -196,7 +198,7 @@ class LssStrategy final : public Strategy {
       const double forward_copies = pipelined() ? 0.5 : 1;
       if (!placed_gather())
         out.push_back({"[K|V] to token order", Kind::copy, kv, {}, forward_copies, regather ? 1.0 : 0.0});
-      out.push_back({"[dK|dV] to rank order", Kind::copy, kv, {}, 0, 1});
+      if (!placed_scatter()) out.push_back({"[dK|dV] to rank order", Kind::copy, kv, {}, 0, 1});
     }
     // Backward's dK/dV: the segment seeing the most keys writes dkv_full (the rows beyond zeroed),
     // the other adds its prefix from a scratch buffer.
@@ -588,6 +590,9 @@ class LssStrategy final : public Strategy {
   // copy after it) where the sequence group can place a gather's pieces; with copy-engine gathers
   // it lands rank-major and is reordered.
   bool placed_gather() const { return ctx_.opts.zigzag && ctx_.grid.seq->places_gathers(); }
+  // --placed-reduce-scatter: backward's fused dK/dV reduce-scatter reads token order through the
+  // same pieces (the pipeline's halves need no reorder; copy-engine gathers keep rank order).
+  bool placed_scatter() const { return ctx_.opts.placed_reduce_scatter && placed_gather() && !wave_backward(); }
   // The pieces of that gather: rank q's segments, in local order, at their token rows.
   std::vector<PlacedPiece> kv_pieces() const {
     const int64_t row = Bl_ * 2 * ctx_.cfg.C;  // elements of one token position
@@ -718,8 +723,8 @@ class LssStrategy final : public Strategy {
     // out-projection's weight gradient and the Q projection's backward compute (split_causal: and
     // the diagonal blocks' backward, whose dK/dV belong to this rank's own rows alone and are
     // added to the result). One fused call on rank-major rows (zigzag: reordered from global
-    // order first), or (wave) one per half of the [back | front] layout, each into its chunk's
-    // local rows.
+    // order first, or with --placed-reduce-scatter summed from global order piece by piece), or
+    // (wave) one per half of the [back | front] layout, each into its chunk's local rows.
     Buffer dkv_local;  // (N, 2C)
     std::array<CommHandle, 2> scatters;
     if (wave) {
@@ -729,12 +734,13 @@ class LssStrategy final : public Strategy {
         scatters[s] = start_seq_reduce_scatter_into(dkv_full.view().slice(s == 0 ? half : 0, half),
                                                     dkv_local.view().slice(chunk_row0(s) * key_row, chunk));
     } else {
-      if (ctx_.opts.zigzag) {
+      if (ctx_.opts.zigzag && !placed_scatter()) {
         Buffer rank_major = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
         reorder_kv(rank_major.view(), dkv_full.view(), false);
         dkv_full = std::move(rank_major);
       }
-      PendingCollective scatter = start_seq_reduce_scatter(dkv_full.view());
+      PendingCollective scatter = placed_scatter() ? start_seq_reduce_scatter_placed(dkv_full.view(), kv_pieces())
+                                                   : start_seq_reduce_scatter(dkv_full.view());
       dkv_local = std::move(scatter.out);
       scatters[0] = scatter.handle;
     }
@@ -799,6 +805,8 @@ std::unique_ptr<Strategy> make_lss_strategy(StrategyContext ctx) {
                         std::to_string(2 * ctx.grid.P) + " (each rank holds two chunks of T/(2P))");
   // The pipeline interleaves the two zigzag chunks and reads each one's preceding keys from the
   // gathered halves as an unmasked block: it needs the chunks, the causal mask and the split blocks.
+  LSS_REQUIRE_INPUT(!ctx.opts.placed_reduce_scatter || ctx.opts.zigzag,
+                    "--placed-reduce-scatter needs --zigzag (the contiguous order's [dK|dV] is rank-major already)");
   LSS_REQUIRE_INPUT(!ctx.opts.chunk_pipeline || (ctx.opts.zigzag && cfg.causal && ctx.opts.split_causal),
                     std::string("--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: ") +
                         (ctx.opts.zigzag ? "--zigzag" : "--no-zigzag") + ", " + (cfg.causal ? "--causal" : "--no-causal") +
