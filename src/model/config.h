@@ -51,7 +51,8 @@ struct StrategyOptions {
   // two chunks (Communicator::reduce_scatter_placed: on NCCL one group of 2P ncclReduce calls),
   // instead of a copy of [dK|dV] into rank order and a reduce-scatter. Where the gathers are
   // placed (not with --copy-engine-gathers) and backward has a fused scatter (not the pipeline's
-  // halves, which need no copy). Off by default until measured on GPUs.
+  // halves, which need no copy). Off by default until measured on 4 GPUs (on 2 × H200: −1.4% at
+  // T = 16K, within the spread at 64K; PERFORMANCE.md, fourteenth session).
   bool placed_reduce_scatter = false;
   // lss, megatron_sp: activation checkpointing: keep only each block's output in forward,
   // recompute the block (its gathers included) in backward.
