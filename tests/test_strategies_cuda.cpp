@@ -65,8 +65,9 @@ StrategyOptions options_of(const std::string& variant) {
   if (variant == "zigzag_sharded") o.zigzag = true;
   o.distributed_optimizer = variant.find("sharded") != std::string::npos;
   if (variant == "zigzag_copyengine") o.zigzag = true;
-  if (variant == "zigzag_placedrs" || variant == "zigzag_recompute_placedrs") o.zigzag = o.placed_reduce_scatter = true;
-  if (variant == "zigzag_recompute_placedrs") o.recompute = true;
+  if (variant == "zigzag_placedrs") o.zigzag = true;
+  if (variant == "zigzag_recompute_placedrs") o.zigzag = o.recompute = true;
+  o.placed_reduce_scatter = variant.find("placedrs") != std::string::npos;
   if (variant == "zigzag_offset") {  // the query-offset calls instead of the split causal blocks
     o.zigzag = true;
     o.split_causal = false;
@@ -121,8 +122,8 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     const auto grads = gpu.gather_full(true);
     // The distributed optimizer's loop: each rank steps its shards, the next forward gathers the
     // parameters (in place, in the compute dtype) and its loss is the reference's after one step.
-    // In backward: the optimizer phase steps what backward left (layer 0's attention half, the
-    // embeddings), after the side lane's AdamW of the rest.
+    // In backward: backward has stepped every bucket on the side lane as it finished it; the
+    // optimizer phase waits for that lane.
     double loss_after_step = 0;
     if (sharded || in_backward) {
       gpu.optimizer_step(1);

@@ -259,7 +259,16 @@ AttentionArgs Strategy::attention_shape(int64_t B, int64_t H, int64_t Tq, int64_
   return a;
 }
 
-bool Strategy::steps_in_backward() const { return backward_opt_ != nullptr && ctx_.grid.P == 1 && ctx_.grid.R == 1; }
+bool Strategy::nothing_to_sum() const { return ctx_.grid.P == 1 && ctx_.grid.R == 1; }
+
+std::vector<std::pair<int64_t, int64_t>> Strategy::bucket_parts(const ParamStore& store, const std::string& key) const {
+  std::vector<std::pair<int64_t, int64_t>> parts;
+  for (bool seq_reduced : {true, false}) {
+    const auto [b, e] = bucket_range(store, key, seq_reduced);
+    if (e > b) parts.emplace_back(b, e);
+  }
+  return parts;
+}
 
 void Strategy::step_in_backward(const OptimizerConfig* opt, int64_t adam_step) {
   LSS_CHECK(stepped_in_backward_.empty(), name() + ": a backward stepped parameters (AdamW step " +
@@ -270,26 +279,21 @@ void Strategy::step_in_backward(const OptimizerConfig* opt, int64_t adam_step) {
 }
 
 double Strategy::optimizer_share_beside_backward(const ParamStore& store) const {
-  if (!ctx_.opts.optimizer_in_backward || ctx_.grid.P != 1 || ctx_.grid.R != 1) return 0;
+  if (!ctx_.opts.optimizer_in_backward || !nothing_to_sum()) return 0;
   const std::vector<std::string> keys = bucket_keys();
   int64_t n = 0;
   for (size_t i = 0; i + 2 < keys.size(); ++i)
-    for (bool seq_reduced : {true, false}) {
-      const auto [b, e] = bucket_range(store, keys[i], seq_reduced);
-      n += e - b;
-    }
+    for (const auto& [b, e] : bucket_parts(store, keys[i])) n += e - b;
   return static_cast<double>(n) / static_cast<double>(std::max<int64_t>(1, optimizer_numel()));
 }
 
 void Strategy::start_bucket(ParamStore& store, const std::string& key) {
-  if (steps_in_backward()) {
-    // Nothing to sum: the bucket's gradients are final, so its parameters step now, beside the
-    // backward still to come (which reads neither them nor these gradients).
+  if (backward_opt_ != nullptr && nothing_to_sum()) {
+    // The bucket's gradients are final, so its parameters step now, beside the backward still to
+    // come (which reads neither them nor these gradients).
     Backend& be = ctx_.backend;
     be.begin_side_work();
-    for (bool seq_reduced : {true, false}) {
-      const auto [b, e] = bucket_range(store, key, seq_reduced);
-      if (e <= b) continue;
+    for (const auto& [b, e] : bucket_parts(store, key)) {
       store.adamw_step(*backward_opt_, backward_adam_step_, b, e);
       stepped_in_backward_.emplace_back(b, e);
     }

@@ -273,8 +273,11 @@ class Strategy {
   // Waits for every all-reduce of the bucket started so far.
   void wait_bucket(Bucket& b);
   std::vector<Bucket> buckets_in_flight_;  // in the order started
+  // One rank (P = R = 1): no bucket waits for a sum, so step_in_backward applies.
+  bool nothing_to_sum() const;
+  // Both parts of bucket `key` (its sequence-reduced range and its other one), those not empty.
+  std::vector<std::pair<int64_t, int64_t>> bucket_parts(const ParamStore& store, const std::string& key) const;
   // step_in_backward's AdamW (null: none) and the flat ranges backward has stepped with it.
-  bool steps_in_backward() const;
   const OptimizerConfig* backward_opt_ = nullptr;
   int64_t backward_adam_step_ = 0;
   std::vector<std::pair<int64_t, int64_t>> stepped_in_backward_;
