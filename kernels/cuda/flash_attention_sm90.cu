@@ -10,9 +10,10 @@
 // so every operand is loaded the same way.
 //
 //   forward : one CTA per (128-query block, head, batch): a producer thread streams 128-key K/V
-//             tiles with TMA (two stages, mbarriers) to two consumer warpgroups of 64 query rows,
-//             which take turns on the tensor cores: S = Q K^T from shared memory, the online
-//             softmax in registers, O += P V with P from registers.
+//             tiles with TMA (two or three stages, mbarriers) to two consumer warpgroups of 64
+//             query rows, which take turns on the tensor cores: S = Q K^T from shared memory, the
+//             online softmax in registers, O += P V with P from registers (at D = 64 the previous
+//             tile's, beside this tile's softmax).
 //   backward: one CTA per (128-key block, head, batch): a producer warpgroup streams 64-query
 //             blocks of Q and dO with TMA (two stages) to two consumer warpgroups of 64 keys each:
 //             S^T = K Q^T and dP^T = V dO^T from shared memory, dV += P^T dO and dK += dS^T Q with
@@ -27,6 +28,7 @@
 #include <cudaTypedefs.h>
 
 #include <mutex>
+#include <type_traits>
 #include <string>
 
 #include "core/check.h"
@@ -254,18 +256,31 @@ __device__ __forceinline__ void zero(float (&d)[N][4]) {
 // forward
 // ---------------------------------------------------------------------------------------------
 
-template <int D>
+template <int D, int kBlockN_ = 128, int kFmaExpEvery_ = 0, bool kOverlap_ = false, int kStages_ = 2>
 struct FwdSm90 {
   // Two consumer warpgroups of 64 query rows and one producer warp.
   static constexpr int kThreads = 288, kProducerWarp = 8;
-  static constexpr int kBlockM = 128, kBlockN = 128;
+  static constexpr int kBlockM = 128, kBlockN = kBlockN_, kFmaExpEvery = kFmaExpEvery_;
+  static constexpr int kD = D, kStages = kStages_;
+  static constexpr bool kOverlap = kOverlap_;
+  static_assert(kBlockN % 128 == 0 && kBlockN <= 256, "S in products of 128 keys; TMA boxes of at most 256 rows");
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
-  // Q, two stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the base to
-  // the swizzle's 1024-byte period.
-  static constexpr int kOffBars = kTileQ + 4 * kTileKV;
-  static constexpr size_t kSmemBytes = kOffBars + 4 * 8 + 1024;
+  // Q, kStages stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the
+  // base to the swizzle's 1024-byte period.
+  static constexpr int kOffBars = kTileQ + 2 * kStages * kTileKV;
+  static constexpr size_t kSmemBytes = kOffBars + 2 * kStages * 8 + 1024;
   static_assert(D % 64 == 0, "64-column swizzle blocks");
 };
+
+// The forward's configurations. D = 64: FlashAttention-3's intra-warpgroup overlap (three K/V
+// stages, so that the stage the last P V frees is not the next one to load) and the exponentials
+// of one n-tile in six (2 of 16) on the FMA pipe; on an H200 at T = 16K-64K 5% faster than
+// without either (387-405 -> 407-427 TFLOP/s), against +2.7% for the overlap alone and less or
+// nothing for other shares. D = 128 keeps the plain turns: S, P and O of 128 columns leave no
+// registers for the overlap within the 168 that 288 threads get (ptxas serialises the products,
+// C7512), and FMA exponentials made it 1-2% slower (PERFORMANCE.md, fifteenth session).
+using FwdD64 = FwdSm90<64, 128, 6, true, 3>;
+using FwdD128 = FwdSm90<128>;
 
 // TMA descriptors of Q, K and V as 4-D tensors (D, H, T, B), boxes of 64 columns x 1 head x 128
 // rows x 1 sequence in the 128-byte swizzle: one box is one 64-column block of a shared tile.
@@ -279,18 +294,18 @@ struct FwdMaps {
 // two consumer warpgroups take turns on the tensor cores (named barriers, "ping-pong"): one
 // issues its S = Q K^T while the other runs its softmax, so that the exponentials of one overlap
 // the other's matrix products.
-template <int D>
+template <class Cfg>
 __global__ void __launch_bounds__(288, 1)
     flash_fwd_sm90_kernel(const Params p, const __grid_constant__ FwdMaps maps) {
 #ifdef LSS_SM90A_BODY
-  using Cfg = FwdSm90<D>;
+  constexpr int D = Cfg::kD, kStages = Cfg::kStages;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t q_tile = (smem_addr(smem_raw) + 1023u) & ~1023u;
   auto k_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + s * 2 * Cfg::kTileKV; };
   auto v_tile = [q_tile](int s) { return q_tile + Cfg::kTileQ + (s * 2 + 1) * Cfg::kTileKV; };
   auto full_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 8 * s; };
-  auto empty_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 16 + 8 * s; };
+  auto empty_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 8 * (kStages + s); };
 
   const int warp_all = threadIdx.x / 32, lane = threadIdx.x % 32;
   // Grid (H, query blocks, B), heads fastest, heaviest causal blocks first (as the sm_80 kernel).
@@ -300,10 +315,11 @@ __global__ void __launch_bounds__(288, 1)
   const int n_tiles = (kend + kBlockN - 1) / kBlockN;
 
   if (threadIdx.x == 0) {
-    mbar_init(full_bar(0), 1);
-    mbar_init(full_bar(1), 1);
-    mbar_init(empty_bar(0), 8);  // one arrival per consumer warp
-    mbar_init(empty_bar(1), 8);
+#pragma unroll
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(full_bar(st), 1);
+      mbar_init(empty_bar(st), 8);  // one arrival per consumer warp
+    }
     // The initialised barriers visible to the async proxy (the TMA unit completes them).
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -312,8 +328,8 @@ __global__ void __launch_bounds__(288, 1)
   if (warp_all == Cfg::kProducerWarp) {
     if (lane == 0) {
       for (int j = 0; j < n_tiles; ++j) {
-        const int st = j & 1;
-        if (j >= 2) mbar_wait(empty_bar(st), ((j >> 1) - 1) & 1);  // consumers left tile j-2
+        const int st = j % kStages;
+        if (j >= kStages) mbar_wait(empty_bar(st), (j / kStages - 1) & 1);  // consumers left tile j - kStages
         mbar_arrive_expect_tx(full_bar(st), 2 * Cfg::kTileKV + (j == 0 ? Cfg::kTileQ : 0));
         if (j == 0)
 #pragma unroll
@@ -338,49 +354,127 @@ __global__ void __launch_bounds__(288, 1)
   float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};  // rows g, g+8: running max (base 2), sum
   const int row0 = q0 + 64 * wg + 16 * warp + g;
   const int row_pos[2] = {p.q_offset + row0, p.q_offset + row0 + 8};
-
-  // Turns on the tensor cores: warpgroup w waits on barrier 1 + w, the other arrives on it once
-  // it has issued its S product. The first turn is warpgroup 0's.
-  if (wg == 1 && n_tiles > 0) named_arrive(1);
-  for (int j = 0; j < n_tiles; ++j) {
-    const int st = j & 1;
-    const int k0 = j * kBlockN;
-    mbar_wait(full_bar(st), (j >> 1) & 1);
-
-    // S (64 x BN) = Q K^T
-    float s[kBlockN / 8][4];
+  // P (64 x BN) as a-fragments for O += P V. With kOverlap, the previous tile's, whose product
+  // runs beside this tile's softmax.
+  uint32_t pa[kBlockN / 16][4];
+  float s[kBlockN / 8][4];  // S (64 x BN) of the current tile
+  auto issue_s = [&](int st) {
     zero(s);
-    named_sync(1 + wg);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM>(q_tile, 64 * wg, kk),
-                          desc_k_major<kBlockN>(k_tile(st), 0, kk), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint64_t qd = desc_k_major<kBlockM>(q_tile, 64 * wg, kk);
+      // Keys [128 i, 128 i + 128) in products of 128 keys.
+#pragma unroll
+      for (int i = 0; i < kBlockN / 128; ++i)
+        wgmma_ss_n128<0, 0>(*reinterpret_cast<float(*)[16][4]>(&s[16 * i]), qd,
+                            desc_k_major<kBlockN>(k_tile(st), 128 * i, kk), kk > 0);
+    }
     wgmma_commit();
-    // Warpgroup 1 owes warpgroup 0 one arrival fewer: its first came before the loop.
-    if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
-    wgmma_wait<0>();
-    reg_fence(s);
-
-    if (k0 + kBlockN > p.Tk || (p.causal && k0 + kBlockN - 1 > p.q_offset + q0 + 64 * wg))
-      mask_scores<kBlockN>(s, p, k0, tq, row_pos);
-
-    online_softmax_tile<kBlockN, D>(s, o, m, l, p.scale_log2);
-
-    // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
-    uint32_t pa[kBlockN / 16][4];
-#pragma unroll
-    for (int kj = 0; kj < kBlockN / 16; ++kj) c_to_a(pa[kj], s[2 * kj], s[2 * kj + 1]);
-    wgmma_fence();
+  };
+  auto issue_pv = [&](int st) {
 #pragma unroll
     for (int kj = 0; kj < kBlockN / 16; ++kj)
       wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(st), kj));
     wgmma_commit();
-    wgmma_wait<0>();
-    reg_fence(o);
-    reg_fence(pa);
+  };
+  auto to_pa = [&] {
+#pragma unroll
+    for (int kj = 0; kj < kBlockN / 16; ++kj) c_to_a(pa[kj], s[2 * kj], s[2 * kj + 1]);
+  };
+  // This warp is done with stage st (lane 0 arrives once every lane's products have completed).
+  auto release = [&](int st) {
     __syncwarp();
-    if (lane == 0) mbar_arrive(empty_bar(st));  // this warp is done with stage st
+    if (lane == 0) mbar_arrive(empty_bar(st));
+  };
+  // Tiles from first_masked on have keys past Tk or, causal, after this warpgroup's first row.
+  const int row_first = p.q_offset + q0 + 64 * wg;
+  int first_masked = p.Tk / kBlockN;
+  if (p.causal) first_masked = min(first_masked, row_first + 1 >= 0 ? (row_first + 1) / kBlockN : 0);
+
+  // Turns on the tensor cores: warpgroup w waits on barrier 1 + w, the other arrives on it once
+  // it has issued its products. The first turn is warpgroup 0's.
+  if (wg == 1 && n_tiles > 0) named_arrive(1);
+  if constexpr (Cfg::kOverlap) {
+    // FlashAttention-3's intra-warpgroup overlap: a turn issues this tile's S and the previous
+    // tile's O += P V, so that the latter runs while this warpgroup works on this tile's softmax.
+    // ptxas keeps asynchronous products in flight only where no branch lies between their issue
+    // and their wait (else it serialises every one: C7520), so the first tile is peeled and the
+    // unmasked and masked tiles run in two loops with no branch inside.
+    if (n_tiles > 0) {
+      mbar_wait(full_bar(0), 0);
+      named_sync(1 + wg);
+      issue_s(0);
+      if (wg == 0 || n_tiles > 1) named_arrive(2 - wg);
+      wgmma_wait<0>();
+      reg_fence(s);
+      if (first_masked == 0) mask_scores<kBlockN>(s, p, 0, tq, row_pos);
+      float alpha[2];
+      softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
+      to_pa();
+    }
+    auto turn = [&](int j, auto masked) {
+      const int st = j % kStages, prev = (j - 1) % kStages;
+      mbar_wait(full_bar(st), (j / kStages) & 1);
+      named_sync(1 + wg);
+      issue_s(st);
+      issue_pv(prev);
+      if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
+      wgmma_wait<1>();  // S done; the previous P V may still run
+      reg_fence(s);
+      float alpha[2];
+      if constexpr (decltype(masked)::value) {
+        mask_scores<kBlockN>(s, p, j * kBlockN, tq, row_pos);
+        softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
+      } else {
+        softmax_scores_tile<kBlockN, Cfg::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
+      }
+      wgmma_wait<0>();  // the previous P V: o and pa are free, its stage can go
+      reg_fence(o);
+      reg_fence(pa);
+      release(prev);
+      rescale_rows(o, alpha);
+      to_pa();
+    };
+    const int unmasked_end = max(1, min(first_masked, n_tiles));
+    for (int j = 1; j < unmasked_end; ++j) turn(j, std::false_type{});
+    for (int j = unmasked_end; j < n_tiles; ++j) turn(j, std::true_type{});
+    // The last tile's P V, outside the turns: the other warpgroup has no product left to follow.
+    if (n_tiles > 0) {
+      wgmma_fence();
+      issue_pv((n_tiles - 1) % kStages);
+      wgmma_wait<0>();
+      reg_fence(o);
+      reg_fence(pa);
+      release((n_tiles - 1) % kStages);
+    }
+  } else {
+    for (int j = 0; j < n_tiles; ++j) {
+      const int st = j % kStages;
+      mbar_wait(full_bar(st), (j / kStages) & 1);
+      named_sync(1 + wg);
+      issue_s(st);
+      // Warpgroup 1 owes warpgroup 0 one arrival fewer: its first came before the loop.
+      if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
+      wgmma_wait<0>();
+      reg_fence(s);
+      float alpha[2];
+      if (j >= first_masked) {
+        mask_scores<kBlockN>(s, p, j * kBlockN, tq, row_pos);
+        softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
+      } else {
+        softmax_scores_tile<kBlockN, Cfg::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
+      }
+      rescale_rows(o, alpha);
+      // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
+      to_pa();
+      wgmma_fence();
+      issue_pv(st);
+      wgmma_wait<0>();
+      reg_fence(o);
+      reg_fence(pa);
+      release(st);
+    }
   }
 
   store_o_lse<D>(o, m, l, row0, tq, p, b, h);
@@ -725,8 +819,8 @@ bool sm90_kernels_built() {
 bool sm90_head_dim_ok(int D) { return D == 64 || D == 128; }
 
 size_t sm90_smem_bytes(int D) {
-  return D == 64 ? std::max(FwdSm90<64>::kSmemBytes, BwdSm90<64>::kSmemBytes)
-                 : std::max(FwdSm90<128>::kSmemBytes, BwdSm90<128>::kSmemBytes);
+  return D == 64 ? std::max(FwdD64::kSmemBytes, BwdSm90<64>::kSmemBytes)
+                 : std::max(FwdD128::kSmemBytes, BwdSm90<128>::kSmemBytes);
 }
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
@@ -765,21 +859,21 @@ CUtensorMap tensor_map(const Tensor& t, int D, int H, int T, int B, int rows) {
 }
 
 void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
-  auto run = [&](auto d) {
-    constexpr int kD = decltype(d)::value;
-    using Cfg = FwdSm90<kD>;
+  auto run = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    constexpr int kD = Cfg::kD;
     FwdMaps maps;
     maps.q = tensor_map(p.q, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
     maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tq, Cfg::kBlockM)), p.B);
-    launch_args<flash_fwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
-                                           maps);
+    launch_args<flash_fwd_sm90_kernel<Cfg>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
+                                            maps);
   };
   if (D == 64)
-    run(std::integral_constant<int, 64>{});
+    run(FwdD64{});
   else
-    run(std::integral_constant<int, 128>{});
+    run(FwdD128{});
 }
 
 void sm90_backward(const Params& p, int D, cudaStream_t stream, int device) {
