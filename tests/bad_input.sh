@@ -63,6 +63,7 @@ expect 2 "--copy-engine-gathers: the cpu backend has no copy engines (needs --ba
 expect 2 "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the copy engines (give one of the two)" run --strategy lss --sp 2 --copy-engine-gathers --distributed-optimizer
 expect 2 "--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: --no-zigzag, --causal, --split-causal)" run --strategy lss --sp 2 --chunk-pipeline
 expect 2 "--placed-reduce-scatter needs --zigzag" run --strategy lss --sp 2 --placed-reduce-scatter
+expect 2 "--placed-gather-min -1M: must not be negative" run --strategy lss --sp 2 --zigzag --placed-gather-min -1M
 expect 2 "--bound-heat -1: must not be negative" run --strategy lss --sp 2 --bound-heat -1
 expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256
 expect 4 "--batch 1 does not divide by the 2 data-parallel replicas" run --strategy lss --sp 2 --batch 1

@@ -53,13 +53,20 @@ ew = sum(k["ms_per_call"] * k["calls"] for k in r0["elementwise_kernels"].values
 ok = ok and abs(ew - r0["elementwise_ms"]) <= 1e-9 * r0["elementwise_ms"]
 ok = ok and abs(sum(x["ms_per_call"] * x["calls"] for x in r0["passes"]) - r0["passes_ms"]) <= 1e-9 * max(1.0, r0["passes_ms"])
 # lss in the zigzag order copies [dK|dV] into rank order: priced passes. Its fused K/V gathers
-# land each rank's two chunks at their places (the MPI communicator places gathers), timed so;
-# the pipeline's half gathers are rank-major.
+# land each rank's two chunks at their places (the MPI communicator places gathers), timed so,
+# from --placed-gather-min gathered bytes on; below, they land rank-major and are copied into
+# token order; the pipeline's half gathers are rank-major.
 zigzag = c["strategy_options"].get("order") == "zigzag"
 ok = ok and (not zigzag or r0["passes_ms"] > 0)
+es = {"fp64": 8, "fp32": 4, "bf16": 2}[c["dtype"]]
+kv_bytes = T * (B // r["grid"]["dp"]) * 2 * C * es
+placed_kv = zigzag and kv_bytes >= int(c["strategy_options"].get("placed_gather_min_bytes", 0))
+ok = ok and c["strategy_options"].get("placed_gather", False) == placed_kv
 fused_kv = [x for x in r0["comm"] if x["what"] in ("K/V all-gather, forward", "K/V re-gather, backward",
                                                    "K/V all-gather, recomputed forward")]
-ok = ok and all(x.get("placed_pieces") == (2 if zigzag else None) for x in fused_kv)
+ok = ok and all(x.get("placed_pieces") == (2 if placed_kv else None) for x in fused_kv)
+ok = ok and (not zigzag or placed_kv or c["strategy_options"].get("chunk_pipeline")
+             or any(x["what"] == "[K|V] to token order" for x in r0["passes"]))
 # --placed-reduce-scatter: the fused dK/dV reduce-scatter sums from those places, timed so, and
 # backward copies nothing into rank order.
 placed_rs = c["strategy_options"].get("placed_reduce_scatter", False)
@@ -203,9 +210,12 @@ PY
 point 1 serial --strategy serial
 point 1 serial_optimizer_in_backward --strategy serial --optimizer-in-backward
 point 2 lss --strategy lss --sp 2 --batch 2 --bound-heat 0.01
-point 4 lss_dp --strategy lss --sp 2 --batch 2 --keep-kv --zigzag --bound-heat=0.005
+# zigzag: placed gathers where --placed-gather-min allows (these points' gathers are a few KiB,
+# under the default: rank-major and copied).
+point 4 lss_dp --strategy lss --sp 2 --batch 2 --keep-kv --zigzag --placed-gather-min 0 --bound-heat=0.005
 point 4 lss_pipeline --strategy lss --sp 4 --zigzag --chunk-pipeline
-point 4 lss_placed_reduce_scatter --strategy lss --sp 4 --zigzag --placed-reduce-scatter
+point 4 lss_placed_reduce_scatter --strategy lss --sp 4 --zigzag --placed-reduce-scatter --placed-gather-min 1K
+point 4 lss_rank_major_gather --strategy lss --sp 4 --zigzag --placed-reduce-scatter
 point 2 megatron --strategy megatron_sp --sp 2 --dtype fp64 --bound-heat 0
 point 4 megatron_dp --strategy megatron_sp --sp 2 --batch 2 --check-seq 32
 point 2 lss_no_overlap --strategy lss --sp 2 --no-overlap

@@ -75,6 +75,9 @@ struct Case {
   // C = 9, H = 3: buckets of sizes no group size divides (the shards' remainders).
   bool odd_width = false;
   bool placed_rs = false;  // lss: placed_reduce_scatter (with zigzag)
+  // lss, zigzag: the default --placed-gather-min, above these tests' gathers, so that [K|V] is
+  // gathered rank-major and copied into token order (false: a minimum of 0, the gathers placed).
+  bool rank_major = false;
 };
 
 std::string case_name(const Case& c, int P, int R) {
@@ -83,7 +86,8 @@ std::string case_name(const Case& c, int P, int R) {
                                                                          : (c.option ? " regather-ln" : " keep-ln")) +
          (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "") +
          (c.pipeline ? " chunk-pipeline" : "") + (c.sharded ? " distributed-optimizer" : "") +
-         (c.odd_width ? " C=9" : "") + (c.placed_rs ? " placed-reduce-scatter" : "");
+         (c.odd_width ? " C=9" : "") + (c.placed_rs ? " placed-reduce-scatter" : "") +
+         (c.rank_major ? " rank-major-gather" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -103,6 +107,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.chunk_pipeline = c.pipeline;
     rc.strategy_opts.distributed_optimizer = c.sharded;
     rc.strategy_opts.placed_reduce_scatter = c.placed_rs;
+    if (!c.rank_major) rc.strategy_opts.placed_gather_min_bytes = 0;
     if (c.odd_width) {
       rc.model.C = 9;
       rc.model.H = 3;
@@ -185,6 +190,12 @@ std::vector<Case> all_cases() {
               placed.split = placed.recompute = true;
               out.push_back(placed);
             }
+            // zigzag's gathers below --placed-gather-min: rank-major plus the copy into token
+            // order (the placed reduce-scatter asked for, and left out with them)
+            Case rank_major{s, d, causal, option, true};
+            rank_major.rank_major = rank_major.placed_rs = true;
+            rank_major.split = causal;
+            out.push_back(rank_major);
           }
           // recomputation (lss: with and without zigzag)
           out.push_back({s, d, causal, option, std::string(s) == "lss" && option, true});
@@ -216,7 +227,8 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                                   (c.option ? "_opt1" : "_opt0") + (c.zigzag ? "_zigzag" : "") +
                                   (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "") +
                                   (c.pipeline ? "_pipeline" : "") + (c.sharded ? "_sharded" : "") +
-                                  (c.odd_width ? "_C9" : "") + (c.placed_rs ? "_placedrs" : "");
+                                  (c.odd_width ? "_C9" : "") + (c.placed_rs ? "_placedrs" : "") +
+                                  (c.rank_major ? "_rankmajor" : "");
                          });
 
 // --optimizer-in-backward on one rank: backward steps every bucket as it finishes its gradients,
@@ -267,22 +279,27 @@ CommCounts counts(std::initializer_list<std::tuple<CollKind, int64_t, int64_t>> 
 
 // The analytic bound's model of lss's own passes per layer (README, Metrics: analytic bound),
 // written out again: zigzag's gathers land [K|V] in token order (the MPI communicator places a
-// gather's pieces), and [dK|dV] is put back into rank order (T*Bl*2C elements); backward zeroes the [dK|dV] rows no segment sees and adds a
-// second segment's prefix; the split blocks merge one preceding block per segment that has keys
-// before it, add its dQ part, and add the diagonal blocks' dK/dV (N*2C).
+// gather's pieces) or, below --placed-gather-min, rank-major and copied into token order (in
+// forward and after backward's re-gather), and [dK|dV] is put back into rank order (T*Bl*2C
+// elements); backward zeroes the [dK|dV] rows no segment sees and adds a second segment's prefix;
+// the split blocks merge one preceding block per segment that has keys before it, add its dQ
+// part, and add the diagonal blocks' dK/dV (N*2C).
 TEST(BoundModel, LssPassesFollowTheSchedule) {
   using Kind = BoundModel::Pass::Kind;
   for (auto [P, R] : grids_for_world()) {
-    for (int variant : {0, 1, 2, 3, 4}) {
-      // keep_kv in 1 and 3; the chunk pipeline (P > 1) in 2 and 3; the placed reduce-scatter in 4.
+    for (int variant : {0, 1, 2, 3, 4, 5, 6}) {
+      // keep_kv in 1 and 3; the chunk pipeline (P > 1) in 2 and 3; the placed reduce-scatter in 4;
+      // in 5 (with keep_kv) the placed reduce-scatter asked for with the default
+      // --placed-gather-min, above this gather: neither placed; in 6 the same re-gathering K/V.
       const bool keep_kv = variant % 2 == 1, pipeline = (variant == 2 || variant == 3) && P > 1;
-      const bool placed_rs = variant == 4;
+      const bool rank_major = variant >= 5, placed_rs = variant == 4;
       RunConfig rc = small("lss", P, DType::f32, true);
       rc.strategy_opts.zigzag = true;
       rc.strategy_opts.split_causal = true;
       rc.strategy_opts.keep_kv = keep_kv;
       rc.strategy_opts.chunk_pipeline = pipeline;
-      rc.strategy_opts.placed_reduce_scatter = placed_rs;
+      rc.strategy_opts.placed_reduce_scatter = placed_rs || rank_major;
+      if (!rank_major) rc.strategy_opts.placed_gather_min_bytes = 0;
       Session s(rc, MPI_COMM_WORLD);
       const BoundModel m = s.strategy().bound_model();
       const ModelConfig& cfg = rc.model;
@@ -290,7 +307,7 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
       const int64_t Bl = cfg.B / R, c = cfg.T / (2 * P), key_row = Bl * 2 * cfg.C, N = 2 * c * Bl;
       const std::string where = "P=" + std::to_string(P) + " R=" + std::to_string(R) + " rank p=" + std::to_string(p) +
                                 (keep_kv ? " keep_kv" : "") + (pipeline ? " chunk_pipeline" : "") +
-                                (placed_rs ? " placed_reduce_scatter" : "");
+                                (placed_rs ? " placed_reduce_scatter" : "") + (rank_major ? " rank-major gather" : "");
       double copy_fwd = 0, copy_bwd = 0, add_bwd = 0, zero_bwd = 0, merges = 0;
       for (const auto& pass : m.layer_passes) {
         if (pass.kind == Kind::copy) {
@@ -308,10 +325,15 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
       // The gathers are placed: no copy of [K|V]. The pipeline keeps its gathered halves as they
       // are and runs backward in their layout, and the placed reduce-scatter sums [dK|dV] from
       // token order: no reorder copy at all. The bound times that scatter with its pieces (two per
-      // rank, the gather's).
+      // rank, the gather's). Rank-major gathers: [K|V] copied in forward and after backward's
+      // re-gather, [dK|dV] copied back.
       EXPECT_TRUE(s.grid().seq->places_gathers()) << where;
-      EXPECT_EQ(copy_fwd, 0) << where;
-      EXPECT_EQ(copy_bwd, pipeline || placed_rs ? 0 : kv) << where;
+      EXPECT_EQ(copy_fwd, rank_major ? kv : 0) << where;
+      EXPECT_EQ(copy_bwd, pipeline || placed_rs ? 0 : rank_major && !keep_kv ? 2 * kv : kv) << where;
+      // The fused gathers (the pipeline's halves keep their own layout) with two pieces per rank.
+      for (const auto& c : m.comm)
+        if (c.kind == CollKind::all_gather && c.what.rfind("K/V", 0) == 0 && !pipeline)
+          EXPECT_EQ(c.placed.size(), rank_major ? 0 : static_cast<size_t>(2 * P)) << where << ": " << c.what;
       for (const auto& c : m.comm)
         if (c.kind == CollKind::reduce_scatter && c.what.rfind("dK/dV", 0) == 0)
           EXPECT_EQ(c.placed.size(), placed_rs ? static_cast<size_t>(2 * P) : 0) << where << ": " << c.what;

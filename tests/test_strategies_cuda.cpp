@@ -72,6 +72,10 @@ StrategyOptions options_of(const std::string& variant) {
     o.zigzag = true;
     o.split_causal = false;
   }
+  // These tests' gathers are far below the default --placed-gather-min: placed at any size, as
+  // on the long sequences, except in the variant that checks the rank-major gather and its copy.
+  if (variant == "zigzag_rankmajor") o.zigzag = true;
+  else o.placed_gather_min_bytes = 0;
   if (variant == "recompute") o.recompute = true;
   if (variant == "keepln") o.regather_ln = false;
   if (variant == "nooverlap") o.overlap = false;
@@ -198,6 +202,8 @@ std::vector<Case> cases() {
   // The placed dK/dV reduce-scatter (grouped ncclReduce calls from token order).
   for (const char* v : {"zigzag_placedrs", "zigzag_recompute_placedrs"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
   out.push_back({"lss", DType::f32, true, "flash", "zigzag_placedrs"});
+  // The zigzag gather below --placed-gather-min: rank-major, copied into token order.
+  out.push_back({"lss", DType::bf16, true, "cudnn", "zigzag_rankmajor"});
   // The optimizer in backward (AdamW on the side lane beside backward; one rank only, so these
   // run their P = R = 1 grid on a one-GPU machine and step as usual elsewhere).
   out.push_back({"serial", DType::f32, true, "flash", "optbwd"});

@@ -78,6 +78,9 @@ OptionParser make_parser() {
   p.add_flag("placed-reduce-scatter", false,
              "lss, zigzag: sum backward's dK/dV from token order into each rank's chunks (grouped reduces) instead of "
              "copying it into rank order for a reduce-scatter");
+  p.add_size("placed-gather-min", int64_t{16} << 20,
+             "lss, zigzag: place the K/V gathers (and --placed-reduce-scatter) at the token positions only from this "
+             "many gathered bytes on (T x the batch of one data-parallel replica x 2 x width x element size); below, gather rank-major and copy");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
   p.add_flag("distributed-optimizer", false,
              "shard the optimizer over the sequence group (ZeRO-1): reduce-scatter the summed gradients, step 1/P "
@@ -126,6 +129,9 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.recompute = p.flag("recompute");
   rc.strategy_opts.chunk_pipeline = p.flag("chunk-pipeline");
   rc.strategy_opts.placed_reduce_scatter = p.flag("placed-reduce-scatter");
+  rc.strategy_opts.placed_gather_min_bytes = p.size("placed-gather-min");
+  LSS_REQUIRE_INPUT(rc.strategy_opts.placed_gather_min_bytes >= 0,
+                    "--placed-gather-min " + p.str("placed-gather-min") + ": must not be negative");
   rc.strategy_opts.overlap = p.flag("overlap");
   rc.strategy_opts.distributed_optimizer = p.flag("distributed-optimizer");
   rc.strategy_opts.optimizer_in_backward = p.flag("optimizer-in-backward");

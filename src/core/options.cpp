@@ -39,9 +39,18 @@ double parse_double(const std::string& text, const std::string& what) {
   return v;
 }
 
+namespace {
+// A size as --help shows it: with the largest suffix that divides it (16777216 as 16M).
+std::string size_text(int64_t v) {
+  for (auto [suffix, mult] : {std::pair{'G', int64_t{1} << 30}, {'M', int64_t{1} << 20}, {'K', int64_t{1} << 10}})
+    if (v != 0 && v % mult == 0) return std::to_string(v / mult) + suffix;
+  return std::to_string(v);
+}
+}  // namespace
+
 void OptionParser::add_size(const std::string& name, int64_t def, const std::string& help) {
   order_.push_back(name);
-  specs_[name] = {Kind::size, std::to_string(def), help};
+  specs_[name] = {Kind::size, size_text(def), help};
   values_[name] = std::to_string(def);
 }
 void OptionParser::add_double(const std::string& name, double def, const std::string& help) {

@@ -32,6 +32,8 @@ class LssStrategy final : public Strategy {
             {"order", ctx_.opts.zigzag ? "zigzag" : "contiguous"},
             {"split_causal", split()},
             {"chunk_pipeline", pipelined()},
+            {"placed_gather", placed_gather()},
+            {"placed_gather_min_bytes", ctx_.opts.placed_gather_min_bytes},
             {"placed_reduce_scatter", placed_scatter()},
             {"recompute", ctx_.opts.recompute},
             {"distributed_optimizer", sharded()},
@@ -56,8 +58,7 @@ class LssStrategy final : public Strategy {
 
   CommModel expected_comm() const override {
     const ModelConfig& cfg = ctx_.cfg;
-    const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));                 // activations
-    const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * es;  // the gathered [K|V] of one layer
+    const int64_t kv_bytes = kv_gather_bytes();
     CommModel m;
     const int P = ctx_.grid.P;
     // Forward gathers once per layer; backward gathers again unless the forward's gather was kept
@@ -108,7 +109,7 @@ class LssStrategy final : public Strategy {
       m.layer_attention.push_back(before);
     }
     if (P_ > 1) {
-      const int64_t kv_bytes = cfg.T * Bl_ * 2 * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
+      const int64_t kv_bytes = kv_gather_bytes();
       const double q_projection = 2 * N * C * C + diagonal_forward;             // beside each forward gather
       const double mlp_backward = 4 * (2 * N * C * 4 * C);                      // beside a backward re-gather
       // Beside the reduce-scatter: the out-projection's weight gradient, the Q projection's
@@ -586,10 +587,18 @@ class LssStrategy final : public Strategy {
     }
   }
 
+  // The gathered [K|V] of one layer, in bytes.
+  int64_t kv_gather_bytes() const {
+    return ctx_.cfg.T * Bl_ * 2 * ctx_.cfg.C * static_cast<int64_t>(dtype_size(ctx_.cfg.dtype));
+  }
   // Zigzag's gather lands each rank's chunks at their token positions (one collective, no reorder
-  // copy after it) where the sequence group can place a gather's pieces; with copy-engine gathers
-  // it lands rank-major and is reordered.
-  bool placed_gather() const { return ctx_.opts.zigzag && ctx_.grid.seq->places_gathers(); }
+  // copy after it) where the sequence group can place a gather's pieces and the gather is large
+  // enough for that to pay (--placed-gather-min); with copy-engine gathers, or smaller, it lands
+  // rank-major and is reordered.
+  bool placed_gather() const {
+    return ctx_.opts.zigzag && ctx_.grid.seq->places_gathers() &&
+           kv_gather_bytes() >= ctx_.opts.placed_gather_min_bytes;
+  }
   // --placed-reduce-scatter: backward's fused dK/dV reduce-scatter reads token order through the
   // same pieces (the pipeline's halves need no reorder; copy-engine gathers keep rank order).
   bool placed_scatter() const { return ctx_.opts.placed_reduce_scatter && placed_gather() && !wave_backward(); }
