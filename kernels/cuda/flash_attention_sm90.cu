@@ -275,10 +275,10 @@ struct FwdSm90 {
 // The forward's configurations. D = 64: FlashAttention-3's intra-warpgroup overlap (three K/V
 // stages, so that the stage the last P V frees is not the next one to load) and the exponentials
 // of one n-tile in six (2 of 16) on the FMA pipe; on an H200 at T = 16K-64K 5% faster than
-// without either (387-405 -> 407-427 TFLOP/s), against +2.7% for the overlap alone and less or
-// nothing for other shares. D = 128 keeps the plain turns: S, P and O of 128 columns leave no
-// registers for the overlap within the 168 that 288 threads get (ptxas serialises the products,
-// C7512), and FMA exponentials made it 1-2% slower (PERFORMANCE.md, fifteenth session).
+// without either (387-405 -> 407-427 TFLOP/s), against +2.6% for the overlap alone (-1% at 64K
+// non-causal) and less for other shares. D = 128 keeps the plain turns: S, P and O of 128 columns
+// leave no registers for the overlap within the 168 that 288 threads get (ptxas serialises the
+// products, C7512), and FMA exponentials made it 1-9% slower (PERFORMANCE.md, fifteenth session).
 using FwdD64 = FwdSm90<64, 128, 6, true, 3>;
 using FwdD128 = FwdSm90<128>;
 
