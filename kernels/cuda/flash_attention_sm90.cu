@@ -28,8 +28,8 @@
 #include <cudaTypedefs.h>
 
 #include <mutex>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 
 #include "core/check.h"
 #include "kernels/cuda/flash_attention_common.cuh"
@@ -256,14 +256,13 @@ __device__ __forceinline__ void zero(float (&d)[N][4]) {
 // forward
 // ---------------------------------------------------------------------------------------------
 
-template <int D, int kBlockN_ = 128, int kFmaExpEvery_ = 0, bool kOverlap_ = false, int kStages_ = 2>
+template <int D, int kFmaExpEvery_ = 0, bool kOverlap_ = false, int kStages_ = 2>
 struct FwdSm90 {
   // Two consumer warpgroups of 64 query rows and one producer warp.
   static constexpr int kThreads = 288, kProducerWarp = 8;
-  static constexpr int kBlockM = 128, kBlockN = kBlockN_, kFmaExpEvery = kFmaExpEvery_;
+  static constexpr int kBlockM = 128, kBlockN = 128, kFmaExpEvery = kFmaExpEvery_;
   static constexpr int kD = D, kStages = kStages_;
   static constexpr bool kOverlap = kOverlap_;
-  static_assert(kBlockN % 128 == 0 && kBlockN <= 256, "S in products of 128 keys; TMA boxes of at most 256 rows");
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
   // Q, kStages stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the
   // base to the swizzle's 1024-byte period.
@@ -279,7 +278,7 @@ struct FwdSm90 {
 // non-causal) and less for other shares. D = 128 keeps the plain turns: S, P and O of 128 columns
 // leave no registers for the overlap within the 168 that 288 threads get (ptxas serialises the
 // products, C7512), and FMA exponentials made it 1-9% slower (PERFORMANCE.md, fifteenth session).
-using FwdD64 = FwdSm90<64, 128, 6, true, 3>;
+using FwdD64 = FwdSm90<64, 6, true, 3>;
 using FwdD128 = FwdSm90<128>;
 
 // TMA descriptors of Q, K and V as 4-D tensors (D, H, T, B), boxes of 64 columns x 1 head x 128
@@ -362,14 +361,9 @@ __global__ void __launch_bounds__(288, 1)
     zero(s);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t qd = desc_k_major<kBlockM>(q_tile, 64 * wg, kk);
-      // Keys [128 i, 128 i + 128) in products of 128 keys.
-#pragma unroll
-      for (int i = 0; i < kBlockN / 128; ++i)
-        wgmma_ss_n128<0, 0>(*reinterpret_cast<float(*)[16][4]>(&s[16 * i]), qd,
-                            desc_k_major<kBlockN>(k_tile(st), 128 * i, kk), kk > 0);
-    }
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM>(q_tile, 64 * wg, kk),
+                          desc_k_major<kBlockN>(k_tile(st), 0, kk), kk > 0);
     wgmma_commit();
   };
   auto issue_pv = [&](int st) {
@@ -382,8 +376,12 @@ __global__ void __launch_bounds__(288, 1)
 #pragma unroll
     for (int kj = 0; kj < kBlockN / 16; ++kj) c_to_a(pa[kj], s[2 * kj], s[2 * kj + 1]);
   };
-  // This warp is done with stage st (lane 0 arrives once every lane's products have completed).
-  auto release = [&](int st) {
+  // The P V products of stage st completed: o and pa are free, and this warp is done with the
+  // stage (lane 0 arrives once every lane's products have completed).
+  auto finish_pv = [&](int st) {
+    wgmma_wait<0>();
+    reg_fence(o);
+    reg_fence(pa);
     __syncwarp();
     if (lane == 0) mbar_arrive(empty_bar(st));
   };
@@ -391,6 +389,16 @@ __global__ void __launch_bounds__(288, 1)
   const int row_first = p.q_offset + q0 + 64 * wg;
   int first_masked = p.Tk / kBlockN;
   if (p.causal) first_masked = min(first_masked, row_first + 1 >= 0 ? (row_first + 1) / kBlockN : 0);
+  // The softmax's scores part of tile j: a masked tile is masked and takes every exponential on
+  // the multi-function unit; an unmasked one sends its share to the FMA pipe.
+  auto scores = [&](int j, auto masked, float (&alpha)[2]) {
+    if constexpr (decltype(masked)::value) {
+      mask_scores<kBlockN>(s, p, j * kBlockN, tq, row_pos);
+      softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
+    } else {
+      softmax_scores_tile<kBlockN, Cfg::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
+    }
+  };
 
   // Turns on the tensor cores: warpgroup w waits on barrier 1 + w, the other arrives on it once
   // it has issued its products. The first turn is warpgroup 0's.
@@ -423,16 +431,8 @@ __global__ void __launch_bounds__(288, 1)
       wgmma_wait<1>();  // S done; the previous P V may still run
       reg_fence(s);
       float alpha[2];
-      if constexpr (decltype(masked)::value) {
-        mask_scores<kBlockN>(s, p, j * kBlockN, tq, row_pos);
-        softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
-      } else {
-        softmax_scores_tile<kBlockN, Cfg::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
-      }
-      wgmma_wait<0>();  // the previous P V: o and pa are free, its stage can go
-      reg_fence(o);
-      reg_fence(pa);
-      release(prev);
+      scores(j, masked, alpha);
+      finish_pv(prev);
       rescale_rows(o, alpha);
       to_pa();
     };
@@ -443,10 +443,7 @@ __global__ void __launch_bounds__(288, 1)
     if (n_tiles > 0) {
       wgmma_fence();
       issue_pv((n_tiles - 1) % kStages);
-      wgmma_wait<0>();
-      reg_fence(o);
-      reg_fence(pa);
-      release((n_tiles - 1) % kStages);
+      finish_pv((n_tiles - 1) % kStages);
     }
   } else {
     for (int j = 0; j < n_tiles; ++j) {
@@ -459,21 +456,16 @@ __global__ void __launch_bounds__(288, 1)
       wgmma_wait<0>();
       reg_fence(s);
       float alpha[2];
-      if (j >= first_masked) {
-        mask_scores<kBlockN>(s, p, j * kBlockN, tq, row_pos);
-        softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
-      } else {
-        softmax_scores_tile<kBlockN, Cfg::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
-      }
+      if (j >= first_masked)
+        scores(j, std::true_type{}, alpha);
+      else
+        scores(j, std::false_type{}, alpha);
       rescale_rows(o, alpha);
       // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
       to_pa();
       wgmma_fence();
       issue_pv(st);
-      wgmma_wait<0>();
-      reg_fence(o);
-      reg_fence(pa);
-      release(st);
+      finish_pv(st);
     }
   }
 
