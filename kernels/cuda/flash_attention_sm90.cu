@@ -12,8 +12,9 @@
 //   forward : one CTA per (128-query block, head, batch): a producer thread streams 128-key K/V
 //             tiles with TMA (two or three stages, mbarriers) to two consumer warpgroups of 64
 //             query rows, which take turns on the tensor cores: S = Q K^T from shared memory, the
-//             online softmax in registers, O += P V with P from registers (at D = 64 the previous
-//             tile's, beside this tile's softmax).
+//             online softmax in registers, O += P V with P from registers (the previous tile's,
+//             beside this tile's softmax). At D = 128 the producer thread's warpgroup hands its
+//             registers to the consumers.
 //   backward: one CTA per (128-key block, head, batch): a producer warpgroup streams 64-query
 //             blocks of Q and dO with TMA (two stages) to two consumer warpgroups of 64 keys each:
 //             S^T = K Q^T and dP^T = V dO^T from shared memory, dV += P^T dO and dK += dS^T Q with
@@ -252,14 +253,28 @@ __device__ __forceinline__ void zero(float (&d)[N][4]) {
   for (int i = 0; i < N; ++i) d[i][0] = d[i][1] = d[i][2] = d[i][3] = 0.f;
 }
 
+// Register budgets per warpgroup (the CTA's 64K registers: 24 x 128 + 240 x 256 fit).
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
 // ---------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------
 
-template <int D, int kFmaExpEvery_ = 0, bool kOverlap_ = false, int kStages_ = 2>
+template <int D, int kFmaExpEvery_ = 0, bool kOverlap_ = false, int kStages_ = 2,
+          bool kProducerWG_ = false>
 struct FwdSm90 {
-  // Two consumer warpgroups of 64 query rows and one producer warp.
-  static constexpr int kThreads = 288, kProducerWarp = 8;
+  // Two consumer warpgroups of 64 query rows and one producer warp (warp 8). With kProducerWG,
+  // the producer is a whole third warpgroup, so that setmaxnreg can move its registers to the
+  // consumers (240 each instead of the 168 of 288 threads).
+  static constexpr bool kProducerWG = kProducerWG_;
+  static constexpr int kThreads = kProducerWG ? 384 : 288, kProducerWarp = 8;
   static constexpr int kBlockM = 128, kBlockN = 128, kFmaExpEvery = kFmaExpEvery_;
   static constexpr int kD = D, kStages = kStages_;
   static constexpr bool kOverlap = kOverlap_;
@@ -271,15 +286,16 @@ struct FwdSm90 {
   static_assert(D % 64 == 0, "64-column swizzle blocks");
 };
 
-// The forward's configurations. D = 64: FlashAttention-3's intra-warpgroup overlap (three K/V
-// stages, so that the stage the last P V frees is not the next one to load) and the exponentials
-// of one n-tile in six (2 of 16) on the FMA pipe; on an H200 at T = 16K-64K 5% faster than
-// without either (387-405 -> 407-427 TFLOP/s), against +2.6% for the overlap alone (-1% at 64K
-// non-causal) and less for other shares. D = 128 keeps the plain turns: S, P and O of 128 columns
-// leave no registers for the overlap within the 168 that 288 threads get (ptxas serialises the
-// products, C7512), and FMA exponentials made it 1-9% slower (PERFORMANCE.md, fifteenth session).
+// The forward's configurations. Both use FlashAttention-3's intra-warpgroup overlap (three K/V
+// stages, so that the stage the last P V frees is not the next one to load). D = 64: the
+// exponentials of one n-tile in six (2 of 16) on the FMA pipe; on an H200 at T = 16K-64K 5%
+// faster than without either (387-405 -> 407-427 TFLOP/s). D = 128: S, P and O of 128 columns
+// need more than the 168 registers of 288 threads (ptxas serialises the products, C7512), so a
+// producer warpgroup gives its registers to the consumers (240 each): +6-8% at T = 16K-64K
+// (531-550 -> 568-590 TFLOP/s); an FMA share made it slower, and D = 64 slower with the producer
+// warpgroup (PERFORMANCE.md, fifteenth and sixteenth sessions).
 using FwdD64 = FwdSm90<64, 6, true, 3>;
-using FwdD128 = FwdSm90<128>;
+using FwdD128 = FwdSm90<128, 0, true, 3, true>;
 
 // TMA descriptors of Q, K and V as 4-D tensors (D, H, T, B), boxes of 64 columns x 1 head x 128
 // rows x 1 sequence in the 128-byte swizzle: one box is one 64-column block of a shared tile.
@@ -294,7 +310,7 @@ struct FwdMaps {
 // issues its S = Q K^T while the other runs its softmax, so that the exponentials of one overlap
 // the other's matrix products.
 template <class Cfg>
-__global__ void __launch_bounds__(288, 1)
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
     flash_fwd_sm90_kernel(const Params p, const __grid_constant__ FwdMaps maps) {
 #ifdef LSS_SM90A_BODY
   constexpr int D = Cfg::kD, kStages = Cfg::kStages;
@@ -324,8 +340,9 @@ __global__ void __launch_bounds__(288, 1)
   }
   __syncthreads();
 
-  if (warp_all == Cfg::kProducerWarp) {
-    if (lane == 0) {
+  if (warp_all >= Cfg::kProducerWarp) {
+    if constexpr (Cfg::kProducerWG) setmaxnreg_dec<24>();
+    if (warp_all == Cfg::kProducerWarp && lane == 0) {
       for (int j = 0; j < n_tiles; ++j) {
         const int st = j % kStages;
         if (j >= kStages) mbar_wait(empty_bar(st), (j / kStages - 1) & 1);  // consumers left tile j - kStages
@@ -345,6 +362,7 @@ __global__ void __launch_bounds__(288, 1)
     }
     return;
   }
+  if constexpr (Cfg::kProducerWG) setmaxnreg_inc<240>();
 
   const int wg = warp_all / 4, warp = warp_all % 4;
   const int g = lane >> 2, tq = lane & 3;
@@ -528,15 +546,6 @@ __device__ __forceinline__ void bulk_wait() {
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
   else
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-}
-// Register budgets per warpgroup (the CTA's 64K registers: 24 x 128 + 240 x 256 fit).
-template <int kRegs>
-__device__ __forceinline__ void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-template <int kRegs>
-__device__ __forceinline__ void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
 // FlashAttention-3's backward schedule. One CTA per (128-key block, head, batch). The producer
