@@ -323,9 +323,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   auto empty_bar = [q_tile](int s) { return q_tile + Cfg::kOffBars + 8 * (kStages + s); };
 
   const int warp_all = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Grid (H, query blocks, B), heads fastest, heaviest causal blocks first (as the sm_80 kernel).
-  const int mb = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
-  const int q0 = mb * kBlockM, h = blockIdx.x, b = blockIdx.z;
+  const BlockOfCta cta = block_of_cta(p, (p.Tq + kBlockM - 1) / kBlockM, p.causal);
+  const int q0 = cta.block * kBlockM, h = cta.head, b = blockIdx.z;
   const int kend = p.causal ? min(p.Tk, p.q_offset + q0 + kBlockM) : p.Tk;
   const int n_tiles = (kend + kBlockN - 1) / kBlockN;
 
@@ -577,7 +576,8 @@ __global__ void __launch_bounds__(384, 1)
   const uint32_t dq_full_bar = base + Cfg::kOffBars + 40, dq_empty_bar = base + Cfg::kOffBars + 48;
 
   const int lane = threadIdx.x % 32;
-  const int k0 = blockIdx.y * kBlockN, h = blockIdx.x, b = blockIdx.z;
+  const BlockOfCta cta = block_of_cta(p, (p.Tk + kBlockN - 1) / kBlockN, false);
+  const int k0 = cta.block * kBlockN, h = cta.head, b = blockIdx.z;
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const QueryBlocks blocks = query_blocks_for_keys<kBlockM>(p, k0);
   const int m_first = blocks.first, m_count = blocks.count, num = blocks.num();
@@ -867,7 +867,7 @@ void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
     maps.q = tensor_map(p.q, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
     maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
-    const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tq, Cfg::kBlockM)), p.B);
+    const dim3 grid = block_order_grid(p, cdiv(p.Tq, Cfg::kBlockM));
     launch_args<flash_fwd_sm90_kernel<Cfg>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
                                             maps);
   };
@@ -888,7 +888,7 @@ void sm90_backward(const Params& p, int D, cudaStream_t stream, int device) {
     maps.dout = tensor_map(p.dout, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
     maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
-    const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tk, Cfg::kBlockN)), p.B);
+    const dim3 grid = block_order_grid(p, cdiv(p.Tk, Cfg::kBlockN));
     launch_args<flash_bwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
                                            maps);
     const int64_t threads = tiles * (kD / 16) * 64;
