@@ -21,6 +21,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/block_order.h"
 
 namespace lss {
 namespace {
@@ -1081,6 +1082,80 @@ TEST(DeviceSamples, SummaryOfARegion) {
   EXPECT_EQ(none.samples, 0);
   EXPECT_DOUBLE_EQ(none.sm_clock_mhz_median, 0.0);
   EXPECT_DOUBLE_EQ(none.power_capped_fraction, 0.0);
+}
+
+// The wgmma attention kernels' block order (kernels/cuda/block_order.h), index arithmetic only:
+// every (block, head) exactly once, the head groups one after the other, within a group the heads
+// fastest and the blocks in order (last to first with `reverse`).
+TEST(BlockOrder, EveryBlockOnceGroupsInTurnHeadsFastest) {
+  using cuda::flash_detail::block_of_cta_index;
+  for (int H : {1, 2, 3, 16, 32})
+    for (int n_blocks : {1, 5, 32, 128})
+      for (int G = 1; G <= H; ++G)
+        for (bool reverse : {false, true}) {
+          SCOPED_TRACE("H=" + std::to_string(H) + " blocks=" + std::to_string(n_blocks) +
+                       " group=" + std::to_string(G) + (reverse ? " reversed" : ""));
+          std::vector<int> seen(static_cast<size_t>(n_blocks) * H, 0);
+          int prev_group = 0, prev_step = 0, prev_head = -1;
+          for (int cta = 0; cta < n_blocks * H; ++cta) {
+            const auto c = block_of_cta_index(cta, n_blocks, H, G, reverse);
+            ASSERT_GE(c.block, 0);
+            ASSERT_LT(c.block, n_blocks);
+            ASSERT_GE(c.head, 0);
+            ASSERT_LT(c.head, H);
+            ++seen[static_cast<size_t>(c.head) * n_blocks + c.block];
+            const int group = c.head / G, step = reverse ? n_blocks - 1 - c.block : c.block;
+            ASSERT_GE(group, prev_group) << "cta " << cta << ": an earlier head group";
+            if (group == prev_group && cta > 0) {
+              // Heads fastest: the step stays while the head rises, and rises by one per round.
+              if (step == prev_step)
+                ASSERT_EQ(c.head, prev_head + 1) << "cta " << cta;
+              else
+                ASSERT_EQ(step, prev_step + 1) << "cta " << cta;
+            }
+            prev_group = group;
+            prev_step = step;
+            prev_head = c.head;
+          }
+          for (size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "pair " << i;
+        }
+}
+
+// With all heads in one group the order is the heads-fastest one of the mma.sync kernels.
+TEST(BlockOrder, OneGroupIsHeadsFastest) {
+  using cuda::flash_detail::block_of_cta_index;
+  const int H = 16, n_blocks = 32;
+  for (bool reverse : {false, true})
+    for (int cta = 0; cta < n_blocks * H; ++cta) {
+      const auto c = block_of_cta_index(cta, n_blocks, H, H, reverse);
+      const int block = cta / H;
+      EXPECT_EQ(c.head, cta % H);
+      EXPECT_EQ(c.block, reverse ? n_blocks - 1 - block : block);
+    }
+}
+
+TEST(BlockOrder, HeadGroupSize) {
+  using cuda::flash_detail::head_group_size;
+  // The measured H200 cases (132 multiprocessors, H = 16): causal 4K (32 blocks) four heads,
+  // causal 16K and 64K one, without masking always one.
+  EXPECT_EQ(head_group_size(32, 16, true, 132), 4);
+  EXPECT_EQ(head_group_size(128, 16, true, 132), 1);
+  EXPECT_EQ(head_group_size(512, 16, true, 132), 1);
+  EXPECT_EQ(head_group_size(32, 16, false, 132), 1);
+  EXPECT_EQ(head_group_size(2, 16, true, 132), 16);  // no group of fewer heads has 66 CTAs
+  // In general: causal, the smallest divisor of H with 2 x blocks x heads >= multiprocessors,
+  // else all of H.
+  for (int H : {1, 2, 3, 12, 16, 40})
+    for (int64_t n_blocks : {1, 3, 8, 33, 64, 1000})
+      for (int sms : {1, 78, 108, 132}) {
+        const int g = head_group_size(n_blocks, H, true, sms);
+        ASSERT_GE(g, 1);
+        ASSERT_LE(g, H);
+        ASSERT_EQ(H % g, 0);
+        if (g < H) ASSERT_GE(2 * n_blocks * g, sms);
+        for (int d = 1; d < g; ++d)
+          if (H % d == 0) ASSERT_LT(2 * n_blocks * d, sms) << "H=" << H << " d=" << d;
+      }
 }
 
 }  // namespace

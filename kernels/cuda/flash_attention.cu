@@ -161,8 +161,10 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_fwd_bf16_kernel(const Pa
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, tq = lane & 3;
-  const BlockOfCta cta = block_of_cta(p, (p.Tq + kBlockM - 1) / kBlockM, p.causal);
-  const int q0 = cta.block * kBlockM, h = cta.head, b = blockIdx.z;
+  // Grid (H, query blocks, B), heads fastest: causal query blocks late in the sequence see the
+  // most keys, so they are launched first, for all heads, and the light ones fill the tail.
+  const int mb = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  const int q0 = mb * kBlockM, h = blockIdx.x, b = blockIdx.z;
   const bf16* qg = head_ptr<const bf16, D>(p.q, b, h);
   const bf16* kg = head_ptr<const bf16, D>(p.k, b, h);
   const bf16* vg = head_ptr<const bf16, D>(p.v, b, h);
@@ -296,9 +298,9 @@ __global__ void __launch_bounds__(32 * kWarps, 1) flash_bwd_bf16_kernel(const Pa
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, tq = lane & 3;
-  // With causal masking the first key blocks see the most queries: block_of_cta's order.
-  const BlockOfCta cta = block_of_cta(p, (p.Tk + kBlockN - 1) / kBlockN, false);
-  const int k0 = cta.block * kBlockN, h = cta.head, b = blockIdx.z;
+  // Grid (H, key blocks, B), heads fastest: with causal masking the first key blocks see the
+  // most queries, so they are launched first, for all heads, and the light ones fill the tail.
+  const int k0 = blockIdx.y * kBlockN, h = blockIdx.x, b = blockIdx.z;
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const bf16* qg = head_ptr<const bf16, D>(p.q, b, h);
   const bf16* dog = head_ptr<const bf16, D>(p.dout, b, h);
@@ -845,7 +847,6 @@ using BwdSmallCfg = BwdBf16<D, 4, 1>;
 struct DeviceInfo {
   int device = 0, cc_major = 0, cc_minor = 0;
   size_t max_smem = 0;  // opt-in dynamic shared memory per block
-  int64_t l2_bytes = 0;
 };
 
 // The current device's attributes, read once per device ordinal (every flash call asks).
@@ -863,9 +864,6 @@ DeviceInfo device_info() {
     int smem = 0;
     LSS_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     info.max_smem = static_cast<size_t>(smem);
-    int l2 = 0;
-    LSS_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-    info.l2_bytes = l2;
     return info;
   };
   if (device < 0 || device >= kMaxDevices) return query();
@@ -1007,7 +1005,7 @@ Params make_params(const AttentionArgs& a) {
 
 template <int D, class Cfg>
 void launch_bwd_bf16(const Params& p, cudaStream_t stream, int device) {
-  const dim3 grid = block_order_grid(p, cdiv(p.Tk, Cfg::kBlockN));
+  const dim3 grid(p.H, static_cast<unsigned>(cdiv(p.Tk, Cfg::kBlockN)), p.B);
   launch<flash_bwd_bf16_kernel<D, Cfg::kNumWarps, Cfg::kNumStages>>(
       grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p, device);
 }
@@ -1032,10 +1030,8 @@ bool flash_attention_supported(const AttentionArgs& args) {
 void flash_attention_forward(const AttentionArgs& a, cudaStream_t stream) {
   validate(a, false);
   if (a.B == 0 || a.H == 0 || a.Tq == 0) return;
+  const Params p = make_params(a);
   const DeviceInfo dev = device_info();
-  Params p = make_params(a);
-  // Every query block streams its head's K and V.
-  p.head_group = heads_per_l2_group(a.Tk * a.D * 2 * static_cast<int64_t>(dtype_size(a.dtype)), dev.l2_bytes, p.H);
   const int device = dev.device;
   dispatch_head_dim(a.D, [&](auto d) {
     constexpr int D = decltype(d)::value;
@@ -1043,7 +1039,7 @@ void flash_attention_forward(const AttentionArgs& a, cudaStream_t stream) {
       sm90_forward(p, D, stream, dev.device);
     } else if (a.dtype == DType::bf16) {
       using Cfg = FwdCfg<D>;
-      const dim3 grid = block_order_grid(p, cdiv(a.Tq, Cfg::kBlockM));
+      const dim3 grid(p.H, static_cast<unsigned>(cdiv(a.Tq, Cfg::kBlockM)), p.B);
       launch<flash_fwd_bf16_kernel<D, Cfg::kNumWarps, Cfg::kTileN>>(
           grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p, device);
     } else {
@@ -1070,8 +1066,6 @@ void flash_attention_backward(const AttentionArgs& a, void* workspace, cudaStrea
   p.dq_accum = acc_bytes > 0 ? static_cast<float*>(workspace) : nullptr;
   p.delta = reinterpret_cast<float*>(static_cast<char*>(workspace) + acc_bytes);
   const DeviceInfo dev = device_info();
-  // Every key block streams its head's Q and dO, and adds into its fp32 dQ.
-  p.head_group = heads_per_l2_group(a.Tq * a.D * (2 * static_cast<int64_t>(dtype_size(a.dtype)) + 4), dev.l2_bytes, p.H);
   const int64_t rows = a.B * a.H * a.Tq;
   dispatch_head_dim(a.D, [&](auto d) {
     constexpr int D = decltype(d)::value;

@@ -12,6 +12,7 @@
 #include <limits>
 #include <string>
 
+#include "kernels/cuda/block_order.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace lss::cuda::flash_detail {
@@ -37,7 +38,7 @@ struct Params {
   bool causal;
   float scale;       // softmax scale
   float scale_log2;  // scale * log2(e): the bf16 path works in base 2 (ex2 is one instruction)
-  int head_group = 1;  // heads per group of the bf16 kernels' block order (block_of_cta)
+  int head_group = 1;  // heads per group of the wgmma kernels' block order (block_of_cta)
 };
 
 // Pointer to element (b, 0, h, 0) of an operand.
@@ -291,23 +292,9 @@ void launch(dim3 grid, int threads, size_t smem, cudaStream_t stream, const Para
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The bf16 kernels' block order. One CTA per (block of query or key rows, head, sequence); the
-// grid's x runs over blocks x heads, in groups of p.head_group heads whose streamed operands fit
-// in L2 together (heads_per_l2_group): a group's blocks all run before the next group's, so the
-// CTAs resident at once read the same few heads' K and V (forward) or Q, dO and dQ (backward)
-// from L2. Within a group the heads are fastest and the heaviest causal blocks come first
-// (`reverse` for the forward, whose late query blocks see the most keys), so that light blocks
-// fill the tail. With all heads in one group this is the heads-fastest order.
-struct BlockOfCta {
-  int block, head;
-};
+// block_of_cta_index (block_order.h) for this CTA.
 __device__ __forceinline__ BlockOfCta block_of_cta(const Params& p, int n_blocks, bool reverse) {
-  const int per_group = n_blocks * p.head_group;
-  const int group = static_cast<int>(blockIdx.x) / per_group;
-  const int r = static_cast<int>(blockIdx.x) - group * per_group;
-  const int heads = min(p.head_group, p.H - group * p.head_group);  // the last group may be short
-  const int block = r / heads;
-  return {reverse ? n_blocks - 1 - block : block, group * p.head_group + r % heads};
+  return block_of_cta_index(static_cast<int>(blockIdx.x), n_blocks, p.H, p.head_group, reverse);
 }
 // The grid of block_of_cta: (blocks x H, 1, B).
 inline dim3 block_order_grid(const Params& p, int64_t n_blocks) {
@@ -315,12 +302,6 @@ inline dim3 block_order_grid(const Params& p, int64_t n_blocks) {
   LSS_CHECK(ctas <= 0x7fffffff, "flash attention: " + std::to_string(n_blocks) + " blocks x " +
                                     std::to_string(p.H) + " heads exceed the grid's x limit");
   return dim3(static_cast<unsigned>(ctas), 1, static_cast<unsigned>(p.B));
-}
-// Heads per group: as many as fit in half the L2 (the other half for everything else that
-// passes through it), at least one. `bytes_per_head`: the operands every block of a head streams.
-inline int heads_per_l2_group(int64_t bytes_per_head, int64_t l2_bytes, int H) {
-  const int64_t fit = bytes_per_head > 0 ? (l2_bytes / 2) / bytes_per_head : H;
-  return static_cast<int>(std::clamp<int64_t>(fit, 1, std::max(H, 1)));
 }
 
 }  // namespace lss::cuda::flash_detail

@@ -859,6 +859,12 @@ CUtensorMap tensor_map(const Tensor& t, int D, int H, int T, int B, int rows) {
   return map;
 }
 
+int multiprocessors(int device) {
+  int count = 0;
+  LSS_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
 void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
   auto run = [&](auto cfg) {
     using Cfg = decltype(cfg);
@@ -867,9 +873,11 @@ void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
     maps.q = tensor_map(p.q, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
     maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
-    const dim3 grid = block_order_grid(p, cdiv(p.Tq, Cfg::kBlockM));
-    launch_args<flash_fwd_sm90_kernel<Cfg>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
-                                            maps);
+    const int64_t n_blocks = cdiv(p.Tq, Cfg::kBlockM);
+    Params pg = p;
+    pg.head_group = head_group_size(n_blocks, p.H, p.causal, multiprocessors(device));
+    launch_args<flash_fwd_sm90_kernel<Cfg>>(block_order_grid(pg, n_blocks), Cfg::kThreads,
+                                            Cfg::kSmemBytes, stream, device, pg, maps);
   };
   if (D == 64)
     run(FwdD64{});
@@ -888,9 +896,11 @@ void sm90_backward(const Params& p, int D, cudaStream_t stream, int device) {
     maps.dout = tensor_map(p.dout, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
     maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
-    const dim3 grid = block_order_grid(p, cdiv(p.Tk, Cfg::kBlockN));
-    launch_args<flash_bwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device, p,
-                                           maps);
+    const int64_t n_blocks = cdiv(p.Tk, Cfg::kBlockN);
+    Params pg = p;
+    pg.head_group = head_group_size(n_blocks, p.H, p.causal, multiprocessors(device));
+    launch_args<flash_bwd_sm90_kernel<kD>>(block_order_grid(pg, n_blocks), Cfg::kThreads,
+                                           Cfg::kSmemBytes, stream, device, pg, maps);
     const int64_t threads = tiles * (kD / 16) * 64;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cdiv(threads, 256), 65536));
     launch<dq_convert_sm90_kernel<kD>>(dim3(blocks), 256, 0, stream, p, device);
