@@ -847,6 +847,7 @@ using BwdSmallCfg = BwdBf16<D, 4, 1>;
 struct DeviceInfo {
   int device = 0, cc_major = 0, cc_minor = 0;
   size_t max_smem = 0;  // opt-in dynamic shared memory per block
+  int multiprocessors = 0;
 };
 
 // The current device's attributes, read once per device ordinal (every flash call asks).
@@ -864,6 +865,7 @@ DeviceInfo device_info() {
     int smem = 0;
     LSS_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     info.max_smem = static_cast<size_t>(smem);
+    LSS_CUDA_CHECK(cudaDeviceGetAttribute(&info.multiprocessors, cudaDevAttrMultiProcessorCount, device));
     return info;
   };
   if (device < 0 || device >= kMaxDevices) return query();
@@ -1036,7 +1038,7 @@ void flash_attention_forward(const AttentionArgs& a, cudaStream_t stream) {
   dispatch_head_dim(a.D, [&](auto d) {
     constexpr int D = decltype(d)::value;
     if (a.dtype == DType::bf16 && use_wgmma(dev, D)) {
-      sm90_forward(p, D, stream, dev.device);
+      sm90_forward(p, D, stream, dev.device, dev.multiprocessors);
     } else if (a.dtype == DType::bf16) {
       using Cfg = FwdCfg<D>;
       const dim3 grid(p.H, static_cast<unsigned>(cdiv(a.Tq, Cfg::kBlockM)), p.B);
@@ -1078,7 +1080,7 @@ void flash_attention_backward(const AttentionArgs& a, void* workspace, cudaStrea
       launch<bwd_preprocess_kernel<bf16, D>>(dim3(static_cast<unsigned>(cdiv(rows, 8))), 256, 0,
                                              stream, pre, dev.device);
       if (wgmma) {
-        sm90_backward(p, D, stream, dev.device);
+        sm90_backward(p, D, stream, dev.device, dev.multiprocessors);
         return;
       }
       if (BwdBigCfg<D>::kSmemBytes <= dev.max_smem)

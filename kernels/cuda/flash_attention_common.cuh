@@ -180,11 +180,11 @@ __device__ __forceinline__ void rescale_rows(float (&o)[N][4], const float (&alp
 }
 
 // The whole online softmax step of one key tile: the scores' part, then o rescaled at once.
-template <int kTileN, int D, int kFmaExpEvery = 0>
+template <int kTileN, int D>
 __device__ __forceinline__ void online_softmax_tile(float (&s)[kTileN / 8][4], float (&o)[D / 8][4],
                                                     float (&m)[2], float (&l)[2], float scale_log2) {
   float alpha[2];
-  softmax_scores_tile<kTileN, kFmaExpEvery>(s, m, l, alpha, scale_log2);
+  softmax_scores_tile<kTileN>(s, m, l, alpha, scale_log2);
   rescale_rows(o, alpha);
 }
 

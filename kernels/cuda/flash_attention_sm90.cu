@@ -10,7 +10,7 @@
 // so every operand is loaded the same way.
 //
 //   forward : one CTA per (128-query block, head, batch): a producer thread streams 128-key K/V
-//             tiles with TMA (two or three stages, mbarriers) to two consumer warpgroups of 64
+//             tiles with TMA (three stages, mbarriers) to two consumer warpgroups of 64
 //             query rows, which take turns on the tensor cores: S = Q K^T from shared memory, the
 //             online softmax in registers, O += P V with P from registers (the previous tile's,
 //             beside this tile's softmax). At D = 128 the producer thread's warpgroup hands its
@@ -31,6 +31,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "core/check.h"
 #include "kernels/cuda/flash_attention_common.cuh"
@@ -267,8 +268,7 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 // forward
 // ---------------------------------------------------------------------------------------------
 
-template <int D, int kFmaExpEvery_ = 0, bool kOverlap_ = false, int kStages_ = 2,
-          bool kProducerWG_ = false>
+template <int D, int kFmaExpEvery_, int kStages_, bool kProducerWG_>
 struct FwdSm90 {
   // Two consumer warpgroups of 64 query rows and one producer warp (warp 8). With kProducerWG,
   // the producer is a whole third warpgroup, so that setmaxnreg can move its registers to the
@@ -277,7 +277,6 @@ struct FwdSm90 {
   static constexpr int kThreads = kProducerWG ? 384 : 288, kProducerWarp = 8;
   static constexpr int kBlockM = 128, kBlockN = 128, kFmaExpEvery = kFmaExpEvery_;
   static constexpr int kD = D, kStages = kStages_;
-  static constexpr bool kOverlap = kOverlap_;
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
   // Q, kStages stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the
   // base to the swizzle's 1024-byte period.
@@ -294,8 +293,8 @@ struct FwdSm90 {
 // producer warpgroup gives its registers to the consumers (240 each): +6-8% at T = 16K-64K
 // (531-550 -> 568-590 TFLOP/s); an FMA share made it slower, and D = 64 slower with the producer
 // warpgroup (PERFORMANCE.md, fifteenth and sixteenth sessions).
-using FwdD64 = FwdSm90<64, 6, true, 3>;
-using FwdD128 = FwdSm90<128, 0, true, 3, true>;
+using FwdD64 = FwdSm90<64, 6, 3, false>;
+using FwdD128 = FwdSm90<128, 0, 3, true>;
 
 // TMA descriptors of Q, K and V as 4-D tensors (D, H, T, B), boxes of 64 columns x 1 head x 128
 // rows x 1 sequence in the 128-byte swizzle: one box is one 64-column block of a shared tile.
@@ -304,7 +303,7 @@ struct FwdMaps {
 };
 
 // FlashAttention-3's schedule: one producer thread issues the TMA copies of Q and of each K/V
-// tile into two stages and the copies complete the stage's "full" mbarrier; each consumer warp
+// tile into kStages stages and the copies complete the stage's "full" mbarrier; each consumer warp
 // releases a stage on its "empty" mbarrier once its last product reading it has completed. The
 // two consumer warpgroups take turns on the tensor cores (named barriers, "ping-pong"): one
 // issues its S = Q K^T while the other runs its softmax, so that the exponentials of one overlap
@@ -370,8 +369,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};  // rows g, g+8: running max (base 2), sum
   const int row0 = q0 + 64 * wg + 16 * warp + g;
   const int row_pos[2] = {p.q_offset + row0, p.q_offset + row0 + 8};
-  // P (64 x BN) as a-fragments for O += P V. With kOverlap, the previous tile's, whose product
-  // runs beside this tile's softmax.
+  // P (64 x BN) as a-fragments for O += P V, straight from the S accumulators: the previous
+  // tile's, whose product runs beside this tile's softmax.
   uint32_t pa[kBlockN / 16][4];
   float s[kBlockN / 8][4];  // S (64 x BN) of the current tile
   auto issue_s = [&](int st) {
@@ -420,70 +419,46 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // Turns on the tensor cores: warpgroup w waits on barrier 1 + w, the other arrives on it once
   // it has issued its products. The first turn is warpgroup 0's.
   if (wg == 1 && n_tiles > 0) named_arrive(1);
-  if constexpr (Cfg::kOverlap) {
-    // FlashAttention-3's intra-warpgroup overlap: a turn issues this tile's S and the previous
-    // tile's O += P V, so that the latter runs while this warpgroup works on this tile's softmax.
-    // ptxas keeps asynchronous products in flight only where no branch lies between their issue
-    // and their wait (else it serialises every one: C7520), so the first tile is peeled and the
-    // unmasked and masked tiles run in two loops with no branch inside.
-    if (n_tiles > 0) {
-      mbar_wait(full_bar(0), 0);
-      named_sync(1 + wg);
-      issue_s(0);
-      if (wg == 0 || n_tiles > 1) named_arrive(2 - wg);
-      wgmma_wait<0>();
-      reg_fence(s);
-      if (first_masked == 0) mask_scores<kBlockN>(s, p, 0, tq, row_pos);
-      float alpha[2];
-      softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
-      to_pa();
-    }
-    auto turn = [&](int j, auto masked) {
-      const int st = j % kStages, prev = (j - 1) % kStages;
-      mbar_wait(full_bar(st), (j / kStages) & 1);
-      named_sync(1 + wg);
-      issue_s(st);
-      issue_pv(prev);
-      if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
-      wgmma_wait<1>();  // S done; the previous P V may still run
-      reg_fence(s);
-      float alpha[2];
-      scores(j, masked, alpha);
-      finish_pv(prev);
-      rescale_rows(o, alpha);
-      to_pa();
-    };
-    const int unmasked_end = max(1, min(first_masked, n_tiles));
-    for (int j = 1; j < unmasked_end; ++j) turn(j, std::false_type{});
-    for (int j = unmasked_end; j < n_tiles; ++j) turn(j, std::true_type{});
-    // The last tile's P V, outside the turns: the other warpgroup has no product left to follow.
-    if (n_tiles > 0) {
-      wgmma_fence();
-      issue_pv((n_tiles - 1) % kStages);
-      finish_pv((n_tiles - 1) % kStages);
-    }
-  } else {
-    for (int j = 0; j < n_tiles; ++j) {
-      const int st = j % kStages;
-      mbar_wait(full_bar(st), (j / kStages) & 1);
-      named_sync(1 + wg);
-      issue_s(st);
-      // Warpgroup 1 owes warpgroup 0 one arrival fewer: its first came before the loop.
-      if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
-      wgmma_wait<0>();
-      reg_fence(s);
-      float alpha[2];
-      if (j >= first_masked)
-        scores(j, std::true_type{}, alpha);
-      else
-        scores(j, std::false_type{}, alpha);
-      rescale_rows(o, alpha);
-      // O (64 x D) += P (64 x BN) V (BN x D), P as a-fragments straight from the S accumulators.
-      to_pa();
-      wgmma_fence();
-      issue_pv(st);
-      finish_pv(st);
-    }
+  // FlashAttention-3's intra-warpgroup overlap: a turn issues this tile's S and the previous
+  // tile's O += P V, so that the latter runs while this warpgroup works on this tile's softmax.
+  // ptxas keeps asynchronous products in flight only where no branch lies between their issue
+  // and their wait (else it serialises every one: C7520), so the first tile is peeled and the
+  // unmasked and masked tiles run in two loops with no branch inside.
+  if (n_tiles > 0) {
+    mbar_wait(full_bar(0), 0);
+    named_sync(1 + wg);
+    issue_s(0);
+    if (wg == 0 || n_tiles > 1) named_arrive(2 - wg);
+    wgmma_wait<0>();
+    reg_fence(s);
+    if (first_masked == 0) mask_scores<kBlockN>(s, p, 0, tq, row_pos);
+    float alpha[2];
+    softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
+    to_pa();
+  }
+  auto turn = [&](int j, auto masked) {
+    const int st = j % kStages, prev = (j - 1) % kStages;
+    mbar_wait(full_bar(st), (j / kStages) & 1);
+    named_sync(1 + wg);
+    issue_s(st);
+    issue_pv(prev);
+    if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
+    wgmma_wait<1>();  // S done; the previous P V may still run
+    reg_fence(s);
+    float alpha[2];
+    scores(j, masked, alpha);
+    finish_pv(prev);
+    rescale_rows(o, alpha);
+    to_pa();
+  };
+  const int unmasked_end = max(1, min(first_masked, n_tiles));
+  for (int j = 1; j < unmasked_end; ++j) turn(j, std::false_type{});
+  for (int j = unmasked_end; j < n_tiles; ++j) turn(j, std::true_type{});
+  // The last tile's P V, outside the turns: the other warpgroup has no product left to follow.
+  if (n_tiles > 0) {
+    wgmma_fence();
+    issue_pv((n_tiles - 1) % kStages);
+    finish_pv((n_tiles - 1) % kStages);
   }
 
   store_o_lse<D>(o, m, l, row0, tq, p, b, h);
@@ -859,13 +834,15 @@ CUtensorMap tensor_map(const Tensor& t, int D, int H, int T, int B, int rows) {
   return map;
 }
 
-int multiprocessors(int device) {
-  int count = 0;
-  LSS_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+// p with the head group for n_blocks blocks a head (head_group_size), and the grid of its block
+// order: the forward's and the backward's launches.
+std::pair<Params, dim3> block_order(const Params& p, int64_t n_blocks, int multiprocessors) {
+  Params ordered = p;
+  ordered.head_group = head_group_size(n_blocks, p.H, p.causal, multiprocessors);
+  return {ordered, block_order_grid(ordered, n_blocks)};
 }
 
-void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
+void sm90_forward(const Params& p, int D, cudaStream_t stream, int device, int multiprocessors) {
   auto run = [&](auto cfg) {
     using Cfg = decltype(cfg);
     constexpr int kD = Cfg::kD;
@@ -873,11 +850,9 @@ void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
     maps.q = tensor_map(p.q, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
     maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
-    const int64_t n_blocks = cdiv(p.Tq, Cfg::kBlockM);
-    Params pg = p;
-    pg.head_group = head_group_size(n_blocks, p.H, p.causal, multiprocessors(device));
-    launch_args<flash_fwd_sm90_kernel<Cfg>>(block_order_grid(pg, n_blocks), Cfg::kThreads,
-                                            Cfg::kSmemBytes, stream, device, pg, maps);
+    const auto [ordered, grid] = block_order(p, cdiv(p.Tq, Cfg::kBlockM), multiprocessors);
+    launch_args<flash_fwd_sm90_kernel<Cfg>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device,
+                                            ordered, maps);
   };
   if (D == 64)
     run(FwdD64{});
@@ -885,7 +860,7 @@ void sm90_forward(const Params& p, int D, cudaStream_t stream, int device) {
     run(FwdD128{});
 }
 
-void sm90_backward(const Params& p, int D, cudaStream_t stream, int device) {
+void sm90_backward(const Params& p, int D, cudaStream_t stream, int device, int multiprocessors) {
   auto run = [&](auto d) {
     constexpr int kD = decltype(d)::value;
     using Cfg = BwdSm90<kD>;
@@ -896,11 +871,9 @@ void sm90_backward(const Params& p, int D, cudaStream_t stream, int device) {
     maps.dout = tensor_map(p.dout, kD, p.H, p.Tq, p.B, Cfg::kBlockM);
     maps.k = tensor_map(p.k, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
     maps.v = tensor_map(p.v, kD, p.H, p.Tk, p.B, Cfg::kBlockN);
-    const int64_t n_blocks = cdiv(p.Tk, Cfg::kBlockN);
-    Params pg = p;
-    pg.head_group = head_group_size(n_blocks, p.H, p.causal, multiprocessors(device));
-    launch_args<flash_bwd_sm90_kernel<kD>>(block_order_grid(pg, n_blocks), Cfg::kThreads,
-                                           Cfg::kSmemBytes, stream, device, pg, maps);
+    const auto [ordered, grid] = block_order(p, cdiv(p.Tk, Cfg::kBlockN), multiprocessors);
+    launch_args<flash_bwd_sm90_kernel<kD>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, device,
+                                           ordered, maps);
     const int64_t threads = tiles * (kD / 16) * 64;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cdiv(threads, 256), 65536));
     launch<dq_convert_sm90_kernel<kD>>(dim3(blocks), 256, 0, stream, p, device);

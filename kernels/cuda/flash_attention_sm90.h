@@ -18,9 +18,10 @@ size_t sm90_smem_bytes(int D);
 inline size_t dq_accum_sm90_floats(int64_t B, int64_t H, int64_t Tq, int64_t D) {
   return static_cast<size_t>(B * H * ((Tq + 63) / 64) * 64 * D);
 }
-void sm90_forward(const Params& p, int D, cudaStream_t stream, int device);
+// `multiprocessors`: the device's SM count, which sizes the block order's head groups.
+void sm90_forward(const Params& p, int D, cudaStream_t stream, int device, int multiprocessors);
 // dK, dV and dQ: expects Delta (bwd_preprocess_kernel); zeroes and converts its own dQ workspace
 // (p.dq_accum, dq_accum_sm90_floats() floats, not in the (Tq, D) row order of the mma.sync path).
-void sm90_backward(const Params& p, int D, cudaStream_t stream, int device);
+void sm90_backward(const Params& p, int D, cudaStream_t stream, int device, int multiprocessors);
 
 }  // namespace lss::cuda::flash_detail
