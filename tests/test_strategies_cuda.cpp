@@ -56,30 +56,22 @@ struct Case {
 };
 
 StrategyOptions options_of(const std::string& variant) {
+  const auto has = [&](const char* part) { return variant.find(part) != std::string::npos; };
   StrategyOptions o;
-  if (variant == "zigzag") o.zigzag = true;
-  if (variant == "zigzag_recompute") o.zigzag = o.recompute = true;
-  if (variant == "zigzag_keepkv") o.zigzag = o.keep_kv = true;
-  if (variant == "zigzag_pipeline" || variant == "zigzag_pipeline_copyengine" || variant == "zigzag_pipeline_sharded")
-    o.zigzag = o.chunk_pipeline = true;
-  if (variant == "zigzag_sharded") o.zigzag = true;
-  o.distributed_optimizer = variant.find("sharded") != std::string::npos;
-  if (variant == "zigzag_copyengine") o.zigzag = true;
-  if (variant == "zigzag_placedrs") o.zigzag = true;
-  if (variant == "zigzag_recompute_placedrs") o.zigzag = o.recompute = true;
-  o.placed_reduce_scatter = variant.find("placedrs") != std::string::npos;
-  if (variant == "zigzag_offset") {  // the query-offset calls instead of the split causal blocks
-    o.zigzag = true;
-    o.split_causal = false;
-  }
+  o.zigzag = variant.rfind("zigzag", 0) == 0;
+  // The query-offset calls instead of the split causal blocks.
+  o.split_causal = variant != "zigzag_offset";
+  o.keep_kv = variant == "zigzag_keepkv";
+  o.chunk_pipeline = has("pipeline");
+  o.recompute = has("recompute");
+  o.distributed_optimizer = has("sharded");
+  o.placed_reduce_scatter = has("placedrs");
   // These tests' gathers are far below the default --placed-gather-min: placed at any size, as
   // on the long sequences, except in the variant that checks the rank-major gather and its copy.
-  if (variant == "zigzag_rankmajor") o.zigzag = true;
-  else o.placed_gather_min_bytes = 0;
-  if (variant == "recompute") o.recompute = true;
-  if (variant == "keepln") o.regather_ln = false;
-  if (variant == "nooverlap") o.overlap = false;
-  if (variant == "optbwd") o.optimizer_in_backward = true;
+  if (variant != "zigzag_rankmajor") o.placed_gather_min_bytes = 0;
+  o.regather_ln = variant != "keepln";
+  o.overlap = variant != "nooverlap";
+  o.optimizer_in_backward = variant == "optbwd";
   return o;
 }
 
