@@ -56,10 +56,10 @@ struct StrategyOptions {
   bool placed_reduce_scatter = false;
   // lss, zigzag: the fused [K|V] gathers (and --placed-reduce-scatter) are placed only from this
   // many gathered bytes (T x Bl x 2C elements of the activations' size) on; below, the gather
-  // lands rank-major and one copy puts it in token order. On 2 x H200 NCCL's grouped broadcasts took 208-296 us from 256 KiB to
-  // 4 MiB against the all-gather's 24-40 us (a copy of 4 MiB: ~3 us), 82 against 68 us at 16 MiB,
-  // and were within 5% from 64 MiB on, where the copy costs more (PERFORMANCE.md, fifteenth
-  // session). The sweeps' points gather 64 MiB or more.
+  // lands rank-major and one copy puts it in token order. On 2 x H200 NCCL's grouped broadcasts
+  // took 208-296 us from 256 KiB to 4 MiB against the all-gather's 24-40 us (a copy of 4 MiB:
+  // ~3 us), 82 against 68 us at 16 MiB, and were within 5% from 64 MiB on, where the copy costs
+  // more (PERFORMANCE.md, fifteenth session). The sweeps' points gather 64 MiB or more.
   int64_t placed_gather_min_bytes = int64_t{16} << 20;
   // lss, megatron_sp: activation checkpointing: keep only each block's output in forward,
   // recompute the block (its gathers included) in backward.
