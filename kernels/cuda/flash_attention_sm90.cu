@@ -486,6 +486,10 @@ struct BwdSm90 {
   // One producer warpgroup (warp 0: TMA copies of Q and dO and the row statistics; warp 1: the
   // bulk dQ reductions; warps 2-3 idle) and two consumer warpgroups of 64 keys each.
   static constexpr int kThreads = 384, kBlockN = 128, kBlockM = DqTile<D>::kRows;
+  // After the barrier, dQ's product is issued before dK/dV's, so that dQ is stored while they
+  // run (+3-5% forward+backward at D = 128). At D = 64 only the first warpgroup computes dQ, and
+  // dK/dV issued before the barrier was 1.5% faster (results/h200-x1/20261129T0430-flash-bwd-dq-first).
+  static constexpr bool kDqFirst = D == 128;
   static constexpr int kDqWarps = 4 * (D / 64);  // warps computing dQ (64 columns each 4 warps)
   static constexpr int kTileKV = kBlockN * D * 2, kTileQ = kBlockM * D * 2;  // bytes
   static constexpr int kTileDs = kBlockN * kBlockM * 2;  // dS^T: 128 keys x 64 queries, bf16
@@ -528,7 +532,8 @@ __device__ __forceinline__ void bulk_wait() {
 // per query block computes S^T = K Q^T and dP^T = V dO^T, P^T and dS^T, dV += P^T dO and
 // dK += dS^T Q (P^T, dS^T from registers), then, once both have written their half of the dS^T
 // tile, dQ = dS K (64 columns each) into a shared tile that the dQ warp adds to the workspace
-// with one bulk reduction while the consumers go on.
+// with one bulk reduction while the consumers go on. With kDqFirst, dQ's product goes to the
+// tensor cores before dK/dV's, and its store overlaps them.
 template <int D>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const Params p, const __grid_constant__ BwdMaps maps) {
@@ -708,14 +713,17 @@ __global__ void __launch_bounds__(384, 1)
 
     // dV (64 x D) += P^T (64 x BM) dO (BM x D); dK (64 x D) += dS^T (64 x BM) Q (BM x D), the
     // softmax scale applied at the end.
-    wgmma_fence();
+    auto issue_dk_dv = [&] {
+      wgmma_fence();
 #pragma unroll
-    for (int kq = 0; kq < kBlockM / 16; ++kq)
-      wgmma_rs<D, 1>(dv, pa[kq], desc_mn_major<kBlockM>(do_tile(st), kq));
+      for (int kq = 0; kq < kBlockM / 16; ++kq)
+        wgmma_rs<D, 1>(dv, pa[kq], desc_mn_major<kBlockM>(do_tile(st), kq));
 #pragma unroll
-    for (int kq = 0; kq < kBlockM / 16; ++kq)
-      wgmma_rs<D, 1>(dk, dsa[kq], desc_mn_major<kBlockM>(q_tile(st), kq));
-    wgmma_commit();
+      for (int kq = 0; kq < kBlockM / 16; ++kq)
+        wgmma_rs<D, 1>(dk, dsa[kq], desc_mn_major<kBlockM>(q_tile(st), kq));
+      wgmma_commit();
+    };
+    if constexpr (!Cfg::kDqFirst) issue_dk_dv();
     named_sync(1);  // the dS^T tile is complete (both warpgroups' keys)
 
     // dQ (64 queries x 64 columns) = dS (64 x BN) K (BN x 64 of D), scaled, into the shared dQ
@@ -729,8 +737,9 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN>(ds_tile(st), kk),
                            desc_mn_major<kBlockN>(k_tile, kk, wg), kk > 0);
       wgmma_commit();
+      if constexpr (Cfg::kDqFirst) issue_dk_dv();
       if (it > 0) mbar_wait(dq_empty_bar, (it - 1) & 1);
-      wgmma_wait<0>();
+      wgmma_wait<Cfg::kDqFirst ? 1 : 0>();  // dQ's product done (dK/dV's may still run)
       reg_fence(dq);
       float4* dst = reinterpret_cast<float4*>(dq_s) + (4 * wg + warp) * 8 * 32 + lane;
 #pragma unroll
@@ -740,6 +749,8 @@ __global__ void __launch_bounds__(384, 1)
       fence_proxy_async();
       __syncwarp();
       if (lane == 0) mbar_arrive(dq_full_bar);
+    } else if constexpr (Cfg::kDqFirst) {
+      issue_dk_dv();
     }
     wgmma_wait<0>();
     reg_fence(dv);
