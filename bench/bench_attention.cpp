@@ -7,6 +7,12 @@
 // (manual time), and TFLOP/s counts the matmul work of the textbook algorithm:
 // forward 4*B*H*T^2*D (QK^T and PV), halved when causal; forward+backward 3.5 times that (the
 // backward's five products, one of them the recomputed QK^T, are 2.5 forwards).
+//
+// BM_AttentionLssRank: the attention calls of one lss rank (zigzag segments, split causal blocks,
+// as strategies/lss runs them) at sequence T on P GPUs, D = 128: per segment of T/(2P) rows, its
+// causal block on its own keys and, unless it is the first, its queries against every key
+// before it (unmasked). The calls' shapes on one GPU, without the gather and the merge beside
+// them: what the kernels contribute to lss's step at that grid.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -17,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -60,6 +67,38 @@ void fill_random(Backend& be, const Buffer& buf, float amp, uint64_t seed) {
 // The kernels behind each value of the `path` argument.
 enum Path : int { kFlash = 0, kCudnn = 1, kFlashMmaSync = 2 };
 
+// Times `step` once per iteration with CUDA events on `stream` (manual time), after one warm-up
+// call (kernel attributes, cuDNN graphs, workspace allocation).
+template <class Step>
+void time_iterations(benchmark::State& state, Backend& be, cudaStream_t stream, Step&& step) {
+  step();
+  be.synchronize();
+  cudaEvent_t start, stop;
+  LSS_CUDA_CHECK(cudaEventCreate(&start));
+  LSS_CUDA_CHECK(cudaEventCreate(&stop));
+  for (auto _ : state) {
+    LSS_CUDA_CHECK(cudaEventRecord(start, stream));
+    step();
+    LSS_CUDA_CHECK(cudaEventRecord(stop, stream));
+    LSS_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms * 1e-3);
+  }
+  LSS_CUDA_CHECK(cudaEventDestroy(start));
+  LSS_CUDA_CHECK(cudaEventDestroy(stop));
+}
+
+// The path's display name and backend (cuDNN, or the own kernels of the forced generation).
+std::string select_path(Path path_id, int64_t D) {
+  cuda::set_flash_kernels(path_id == kFlashMmaSync ? cuda::FlashKernels::mma_sync
+                                                   : cuda::FlashKernels::automatic);
+  return path_id == kCudnn                     ? "cudnn"
+         : path_id == kFlashMmaSync            ? "flash-mma.sync"
+         : cuda::flash_wgmma_available(D) ? "flash-wgmma"
+                                               : "flash-mma.sync";
+}
+
 // Arguments: T, D, causal (0/1), path (Path), backward (0 forward only, 1 both).
 void BM_Attention(benchmark::State& state) {
   const int64_t T = state.range(0), D = state.range(1);
@@ -67,12 +106,7 @@ void BM_Attention(benchmark::State& state) {
   const Path path_id = static_cast<Path>(state.range(3));
   const bool with_backward = state.range(4) != 0;
   const int64_t H = kWidth / D, C = kWidth, B = kBatch;
-  const std::string path = path_id == kCudnn          ? "cudnn"
-                           : path_id == kFlashMmaSync ? "flash-mma.sync"
-                           : cuda::flash_wgmma_available(D) ? "flash-wgmma"
-                                                            : "flash-mma.sync";
-  cuda::set_flash_kernels(path_id == kFlashMmaSync ? cuda::FlashKernels::mma_sync
-                                                   : cuda::FlashKernels::automatic);
+  const std::string path = select_path(path_id, D);
   try {
     Backend& be = backend(path_id == kCudnn ? "cudnn" : "flash");
     const cudaStream_t stream = cuda_stream_of(be);
@@ -111,23 +145,7 @@ void BM_Attention(benchmark::State& state) {
       be.attention_forward(a);
       if (with_backward) be.attention_backward(a);
     };
-    step();  // warm-up: kernel attributes, cuDNN graphs, workspace allocation
-    be.synchronize();
-
-    cudaEvent_t start, stop;
-    LSS_CUDA_CHECK(cudaEventCreate(&start));
-    LSS_CUDA_CHECK(cudaEventCreate(&stop));
-    for (auto _ : state) {
-      LSS_CUDA_CHECK(cudaEventRecord(start, stream));
-      step();
-      LSS_CUDA_CHECK(cudaEventRecord(stop, stream));
-      LSS_CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0.f;
-      LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      state.SetIterationTime(ms * 1e-3);
-    }
-    LSS_CUDA_CHECK(cudaEventDestroy(start));
-    LSS_CUDA_CHECK(cudaEventDestroy(stop));
+    time_iterations(state, be, stream, step);
 
     double flops = 4.0 * B * H * static_cast<double>(T) * T * D;
     if (causal) flops *= 0.5;
@@ -156,6 +174,102 @@ void attention_args(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_Attention)->Apply(attention_args)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// Arguments: T, P, rank, path (Path), backward (0 forward only, 1 both).
+void BM_AttentionLssRank(benchmark::State& state) {
+  const int64_t T = state.range(0), P = state.range(1), rank = state.range(2);
+  const Path path_id = static_cast<Path>(state.range(3));
+  const bool with_backward = state.range(4) != 0;
+  constexpr int64_t D = 128, H = kWidth / D, C = kWidth;
+  const int64_t seg_rows = T / (2 * P), Tl = 2 * seg_rows;  // the rank's two segments
+  const std::string path = select_path(path_id, D);
+  try {
+    if (T % (2 * P) != 0 || rank < 0 || rank >= P) throw std::invalid_argument("bad T, P or rank");
+    Backend& be = backend(path_id == kCudnn ? "cudnn" : "flash");
+    const cudaStream_t stream = cuda_stream_of(be);
+    // The rank's layout in lss: its (Tl, C) queries and outputs, the gathered (T, 2C) [K|V] rows
+    // in token order.
+    Buffer q = be.alloc(DType::bf16, Tl * C);
+    Buffer dq = be.alloc(DType::bf16, Tl * C);
+    Buffer kv = be.alloc(DType::bf16, T * 2 * C);
+    Buffer dkv = be.alloc(DType::bf16, T * 2 * C);
+    Buffer out = be.alloc(DType::bf16, Tl * C);
+    Buffer dout = be.alloc(DType::bf16, Tl * C);
+    fill_random(be, q, 2.f, 1);
+    fill_random(be, kv, 2.f, 2);
+    fill_random(be, dout, 1.f, 3);
+
+    std::vector<AttentionArgs> calls;
+    double flops = 0;
+    const int64_t segments[2] = {rank, 2 * P - 1 - rank};
+    for (int i = 0; i < 2; ++i) {
+      const int64_t row0 = i * seg_rows, start = segments[i] * seg_rows;
+      AttentionArgs a;
+      a.dtype = DType::bf16;
+      a.B = 1;
+      a.H = H;
+      a.D = D;
+      a.Tq = seg_rows;
+      a.scale = 1.0 / std::sqrt(static_cast<double>(D));
+      auto rows = [&](const Buffer& b, int64_t r, int64_t width, int64_t col) {
+        return AttnOperand{static_cast<char*>(b.ptr()) + (r * width + col) * 2, width, width};
+      };
+      a.q = rows(q, row0, C, 0);
+      a.out = rows(out, row0, C, 0);
+      a.dout = rows(dout, row0, C, 0);
+      a.dq = rows(dq, row0, C, 0);
+      // Its causal block on its own keys.
+      a.Tk = seg_rows;
+      a.causal = true;
+      a.k = rows(kv, start, 2 * C, 0);
+      a.v = rows(kv, start, 2 * C, C);
+      a.dk = rows(dkv, start, 2 * C, 0);
+      a.dv = rows(dkv, start, 2 * C, C);
+      calls.push_back(a);
+      flops += 2.0 * H * seg_rows * seg_rows * D;
+      if (start == 0) continue;
+      // Its queries against every key before it.
+      a.Tk = start;
+      a.causal = false;
+      a.k = rows(kv, 0, 2 * C, 0);
+      a.v = rows(kv, 0, 2 * C, C);
+      a.dk = rows(dkv, 0, 2 * C, 0);
+      a.dv = rows(dkv, 0, 2 * C, C);
+      calls.push_back(a);
+      flops += 4.0 * H * seg_rows * start * D;
+    }
+    Buffer call_lse = be.alloc(DType::f32, std::ssize(calls) * H * seg_rows);  // (calls, H, seg_rows)
+    for (size_t c = 0; c < calls.size(); ++c)
+      calls[c].lse = static_cast<float*>(call_lse.ptr()) + static_cast<int64_t>(c) * H * seg_rows;
+    auto step = [&] {
+      for (const AttentionArgs& a : calls) be.attention_forward(a);
+      if (with_backward)
+        for (const AttentionArgs& a : calls) be.attention_backward(a);
+    };
+    time_iterations(state, be, stream, step);
+
+    if (with_backward) flops *= 3.5;
+    state.counters["TFLOP/s"] =
+        benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
+    state.SetLabel(path + (with_backward ? " fwd+bwd" : " fwd") + " lss rank " + std::to_string(rank) + " of " +
+                   std::to_string(P) + " T=" + std::to_string(T) + " (" + std::to_string(calls.size()) +
+                   " calls, segments of " + std::to_string(seg_rows) + ")");
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+// Rank 0 on 4 GPUs at 16K and 64K tokens per GPU, the sweeps' lss points: under zigzag every rank
+// has the same work (ranks 0 and 3 measured within 1% of each other on an H200).
+void lss_rank_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"T", "P", "rank", "path", "bwd"});
+  constexpr int64_t P = 4;
+  for (int64_t per_gpu : {16384, 65536})
+    for (int path : {kFlash, kCudnn})
+      for (int bwd : {0, 1}) b->Args({per_gpu * P, P, 0, path, bwd});
+}
+
+BENCHMARK(BM_AttentionLssRank)->Apply(lss_rank_args)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace lss

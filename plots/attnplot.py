@@ -8,8 +8,9 @@ kernels, both generations where the GPU has both, and the cuDNN binding); each P
 `bench/peers/torch_attention.py --out FILE` (schema lssbench-peer-attention/1). For the forward
 and for the forward+backward, one chart of 2 x 2 panels (D = 128, 64; causal, full): TFLOP/s
 against T for every implementation. CHART_DIR/charts.json lists the charts and their series,
-CHART_DIR/SUMMARY.md has the table. A missing or malformed file is an error naming the file
-(exit 2).
+CHART_DIR/SUMMARY.md has the tables, with one more for bench_attention's lss rank rows
+(BM_AttentionLssRank: one lss rank's attention calls at T on P GPUs) where the JSON has them. A
+missing or malformed file is an error naming the file (exit 2).
 """
 import argparse
 import json
@@ -38,27 +39,33 @@ IMPLS = {
 
 def bench_rows(path):
     """(impl, pass, mask, D, T) -> TFLOP/s from bench_attention's labels
-    ("<path> <fwd|fwd+bwd> <causal|full> B=1 H=.. D=.. T=..")."""
+    ("<path> <fwd|fwd+bwd> <causal|full> B=1 H=.. D=.. T=.."), and (impl, pass, T, P, rank) ->
+    TFLOP/s from its lss rank rows ("<path> <fwd|fwd+bwd> lss rank R of P T=.. (...)")."""
     doc = load_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise InputError(f"{path}: not a Google Benchmark JSON (no 'benchmarks' list)")
-    rows = {}
+    rows, lss_rows = {}, {}
     for b in doc["benchmarks"]:
         if b.get("error_occurred"):
             continue
         words = str(b.get("label", "")).split()
         try:
-            impl, pas, mask = words[0], words[1], words[2]
+            impl, pas = words[0], words[1]
+            if str(b.get("name", "")).startswith("BM_AttentionLssRank/"):
+                if words[2:4] != ["lss", "rank"] or words[5] != "of" or not words[7].startswith("T="):
+                    raise ValueError
+                lss_rows[(impl, pas, int(words[7][2:]), int(words[6]), int(words[4]))] = float(b["TFLOP/s"])
+                continue
             kv = dict(w.split("=", 1) for w in words[3:])
-            key = (impl, pas, mask, int(kv["D"]), int(kv["T"]))
+            key = (impl, pas, words[2], int(kv["D"]), int(kv["T"]))
             rows[key] = float(b["TFLOP/s"])
         except (IndexError, KeyError, ValueError):
             raise InputError(f"{path}: benchmark '{b.get('name')}' has no bench_attention label and TFLOP/s")
     if not rows:
         raise InputError(f"{path}: no successful benchmark")
     ctx = doc.get("context", {})
-    return rows, {"device": ctx.get("device", "unknown card"), "commit": ctx.get("git_commit", "?"),
-                  "date": ctx.get("date", "")}
+    return rows, lss_rows, {"device": ctx.get("device", "unknown card"), "commit": ctx.get("git_commit", "?"),
+                            "date": ctx.get("date", "")}
 
 
 def peer_rows(path):
@@ -77,7 +84,7 @@ def peer_rows(path):
     return rows, {"device": doc.get("device", "unknown card"), "torch": (doc.get("versions") or {}).get("torch", "?")}
 
 
-def draw(rows, footer, out):
+def draw(rows, lss_rows, footer, out):
     os.makedirs(out, exist_ok=True)
     manifest = []
     for pas, stem in (("fwd+bwd", "attention_fwd_bwd"), ("fwd", "attention_fwd")):
@@ -119,11 +126,11 @@ def draw(rows, footer, out):
                          "series": [IMPLS[k][0] for k in IMPLS if IMPLS[k][0] in series]})
     with open(os.path.join(out, "charts.json"), "w") as f:
         json.dump({"provenance": footer, "charts": manifest}, f, indent=2)
-    write_summary(rows, footer, manifest, out)
+    write_summary(rows, lss_rows, footer, manifest, out)
     return manifest
 
 
-def write_summary(rows, footer, manifest, out):
+def write_summary(rows, lss_rows, footer, manifest, out):
     impls = [k for k in IMPLS if any(r[0] == k for r in rows)]
     lines = ["# Attention kernels", "", f"Ran on: {footer}", "",
              "TFLOP/s (forward 4·B·H·T²·D, halved when causal; forward+backward 3.5×).", ""]
@@ -134,6 +141,19 @@ def write_summary(rows, footer, manifest, out):
         for T, D, m in keys:
             vals = [rows.get((k, pas, m, D, T)) for k in impls]
             lines.append(f"| {T} | {D} | {m} | " + " | ".join(f"{v:.1f}" if v is not None else "-" for v in vals) + " |")
+        lines.append("")
+    if lss_rows:
+        limpls = [k for k in IMPLS if any(r[0] == k for r in lss_rows)]
+        lines += ["## lss rank shapes (D = 128)", "",
+                  "One lss rank's attention calls at T on P GPUs (zigzag segments of T/(2P) rows, each its causal "
+                  "block and, after the first, its queries against every earlier key), on one GPU; TFLOP/s of "
+                  "those calls' matmul work.", "",
+                  "| T | P | rank | pass | " + " | ".join(IMPLS[k][0] for k in limpls) + " |",
+                  "|---|---|---|---|" + "---|" * len(limpls)]
+        for T, P, rank, pas in sorted({(T, P, r, p) for (_, p, T, P, r) in lss_rows}, key=lambda k: (k[1], k[0], k[2], k[3])):
+            vals = [lss_rows.get((k, pas, T, P, rank)) for k in limpls]
+            lines.append(f"| {T} | {P} | {rank} | {pas} | "
+                         + " | ".join(f"{v:.1f}" if v is not None else "-" for v in vals) + " |")
         lines.append("")
     lines += ["## Charts", ""] + [f"![{c['title']}]({c['file']})" for c in manifest] + [""]
     with open(os.path.join(out, "SUMMARY.md"), "w") as f:
@@ -148,7 +168,7 @@ def main(argv):
     ap.add_argument("--commit", help="the lssbench commit, for bench JSON written before bench_attention recorded it")
     args = ap.parse_args(argv)
     try:
-        rows, meta = bench_rows(args.bench)
+        rows, lss_rows, meta = bench_rows(args.bench)
         if meta["commit"] == "?" and args.commit:
             meta["commit"] = args.commit
         torch_versions = []
@@ -163,7 +183,7 @@ def main(argv):
                 meta["device"] = pmeta["device"]
         footer = (f"{meta['device']} | lssbench commit {meta['commit']} | {meta['date'][:10]}"
                   + (f" | PyTorch {', '.join(sorted(set(torch_versions)))}" if torch_versions else ""))
-        manifest = draw(rows, footer, args.out)
+        manifest = draw(rows, lss_rows, footer, args.out)
     except InputError as e:
         print(f"attnplot: error: {e}", file=sys.stderr)
         return 2

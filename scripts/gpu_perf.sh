@@ -20,7 +20,8 @@
 #             64K (LSS_BOUND_SEQ) with the three bounds (burst, sustained, contended)
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
-#   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN), then
+#   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN; square
+#             shapes, then one lss rank's calls on 4 GPUs at 16K and 64K per GPU), then
 #             its PyTorch peer (bench/peers/torch_attention.py: SDPA flash and cuDNN backends) on
 #             the same shapes; LSS_BENCH_FILTER (a benchmark filter) and LSS_PEER_ATTENTION_SEQ
 #             (lengths, default 4K,16K,64K) pick cases
@@ -214,7 +215,7 @@ run_section() {
         point lss_zigzag_split_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --split-causal --seq "$T" --warmup 2 --iters 6
       done ;;
     attention)
-      step bench_attention 150 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json \
+      step bench_attention 240 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json \
         --benchmark_filter="${LSS_BENCH_FILTER:-.}"
       step peer_attention 240 env LD_LIBRARY_PATH="$orig_ld" python3 bench/peers/torch_attention.py \
         --seq "${LSS_PEER_ATTENTION_SEQ:-4K,16K,64K}" --out "$res/peer_attention.json" ;;

@@ -183,6 +183,26 @@ with tempfile.TemporaryDirectory() as tmp:
     m = json.load(open(os.path.join(tmp, "attn-own", "charts.json"))) if r.returncode == 0 else {"charts": [{}]}
     check(r.returncode == 0 and "PyTorch SDPA flash" not in m["charts"][0].get("series", []),
           "attnplot without a peer draws the own kernels only")
+    # bench_attention's lss rank rows (two of an H200 run) go into their own table, not the charts
+    lss_rank = [
+        {"name": "BM_AttentionLssRank/T:65536/P:4/rank:0/path:0/bwd:1/manual_time", "TFLOP/s": 561.726,
+         "label": "flash-wgmma fwd+bwd lss rank 0 of 4 T=65536 (3 calls, segments of 8192)"},
+        {"name": "BM_AttentionLssRank/T:65536/P:4/rank:0/path:1/bwd:1/manual_time", "TFLOP/s": 560.687,
+         "label": "cudnn fwd+bwd lss rank 0 of 4 T=65536 (3 calls, segments of 8192)"}]
+    with_lss = os.path.join(tmp, "bench_with_lss.json")
+    doc = json.load(open(bench))
+    doc["benchmarks"] += lss_rank
+    json.dump(doc, open(with_lss, "w"))
+    r = run_attn(with_lss, "--out", os.path.join(tmp, "attn-lss"))
+    summary = open(os.path.join(tmp, "attn-lss", "SUMMARY.md")).read() if r.returncode == 0 else ""
+    row = [l for l in summary.splitlines() if l.startswith("| 65536 | 4 | 0 | fwd+bwd |")]
+    check(r.returncode == 0 and bool(row) and [c.strip() for c in row[0].split("|")[5:7]] == ["561.7", "560.7"],
+          f"SUMMARY.md has the lss rank row, own and cuDNN ({row[:1]}, {r.stderr.strip()})")
+    doc["benchmarks"][-1]["label"] = "cudnn fwd+bwd lss rank 0 T=65536"
+    json.dump(doc, open(with_lss, "w"))
+    r = run_attn(with_lss, "--out", os.path.join(tmp, "attn-lss2"))
+    check(r.returncode == 2 and "BM_AttentionLssRank/T:65536/P:4/rank:0/path:1" in r.stderr,
+          f"a malformed lss rank label named: {r.stderr.strip()}")
     # bad input: named, exit 2
     badb = os.path.join(tmp, "bad_bench.json")
     open(badb, "w").write('{"benchmarks": [')
