@@ -18,8 +18,9 @@
 //   backward: one CTA per (128-key block, head, batch): a producer warpgroup streams 64-query
 //             blocks of Q and dO with TMA (two stages) to two consumer warpgroups of 64 keys each:
 //             S^T = K Q^T and dP^T = V dO^T from shared memory, dV += P^T dO and dK += dS^T Q with
-//             P^T and dS^T from registers, dQ = dS K from the dS^T tile into a shared fp32 tile
-//             that the producer's second warp adds to the workspace with one bulk reduction.
+//             P^T and dS^T from registers, dQ = dS K from the dS^T tile (written with stmatrix),
+//             added to the fp32 workspace from registers (D = 128) or through a shared tile that
+//             the producer's second warp adds with one bulk reduction (D = 64).
 // The fragment layouts of wgmma's register operands match mma.sync's (per warp: rows g and g+8
 // of its 16, columns 2t, 2t+1 of each 8-column block), so both generations share the softmax
 // and store code (flash_attention_common.cuh).
@@ -484,18 +485,27 @@ struct DqTile {
 template <int D>
 struct BwdSm90 {
   // One producer warpgroup (warp 0: TMA copies of Q and dO and the row statistics; warp 1: the
-  // bulk dQ reductions; warps 2-3 idle) and two consumer warpgroups of 64 keys each.
+  // bulk dQ reductions unless kDqFromRegisters; warps 2-3 idle) and two consumer warpgroups of 64
+  // keys each.
   static constexpr int kThreads = 384, kBlockN = 128, kBlockM = DqTile<D>::kRows;
   // After the barrier, dQ's product is issued before dK/dV's, so that dQ is stored while they
   // run (+3-5% forward+backward at D = 128). At D = 64 only the first warpgroup computes dQ, and
   // dK/dV issued before the barrier was 1.5% faster (results/h200-x1/20261129T0430-flash-bwd-dq-first).
   static constexpr bool kDqFirst = D == 128;
+  // At D = 128 each consumer warp adds its dQ to the workspace from registers (16-byte
+  // reductions) instead of through the shared tile and the dQ warp's bulk reduction: the tile's
+  // store, proxy fence and the bulk copy's read were 64 KB of shared-memory traffic per block
+  // beside the products' operands (+1.5% forward+backward). At D = 64 the first warpgroup alone
+  // computes dQ, and adding it from registers lengthened that warpgroup's block (-2%)
+  // (results/h200-x1/20261129T0550-flash-bwd-stmatrix-red).
+  static constexpr bool kDqFromRegisters = D == 128;
   static constexpr int kDqWarps = 4 * (D / 64);  // warps computing dQ (64 columns each 4 warps)
   static constexpr int kTileKV = kBlockN * D * 2, kTileQ = kBlockM * D * 2;  // bytes
   static constexpr int kTileDs = kBlockN * kBlockM * 2;  // dS^T: 128 keys x 64 queries, bf16
-  static constexpr int kTileDq = DqTile<D>::kFloats * 4;
-  // K, V, Q[2], dO[2], dS^T[2], dQ, fp32 lse·log2(e)[2][BM] and delta[2][BM], then the mbarriers
-  // (K/V full, Q/dO full[2] and empty[2], dQ full and empty); 1 KB of alignment slack.
+  static constexpr int kTileDq = kDqFromRegisters ? 0 : DqTile<D>::kFloats * 4;
+  // K, V, Q[2], dO[2], dS^T[2], dQ (unless kDqFromRegisters), fp32 lse·log2(e)[2][BM] and
+  // delta[2][BM], then the mbarriers (K/V full, Q/dO full[2] and empty[2], dQ full and empty);
+  // 1 KB of alignment slack.
   static constexpr int kOffV = kTileKV, kOffQ = 2 * kTileKV, kOffDo = kOffQ + 2 * kTileQ;
   static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffDq = kOffDs + 2 * kTileDs;
   static constexpr int kOffLse = kOffDq + kTileDq, kOffDelta = kOffLse + 2 * kBlockM * 4;
@@ -531,9 +541,9 @@ __device__ __forceinline__ void bulk_wait() {
 // block's lse and Delta; each consumer warpgroup holds dK and dV of its 64 keys in registers and
 // per query block computes S^T = K Q^T and dP^T = V dO^T, P^T and dS^T, dV += P^T dO and
 // dK += dS^T Q (P^T, dS^T from registers), then, once both have written their half of the dS^T
-// tile, dQ = dS K (64 columns each) into a shared tile that the dQ warp adds to the workspace
-// with one bulk reduction while the consumers go on. With kDqFirst, dQ's product goes to the
-// tensor cores before dK/dV's, and its store overlaps them.
+// tile, dQ = dS K (64 columns each), added to the workspace from registers or through the shared
+// tile and the dQ warp's bulk reduction while the consumers go on (kDqFromRegisters). With
+// kDqFirst, dQ's product goes to the tensor cores before dK/dV's, and its store overlaps them.
 template <int D>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const Params p, const __grid_constant__ BwdMaps maps) {
@@ -561,6 +571,7 @@ __global__ void __launch_bounds__(384, 1)
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const QueryBlocks blocks = query_blocks_for_keys<kBlockM>(p, k0);
   const int m_first = blocks.first, m_count = blocks.count, num = blocks.num();
+  float* const dq_acc = p.dq_accum + (bh * m_count + m_first) * DqTile<D>::kFloats;
 
   if (threadIdx.x == 0) {
     mbar_init(kv_bar, 1);
@@ -609,8 +620,7 @@ __global__ void __launch_bounds__(384, 1)
         }
         mbar_arrive(full_bar(st));
       }
-    } else if (warp == 1 && lane == 0) {
-      float* dq_acc = p.dq_accum + (bh * m_count + m_first) * DqTile<D>::kFloats;
+    } else if (warp == 1 && lane == 0 && !Cfg::kDqFromRegisters) {
       for (int it = 0; it < num; ++it) {
         mbar_wait(dq_full_bar, it & 1);
         bulk_reduce_add_f32(dq_acc + static_cast<int64_t>(it) * DqTile<D>::kFloats, dq_tile, Cfg::kTileDq);
@@ -631,11 +641,45 @@ __global__ void __launch_bounds__(384, 1)
   zero(dv);
   const int key0 = k0 + 64 * wg + 16 * warp + g;
   const int key_r[2] = {key0, key0 + 8};
-  const int key_local = 64 * wg + 16 * warp + g;
   // dQ (64 queries x D) is split over the warpgroups by 64-column blocks; with D = 64 the first
   // warpgroup computes it alone.
   const bool dq_here = wg < D / 64;
   if (num > 0) mbar_wait(kv_bar, 0);
+
+  float dq[8][4];  // dQ (64 queries x this warpgroup's 64 columns)
+  // dQ (64 queries x 64 columns) = dS (64 x BN, the dS^T tile) K (BN x 64 of D), one group.
+  auto issue_dq = [&](int tile) {
+    zero(dq);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN>(ds_tile(tile), kk),
+                         desc_mn_major<kBlockN>(k_tile, kk, wg), kk > 0);
+    wgmma_commit();
+  };
+  // dQ of block j, its product complete, scaled, into the workspace: from registers, or into the
+  // shared tile once the dQ warp has read the previous one.
+  auto store_dq = [&](int j) {
+    reg_fence(dq);
+    if constexpr (Cfg::kDqFromRegisters) {
+      float4* dst = reinterpret_cast<float4*>(dq_acc + static_cast<int64_t>(j) * DqTile<D>::kFloats) +
+                    (4 * wg + warp) * 8 * 32 + lane;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        atomicAdd(dst + n * 32, make_float4(dq[n][0] * p.scale, dq[n][1] * p.scale,
+                                            dq[n][2] * p.scale, dq[n][3] * p.scale));
+    } else {
+      if (j > 0) mbar_wait(dq_empty_bar, (j - 1) & 1);
+      float4* dst = reinterpret_cast<float4*>(dq_s) + (4 * wg + warp) * 8 * 32 + lane;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        dst[n * 32] = make_float4(dq[n][0] * p.scale, dq[n][1] * p.scale, dq[n][2] * p.scale,
+                                  dq[n][3] * p.scale);
+      fence_proxy_async();
+      __syncwarp();
+      if (lane == 0) mbar_arrive(dq_full_bar);
+    }
+  };
 
   for (int it = 0; it < num; ++it) {
     const int mb = m_first + it, qb0 = mb * kBlockM, st = it & 1;
@@ -690,23 +734,33 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_wait<0>();
     reg_fence(dp);
 
-    // dS^T = P^T * (dP^T - Delta[query]) with the bf16 P^T of dV; a-fragments for dK, and the
-    // swizzled dS^T tile (rows = keys, MN-major for dQ's A) for dQ. Tile st was last read by the
-    // dQ products of block it - 2, which both warpgroups finished before the barrier of it - 1.
+    // dS^T = P^T * (dP^T - Delta[query]) with the fp32 P^T (unpacking dV's bf16 one took 32
+    // instructions more per thread); a-fragments for dK, and the swizzled dS^T tile (rows = keys,
+    // MN-major for dQ's A) for dQ. Tile st was last read by the dQ products of block it - 2, which
+    // both warpgroups finished before the barrier of it - 1.
     uint32_t dsa[kBlockM / 16][4];
 #pragma unroll
     for (int n = 0; n < kBlockM / 8; ++n) {
       const int kq = n / 2, hi = (n & 1) * 2;
       const float d0 = delta_t[8 * n + 2 * tq], d1 = delta_t[8 * n + 2 * tq + 1];
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const uint32_t pp = pa[kq][hi + half];
-        const float p0 = __uint_as_float(pp << 16), p1 = __uint_as_float(pp & 0xffff0000u);
-        dsa[kq][hi + half] =
-            pack_bf16(p0 * (dp[n][2 * half] - d0), p1 * (dp[n][2 * half + 1] - d1));
-        const int r = key_local + 8 * half;
-        const uint32_t addr = ds_tile(st) + r * 128 + ((n ^ (r & 7)) << 4) + 4 * tq;
-        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(dsa[kq][hi + half]) : "memory");
+      for (int half = 0; half < 2; ++half)
+        dsa[kq][hi + half] = pack_bf16(s[n][2 * half] * (dp[n][2 * half] - d0),
+                                       s[n][2 * half + 1] * (dp[n][2 * half + 1] - d1));
+    }
+    // Into the tile with stmatrix, whose 8 x 8 fragments are the accumulators' (four matrices an
+    // instruction where st.shared took one 4-byte pair: +3% forward+backward). Matrix i of k-step
+    // kq is n-tile 2 kq + i / 2, key rows 8 (i % 2) on; lane l addresses row l % 8 of matrix l / 8,
+    // one swizzled 16-byte chunk.
+    {
+      const int mi = lane >> 3, r = 64 * wg + 16 * warp + 8 * (mi & 1) + (lane & 7);
+#pragma unroll
+      for (int kq = 0; kq < kBlockM / 16; ++kq) {
+        const int n = 2 * kq + (mi >> 1);
+        const uint32_t addr = ds_tile(st) + r * 128 + ((n ^ (r & 7)) << 4);
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+                     "r"(dsa[kq][0]), "r"(dsa[kq][1]), "r"(dsa[kq][2]), "r"(dsa[kq][3])
+                     : "memory");
       }
     }
     fence_proxy_async();
@@ -725,30 +779,11 @@ __global__ void __launch_bounds__(384, 1)
     };
     if constexpr (!Cfg::kDqFirst) issue_dk_dv();
     named_sync(1);  // the dS^T tile is complete (both warpgroups' keys)
-
-    // dQ (64 queries x 64 columns) = dS (64 x BN) K (BN x 64 of D), scaled, into the shared dQ
-    // tile once the dQ warp has read the previous one.
     if (dq_here) {
-      float dq[8][4];
-      zero(dq);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-        wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN>(ds_tile(st), kk),
-                           desc_mn_major<kBlockN>(k_tile, kk, wg), kk > 0);
-      wgmma_commit();
+      issue_dq(st);
       if constexpr (Cfg::kDqFirst) issue_dk_dv();
-      if (it > 0) mbar_wait(dq_empty_bar, (it - 1) & 1);
       wgmma_wait<Cfg::kDqFirst ? 1 : 0>();  // dQ's product done (dK/dV's may still run)
-      reg_fence(dq);
-      float4* dst = reinterpret_cast<float4*>(dq_s) + (4 * wg + warp) * 8 * 32 + lane;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-        dst[n * 32] = make_float4(dq[n][0] * p.scale, dq[n][1] * p.scale, dq[n][2] * p.scale,
-                                  dq[n][3] * p.scale);
-      fence_proxy_async();
-      __syncwarp();
-      if (lane == 0) mbar_arrive(dq_full_bar);
+      store_dq(it);
     } else if constexpr (Cfg::kDqFirst) {
       issue_dk_dv();
     }
