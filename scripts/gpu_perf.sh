@@ -11,7 +11,7 @@
 #             makes every run use python3's), alternating, then the PyTorch eager peer
 #   serial-attention  the serial step at T=16K on each attention path (cuDNN, the own flash kernels)
 #   peers     peers-serial, then peers-lss
-#   peers-serial  our serial step (default attention, then the own flash kernels) and the PyTorch peer
+#   peers-serial  our serial step (default attention, then cuDNN's) and the PyTorch peer
 #             (bench/peers/torch_step.py) serial eager and compile at T=16K, one after the other on one card
 #   peers-lss our lss (zigzag) and the peer's (contiguous and zigzag) on every GPU at T=16K x GPUs
 #   overlap   lss (contiguous, zigzag) and megatron_sp on every GPU at T=64K, overlap on and off
@@ -163,9 +163,9 @@ run_section() {
     peers) run_section peers-serial; run_section peers-lss ;;
     peers-serial)
       # Our serial step in the same call, so that the ratio compares one card with itself: on the
-      # default attention path and on the own flash kernels.
+      # default attention path (auto: the own kernels at D = 128 on H100/H200) and on cuDNN.
       point serial_beside_peer_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
-      point serial_flash_beside_peer_T16K 1 120 --strategy serial --seq 16K --attention flash --warmup 3 --iters 10
+      point serial_cudnn_beside_peer_T16K 1 120 --strategy serial --seq 16K --attention cudnn --warmup 3 --iters 10
       peer peer_serial_eager_T16K 1 150 --strategy serial --mode eager --seq 16K
       peer peer_serial_compile_T16K 1 240 --strategy serial --mode compile --seq 16K ;;
     peers-lss)

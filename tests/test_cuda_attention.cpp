@@ -410,6 +410,30 @@ TEST(CudaFlashAttention, SupportedShapes) {
   EXPECT_TRUE(cuda::flash_attention_supported(a));
 }
 
+// Where --attention auto takes the own kernels over cuDNN: bf16 at D = 128 on the wgmma kernels
+// only (on a compute capability 9.0 GPU), never where they cannot run or the mma.sync ones are
+// forced.
+TEST(CudaFlashAttention, AutoPrefersWgmmaAtD128) {
+  auto be = cuda_backend("flash");
+  const AttnShape s{2, 3, 128, 64, 64, 0, true};
+  const AttnInputs in = make_inputs(s, 7);
+  AttnHarness run(*be, DType::bf16, s, kLss, in);
+  AttentionArgs a = run.args();
+  const bool hopper = cuda::flash_wgmma_available(128);
+  EXPECT_EQ(cuda::flash_attention_preferred(a), hopper);
+  cuda::set_flash_kernels(cuda::FlashKernels::mma_sync);
+  EXPECT_FALSE(cuda::flash_attention_preferred(a));
+  cuda::set_flash_kernels(cuda::FlashKernels::automatic);
+  a.dtype = DType::f32;
+  EXPECT_FALSE(cuda::flash_attention_preferred(a));
+  a.dtype = DType::bf16;
+  a.D = 64;
+  EXPECT_FALSE(cuda::flash_attention_preferred(a));
+  a.D = 128;
+  a.k.row_stride += 1;  // rows no longer 16-byte aligned: the kernels do not take it
+  EXPECT_FALSE(cuda::flash_attention_preferred(a));
+}
+
 }  // namespace
 }  // namespace lss
 

@@ -385,8 +385,9 @@ class CudaBackend final : public Backend {
     return *cudnn_;
   }
 
-  // Which implementation runs this shape (--attention cudnn | flash | auto); UsageError when the
-  // chosen one (for auto: either) does not take it.
+  // Which implementation runs this shape (--attention cudnn | flash | auto: the own kernels where
+  // cuda::flash_attention_preferred, else cuDNN where it takes the shape, else the own kernels);
+  // UsageError when the chosen one (for auto: either) does not take it.
   bool use_cudnn(const AttentionArgs& args) {
     cuda::require_compute_dtype(args.dtype, "attention");
     const auto shape = [&] {
@@ -399,7 +400,8 @@ class CudaBackend final : public Backend {
                         "--attention cudnn: cuDNN does not support attention of shape " + shape());
       return true;
     }
-    if (attention_ == "auto" && cudnn().supported(args)) return true;
+    if (attention_ == "auto" && !cuda::flash_attention_preferred(args) && cudnn().supported(args))
+      return true;
     LSS_REQUIRE_INPUT(cuda::flash_attention_supported(args),
                       "--attention " + attention_ +
                           ": the flash-attention kernel does not support attention of shape " +

@@ -12,7 +12,9 @@ namespace lss {
 
 struct CudaBackendOptions {
   int device = 0;                  // CUDA device ordinal of this rank
-  std::string attention = "auto";  // "cudnn" | "flash" | "auto" (cuDNN where it takes the shape)
+  // "cudnn" | "flash" | "auto" (the own kernels where flash_attention_preferred, else cuDNN
+  // where it takes the shape)
+  std::string attention = "auto";
 };
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);

@@ -1029,6 +1029,12 @@ bool flash_attention_supported(const AttentionArgs& args) {
   return unsupported_reason(args).empty();
 }
 
+bool flash_attention_preferred(const AttentionArgs& args) {
+  return args.dtype == DType::bf16 && args.D == 128 &&
+         g_flash_kernels.load() != FlashKernels::mma_sync && flash_wgmma_available(args.D) &&
+         flash_attention_supported(args);
+}
+
 void flash_attention_forward(const AttentionArgs& a, cudaStream_t stream) {
   validate(a, false);
   if (a.B == 0 || a.H == 0 || a.Tq == 0) return;

@@ -44,7 +44,7 @@ OptionParser make_parser() {
       "table and writes the result JSON (schema v1). Sizes take K/M/G suffixes (16K = 16384).");
   p.add_string("strategy", "serial", "serial | lss | megatron_sp");
   p.add_string("backend", "cpu", "cpu | cuda");
-  p.add_string("attention", "auto", "cuda attention path: auto (cuDNN where it takes the shape) | cudnn | flash");
+  p.add_string("attention", "auto", "cuda attention path: auto (the own wgmma kernels for bf16 D=128 on H100/H200, else cuDNN where it takes the shape) | cudnn | flash");
   p.add_size("sp", 1, "P: ranks per sequence (lss) or tensor (megatron_sp) group");
   p.add_size("layers", 2, "L: transformer blocks");
   p.add_size("width", 64, "C: model width");
