@@ -242,10 +242,13 @@ class CudaBackend final : public Backend {
     if (use_cudnn(args)) {
       Buffer ws = workspace(cudnn().forward_workspace(args));
       cudnn().forward(args, ws ? ws.ptr() : nullptr);
+      ++attention_calls_.cudnn;
     } else {
       cuda::flash_attention_forward(args, stream_);
+      ++attention_calls_.flash;
     }
   }
+  AttentionPathCalls attention_calls() const { return attention_calls_; }
 
   void attention_merge(const AttentionMergeArgs& args) override { cuda::attention_merge(ctx(), args); }
 
@@ -411,6 +414,7 @@ class CudaBackend final : public Backend {
 
   int device_;
   std::string attention_;
+  AttentionPathCalls attention_calls_;
   cudaStream_t stream_ = nullptr;       // the main lane (swapped with side_stream_ inside side work)
   cudaStream_t side_stream_ = nullptr;  // the side lane, lowest priority
   cudaEvent_t side_fork_ = nullptr, side_join_ = nullptr;
@@ -449,6 +453,13 @@ cudaStream_t cuda_stream_of(Backend& backend) {
   LSS_CHECK(cuda != nullptr,
             std::string("cuda_stream_of: backend '") + backend.name() + "' is not a CUDA backend");
   return cuda->stream();
+}
+
+AttentionPathCalls attention_path_calls(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  LSS_CHECK(cuda != nullptr, std::string("attention_path_calls: backend '") + backend.name() +
+                                 "' is not a CUDA backend");
+  return cuda->attention_calls();
 }
 
 int cuda_device_count() {

@@ -22,6 +22,13 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
 // The stream every operation of a CUDA backend is ordered on (NCCL collectives use it too).
 cudaStream_t cuda_stream_of(Backend& backend);
 
+// Attention forward calls a CUDA backend has run so far on each path: what --attention auto chose
+// for the run's shapes, for the result JSON.
+struct AttentionPathCalls {
+  int64_t cudnn = 0, flash = 0;
+};
+AttentionPathCalls attention_path_calls(Backend& backend);
+
 // Number of CUDA devices visible to this process (0 when there is no driver or device).
 int cuda_device_count();
 

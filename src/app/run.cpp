@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 
 #include "comm/nccl_communicator.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cudnn_attention.h"
 #include "kernels/cuda/flash_attention.h"
 #endif
@@ -578,9 +579,14 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     // Which generation of the own flash kernels this head dim runs here (what --attention flash,
     // and auto where cuDNN declines a shape, use).
     j["machine"]["flash_attention_kernels"] = nullptr;
+    // Which path this rank's attention calls took (--attention auto decides per shape).
+    j["machine"]["attention_forward_calls"] = nullptr;
 #ifdef LSS_HAVE_CUDA
-    if (rc.backend == "cuda")
+    if (rc.backend == "cuda") {
       j["machine"]["flash_attention_kernels"] = cuda::flash_wgmma_available(m.D()) ? "wgmma" : "mma.sync";
+      const AttentionPathCalls calls = attention_path_calls(be);
+      j["machine"]["attention_forward_calls"] = {{"cudnn", calls.cudnn}, {"flash", calls.flash}};
+    }
 #endif
     j["loss"] = losses.front();
     j["losses"] = losses;
