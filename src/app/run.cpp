@@ -688,6 +688,10 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                                : std::string(),
                  b0["comm_exposed_ms"].get<double>());
     }
+    if (const json& calls = j["machine"]["attention_forward_calls"]; !calls.is_null())
+      fmt::print("  {:<22} cuDNN {}, own flash ({}) {} (rank 0's forward calls)\n", "attention path",
+                 calls["cudnn"].get<int64_t>(), j["machine"]["flash_attention_kernels"].get<std::string>(),
+                 calls["flash"].get<int64_t>());
     fmt::print("  {:<22} {:>14.1f}\n", "tokens/s", tokens_per_s);
     fmt::print("  {:<22} {:>14.4f}\n", "TFLOP/s per device", tflops_per_dev);
     fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));
