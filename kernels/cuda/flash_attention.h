@@ -26,8 +26,9 @@ bool flash_attention_supported(const AttentionArgs& args);
 // True where --attention auto takes these kernels over cuDNN: bf16 at D = 128 on the wgmma
 // kernels (process-wide kernel choice automatic or wgmma), which on an H200 run forward+backward
 // 3-5% faster than cuDNN 9.19 from T = 16K (2% on lss's own calls, 17% at 4K causal) and make
-// the serial step 1.4% (16K) and 2.6% (64K) faster. At D = 64 cuDNN stays: the own kernels are
-// ahead causal and behind unmasked (results/h200-x1/20261129T0550-flash-bwd-stmatrix-red).
+// the serial step 1.4% (16K) and 2.6% (64K) faster. At D = 64 cuDNN stays: the own forward alone
+// is 6-8% behind its (forward+backward 3-4% ahead causal, level unmasked)
+// (results/h200-x1/20261129T0550-flash-bwd-stmatrix-red).
 bool flash_attention_preferred(const AttentionArgs& args);
 void flash_attention_forward(const AttentionArgs& args, cudaStream_t stream);
 // Bytes of device scratch memory the backward needs (fp32 dQ accumulators, row sums).

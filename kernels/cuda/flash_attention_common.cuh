@@ -74,25 +74,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// 2^x on the FMA pipe, for the share of a forward's exponentials that would otherwise queue on
-// the multi-function unit (16 results per clock per SM, against 128 FMAs): at D = 64 a score tile's
-// exponentials take that unit as long as the tensor cores take the tile's two products. x = n + f
-// with n = round(x) and f in [-1/2, 1/2]; 2^f by a degree-3 polynomial (relative error 1.0e-4, 20x
-// below bf16's rounding of the probabilities), 2^n added into the exponent bits. x is clamped at
-// -125 (2^-125 stays a normal float), so it serves unmasked tiles: -inf never reaches it.
-__device__ __forceinline__ float exp2_fma(float x) {
-  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding it leaves round(x) in the low bits
-  x = fmaxf(x, -125.f);
-  const float r = __fadd_rn(x, kRound);
-  const float f = __fsub_rn(x, __fsub_rn(r, kRound));
-  float poly = fmaf(5.5008940e-2f, f, 2.4221097e-1f);
-  poly = fmaf(poly, f, 6.9328290e-1f);
-  poly = fmaf(poly, f, 1.f);
-  // r's bits are those of kRound plus n; shifted by 23 only n (two's complement) is left, in the
-  // exponent field.
-  return __int_as_float(__float_as_int(poly) + (__float_as_int(r) << 23));
-}
-
 // Two floats as a bf16 pair, `lo` in the low half (the lower column index).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -136,12 +117,9 @@ __device__ __forceinline__ void mask_scores(float (&s)[kTileN / 8][4], const Par
 // by which the output accumulator is to be rescaled (rescale_rows), which a caller may apply later,
 // once products still accumulating into it have completed. A row is spread over the 4 threads of
 // a quad, so the max needs two shuffles; the sum stays per thread until store_o_lse.
-// kFmaExpEvery > 0: n-tiles kFmaExpEvery - 1, 2 kFmaExpEvery - 1, ... take their exponentials
-// through exp2_fma (unmasked tiles only).
-template <int kTileN, int kFmaExpEvery = 0>
+template <int kTileN>
 __device__ __forceinline__ void softmax_scores_tile(float (&s)[kTileN / 8][4], float (&m)[2],
                                                     float (&l)[2], float (&alpha)[2], float scale_log2) {
-  constexpr int kFmaEvery = kFmaExpEvery > 0 ? kFmaExpEvery : 1;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = -kInf;
@@ -161,7 +139,7 @@ __device__ __forceinline__ void softmax_scores_tile(float (&s)[kTileN / 8][4], f
 #pragma unroll
       for (int e = 2 * r; e < 2 * r + 2; ++e) {
         const float x = fmaf(s[n][e], scale_log2, -m_use);
-        s[n][e] = kFmaExpEvery > 0 && n % kFmaEvery == kFmaEvery - 1 ? exp2_fma(x) : fast_exp2(x);
+        s[n][e] = fast_exp2(x);
         l[r] += s[n][e];
       }
   }

@@ -9,12 +9,12 @@
 // reduction dimension (Q, K for S = Q K^T) and an MN-major one when its rows are (V for O = P V),
 // so every operand is loaded the same way.
 //
-//   forward : one CTA per (128-query block, head, batch): a producer thread streams 128-key K/V
-//             tiles with TMA (three stages, mbarriers) to two consumer warpgroups of 64
-//             query rows, which take turns on the tensor cores: S = Q K^T from shared memory, the
-//             online softmax in registers, O += P V with P from registers (the previous tile's,
-//             beside this tile's softmax). At D = 128 the producer thread's warpgroup hands its
-//             registers to the consumers.
+//   forward : one CTA per (query block, head, batch): a producer thread streams 128-key K/V
+//             tiles with TMA (three stages, mbarriers) to consumer warpgroups of 64 query rows
+//             (two at D = 128, three at D = 64), which take turns on the tensor cores: S = Q K^T
+//             from shared memory, the online softmax in registers, O += P V with P from registers
+//             (the previous tile's, beside this tile's softmax). The producer thread's warpgroup
+//             hands its registers to the consumers.
 //   backward: one CTA per (128-key block, head, batch): a producer warpgroup streams 64-query
 //             blocks of Q and dO with TMA (two stages) to two consumer warpgroups of 64 keys each:
 //             S^T = K Q^T and dP^T = V dO^T from shared memory, dV += P^T dO and dK += dS^T Q with
@@ -120,8 +120,8 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
       "r"(parity)
       : "memory");
 }
-// Named barriers between the two consumer warpgroups (ids 1, 2; 0 is __syncthreads): 128
-// threads sync, the other warpgroup's 128 arrive.
+// Named barriers between consumer warpgroups (ids from 1; 0 is __syncthreads): 128 threads
+// sync, another warpgroup's 128 arrive.
 __device__ __forceinline__ void named_sync(int id) {
   asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
 }
@@ -269,14 +269,18 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 // forward
 // ---------------------------------------------------------------------------------------------
 
-template <int D, int kFmaExpEvery_, int kStages_, bool kProducerWG_>
+template <int D, int kStages_, bool kProducerWG_, int kConsumerWGs_>
 struct FwdSm90 {
-  // Two consumer warpgroups of 64 query rows and one producer warp (warp 8). With kProducerWG,
-  // the producer is a whole third warpgroup, so that setmaxnreg can move its registers to the
-  // consumers (240 each instead of the 168 of 288 threads).
+  // kConsumerWGs consumer warpgroups of 64 query rows and one producer warp (the warp after
+  // them). With kProducerWG, the producer is a whole warpgroup that keeps 24 registers a thread,
+  // so that setmaxnreg can give the rest to the consumers (240 each with two, 160 with three,
+  // instead of the 168 of 288 threads).
   static constexpr bool kProducerWG = kProducerWG_;
-  static constexpr int kThreads = kProducerWG ? 384 : 288, kProducerWarp = 8;
-  static constexpr int kBlockM = 128, kBlockN = 128, kFmaExpEvery = kFmaExpEvery_;
+  static constexpr int kConsumerWGs = kConsumerWGs_;
+  static constexpr int kProducerWarp = 4 * kConsumerWGs;
+  static constexpr int kThreads = kProducerWG ? 128 * (kConsumerWGs + 1) : 128 * kConsumerWGs + 32;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = (512 - kProducerRegs) / kConsumerWGs / 8 * 8;
+  static constexpr int kBlockM = 64 * kConsumerWGs, kBlockN = 128;
   static constexpr int kD = D, kStages = kStages_;
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
   // Q, kStages stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the
@@ -287,15 +291,16 @@ struct FwdSm90 {
 };
 
 // The forward's configurations. Both use FlashAttention-3's intra-warpgroup overlap (three K/V
-// stages, so that the stage the last P V frees is not the next one to load). D = 64: the
-// exponentials of one n-tile in six (2 of 16) on the FMA pipe; on an H200 at T = 16K-64K 5%
-// faster than without either (387-405 -> 407-427 TFLOP/s). D = 128: S, P and O of 128 columns
-// need more than the 168 registers of 288 threads (ptxas serialises the products, C7512), so a
-// producer warpgroup gives its registers to the consumers (240 each): +6-8% at T = 16K-64K
-// (531-550 -> 568-590 TFLOP/s); an FMA share made it slower, and D = 64 slower with the producer
-// warpgroup (PERFORMANCE.md, fifteenth and sixteenth sessions).
-using FwdD64 = FwdSm90<64, 6, 3, false>;
-using FwdD128 = FwdSm90<128, 0, 3, true>;
+// stages, so that the stage the last P V frees is not the next one to load) and a producer
+// warpgroup. D = 128: S, P and O of 128 columns need more than the 168 registers of 288 threads
+// (ptxas serialises the products, C7512), so the producer gives its registers to two consumers
+// (240 each): +6-8% at T = 16K-64K (531-550 -> 568-590 TFLOP/s). D = 64: three consumers (192
+// query rows, 160 registers each), so that two warpgroups' products cover each one's softmax:
+// +10-16% forward at T = 16K-64K over two consumers with a sixth of the exponentials on the FMA
+// pipe (409-420 -> 449-486 TFLOP/s), 3% slower at 4K causal; without the producer warpgroup
+// three consumers spill (PERFORMANCE.md, fifteenth, sixteenth and eighteenth sessions).
+using FwdD64 = FwdSm90<64, 3, true, 3>;
+using FwdD128 = FwdSm90<128, 3, true, 2>;
 
 // TMA descriptors of Q, K and V as 4-D tensors (D, H, T, B), boxes of 64 columns x 1 head x 128
 // rows x 1 sequence in the 128-byte swizzle: one box is one 64-column block of a shared tile.
@@ -306,9 +311,9 @@ struct FwdMaps {
 // FlashAttention-3's schedule: one producer thread issues the TMA copies of Q and of each K/V
 // tile into kStages stages and the copies complete the stage's "full" mbarrier; each consumer warp
 // releases a stage on its "empty" mbarrier once its last product reading it has completed. The
-// two consumer warpgroups take turns on the tensor cores (named barriers, "ping-pong"): one
-// issues its S = Q K^T while the other runs its softmax, so that the exponentials of one overlap
-// the other's matrix products.
+// consumer warpgroups take turns on the tensor cores (named barriers, "ping-pong"): one issues
+// its S = Q K^T while the others run their softmax, so that the exponentials of one overlap the
+// others' matrix products.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     flash_fwd_sm90_kernel(const Params p, const __grid_constant__ FwdMaps maps) {
@@ -332,7 +337,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #pragma unroll
     for (int st = 0; st < kStages; ++st) {
       mbar_init(full_bar(st), 1);
-      mbar_init(empty_bar(st), 8);  // one arrival per consumer warp
+      mbar_init(empty_bar(st), 4 * Cfg::kConsumerWGs);  // one arrival per consumer warp
     }
     // The initialised barriers visible to the async proxy (the TMA unit completes them).
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -340,7 +345,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   __syncthreads();
 
   if (warp_all >= Cfg::kProducerWarp) {
-    if constexpr (Cfg::kProducerWG) setmaxnreg_dec<24>();
+    if constexpr (Cfg::kProducerWG) setmaxnreg_dec<Cfg::kProducerRegs>();
     if (warp_all == Cfg::kProducerWarp && lane == 0) {
       for (int j = 0; j < n_tiles; ++j) {
         const int st = j % kStages;
@@ -361,7 +366,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     }
     return;
   }
-  if constexpr (Cfg::kProducerWG) setmaxnreg_inc<240>();
+  if constexpr (Cfg::kProducerWG) setmaxnreg_inc<Cfg::kConsumerRegs>();
 
   const int wg = warp_all / 4, warp = warp_all % 4;
   const int g = lane >> 2, tq = lane & 3;
@@ -406,20 +411,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int row_first = p.q_offset + q0 + 64 * wg;
   int first_masked = p.Tk / kBlockN;
   if (p.causal) first_masked = min(first_masked, row_first + 1 >= 0 ? (row_first + 1) / kBlockN : 0);
-  // The softmax's scores part of tile j: a masked tile is masked and takes every exponential on
-  // the multi-function unit; an unmasked one sends its share to the FMA pipe.
+  // The softmax's scores part of tile j, masked first where its keys need it.
   auto scores = [&](int j, auto masked, float (&alpha)[2]) {
-    if constexpr (decltype(masked)::value) {
-      mask_scores<kBlockN>(s, p, j * kBlockN, tq, row_pos);
-      softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
-    } else {
-      softmax_scores_tile<kBlockN, Cfg::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
-    }
+    if constexpr (decltype(masked)::value) mask_scores<kBlockN>(s, p, j * kBlockN, tq, row_pos);
+    softmax_scores_tile<kBlockN>(s, m, l, alpha, p.scale_log2);
   };
 
-  // Turns on the tensor cores: warpgroup w waits on barrier 1 + w, the other arrives on it once
-  // it has issued its products. The first turn is warpgroup 0's.
-  if (wg == 1 && n_tiles > 0) named_arrive(1);
+  // Turns on the tensor cores, round robin: warpgroup w waits on barrier 1 + w, the one before it
+  // arrives on it once it has issued its products. The first turn is warpgroup 0's.
+  constexpr int kWGs = Cfg::kConsumerWGs;
+  // The next warpgroup's barrier. Two warpgroups compute it where they arrive, three hold it in
+  // a register: each form keeps its configuration's SASS the one measured (ptxas schedules the
+  // D = 128 kernel differently with the register).
+  const int next_wg_turn = 1 + (wg + 1) % kWGs;
+  auto next_turn = [&] {
+    if constexpr (kWGs == 2)
+      return 2 - wg;
+    else
+      return next_wg_turn;
+  };
+  if (wg == kWGs - 1 && n_tiles > 0) named_arrive(1);
   // FlashAttention-3's intra-warpgroup overlap: a turn issues this tile's S and the previous
   // tile's O += P V, so that the latter runs while this warpgroup works on this tile's softmax.
   // ptxas keeps asynchronous products in flight only where no branch lies between their issue
@@ -429,7 +440,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     mbar_wait(full_bar(0), 0);
     named_sync(1 + wg);
     issue_s(0);
-    if (wg == 0 || n_tiles > 1) named_arrive(2 - wg);
+    if (wg < kWGs - 1 || n_tiles > 1) named_arrive(next_turn());
     wgmma_wait<0>();
     reg_fence(s);
     if (first_masked == 0) mask_scores<kBlockN>(s, p, 0, tq, row_pos);
@@ -443,7 +454,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     named_sync(1 + wg);
     issue_s(st);
     issue_pv(prev);
-    if (wg == 0 || j + 1 < n_tiles) named_arrive(2 - wg);
+    if (wg < kWGs - 1 || j + 1 < n_tiles) named_arrive(next_turn());
     wgmma_wait<1>();  // S done; the previous P V may still run
     reg_fence(s);
     float alpha[2];
