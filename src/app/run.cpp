@@ -576,14 +576,16 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                     {"datasheet_peak_tflops", datasheet > 0 ? json(datasheet) : json(nullptr)}};
     const json versions = library_versions(rc.backend);
     for (auto it = versions.begin(); it != versions.end(); ++it) j["machine"][it.key()] = it.value();
-    // Which generation of the own flash kernels this head dim runs here (what --attention flash,
-    // and auto where cuDNN declines a shape, use).
+    // Which of the own flash kernels this head dim and dtype run here (what --attention flash uses,
+    // and auto at D = 128 on H100/H200 or where cuDNN declines a shape): bf16 on wgmma or
+    // mma.sync, fp32 on the CUDA cores.
     j["machine"]["flash_attention_kernels"] = nullptr;
     // Which path this rank's attention calls took (--attention auto decides per shape).
     j["machine"]["attention_forward_calls"] = nullptr;
 #ifdef LSS_HAVE_CUDA
     if (rc.backend == "cuda") {
-      j["machine"]["flash_attention_kernels"] = cuda::flash_wgmma_available(m.D()) ? "wgmma" : "mma.sync";
+      j["machine"]["flash_attention_kernels"] =
+          m.dtype != DType::bf16 ? "fp32" : cuda::flash_wgmma_available(m.D()) ? "wgmma" : "mma.sync";
       const AttentionPathCalls calls = attention_path_calls(be);
       j["machine"]["attention_forward_calls"] = {{"cudnn", calls.cudnn}, {"flash", calls.flash}};
     }
