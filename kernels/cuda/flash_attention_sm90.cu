@@ -506,9 +506,9 @@ struct BwdSm90 {
   // At D = 128 each consumer warp adds its dQ to the workspace from registers (16-byte
   // reductions) instead of through the shared tile and the dQ warp's bulk reduction: the tile's
   // store, proxy fence and the bulk copy's read were 64 KB of shared-memory traffic per block
-  // beside the products' operands (+1.5% forward+backward). At D = 64 the first warpgroup alone
-  // computes dQ, and adding it from registers lengthened that warpgroup's block (-2%)
-  // (results/h200-x1/20261129T0550-flash-bwd-stmatrix-red).
+  // beside the products' operands (+0.7-1.2% forward+backward with the stmatrix store of dS^T).
+  // At D = 64 the first warpgroup alone computes dQ, and adding it from registers lengthened that
+  // warpgroup's block (-2%) (results/h200-x1/20261129T0550-flash-bwd-stmatrix-red).
   static constexpr bool kDqFromRegisters = D == 128;
   static constexpr int kDqWarps = 4 * (D / 64);  // warps computing dQ (64 columns each 4 warps)
   static constexpr int kTileKV = kBlockN * D * 2, kTileQ = kBlockM * D * 2;  // bytes
