@@ -193,9 +193,10 @@ PY
   if ! python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timing']; sys.exit(0 if t['backward_enqueue_median_ms'] > 0 and t['optimizer_enqueue_median_ms'] > 0 and 'device_state' in t and t['device_state'] is None else 1)" "$work/$name.json"; then
     failures=$((failures + 1)); echo "FAIL: $name: host enqueue times or device_state"; return
   fi
-  # The flash kernels' generation is recorded; a CPU run has none (null).
-  if ! python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['machine']; sys.exit(0 if 'flash_attention_kernels' in m and m['flash_attention_kernels'] is None else 1)" "$work/$name.json"; then
-    failures=$((failures + 1)); echo "FAIL: $name: machine.flash_attention_kernels missing or not null on cpu"; return
+  # The flash kernels' generation and the attention calls per CUDA path are recorded; a CPU run
+  # has neither (null).
+  if ! python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['machine']; sys.exit(0 if all(k in m and m[k] is None for k in ('flash_attention_kernels', 'attention_forward_calls')) else 1)" "$work/$name.json"; then
+    failures=$((failures + 1)); echo "FAIL: $name: machine.flash_attention_kernels or .attention_forward_calls missing or not null on cpu"; return
   fi
   # The binary names the commit it was built from: this checkout's HEAD (with -dirty when modified).
   if head=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null); then
