@@ -269,16 +269,15 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 // forward
 // ---------------------------------------------------------------------------------------------
 
-template <int D, int kStages_, bool kProducerWG_, int kConsumerWGs_>
+template <int D, int kStages_, int kConsumerWGs_>
 struct FwdSm90 {
-  // kConsumerWGs consumer warpgroups of 64 query rows and one producer warp (the warp after
-  // them). With kProducerWG, the producer is a whole warpgroup that keeps 24 registers a thread,
-  // so that setmaxnreg can give the rest to the consumers (240 each with two, 160 with three,
-  // instead of the 168 of 288 threads).
-  static constexpr bool kProducerWG = kProducerWG_;
+  // kConsumerWGs consumer warpgroups of 64 query rows and a producer warpgroup after them, whose
+  // first warp issues the copies. The producer keeps 24 registers a thread, so that setmaxnreg can
+  // give the rest to the consumers (240 each with two, 160 with three, where 288 threads of two
+  // consumers and one producer warp would have 168).
   static constexpr int kConsumerWGs = kConsumerWGs_;
   static constexpr int kProducerWarp = 4 * kConsumerWGs;
-  static constexpr int kThreads = kProducerWG ? 128 * (kConsumerWGs + 1) : 128 * kConsumerWGs + 32;
+  static constexpr int kThreads = 128 * (kConsumerWGs + 1);
   static constexpr int kProducerRegs = 24, kConsumerRegs = (512 - kProducerRegs) / kConsumerWGs / 8 * 8;
   static constexpr int kBlockM = 64 * kConsumerWGs, kBlockN = 128;
   static constexpr int kD = D, kStages = kStages_;
@@ -299,8 +298,8 @@ struct FwdSm90 {
 // +10-16% forward at T = 16K-64K over two consumers with a sixth of the exponentials on the FMA
 // pipe (409-420 -> 449-486 TFLOP/s), 3% slower at 4K causal; without the producer warpgroup
 // three consumers spill (PERFORMANCE.md, fifteenth, sixteenth and eighteenth sessions).
-using FwdD64 = FwdSm90<64, 3, true, 3>;
-using FwdD128 = FwdSm90<128, 3, true, 2>;
+using FwdD64 = FwdSm90<64, 3, 3>;
+using FwdD128 = FwdSm90<128, 3, 2>;
 
 // TMA descriptors of Q, K and V as 4-D tensors (D, H, T, B), boxes of 64 columns x 1 head x 128
 // rows x 1 sequence in the 128-byte swizzle: one box is one 64-column block of a shared tile.
@@ -345,7 +344,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   __syncthreads();
 
   if (warp_all >= Cfg::kProducerWarp) {
-    if constexpr (Cfg::kProducerWG) setmaxnreg_dec<Cfg::kProducerRegs>();
+    setmaxnreg_dec<Cfg::kProducerRegs>();
     if (warp_all == Cfg::kProducerWarp && lane == 0) {
       for (int j = 0; j < n_tiles; ++j) {
         const int st = j % kStages;
@@ -366,7 +365,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     }
     return;
   }
-  if constexpr (Cfg::kProducerWG) setmaxnreg_inc<Cfg::kConsumerRegs>();
+  setmaxnreg_inc<Cfg::kConsumerRegs>();
 
   const int wg = warp_all / 4, warp = warp_all % 4;
   const int g = lane >> 2, tq = lane & 3;
