@@ -574,7 +574,12 @@ TEST_P(CudaOps, LayerNorm) {
   struct Case {
     int64_t N, C;
   };
-  for (const Case c : {Case{37, 96}, Case{19, 33}, Case{5000, 64}, Case{64, 1024}, Case{3, 4}}) {
+  // Beside the small shapes, the limits of the register paths and just past them (forward: rows
+  // of 4 KiB, C = 2048 bf16, 1024 fp32; backward: 512 16-byte vectors, C = 4096 bf16, 2048
+  // fp32), with row counts that leave the backward's blocks a partial last group of rows.
+  for (const Case c : {Case{37, 96}, Case{19, 33}, Case{5000, 64}, Case{64, 1024}, Case{3, 4},
+                       Case{1, 2048}, Case{4097, 2048}, Case{33, 2056}, Case{65, 1032},
+                       Case{130, 4096}, Case{7, 4104}}) {
     const std::string what = " N=" + std::to_string(c.N) + " C=" + std::to_string(c.C);
     const auto x = random(c.N * c.C, dt(), -2.0, 3.0);
     const auto w = random(c.C, dt(), 0.5, 1.5), b = random(c.C, dt());
@@ -610,6 +615,34 @@ TEST_P(CudaOps, LayerNorm) {
     expect_close(download(gdx), ref_download(rdx), tol(), "layernorm_backward dx" + what);
     expect_close(download(gdw), ref_download(rdw), kF32Tol, "layernorm_backward dweight" + what);
     expect_close(download(gdb), ref_download(rdb), kF32Tol, "layernorm_backward dbias" + what);
+  }
+}
+
+TEST_P(CudaOps, LayerNormBackwardIsDeterministic) {
+  const int64_t N = 1001, C = 2048;
+  const auto x = random(N * C, dt(), -2.0, 3.0), w = random(C, dt(), 0.5, 1.5),
+             b = random(C, dt()), dout = random(N * C, dt()), dx = random(N * C, dt());
+  Buffer gx = upload(x, dt()), gw = upload(w, dt()), gb = upload(b, dt()),
+         gdout = upload(dout, dt());
+  Buffer gout = gpu->alloc(dt(), N * C), gmean = gpu->alloc(DType::f32, N),
+         grstd = gpu->alloc(DType::f32, N);
+  gpu->layernorm_forward(gout.view(), gmean.view(), grstd.view(), gx.view(), gw.view(), gb.view(),
+                         N, C, 1e-5);
+  std::vector<double> first_dx, first_dw, first_db;
+  for (int rep = 0; rep < 3; ++rep) {
+    Buffer gdx = upload(dx, dt()), gdw = gpu->alloc_zeroed(DType::f32, C),
+           gdb = gpu->alloc_zeroed(DType::f32, C);
+    gpu->layernorm_backward(gdx.view(), gdw.view(), gdb.view(), gdout.view(), gx.view(),
+                            gmean.view(), grstd.view(), gw.view(), N, C);
+    if (rep == 0) {
+      first_dx = download(gdx);
+      first_dw = download(gdw);
+      first_db = download(gdb);
+    } else {
+      EXPECT_EQ(download(gdx), first_dx) << "repetition " << rep;
+      EXPECT_EQ(download(gdw), first_dw) << "repetition " << rep;
+      EXPECT_EQ(download(gdb), first_db) << "repetition " << rep;
+    }
   }
 }
 

@@ -78,6 +78,29 @@ __device__ __forceinline__ void store(T* p, const Vec<T, N>& v) {
   *reinterpret_cast<Vec<T, N>*>(p) = v;
 }
 
+// 16 bytes of elements as four 32-bit words. The compiler gives each element of a bf16 Vec a
+// register of its own; this takes one per two, which lets kernels hold whole rows in registers.
+__device__ __forceinline__ uint4 load16(const void* p) { return *static_cast<const uint4*>(p); }
+
+// Element k of the 16 / sizeof(T) elements of T in u, as fp32 (exact: bf16 is the top half of an
+// fp32).
+template <class T>
+__device__ __forceinline__ float unpack(const uint4& u, int k) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "unpack takes fp32 or bf16");
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+  if constexpr (std::is_same_v<T, bf16>)
+    return __uint_as_float(k % 2 == 0 ? w[k / 2] << 16 : w[k / 2] & 0xffff0000u);
+  else
+    return __uint_as_float(w[k]);
+}
+
+// Hides u's value from the compiler at this point, so that values computed from it earlier are
+// recomputed later instead of kept: across a phase of a kernel that holds rows in registers only
+// the packed words stay live (bf16: 4 registers, not the 8 of their fp32 conversion).
+__device__ __forceinline__ void keep_packed(uint4& u) {
+  asm volatile("" : "+r"(u.x), "+r"(u.y), "+r"(u.z), "+r"(u.w));
+}
+
 // Elements per 16-byte access of the widest of the types.
 template <class... T>
 constexpr int kVec = static_cast<int>(16 / std::max({sizeof(T)...}));
@@ -145,12 +168,12 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 constexpr int kThreads = 256;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Threads of a block that walks one row of `vectors` vectors: a multiple of the warp size, at
-// most kThreads (longer rows loop).
-int row_threads(int64_t vectors) {
-  return static_cast<int>(std::clamp<int64_t>(ceil_div(vectors, 32) * 32, 32, kThreads));
+// most max_threads (longer rows loop).
+int row_threads(int64_t vectors, int max_threads = kThreads) {
+  return static_cast<int>(std::clamp<int64_t>(ceil_div(vectors, 32) * 32, 32, max_threads));
 }
 
 // ---- elementwise operations ----
@@ -351,16 +374,20 @@ __global__ void column_partial_kernel(float* partial, const T* dy, int64_t rows,
   }
 }
 
-// out[c] += sum over chunks of partial[chunk * chunk_stride + c]. Block (kColX, kFinY): lane y
-// sums chunks y, y + kFinY, ... of column c, then lane 0 adds the kFinY sums in lane order, so the
-// result does not depend on timing. One thread per column would walk all chunks alone: at
-// LayerNorm backward's ~4 chunks per SM that serial walk took longer than the kernel it finishes.
+// out_y[c] += sum over chunks of partial[chunk * chunk_stride + y * n + c], y = blockIdx.y: each
+// chunk's partial row may hold several n-column sums side by side (LayerNorm's dweight, dbias),
+// finished by one launch. Block (kColX, kFinY): lane y sums chunks y, y + kFinY, ... of column c,
+// then lane 0 adds the kFinY sums in lane order, so the result does not depend on timing. One
+// thread per column would walk all chunks alone: at LayerNorm backward's ~4 chunks per SM that
+// serial walk took longer than the kernel it finishes.
 constexpr int kFinY = 16;
 
 template <class G>
-__global__ void column_finalize_kernel(G* out, const float* partial, int64_t chunks, int64_t n,
-                                       int64_t chunk_stride) {
+__global__ void column_finalize_kernel(G* out0, G* out1, const float* partial, int64_t chunks,
+                                       int64_t n, int64_t chunk_stride) {
   __shared__ float red[kFinY][kColX];
+  G* out = blockIdx.y == 0 ? out0 : out1;
+  partial += static_cast<int64_t>(blockIdx.y) * n;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kColX + tx;
   float s = 0.0f;
@@ -378,12 +405,13 @@ __global__ void column_finalize_kernel(G* out, const float* partial, int64_t chu
   }
 }
 
+// out0 (n) and, unless null, out1 (n) += their column sums of partial (see the kernel).
 template <class G>
-void launch_column_finalize(const OpContext& ctx, G* out, const float* partial, int64_t chunks,
-                            int64_t n, int64_t chunk_stride) {
-  column_finalize_kernel<G>
-      <<<static_cast<unsigned>(ceil_div(n, int64_t{kColX})), dim3(kColX, kFinY), 0, ctx.stream>>>(
-          out, partial, chunks, n, chunk_stride);
+void launch_column_finalize(const OpContext& ctx, G* out0, G* out1, const float* partial,
+                            int64_t chunks, int64_t n, int64_t chunk_stride) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(n, int64_t{kColX})), out1 == nullptr ? 1 : 2);
+  column_finalize_kernel<G><<<grid, dim3(kColX, kFinY), 0, ctx.stream>>>(out0, out1, partial,
+                                                                          chunks, n, chunk_stride);
   LSS_CUDA_CHECK_LAUNCH();
 }
 
@@ -407,7 +435,7 @@ void bias_grad_t(const OpContext& ctx, G* db, const T* dy, int64_t rows, int64_t
   else
     column_partial_kernel<T, 1><<<grid, block, 0, ctx.stream>>>(pp, dy, rows, n, rows_per_chunk);
   LSS_CUDA_CHECK_LAUNCH();
-  launch_column_finalize(ctx, db, pp, chunks, n, n);
+  launch_column_finalize(ctx, db, static_cast<G*>(nullptr), pp, chunks, n, n);
 }
 
 // ---- embedding ----
@@ -541,8 +569,9 @@ void embedding_backward_t(const OpContext& ctx, float* dwte, float* dwpe, const 
 
 constexpr int kLnWarps = kThreads / 32;  // rows per block (forward) and per round (backward)
 
-// One warp per row; the row is read three times (sum, centred sum of squares, output), the last
-// two from cache. Two passes for the variance, as on the CPU: no cancellation.
+// The general forward, for rows too long for layernorm_forward_rows_kernel or not in 16-byte
+// vectors. One warp per row; the row is read three times (sum, centred sum of squares, output),
+// the last two from cache. Two passes for the variance, as on the CPU: no cancellation.
 template <class T, int VEC>
 __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* x, const T* w,
                                          const T* b, int64_t N, int64_t C, float eps) {
@@ -582,7 +611,8 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
   }
 }
 
-// dx += rs (g w - mean(g w) - xhat mean(g w xhat)); dweight += sum g xhat; dbias += sum g.
+// The general backward, for rows too long for layernorm_backward_rows_kernel or not in 16-byte
+// vectors. dx += rs (g w - mean(g w) - xhat mean(g w xhat)); dweight += sum g xhat; dbias += sum g.
 // Blocks take rounds of kLnWarps rows (round q, q + gridDim.x, ...). In a round each warp first
 // reduces one row's two means; then every thread walks its own columns over the round's rows in
 // order, updating dx and its columns of the block's dweight/dbias sums in shared memory (owned by
@@ -709,6 +739,213 @@ void launch_layernorm_backward(const OpContext& ctx, T* dx, const T* dout, const
                                ceil_div(N, kLnWarps));
   partial_buf = ctx.scratch(static_cast<size_t>(blocks * 2 * C) * sizeof(float));  // (blocks, 2, C)
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem, ctx.stream>>>(
+      dx, partial_buf.view().as<float>(), dout, x, mean, rstd, w, N, C);
+  LSS_CUDA_CHECK_LAUNCH();
+}
+
+// Forward with the row in registers, for rows of at most 32 * kLnLaneVecs 16-byte vectors
+// (4 KiB: C <= 2048 bf16, 1024 fp32). One warp per row issues all of the row's loads before any
+// arithmetic, so each warp keeps its whole row in flight and x is read once; the three passes
+// then run on registers. Two passes for the variance, as on the CPU: no cancellation.
+constexpr int kLnLaneVecs = 8;  // vectors of the row per lane
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    layernorm_forward_rows_kernel(T* out, float* mean, float* rstd, const T* x, const T* w,
+                                  const T* b, int64_t N, int64_t C, float eps) {
+  constexpr int VEC = kVec<T>;
+  const int lane = threadIdx.x % 32;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kLnWarps + threadIdx.x / 32;
+  if (r >= N) return;
+  const T* xr = x + r * C;
+  // Lane l holds vectors l, l + 32, ...: each load instruction of the warp reads 512 contiguous
+  // bytes. VEC divides C: a vector is inside the row or past its end.
+  const auto col = [&](int i) { return (int64_t{i} * 32 + lane) * VEC; };
+  uint4 xv[kLnLaneVecs];  // (kLnLaneVecs, VEC) this lane's part of the row, packed
+#pragma unroll
+  for (int i = 0; i < kLnLaneVecs; ++i) xv[i] = col(i) < C ? load16(xr + col(i)) : uint4{};
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLnLaneVecs; ++i)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sum += unpack<T>(xv[i], k);  // zeros past C
+  const float mu = warp_sum(sum) / static_cast<float>(C);
+  float sq = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLnLaneVecs; ++i) {
+    keep_packed(xv[i]);
+    if (col(i) < C)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float d = unpack<T>(xv[i], k) - mu;
+        sq += d * d;
+      }
+  }
+  const float rs = 1.0f / sqrtf(warp_sum(sq) / static_cast<float>(C) + eps);
+  T* o = out + r * C;
+#pragma unroll
+  for (int i = 0; i < kLnLaneVecs; ++i) {
+    keep_packed(xv[i]);
+    if (col(i) < C) {
+      const uint4 wv = load16(w + col(i)), bv = load16(b + col(i));
+      Vec<T, VEC> ov;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        ov.v[k] = cvt<T>((unpack<T>(xv[i], k) - mu) * rs * unpack<T>(wv, k) + unpack<T>(bv, k));
+      store(o + col(i), ov);
+    }
+  }
+  if (lane == 0) {
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+}
+
+// Sums each of the N values v over the warp (N a power of two, at most 32) in N - 1 + log2(32 / N)
+// shuffles, where N warp_sums take 5 N: each step halves the values a lane holds, the lane
+// keeping one half plus its partner's copy of that half. Returns value lane / (32 / N)'s sum.
+template <int N>
+__device__ __forceinline__ float warp_sum_each(float (&v)[N]) {
+  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "N must be a power of two <= 32");
+#pragma unroll
+  for (int n = N, o = 16; n > 1; n /= 2, o /= 2) {
+    const bool upper = threadIdx.x & o;
+#pragma unroll
+    for (int i = 0; i < n / 2; ++i) {
+      const float keep = upper ? v[i + n / 2] : v[i], give = upper ? v[i] : v[i + n / 2];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, give, o);
+    }
+  }
+#pragma unroll
+  for (int o = 16 / N; o > 0; o /= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+  return v[0];
+}
+
+// Backward with rows in registers, for rows of at most kLnBwdMaxThreads 16-byte vectors (C <=
+// 4096 bf16, 2048 fp32). Thread t owns columns [t VEC, t VEC + VEC) of every row. Block b takes
+// the rows [N b / blocks, N (b + 1) / blocks) in groups of kLnBwdRows: each thread loads its
+// vectors of dout, x and dx of the group's rows at once (3 kLnBwdRows 16-byte loads in flight),
+// the block reduces each row's two sums (warp shuffles, then the warps' sums through shared
+// memory, added by a butterfly that gives every lane the same bits), and each thread updates dx
+// and adds to its columns' dweight, dbias sums in registers. Every input byte is read once, and
+// the block's sums go to partial (blocks, 2, C) once at the end; the partition and all orders are
+// fixed, so results do not depend on timing. On an H200 at N = 16384, C = 2048 bf16, the per-row
+// reductions and arithmetic rather than loads in flight limit it: 2-row groups, 8-byte vectors
+// (twice the warps) and a cp.async ring in shared memory each measured slower.
+constexpr int kLnBwdRows = 4;
+constexpr int kLnBwdMaxThreads = 512;
+constexpr int kLnBwdMaxWarps = kLnBwdMaxThreads / 32;
+static_assert(2 * kLnBwdMaxWarps == 32, "a warp adds both sums of all warps, a lane per sum");
+
+template <class T>
+__global__ void __launch_bounds__(kLnBwdMaxThreads)
+    layernorm_backward_rows_kernel(T* dx, float* partial, const T* dout, const T* x,
+                                   const float* mean, const float* rstd, const T* w, int64_t N,
+                                   int64_t C) {
+  constexpr int VEC = kVec<T>;
+  // (2, kLnBwdRows, 2, kLnBwdMaxWarps): each warp's (sum g w, sum g w (x - mean)) of each row of
+  // a group; two buffers, alternating by group, so one barrier per group separates writes from
+  // earlier reads.
+  __shared__ float red[2][kLnBwdRows][2 * kLnBwdMaxWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int64_t c = static_cast<int64_t>(threadIdx.x) * VEC;
+  const bool owns = c < C;  // VEC divides C: a vector is inside the row or past its end
+  const int64_t r_begin = N * blockIdx.x / gridDim.x, r_end = N * (blockIdx.x + 1) / gridDim.x;
+  const float inv_c = 1.0f / static_cast<float>(C);
+  float dw[VEC] = {}, db[VEC] = {};  // this thread's columns' dweight, dbias sums
+  const uint4 wv = owns ? load16(w + c) : uint4{};
+  int buf = 0;
+  // The rows r0, r0 + 1, ... of a group; all kLnBwdRows of them are in range when `full` (every
+  // group but a block's last), else rows past r_end read as zeros, which add nothing to the sums.
+  const auto group = [&](int64_t r0, auto full) {
+    constexpr bool kFull = decltype(full)::value;
+    const T* g_rows = dout + r0 * C + c;
+    const T* x_rows = x + r0 * C + c;
+    T* d_rows = dx + r0 * C + c;
+    uint4 g[kLnBwdRows], xv[kLnBwdRows], d[kLnBwdRows];  // (kLnBwdRows, VEC) each, packed
+    float mu[kLnBwdRows], rs[kLnBwdRows];
+#pragma unroll
+    for (int j = 0; j < kLnBwdRows; ++j) {
+      const bool in = kFull || r0 + j < r_end;
+      g[j] = in && owns ? load16(g_rows + j * C) : uint4{};
+      xv[j] = in && owns ? load16(x_rows + j * C) : uint4{};
+      d[j] = in && owns ? load16(d_rows + j * C) : uint4{};
+      mu[j] = in ? mean[r0 + j] : 0.0f;
+      rs[j] = in ? rstd[r0 + j] : 0.0f;
+    }
+    float sums[2 * kLnBwdRows];  // (kLnBwdRows, 2): this thread's sum g w, sum g w (x - mean)
+#pragma unroll
+    for (int j = 0; j < kLnBwdRows; ++j) {
+      float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float dxhat = unpack<T>(g[j], k) * unpack<T>(wv, k);
+        s1 += dxhat;
+        s2 += dxhat * (unpack<T>(xv[j], k) - mu[j]);
+      }
+      sums[2 * j] = s1;
+      sums[2 * j + 1] = s2;
+    }
+    constexpr int kLanesPerSum = 32 / (2 * kLnBwdRows);
+    const float warp_total = warp_sum_each(sums);
+    if (lane % kLanesPerSum == 0) {
+      const int i = lane / kLanesPerSum;  // sum i % 2 of row i / 2
+      red[buf][i / 2][(i % 2) * kLnBwdMaxWarps + warp] = warp_total;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kLnBwdRows; ++j) {
+      keep_packed(g[j]);
+      keep_packed(xv[j]);
+      // Lanes 0-15 add the warps' sums g w, lanes 16-31 their sums g w (x - mean).
+      float t = lane % kLnBwdMaxWarps < warps ? red[buf][j][lane] : 0.0f;
+#pragma unroll
+      for (int o = kLnBwdMaxWarps / 2; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+      const float other = __shfl_xor_sync(0xffffffffu, t, kLnBwdMaxWarps);
+      const bool first_half = lane < kLnBwdMaxWarps;
+      const float m1 = (first_half ? t : other) * inv_c;
+      const float m2 = (first_half ? other : t) * inv_c * rs[j];  // mean(g w xhat)
+      if ((kFull || r0 + j < r_end) && owns) {
+        Vec<T, VEC> dv;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float gk = unpack<T>(g[j], k);
+          const float xhat = (unpack<T>(xv[j], k) - mu[j]) * rs[j];
+          dv.v[k] = cvt<T>(unpack<T>(d[j], k) + rs[j] * (gk * unpack<T>(wv, k) - m1 - xhat * m2));
+          dw[k] += gk * xhat;
+          db[k] += gk;
+        }
+        store(d_rows + j * C, dv);
+      }
+    }
+    buf ^= 1;
+  };
+  int64_t r0 = r_begin;
+  for (; r0 + kLnBwdRows <= r_end; r0 += kLnBwdRows) group(r0, std::true_type{});
+  if (r0 < r_end) group(r0, std::false_type{});
+  if (owns) {
+    float* out = partial + static_cast<int64_t>(blockIdx.x) * 2 * C;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      out[c + k] = dw[k];
+      out[C + c + k] = db[k];
+    }
+  }
+}
+
+template <class T>
+void launch_layernorm_backward_rows(const OpContext& ctx, T* dx, const T* dout, const T* x,
+                                    const float* mean, const float* rstd, const T* w, int64_t N,
+                                    int64_t C, Buffer& partial_buf, int64_t& blocks) {
+  const auto kernel = layernorm_backward_rows_kernel<T>;
+  const int threads = row_threads(C / kVec<T>, kLnBwdMaxThreads);
+  int per_sm = 0;
+  LSS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  // All blocks resident at once, each with at least one group of rows.
+  blocks = std::clamp<int64_t>(int64_t{ctx.num_sms} * std::max(per_sm, 1), 1,
+                               ceil_div(N, kLnBwdRows));
+  partial_buf = ctx.scratch(static_cast<size_t>(blocks * 2 * C) * sizeof(float));  // (blocks, 2, C)
+  kernel<<<static_cast<unsigned>(blocks), threads, 0, ctx.stream>>>(
       dx, partial_buf.view().as<float>(), dout, x, mean, rstd, w, N, C);
   LSS_CUDA_CHECK_LAUNCH();
 }
@@ -1015,7 +1252,11 @@ void layernorm_forward(const OpContext& ctx, View out, View mean, View rstd, Vie
     const T* pb = bias.as<T>();       // (C)
     const unsigned blocks = static_cast<unsigned>(ceil_div(N, kLnWarps));
     const float e = static_cast<float>(eps);
-    if (C % VEC == 0 && aligned_for<VEC>(po, px, pw, pb))
+    const bool vec = C % VEC == 0 && aligned_for<VEC>(po, px, pw, pb);
+    if (vec && C <= int64_t{32} * kLnLaneVecs * VEC)
+      layernorm_forward_rows_kernel<T>
+          <<<blocks, kThreads, 0, ctx.stream>>>(po, pmean, prstd, px, pw, pb, N, C, e);
+    else if (vec)
       layernorm_forward_kernel<T, VEC>
           <<<blocks, kThreads, 0, ctx.stream>>>(po, pmean, prstd, px, pw, pb, N, C, e);
     else
@@ -1044,20 +1285,25 @@ void layernorm_backward(const OpContext& ctx, View dx, View dweight, View dbias,
     const float* pmean = mean.as<float>();  // (N)
     const float* prstd = rstd.as<float>();  // (N)
     const T* pw = weight.as<T>();           // (C)
-    // 4 elements per access for both dtypes: C / 4 threads cover a row of C = 1024 with one
-    // 256-thread block in the column pass, where 16-byte bf16 accesses would idle half of it.
+    // The register path: one thread per 16-byte vector of the row.
+    constexpr int ROWS_VEC = kVec<T>;
+    // The general path: 4 elements per access for both dtypes: C / 4 threads cover a row of
+    // C = 1024 with one 256-thread block in the column pass, where 16-byte bf16 accesses would
+    // idle half of it.
     constexpr int VEC = 4;
     Buffer partial;  // (blocks, 2, C) per-block dweight, dbias sums
     int64_t blocks = 0;
-    if (C % VEC == 0 && aligned_for<VEC>(pdx, pdo, px, pw))
+    if (C % ROWS_VEC == 0 && C / ROWS_VEC <= kLnBwdMaxThreads &&
+        aligned_for<ROWS_VEC>(pdx, pdo, px, pw))
+      launch_layernorm_backward_rows<T>(ctx, pdx, pdo, px, pmean, prstd, pw, N, C, partial, blocks);
+    else if (C % VEC == 0 && aligned_for<VEC>(pdx, pdo, px, pw))
       launch_layernorm_backward<T, VEC>(ctx, pdx, pdo, px, pmean, prstd, pw, N, C, partial, blocks);
     else
       launch_layernorm_backward<T, 1>(ctx, pdx, pdo, px, pmean, prstd, pw, N, C, partial, blocks);
     const float* pp = partial.view().as<float>();
     dispatch_compute(dweight.dtype, "layernorm_backward", [&](auto gtag) {
       using G = decltype(gtag);
-      launch_column_finalize(ctx, dweight.as<G>(), pp, blocks, C, 2 * C);
-      launch_column_finalize(ctx, dbias.as<G>(), pp + C, blocks, C, 2 * C);
+      launch_column_finalize(ctx, dweight.as<G>(), dbias.as<G>(), pp, blocks, C, 2 * C);
     });
   });
 }
