@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,clocks.sm,power.draw,power.limit --format=csv | tee 
 if [ -n "${RUN_TESTS:-}" ]; then
   echo "=== test_cuda_kernels ($(el))" | tee -a "$out/log.txt"
   timeout 120 "$dev/bin/test_cuda_kernels" --gtest_brief=1 2>&1 | grep -v "^\[ note" | tail -8 | tee -a "$out/log.txt"
-  for v in 0 1; do
+  for v in ${VARIANTS:-0 1}; do
     echo "=== test_cuda_attention variant $v ($(el))" | tee -a "$out/log.txt"
     LSS_FLASH_BWD_VARIANT=$v timeout 150 "$dev/bin/test_cuda_attention" --gtest_brief=1 2>&1 | grep -v "^\[ note" | tail -6 | tee -a "$out/log.txt"
   done
@@ -25,7 +25,7 @@ if [ -n "${RUN_STRAT:-}" ]; then
   LSS_FLASH_BWD_VARIANT=$RUN_STRAT timeout 240 "$dev/mpich/bin/mpiexec.hydra" -n 1 "$dev/bin/test_strategies_cuda" --gtest_brief=1 2>&1 | grep -v "^\[ note" | tail -8 | tee -a "$out/log.txt"
 fi
 for rep in 1 2; do
-  for v in 0 1; do
+  for v in ${VARIANTS:-0 1}; do
     echo "=== attention variant $v rep $rep ($(el))" | tee -a "$out/log.txt"
     LSS_FLASH_BWD_VARIANT=$v timeout 200 "$dev/bin/bench_attention" --benchmark_filter="${FILTER:-BM_Attention/T:(4096|16384|65536)/D:(64|128)/causal:1/path:0/bwd:1}" \
       --benchmark_out="$out/bench_v${v}_r${rep}.json" --benchmark_out_format=json 2>&1 | grep -E 'TFLOP|ERROR|error' | cut -c1-150 | tee -a "$out/log.txt"
