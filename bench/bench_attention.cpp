@@ -184,7 +184,10 @@ void BM_AttentionLssRank(benchmark::State& state) {
   const int64_t seg_rows = T / (2 * P), Tl = 2 * seg_rows;  // the rank's two segments
   const std::string path = select_path(path_id, D);
   try {
-    if (T % (2 * P) != 0 || rank < 0 || rank >= P) throw std::invalid_argument("bad T, P or rank");
+    if (T % (2 * P) != 0 || rank < 0 || rank >= P)
+      throw std::invalid_argument("BM_AttentionLssRank: T = " + std::to_string(T) +
+                                  " must be a multiple of 2P = " + std::to_string(2 * P) +
+                                  " and rank = " + std::to_string(rank) + " in [0, P)");
     Backend& be = backend(path_id == kCudnn ? "cudnn" : "flash");
     const cudaStream_t stream = cuda_stream_of(be);
     // The rank's layout in lss: its (Tl, C) queries and outputs, the gathered (T, 2C) [K|V] rows
