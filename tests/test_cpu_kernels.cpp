@@ -711,6 +711,35 @@ TYPED_TEST(CpuKernels, AdamWThreeSteps) {
   expect_close(this->download(Vb), v, kTol<T>, "v");
 }
 
+// Several tensors laid end to end in one call, each run with its own weight decay (runs of odd
+// lengths, an empty one), against the formula; and runs that do not cover the tensor fail.
+TYPED_TEST(CpuKernels, AdamWDecayRuns) {
+  using T = TypeParam;
+  const std::vector<Backend::DecayRun> runs = {{7, 0.1}, {0, 0.3}, {1001, 0.0}, {33, 0.25}, {2, 0.0}};
+  int64_t n = 0;
+  for (const auto& r : runs) n += r.numel;
+  auto p = this->random(n), g = this->random(n), m = this->random(n), v = this->random(n, 0.0, 1.0);
+  Buffer P = this->upload(p), G = this->upload(g), M = this->upload(m), Vb = this->upload(v);
+  Backend::AdamW hp{0.01, 0.9, 0.999, 1e-8, 0.5, 2};  // weight_decay unused with runs
+  hp.decay_runs = runs;
+  this->be->adamw(P.view(), G.view(), M.view(), Vb.view(), hp);
+  const double c1 = 1.0 - std::pow(hp.beta1, 2.0), c2 = 1.0 - std::pow(hp.beta2, 2.0);
+  int64_t i = 0;
+  for (const auto& r : runs)
+    for (int64_t j = 0; j < r.numel; ++j, ++i) {
+      m[i] = hp.beta1 * m[i] + (1 - hp.beta1) * g[i];
+      v[i] = hp.beta2 * v[i] + (1 - hp.beta2) * g[i] * g[i];
+      p[i] -= hp.lr * ((m[i] / c1) / (std::sqrt(v[i] / c2) + hp.eps) + r.weight_decay * p[i]);
+    }
+  expect_close(this->download(P), p, kTol<T>, "param");
+  expect_close(this->download(M), m, kTol<T>, "m");
+  expect_close(this->download(Vb), v, kTol<T>, "v");
+  hp.decay_runs.back().numel += 1;
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(this->be->adamw(P.view(), G.view(), M.view(), Vb.view(), hp),
+               "decay runs of " + std::to_string(n + 1) + " elements for a tensor of " + std::to_string(n));
+}
+
 // ---------------------------------------------------------------------------------------------
 // attention
 

@@ -828,6 +828,37 @@ TEST_P(CudaOps, AdamW) {
   }
 }
 
+// One call over tensors laid end to end, each run with its own weight decay: runs whose ends fall
+// inside a 4-element vector, empty runs, and more runs than one launch takes (kAdamWMaxRuns = 64).
+TEST_P(CudaOps, AdamWDecayRuns) {
+  for (int count : {5, 150}) {
+    std::vector<Backend::DecayRun> runs;
+    int64_t n = 0;
+    for (int r = 0; r < count; ++r) {
+      const int64_t len = r % 7 == 3 ? 0 : 1 + (r * 37) % 301;
+      runs.push_back({len, r % 2 ? 0.0 : 0.05 * (1 + r % 5)});
+      n += len;
+    }
+    const std::string what = " runs=" + std::to_string(count) + " n=" + std::to_string(n);
+    const auto p = random(n, DType::f32), g = random(n, DType::f32), m = random(n, DType::f32);
+    const auto v = random(n, DType::f32, 0.0, 1.0);
+    Buffer gp = upload(p, DType::f32), gg = upload(g, DType::f32), gm = upload(m, DType::f32),
+           gv = upload(v, DType::f32), gcopy = poisoned(n, dt());
+    Backend::AdamW hp{1e-2, 0.9, 0.95, 1e-8, 0.7, 3, gcopy.view()};
+    hp.decay_runs = runs;
+    gpu->adamw(gp.view(), gg.view(), gm.view(), gv.view(), hp);
+    Buffer rp = ref_upload(p), rg = ref_upload(g), rm = ref_upload(m), rv = ref_upload(v);
+    Backend::AdamW rhp = hp;
+    rhp.param_copy = View{};
+    cpu->adamw(rp.view(), rg.view(), rm.view(), rv.view(), rhp);  // run by run (CpuKernels.AdamWDecayRuns)
+    const auto ref_p = ref_download(rp);
+    expect_close(download(gp), ref_p, kF32Tol, "adamw param" + what);
+    expect_close(download(gm), ref_download(rm), kF32Tol, "adamw m" + what);
+    expect_close(download(gv), ref_download(rv), kF32Tol, "adamw v" + what);
+    expect_close(download(gcopy), ref_p, tol(), "adamw param_copy" + what);
+  }
+}
+
 }  // namespace
 }  // namespace lss
 

@@ -176,7 +176,9 @@ class CpuBackend final : public Backend {
     *loss_sum.as<double>() = cpu::cross_entropy_fused(logits, targets, N, V, grad_scale, threads_);
   }
   void adamw(View param, View grad, View m, View v, const AdamW& hp) override {
-    cpu::adamw(param, grad, m, v, hp, threads_);
+    for_each_decay_run(param, grad, m, v, hp, [&](View p, View g, View mm, View vv, const AdamW& one) {
+      cpu::adamw(p, g, mm, vv, one, threads_);
+    });
   }
 
  protected:

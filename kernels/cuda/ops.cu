@@ -180,7 +180,7 @@ int row_threads(int64_t vectors, int max_threads = kThreads) {
 // An Op has apply<N>(i), which handles elements [i, i + N) with N-element accesses.
 
 template <int VEC, class Op>
-__global__ void elementwise_kernel(Op op, int64_t n) {
+__device__ __forceinline__ void elementwise_loop(const Op& op, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t nvec = n / VEC;
@@ -189,8 +189,21 @@ __global__ void elementwise_kernel(Op op, int64_t n) {
     for (int64_t i = nvec * VEC + tid; i < n; i += stride) op.template apply<1>(i);
 }
 
-// Runs op over n elements, with VEC-element accesses when `vector_ok` (all pointers aligned).
 template <int VEC, class Op>
+__global__ void elementwise_kernel(Op op, int64_t n) {
+  elementwise_loop<VEC>(op, n);
+}
+
+// For an Op with a table that its threads index at run time (AdamW's decay runs): a by-value
+// parameter indexed so would be copied to each thread's local memory; __grid_constant__ reads it
+// where it is.
+template <int VEC, class Op>
+__global__ void elementwise_table_kernel(const __grid_constant__ Op op, int64_t n) {
+  elementwise_loop<VEC>(op, n);
+}
+
+// Runs op over n elements, with VEC-element accesses when `vector_ok` (all pointers aligned).
+template <int VEC, bool kTable = false, class Op>
 void launch_elementwise(const OpContext& ctx, const Op& op, int64_t n, bool vector_ok) {
   if (n == 0) return;
   const int vec = vector_ok ? VEC : 1;
@@ -198,10 +211,18 @@ void launch_elementwise(const OpContext& ctx, const Op& op, int64_t n, bool vect
   // count limits for large n.
   const int64_t blocks =
       std::clamp<int64_t>(ceil_div(ceil_div(n, vec), kThreads), 1, int64_t{32} * ctx.num_sms);
-  if (vector_ok)
-    elementwise_kernel<VEC><<<static_cast<unsigned>(blocks), kThreads, 0, ctx.stream>>>(op, n);
-  else
-    elementwise_kernel<1><<<static_cast<unsigned>(blocks), kThreads, 0, ctx.stream>>>(op, n);
+  const auto grid = static_cast<unsigned>(blocks);
+  if constexpr (kTable) {
+    if (vector_ok)
+      elementwise_table_kernel<VEC><<<grid, kThreads, 0, ctx.stream>>>(op, n);
+    else
+      elementwise_table_kernel<1><<<grid, kThreads, 0, ctx.stream>>>(op, n);
+  } else {
+    if (vector_ok)
+      elementwise_kernel<VEC><<<grid, kThreads, 0, ctx.stream>>>(op, n);
+    else
+      elementwise_kernel<1><<<grid, kThreads, 0, ctx.stream>>>(op, n);
+  }
   LSS_CUDA_CHECK_LAUNCH();
 }
 
@@ -301,7 +322,18 @@ struct GeluBackwardOp {
 // AdamW's per-call constants in fp32, from the double hyperparameters as the CPU backend forms
 // them (1 - beta from the doubles: 1 - 0.999f is off by 5e-5 relative).
 struct AdamWConsts {
-  float b1, b2, omb1, omb2, c1, c2, lr, eps, wd;
+  float b1, b2, omb1, omb2, c1, c2, lr, eps;
+};
+
+// The weight decay of a launch's elements: runs r = 0, 1, ... of elements [end[r - 1], end[r])
+// (end[-1] = 0) decay with wd[r]. One launch steps a model's tensors laid end to end (AdamW's
+// decay_runs), where one launch per tensor was 53 launches for 4 layers, most of them of a few
+// thousand elements.
+constexpr int kAdamWMaxRuns = 64;
+struct AdamWRuns {
+  int count;
+  int64_t end[kAdamWMaxRuns];
+  float wd[kAdamWMaxRuns];
 };
 
 template <class P>
@@ -312,16 +344,32 @@ struct AdamWOp {
   float* v;
   P* copy;  // null: no working copy
   AdamWConsts k;
+  AdamWRuns runs;
+  // The run holding element i (runs.end is increasing, its last entry the launch's n).
+  __device__ int run_of(int64_t i) const {
+    int lo = 0, hi = runs.count - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (runs.end[mid] > i)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    return lo;
+  }
   template <int N>
   __device__ void apply(int64_t i) const {
     auto pv = load<N>(p + i), mv = load<N>(m + i), vv = load<N>(v + i);
     const auto gv = load<N>(g + i);
+    const int r = run_of(i);
+    const bool one_run = i + N <= runs.end[r];
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const float gj = gv.v[j];
+      const float wd = one_run ? runs.wd[r] : runs.wd[run_of(i + j)];
       mv.v[j] = k.b1 * mv.v[j] + k.omb1 * gj;
       vv.v[j] = k.b2 * vv.v[j] + k.omb2 * gj * gj;
-      pv.v[j] -= k.lr * ((mv.v[j] * k.c1) / (sqrtf(vv.v[j] * k.c2) + k.eps) + k.wd * pv.v[j]);
+      pv.v[j] -= k.lr * ((mv.v[j] * k.c1) / (sqrtf(vv.v[j] * k.c2) + k.eps) + wd * pv.v[j]);
     }
     store(p + i, pv);
     store(m + i, mv);
@@ -1374,21 +1422,36 @@ void adamw(const OpContext& ctx, View param, View grad, View m, View v, const Ba
                       static_cast<float>(1.0 / (1.0 - std::pow(hp.beta1, t))),
                       static_cast<float>(1.0 / (1.0 - std::pow(hp.beta2, t))),
                       static_cast<float>(hp.lr),
-                      static_cast<float>(hp.eps),
-                      static_cast<float>(hp.weight_decay)};
+                      static_cast<float>(hp.eps)};
+  check_decay_runs(hp, param.numel);
+  const std::vector<Backend::DecayRun> runs =
+      hp.decay_runs.empty() ? std::vector<Backend::DecayRun>{{param.numel, hp.weight_decay}} : hp.decay_runs;
   const DType copy_dtype = copy.numel > 0 ? copy.dtype : DType::f32;
   dispatch_compute(copy_dtype, "adamw", [&](auto tag) {
     using P = decltype(tag);
     constexpr int VEC = 4;  // 16-byte fp32 accesses
-    const AdamWOp<P> op{param.as<float>(),
-                        grad.as<float>(),
-                        m.as<float>(),
-                        v.as<float>(),
-                        copy.numel > 0 ? copy.as<P>() : nullptr,
-                        k};
-    launch_elementwise<VEC>(ctx, op, param.numel,
-                            aligned_for<VEC>(op.p, op.g, op.m, op.v) &&
-                                (op.copy == nullptr || aligned_for<VEC>(op.copy)));
+    // One launch per kAdamWMaxRuns runs (one for a model's tensors up to 5 layers).
+    int64_t at = 0;
+    for (size_t first = 0; first < runs.size(); first += kAdamWMaxRuns) {
+      AdamWOp<P> op{param.as<float>() + at,
+                    grad.as<float>() + at,
+                    m.as<float>() + at,
+                    v.as<float>() + at,
+                    copy.numel > 0 ? copy.as<P>() + at : nullptr,
+                    k,
+                    {}};
+      int64_t n = 0;
+      for (size_t r = first; r < std::min(runs.size(), first + kAdamWMaxRuns); ++r) {
+        n += runs[r].numel;
+        op.runs.end[op.runs.count] = n;
+        op.runs.wd[op.runs.count] = static_cast<float>(runs[r].weight_decay);
+        ++op.runs.count;
+      }
+      launch_elementwise<VEC, true>(ctx, op, n,
+                                    aligned_for<VEC>(op.p, op.g, op.m, op.v) &&
+                                        (op.copy == nullptr || aligned_for<VEC>(op.copy)));
+      at += n;
+    }
   });
 }
 

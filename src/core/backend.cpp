@@ -120,6 +120,17 @@ void check_gemm_extras(const GemmArgs& g) {
   LSS_CHECK(!gelu || (g.aux != g.c && g.aux != g.c_in), "gemm: the epilogue's aux aliases C or C_in");
 }
 
+void check_decay_runs(const Backend::AdamW& hp, int64_t numel) {
+  if (hp.decay_runs.empty()) return;
+  int64_t total = 0;
+  for (const Backend::DecayRun& run : hp.decay_runs) {
+    LSS_CHECK(run.numel >= 0, "adamw: a decay run of " + std::to_string(run.numel) + " elements");
+    total += run.numel;
+  }
+  LSS_CHECK(total == numel, "adamw: decay runs of " + std::to_string(total) + " elements for a tensor of " +
+                                std::to_string(numel));
+}
+
 void gemm_in_passes(Backend& be, const GemmArgs& g) {
   check_gemm_extras(g);
   const int64_t n = g.m * g.n;

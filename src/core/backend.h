@@ -263,10 +263,18 @@ class Backend {
   // p -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + weight_decay * p).
   // param, grad, m, v share one dtype (the master dtype); param_copy, when not empty, receives
   // the updated parameter converted to its own dtype (the bf16 working copy of fp32 masters).
+  // With decay_runs, one call steps several tensors laid end to end, each with its own weight
+  // decay: the runs cover param in order (their numel add up to param's) and weight_decay is
+  // unused.
+  struct DecayRun {
+    int64_t numel;
+    double weight_decay;
+  };
   struct AdamW {
     double lr, beta1, beta2, eps, weight_decay;
     int64_t step;  // 1-based
     View param_copy{};
+    std::vector<DecayRun> decay_runs{};
   };
   virtual void adamw(View param, View grad, View m, View v, const AdamW& hp) = 0;
 
@@ -302,6 +310,27 @@ class Backend {
   int64_t current_bytes_ = 0;
   int64_t peak_bytes_ = 0;
 };
+
+// Fails unless hp's decay runs (if any) cover param's numel elements in order.
+void check_decay_runs(const Backend::AdamW& hp, int64_t numel);
+// Calls step(param, grad, m, v, hp) once per decay run of hp, on the run's slices with its weight
+// decay and no runs (once with hp itself when it has none): for a backend whose AdamW takes one
+// weight decay a call.
+template <class Step>
+void for_each_decay_run(View param, View grad, View m, View v, const Backend::AdamW& hp, Step&& step) {
+  check_decay_runs(hp, param.numel);
+  if (hp.decay_runs.empty()) {
+    step(param, grad, m, v, hp);
+    return;
+  }
+  int64_t at = 0;
+  for (const Backend::DecayRun& run : hp.decay_runs) {
+    Backend::AdamW one{hp.lr, hp.beta1, hp.beta2, hp.eps, run.weight_decay, hp.step,
+                       hp.param_copy.numel ? hp.param_copy.slice(at, run.numel) : View{}};
+    step(param.slice(at, run.numel), grad.slice(at, run.numel), m.slice(at, run.numel), v.slice(at, run.numel), one);
+    at += run.numel;
+  }
+}
 
 struct BackendOptions {
   std::string name = "cpu";        // "cpu" | "cuda"

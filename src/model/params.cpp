@@ -174,15 +174,33 @@ void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step, int64_t be
     --it;
     return it->state + i - it->begin;
   };
+  // Parameters next to each other in the flat buffers and in m_ and v_ step in one call, each
+  // with its own weight decay (one launch where one per tensor left most launches a few thousand
+  // elements long).
+  Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, 0.0, step};
+  int64_t run_b = 0, run_s = 0, run_n = 0;  // the call being gathered: flat [run_b, +run_n), state row run_s
+  auto flush = [&] {
+    if (run_n == 0) return;
+    hp.param_copy = compute_ ? compute_.slice(run_b, run_n) : View{};
+    backend_.adamw(params_.slice(run_b, run_n), grads_.slice(run_b, run_n), m_.slice(run_s, run_n),
+                   v_.slice(run_s, run_n), hp);
+    hp.decay_runs.clear();
+    run_n = 0;
+  };
   for (const auto& e : entries_) {
     // The part of this parameter inside [begin, end).
     const int64_t b = std::max(begin, e.offset), n = std::min(end, e.offset + e.spec.local_numel()) - b;
     if (n <= 0) continue;
     const int64_t s = state_row(b, n);
-    Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, e.spec.decay ? opt.weight_decay : 0.0, step,
-                      compute_ ? compute_.slice(b, n) : View{}};
-    backend_.adamw(params_.slice(b, n), grads_.slice(b, n), m_.slice(s, n), v_.slice(s, n), hp);
+    if (run_n > 0 && (b != run_b + run_n || s != run_s + run_n)) flush();
+    if (run_n == 0) {
+      run_b = b;
+      run_s = s;
+    }
+    hp.decay_runs.push_back({n, e.spec.decay ? opt.weight_decay : 0.0});
+    run_n += n;
   }
+  flush();
 }
 
 }  // namespace lss
