@@ -829,14 +829,15 @@ TEST_P(CudaOps, AdamW) {
 }
 
 // One call over tensors laid end to end, each run with its own weight decay: runs whose ends fall
-// inside a 4-element vector, empty runs, and more runs than one launch takes (kAdamWMaxRuns = 64).
+// inside a 4-element vector, empty runs, neighbours with the same decay (which the kernel joins)
+// and more runs than one launch takes (kAdamWMaxRuns = 64, after joining).
 TEST_P(CudaOps, AdamWDecayRuns) {
   for (int count : {5, 150}) {
     std::vector<Backend::DecayRun> runs;
     int64_t n = 0;
     for (int r = 0; r < count; ++r) {
       const int64_t len = r % 7 == 3 ? 0 : 1 + (r * 37) % 301;
-      runs.push_back({len, r % 2 ? 0.0 : 0.05 * (1 + r % 5)});
+      runs.push_back({len, r % 3 ? 0.0 : 0.05 * (1 + r % 5)});
       n += len;
     }
     const std::string what = " runs=" + std::to_string(count) + " n=" + std::to_string(n);
