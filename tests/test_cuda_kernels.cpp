@@ -829,8 +829,8 @@ TEST_P(CudaOps, AdamW) {
 }
 
 // One call over tensors laid end to end, each run with its own weight decay: runs whose ends fall
-// inside a 4-element vector, empty runs, neighbours with the same decay (which the backend joins)
-// and more runs than one launch takes (kAdamWMaxRuns = 64, after joining).
+// inside a 4-element vector, empty runs, neighbours with the same decay, and more runs than one
+// launch takes (kAdamWMaxRuns = 64).
 TEST_P(CudaOps, AdamWDecayRuns) {
   for (int count : {5, 150}) {
     std::vector<Backend::DecayRun> runs;

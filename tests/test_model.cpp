@@ -116,6 +116,37 @@ TEST(Model, FiftyAdamWStepsOnOneBatchLowerTheLoss) {
   EXPECT_LT(last, 0.4 * first) << "first " << first << ", after 50 steps " << last;
 }
 
+// ParamStore::adamw_step steps neighbouring parameters in one backend call, each run with its
+// own weight decay. With zero gradients and moments AdamW is the decay alone: p - lr (wd p) where
+// the spec decays, p elsewhere; and nothing outside the stepped range, which cuts parameters.
+TEST(Model, AdamWStepDecaysExactlyTheDecayingParameters) {
+  Session s(tiny(true), MPI_COMM_SELF);
+  ParamStore& store = s.strategy().params();
+  const int64_t n = store.numel();
+  std::vector<double> before(n), after(n);
+  s.backend().copy_to_host(before.data(), DType::f64, store.all_params());
+  store.zero_grads();
+  OptimizerConfig opt;
+  opt.lr = 0.01;
+  opt.weight_decay = 0.1;
+  const auto& entries = store.entries();
+  ASSERT_GE(entries.size(), 3u);
+  const int64_t begin = entries[1].offset + 3, end = entries.back().offset + 2;
+  store.adamw_step(opt, 1, begin, end);
+  s.backend().copy_to_host(after.data(), DType::f64, store.all_params());
+  int decaying = 0, not_decaying = 0;
+  for (const auto& e : entries) {
+    (e.spec.decay ? decaying : not_decaying)++;
+    const double wd = e.spec.decay ? opt.weight_decay : 0.0;
+    for (int64_t i = e.offset; i < e.offset + e.spec.local_numel(); ++i) {
+      const double expected = i >= begin && i < end ? before[i] - opt.lr * (wd * before[i]) : before[i];
+      ASSERT_DOUBLE_EQ(after[i], expected) << e.spec.name << " element " << i - e.offset;
+    }
+  }
+  EXPECT_GT(decaying, 0);
+  EXPECT_GT(not_decaying, 0);
+}
+
 TEST(Model, SameSeedGivesBitIdenticalLossAndGradients) {
   auto run = [](uint64_t seed) {
     RunConfig rc = tiny(true);

@@ -1424,22 +1424,14 @@ void adamw(const OpContext& ctx, View param, View grad, View m, View v, const Ba
                       static_cast<float>(hp.lr),
                       static_cast<float>(hp.eps)};
   check_decay_runs(hp, param.numel);
-  // Neighbours with the same weight decay as one run (a layer's biases and LayerNorm weights).
-  std::vector<Backend::DecayRun> runs;
-  for (const Backend::DecayRun& run : hp.decay_runs.empty()
-                                          ? std::vector<Backend::DecayRun>{{param.numel, hp.weight_decay}}
-                                          : hp.decay_runs) {
-    if (!runs.empty() && runs.back().weight_decay == run.weight_decay)
-      runs.back().numel += run.numel;
-    else
-      runs.push_back(run);
-  }
+  const std::vector<Backend::DecayRun> runs =
+      hp.decay_runs.empty() ? std::vector<Backend::DecayRun>{{param.numel, hp.weight_decay}} : hp.decay_runs;
   const DType copy_dtype = copy.numel > 0 ? copy.dtype : DType::f32;
   dispatch_compute(copy_dtype, "adamw", [&](auto tag) {
     using P = decltype(tag);
     constexpr int VEC = 4;  // 16-byte fp32 accesses
-    // One launch per kAdamWMaxRuns runs: a layer's 12 tensors are 8 runs, so a launch covers 7
-    // layers and the embeddings (the serial step's 4 layers: one launch).
+    // One launch per kAdamWMaxRuns runs: ParamStore::adamw_step makes a layer's 12 tensors 8 runs,
+    // so a launch covers 7 layers and the embeddings (the serial step's 4 layers: one launch).
     int64_t at = 0;
     for (size_t first = 0; first < runs.size(); first += kAdamWMaxRuns) {
       AdamWOp<P> op{param.as<float>() + at,

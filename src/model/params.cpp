@@ -176,7 +176,8 @@ void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step, int64_t be
   };
   // Parameters next to each other in the flat buffers and in m_ and v_ step in one call, each
   // with its own weight decay (one launch where one per tensor left most launches a few thousand
-  // elements long).
+  // elements long); neighbours with the same decay share a run (a layer's biases and LayerNorm
+  // weights), so a layer's 12 tensors are 8 runs.
   Backend::AdamW hp{opt.lr, opt.beta1, opt.beta2, opt.eps, 0.0, step};
   int64_t run_b = 0, run_s = 0, run_n = 0;  // the call being gathered: flat [run_b, +run_n), state row run_s
   auto flush = [&] {
@@ -197,7 +198,11 @@ void ParamStore::adamw_step(const OptimizerConfig& opt, int64_t step, int64_t be
       run_b = b;
       run_s = s;
     }
-    hp.decay_runs.push_back({n, e.spec.decay ? opt.weight_decay : 0.0});
+    const double wd = e.spec.decay ? opt.weight_decay : 0.0;
+    if (!hp.decay_runs.empty() && hp.decay_runs.back().weight_decay == wd)
+      hp.decay_runs.back().numel += n;
+    else
+      hp.decay_runs.push_back({n, wd});
     run_n += n;
   }
   flush();
