@@ -20,7 +20,8 @@
 //             S^T = K Q^T and dP^T = V dO^T from shared memory, dV += P^T dO and dK += dS^T Q with
 //             P^T and dS^T from registers, dQ = dS K from the dS^T tile (written with stmatrix),
 //             added to the fp32 workspace from registers (D = 128) or through a shared tile that
-//             the producer's second warp adds with one bulk reduction (D = 64).
+//             the producer's second warp adds with one bulk reduction (D = 64). At D = 128 the
+//             warpgroups take turns on the tensor cores as the forward's do, and dQ lags a block.
 // The fragment layouts of wgmma's register operands match mma.sync's (per warp: rows g and g+8
 // of its 16, columns 2t, 2t+1 of each 8-column block), so both generations share the softmax
 // and store code (flash_attention_common.cuh).
@@ -498,10 +499,20 @@ struct BwdSm90 {
   // bulk dQ reductions unless kDqFromRegisters; warps 2-3 idle) and two consumer warpgroups of 64
   // keys each.
   static constexpr int kThreads = 384, kBlockN = 128, kBlockM = DqTile<D>::kRows;
-  // After the barrier, dQ's product is issued before dK/dV's, so that dQ is stored while they
-  // run (+3-5% forward+backward at D = 128). At D = 64 only the first warpgroup computes dQ, and
-  // dK/dV issued before the barrier was 1.5% faster (results/h200-x1/20261129T0430-flash-bwd-dq-first).
-  static constexpr bool kDqFirst = D == 128;
+  // At D = 128 the consumer warpgroups take turns on the tensor cores (S^T/dP^T, then
+  // dQ/dK/dV), so that one's softmax and dS^T run beside the other's products, and each computes
+  // its 64 columns of the previous block's dQ in its second turn, when both halves of that
+  // block's dS^T tile are written: the barrier that made both wait for the current block's tile
+  // is gone. +2-3% forward+backward against HEAD's schedule, which issued dQ after that barrier
+  // and before dK/dV (results/h200-x1/20261129T1200-flash-bwd-turns). At D = 64 only the first
+  // warpgroup computes dQ, and keeps the barrier schedule with dK/dV issued before it (1.5%
+  // faster than dQ first there, results/h200-x1/20261129T0430-flash-bwd-dq-first).
+  static constexpr bool kTurns = D == 128;
+  // dS^T tiles: with turns a tile written in block it is read by both warpgroups' dQ products in
+  // block it + 1, and the first warpgroup may write its rows of block it + 2 before the second
+  // has waited for those products, so a third tile; without turns the barrier of block it + 1
+  // orders the reads before block it + 2's writes.
+  static constexpr int kDsTiles = kTurns ? 3 : 2;
   // At D = 128 each consumer warp adds its dQ to the workspace from registers (16-byte
   // reductions) instead of through the shared tile and the dQ warp's bulk reduction: the tile's
   // store, proxy fence and the bulk copy's read were 64 KB of shared-memory traffic per block
@@ -513,11 +524,11 @@ struct BwdSm90 {
   static constexpr int kTileKV = kBlockN * D * 2, kTileQ = kBlockM * D * 2;  // bytes
   static constexpr int kTileDs = kBlockN * kBlockM * 2;  // dS^T: 128 keys x 64 queries, bf16
   static constexpr int kTileDq = kDqFromRegisters ? 0 : DqTile<D>::kFloats * 4;
-  // K, V, Q[2], dO[2], dS^T[2], dQ (unless kDqFromRegisters), fp32 lse·log2(e)[2][BM] and
+  // K, V, Q[2], dO[2], dS^T[kDsTiles], dQ (unless kDqFromRegisters), fp32 lse·log2(e)[2][BM] and
   // delta[2][BM], then the mbarriers (K/V full, Q/dO full[2] and empty[2], dQ full and empty);
   // 1 KB of alignment slack.
   static constexpr int kOffV = kTileKV, kOffQ = 2 * kTileKV, kOffDo = kOffQ + 2 * kTileQ;
-  static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffDq = kOffDs + 2 * kTileDs;
+  static constexpr int kOffDs = kOffDo + 2 * kTileQ, kOffDq = kOffDs + kDsTiles * kTileDs;
   static constexpr int kOffLse = kOffDq + kTileDq, kOffDelta = kOffLse + 2 * kBlockM * 4;
   static constexpr int kOffBars = kOffDelta + 2 * kBlockM * 4;
   static constexpr size_t kSmemBytes = kOffBars + 7 * 8 + 1024;
@@ -550,10 +561,10 @@ __device__ __forceinline__ void bulk_wait() {
 // streams 64-query blocks of Q and dO with TMA into two stages (full/empty mbarriers) with the
 // block's lse and Delta; each consumer warpgroup holds dK and dV of its 64 keys in registers and
 // per query block computes S^T = K Q^T and dP^T = V dO^T, P^T and dS^T, dV += P^T dO and
-// dK += dS^T Q (P^T, dS^T from registers), then, once both have written their half of the dS^T
-// tile, dQ = dS K (64 columns each), added to the workspace from registers or through the shared
-// tile and the dQ warp's bulk reduction while the consumers go on (kDqFromRegisters). With
-// kDqFirst, dQ's product goes to the tensor cores before dK/dV's, and its store overlaps them.
+// dK += dS^T Q (P^T, dS^T from registers), and dQ = dS K (64 columns each) from the dS^T tile that
+// both write, added to the workspace from registers or through the shared tile and the dQ warp's
+// bulk reduction while the consumers go on (kDqFromRegisters). With kTurns the warpgroups take
+// turns and dQ lags one block; without, both meet at a barrier once the tile is complete.
 template <int D>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_sm90_kernel(const Params p, const __grid_constant__ BwdMaps maps) {
@@ -691,8 +702,11 @@ __global__ void __launch_bounds__(384, 1)
     }
   };
 
-  for (int it = 0; it < num; ++it) {
+  // Query block it: S^T, dP^T, P^T and dS^T, dK/dV's products (and dQ's: block it's, or with
+  // turns block it - 1's when has_dq), then the Q/dO stage released.
+  auto block = [&](const int it, auto has_dq) {
     const int mb = m_first + it, qb0 = mb * kBlockM, st = it & 1;
+    const int ds_st = Cfg::kTurns ? it % 3 : st;  // this block's dS^T tile
     mbar_wait(full_bar(st), (it >> 1) & 1);
     const float* lse_t = lse_s + st * kBlockM;
     const float* delta_t = delta_s + st * kBlockM;
@@ -702,6 +716,7 @@ __global__ void __launch_bounds__(384, 1)
     float s[kBlockM / 8][4], dp[kBlockM / 8][4];
     zero(s);
     zero(dp);
+    if constexpr (Cfg::kTurns) named_sync(1 + wg);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
@@ -713,6 +728,7 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_ss_n64<0, 0>(dp, desc_k_major<kBlockN>(v_tile, 64 * wg, kk),
                          desc_k_major<kBlockM>(do_tile(st), 0, kk), kk > 0);
     wgmma_commit();
+    if constexpr (Cfg::kTurns) named_arrive(2 - wg);
     wgmma_wait<1>();
     reg_fence(s);
 
@@ -746,8 +762,9 @@ __global__ void __launch_bounds__(384, 1)
 
     // dS^T = P^T * (dP^T - Delta[query]) with the fp32 P^T (unpacking dV's bf16 one took 32
     // instructions more per thread); a-fragments for dK, and the swizzled dS^T tile (rows = keys,
-    // MN-major for dQ's A) for dQ. Tile st was last read by the dQ products of block it - 2, which
-    // both warpgroups finished before the barrier of it - 1.
+    // MN-major for dQ's A) for dQ. Without turns, tile st was last read by the dQ products of
+    // block it - 2, which both warpgroups finished before the barrier of it - 1; with turns, see
+    // BwdSm90::kDsTiles.
     uint32_t dsa[kBlockM / 16][4];
 #pragma unroll
     for (int n = 0; n < kBlockM / 8; ++n) {
@@ -767,7 +784,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int kq = 0; kq < kBlockM / 16; ++kq) {
         const int n = 2 * kq + (mi >> 1);
-        const uint32_t addr = ds_tile(st) + r * 128 + ((n ^ (r & 7)) << 4);
+        const uint32_t addr = ds_tile(ds_st) + r * 128 + ((n ^ (r & 7)) << 4);
         asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
                      "r"(dsa[kq][0]), "r"(dsa[kq][1]), "r"(dsa[kq][2]), "r"(dsa[kq][3])
                      : "memory");
@@ -787,15 +804,25 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_rs<D, 1>(dk, dsa[kq], desc_mn_major<kBlockM>(q_tile(st), kq));
       wgmma_commit();
     };
-    if constexpr (!Cfg::kDqFirst) issue_dk_dv();
-    named_sync(1);  // the dS^T tile is complete (both warpgroups' keys)
-    if (dq_here) {
-      issue_dq(st);
-      if constexpr (Cfg::kDqFirst) issue_dk_dv();
-      wgmma_wait<Cfg::kDqFirst ? 1 : 0>();  // dQ's product done (dK/dV's may still run)
-      store_dq(it);
-    } else if constexpr (Cfg::kDqFirst) {
+    if constexpr (Cfg::kTurns) {
+      // This warpgroup's second turn: the previous block's dQ (both halves of its dS^T tile were
+      // written before the other warpgroup's last turn), then dK/dV; dQ is stored while they run.
+      named_sync(1 + wg);
+      if constexpr (decltype(has_dq)::value) issue_dq(ds_st == 0 ? 2 : ds_st - 1);
       issue_dk_dv();
+      named_arrive(2 - wg);
+      if constexpr (decltype(has_dq)::value) {
+        wgmma_wait<1>();  // dQ's product done (dK/dV's may still run)
+        store_dq(it - 1);
+      }
+    } else {
+      issue_dk_dv();
+      named_sync(1);  // the dS^T tile is complete (both warpgroups' keys)
+      if (dq_here) {
+        issue_dq(st);
+        wgmma_wait<0>();
+        store_dq(it);
+      }
     }
     wgmma_wait<0>();
     reg_fence(dv);
@@ -804,8 +831,27 @@ __global__ void __launch_bounds__(384, 1)
     reg_fence(dsa);
     __syncwarp();
     if (lane == 0) mbar_arrive(empty_bar(st));  // this warp is done with Q/dO stage st
-  }
+  };
 
+  if constexpr (Cfg::kTurns) {
+    // Turns on the tensor cores as the forward's: warpgroup w waits on barrier 1 + w, the other
+    // arrives on it once it has issued its products; two turns a block (S^T/dP^T, then
+    // dQ/dK/dV). The first block has no dQ to issue, and the last block's dQ takes a turn of its
+    // own after the loop; both are peeled so that no branch lies between a product's issue and
+    // its wait (ptxas would serialise the products).
+    if (wg == 1 && num > 0) named_arrive(1);
+    if (num > 0) block(0, std::false_type{});
+    for (int it = 1; it < num; ++it) block(it, std::true_type{});
+    if (num > 0) {
+      named_sync(1 + wg);
+      if (wg == 0) named_arrive(2);
+      issue_dq((num - 1) % 3);
+      wgmma_wait<0>();
+      store_dq(num - 1);
+    }
+  } else {
+    for (int it = 0; it < num; ++it) block(it, std::false_type{});
+  }
   store_dk_dv<D>(dk, dv, key_r, tq, p, b, h);
 #endif
 }
