@@ -163,7 +163,7 @@ run_section() {
     peers) run_section peers-serial; run_section peers-lss ;;
     peers-serial)
       # Our serial step in the same call, so that the ratio compares one card with itself: on the
-      # default attention path (auto: the own kernels at D = 128 on H100/H200) and on cuDNN.
+      # default attention path (auto: the own kernels at D = 64 and 128 on H100/H200) and on cuDNN.
       point serial_beside_peer_T16K 1 120 --strategy serial --seq 16K --warmup 3 --iters 10
       point serial_cudnn_beside_peer_T16K 1 120 --strategy serial --seq 16K --attention cudnn --warmup 3 --iters 10
       peer peer_serial_eager_T16K 1 150 --strategy serial --mode eager --seq 16K

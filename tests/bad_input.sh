@@ -55,6 +55,7 @@ expect 1 "--data /nonexistent/enwik8: cannot be opened" run --data /nonexistent/
 expect 1 "--data short.bin: 5 bytes, fewer than one sequence" run --data short.bin --seq 64
 expect 1 "option --iters needs a value" run --iters
 expect 1 "unknown command 'frobnicate'" frobnicate
+expect 1 "--recompute: --strategy serial keeps every activation" run --strategy serial --recompute
 expect 2 "--strategy serial runs on one rank" run --strategy serial --batch 2
 expect 2 "--seq 127 does not divide by --sp 2" run --strategy lss --sp 2 --seq 127
 expect 2 "--heads 3 does not divide by --sp 2" run --strategy megatron_sp --sp 2 --heads 3 --width 48

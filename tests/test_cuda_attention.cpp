@@ -410,10 +410,10 @@ TEST(CudaFlashAttention, SupportedShapes) {
   EXPECT_TRUE(cuda::flash_attention_supported(a));
 }
 
-// Where --attention auto takes the own kernels over cuDNN: bf16 at D = 128 on the wgmma kernels
-// only (on a compute capability 9.0 GPU), never where they cannot run or the mma.sync ones are
-// forced.
-TEST(CudaFlashAttention, AutoPrefersWgmmaAtD128) {
+// Where --attention auto takes the own kernels over cuDNN: bf16 at D = 64 and 128 on the wgmma
+// kernels only (on a compute capability 9.0 GPU), never where they cannot run or the mma.sync
+// ones are forced.
+TEST(CudaFlashAttention, AutoPrefersWgmmaAtD64AndD128) {
   auto be = cuda_backend("flash");
   const AttnShape s{2, 3, 128, 64, 64, 0, true};
   const AttnInputs in = make_inputs(s, 7);
@@ -428,7 +428,7 @@ TEST(CudaFlashAttention, AutoPrefersWgmmaAtD128) {
   EXPECT_FALSE(cuda::flash_attention_preferred(a));
   a.dtype = DType::bf16;
   a.D = 64;
-  EXPECT_FALSE(cuda::flash_attention_preferred(a));
+  EXPECT_EQ(cuda::flash_attention_preferred(a), cuda::flash_wgmma_available(64));
   a.D = 128;
   a.k.row_stride += 1;  // rows no longer 16-byte aligned: the kernels do not take it
   EXPECT_FALSE(cuda::flash_attention_preferred(a));

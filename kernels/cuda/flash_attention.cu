@@ -1030,7 +1030,7 @@ bool flash_attention_supported(const AttentionArgs& args) {
 }
 
 bool flash_attention_preferred(const AttentionArgs& args) {
-  return args.dtype == DType::bf16 && args.D == 128 &&
+  return args.dtype == DType::bf16 && (args.D == 128 || args.D == 64) &&
          g_flash_kernels.load() != FlashKernels::mma_sync && flash_wgmma_available(args.D) &&
          flash_attention_supported(args);
 }

@@ -23,12 +23,14 @@ bool flash_wgmma_available(int64_t D);
 
 // True when the kernel handles this shape (head dim, dtype).
 bool flash_attention_supported(const AttentionArgs& args);
-// True where --attention auto takes these kernels over cuDNN: bf16 at D = 128 on the wgmma
-// kernels (process-wide kernel choice automatic or wgmma), which on an H200 run forward+backward
-// 3-5% faster than cuDNN 9.19 from T = 16K (2% on lss's own calls, 17% at 4K causal) and make
-// the serial step 1.4% (16K) and 2.6% (64K) faster. At D = 64 cuDNN stays: the own forward alone
-// is 6-8% behind its (forward+backward 3-4% ahead causal, level unmasked)
-// (results/h200-x1/20261129T0550-flash-bwd-stmatrix-red).
+// True where --attention auto takes these kernels over cuDNN: bf16 at D = 64 and 128 on the
+// wgmma kernels (process-wide kernel choice automatic or wgmma). On an H200, D = 128
+// forward+backward runs 4-6% faster than cuDNN 9.14 from T = 16K (20% at 4K causal), and the
+// serial step 1.4% (16K) and 2.6% (64K) faster; D = 64 forward+backward 1-4% faster from 16K (3%
+// slower at 4K unmasked; its forward alone was 6-8% slower when last timed), and the serial step
+// (L4 C2048 H32) 2.1-2.7% faster at 16K and 3.4% at 64K
+// (results/h200-x1/20261129T0550-flash-bwd-stmatrix-red,
+// results/h200-x1/20261129T1200-flash-bwd-turns).
 bool flash_attention_preferred(const AttentionArgs& args);
 void flash_attention_forward(const AttentionArgs& args, cudaStream_t stream);
 // Bytes of device scratch memory the backward needs (fp32 dQ accumulators, row sums).

@@ -45,7 +45,7 @@ OptionParser make_parser() {
       "table and writes the result JSON (schema v1). Sizes take K/M/G suffixes (16K = 16384).");
   p.add_string("strategy", "serial", "serial | lss | megatron_sp");
   p.add_string("backend", "cpu", "cpu | cuda");
-  p.add_string("attention", "auto", "cuda attention path: auto (the own wgmma kernels for bf16 D=128 on H100/H200, else cuDNN where it takes the shape) | cudnn | flash");
+  p.add_string("attention", "auto", "cuda attention path: auto (the own wgmma kernels for bf16 D=64 and D=128 on H100/H200, else cuDNN where it takes the shape) | cudnn | flash");
   p.add_size("sp", 1, "P: ranks per sequence (lss) or tensor (megatron_sp) group");
   p.add_size("layers", 2, "L: transformer blocks");
   p.add_size("width", 64, "C: model width");
@@ -577,7 +577,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     const json versions = library_versions(rc.backend);
     for (auto it = versions.begin(); it != versions.end(); ++it) j["machine"][it.key()] = it.value();
     // Which of the own flash kernels this head dim and dtype run here (what --attention flash uses,
-    // and auto at D = 128 on H100/H200 or where cuDNN declines a shape): bf16 on wgmma or
+    // and auto at D = 64 and 128 on H100/H200 or where cuDNN declines a shape): bf16 on wgmma or
     // mma.sync, fp32 on the CUDA cores.
     j["machine"]["flash_attention_kernels"] = nullptr;
     // Which path this rank's attention calls took (--attention auto decides per shape).
