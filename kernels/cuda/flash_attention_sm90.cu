@@ -503,10 +503,10 @@ struct BwdSm90 {
   // dQ/dK/dV), so that one's softmax and dS^T run beside the other's products, and each computes
   // its 64 columns of the previous block's dQ in its second turn, when both halves of that
   // block's dS^T tile are written: the barrier that made both wait for the current block's tile
-  // is gone. +2-3% forward+backward against HEAD's schedule, which issued dQ after that barrier
-  // and before dK/dV (results/h200-x1/20261129T1200-flash-bwd-turns). At D = 64 only the first
-  // warpgroup computes dQ, and keeps the barrier schedule with dK/dV issued before it (1.5%
-  // faster than dQ first there, results/h200-x1/20261129T0430-flash-bwd-dq-first).
+  // is gone. +2-3% forward+backward against the barrier schedule, which issued dQ after that
+  // barrier and before dK/dV (results/h200-x1/20261129T1200-flash-bwd-turns). At D = 64 only the
+  // first warpgroup computes dQ, and keeps the barrier schedule with dK/dV issued before it
+  // (1.5% faster than dQ first there, results/h200-x1/20261129T0430-flash-bwd-dq-first).
   static constexpr bool kTurns = D == 128;
   // dS^T tiles: with turns a tile written in block it is read by both warpgroups' dQ products in
   // block it + 1, and the first warpgroup may write its rows of block it + 2 before the second
