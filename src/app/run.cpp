@@ -138,6 +138,12 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.optimizer_in_backward = p.flag("optimizer-in-backward");
   rc.copy_engine_gathers = p.flag("copy-engine-gathers");
   rc.strategy = p.str("strategy");
+  // The serial model keeps every activation (it is also the reference the distributed runs are
+  // checked against, built from their options); timed with --recompute it would run a plain step
+  // under the name, and the bound, of a checkpointed one.
+  LSS_REQUIRE_INPUT(!(rc.strategy == "serial" && rc.strategy_opts.recompute),
+                    "--recompute: --strategy serial keeps every activation (lss and megatron_sp checkpoint, "
+                    "also on one GPU with --sp 1)");
   rc.backend = p.str("backend");
   rc.attention = p.str("attention");
   rc.data_path = p.str("data");

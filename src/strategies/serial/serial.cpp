@@ -143,11 +143,6 @@ class SerialStrategy final : public Strategy {
 std::unique_ptr<Strategy> make_serial_strategy(StrategyContext ctx) {
   LSS_REQUIRE_INPUT(ctx.grid.world == 1, "--strategy serial runs on one rank; the launcher started " +
                                              std::to_string(ctx.grid.world) + " (use lss or megatron_sp)");
-  // The serial reference keeps every activation; a silently ignored --recompute would time a
-  // plain step under the name (and the bound) of a checkpointed one.
-  LSS_REQUIRE_INPUT(!ctx.opts.recompute,
-                    "--recompute: --strategy serial keeps every activation (lss and megatron_sp checkpoint, "
-                    "also on one GPU with --sp 1)");
   return std::make_unique<SerialStrategy>(ctx);
 }
 
