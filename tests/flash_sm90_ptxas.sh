@@ -2,7 +2,7 @@
 # The wgmma flash-attention kernels (kernels/cuda/flash_attention_sm90.cu) compiled for sm_90a as
 # the build compiles them, with ptxas's resource report: fails, naming the kernel, if any kernel
 # spills to local memory or if ptxas serialises its wgmma instructions ("Potential Performance
-# Loss"). Both are silent slow-downs of 1-15% that no correctness test sees (results/h200-x1/
+# Loss"). Both are silent slow-downs that no correctness test sees (results/h200-x1/
 # 20261129T1405-flash-bwd-descriptors: 10 spill instructions in the backward's loop cost 1-1.6%).
 # usage: flash_sm90_ptxas.sh NVCC SOURCE_ROOT [INCLUDE_DIR...]
 set -uo pipefail
