@@ -31,7 +31,11 @@
 #             kernels; ncu reads counters on Firecracker machines only, KINDS.md)
 #   ncu-attention  bench_attention at T=16K D128 causal forward+backward, own flash kernels and cuDNN,
 #             under Nsight Compute with its full section set (clocks left alone): reports
-#             ncu_attention_{flash,cudnn}.ncu-rep and their details pages as text in $OUT
+#             ncu_attention_{flash,cudnn}.ncu-rep and their details pages as text in $OUT; then one
+#             launch of each own kernel (LSS_NCU_SOURCE_KERNELS, default "flash_bwd_sm90 flash_fwd_sm90";
+#             LSS_NCU_SOURCE_D, default 128) with its SASS source counters: ncu_source_<kernel>.csv.xz
+#             and its summary ncu_source_<kernel>.txt (scripts/ncu_sass_summary.py, also in the log)
+#             in points.tar.gz
 #   kernels   bench_kernels at the model's sizes (--large, bf16): GEMMs, the MLP's linear layers plain
 #             and with the fused epilogues, LayerNorm forward and backward, GELU, cross-entropy
 #   collectives  bench_collectives --large on every GPU: the collectives alone (nccl-tests' busbw)
@@ -264,6 +268,20 @@ PY
           -f -o "$out/ncu_attention_$name" "$dev/bin/bench_attention" --benchmark_min_time=0.001 \
           --benchmark_filter="BM_Attention/T:16384/D:128/causal:1/path:$id/bwd:1"
         ncu --import "$out/ncu_attention_$name.ncu-rep" --page details >"$out/ncu_attention_$name.txt" 2>&1
+      done
+      # Per-instruction source counters of one launch of each own kernel (after the warm-up one):
+      # the SASS with its warp-state samples and execution counts, and their summary
+      # (scripts/ncu_sass_summary.py: stalls by reason and opcode, the hot loop's instruction mix).
+      local k
+      for k in ${LSS_NCU_SOURCE_KERNELS:-flash_bwd_sm90 flash_fwd_sm90}; do
+        step ncu_source_$k 120 ncu --clock-control none --set full --import-source yes -k "regex:$k" --launch-skip 1 \
+          --launch-count 1 -f -o "$res/ncu_source_$k" "$dev/bin/bench_attention" --benchmark_min_time=0.001 \
+          --benchmark_filter="BM_Attention/T:16384/D:${LSS_NCU_SOURCE_D:-128}/causal:1/path:0/bwd:1"
+        ncu --import "$res/ncu_source_$k.ncu-rep" --page source --csv --print-source sass >"$res/ncu_source_$k.csv" 2>&1 &&
+          sys python3 scripts/ncu_sass_summary.py "$res/ncu_source_$k.csv" 2>&1 | tee "$res/ncu_source_$k.txt"
+        rm -f "$res/ncu_source_$k.ncu-rep"
+        [ -f "$res/ncu_source_$k.csv" ] && xz -f "$res/ncu_source_$k.csv"
+        pack
       done ;;
     kernels)
       step bench_kernels 150 "$dev/bin/bench_kernels" --backend=cuda --dtype=bf16 --large --benchmark_min_time=0.2 \
