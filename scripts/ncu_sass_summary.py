@@ -39,8 +39,11 @@ def main():
     ap.add_argument("--top", type=int, default=25, help="instructions listed (default 25)")
     args = ap.parse_args()
     opener = lzma.open if args.csv.endswith(".xz") else open
-    with opener(args.csv, "rt", errors="replace") as f:
-        rows = list(csv.reader(f))
+    try:
+        with opener(args.csv, "rt", errors="replace") as f:
+            rows = list(csv.reader(f))
+    except (OSError, lzma.LZMAError) as e:
+        sys.exit(f"{args.csv}: {e}")
     head = next((i for i, r in enumerate(rows) if "Source" in r and SAMPLES in r), None)
     if head is None:
         sys.exit(f"{args.csv}: no '{SAMPLES}' column: was the report taken with --import-source yes "

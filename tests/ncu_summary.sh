@@ -7,7 +7,7 @@
 set -uo pipefail
 root=$1
 tool=$root/scripts/ncu_sass_summary.py
-fixture=$root/tests/fixtures/ncu/flash_bwd_d128_T16K_causal_sass.csv.xz
+fixture=$root/results/h200-x2/20261129T1340-d64-turns-two-gpus/call1/ab/ncu_bwd_d128_sass.csv.xz
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail=0
@@ -32,5 +32,7 @@ if python3 "$tool" "$work/details.csv" >"$work/bad.txt" 2>&1; then echo "FAIL: a
 grep -q "no 'Warp Stall Sampling (All Samples)' column" "$work/bad.txt" || { cat "$work/bad.txt"; echo "FAIL: no message naming the missing column"; fail=1; }
 : >"$work/empty.csv"
 if python3 "$tool" "$work/empty.csv" >"$work/bad.txt" 2>&1; then echo "FAIL: accepted an empty file"; fail=1; fi
+if python3 "$tool" "$work/absent.csv" >"$work/bad.txt" 2>&1; then echo "FAIL: accepted a missing file"; fail=1; fi
+grep -qF "absent.csv: [Errno 2]" "$work/bad.txt" || { cat "$work/bad.txt"; echo "FAIL: no message naming the missing file"; fail=1; }
 [ $fail -eq 0 ] && echo "ok"
 exit $fail
