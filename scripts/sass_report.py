@@ -70,7 +70,7 @@ def compile_sass(source, arch, nvcc, includes):
         cubin = os.path.join(work, "k.cubin")
         virt = "compute_" + arch[len("sm_"):]
         cmd = [nvcc, "-O3", "-DNDEBUG", "-DLSS_FLASH_SM90A=1", f"--generate-code=arch={virt},code=[{arch}]",
-               "--expt-relaxed-constexpr", "-std=c++20"] + [f"-I{d}" for d in includes] + \
+               "--expt-relaxed-constexpr", "-lineinfo", "-std=c++20"] + [f"-I{d}" for d in includes] + \
               ["-Xptxas", "-v", "-cubin", "-o", cubin, source]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:

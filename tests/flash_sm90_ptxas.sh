@@ -13,7 +13,7 @@ for d in "$@"; do includes+=(-I"$d"); done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$nvcc" -O3 -DNDEBUG -DLSS_FLASH_SM90A=1 --generate-code=arch=compute_90a,code=[sm_90a] \
-  --expt-relaxed-constexpr -std=c++20 "${includes[@]}" -Xptxas -v -cubin -o "$work/flash.cubin" \
+  --expt-relaxed-constexpr -lineinfo -std=c++20 "${includes[@]}" -Xptxas -v -cubin -o "$work/flash.cubin" \
   "$root/kernels/cuda/flash_attention_sm90.cu" >"$work/ptxas.txt" 2>&1
 rc=$?
 if [ $rc -ne 0 ]; then
