@@ -12,11 +12,16 @@ tells, kernel by kernel, whether the code is instruction for instruction the oth
 Predict before measuring: the twenty-second session chose between descriptor variants here
 (results/h200-x1/20261129T1405-flash-bwd-descriptors).
 
-usage: sass_report.py [--source FILE.cu] [--arch sm_90a] [--save OUT.sass] [--against OTHER.sass]
+With --check it only compiles (no nvdisasm) and fails, naming the kernel, on any local-memory
+spill or serialised wgmma in ptxas's report: the test flash_sm90_ptxas.
+
+usage: sass_report.py [--source FILE.cu] [--arch sm_90a] [--include DIR...] [--save OUT.sass] [--against OTHER.sass]
+       sass_report.py --check [--source FILE.cu] [--nvcc NVCC] [--include DIR...]
        sass_report.py --sass FILE.sass [--against OTHER.sass]
 """
 import argparse
 import collections
+import contextlib
 import glob
 import lzma
 import os
@@ -26,6 +31,8 @@ import site
 import subprocess
 import sys
 import tempfile
+
+from ncu_sass_summary import opcode  # the same SASS text: predicate dropped, modifiers cut
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,23 +71,50 @@ def read_text(path):
         sys.exit(f"{path}: {e}")
 
 
-def compile_sass(source, arch, nvcc, includes):
+def compile_cubin(source, arch, nvcc, includes, cubin):
+    """Compiles source for arch as the build does; returns ptxas's resource report (-v)."""
+    virt = "compute_" + arch[len("sm_"):]
+    cmd = [nvcc, "-O3", "-DNDEBUG", "-DLSS_FLASH_SM90A=1", f"--generate-code=arch={virt},code=[{arch}]",
+           "--expt-relaxed-constexpr", "-lineinfo", "-std=c++20"] + [f"-I{d}" for d in includes] + \
+          ["-Xptxas", "-v", "-cubin", "-o", cubin, source]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}\nfailed (exit {run.returncode}):\n{run.stdout}{run.stderr}")
+    return run.stdout + run.stderr
+
+
+@contextlib.contextmanager
+def compiled(args):
+    """(ptxas's report, the cubin's path) of args.source, in a folder removed afterwards."""
+    if not os.path.exists(args.nvcc):
+        sys.exit(f"--nvcc {args.nvcc}: not found (a CUDA toolkit is needed to compile)")
     work = tempfile.mkdtemp()
     try:
         cubin = os.path.join(work, "k.cubin")
-        virt = "compute_" + arch[len("sm_"):]
-        cmd = [nvcc, "-O3", "-DNDEBUG", "-DLSS_FLASH_SM90A=1", f"--generate-code=arch={virt},code=[{arch}]",
-               "--expt-relaxed-constexpr", "-lineinfo", "-std=c++20"] + [f"-I{d}" for d in includes] + \
-              ["-Xptxas", "-v", "-cubin", "-o", cubin, source]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit(f"{' '.join(cmd)}\nfailed:\n{run.stdout}{run.stderr}")
-        dis = subprocess.run([nvdisasm_path(), "-c", cubin], capture_output=True, text=True)
-        if dis.returncode != 0:
-            sys.exit(f"nvdisasm failed on {cubin}: {dis.stderr}")
-        return dis.stdout, run.stderr
+        yield compile_cubin(args.source, args.arch, args.nvcc, [os.path.join(ROOT, "src"), ROOT] + args.include,
+                            cubin), cubin
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def ptxas_findings(report):
+    """(kernels, failures) from ptxas's -v report: every kernel compiled, and each local-memory
+    spill or serialised wgmma ("Potential Performance Loss", ptxas's C751x infos) with its kernel."""
+    kernel, kernels, failures = None, [], []
+    for line in report.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line)
+        if m:
+            kernel = m.group(1)
+            kernels.append(kernel)
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and kernel and (int(m.group(1)) or int(m.group(2))):
+            failures.append(f"{demangle(kernel)}: {line.strip()}")
+        if "Potential Performance Loss" in line:
+            fn = re.search(r"in the function '([^']+)'", line)
+            failures.append((demangle(fn.group(1)) + ": " if fn else "") +
+                            re.sub(r" in the function '[^']+'", "", line.strip()))
+    return kernels, failures
 
 
 def kernels_of(sass):
@@ -123,11 +157,6 @@ def demangle(name):
     return full.replace(" ", "")
 
 
-def opcode(ins):
-    words = [w for w in ins.split() if not w.startswith("@")]
-    return words[0].split(".")[0] if words else "?"
-
-
 def summary(ins):
     ops = collections.Counter(opcode(i) for i in ins)
     uniform = sum(v for k, v in ops.items() if (k.startswith("U") and k != "UNKNOWN") or k == "R2UR")
@@ -158,26 +187,52 @@ def normalised(ins):
     return [re.sub(r"\.L_x_\d+", "L", i) for i in ins]
 
 
+def check(report, args):
+    """--check: ptxas's report (compiled here unless given) with no spill and no serialised wgmma."""
+    if report is None:
+        with compiled(args) as (report, _):
+            pass
+    kernels, failures = ptxas_findings(report)
+    if not kernels:
+        print(report)
+        sys.exit("FAIL: no 'Compiling entry function' lines in ptxas's report: was -Xptxas -v honoured?")
+    for k in kernels:
+        print("checked", demangle(k))
+    if failures:
+        print("\n".join("FAIL: " + f for f in failures))
+        sys.exit(1)
+    print(f"ok: {len(kernels)} kernels, no spills, no serialised wgmma")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default=os.path.join(ROOT, "kernels/cuda/flash_attention_sm90.cu"),
                     help="the .cu file (default: kernels/cuda/flash_attention_sm90.cu)")
     ap.add_argument("--arch", default="sm_90a", help="real architecture (default sm_90a)")
     ap.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc", help="CUDA compiler")
+    ap.add_argument("--include", nargs="+", default=["/usr/local/cuda/include"],
+                    help="include folders beside src/ and the repository root (default: /usr/local/cuda/include)")
+    ap.add_argument("--check", action="store_true",
+                    help="compile only (no nvdisasm) and fail, naming the kernel, on any spill or serialised "
+                         "wgmma in ptxas's report (the test flash_sm90_ptxas)")
     ap.add_argument("--sass", help="read this nvdisasm -c output (.sass or .sass.xz) instead of compiling")
     ap.add_argument("--save", help="write the disassembly here (for a later --against)")
     ap.add_argument("--against", help="compare kernel by kernel with this saved disassembly (.sass or .sass.xz)")
+    ap.add_argument("--ptxas", help="with --check: read this saved ptxas -v report instead of compiling")
     args = ap.parse_args()
+    if args.check:
+        check(read_text(args.ptxas) if args.ptxas else None, args)
+        return
     if args.sass:
         sass = read_text(args.sass)
     else:
-        if not os.path.exists(args.nvcc):
-            sys.exit(f"--nvcc {args.nvcc}: not found (a CUDA toolkit is needed to compile)")
-        includes = [os.path.join(ROOT, "src"), ROOT, "/usr/local/cuda/include"]
-        sass, ptxas = compile_sass(args.source, args.arch, args.nvcc, includes)
-        for line in ptxas.splitlines():
-            if "Potential Performance Loss" in line or "spill" in line and not " 0 bytes spill stores, 0 bytes spill loads" in line:
-                print("ptxas:", line.strip())
+        with compiled(args) as (ptxas, cubin):
+            for f in ptxas_findings(ptxas)[1]:
+                print("ptxas:", f)
+            dis = subprocess.run([nvdisasm_path(), "-c", cubin], capture_output=True, text=True)
+            if dis.returncode != 0:
+                sys.exit(f"nvdisasm failed on {cubin}: {dis.stderr}")
+            sass = dis.stdout
     if args.save:
         with open(args.save, "w") as f:
             f.write(sass)
