@@ -51,46 +51,35 @@ namespace {
 // stride byte offsets (all in 16-byte units). K-major: the stride offset steps 8 rows (1024 bytes
 // here), the leading one is unused. MN-major: the stride offset steps 8 rows of K (1024), the
 // leading one steps to the next 64-column block (the tile's block size).
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t lead_bytes,
+// Built as the tile's descriptor plus bytes / 16 (bytes a multiple of 16): shared-window addresses
+// are below 256 KB, so the 14-bit start field needs no mask, and each k-step's or row block's
+// descriptor is one add to its tile's, where masking and shifting tile + bytes rebuilt all of it for
+// every wgmma (forward +3-7%, forward+backward +1-2%; results/h200-x1/20261129T1405-flash-bwd-descriptors
+// and 20261129T1530-flash-bwd-desc-d128).
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t tile, uint32_t bytes, uint32_t lead_bytes,
                                                uint32_t stride_bytes) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
-         (static_cast<uint64_t>(lead_bytes >> 4) << 16) |
-         (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (uint64_t{1} << 62);
-}
-
-// The same descriptor as the tile's plus bytes / 16 (bytes a multiple of 16). Shared-window
-// addresses are below 256 KB, so the 14-bit start field needs no mask, and each k-step's or row
-// block's descriptor is one add to its tile's where sw128_desc rebuilds all of it for every wgmma.
-// The forward takes it (6% fewer instructions at D = 128, +1.3-2.7% forward; +2.7-3.4% at D = 64)
-// and the D = 64 backward (735 -> 602 instructions in its loop); at D = 128 ptxas then spilled in
-// the backward's loop (-1% forward+backward), which keeps sw128_desc (kDescFromTile;
-// results/h200-x1/20261129T1405-flash-bwd-descriptors).
-__device__ __forceinline__ uint64_t sw128_desc_plus(uint32_t tile, uint32_t bytes, uint32_t lead_bytes,
-                                                    uint32_t stride_bytes) {
   const uint32_t lo = (tile >> 4) + ((lead_bytes >> 4) << 16) + (bytes >> 4);
   return static_cast<uint64_t>(lo) | (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (uint64_t{1} << 62);
 }
 
 // K-major operand: rows [row0, row0 + 64 or N) of a tile of kRows rows, reduction step kk (16
-// columns of the D); kFromTile: as the tile's descriptor plus the offset.
-template <int kRows, bool kFromTile>
+// columns of the D).
+template <int kRows>
 __device__ __forceinline__ uint64_t desc_k_major(uint32_t tile, int row0, int kk) {
-  const uint32_t bytes = (kk >> 2) * (kRows * 128) + row0 * 128 + (kk & 3) * 32;
-  if constexpr (kFromTile)
-    return sw128_desc_plus(tile, bytes, 16, 1024);
-  else
-    return sw128_desc(tile + bytes, 16, 1024);
+  return sw128_desc(tile, (kk >> 2) * (kRows * 128) + row0 * 128 + (kk & 3) * 32, 16, 1024);
 }
 
 // MN-major operand: reduction rows [16 kk, 16 kk + 16) of a tile of kRows rows, its columns from
 // 64-column block `block` on.
-template <int kRows, bool kFromTile>
+template <int kRows>
 __device__ __forceinline__ uint64_t desc_mn_major(uint32_t tile, int kk, int block = 0) {
-  const uint32_t bytes = block * (kRows * 128) + kk * 2048;
-  if constexpr (kFromTile)
-    return sw128_desc_plus(tile, bytes, kRows * 128, 1024);
-  else
-    return sw128_desc(tile + bytes, kRows * 128, 1024);
+  return sw128_desc(tile, block * (kRows * 128) + kk * 2048, kRows * 128, 1024);
+}
+
+// x as a value the compiler sees warp-uniform but cannot hoist out of the loop it is called in.
+__device__ __forceinline__ uint32_t uniform_here(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return __shfl_sync(0xffffffffu, x, 0);
 }
 
 __device__ __forceinline__ void wgmma_fence() {
@@ -303,7 +292,6 @@ struct FwdSm90 {
   static constexpr int kProducerRegs = 24, kConsumerRegs = (512 - kProducerRegs) / kConsumerWGs / 8 * 8;
   static constexpr int kBlockM = 64 * kConsumerWGs, kBlockN = 128;
   static constexpr int kD = D, kStages = kStages_;
-  static constexpr bool kDescFromTile = true;  // see sw128_desc_plus
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;  // bytes
   // Q, kStages stages of (K, V), then the stages' full and empty mbarriers; 1 KB to align the
   // base to the swizzle's 1024-byte period.
@@ -390,7 +378,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   }
   setmaxnreg_inc<Cfg::kConsumerRegs>();
 
-  const int wg = warp_all / 4, warp = warp_all % 4;
+  // Warp-uniform to the compiler (as in the backward), so that the Q row block's descriptors live
+  // in uniform registers (D = 128: 2920 -> 2744 instructions, R2UR 180 -> 10; forward +3-7%).
+  const int wg = __shfl_sync(0xffffffffu, warp_all / 4, 0), warp = warp_all % 4;
   const int g = lane >> 2, tq = lane & 3;
   float o[D / 8][4];  // O (64 x D) of this warpgroup, unnormalised
   zero(o);
@@ -406,14 +396,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM, Cfg::kDescFromTile>(q_tile, 64 * wg, kk),
-                          desc_k_major<kBlockN, Cfg::kDescFromTile>(k_tile(st), 0, kk), kk > 0);
+      wgmma_ss_n128<0, 0>(s, desc_k_major<kBlockM>(q_tile, 64 * wg, kk),
+                          desc_k_major<kBlockN>(k_tile(st), 0, kk), kk > 0);
     wgmma_commit();
   };
   auto issue_pv = [&](int st) {
 #pragma unroll
     for (int kj = 0; kj < kBlockN / 16; ++kj)
-      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN, Cfg::kDescFromTile>(v_tile(st), kj));
+      wgmma_rs<D, 1>(o, pa[kj], desc_mn_major<kBlockN>(v_tile(st), kj));
     wgmma_commit();
   };
   auto to_pa = [&] {
@@ -521,7 +511,6 @@ struct BwdSm90 {
   // bulk dQ reductions unless kDqFromRegisters; warps 2-3 idle) and two consumer warpgroups of 64
   // keys each.
   static constexpr int kThreads = 384, kBlockN = 128, kBlockM = DqTile<D>::kRows;
-  static constexpr bool kDescFromTile = D == 64;  // see sw128_desc_plus
   // At D = 128 the consumer warpgroups take turns on the tensor cores (S^T/dP^T, then
   // dQ/dK/dV), so that one's softmax and dS^T run beside the other's products, and each computes
   // its 64 columns of the previous block's dQ in its second turn, when both halves of that
@@ -698,12 +687,13 @@ __global__ void __launch_bounds__(384, 1)
   float dq[8][4];  // dQ (64 queries x this warpgroup's 64 columns)
   // dQ (64 queries x 64 columns) = dS (64 x BN, the dS^T tile) K (BN x 64 of D), one group.
   auto issue_dq = [&](int tile) {
+    const uint32_t k_blk = D == 128 ? uniform_here(k_tile) : k_tile;
     zero(dq);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
-      wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN, Cfg::kDescFromTile>(ds_tile(tile), kk),
-                         desc_mn_major<kBlockN, Cfg::kDescFromTile>(k_tile, kk, wg), kk > 0);
+      wgmma_ss_n64<1, 1>(dq, desc_mn_major<kBlockN>(ds_tile(tile), kk),
+                         desc_mn_major<kBlockN>(k_blk, kk, wg), kk > 0);
     wgmma_commit();
   };
   // dQ of block j, its product complete, scaled, into the workspace: from registers, or into the
@@ -735,6 +725,10 @@ __global__ void __launch_bounds__(384, 1)
   auto block = [&](const int it, auto has_dq) {
     const int mb = m_first + it, qb0 = mb * kBlockM, st = it & 1;
     const int ds_st = Cfg::kTurns ? it % 3 : st;  // this block's dS^T tile
+    // At D = 128 the K/V descriptors built anew each block: hoisted out of the loop, the tile-plus-
+    // offset ones took more uniform registers than there are, and ptxas spilled.
+    const uint32_t k_blk = D == 128 ? uniform_here(k_tile) : k_tile;
+    const uint32_t v_blk = D == 128 ? uniform_here(v_tile) : v_tile;
     mbar_wait(full_bar(st), (it >> 1) & 1);
     const float* lse_t = lse_s + st * kBlockM;
     const float* delta_t = delta_s + st * kBlockM;
@@ -748,13 +742,13 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss_n64<0, 0>(s, desc_k_major<kBlockN, Cfg::kDescFromTile>(k_tile, 64 * wg, kk),
-                         desc_k_major<kBlockM, Cfg::kDescFromTile>(q_tile(st), 0, kk), kk > 0);
+      wgmma_ss_n64<0, 0>(s, desc_k_major<kBlockN>(k_blk, 64 * wg, kk),
+                         desc_k_major<kBlockM>(q_tile(st), 0, kk), kk > 0);
     wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss_n64<0, 0>(dp, desc_k_major<kBlockN, Cfg::kDescFromTile>(v_tile, 64 * wg, kk),
-                         desc_k_major<kBlockM, Cfg::kDescFromTile>(do_tile(st), 0, kk), kk > 0);
+      wgmma_ss_n64<0, 0>(dp, desc_k_major<kBlockN>(v_blk, 64 * wg, kk),
+                         desc_k_major<kBlockM>(do_tile(st), 0, kk), kk > 0);
     wgmma_commit();
     if constexpr (Cfg::kTurns) named_arrive(2 - wg);
     wgmma_wait<1>();
@@ -826,10 +820,10 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_fence();
 #pragma unroll
       for (int kq = 0; kq < kBlockM / 16; ++kq)
-        wgmma_rs<D, 1>(dv, pa[kq], desc_mn_major<kBlockM, Cfg::kDescFromTile>(do_tile(st), kq));
+        wgmma_rs<D, 1>(dv, pa[kq], desc_mn_major<kBlockM>(do_tile(st), kq));
 #pragma unroll
       for (int kq = 0; kq < kBlockM / 16; ++kq)
-        wgmma_rs<D, 1>(dk, dsa[kq], desc_mn_major<kBlockM, Cfg::kDescFromTile>(q_tile(st), kq));
+        wgmma_rs<D, 1>(dk, dsa[kq], desc_mn_major<kBlockM>(q_tile(st), kq));
       wgmma_commit();
     };
     if constexpr (Cfg::kTurns) {
