@@ -100,8 +100,11 @@ if [ "${LSS_CUDA_LIBS:-system}" = python ]; then
 fi
 gpus=$(sys nvidia-smi -L | grep -c "^GPU")
 keep=$root/.gpu-keep/sweeps
-# One points folder per $OUT, so that a second invocation in the same call keeps the first's.
+# One points folder per $OUT, so that a second invocation in the same call keeps the first's. A
+# call's first invocation ($OUT has no points.tar.gz yet) starts it empty: on a machine still warm
+# from the last call, /tmp holds that call's points, which it already brought back.
 res=${TMPDIR:-/tmp}/lss-points-$(printf '%s' "$out" | cksum | cut -d' ' -f1)/points
+[ -f "$out/points.tar.gz" ] || rm -rf "$res"
 mkdir -p "$res"
 pack() {
   tar -C "$(dirname "$res")" -czf "$out/points.tar.gz.tmp" points && mv "$out/points.tar.gz.tmp" "$out/points.tar.gz"
