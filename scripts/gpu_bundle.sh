@@ -40,17 +40,10 @@ fi
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/lss-gpu-bundle.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
-# Every result names the commit its binary was stamped with at build time: a commit made after the
-# build leaves the binaries naming the one before (or "-dirty"), so their results would be filed
-# under the wrong commit. Refuse, naming both.
-stamped_header=$build/generated/lss_git_commit.h
-if [[ -f $stamped_header ]]; then
-  cmake -DSRC="$root" -DOUT="$stage/now.h" -P "$root/cmake/git_commit.cmake"
-  stamped=$(sed -n 's/^#define LSS_GIT_COMMIT "\(.*\)"$/\1/p' "$stamped_header")
-  now=$(sed -n 's/^#define LSS_GIT_COMMIT "\(.*\)"$/\1/p' "$stage/now.h")
-  [[ $stamped == "$now" ]] || die "the binaries in $build are stamped commit '$stamped' but the tree is at '$now': rebuild (cmake --build $build) so that results name the code they ran"
-  rm -f "$stage/now.h"
-fi
+# Every result names the commit its binary was stamped with at build time (build_stamp.sh).
+# shellcheck source=build_stamp.sh
+source "$root/scripts/build_stamp.sh"
+check_build_stamp "$build" "$root" "$stage"
 mkdir -p "$stage/bin" "$stage/lib"
 
 # ---- binaries ----

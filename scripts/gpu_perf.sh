@@ -53,6 +53,14 @@
 #             LSS_AB_TAG names the points (ab_<tag>_...) so that several A/Bs fit in one call;
 #             LSS_AB_ITERS timed steps per run (default 6; more where the power cap's spread hides
 #             a 1% change, as at T = 64K on 4 GPUs)
+#   ab-kernel  kernel variants against the bundle's build on one card: each variant is .device/NAME.tar.xz
+#             (scripts/gpu_variant.sh; LSS_AB_VARIANTS picks names, default every archive but the bundle);
+#             test_cuda_attention of each variant, then bench_attention forward+backward and forward alone
+#             (LSS_AB_KERNEL_PASSES, default "1 0"; LSS_AB_KERNEL_FILTER, the filter before "/bwd:", default
+#             T 4K 16K 64K, D 64 128, causal and full, the own kernels) and the serial step at T = 16K
+#             (LSS_AB_KERNEL_HEADS, default 16), each in the order base, variants, twice (the card's clocks
+#             drift over a call); $OUT/ab_kernel.txt: scripts/ab_summary.py's tables; each variant's
+#             change.diff comes back in the points as abk_NAME_change.diff
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way;
 #             LSS_LONG_STRATEGIES (default "lss megatron_sp") picks which
@@ -207,6 +215,56 @@ run_section() {
           done
         done
       done ;;
+    ab-kernel)
+      local variants=() v f
+      for f in "$dev"/*.tar.xz; do
+        [ -f "$f" ] || continue
+        v=$(basename "$f" .tar.xz)
+        [ "$v" = bundle ] || variants+=("$v")
+      done
+      [ -n "${LSS_AB_VARIANTS:-}" ] && read -ra variants <<<"$LSS_AB_VARIANTS"
+      if ((${#variants[@]} == 0)); then
+        echo ">>> NOT-RUN ab-kernel: no variant archive in .device (scripts/gpu_variant.sh NAME makes one)"; failed=1; return
+      fi
+      for v in "${variants[@]}"; do
+        if [ ! -x "$dev/$v/bench_attention" ]; then
+          mkdir -p "$dev/$v" && tar -C "$dev/$v" -xJf "$dev/$v.tar.xz" || { echo ">>> NOT-RUN ab-kernel: cannot unpack $dev/$v.tar.xz"; failed=1; return; }
+        fi
+        [ -f "$dev/$v/change.diff" ] && cp "$dev/$v/change.diff" "$res/abk_${v}_change.diff"
+        step abk_test_cuda_attention_$v 150 "$dev/$v/test_cuda_attention" --gtest_brief=1
+      done
+      local sides=(base "${variants[@]}") bwd round side H exe
+      for bwd in ${LSS_AB_KERNEL_PASSES:-1 0}; do
+        for round in 1 2; do
+          for side in "${sides[@]}"; do
+            exe=$dev/$side/bench_attention
+            [ "$side" = base ] && exe=$dev/bin/bench_attention
+            step abk_attention_bwd${bwd}_${side}_r$round 120 "$exe" --benchmark_out_format=json \
+              --benchmark_out="$res/abk_attention_bwd${bwd}_${side}_r$round.json" \
+              --benchmark_filter="${LSS_AB_KERNEL_FILTER:-BM_Attention/T:(4096|16384|65536)/D:(64|128)/causal:(0|1)/path:0}/bwd:$bwd"
+          done
+        done
+      done
+      for H in ${LSS_AB_KERNEL_HEADS:-16}; do
+        for round in 1 2; do
+          for side in "${sides[@]}"; do
+            exe=$dev/$side/lssbench
+            [ "$side" = base ] && exe=$dev/bin/lssbench
+            step abk_serial_h${H}_${side}_r$round 100 mpiexec.hydra -n 1 "$exe" run ${model/--heads 16/--heads $H} \
+              --strategy serial --seq 16K --warmup 3 --iters 10 --no-bound --out "$res/abk_serial_h${H}_${side}_r$round.json"
+          done
+        done
+      done
+      local args=() files
+      for side in "${sides[@]}"; do
+        files=$(find "$res" -maxdepth 1 -name "abk_*_${side}_r[12].json" | sort | paste -sd, -)
+        [ -n "$files" ] && args+=("$side=$files")
+      done
+      if [ "${#args[@]}" -ge 2 ] && [[ ${args[0]} == base=* ]]; then
+        sys python3 "$root/scripts/ab_summary.py" "${args[@]}" | tee "$out/ab_kernel.txt"
+      else
+        echo ">>> ab-kernel: no tables (the base or every variant has no result)"; failed=1
+      fi ;;
     weak)
       for w in 1 2 4; do
         ((w > gpus)) && continue
@@ -356,5 +414,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
           f"mem {m['peak_mem_bytes'] / 2**30:6.2f} GiB "
           f"comm=model {j['comm']['matches_model']}{clocks(t)}")
 PY
+  # The group runs in a subshell (it is piped into tee), so its failures leave through its status.
+  exit $failed
 } 2>&1 | tee -a "$out/log.txt"
-exit $failed
+exit "${PIPESTATUS[0]}"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(build-essential cmake mpich libmpich-dev nlohmann-json3-dev libfmt-dev libbenchmark-dev
-          libgtest-dev libopenblas-dev python3-matplotlib)
+          libgtest-dev libopenblas-dev python3-matplotlib xz-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Tables of an A/B on one card: a base build against variants, each run in rounds (JSON only).
+
+usage: python3 scripts/ab_summary.py SIDE=FILE[,FILE...] SIDE=FILE[,FILE...] [...]
+
+The first SIDE is the base. Each FILE is one round of that side: either bench_attention's
+Google Benchmark JSON (rows: each benchmark's TFLOP/s) or an lssbench result (one row: the
+step's median ms, keyed by strategy, T, H and world). A row of a variant shows every round's
+value and the change of its mean against the base's mean: for TFLOP/s higher is better, for ms
+lower is. Each side's build (git_commit in the JSON) heads its table so that the A/B names what
+it compared. gpu_perf.sh's ab-kernel section writes its summary with this; it reads only JSON.
+A missing or malformed file is an error naming it (exit 2).
+"""
+import json
+import sys
+
+
+class InputError(Exception):
+    pass
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: {e}")
+
+
+def rows_of(path):
+    """{row key: value}, the unit, and the build's commit, for one round's file."""
+    doc = load(path)
+    if isinstance(doc, dict) and "benchmarks" in doc:
+        rows = {}
+        for b in doc["benchmarks"]:
+            if "TFLOP/s" not in b or b.get("run_type", "iteration") != "iteration":
+                continue
+            rows[b["name"].removesuffix("/manual_time")] = float(b["TFLOP/s"])
+        commit = doc.get("context", {}).get("git_commit", "?")
+        return rows, "TFLOP/s", commit
+    if isinstance(doc, dict) and "timing" in doc and "config" in doc:
+        c = doc["config"]
+        world = doc.get("grid", {}).get("world", 1) if isinstance(doc.get("grid"), dict) else 1
+        key = f"{doc.get('strategy', '?')} T={c['seq']} H={c['heads']} world={world}"
+        commit = doc.get("machine", {}).get("git_commit", "?")
+        return {key: float(doc["timing"]["median_ms"])}, "ms", commit
+    raise InputError(f"{path}: neither bench_attention JSON (benchmarks) nor an lssbench result (timing, config)")
+
+
+def parse_side(arg):
+    name, sep, files = arg.partition("=")
+    if not sep or not name or not files:
+        raise InputError(f"'{arg}': expected SIDE=FILE[,FILE...]")
+    return name, [f for f in files.split(",") if f]
+
+
+def main(argv):
+    if len(argv) < 2 or any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    sides = [parse_side(a) for a in argv]
+    # side -> unit -> row -> [value per round]; side -> commits
+    values, commits = {}, {}
+    for name, files in sides:
+        for path in files:
+            rows, unit, commit = rows_of(path)
+            commits.setdefault(name, [])
+            if commit not in commits[name]:
+                commits[name].append(commit)
+            for key, v in rows.items():
+                values.setdefault(name, {}).setdefault(unit, {}).setdefault(key, []).append(v)
+    base = sides[0][0]
+    mean = lambda xs: sum(xs) / len(xs)
+    out = []
+    out.append("builds: " + "; ".join(f"{n} = {', '.join(commits.get(n, ['?']))}" for n, _ in sides))
+    for unit in ("TFLOP/s", "ms"):
+        keys = list(values.get(base, {}).get(unit, {}))
+        if not keys:
+            continue
+        better = "higher" if unit == "TFLOP/s" else "lower"
+        out.append("")
+        out.append(f"{unit} ({better} is better; each round's value, then the change of the mean against {base})")
+        header = ["row", base] + [n for n, _ in sides[1:]]
+        table = [header]
+        for key in keys:
+            b = values[base][unit][key]
+            line = [key, ", ".join(f"{x:.2f}" for x in b)]
+            for name, _ in sides[1:]:
+                v = values.get(name, {}).get(unit, {}).get(key)
+                if not v:
+                    line.append("-")
+                    continue
+                line.append(", ".join(f"{x:.2f}" for x in v) + f"  ({mean(v) / mean(b) - 1:+.1%})")
+            table.append(line)
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        for r in table:
+            out.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except InputError as e:
+        print(f"ab_summary: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Packs a variant build for an A/B of kernels on one card (gpu_perf.sh's ab-kernel section) into
+# .device/NAME.tar.xz, beside the base bundle (gpu_bundle.sh). Run from the repository root on this
+# machine with the variant's change in the working tree and built:
+#   git apply change.diff && cmake --build build-cuda && BUILD_DIR=build-cuda scripts/gpu_variant.sh n1
+#   git checkout -- . && cmake --build build-cuda && BUILD_DIR=build-cuda scripts/gpu_bundle.sh
+#   device tool: run(command="bash scripts/gpu_perf.sh ab-kernel", carry=[".device"])
+# What goes in: bench_attention, lssbench and test_cuda_attention of BUILD_DIR/bin (stripped: they load
+# the base bundle's libraries), and change.diff, the working tree's diff against HEAD, so the
+# variant's change comes back with its results (ab-kernel copies it into the points).
+# NAME: lower-case letters and digits, starting with a letter; not "base" or "bundle".
+set -euo pipefail
+
+die() { echo "gpu_variant.sh: ERROR: $*" >&2; exit 1; }
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=${BUILD_DIR:-build}
+name=${1:-}
+[[ $name =~ ^[a-z][a-z0-9]*$ ]] || die "variant name '$name': expected lower-case letters and digits, starting with a letter (usage: gpu_variant.sh NAME)"
+[[ $name != base && $name != bundle ]] || die "variant name '$name' is reserved (the base build is 'base', its archive 'bundle')"
+for tool in strip tar xz git cmake; do
+  command -v "$tool" >/dev/null || die "'$tool' is needed and not installed"
+done
+bins=(bench_attention lssbench test_cuda_attention)
+for b in "${bins[@]}"; do
+  [[ -x $build/bin/$b ]] || die "$build/bin/$b not found: build the variant first (cmake --build $build)"
+done
+if ! ldd "$build/bin/lssbench" | grep 'libnccl\.so' >/dev/null; then
+  die "$build/bin/lssbench does not link NCCL: configure with CUDA (cmake -S . -B $build -DCMAKE_CUDA_ARCHITECTURES=90a)"
+fi
+
+stage=$(mktemp -d "${TMPDIR:-/tmp}/lss-gpu-variant.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+# shellcheck source=build_stamp.sh
+source "$root/scripts/build_stamp.sh"
+check_build_stamp "$build" "$root" "$stage"
+git diff HEAD >"$stage/change.diff"
+[[ -s $stage/change.diff ]] || echo "gpu_variant.sh: note: the working tree equals HEAD, so '$name' is the base's code"
+for b in "${bins[@]}"; do cp -L "$build/bin/$b" "$stage/$b"; done
+strip "${bins[@]/#/$stage/}"
+mkdir -p .device
+tar -C "$stage" -cf - "${bins[@]}" change.diff | xz -T1 -6 >".device/$name.tar.xz.tmp"
+mv ".device/$name.tar.xz.tmp" ".device/$name.tar.xz"
+echo "wrote .device/$name.tar.xz ($(du -h ".device/$name.tar.xz" | cut -f1); the change: $(grep -c '^[+-][^+-]' "$stage/change.diff" || true) lines)"

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The kernel A/B tools without a GPU:
+# 1. scripts/ab_summary.py on a real A/B (base a774e10 against the probe n1 on an H200,
+#    results/h200-x1/20261129T1530-flash-bwd-desc-d128/call1/ab): its changes against the ones
+#    in that folder's NOTES.md, which were computed by hand from the same JSON; and the inputs it
+#    must refuse.
+# 2. gpu_perf.sh's ab-kernel section end to end on stand-in binaries (a bench_attention and an
+#    lssbench that write fixed rates, base 500 TFLOP/s and 60 ms, variant 510 and 57): every
+#    step runs in the order base, variant, twice; the summary shows +2.0% and -5.0%; the variant's
+#    change.diff comes back in the points.
+# 3. scripts/gpu_variant.sh refuses a bad variant name, naming it.
+# usage: ab_kernel.sh SOURCE_ROOT
+set -uo pipefail
+root=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail=0
+expect() {  # FILE PATTERN: must appear in FILE
+  grep -qF -- "$2" "$1" || { echo "FAIL: $(basename "$1") lacks: $2"; fail=1; }
+}
+
+# ---- 1. the summary on real JSON ----
+ab=$root/results/h200-x1/20261129T1530-flash-bwd-desc-d128/call1/ab
+side() { local s=$1; echo "$s=$ab/bench_bwd1_${s}_r1.json,$ab/bench_bwd1_${s}_r2.json,$ab/serial_h16_${s}_r1_T16K.json,$ab/serial_h16_${s}_r2_T16K.json"; }
+python3 "$root/scripts/ab_summary.py" "$(side base)" "$(side n1)" >"$work/real.txt" 2>&1 ||
+  { cat "$work/real.txt"; echo "FAIL: ab_summary exit $? on the real A/B"; exit 1; }
+cat "$work/real.txt"
+expect "$work/real.txt" "builds: base = a774e1072330; n1 = a774e1072330-dirty"
+expect "$work/real.txt" "BM_Attention/T:16384/D:128/causal:1/path:0/bwd:1  594.22, 594.75  604.46, 602.63  (+1.5%)"
+expect "$work/real.txt" "BM_Attention/T:65536/D:64/causal:0/path:0/bwd:1   476.16, 479.21  488.22, 489.14  (+2.3%)"
+expect "$work/real.txt" "serial T=16384 H=16 world=1  57.93, 58.09  57.52, 57.98  (-0.4%)"
+refuse() {  # WHAT ARGS...: exit 2 and a message naming the bad input
+  local what=$1
+  shift
+  python3 "$root/scripts/ab_summary.py" "$@" >"$work/bad.txt" 2>&1
+  local rc=$?
+  [ $rc -eq 2 ] || { echo "FAIL: $what: exit $rc, expected 2"; fail=1; }
+  grep -q "ab_summary: .*$what" "$work/bad.txt" || { echo "FAIL: $what: message does not name it:"; cat "$work/bad.txt"; fail=1; }
+}
+refuse "$work/missing.json" "base=$work/missing.json" "n1=$ab/bench_bwd1_n1_r1.json"
+echo '{"something": 1}' >"$work/other.json"
+refuse "$work/other.json" "base=$work/other.json" "n1=$ab/bench_bwd1_n1_r1.json"
+refuse "nofiles" "nofiles" "n1=$ab/bench_bwd1_n1_r1.json"
+
+# ---- 2. gpu_perf.sh ab-kernel on stand-ins ----
+repo=$work/repo
+mkdir -p "$repo/scripts" "$repo/.device/bin" "$repo/.device/mpich/bin" "$work/stub" "$work/v1"
+cp "$root/scripts/gpu_perf.sh" "$root/scripts/ab_summary.py" "$repo/scripts/"
+printf '#!/bin/sh\necho "GPU 0: stand-in (UUID: GPU-0)"\n' >"$work/stub/nvidia-smi"
+# mpiexec.hydra -n N EXE ARGS...: run EXE once.
+printf '#!/bin/sh\nshift 2\nexec "$@"\n' >"$repo/.device/mpich/bin/mpiexec.hydra"
+make_stand_ins() {  # DIR TFLOPS MS
+  cat >"$1/bench_attention" <<EOF
+#!/usr/bin/env bash
+echo "\$(basename "\$(dirname "\$0")") bench_attention \$*" >>"$work/calls.txt"
+for a in "\$@"; do case \$a in --benchmark_out=*) out=\${a#*=} ;; esac; done
+cat >"\$out" <<J
+{"context": {"git_commit": "stand-in-$2"}, "benchmarks": [
+ {"name": "BM_Attention/T:16384/D:128/causal:1/path:0/bwd:1/manual_time", "run_type": "iteration", "TFLOP/s": $2}]}
+J
+EOF
+  cat >"$1/lssbench" <<EOF
+#!/usr/bin/env bash
+echo "\$(basename "\$(dirname "\$0")") lssbench \$*" >>"$work/calls.txt"
+while [ \$# -gt 0 ]; do case \$1 in --out) out=\$2; shift ;; --heads) heads=\$2; shift ;; esac; shift; done
+cat >"\$out" <<J
+{"schema_version": 1, "status": "ok", "strategy": "serial", "grid": {"world": 1},
+ "config": {"seq": 16384, "heads": \$heads},
+ "machine": {"git_commit": "stand-in-$2"},
+ "timing": {"median_ms": $3, "comm_median_ms": 0, "comm_exposed_median_ms": 0},
+ "metrics": {"tflops_per_gpu": 1, "peak_mem_bytes": 1}, "comm": {"matches_model": true}}
+J
+EOF
+  printf '#!/bin/sh\necho "$(basename "$(dirname "$0")") test_cuda_attention" >>"%s"\n' "$work/calls.txt" >"$1/test_cuda_attention"
+  chmod +x "$1"/*
+}
+make_stand_ins "$repo/.device/bin" 500 60
+make_stand_ins "$work/v1" 510 57
+echo "+the variant's change" >"$work/v1/change.diff"
+tar -C "$work/v1" -cJf "$repo/.device/v1.tar.xz" bench_attention lssbench test_cuda_attention change.diff
+chmod +x "$work/stub/nvidia-smi" "$repo/.device/mpich/bin/mpiexec.hydra"
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out TMPDIR=$work LSS_AB_KERNEL_PASSES=1 \
+  bash scripts/gpu_perf.sh ab-kernel >"$work/run.txt" 2>&1)
+rc=$?
+[ $rc -eq 0 ] || { cat "$work/run.txt"; echo "FAIL: gpu_perf.sh ab-kernel exit $rc"; fail=1; }
+cat "$work/out/ab_kernel.txt" 2>/dev/null || echo "FAIL: no ab_kernel.txt"
+expect "$work/out/ab_kernel.txt" "builds: base = stand-in-500; v1 = stand-in-510"
+expect "$work/out/ab_kernel.txt" "BM_Attention/T:16384/D:128/causal:1/path:0/bwd:1  500.00, 500.00  510.00, 510.00  (+2.0%)"
+expect "$work/out/ab_kernel.txt" "serial T=16384 H=16 world=1  60.00, 60.00  57.00, 57.00  (-5.0%)"
+# The order of the runs: the variant's test, then base and variant alternating, twice per kind.
+order=$(awk '{print $1, $2}' "$work/calls.txt" | paste -sd'|' -)
+want="v1 test_cuda_attention|bin bench_attention|v1 bench_attention|bin bench_attention|v1 bench_attention|bin lssbench|v1 lssbench|bin lssbench|v1 lssbench"
+[ "$order" = "$want" ] || { echo "FAIL: run order"; echo "  got:  $order"; echo "  want: $want"; fail=1; }
+tar -tzf "$work/out/points.tar.gz" | grep -q "points/abk_v1_change.diff" || { echo "FAIL: the variant's change.diff is not in the points"; fail=1; }
+# No variant archive: the section says so and the script fails.
+rm -f "$repo/.device/v1.tar.xz"
+rm -rf "$repo/.device/v1"
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out2 TMPDIR=$work bash scripts/gpu_perf.sh ab-kernel >"$work/run2.txt" 2>&1)
+rc=$?
+[ $rc -ne 0 ] || { echo "FAIL: ab-kernel without variants exited 0"; fail=1; }
+expect "$work/run2.txt" "NOT-RUN ab-kernel: no variant archive"
+
+# ---- 3. gpu_variant.sh's name check ----
+for bad in Bad base bundle 1x ""; do
+  bash "$root/scripts/gpu_variant.sh" "$bad" >"$work/variant.txt" 2>&1 && { echo "FAIL: gpu_variant.sh accepted '$bad'"; fail=1; }
+  grep -q "variant name '$bad'" "$work/variant.txt" || { echo "FAIL: gpu_variant.sh '$bad': message does not name it"; cat "$work/variant.txt"; fail=1; }
+done
+
+[ $fail -eq 0 ] && echo "ab_kernel: all checks passed"
+exit $fail
