@@ -15,6 +15,8 @@ import json
 import sys
 
 
+# Its own small loader, not plots/lssplot.py's: that module imports matplotlib, which the GPU
+# machine's python3 (where gpu_perf.sh runs this) need not have.
 class InputError(Exception):
     pass
 

@@ -5,7 +5,7 @@
 #   git apply change.diff && cmake --build build-cuda && BUILD_DIR=build-cuda scripts/gpu_variant.sh n1
 #   git checkout -- . && cmake --build build-cuda && BUILD_DIR=build-cuda scripts/gpu_bundle.sh
 #   device tool: run(command="bash scripts/gpu_perf.sh ab-kernel", carry=[".device"])
-# What goes in: bench_attention, lssbench and test_cuda_attention of BUILD_DIR/bin (stripped: they load
+# What goes in: bench_attention, lssbench and test_cuda_attention of BUILD_DIR/bin (debug sections stripped; they load
 # the base bundle's libraries), and change.diff, the working tree's diff against HEAD, so the
 # variant's change comes back with its results (ab-kernel copies it into the points).
 # NAME: lower-case letters and digits, starting with a letter; not "base" or "bundle".
@@ -38,7 +38,8 @@ check_build_stamp "$build" "$root" "$stage"
 git diff HEAD >"$stage/change.diff"
 [[ -s $stage/change.diff ]] || echo "gpu_variant.sh: note: the working tree equals HEAD, so '$name' is the base's code"
 for b in "${bins[@]}"; do cp -L "$build/bin/$b" "$stage/$b"; done
-strip "${bins[@]/#/$stage/}"
+# Debug sections only, as gpu_bundle.sh does: a crash still names functions.
+strip --strip-debug "${bins[@]/#/$stage/}"
 mkdir -p .device
 tar -C "$stage" -cf - "${bins[@]}" change.diff | xz -T1 -6 >".device/$name.tar.xz.tmp"
 mv ".device/$name.tar.xz.tmp" ".device/$name.tar.xz"
