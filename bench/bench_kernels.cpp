@@ -1,6 +1,6 @@
 // Kernel micro-benchmarks through the backend interface: attention forward and backward over T
 // and D, the model's GEMM shapes, the MLP's linear layers plain and with the step's fusions,
-// LayerNorm forward and backward, GELU, cross-entropy. Times are the backend's own markers
+// LayerNorm forward and backward, GELU, cross-entropy, the merge of two attention results. Times are the backend's own markers
 // (device events on cuda); FLOP and byte rates are user counters.
 //   bench_kernels [--backend=cpu|cuda] [--attention=auto|cudnn|flash] [--dtype=..] [--large]
 //                 [Google Benchmark flags, e.g. --benchmark_format=json --benchmark_out=FILE]
@@ -161,6 +161,33 @@ void cross_entropy(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(2.0 * N * V * dtype_size(dt) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Two attention results of the same rows merged by their log-sum-exp (lss's split causal blocks:
+// the diagonal block's out and lse, and those of its queries against the keys before it), in the
+// model's (Tq, B, H*D) layout, in place as lss runs it. Repeated merges keep the values bounded
+// (each row is a convex combination of the two). GB/s: both outputs and both lse read, the merged
+// output and lse written.
+void attention_merge(benchmark::State& state) {
+  const int64_t Tq = state.range(0), H = state.range(1), D = state.range(2), B = 1, C = H * D;
+  const DType dt = bench_dtype(g_settings);
+  Buffer out = random_buffer(*g_backend, dt, Tq * B * C, 10);                // (Tq, B, C)
+  Buffer part = random_buffer(*g_backend, dt, Tq * B * C, 11);               // (Tq, B, C)
+  Buffer lse = random_buffer(*g_backend, stat_dtype(dt), B * H * Tq, 12);    // (B, H, Tq)
+  Buffer part_lse = random_buffer(*g_backend, stat_dtype(dt), B * H * Tq, 13);  // (B, H, Tq)
+  AttentionMergeArgs a;
+  a.dtype = dt;
+  a.B = B;
+  a.H = H;
+  a.D = D;
+  a.Tq = Tq;
+  a.out = {out.ptr(), C, B * C};
+  a.lse = lse.ptr();
+  a.part = {part.ptr(), C, B * C};
+  a.part_lse = part_lse.ptr();
+  timed_loop(state, [&] { g_backend->attention_merge(a); });
+  const double bytes = 3.0 * Tq * B * C * dtype_size(dt) + 3.0 * B * H * Tq * dtype_size(stat_dtype(dt));
+  state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void register_all() {
   const bool L = g_settings.large;
   auto* fwd = benchmark::RegisterBenchmark("attention_fwd", [](benchmark::State& s) { attention(s, false); });
@@ -185,6 +212,11 @@ void register_all() {
   benchmark::RegisterBenchmark("layernorm_bwd", layernorm_backward)->ArgNames({"N", "C"})->Args({M, C})->UseManualTime();
   benchmark::RegisterBenchmark("gelu_fwd", gelu)->ArgNames({"n"})->Args({M * 4 * C})->UseManualTime();
   benchmark::RegisterBenchmark("cross_entropy", cross_entropy)->ArgNames({"N"})->Args({M})->UseManualTime();
+  // lss's split blocks at 16K, 64K and 256K tokens on 4 GPUs: T / 8 rows each.
+  auto* m = benchmark::RegisterBenchmark("attention_merge", attention_merge);
+  m->ArgNames({"Tq", "H", "D"})->UseManualTime()->Unit(benchmark::kMillisecond);
+  for (int64_t Tq : L ? std::vector<int64_t>{2048, 8192, 32768} : std::vector<int64_t>{256, 1024})
+    m->Args({Tq, L ? 16 : 2, L ? 128 : 64});
 }
 
 }  // namespace

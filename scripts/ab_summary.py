@@ -3,11 +3,11 @@
 
 usage: python3 scripts/ab_summary.py SIDE=FILE[,FILE...] SIDE=FILE[,FILE...] [...]
 
-The first SIDE is the base. Each FILE is one round of that side: either bench_attention's
-Google Benchmark JSON (rows: each benchmark's TFLOP/s) or an lssbench result (one row: the
-step's median ms, keyed by strategy, T, H and world). A row of a variant shows every round's
-value and the change of its mean against the base's mean: for TFLOP/s higher is better, for ms
-lower is. Each side's build (git_commit in the JSON) heads its table so that the A/B names what
+The first SIDE is the base. Each FILE is one round of that side: either Google Benchmark JSON
+of bench_attention or bench_kernels (rows: each benchmark's TFLOP/s, or GB/s where it has no
+TFLOP/s) or an lssbench result (one row: the step's median ms, keyed by strategy, T, H and
+world). A row of a variant shows every round's value and the change of its mean against the
+base's mean: for rates higher is better, for ms lower is; a side without the row shows "-". Each side's build (git_commit in the JSON) heads its table so that the A/B names what
 it compared. gpu_perf.sh's ab-kernel section writes its summary with this; it reads only JSON.
 A missing or malformed file is an error naming it (exit 2).
 """
@@ -30,23 +30,25 @@ def load(path):
 
 
 def rows_of(path):
-    """{row key: value}, the unit, and the build's commit, for one round's file."""
+    """[(unit, row key, value)] and the build's commit, for one round's file."""
     doc = load(path)
     if isinstance(doc, dict) and "benchmarks" in doc:
-        rows = {}
+        rows = []
         for b in doc["benchmarks"]:
-            if "TFLOP/s" not in b or b.get("run_type", "iteration") != "iteration":
+            if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
                 continue
-            rows[b["name"].removesuffix("/manual_time")] = float(b["TFLOP/s"])
-        commit = doc.get("context", {}).get("git_commit", "?")
-        return rows, "TFLOP/s", commit
+            unit = next((u for u in ("TFLOP/s", "GB/s") if u in b), None)
+            if unit:
+                rows.append((unit, b["name"].removesuffix("/manual_time"), float(b[unit])))
+        ctx = doc.get("context", {})
+        return rows, ctx.get("git_commit", ctx.get("lssbench_commit", "?"))
     if isinstance(doc, dict) and "timing" in doc and "config" in doc:
         c = doc["config"]
         world = doc.get("grid", {}).get("world", 1) if isinstance(doc.get("grid"), dict) else 1
         key = f"{doc.get('strategy', '?')} T={c['seq']} H={c['heads']} world={world}"
         commit = doc.get("machine", {}).get("git_commit", "?")
-        return {key: float(doc["timing"]["median_ms"])}, "ms", commit
-    raise InputError(f"{path}: neither bench_attention JSON (benchmarks) nor an lssbench result (timing, config)")
+        return [("ms", key, float(doc["timing"]["median_ms"]))], commit
+    raise InputError(f"{path}: neither Google Benchmark JSON (benchmarks) nor an lssbench result (timing, config)")
 
 
 def parse_side(arg):
@@ -65,21 +67,21 @@ def main(argv):
     values, commits = {}, {}
     for name, files in sides:
         for path in files:
-            rows, unit, commit = rows_of(path)
+            rows, commit = rows_of(path)
             commits.setdefault(name, [])
             if commit not in commits[name]:
                 commits[name].append(commit)
-            for key, v in rows.items():
+            for unit, key, v in rows:
                 values.setdefault(name, {}).setdefault(unit, {}).setdefault(key, []).append(v)
     base = sides[0][0]
     mean = lambda xs: sum(xs) / len(xs)
     out = []
     out.append("builds: " + "; ".join(f"{n} = {', '.join(commits.get(n, ['?']))}" for n, _ in sides))
-    for unit in ("TFLOP/s", "ms"):
+    for unit in ("TFLOP/s", "GB/s", "ms"):
         keys = list(values.get(base, {}).get(unit, {}))
         if not keys:
             continue
-        better = "higher" if unit == "TFLOP/s" else "lower"
+        better = "lower" if unit == "ms" else "higher"
         out.append("")
         out.append(f"{unit} ({better} is better; each round's value, then the change of the mean against {base})")
         header = ["row", base] + [n for n, _ in sides[1:]]

@@ -54,13 +54,15 @@
 #             LSS_AB_ITERS timed steps per run (default 6; more where the power cap's spread hides
 #             a 1% change, as at T = 64K on 4 GPUs)
 #   ab-kernel  kernel variants against the bundle's build on one card: each variant is .device/NAME.tar.xz
-#             (scripts/gpu_variant.sh; LSS_AB_VARIANTS picks names, default every archive but the bundle);
-#             test_cuda_attention of each variant, then bench_attention forward+backward and forward alone
-#             (LSS_AB_KERNEL_PASSES, default "1 0"; LSS_AB_KERNEL_FILTER, the filter before "/bwd:", default
-#             T 4K 16K 64K, D 64 128, causal and full, the own kernels) and the serial step at T = 16K
-#             (LSS_AB_KERNEL_HEADS, default 16), each in the order base, variants, twice (the card's clocks
-#             drift over a call); $OUT/ab_kernel.txt: scripts/ab_summary.py's tables; each variant's
-#             change.diff comes back in the points as abk_NAME_change.diff
+#             (scripts/gpu_variant.sh; LSS_AB_VARIANTS picks names, default every archive but the bundle),
+#             and runs what it carries: its test_cuda_kernels and test_cuda_attention; bench_attention
+#             forward+backward and forward alone (LSS_AB_KERNEL_PASSES, default "1 0"; LSS_AB_KERNEL_FILTER,
+#             the filter before "/bwd:", default T 4K 16K 64K, D 64 128, causal and full, the own kernels);
+#             bench_kernels --large (LSS_AB_KERNEL_KERNELS_FILTER, default all); the serial step at T = 16K
+#             (LSS_AB_KERNEL_HEADS, default 16). Each benchmark in the order base, variants, twice (the
+#             card's clocks drift over a call), the base only where a variant has the binary;
+#             $OUT/ab_kernel.txt: scripts/ab_summary.py's tables; each variant's change.diff comes back
+#             in the points as abk_NAME_change.diff
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way;
 #             LSS_LONG_STRATEGIES (default "lss megatron_sp") picks which
@@ -226,30 +228,50 @@ run_section() {
       if ((${#variants[@]} == 0)); then
         echo ">>> NOT-RUN ab-kernel: no variant archive in .device (scripts/gpu_variant.sh NAME makes one)"; failed=1; return
       fi
+      local t
       for v in "${variants[@]}"; do
-        if [ ! -x "$dev/$v/bench_attention" ]; then
+        if [ ! -d "$dev/$v" ]; then
           mkdir -p "$dev/$v" && tar -C "$dev/$v" -xJf "$dev/$v.tar.xz" || { echo ">>> NOT-RUN ab-kernel: cannot unpack $dev/$v.tar.xz"; failed=1; return; }
         fi
         [ -f "$dev/$v/change.diff" ] && cp "$dev/$v/change.diff" "$res/abk_${v}_change.diff"
-        step abk_test_cuda_attention_$v 150 "$dev/$v/test_cuda_attention" --gtest_brief=1
+        for t in test_cuda_kernels test_cuda_attention; do
+          [ -x "$dev/$v/$t" ] && step abk_${t}_$v 150 "$dev/$v/$t" --gtest_brief=1
+        done
       done
+      # Each benchmark on the base and on the variants that carry its binary, alternating, twice.
+      exe_of() {  # SIDE BINARY: its path, or nothing where the variant lacks it
+        if [ "$1" = base ]; then echo "$dev/bin/$2"; elif [ -x "$dev/$1/$2" ]; then echo "$dev/$1/$2"; fi
+      }
+      any_variant_has() {  # BINARY: the base runs a benchmark only to compare with a variant's
+        local w
+        for w in "${variants[@]}"; do [ -x "$dev/$w/$1" ] && return 0; done
+        return 1
+      }
       local sides=(base "${variants[@]}") bwd round side H exe
       for bwd in ${LSS_AB_KERNEL_PASSES:-1 0}; do
         for round in 1 2; do
           for side in "${sides[@]}"; do
-            exe=$dev/$side/bench_attention
-            [ "$side" = base ] && exe=$dev/bin/bench_attention
+            exe=$(exe_of "$side" bench_attention)
+            [ -n "$exe" ] && any_variant_has bench_attention || continue
             step abk_attention_bwd${bwd}_${side}_r$round 120 "$exe" --benchmark_out_format=json \
               --benchmark_out="$res/abk_attention_bwd${bwd}_${side}_r$round.json" \
               --benchmark_filter="${LSS_AB_KERNEL_FILTER:-BM_Attention/T:(4096|16384|65536)/D:(64|128)/causal:(0|1)/path:0}/bwd:$bwd"
           done
         done
       done
+      for round in 1 2; do
+        for side in "${sides[@]}"; do
+          exe=$(exe_of "$side" bench_kernels)
+          [ -n "$exe" ] && any_variant_has bench_kernels || continue
+          step abk_kernels_${side}_r$round 120 "$exe" --backend=cuda --large --benchmark_out_format=json \
+            --benchmark_out="$res/abk_kernels_${side}_r$round.json" --benchmark_filter="${LSS_AB_KERNEL_KERNELS_FILTER:-.}"
+        done
+      done
       for H in ${LSS_AB_KERNEL_HEADS:-16}; do
         for round in 1 2; do
           for side in "${sides[@]}"; do
-            exe=$dev/$side/lssbench
-            [ "$side" = base ] && exe=$dev/bin/lssbench
+            exe=$(exe_of "$side" lssbench)
+            [ -n "$exe" ] && any_variant_has lssbench || continue
             step abk_serial_h${H}_${side}_r$round 100 mpiexec.hydra -n 1 "$exe" run ${model/--heads 16/--heads $H} \
               --strategy serial --seq 16K --warmup 3 --iters 10 --no-bound --out "$res/abk_serial_h${H}_${side}_r$round.json"
           done

@@ -4,11 +4,13 @@
 #    results/h200-x1/20261129T1530-flash-bwd-desc-d128/call1/ab): its changes against the ones
 #    in that folder's NOTES.md, which were computed by hand from the same JSON; and the inputs it
 #    must refuse.
-# 2. gpu_perf.sh's ab-kernel section end to end on stand-in binaries (a bench_attention and an
-#    lssbench that write fixed rates, base 500 TFLOP/s and 60 ms, variant 510 and 57): every
-#    step runs in the order base, variant, twice; the summary shows +2.0% and -5.0%; the variant's
-#    change.diff comes back in the points.
-# 3. scripts/gpu_variant.sh refuses a bad variant name, naming it.
+# 2. gpu_perf.sh's ab-kernel section end to end on stand-in binaries that write fixed rates
+#    (bench_attention, bench_kernels, lssbench: base 500 TFLOP/s, 2000 GB/s, 60 ms), with two
+#    variants: v1 carries bench_attention, lssbench and test_cuda_attention (510, -, 57), k1 only
+#    bench_kernels and test_cuda_kernels (-, 2080, -). Each variant's tests run, each benchmark in
+#    the order base and the variants that carry it, twice; the summary shows +2.0%, +4.0% and
+#    -5.0% and "-" where a variant lacks the row; v1's change.diff comes back in the points.
+# 3. scripts/gpu_variant.sh refuses a bad variant name and a binary ab-kernel does not run, naming them.
 # usage: ab_kernel.sh SOURCE_ROOT
 set -uo pipefail
 root=$1
@@ -71,30 +73,48 @@ cat >"\$out" <<J
  "metrics": {"tflops_per_gpu": 1, "peak_mem_bytes": 1}, "comm": {"matches_model": true}}
 J
 EOF
-  printf '#!/bin/sh\necho "$(basename "$(dirname "$0")") test_cuda_attention" >>"%s"\n' "$work/calls.txt" >"$1/test_cuda_attention"
+  cat >"$1/bench_kernels" <<EOF
+#!/usr/bin/env bash
+echo "\$(basename "\$(dirname "\$0")") bench_kernels \$*" >>"$work/calls.txt"
+for a in "\$@"; do case \$a in --benchmark_out=*) out=\${a#*=} ;; esac; done
+cat >"\$out" <<J
+{"context": {"git_commit": "stand-in-$2"}, "benchmarks": [
+ {"name": "attention_merge/Tq:8192/H:16/D:128/manual_time", "run_type": "iteration", "GB/s": $(($2 * 4))}]}
+J
+EOF
+  for t in test_cuda_attention test_cuda_kernels; do
+    printf '#!/bin/sh\necho "$(basename "$(dirname "$0")") %s" >>"%s"\n' "$t" "$work/calls.txt" >"$1/$t"
+  done
   chmod +x "$1"/*
 }
 make_stand_ins "$repo/.device/bin" 500 60
 make_stand_ins "$work/v1" 510 57
 echo "+the variant's change" >"$work/v1/change.diff"
 tar -C "$work/v1" -cJf "$repo/.device/v1.tar.xz" bench_attention lssbench test_cuda_attention change.diff
+# A second variant with only the memory-bound kernels' test and benchmark (e.g. a merge kernel).
+mkdir -p "$work/k1"
+make_stand_ins "$work/k1" 520 59
+tar -C "$work/k1" -cJf "$repo/.device/k1.tar.xz" bench_kernels test_cuda_kernels
 chmod +x "$work/stub/nvidia-smi" "$repo/.device/mpich/bin/mpiexec.hydra"
 (cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out TMPDIR=$work LSS_AB_KERNEL_PASSES=1 \
   bash scripts/gpu_perf.sh ab-kernel >"$work/run.txt" 2>&1)
 rc=$?
 [ $rc -eq 0 ] || { cat "$work/run.txt"; echo "FAIL: gpu_perf.sh ab-kernel exit $rc"; fail=1; }
 cat "$work/out/ab_kernel.txt" 2>/dev/null || echo "FAIL: no ab_kernel.txt"
-expect "$work/out/ab_kernel.txt" "builds: base = stand-in-500; v1 = stand-in-510"
-expect "$work/out/ab_kernel.txt" "BM_Attention/T:16384/D:128/causal:1/path:0/bwd:1  500.00, 500.00  510.00, 510.00  (+2.0%)"
-expect "$work/out/ab_kernel.txt" "serial T=16384 H=16 world=1  60.00, 60.00  57.00, 57.00  (-5.0%)"
-# The order of the runs: the variant's test, then base and variant alternating, twice per kind.
+expect "$work/out/ab_kernel.txt" "builds: base = stand-in-500; k1 = stand-in-520; v1 = stand-in-510"
+expect "$work/out/ab_kernel.txt" "BM_Attention/T:16384/D:128/causal:1/path:0/bwd:1  500.00, 500.00  -   510.00, 510.00  (+2.0%)"
+expect "$work/out/ab_kernel.txt" "attention_merge/Tq:8192/H:16/D:128  2000.00, 2000.00  2080.00, 2080.00  (+4.0%)  -"
+expect "$work/out/ab_kernel.txt" "serial T=16384 H=16 world=1  60.00, 60.00  -   57.00, 57.00  (-5.0%)"
+# The order of the runs: each variant's tests, then per benchmark the base and the variants that
+# carry it, alternating, twice.
 order=$(awk '{print $1, $2}' "$work/calls.txt" | paste -sd'|' -)
-want="v1 test_cuda_attention|bin bench_attention|v1 bench_attention|bin bench_attention|v1 bench_attention|bin lssbench|v1 lssbench|bin lssbench|v1 lssbench"
+want="k1 test_cuda_kernels|v1 test_cuda_attention|bin bench_attention|v1 bench_attention|bin bench_attention|v1 bench_attention"
+want+="|bin bench_kernels|k1 bench_kernels|bin bench_kernels|k1 bench_kernels|bin lssbench|v1 lssbench|bin lssbench|v1 lssbench"
 [ "$order" = "$want" ] || { echo "FAIL: run order"; echo "  got:  $order"; echo "  want: $want"; fail=1; }
 tar -tzf "$work/out/points.tar.gz" | grep -q "points/abk_v1_change.diff" || { echo "FAIL: the variant's change.diff is not in the points"; fail=1; }
 # No variant archive: the section says so and the script fails.
-rm -f "$repo/.device/v1.tar.xz"
-rm -rf "$repo/.device/v1"
+rm -f "$repo/.device/v1.tar.xz" "$repo/.device/k1.tar.xz"
+rm -rf "$repo/.device/v1" "$repo/.device/k1"
 (cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out2 TMPDIR=$work bash scripts/gpu_perf.sh ab-kernel >"$work/run2.txt" 2>&1)
 rc=$?
 [ $rc -ne 0 ] || { echo "FAIL: ab-kernel without variants exited 0"; fail=1; }
@@ -105,6 +125,10 @@ for bad in Bad base bundle 1x ""; do
   bash "$root/scripts/gpu_variant.sh" "$bad" >"$work/variant.txt" 2>&1 && { echo "FAIL: gpu_variant.sh accepted '$bad'"; fail=1; }
   grep -q "variant name '$bad'" "$work/variant.txt" || { echo "FAIL: gpu_variant.sh '$bad': message does not name it"; cat "$work/variant.txt"; fail=1; }
 done
+
+bash "$root/scripts/gpu_variant.sh" ok1 lssbench bench_everything >"$work/variant.txt" 2>&1 &&
+  { echo "FAIL: gpu_variant.sh accepted the binary 'bench_everything'"; fail=1; }
+grep -q "binary 'bench_everything'" "$work/variant.txt" || { echo "FAIL: gpu_variant.sh: the bad binary is not named"; cat "$work/variant.txt"; fail=1; }
 
 [ $fail -eq 0 ] && echo "ab_kernel: all checks passed"
 exit $fail
