@@ -173,16 +173,9 @@ void attention_merge(benchmark::State& state) {
   Buffer part = random_buffer(*g_backend, dt, Tq * B * C, 11);               // (Tq, B, C)
   Buffer lse = random_buffer(*g_backend, stat_dtype(dt), B * H * Tq, 12);    // (B, H, Tq)
   Buffer part_lse = random_buffer(*g_backend, stat_dtype(dt), B * H * Tq, 13);  // (B, H, Tq)
-  AttentionMergeArgs a;
-  a.dtype = dt;
-  a.B = B;
-  a.H = H;
-  a.D = D;
-  a.Tq = Tq;
-  a.out = {out.ptr(), C, B * C};
-  a.lse = lse.ptr();
-  a.part = {part.ptr(), C, B * C};
-  a.part_lse = part_lse.ptr();
+  const AttentionMergeArgs a{.dtype = dt, .B = B, .H = H, .D = D, .Tq = Tq,
+                             .out = {out.ptr(), C, B * C}, .lse = lse.ptr(),
+                             .part = {part.ptr(), C, B * C}, .part_lse = part_lse.ptr()};
   timed_loop(state, [&] { g_backend->attention_merge(a); });
   const double bytes = 3.0 * Tq * B * C * dtype_size(dt) + 3.0 * B * H * Tq * dtype_size(stat_dtype(dt));
   state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
