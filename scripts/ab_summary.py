@@ -7,7 +7,9 @@ The first SIDE is the base. Each FILE is one round of that side: either Google B
 of bench_attention or bench_kernels (rows: each benchmark's TFLOP/s, or GB/s where it has no
 TFLOP/s) or an lssbench result (one row: the step's median ms, keyed by strategy, T, H and
 world). A row of a variant shows every round's value and the change of its mean against the
-base's mean: for rates higher is better, for ms lower is; a side without the row shows "-". Each side's build (git_commit in the JSON) heads its table so that the A/B names what
+base's mean: for rates higher is better, for ms lower is; a side without the row shows "-".
+A change marked "~" is no larger than the spread of either side's rounds ((max - min) / mean),
+so that one call cannot tell it from the card's drift. Each side's build (git_commit in the JSON) heads its table so that the A/B names what
 it compared. gpu_perf.sh's ab-kernel section writes its summary with this; it reads only JSON.
 A missing or malformed file is an error naming it (exit 2).
 """
@@ -83,7 +85,8 @@ def main(argv):
             continue
         better = "lower" if unit == "ms" else "higher"
         out.append("")
-        out.append(f"{unit} ({better} is better; each round's value, then the change of the mean against {base})")
+        out.append(f"{unit} ({better} is better; each round's value, then the change of the mean against {base}; "
+                   "~: no larger than either side's own range over its rounds)")
         header = ["row", base] + [n for n, _ in sides[1:]]
         table = [header]
         for key in keys:
@@ -94,7 +97,11 @@ def main(argv):
                 if not v:
                     line.append("-")
                     continue
-                line.append(", ".join(f"{x:.2f}" for x in v) + f"  ({mean(v) / mean(b) - 1:+.1%})")
+                change = mean(v) / mean(b) - 1
+                # Within either side's own round-to-round range: not told apart from noise.
+                spread = max((max(b) - min(b)) / mean(b), (max(v) - min(v)) / mean(v))
+                mark = " ~" if len(b) > 1 and len(v) > 1 and abs(change) <= spread else ""
+                line.append(", ".join(f"{x:.2f}" for x in v) + f"  ({change:+.1%}{mark})")
             table.append(line)
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for r in table:
