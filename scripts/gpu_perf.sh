@@ -230,8 +230,10 @@ run_section() {
       fi
       local t
       for v in "${variants[@]}"; do
-        if [ ! -d "$dev/$v" ]; then
-          mkdir -p "$dev/$v" && tar -C "$dev/$v" -xJf "$dev/$v.tar.xz" || { echo ">>> NOT-RUN ab-kernel: cannot unpack $dev/$v.tar.xz"; failed=1; return; }
+        # Unpacked again whenever the archive is newer than the last unpacking (a rebuilt variant).
+        if [ ! -f "$dev/$v/.unpacked" ] || [ "$dev/$v.tar.xz" -nt "$dev/$v/.unpacked" ]; then
+          rm -rf "${dev:?}/$v" && mkdir -p "$dev/$v" && tar -C "$dev/$v" -xJf "$dev/$v.tar.xz" && touch "$dev/$v/.unpacked" ||
+            { echo ">>> NOT-RUN ab-kernel: cannot unpack $dev/$v.tar.xz"; failed=1; return; }
         fi
         [ -f "$dev/$v/change.diff" ] && cp "$dev/$v/change.diff" "$res/abk_${v}_change.diff"
         for t in test_cuda_kernels test_cuda_attention; do

@@ -9,7 +9,8 @@
 #    variants: v1 carries bench_attention, lssbench and test_cuda_attention (510, -, 57), k1 only
 #    bench_kernels and test_cuda_kernels (-, 2080, -). Each variant's tests run, each benchmark in
 #    the order base and the variants that carry it, twice; the summary shows +2.0%, +4.0% and
-#    -5.0% and "-" where a variant lacks the row; v1's change.diff comes back in the points.
+#    -5.0% and "-" where a variant lacks the row; v1's change.diff comes back in the points; a
+#    rebuilt v1 (a newer archive) is unpacked again.
 # 3. scripts/gpu_variant.sh refuses a bad variant name and a binary ab-kernel does not run, naming them.
 # usage: ab_kernel.sh SOURCE_ROOT
 set -uo pipefail
@@ -114,6 +115,14 @@ want="k1 test_cuda_kernels|v1 test_cuda_attention|bin bench_attention|v1 bench_a
 want+="|bin bench_kernels|k1 bench_kernels|bin bench_kernels|k1 bench_kernels|bin lssbench|v1 lssbench|bin lssbench|v1 lssbench"
 [ "$order" = "$want" ] || { echo "FAIL: run order"; echo "  got:  $order"; echo "  want: $want"; fail=1; }
 tar -tzf "$work/out/points.tar.gz" | grep -q "points/abk_v1_change.diff" || { echo "FAIL: the variant's change.diff is not in the points"; fail=1; }
+# A rebuilt variant (a newer archive of the same name) is unpacked again, not run from the old
+# unpacking: v1 now at 530 TFLOP/s.
+make_stand_ins "$work/v1" 530 57
+tar -C "$work/v1" -cJf "$repo/.device/v1.tar.xz" bench_attention lssbench test_cuda_attention change.diff
+touch -d "+2 seconds" "$repo/.device/v1.tar.xz"
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out3 TMPDIR=$work LSS_AB_KERNEL_PASSES=1 LSS_AB_VARIANTS=v1 \
+  bash scripts/gpu_perf.sh ab-kernel >"$work/run3.txt" 2>&1) || { cat "$work/run3.txt"; echo "FAIL: the rerun exited non-zero"; fail=1; }
+expect "$work/out3/ab_kernel.txt" "500.00, 500.00  530.00, 530.00  (+6.0%)"
 # No variant archive: the section says so and the script fails.
 rm -f "$repo/.device/v1.tar.xz" "$repo/.device/k1.tar.xz"
 rm -rf "$repo/.device/v1" "$repo/.device/k1"
