@@ -240,47 +240,37 @@ run_section() {
           [ -x "$dev/$v/$t" ] && step abk_${t}_$v 150 "$dev/$v/$t" --gtest_brief=1
         done
       done
-      # Each benchmark on the base and on the variants that carry its binary, alternating, twice.
-      exe_of() {  # SIDE BINARY: its path, or nothing where the variant lacks it
-        if [ "$1" = base ]; then echo "$dev/bin/$2"; elif [ -x "$dev/$1/$2" ]; then echo "$dev/$1/$2"; fi
+      # Each benchmark on the base and on the variants that carry its binary, alternating, twice;
+      # none where no variant carries it. In ARGS, {exe} is the side's binary, {json} its result.
+      ab_rounds() {  # BINARY TAG LIMIT ARGS...
+        local bin=$1 tag=$2 limit=$3 round side exe w carried=
+        shift 3
+        for w in "${variants[@]}"; do [ -x "$dev/$w/$bin" ] && carried=1; done
+        [ -n "$carried" ] || return 0
+        for round in 1 2; do
+          for side in base "${variants[@]}"; do
+            exe=$dev/$side/$bin
+            [ "$side" = base ] && exe=$dev/bin/$bin
+            [ -x "$exe" ] || continue
+            local json=$res/abk_${tag}_${side}_r$round.json cmd=("$@")
+            cmd=("${cmd[@]//\{exe\}/$exe}")
+            step abk_${tag}_${side}_r$round "$limit" "${cmd[@]//\{json\}/$json}"
+          done
+        done
       }
-      any_variant_has() {  # BINARY: the base runs a benchmark only to compare with a variant's
-        local w
-        for w in "${variants[@]}"; do [ -x "$dev/$w/$1" ] && return 0; done
-        return 1
-      }
-      local sides=(base "${variants[@]}") bwd round side H exe
+      local bwd H
       for bwd in ${LSS_AB_KERNEL_PASSES:-1 0}; do
-        for round in 1 2; do
-          for side in "${sides[@]}"; do
-            exe=$(exe_of "$side" bench_attention)
-            [ -n "$exe" ] && any_variant_has bench_attention || continue
-            step abk_attention_bwd${bwd}_${side}_r$round 120 "$exe" --benchmark_out_format=json \
-              --benchmark_out="$res/abk_attention_bwd${bwd}_${side}_r$round.json" \
-              --benchmark_filter="${LSS_AB_KERNEL_FILTER:-BM_Attention/T:(4096|16384|65536)/D:(64|128)/causal:(0|1)/path:0}/bwd:$bwd"
-          done
-        done
+        ab_rounds bench_attention attention_bwd$bwd 120 {exe} --benchmark_out_format=json --benchmark_out={json} \
+          --benchmark_filter="${LSS_AB_KERNEL_FILTER:-BM_Attention/T:(4096|16384|65536)/D:(64|128)/causal:(0|1)/path:0}/bwd:$bwd"
       done
-      for round in 1 2; do
-        for side in "${sides[@]}"; do
-          exe=$(exe_of "$side" bench_kernels)
-          [ -n "$exe" ] && any_variant_has bench_kernels || continue
-          step abk_kernels_${side}_r$round 120 "$exe" --backend=cuda --large --benchmark_out_format=json \
-            --benchmark_out="$res/abk_kernels_${side}_r$round.json" --benchmark_filter="${LSS_AB_KERNEL_KERNELS_FILTER:-.}"
-        done
-      done
+      ab_rounds bench_kernels kernels 120 {exe} --backend=cuda --large --benchmark_out_format=json --benchmark_out={json} \
+        --benchmark_filter="${LSS_AB_KERNEL_KERNELS_FILTER:-.}"
       for H in ${LSS_AB_KERNEL_HEADS:-16}; do
-        for round in 1 2; do
-          for side in "${sides[@]}"; do
-            exe=$(exe_of "$side" lssbench)
-            [ -n "$exe" ] && any_variant_has lssbench || continue
-            step abk_serial_h${H}_${side}_r$round 100 mpiexec.hydra -n 1 "$exe" run ${model/--heads 16/--heads $H} \
-              --strategy serial --seq 16K --warmup 3 --iters 10 --no-bound --out "$res/abk_serial_h${H}_${side}_r$round.json"
-          done
-        done
+        ab_rounds lssbench serial_h$H 100 mpiexec.hydra -n 1 {exe} run ${model/--heads 16/--heads $H} \
+          --strategy serial --seq 16K --warmup 3 --iters 10 --no-bound --out {json}
       done
-      local args=() files
-      for side in "${sides[@]}"; do
+      local args=() files side
+      for side in base "${variants[@]}"; do
         files=$(find "$res" -maxdepth 1 -name "abk_*_${side}_r[12].json" | sort | paste -sd, -)
         [ -n "$files" ] && args+=("$side=$files")
       done
