@@ -46,7 +46,8 @@
 #   ab        the bundle's lssbench against a base build, $LSS_AB_BASE (e.g. bin/lssbench-<commit>
 #             unpacked from .device/base.tar.xz, made with the same bundle script; or the bundle's own
 #             lssbench, to compare options: LSS_AB_NEW_ARGS are added to the new side's runs, LSS_AB_BASE_ARGS
-#             to the base's, e.g. an option both sides share), in one call:
+#             to the base's, e.g. an option both sides share; LSS_AB_NEW replaces the new side's binary,
+#             e.g. a kernel variant's .device/NAME/lssbench, unpacked by ab-kernel earlier in the call), in one call:
 #             lss zigzag and megatron_sp (LSS_AB_STRATEGIES; serial runs on one GPU) on every GPU at T = 8K and 16K per GPU
 #             (LSS_AB_SEQ_PER_GPU, in K), in the order base, new, base, new (the card's clocks drift
 #             over a call); the new build's points carry the bound, the base's are timed only;
@@ -198,6 +199,7 @@ run_section() {
       done ;;
     ab)
       if [ ! -x "${LSS_AB_BASE:-}" ]; then echo ">>> NOT-RUN ab: LSS_AB_BASE (the base lssbench) is not executable"; failed=1; return; fi
+      if [ ! -x "${LSS_AB_NEW:-$dev/bin/lssbench}" ]; then echo ">>> NOT-RUN ab: LSS_AB_NEW (the new side's lssbench) is not executable"; failed=1; return; fi
       local T t round side exe strategy np
       for t in ${LSS_AB_SEQ_PER_GPU:-8 16}; do
         for strategy in ${LSS_AB_STRATEGIES:-lss megatron_sp}; do
@@ -209,7 +211,7 @@ run_section() {
               local args=(--strategy "$strategy" --seq "$T" --warmup 2 --iters "${LSS_AB_ITERS:-6}")
               [ "$strategy" = serial ] || args+=(--sp "$np")
               [ "$strategy" = lss ] && args+=(--zigzag)
-              exe=$dev/bin/lssbench
+              exe=${LSS_AB_NEW:-$dev/bin/lssbench}
               if [ "$side" = base ]; then exe=$LSS_AB_BASE; args+=(--no-bound ${LSS_AB_BASE_ARGS:-}); else args+=(${LSS_AB_NEW_ARGS:-}); fi
               step "ab${LSS_AB_TAG:+_$LSS_AB_TAG}_${strategy}_${side}${round}_w${np}_T$T" 120 mpiexec.hydra -n "$np" "$exe" run $model \
                 --out "$res/ab${LSS_AB_TAG:+_$LSS_AB_TAG}_${strategy}_${side}${round}_w${np}_T$T.json" "${args[@]}"

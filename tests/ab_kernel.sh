@@ -11,6 +11,7 @@
 #    the order base and the variants that carry it, twice; the summary shows +2.0%, +4.0% and
 #    -5.0% and "-" where a variant lacks the row; v1's change.diff comes back in the points; a
 #    rebuilt v1 (a newer archive) is unpacked again.
+#    Section ab runs an unpacked variant's lssbench as its new side (LSS_AB_NEW).
 # 3. scripts/gpu_variant.sh refuses a bad variant name and a binary ab-kernel does not run, naming them.
 # usage: ab_kernel.sh SOURCE_ROOT
 set -uo pipefail
@@ -114,7 +115,22 @@ order=$(awk '{print $1, $2}' "$work/calls.txt" | paste -sd'|' -)
 want="k1 test_cuda_kernels|v1 test_cuda_attention|bin bench_attention|v1 bench_attention|bin bench_attention|v1 bench_attention"
 want+="|bin bench_kernels|k1 bench_kernels|bin bench_kernels|k1 bench_kernels|bin lssbench|v1 lssbench|bin lssbench|v1 lssbench"
 [ "$order" = "$want" ] || { echo "FAIL: run order"; echo "  got:  $order"; echo "  want: $want"; fail=1; }
-tar -tzf "$work/out/points.tar.gz" | grep -q "points/abk_v1_change.diff" || { echo "FAIL: the variant's change.diff is not in the points"; fail=1; }
+# Listed to a file first: under pipefail, grep -q quitting early would fail tar with SIGPIPE.
+tar -tzf "$work/out/points.tar.gz" >"$work/points_list.txt"
+grep -q "points/abk_v1_change.diff" "$work/points_list.txt" || { echo "FAIL: the variant's change.diff is not in the points"; fail=1; }
+# The step A/B (section ab) of the bundle's lssbench against the unpacked variant's (LSS_AB_NEW):
+# base, new, base, new, the new side running v1's binary; a missing LSS_AB_NEW fails by name.
+: >"$work/calls.txt"
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out4 TMPDIR=$work LSS_AB_BASE=.device/bin/lssbench \
+  LSS_AB_NEW=.device/v1/lssbench LSS_AB_STRATEGIES=serial LSS_AB_SEQ_PER_GPU=16 \
+  bash scripts/gpu_perf.sh ab >"$work/run4.txt" 2>&1) || { cat "$work/run4.txt"; echo "FAIL: ab with LSS_AB_NEW exited non-zero"; fail=1; }
+order=$(awk '{print $1, $2}' "$work/calls.txt" | paste -sd'|' -)
+want="bin lssbench|v1 lssbench|bin lssbench|v1 lssbench"
+[ "$order" = "$want" ] || { echo "FAIL: ab with LSS_AB_NEW: run order"; echo "  got:  $order"; echo "  want: $want"; fail=1; }
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out5 TMPDIR=$work LSS_AB_BASE=.device/bin/lssbench \
+  LSS_AB_NEW=.device/none/lssbench bash scripts/gpu_perf.sh ab >"$work/run5.txt" 2>&1) &&
+  { echo "FAIL: ab with a missing LSS_AB_NEW exited 0"; fail=1; }
+expect "$work/run5.txt" "NOT-RUN ab: LSS_AB_NEW"
 # A rebuilt variant (a newer archive of the same name) is unpacked again, not run from the old
 # unpacking: v1 now at 530 TFLOP/s.
 make_stand_ins "$work/v1" 530 57
