@@ -460,39 +460,44 @@ TEST_P(CudaOps, AddWithAliasingAndOddOffsets) {
 
 // Two attention parts of the same queries merged by their log-sum-exp, in the model's strided
 // layout (B = 2 sequences interleaved per row), with rows where one part or both saw no key
-// (lse = -inf), against the CPU backend in fp64.
+// (lse = -inf), against the CPU backend in fp64. D = 40 takes the warp-per-row kernel, D = 64 and 128
+// the 16-byte vector one (a row's 8-32 threads within a warp, up to 4 rows to a warp).
 TEST_P(CudaOps, AttentionMerge) {
-  const int64_t B = 2, H = 3, D = 40, Tq = 37, C = H * D, n = Tq * B * C, rows = B * H * Tq;
-  const auto out = random(n, dt()), part = random(n, dt());
-  auto lse = random(rows, DType::f32, -4.0, 4.0), part_lse = random(rows, DType::f32, -4.0, 4.0);
-  const double inf = std::numeric_limits<double>::infinity();
-  lse[1] = -inf;                     // only the part saw keys
-  part_lse[2] = -inf;                // only the accumulated result did
-  lse[3] = part_lse[3] = -inf;       // neither: stays as it was
-  auto merge = [&](Backend& be, DType t, Buffer& o, Buffer& l, Buffer& p, Buffer& pl) {
-    AttentionMergeArgs a;
-    a.dtype = t;
-    a.B = B;
-    a.H = H;
-    a.D = D;
-    a.Tq = Tq;
-    a.out = {o.ptr(), C, B * C};
-    a.lse = l.ptr();
-    a.part = {p.ptr(), C, B * C};
-    a.part_lse = pl.ptr();
-    be.attention_merge(a);
-  };
-  Buffer go = upload(out, dt()), gl = upload(lse, DType::f32), gp = upload(part, dt()), gpl = upload(part_lse, DType::f32);
-  merge(*gpu, dt(), go, gl, gp, gpl);
-  Buffer ro = ref_upload(out), rl = ref_upload(lse), rp = ref_upload(part), rpl = ref_upload(part_lse);
-  merge(*cpu, DType::f64, ro, rl, rp, rpl);
-  expect_close(download(go), ref_download(ro), tol(), "attention_merge out");
-  const auto got_lse = download(gl), ref_lse = ref_download(rl);
-  EXPECT_TRUE(std::isinf(got_lse[3]) && got_lse[3] < 0) << "lse of a row without keys: " << got_lse[3];
-  std::vector<double> got_finite, ref_finite;
-  for (int64_t i = 0; i < rows; ++i)
-    if (i != 3) got_finite.push_back(got_lse[i]), ref_finite.push_back(ref_lse[i]);
-  expect_close(got_finite, ref_finite, kF32Tol, "attention_merge lse");
+  for (const int64_t D : {40, 64, 128}) {
+    SCOPED_TRACE("D = " + std::to_string(D));
+    const int64_t B = 2, H = 3, Tq = 37, C = H * D, n = Tq * B * C, rows = B * H * Tq;
+    const auto out = random(n, dt()), part = random(n, dt());
+    auto lse = random(rows, DType::f32, -4.0, 4.0), part_lse = random(rows, DType::f32, -4.0, 4.0);
+    const double inf = std::numeric_limits<double>::infinity();
+    lse[1] = -inf;                // only the part saw keys
+    part_lse[2] = -inf;           // only the accumulated result did
+    lse[3] = part_lse[3] = -inf;  // neither: stays as it was
+    auto merge = [&](Backend& be, DType t, Buffer& o, Buffer& l, Buffer& p, Buffer& pl) {
+      AttentionMergeArgs a;
+      a.dtype = t;
+      a.B = B;
+      a.H = H;
+      a.D = D;
+      a.Tq = Tq;
+      a.out = {o.ptr(), C, B * C};
+      a.lse = l.ptr();
+      a.part = {p.ptr(), C, B * C};
+      a.part_lse = pl.ptr();
+      be.attention_merge(a);
+    };
+    Buffer go = upload(out, dt()), gl = upload(lse, DType::f32), gp = upload(part, dt()),
+           gpl = upload(part_lse, DType::f32);
+    merge(*gpu, dt(), go, gl, gp, gpl);
+    Buffer ro = ref_upload(out), rl = ref_upload(lse), rp = ref_upload(part), rpl = ref_upload(part_lse);
+    merge(*cpu, DType::f64, ro, rl, rp, rpl);
+    expect_close(download(go), ref_download(ro), tol(), "attention_merge out");
+    const auto got_lse = download(gl), ref_lse = ref_download(rl);
+    EXPECT_TRUE(std::isinf(got_lse[3]) && got_lse[3] < 0) << "lse of a row without keys: " << got_lse[3];
+    std::vector<double> got_finite, ref_finite;
+    for (int64_t i = 0; i < rows; ++i)
+      if (i != 3) got_finite.push_back(got_lse[i]), ref_finite.push_back(ref_lse[i]);
+    expect_close(got_finite, ref_finite, kF32Tol, "attention_merge lse");
+  }
 }
 
 TEST_P(CudaOps, BiasGrad) {
