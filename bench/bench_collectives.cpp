@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "bench/bench_common.h"
+#include "lss_git_commit.h"
 #include "comm/grid.h"
 #include "core/check.h"
 #include "model/layers.h"
@@ -261,6 +262,7 @@ int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
     benchmark::AddCustomContext("backend", g_backend->device_name());
     benchmark::AddCustomContext("ranks", std::to_string(g_grid.world));
+    benchmark::AddCustomContext("git_commit", LSS_GIT_COMMIT);
     benchmark::AddCustomContext("all_gather_engine", g_copy_engine ? "copy engines (NCCL zero-CTA policy, symmetric windows)"
                                                                     : "SM kernels");
     if (rank == 0) {

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "bench/bench_common.h"
+#include "lss_git_commit.h"
 #include "model/layers.h"
 
 namespace lss::bench {
@@ -229,6 +230,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   benchmark::AddCustomContext("backend", g_backend->device_name());
   benchmark::AddCustomContext("dtype", lss::dtype_name(bench_dtype(g_settings)));
+  benchmark::AddCustomContext("git_commit", LSS_GIT_COMMIT);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_backend.reset();
