@@ -18,9 +18,9 @@
 #include <algorithm>
 
 #include "bench/bench_common.h"
-#include "lss_git_commit.h"
 #include "comm/grid.h"
 #include "core/check.h"
+#include "lss_git_commit.h"
 #include "model/layers.h"
 #ifdef LSS_HAVE_CUDA
 #include "comm/nccl_communicator.h"
