@@ -33,6 +33,11 @@ def opcode(source):
     return words[0].split(".")[0] if words else "?"
 
 
+def uniform_datapath(op):
+    """Uniform-datapath instructions (U..., not nvdisasm's UNKNOWN) and R2UR, the moves into them."""
+    return (op.startswith("U") and op != "UNKNOWN") or op == "R2UR"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", help="ncu --page source --csv --print-source sass output (.csv or .csv.xz)")
@@ -87,7 +92,7 @@ def main():
         count, carried = weight.most_common(1)[0]
         loop = [r for r in data if number(r[col[EXECUTED]]) == count]
         mix = collections.Counter(opcode(r[col["Source"]]) for r in loop)
-        uniform = sum(v for k, v in mix.items() if k.startswith("U") or k == "R2UR")
+        uniform = sum(v for k, v in mix.items() if uniform_datapath(k))
         print(f"\nhottest loop: {len(loop)} instructions per iteration and warp, executed {count:.0f} times "
               f"({100 * carried / sum(weight.values()):.0f}% of all), {uniform} of them uniform-datapath or R2UR, "
               f"{sum(number(r[col[SAMPLES]]) for r in loop) / total * 100:.0f}% of the samples")

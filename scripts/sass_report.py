@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 
-from ncu_sass_summary import opcode  # the same SASS text: predicate dropped, modifiers cut
+from ncu_sass_summary import opcode, uniform_datapath  # the same SASS text and counting rule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,7 +159,7 @@ def demangle(name):
 
 def summary(ins):
     ops = collections.Counter(opcode(i) for i in ins)
-    uniform = sum(v for k, v in ops.items() if (k.startswith("U") and k != "UNKNOWN") or k == "R2UR")
+    uniform = sum(v for k, v in ops.items() if uniform_datapath(k))
     return ops, uniform
 
 
