@@ -1,7 +1,7 @@
 // Kernel micro-benchmarks through the backend interface: attention forward and backward over T
 // and D, the model's GEMM shapes, the MLP's linear layers plain and with the step's fusions,
-// LayerNorm forward and backward, GELU, cross-entropy, the merge of two attention results. Times are the backend's own markers
-// (device events on cuda); FLOP and byte rates are user counters.
+// LayerNorm forward and backward, GELU, cross-entropy, the merge of two attention results. Times
+// are the backend's own markers (device events on cuda); FLOP and byte rates are user counters.
 //   bench_kernels [--backend=cpu|cuda] [--attention=auto|cudnn|flash] [--dtype=..] [--large]
 //                 [Google Benchmark flags, e.g. --benchmark_format=json --benchmark_out=FILE]
 #include <cmath>
