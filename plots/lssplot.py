@@ -86,9 +86,15 @@ def provenance(sweeps):
 
 class Charts:
     def __init__(self, out, footer):
-        self.out, self.footer, self.manifest = out, footer, []
+        self.out, self.footer, self.manifest, self.not_drawn = out, footer, [], []
 
-    def save(self, fig, name, title, series):
+    def save(self, fig, name, title, series, why_empty="nothing to draw"):
+        """Writes the chart, or, when it has no series, leaves it out and records why_empty (an empty
+        frame in a paper or a CI artefact reads as a result)."""
+        if not series:
+            plt.close(fig)
+            self.not_drawn.append({"file": name + ".png", "title": title, "why": why_empty})
+            return
         fig.suptitle(title, fontsize=11)
         fig.text(0.5, 0.005, self.footer, ha="center", va="bottom", fontsize=7, color="dimgray")
         fig.tight_layout(rect=(0, 0.03, 1, 0.95))
@@ -274,8 +280,10 @@ def draw(sweeps, out):
         ax.set_xscale("log", base=2)
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        charts.save(fig, "efficiency", "Scaling efficiency", series)
+        if series:
+            ax.legend(fontsize=7)
+        charts.save(fig, "efficiency", "Scaling efficiency", series,
+                    "every strategy ran at one rank count, so there is no scaling to draw")
 
     # 4. throughput against T: tokens/s, TFLOP/s per GPU, MFU (measured GEMM peak)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -358,9 +366,9 @@ def draw(sweeps, out):
                     marks + bars)
 
     with open(os.path.join(out, "charts.json"), "w") as f:
-        json.dump({"provenance": charts.footer, "charts": charts.manifest}, f, indent=2)
+        json.dump({"provenance": charts.footer, "charts": charts.manifest, "not_drawn": charts.not_drawn}, f, indent=2)
     write_summary(sweeps, out, charts)
-    return charts.manifest
+    return charts
 
 
 def write_summary(sweeps, out, charts):
@@ -418,6 +426,8 @@ def write_summary(sweeps, out, charts):
                              f"{e['megatron_sp_ms']:.2f} | {e['speedup']:.3f} | {e['memory_ratio']:.3f} |")
         lines.append("")
     lines += ["## Charts", ""] + [f"![{c['title']}]({c['file']})" for c in charts.manifest] + [""]
+    if charts.not_drawn:
+        lines += ["Not drawn:", ""] + [f"- {c['title']} ({c['file']}): {c['why']}" for c in charts.not_drawn] + [""]
     with open(os.path.join(out, "SUMMARY.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -429,11 +439,13 @@ def main(argv):
     args = ap.parse_args(argv)
     try:
         sweeps = [load_sweep(d) for d in args.sweeps]
-        manifest = draw(sweeps, args.out)
+        charts = draw(sweeps, args.out)
     except InputError as e:
         print(f"lssplot: error: {e}", file=sys.stderr)
         return 2
-    print(f"lssplot: {len(manifest)} charts and SUMMARY.md in {args.out}")
+    print(f"lssplot: {len(charts.manifest)} charts and SUMMARY.md in {args.out}")
+    for c in charts.not_drawn:
+        print(f"lssplot: {c['file']} not drawn: {c['why']}")
     return 0
 
 

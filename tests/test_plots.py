@@ -136,6 +136,33 @@ with tempfile.TemporaryDirectory() as tmp:
     want = f"| full | 4 | 256 | {lss_ms[4]:.2f} | {meg_ms[4]:.2f} | {meg_ms[4] / lss_ms[4]:.3f} |"
     check(want in summary5, f"SUMMARY.md gives the ablation's speedup, megatron_sp ms / lss ms: {want}")
 
+    # a sweep at one rank count (the paper sweep where only 2 GPUs were lent): no scaling to draw,
+    # so no efficiency chart, and SUMMARY.md and charts.json say why instead of an empty frame
+    one_world = os.path.join(tmp, "one-world")
+    shutil.copytree(fixture, one_world)
+    for f in glob.glob(os.path.join(one_world, "points", "*.json")):
+        if json.load(open(f))["grid"]["world"] != 2:
+            os.remove(f)
+    for f in glob.glob(os.path.join(one_world, "aggregate-*.json")):
+        a0 = json.load(open(f))
+        for key in ("strong_scaling", "speedup_lss_over_megatron_sp", "throughput"):
+            a0[key] = [dict(e, base_world=2, efficiency=1.0, speedup=1.0) if key == "strong_scaling" else e
+                       for e in a0.get(key, []) if e.get("world", 2) == 2]
+        json.dump(a0, open(f, "w"))
+    out6 = os.path.join(tmp, "charts-one-world")
+    r = run(one_world, "--out", out6)
+    check(r.returncode == 0, f"draws a sweep at one rank count (exit {r.returncode}) {r.stderr.strip()}")
+    m6 = json.load(open(os.path.join(out6, "charts.json"))) if r.returncode == 0 else {"charts": [], "not_drawn": []}
+    drawn = [c["file"] for c in m6["charts"]]
+    check("efficiency.png" not in drawn and not os.path.exists(os.path.join(out6, "efficiency.png"))
+          and "speedup.png" in drawn, f"one rank count: no efficiency chart, the others drawn (drew {drawn})")
+    check([c["file"] for c in m6.get("not_drawn", [])] == ["efficiency.png"] and "one rank count" in r.stdout,
+          f"one rank count: charts.json and stdout say the efficiency chart was not drawn, and why ({r.stdout.strip()})")
+    summary6 = open(os.path.join(out6, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    check("Not drawn:" in summary6 and "(efficiency.png): every strategy ran at one rank count" in summary6
+          and "![Scaling efficiency]" not in summary6, "one rank count: SUMMARY.md names the chart not drawn")
+    check("Warning" not in r.stderr, f"one rank count: no matplotlib warning ({r.stderr.strip()[:200]})")
+
     # malformed and missing input: an error naming the file, exit 2
     broken = os.path.join(tmp, "broken")
     shutil.copytree(fixture, broken)
