@@ -65,6 +65,8 @@ expect 2 "--copy-engine-gathers with --distributed-optimizer: the parameter all-
 expect 2 "--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: --no-zigzag, --causal, --split-causal)" run --strategy lss --sp 2 --chunk-pipeline
 expect 2 "--placed-reduce-scatter needs --zigzag" run --strategy lss --sp 2 --placed-reduce-scatter
 expect 2 "--placed-gather-min -1M: must not be negative" run --strategy lss --sp 2 --zigzag --placed-gather-min -1M
+expect 2 "--zigzag: an option of lss, which --strategy megatron_sp does not read" run --strategy megatron_sp --sp 2 --zigzag
+expect 2 "--regather-ln: an option of megatron_sp, which --strategy lss does not read" run --strategy lss --sp 2 --no-regather-ln
 expect 2 "--bound-heat -1: must not be negative" run --strategy lss --sp 2 --bound-heat -1
 expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256
 expect 4 "--batch 1 does not divide by the 2 data-parallel replicas" run --strategy lss --sp 2 --batch 1
@@ -81,6 +83,25 @@ else
   failures=$((failures + 1))
   echo "FAIL: existing --out: exit $rc"
   echo "$out" | sed 's/^/    | /' | head -20
+fi
+
+# Without --out, a run whose default name (its second) is taken writes beside it with "-2", not
+# an error: the names of the next seconds are made first, so the run's second is taken whenever it starts.
+cases=$((cases + 1))
+mkdir -p results/runs
+now=$(date -u +%s)
+for d in 0 1 2 3 4 5 6 7 8 9; do echo '{}' > "results/runs/lss_cpu_w2_sp2_T64_$(date -u -d "@$((now + d))" +%Y%m%dT%H%M%SZ).json"; done
+out=$(timeout 60 "$mpiexec" -n 2 "$lssbench" run --strategy lss --sp 2 --seq 64 --width 32 --heads 2 --layers 1 \
+  --iters 1 --warmup 0 --no-measure-peak --no-bound 2>&1)
+rc=$?
+written=$(sed -n 's/^ *wrote //p' <<<"$out")
+if [ "$rc" -eq 0 ] && [[ "$written" == results/runs/lss_cpu_w2_sp2_T64_*Z-2.json ]] && [ -s "$written" ] &&
+   [ "$(grep -l '^{}$' results/runs/*.json | wc -l)" -eq 10 ]; then
+  echo "ok:   a taken default name: the run wrote $written, the others left as they were"
+else
+  failures=$((failures + 1))
+  echo "FAIL: taken default name: exit $rc, wrote '$written'"
+  echo "$out" | sed 's/^/    | /' | tail -5
 fi
 
 echo "$((cases - failures)) passed, $failures failed"

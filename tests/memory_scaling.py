@@ -44,7 +44,7 @@ with tempfile.TemporaryDirectory() as tmp:
             cmd = [mpiexec, "-n", str(P), lssbench, "run", "--strategy", strategy, "--sp", str(P),
                    "--layers", str(L), "--width", str(C), "--heads", str(H), "--seq", str(T),
                    "--batch", str(B), "--iters", "1", "--warmup", "0", "--threads", "1",
-                   "--no-keep-kv", "--regather-ln", "--out", str(out)]
+                   "--no-keep-kv" if strategy == "lss" else "--regather-ln", "--out", str(out)]
             subprocess.run(cmd, check=True, timeout=300, capture_output=True)
             measured = json.loads(out.read_text())["metrics"]["peak_activation_bytes"]
             predicted = formula(strategy, P)

@@ -33,6 +33,7 @@ check_spec "model: unknown option 'colour'" '{"name": "x", "mode": "strong", "st
 check_spec "unknown field 'itres'" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "itres": 3, '"$model"'}'
 check_spec "max_seq.granularity: -32 must be positive" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], "max_seq": {"granularity": -32, "limit": 1024}, '"$model"'}'
 check_spec "max_seq: {granularity, limit} is required" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"'}'
+check_spec "model.keep-kv: an option of lss, none of which this sweep runs" '{"name": "x", "mode": "strong", "strategies": ["megatron_sp"], "world": [1], "seq": [64], "model": {"layers": 1, "keep-kv": true}}'
 out=$("$lssbench" sweep missing.json --out x 2>&1); rc=$?
 if [ $rc -ne 0 ] && grep -q "missing.json: cannot be opened" <<<"$out"; then ok "unreadable spec"; else bad "unreadable spec: $out"; fi
 
@@ -47,6 +48,23 @@ else bad "sweep in parts: $(ls parts/points 2>&1)"; fi
 out=$("$lssbench" sweep parts.json --out parts2 --min-world 8 2>&1); rc=$?
 if [ $rc -ne 0 ] && grep -qF -- "--min-world 8: leaves no point of the spec" <<<"$out"; then ok "--min-world beyond the spec is refused"
 else bad "--min-world 8: rc $rc, $out"; fi
+
+# ---- an option of one strategy goes to that strategy's points only (megatron_sp refuses --zigzag)
+cat > mixed.json <<EOF2
+{"name": "mixed", "mode": "strong", "strategies": ["lss", "megatron_sp"], "world": [2], "seq": [64],
+ "model": {"layers": 1, "width": 32, "heads": 2, "batch": 1, "threads": 1, "zigzag": true, "regather-ln": false},
+ "iters": 1, "warmup": 0, "timeout_s": 60}
+EOF2
+"$lssbench" sweep mixed.json --out mixed > mixed.log 2>&1
+if python3 - mixed/points <<'PYEOF2'
+import json, sys
+lss = json.load(open(sys.argv[1] + "/lss_w2_sp2_T64.json"))
+meg = json.load(open(sys.argv[1] + "/megatron_sp_w2_sp2_T64.json"))
+sys.exit(not (lss["status"] == meg["status"] == "ok" and lss["config"]["strategy_options"]["order"] == "zigzag"
+              and meg["config"]["strategy_options"]["regather_ln"] is False and "zigzag" not in meg["config"]["strategy_options"]))
+PYEOF2
+then ok "model.zigzag reaches lss's points only, model.regather-ln megatron_sp's; both points ran"
+else bad "mixed-strategy options: $(tail -5 mixed.log)"; fi
 
 # ---- failing points: crash (96), hang (128), out of memory (160) among good ones (64, 192)
 cat > faults.json <<EOF2

@@ -21,6 +21,7 @@
 #include "core/init.h"
 #include "core/options.h"
 #include "lss_git_commit.h"
+#include "strategies/strategy.h"
 #ifdef LSS_HAVE_CUDA
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -144,6 +145,15 @@ RunConfig config_from(const OptionParser& p) {
   LSS_REQUIRE_INPUT(!(rc.strategy == "serial" && rc.strategy_opts.recompute),
                     "--recompute: --strategy serial keeps every activation (lss and megatron_sp checkpoint, "
                     "also on one GPU with --sp 1)");
+  // An option of another strategy would otherwise be dropped unseen, and the run timed and saved
+  // as if it had applied (e.g. megatron_sp with --zigzag).
+  for (const auto& [option, value] : p.values()) {
+    if (!p.given(option) || strategy_reads(rc.strategy, option)) continue;
+    std::string readers;
+    for (const auto& r : strategies_reading(option)) readers += (readers.empty() ? "" : ", ") + r;
+    throw UsageError("--" + option + ": an option of " + readers + ", which --strategy " + rc.strategy +
+                     " does not read (leave it out)");
+  }
   rc.backend = p.str("backend");
   rc.attention = p.str("attention");
   rc.data_path = p.str("data");
@@ -420,12 +430,20 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
 
   std::string out = parser.str("out");
   if (out.empty()) {
-    // One name for all ranks: rank 0's clock decides it.
-    std::string stamp = utc_timestamp();
-    stamp.resize(16, ' ');
-    LSS_MPI_CHECK(MPI_Bcast(stamp.data(), 16, MPI_CHAR, 0, MPI_COMM_WORLD));
-    out = fmt::format("results/runs/{}_{}_w{}_sp{}_T{}_{}.json", rc.strategy, rc.backend, grid.world, grid.P, m.T,
-                      stamp);
+    // One name for all ranks, rank 0's: its clock's second, then "-2", "-3", ... where a run of the
+    // same second has the name (scripted runs back to back).
+    std::string name;
+    if (rank == 0) {
+      const std::string stem = fmt::format("results/runs/{}_{}_w{}_sp{}_T{}_{}", rc.strategy, rc.backend, grid.world,
+                                           grid.P, m.T, utc_timestamp());
+      name = stem + ".json";
+      for (int n = 2; path_exists(name); ++n) name = fmt::format("{}-{}.json", stem, n);
+    }
+    int length = static_cast<int>(name.size());
+    LSS_MPI_CHECK(MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    name.resize(static_cast<size_t>(length));
+    LSS_MPI_CHECK(MPI_Bcast(name.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD));
+    out = name;
   }
   LSS_REQUIRE_INPUT(!path_exists(out), "--out " + out + ": exists already; results are never overwritten");
   LSS_REQUIRE_INPUT(export_path.empty() || !path_exists(export_path),

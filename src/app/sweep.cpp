@@ -108,20 +108,26 @@ SweepSpec load_sweep_spec(const std::string& path) {
   std::vector<int64_t> sps;
   if (!sp_is_world) sps = int_list(r["sp"], path, "sp");
   if (!r["model"].is_object()) bad_spec(path, "model: an object of `lssbench run` options");
-  std::vector<std::string> model_args;
+  // Each option's arguments, given to the points of the strategies that read it (model.zigzag to
+  // lss's, not to megatron_sp's, which would refuse it); one that no strategy of the spec reads is
+  // an error, not a sweep that silently measures without it.
+  std::vector<std::pair<std::string, std::vector<std::string>>> model_args;
   for (const auto& [k, v] : r["model"].items()) {
     if (!kModelKeys.count(k)) {
       std::string list;
       for (const auto& m : kModelKeys) list += (list.empty() ? "" : ", ") + m;
       bad_spec(path, "model: unknown option '" + k + "' (known: " + list + ")");
     }
-    if (v.is_boolean()) model_args.push_back(v.get<bool>() ? "--" + k : "--no-" + k);
-    else if (v.is_number_integer() || v.is_string()) {
-      model_args.push_back("--" + k);
-      model_args.push_back(v.is_string() ? v.get<std::string>() : std::to_string(v.get<int64_t>()));
-    } else {
-      bad_spec(path, "model." + k + ": expected a number, a string or true/false");
+    if (std::none_of(strategies.begin(), strategies.end(), [&](const std::string& s) { return strategy_reads(s, k); })) {
+      std::string readers;
+      for (const auto& s : strategies_reading(k)) readers += (readers.empty() ? "" : ", ") + s;
+      bad_spec(path, "model." + k + ": an option of " + readers + ", none of which this sweep runs");
     }
+    if (v.is_boolean()) model_args.push_back({k, {v.get<bool>() ? "--" + k : "--no-" + k}});
+    else if (v.is_number_integer() || v.is_string())
+      model_args.push_back({k, {"--" + k, v.is_string() ? v.get<std::string>() : std::to_string(v.get<int64_t>())}});
+    else
+      bad_spec(path, "model." + k + ": expected a number, a string or true/false");
   }
   auto positive_int = [&](const char* f, int def) {
     if (!r.contains(f)) return def;
@@ -169,7 +175,8 @@ SweepSpec load_sweep_spec(const std::string& path) {
           p.id = id_for("", strategy, p.world, p.sp, seq);
           p.args = {"--strategy", strategy, "--sp", std::to_string(sp), "--seq", std::to_string(seq),
                     "--iters", std::to_string(iters), "--warmup", std::to_string(warmup)};
-          p.args.insert(p.args.end(), model_args.begin(), model_args.end());
+          for (const auto& [k, args] : model_args)
+            if (strategy_reads(strategy, k)) p.args.insert(p.args.end(), args.begin(), args.end());
           p.args.insert(p.args.end(), extra.begin(), extra.end());
           spec.points.push_back(std::move(p));
         }

@@ -296,5 +296,11 @@ void expect_total(CommModel& model, const std::string& group, int group_size, Co
 
 std::unique_ptr<Strategy> make_strategy(const std::string& name, StrategyContext ctx);
 std::vector<std::string> strategy_names();
+// The strategies that read `option` (a `lssbench run` option, without "--"), where only some do
+// (e.g. "zigzag": lss); empty where every strategy reads it or it is no strategy's option.
+std::vector<std::string> strategies_reading(const std::string& option);
+// Whether strategy `name` reads `option`: a run or sweep point must not give one it does not read,
+// which would time a step without the option under the option's name. Unknown name: UsageError.
+bool strategy_reads(const std::string& name, const std::string& option);
 
 }  // namespace lss
