@@ -48,7 +48,8 @@
 #             lssbench, to compare options: LSS_AB_NEW_ARGS are added to the new side's runs, LSS_AB_BASE_ARGS
 #             to the base's, e.g. an option both sides share; LSS_AB_NEW replaces the new side's binary,
 #             e.g. a kernel variant's .device/NAME/lssbench, unpacked by ab-kernel earlier in the call), in one call:
-#             lss zigzag and megatron_sp (LSS_AB_STRATEGIES; serial runs on one GPU) on every GPU at T = 8K and 16K per GPU
+#             lss zigzag and megatron_sp (LSS_AB_STRATEGIES, which must leave out a strategy that does not read an
+#             option given: lssbench refuses it; serial runs on one GPU) on every GPU at T = 8K and 16K per GPU
 #             (LSS_AB_SEQ_PER_GPU, in K), in the order base, new, base, new (the card's clocks drift
 #             over a call); the new build's points carry the bound, the base's are timed only;
 #             LSS_AB_TAG names the points (ab_<tag>_...) so that several A/Bs fit in one call;
