@@ -778,7 +778,16 @@ TEST_F(CudaTest, DeviceSamplingWhileWorkRuns) {
     EXPECT_GE(f, 0.0);
     EXPECT_LE(f, 1.0);
   }
-  // A second region starts afresh.
+  // The region's energy from the driver's counter (every data-centre GPU since Volta has one): its
+  // mean power lies between an idle card's and the limit (the counter may run a few percent
+  // ahead of the limit over a short region), and the region lasted the loop's 300 ms.
+  EXPECT_GE(st->region_s, 0.3);
+  EXPECT_LT(st->region_s, 5.0);
+  ASSERT_GE(st->energy_j, 0.0) << "the driver's energy counter was not read";
+  const double mean_w = st->energy_j / st->region_s;
+  EXPECT_GT(mean_w, 30.0);
+  EXPECT_LT(mean_w, 1.2 * st->power_limit_w);
+  // A second region starts afresh: fewer samples, and less energy over a shorter, mostly idle time.
   gpu->start_device_sampling();
   gpu->gemm(g);
   gpu->synchronize();
@@ -786,6 +795,9 @@ TEST_F(CudaTest, DeviceSamplingWhileWorkRuns) {
   const std::optional<DeviceState> again = gpu->stop_device_sampling();
   ASSERT_TRUE(again.has_value());
   EXPECT_LT(again->samples, st->samples);
+  EXPECT_LT(again->region_s, st->region_s);
+  EXPECT_GE(again->energy_j, 0.0);
+  EXPECT_LT(again->energy_j, st->energy_j);
 }
 
 TEST_P(CudaOps, CrossEntropy) {

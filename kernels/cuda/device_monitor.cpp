@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -26,6 +27,7 @@ struct Nvml {
   decltype(&nvmlDeviceGetPowerUsage) power = nullptr;
   decltype(&nvmlDeviceGetEnforcedPowerLimit) power_limit = nullptr;
   decltype(&nvmlDeviceGetCurrentClocksEventReasons) reasons = nullptr;
+  decltype(&nvmlDeviceGetTotalEnergyConsumption) energy = nullptr;  // null where the driver has none
 };
 
 const Nvml& nvml() {
@@ -44,6 +46,7 @@ const Nvml& nvml() {
            (sym(n.reasons, "nvmlDeviceGetCurrentClocksEventReasons") ||
             sym(n.reasons, "nvmlDeviceGetCurrentClocksThrottleReasons"));
     n.ok = n.ok && n.init() == NVML_SUCCESS;
+    if (!sym(n.energy, "nvmlDeviceGetTotalEnergyConsumption")) n.energy = nullptr;
     return n;
   }();
   return lib;
@@ -62,6 +65,17 @@ struct DeviceMonitor::Impl {
   std::thread thread;
   std::atomic<bool> running{false};
   std::vector<DeviceSample> samples;  // written by the sampling thread only; read after it joins
+  std::chrono::steady_clock::time_point started;
+  bool energy_at_start = false;
+  unsigned long long start_mj = 0;  // the driver's energy counter (mJ) when the region started
+
+  // The counter now, or nullopt where the driver cannot read it.
+  std::optional<unsigned long long> energy_mj() const {
+    const Nvml& n = nvml();
+    unsigned long long mj = 0;
+    if (n.energy == nullptr || n.energy(device, &mj) != NVML_SUCCESS) return std::nullopt;
+    return mj;
+  }
 
   void loop() {
     const Nvml& n = nvml();
@@ -102,18 +116,29 @@ void DeviceMonitor::start(int period_ms) {
   if (!impl_->usable) return;
   impl_->samples.clear();
   impl_->period_ms = std::max(1, period_ms);
+  const std::optional<unsigned long long> mj = impl_->energy_mj();
+  impl_->energy_at_start = mj.has_value();
+  impl_->start_mj = mj.value_or(0);
+  impl_->started = std::chrono::steady_clock::now();
   impl_->running = true;
   impl_->thread = std::thread([this] { impl_->loop(); });
 }
 
 std::optional<DeviceState> DeviceMonitor::stop() {
+  // The region ends now, not after the sampling thread's last sleep.
+  const auto ended = std::chrono::steady_clock::now();
+  const std::optional<unsigned long long> end_mj = impl_->usable ? impl_->energy_mj() : std::nullopt;
   impl_->halt();
   if (!impl_->usable || impl_->samples.empty()) return std::nullopt;
   const Nvml& n = nvml();
   unsigned top = 0, limit_mw = 0;
   if (n.max_clock(impl_->device, NVML_CLOCK_SM, &top) != NVML_SUCCESS) top = 0;
   if (n.power_limit(impl_->device, &limit_mw) != NVML_SUCCESS) limit_mw = 0;
-  return summarize_device_samples(impl_->samples, impl_->period_ms, top, limit_mw * 1e-3);
+  DeviceState st = summarize_device_samples(impl_->samples, impl_->period_ms, top, limit_mw * 1e-3);
+  st.region_s = std::chrono::duration<double>(ended - impl_->started).count();
+  if (impl_->energy_at_start && end_mj && *end_mj >= impl_->start_mj)
+    st.energy_j = static_cast<double>(*end_mj - impl_->start_mj) * 1e-3;
+  return st;
 }
 
 }  // namespace lss::cuda

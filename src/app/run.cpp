@@ -283,7 +283,7 @@ std::vector<double> max_over_ranks(std::vector<double> v) {
 // Every rank's device state over the timed steps (rank 0 gets them all, in rank order); null
 // when no rank could sample its device.
 json gather_device_states(const std::optional<DeviceState>& mine, int world) {
-  constexpr int kFields = 9;
+  constexpr int kFields = 11;
   std::vector<double> v(kFields, 0.0);
   if (mine) {
     v = {1.0,
@@ -294,7 +294,9 @@ json gather_device_states(const std::optional<DeviceState>& mine, int world) {
          mine->power_w_median,
          mine->power_limit_w,
          mine->power_capped_fraction,
-         mine->slowdown_fraction};
+         mine->slowdown_fraction,
+         mine->energy_j,
+         mine->region_s};
   }
   std::vector<double> all(static_cast<size_t>(kFields) * world);
   LSS_MPI_CHECK(MPI_Gather(v.data(), kFields, MPI_DOUBLE, all.data(), kFields, MPI_DOUBLE, 0, MPI_COMM_WORLD));
@@ -307,19 +309,38 @@ json gather_device_states(const std::optional<DeviceState>& mine, int world) {
       continue;
     }
     any = true;
-    per_rank.push_back({{"samples", static_cast<int64_t>(f[1])},
-                        {"sm_clock_mhz_median", f[2]},
-                        {"sm_clock_mhz_min", f[3]},
-                        {"sm_clock_mhz_max", f[4]},
-                        {"power_w_median", f[5]},
-                        {"power_limit_w", f[6]},
-                        {"power_capped_fraction", f[7]},
-                        {"slowdown_fraction", f[8]}});
+    json rank_state = {{"samples", static_cast<int64_t>(f[1])},
+                       {"sm_clock_mhz_median", f[2]},
+                       {"sm_clock_mhz_min", f[3]},
+                       {"sm_clock_mhz_max", f[4]},
+                       {"power_w_median", f[5]},
+                       {"power_limit_w", f[6]},
+                       {"power_capped_fraction", f[7]},
+                       {"slowdown_fraction", f[8]},
+                       {"region_s", f[10]}};
+    if (f[9] >= 0) {
+      rank_state["energy_j"] = f[9];
+      rank_state["mean_power_w"] = f[10] > 0 ? f[9] / f[10] : 0.0;
+    }
+    per_rank.push_back(std::move(rank_state));
   }
   if (!any) return nullptr;
-  return {{"source", fmt::format("NVML on each rank's device, every {} ms through the timed steps",
+  return {{"source", fmt::format("NVML on each rank's device, every {} ms through the timed steps; energy_j from "
+                                 "the driver's energy counter at the region's start and end",
                                  mine ? mine->period_ms : 10.0)},
           {"per_rank", per_rank}};
+}
+
+// The energy of the timed region summed over the ranks' devices (README, Metrics), or nullopt
+// where a rank has no reading.
+std::optional<double> total_energy_j(const json& device_states) {
+  if (device_states.is_null()) return std::nullopt;
+  double total = 0;
+  for (const json& d : device_states["per_rank"]) {
+    if (d.is_null() || !d.contains("energy_j")) return std::nullopt;
+    total += d["energy_j"].get<double>();
+  }
+  return total;
 }
 
 std::string human_bytes(double b) {
@@ -649,6 +670,10 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                     {"peak_mem_bytes", static_cast<int64_t>(mem_v[0])},
                     {"peak_activation_bytes", static_cast<int64_t>(mem_v[1])},
                     {"device_peak_mem_bytes", mem_v[2] < 0 ? json(nullptr) : json(static_cast<int64_t>(mem_v[2]))}};
+    if (const std::optional<double> energy = total_energy_j(device_states); energy && *energy > 0) {
+      j["metrics"]["energy_j_per_step"] = *energy / static_cast<double>(iters);
+      j["metrics"]["tokens_per_joule"] = static_cast<double>(m.B * m.T * iters) / *energy;
+    }
     const std::map<std::string, int> sizes = {{"sp", grid.P}, {"dp", grid.R}, {"world", grid.world}};
     j["comm"] = {{"per_step_rank0", counts_json(last_counts, &sizes)},
                  {"expected_rank0", counts_json(expected)},
@@ -681,9 +706,13 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
         if (!d.is_null() && (!low || d["sm_clock_mhz_median"].get<double>() < (*low)["sm_clock_mhz_median"].get<double>()))
           low = &d;
       const json& d = *low;
-      fmt::print("  {:<22} SM {:.0f} MHz median (top {:.0f}), {:.0f} W of {:.0f}, power cap in {:.0f}% of samples{}\n",
+      // The mean power from the energy counter where the driver has one: the power reading is a
+      // moving average that lags a region shorter than its window.
+      const bool mean = d.contains("mean_power_w");
+      fmt::print("  {:<22} SM {:.0f} MHz median (top {:.0f}), {:.0f} W {} of {:.0f}, power cap in {:.0f}% of samples{}\n",
                  grid.world > 1 ? "device (lowest clock)" : "device during steps", d["sm_clock_mhz_median"].get<double>(),
-                 d["sm_clock_mhz_max"].get<double>(), d["power_w_median"].get<double>(), d["power_limit_w"].get<double>(),
+                 d["sm_clock_mhz_max"].get<double>(), (mean ? d["mean_power_w"] : d["power_w_median"]).get<double>(),
+                 mean ? "mean" : "median reading", d["power_limit_w"].get<double>(),
                  100.0 * d["power_capped_fraction"].get<double>(),
                  d["slowdown_fraction"].get<double>() > 0
                      ? fmt::format(", thermal/hw slowdown in {:.0f}%", 100.0 * d["slowdown_fraction"].get<double>())
@@ -720,6 +749,10 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                  calls["flash"].get<int64_t>());
     fmt::print("  {:<22} {:>14.1f}\n", "tokens/s", tokens_per_s);
     fmt::print("  {:<22} {:>14.4f}\n", "TFLOP/s per device", tflops_per_dev);
+    if (j["metrics"].contains("energy_j_per_step"))
+      fmt::print("  {:<22} {:>14.1f}  ({:.0f} tokens/J, all {} devices)\n", "energy per step (J)",
+                 j["metrics"]["energy_j_per_step"].get<double>(), j["metrics"]["tokens_per_joule"].get<double>(),
+                 grid.world);
     fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));
     fmt::print("  {:<22} {:>14}\n", "peak activations/rank", human_bytes(mem_v[1]));
     fmt::print("  {:<22} {:>14}\n", "comm matches model", comm_ok ? "yes" : "NO");

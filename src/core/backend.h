@@ -169,6 +169,11 @@ struct DeviceState {
   double power_limit_w = 0;          // the enforced limit
   double power_capped_fraction = 0;  // of samples: the software power cap held the clocks down
   double slowdown_fraction = 0;      // of samples: a thermal or hardware slowdown
+  // The device's energy over the region, from the driver's cumulative counter (read at the start
+  // and at the end, so exact where power_w_median, a moving average, lags a short region); < 0
+  // where the driver has no counter.
+  double energy_j = -1;
+  double region_s = 0;  // the region's wall time: energy_j / region_s is its mean power
 };
 
 // One reading of a device monitor.
