@@ -429,7 +429,8 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
           f"mfu_meas {m.get('mfu_measured') or 0:5.3f} comm {t['comm_median_ms']:7.2f} exposed {t.get('comm_exposed_median_ms', 0):7.2f} "
           f"bound {b.get('bound_ms', 0):8.2f} ratio {b.get('step_over_bound', 0):5.3f} sustained {b.get('step_over_sustained_bound') or 0:5.3f} contended {b.get('step_over_contended_bound') or 0:5.3f} "
           f"mem {m['peak_mem_bytes'] / 2**30:6.2f} GiB "
-          f"comm=model {j['comm']['matches_model']}{clocks(t)}")
+          f"comm=model {j['comm']['matches_model']}{clocks(t)}"
+          + (f" {m['energy_j_per_step']:.1f} J/step" if "energy_j_per_step" in m else ""))
 PY
   # The group runs in a subshell (it is piped into tee), so its failures leave through its status.
   exit $failed
