@@ -285,14 +285,19 @@ def draw(sweeps, out):
         charts.save(fig, "efficiency", "Scaling efficiency", series,
                     "every strategy ran at one rank count, so there is no scaling to draw")
 
-    # 4. throughput against T: tokens/s, TFLOP/s per GPU, MFU (measured GEMM peak)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    # 4. throughput against T: tokens/s, TFLOP/s per GPU, MFU (measured GEMM peak), and tokens per
+    # joule where the runs read their devices' energy (README, Metrics)
+    panels = [(lambda p: p["metrics"]["tokens_per_s"], "tokens/s"),
+              (lambda p: p["metrics"]["tflops_per_gpu"], "TFLOP/s per GPU"),
+              (lambda p: p["metrics"].get("mfu_measured") or 0.0, "MFU vs measured GEMM peak")]
+    energy = [p for p in pts if isinstance(p["metrics"].get("tokens_per_joule"), (int, float))]
+    if energy:
+        panels.append((lambda p: p["metrics"]["tokens_per_joule"], "tokens per joule (all GPUs)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(14 * len(panels) / 3, 4))
     series = []
-    for ax, getter, label in ((axes[0], lambda p: p["metrics"]["tokens_per_s"], "tokens/s"),
-                              (axes[1], lambda p: p["metrics"]["tflops_per_gpu"], "TFLOP/s per GPU"),
-                              (axes[2], lambda p: p["metrics"].get("mfu_measured") or 0.0, "MFU vs measured GEMM peak")):
+    for ax, (getter, label) in zip(axes, panels):
         data = {}
-        for p in pts:
+        for p in (energy if label.startswith("tokens per joule") else pts):
             data.setdefault((names.of(p), world(p), p["strategy"]), []).append((seq(p), getter(p)))
         for (name, w, strategy), xy in sorted(data.items()):
             xy.sort()
@@ -377,8 +382,8 @@ def write_summary(sweeps, out, charts):
         lines += [f"## {s['name']} ({s['aggregate'].get('mode')})", "",
                   "| strategy | ranks | sp | T | status | step ms | exposed comm ms | step / bound "
                   "| step / sustained | step / contended | attention max / min rank | tokens/s | TFLOP/s/GPU "
-                  "| MFU (measured) | peak GiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| MFU (measured) | peak GiB | J/step | tokens/J |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in sorted(s["points"], key=lambda p: (p["strategy"], p["grid"]["world"], p["config"].get("seq", 0))):
             row = [p["strategy"], p["grid"]["world"], p["grid"].get("sp", ""), p["config"].get("seq", ""), p["status"]]
             if p["status"] == "ok":
@@ -397,9 +402,12 @@ def write_summary(sweeps, out, charts):
                         f"{contended:.3f}" if isinstance(contended, (int, float)) else "-",
                         f"{imbalance:.3f}" if imbalance else "-",
                         f"{m['tokens_per_s']:.0f}", f"{m['tflops_per_gpu']:.1f}",
-                        f"{m['mfu_measured']:.3f}" if m.get("mfu_measured") else "-", f"{m['peak_mem_bytes'] / 2**30:.2f}"]
+                        f"{m['mfu_measured']:.3f}" if m.get("mfu_measured") else "-", f"{m['peak_mem_bytes'] / 2**30:.2f}",
+                        # The devices' energy over the timed steps, all GPUs (absent: no energy counter).
+                        f"{m['energy_j_per_step']:.2f}" if isinstance(m.get("energy_j_per_step"), (int, float)) else "-",
+                        f"{m['tokens_per_joule']:.1f}" if isinstance(m.get("tokens_per_joule"), (int, float)) else "-"]
             else:
-                row += ["-"] * 10
+                row += ["-"] * 12
             lines.append("| " + " | ".join(map(str, row)) + " |")
         weak = s["aggregate"].get("weak_scaling", [])
         if weak:

@@ -5,6 +5,7 @@ naming the file and exit 2."""
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,8 @@ with tempfile.TemporaryDirectory() as tmp:
                            "contended": {"bound_ms": r0["timing"]["median_ms"] / 1.0625},
                            "per_rank_attention_ms": [100.0, 110.0], "step_over_sustained_bound": 0.875,
                            "step_over_contended_bound": 1.0625}
+            r0["metrics"]["energy_j_per_step"] = 2.5  # as a GPU run with an energy counter writes them
+            r0["metrics"]["tokens_per_joule"] = r0["config"]["batch"] * r0["config"]["seq"] / 2.5
             json.dump(r0, open(f, "w"))
     out3 = os.path.join(tmp, "charts-bound")
     r = run(bounded, "--out", out3)
@@ -86,6 +89,15 @@ with tempfile.TemporaryDirectory() as tmp:
     check("| attention max / min rank |" in summary3 and "| 1.100 |" in summary3,
           "SUMMARY.md gives the ranks' attention imbalance (max / min of bound.per_rank_attention_ms)")
     check("| step / bound |" in summary and "| - |" in summary, "results without a bound show '-' there")
+    rows3 = [l for l in summary3.splitlines() if l.startswith("| lss | 4 | 4 | 256 | ok |")]
+    check("| J/step | tokens/J |" in summary3 and bool(rows3) and rows3[0].endswith("| 2.50 | 102.4 |"),
+          f"SUMMARY.md gives J per step and tokens per joule where the results have them ({rows3[:1]})")
+    header = [l for l in summary3.splitlines() if l.startswith("| strategy | ranks | sp |")]
+    point_rows = [l for l in summary3.splitlines() if re.match(r"\| (lss|megatron_sp|serial) \| \d+ \| \d+ \| \d+ \| ", l)]
+    widths = {len(l.split("|")) for l in point_rows + [summary3.splitlines()[summary3.splitlines().index(header[0]) + 1]]} if header else set()
+    check(bool(header) and widths == {len(header[0].split("|"))}, f"every point row has the header's columns ({widths})")
+    check(all(l.endswith("| - | - |") for l in summary.splitlines() if l.startswith("| lss | ") and "| ok |" in l),
+          "results without an energy reading show '-' there")
 
     # two sweeps with the same strategies (e.g. an option on and off): their series stay apart,
     # named after the sweep folders
