@@ -39,6 +39,14 @@ expect 0 "0 regressions" "the same with --tol-throughput 0.15 passes" "$base" "$
 fresh; edit "$work/new/$p" 'r["timing"]["comm_exposed_fraction"] += 0.05'
 expect 1 ": comm_exposed_fraction" "5 points more of the step exposed fails, naming comm_exposed_fraction" "$base" "$work/new"
 expect 0 "0 regressions" "the same with --tol-exposed 0.1 passes" "$base" "$work/new" --tol-exposed 0.1
+# energy per step, as GPU results with an energy counter carry it (the CPU baseline has none)
+fresh; mkdir -p "$work/ebase"; cp -r "$base"/. "$work/ebase"
+edit "$work/ebase/$p" 'r["metrics"]["energy_j_per_step"] = 40.0'
+edit "$work/new/$p" 'r["metrics"]["energy_j_per_step"] = 44.0'
+expect 1 ": energy_j_per_step 40.00 -> 44.00" "10% more energy per step fails, naming energy_j_per_step" "$work/ebase" "$work/new"
+expect 0 "0 regressions" "the same with --tol-energy 0.15 passes" "$work/ebase" "$work/new" --tol-energy 0.15
+fresh; edit "$work/new/$p" 'r["metrics"]["energy_j_per_step"] = 44.0'
+expect 0 "0 regressions" "energy in the new results only (a baseline without a counter) is not compared" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * 1.1)'
 expect 1 ": peak_mem_bytes" "10% more memory fails, naming peak_mem_bytes" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["comm"]["per_step_rank0"]["sp"]["all_gather"]["bytes"] += 4'

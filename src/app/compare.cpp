@@ -134,6 +134,15 @@ CompareReport compare_results(const std::vector<json>& base, const std::vector<j
         row(key, "comm_exposed_fraction", fmt::format("{:.4f}", eb), fmt::format("{:.4f}", en),
             fmt::format("{:+.4f}", en - eb), en > eb + tol.exposed);
       }
+      // The devices' energy per step (GPU runs whose driver has an energy counter): a change that
+      // keeps the speed but draws more power shows here, on a card below its power cap.
+      const json& ma = a["metrics"];
+      const json& mc = c["metrics"];
+      if (ma.contains("energy_j_per_step") && mc.contains("energy_j_per_step")) {
+        const double jb = ma["energy_j_per_step"].get<double>(), jn = mc["energy_j_per_step"].get<double>();
+        row(key, "energy_j_per_step", fmt::format("{:.2f}", jb), fmt::format("{:.2f}", jn), pct(jb, jn),
+            jn > jb * (1.0 + tol.energy));
+      }
     }
     for (const char* m : {"peak_mem_bytes", "peak_activation_bytes"}) {
       const double mb = a["metrics"].value(m, 0.0), mn = c["metrics"].value(m, 0.0);
@@ -169,13 +178,15 @@ int cmd_compare(const std::vector<std::string>& args) {
   OptionParser p(
       "usage: lssbench compare BASE NEW [options]\n"
       "Matches the points of two result files or folders (sweep folders included) by configuration\n"
-      "and exits 1 on a regression: throughput down or memory up beyond the tolerances, a loss that\n"
-      "moved, changed collective counts, a lost --check verdict, a point that passed now failing, or\n"
-      "a baseline point missing. Mismatched schemas or unreadable files exit 2.");
+      "and exits 1 on a regression: throughput down or memory or energy per step up beyond the\n"
+      "tolerances, a loss that moved, changed collective counts, a lost --check verdict, a point\n"
+      "that passed now failing, or a baseline point missing. Mismatched schemas or unreadable\n"
+      "files exit 2.");
   p.add_double("tol-throughput", 0.05, "allowed fall of tokens/s (fraction)");
   p.add_double("tol-memory", 0.05, "allowed growth of peak memory (fraction)");
   p.add_double("tol-loss", 1e-5, "allowed relative change of the first-step loss");
   p.add_double("tol-exposed", 0.03, "allowed growth of the exposed-communication share of the step (absolute)");
+  p.add_double("tol-energy", 0.05, "allowed growth of the devices' energy per step (fraction; where both results have it)");
   p.add_flag("timing", true, "compare throughput (--no-timing: deterministic figures only)");
   p.add_flag("allow-missing", false, "report baseline points missing from NEW without failing");
   std::vector<std::string> paths, rest;
@@ -199,6 +210,7 @@ int cmd_compare(const std::vector<std::string>& args) {
   tol.memory = p.real("tol-memory");
   tol.loss = p.real("tol-loss");
   tol.exposed = p.real("tol-exposed");
+  tol.energy = p.real("tol-energy");
   tol.timing = p.flag("timing");
   tol.allow_missing = p.flag("allow-missing");
   const CompareReport rep = compare_results(load_results(paths[0]), load_results(paths[1]), tol);

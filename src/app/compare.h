@@ -11,6 +11,7 @@ struct CompareTolerances {
   double memory = 0.05;      // peak memory may grow by this fraction
   double loss = 1e-5;        // first-step loss, relative
   double exposed = 0.03;     // exposed communication may grow by this fraction of the step (absolute)
+  double energy = 0.05;      // energy per step (where both results read it) may grow by this fraction
   bool timing = true;        // false: skip throughput (deterministic comparisons on noisy CPUs)
   bool allow_missing = false;
 };
