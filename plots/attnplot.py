@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lssplot import InputError, load_json  # noqa: E402  (the same error and JSON loading)
+from jsonfile import InputError, load_json  # noqa: E402  (the same error and JSON loading)
 
 PEER_SCHEMA = "lssbench-peer-attention/1"
 # Display name, colour, marker per implementation: the own kernels solid, PyTorch's dashed.

@@ -20,21 +20,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jsonfile import InputError, load_json  # noqa: E402
+
 STYLE = {"lss": ("tab:blue", "o"), "megatron_sp": ("tab:orange", "s"), "serial": ("tab:gray", "^")}
-
-
-class InputError(Exception):
-    pass
-
-
-def load_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: malformed JSON ({e})")
 
 
 def load_sweep(folder):
@@ -287,17 +276,17 @@ def draw(sweeps, out):
 
     # 4. throughput against T: tokens/s, TFLOP/s per GPU, MFU (measured GEMM peak), and tokens per
     # joule where the runs read their devices' energy (README, Metrics)
-    panels = [(lambda p: p["metrics"]["tokens_per_s"], "tokens/s"),
-              (lambda p: p["metrics"]["tflops_per_gpu"], "TFLOP/s per GPU"),
-              (lambda p: p["metrics"].get("mfu_measured") or 0.0, "MFU vs measured GEMM peak")]
+    panels = [(lambda p: p["metrics"]["tokens_per_s"], "tokens/s", pts),
+              (lambda p: p["metrics"]["tflops_per_gpu"], "TFLOP/s per GPU", pts),
+              (lambda p: p["metrics"].get("mfu_measured") or 0.0, "MFU vs measured GEMM peak", pts)]
     energy = [p for p in pts if isinstance(p["metrics"].get("tokens_per_joule"), (int, float))]
     if energy:
-        panels.append((lambda p: p["metrics"]["tokens_per_joule"], "tokens per joule (all GPUs)"))
+        panels.append((lambda p: p["metrics"]["tokens_per_joule"], "tokens per joule (all GPUs)", energy))
     fig, axes = plt.subplots(1, len(panels), figsize=(14 * len(panels) / 3, 4))
     series = []
-    for ax, (getter, label) in zip(axes, panels):
+    for ax, (getter, label, panel_pts) in zip(axes, panels):
         data = {}
-        for p in (energy if label.startswith("tokens per joule") else pts):
+        for p in panel_pts:
             data.setdefault((names.of(p), world(p), p["strategy"]), []).append((seq(p), getter(p)))
         for (name, w, strategy), xy in sorted(data.items()):
             xy.sort()

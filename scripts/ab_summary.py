@@ -13,27 +13,18 @@ so that one call cannot tell it from the card's drift. Each side's build (git_co
 it compared. gpu_perf.sh's ab-kernel section writes its summary with this; it reads only JSON.
 A missing or malformed file is an error naming it (exit 2).
 """
-import json
+import os
 import sys
 
-
-# Its own small loader, not plots/lssplot.py's: that module imports matplotlib, which the GPU
-# machine's python3 (where gpu_perf.sh runs this) need not have.
-class InputError(Exception):
-    pass
-
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: {e}")
+# The plot scripts' loader (plots/jsonfile.py imports no matplotlib, which the GPU machine's
+# python3, where gpu_perf.sh runs this, need not have).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plots"))
+from jsonfile import InputError, load_json  # noqa: E402
 
 
 def rows_of(path):
     """[(unit, row key, value)] and the build's commit, for one round's file."""
-    doc = load(path)
+    doc = load_json(path)
     if isinstance(doc, dict) and "benchmarks" in doc:
         rows = []
         for b in doc["benchmarks"]:

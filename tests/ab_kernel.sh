@@ -50,8 +50,9 @@ refuse "nofiles" "nofiles" "n1=$ab/bench_bwd1_n1_r1.json"
 
 # ---- 2. gpu_perf.sh ab-kernel on stand-ins ----
 repo=$work/repo
-mkdir -p "$repo/scripts" "$repo/.device/bin" "$repo/.device/mpich/bin" "$work/stub" "$work/v1"
+mkdir -p "$repo/scripts" "$repo/plots" "$repo/.device/bin" "$repo/.device/mpich/bin" "$work/stub" "$work/v1"
 cp "$root/scripts/gpu_perf.sh" "$root/scripts/ab_summary.py" "$repo/scripts/"
+cp "$root/plots/jsonfile.py" "$repo/plots/"  # ab_summary's JSON loader
 printf '#!/bin/sh\necho "GPU 0: stand-in (UUID: GPU-0)"\n' >"$work/stub/nvidia-smi"
 # mpiexec.hydra -n N EXE ARGS...: run EXE once.
 printf '#!/bin/sh\nshift 2\nexec "$@"\n' >"$repo/.device/mpich/bin/mpiexec.hydra"

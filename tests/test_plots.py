@@ -92,10 +92,11 @@ with tempfile.TemporaryDirectory() as tmp:
     rows3 = [l for l in summary3.splitlines() if l.startswith("| lss | 4 | 4 | 256 | ok |")]
     check("| J/step | tokens/J |" in summary3 and bool(rows3) and rows3[0].endswith("| 2.50 | 102.4 |"),
           f"SUMMARY.md gives J per step and tokens per joule where the results have them ({rows3[:1]})")
-    header = [l for l in summary3.splitlines() if l.startswith("| strategy | ranks | sp |")]
-    point_rows = [l for l in summary3.splitlines() if re.match(r"\| (lss|megatron_sp|serial) \| \d+ \| \d+ \| \d+ \| ", l)]
-    widths = {len(l.split("|")) for l in point_rows + [summary3.splitlines()[summary3.splitlines().index(header[0]) + 1]]} if header else set()
-    check(bool(header) and widths == {len(header[0].split("|"))}, f"every point row has the header's columns ({widths})")
+    lines3 = summary3.splitlines()
+    header = [i for i, l in enumerate(lines3) if l.startswith("| strategy | ranks | sp |")]
+    point_rows = [l for l in lines3 if re.match(r"\| (lss|megatron_sp|serial) \| \d+ \| \d+ \| \d+ \| ", l)]
+    widths = {len(l.split("|")) for l in point_rows + [lines3[i + 1] for i in header]}
+    check(bool(header) and widths == {len(lines3[header[0]].split("|"))}, f"every point row has the header's columns ({widths})")
     check(all(l.endswith("| - | - |") for l in summary.splitlines() if l.startswith("| lss | ") and "| ok |" in l),
           "results without an energy reading show '-' there")
 
