@@ -1113,6 +1113,57 @@ TEST(DeviceSamples, SummaryOfARegion) {
   EXPECT_DOUBLE_EQ(none.power_capped_fraction, 0.0);
 }
 
+// The region's energy from a counter that updates only every 100 ms (as the driver's does, every
+// few tens of ms), polled every 1 ms through a 0.35 s region at a steady 700 W: the plain
+// difference of the readings at the region's ends is far off, the power between the first and last
+// update seen is exact to the polling period.
+TEST(DeviceSamples, EnergyFromCounterUpdates) {
+  const double watts = 700, update_s = 0.1, poll_s = 0.001, region_s = 0.35;
+  for (const double phase : {0.0, 0.03, 0.07, 0.099}) {
+    // The counter as the driver keeps it: the energy up to its last update, the first update at
+    // `phase` after the region starts; an arbitrary count (mJ) from before the region.
+    const auto counter_mj = [&](double t) {
+      const double last_update = t < phase ? phase - update_s : phase + std::floor((t - phase) / update_s) * update_s;
+      return 5.0e9 + 1e3 * watts * last_update;
+    };
+    std::vector<EnergyReading> readings;
+    for (int i = 0; i * poll_s <= region_s + 1e-12; ++i) {
+      const double t = i * poll_s;
+      if (readings.empty() || readings.back().mj != counter_mj(t)) readings.push_back({t, counter_mj(t)});
+    }
+    const double plain_j = (readings.back().mj - readings.front().mj) * 1e-3;
+    DeviceState st;
+    region_energy(readings, region_s, st);
+    const std::string at = " phase " + std::to_string(phase);
+    // Updates at phase + k·0.1 s inside the region; one at 0 is the start's own reading.
+    EXPECT_EQ(st.energy_updates, phase > 0 && phase <= 0.05 ? 4 : 3) << at;
+    EXPECT_DOUBLE_EQ(st.region_s, region_s);
+    // Each update is seen up to one poll late (1.5 polls: the clock's rounding).
+    const double rel = 1.5 * poll_s / st.energy_window_s;
+    EXPECT_NEAR(st.energy_window_s, update_s * (st.energy_updates - 1), 1.5 * poll_s) << at;
+    EXPECT_NEAR(st.mean_power_w, watts, watts * rel) << at;
+    EXPECT_NEAR(st.energy_j, watts * region_s, watts * region_s * rel) << at;
+    // What the readings at the ends alone would give: 14% off here.
+    EXPECT_GT(std::abs(plain_j - watts * region_s), 0.05 * watts * region_s) << at;
+  }
+  // One update in the region: no energy, and the count says why; no readings: no counter.
+  DeviceState one;
+  region_energy({{0.0, 100.0}, {0.05, 100.0}, {0.08, 170.0}, {0.2, 170.0}}, 0.2, one);
+  EXPECT_EQ(one.energy_updates, 1);
+  EXPECT_LT(one.energy_j, 0.0);
+  EXPECT_DOUBLE_EQ(one.region_s, 0.2);
+  DeviceState none;
+  region_energy({}, 0.2, none);
+  EXPECT_EQ(none.energy_updates, -1);
+  EXPECT_LT(none.energy_j, 0.0);
+  // Two updates: the power between them.
+  DeviceState two;
+  region_energy({{0.0, 1000.0}, {0.01, 1700.0}, {0.11, 71700.0}}, 0.2, two);
+  EXPECT_EQ(two.energy_updates, 2);
+  EXPECT_NEAR(two.mean_power_w, 700.0, 1e-9);
+  EXPECT_NEAR(two.energy_j, 140.0, 1e-9);
+}
+
 // The wgmma attention kernels' block order (kernels/cuda/block_order.h), index arithmetic only:
 // every (block, head) exactly once, the head groups one after the other, within a group the heads
 // fastest and the blocks in order (last to first with `reverse`).

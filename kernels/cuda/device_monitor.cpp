@@ -64,10 +64,10 @@ struct DeviceMonitor::Impl {
   int period_ms = 10;
   std::thread thread;
   std::atomic<bool> running{false};
-  std::vector<DeviceSample> samples;  // written by the sampling thread only; read after it joins
+  // Written by the sampling thread only; read after it joins.
+  std::vector<DeviceSample> samples;
+  std::vector<EnergyReading> energy;  // the reading at the start, then each one that differs
   std::chrono::steady_clock::time_point started;
-  bool energy_at_start = false;
-  unsigned long long start_mj = 0;  // the driver's energy counter (mJ) when the region started
 
   // The counter now, or nullopt where the driver cannot read it.
   std::optional<unsigned long long> energy_mj() const {
@@ -77,19 +77,36 @@ struct DeviceMonitor::Impl {
     return mj;
   }
 
+  // Records the energy counter when it differs from the last reading (or is the first).
+  void read_energy() {
+    const std::optional<unsigned long long> mj = energy_mj();
+    if (!mj) return;
+    const double value = static_cast<double>(*mj);
+    if (!energy.empty() && energy.back().mj == value) return;
+    energy.push_back({std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), value});
+  }
+
+  // The counter is polled every millisecond, so that each of its updates (tens of milliseconds
+  // apart) is seen within a millisecond of when it happened (region_energy in core/backend.h);
+  // clocks, power and reasons every period_ms.
   void loop() {
     const Nvml& n = nvml();
-    auto next = std::chrono::steady_clock::now();
+    auto next_sample = std::chrono::steady_clock::now();
+    auto next_tick = next_sample;
     while (running.load(std::memory_order_relaxed)) {
-      unsigned mhz = 0, mw = 0;
-      unsigned long long reasons = 0;
-      const bool ok = n.clock(device, NVML_CLOCK_SM, &mhz) == NVML_SUCCESS && n.power(device, &mw) == NVML_SUCCESS &&
-                      n.reasons(device, &reasons) == NVML_SUCCESS;
-      if (ok)
-        samples.push_back({static_cast<double>(mhz), mw * 1e-3, (reasons & nvmlClocksEventReasonSwPowerCap) != 0,
-                           (reasons & kSlowdown) != 0});
-      next += std::chrono::milliseconds(period_ms);
-      std::this_thread::sleep_until(next);
+      if (std::chrono::steady_clock::now() >= next_sample) {
+        unsigned mhz = 0, mw = 0;
+        unsigned long long reasons = 0;
+        const bool ok = n.clock(device, NVML_CLOCK_SM, &mhz) == NVML_SUCCESS &&
+                        n.power(device, &mw) == NVML_SUCCESS && n.reasons(device, &reasons) == NVML_SUCCESS;
+        if (ok)
+          samples.push_back({static_cast<double>(mhz), mw * 1e-3, (reasons & nvmlClocksEventReasonSwPowerCap) != 0,
+                             (reasons & kSlowdown) != 0});
+        next_sample += std::chrono::milliseconds(period_ms);
+      }
+      if (n.energy != nullptr) read_energy();
+      next_tick += std::chrono::milliseconds(1);
+      std::this_thread::sleep_until(next_tick);
     }
   }
 
@@ -115,11 +132,10 @@ void DeviceMonitor::start(int period_ms) {
   impl_->halt();
   if (!impl_->usable) return;
   impl_->samples.clear();
+  impl_->energy.clear();
   impl_->period_ms = std::max(1, period_ms);
-  const std::optional<unsigned long long> mj = impl_->energy_mj();
-  impl_->energy_at_start = mj.has_value();
-  impl_->start_mj = mj.value_or(0);
   impl_->started = std::chrono::steady_clock::now();
+  impl_->read_energy();
   impl_->running = true;
   impl_->thread = std::thread([this] { impl_->loop(); });
 }
@@ -127,7 +143,6 @@ void DeviceMonitor::start(int period_ms) {
 std::optional<DeviceState> DeviceMonitor::stop() {
   // The region ends now, not after the sampling thread's last sleep.
   const auto ended = std::chrono::steady_clock::now();
-  const std::optional<unsigned long long> end_mj = impl_->usable ? impl_->energy_mj() : std::nullopt;
   impl_->halt();
   if (!impl_->usable || impl_->samples.empty()) return std::nullopt;
   const Nvml& n = nvml();
@@ -135,9 +150,11 @@ std::optional<DeviceState> DeviceMonitor::stop() {
   if (n.max_clock(impl_->device, NVML_CLOCK_SM, &top) != NVML_SUCCESS) top = 0;
   if (n.power_limit(impl_->device, &limit_mw) != NVML_SUCCESS) limit_mw = 0;
   DeviceState st = summarize_device_samples(impl_->samples, impl_->period_ms, top, limit_mw * 1e-3);
-  st.region_s = std::chrono::duration<double>(ended - impl_->started).count();
-  if (impl_->energy_at_start && end_mj && *end_mj >= impl_->start_mj)
-    st.energy_j = static_cast<double>(*end_mj - impl_->start_mj) * 1e-3;
+  // Readings the thread took after the region ended are left out.
+  const double region_s = std::chrono::duration<double>(ended - impl_->started).count();
+  std::vector<EnergyReading>& readings = impl_->energy;
+  while (!readings.empty() && readings.back().t_s > region_s) readings.pop_back();
+  region_energy(readings, region_s, st);
   return st;
 }
 

@@ -283,7 +283,7 @@ std::vector<double> max_over_ranks(std::vector<double> v) {
 // Every rank's device state over the timed steps (rank 0 gets them all, in rank order); null
 // when no rank could sample its device.
 json gather_device_states(const std::optional<DeviceState>& mine, int world) {
-  constexpr int kFields = 11;
+  constexpr int kFields = 14;
   std::vector<double> v(kFields, 0.0);
   if (mine) {
     v = {1.0,
@@ -296,7 +296,10 @@ json gather_device_states(const std::optional<DeviceState>& mine, int world) {
          mine->power_capped_fraction,
          mine->slowdown_fraction,
          mine->energy_j,
-         mine->region_s};
+         mine->region_s,
+         mine->mean_power_w,
+         mine->energy_window_s,
+         static_cast<double>(mine->energy_updates)};
   }
   std::vector<double> all(static_cast<size_t>(kFields) * world);
   LSS_MPI_CHECK(MPI_Gather(v.data(), kFields, MPI_DOUBLE, all.data(), kFields, MPI_DOUBLE, 0, MPI_COMM_WORLD));
@@ -318,15 +321,18 @@ json gather_device_states(const std::optional<DeviceState>& mine, int world) {
                        {"power_capped_fraction", f[7]},
                        {"slowdown_fraction", f[8]},
                        {"region_s", f[10]}};
+    if (f[13] >= 0) rank_state["energy_updates"] = static_cast<int64_t>(f[13]);
     if (f[9] >= 0) {
       rank_state["energy_j"] = f[9];
-      rank_state["mean_power_w"] = f[10] > 0 ? f[9] / f[10] : 0.0;
+      rank_state["mean_power_w"] = f[11];
+      rank_state["energy_window_s"] = f[12];
     }
     per_rank.push_back(std::move(rank_state));
   }
   if (!any) return nullptr;
   return {{"source", fmt::format("NVML on each rank's device, every {} ms through the timed steps; energy_j from "
-                                 "the driver's energy counter at the region's start and end",
+                                 "the driver's energy counter, polled every 1 ms: the mean power between its first "
+                                 "and last update in the region, times the region's time",
                                  mine ? mine->period_ms : 10.0)},
           {"per_rank", per_rank}};
 }
@@ -753,6 +759,13 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
       fmt::print("  {:<22} {:>14.1f}  ({:.0f} tokens/J, all {} devices)\n", "energy per step (J)",
                  j["metrics"]["energy_j_per_step"].get<double>(), j["metrics"]["tokens_per_joule"].get<double>(),
                  grid.world);
+    else if (!device_states.is_null())
+      for (const json& d : device_states["per_rank"])
+        if (!d.is_null() && d.contains("energy_updates") && !d.contains("energy_j")) {
+          fmt::print("  {:<22} {:>14}  (a counter updated {} times in {:.2f} s; it needs 2: more --iters)\n",
+                     "energy per step (J)", "not measured", d["energy_updates"].get<int64_t>(), d["region_s"].get<double>());
+          break;
+        }
     fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));
     fmt::print("  {:<22} {:>14}\n", "peak activations/rank", human_bytes(mem_v[1]));
     fmt::print("  {:<22} {:>14}\n", "comm matches model", comm_ok ? "yes" : "NO");

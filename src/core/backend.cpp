@@ -177,6 +177,28 @@ DeviceState summarize_device_samples(const std::vector<DeviceSample>& samples, d
   return st;
 }
 
+void region_energy(const std::vector<EnergyReading>& readings, double region_s, DeviceState& st) {
+  st.region_s = region_s;
+  st.energy_j = -1;
+  st.mean_power_w = 0;
+  st.energy_window_s = 0;
+  st.energy_updates = readings.empty() ? -1 : 0;
+  // An update is a reading that differs from the one before it; the first reading, taken as the
+  // region started, marks no update (the counter may have moved just before it).
+  const EnergyReading* first = nullptr;
+  const EnergyReading* last = nullptr;
+  for (size_t i = 1; i < readings.size(); ++i) {
+    if (readings[i].mj == readings[i - 1].mj) continue;
+    ++st.energy_updates;
+    if (first == nullptr) first = &readings[i];
+    last = &readings[i];
+  }
+  if (st.energy_updates < 2 || last->t_s <= first->t_s || last->mj < first->mj) return;
+  st.energy_window_s = last->t_s - first->t_s;
+  st.mean_power_w = (last->mj - first->mj) * 1e-3 / st.energy_window_s;
+  st.energy_j = st.mean_power_w * region_s;
+}
+
 DType parse_dtype(const std::string& s) {
   if (s == "fp32") return DType::f32;
   if (s == "fp64") return DType::f64;

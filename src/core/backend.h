@@ -169,12 +169,29 @@ struct DeviceState {
   double power_limit_w = 0;          // the enforced limit
   double power_capped_fraction = 0;  // of samples: the software power cap held the clocks down
   double slowdown_fraction = 0;      // of samples: a thermal or hardware slowdown
-  // The device's energy over the region, from the driver's cumulative counter (read at the start
-  // and at the end, so exact where power_w_median, a moving average, lags a short region); < 0
-  // where the driver has no counter.
+  // The device's energy over the region from the driver's cumulative counter (region_energy
+  // below); < 0 where the driver has no counter or it moved fewer than twice in the region.
   double energy_j = -1;
-  double region_s = 0;  // the region's wall time: energy_j / region_s is its mean power
+  double mean_power_w = 0;      // energy_j / region_s
+  double region_s = 0;          // the region's wall time
+  double energy_window_s = 0;   // between the counter's first and last update seen in the region
+  int64_t energy_updates = -1;  // the counter's updates seen in the region; -1: no counter
 };
+
+// The energy counter's readings over a region: seconds since the region started, and the
+// counter's value (mJ). The first reading is taken as the region starts.
+struct EnergyReading {
+  double t_s = 0;
+  double mj = 0;
+};
+// The driver updates its energy counter only every few tens of milliseconds, so the plain
+// difference of the readings at a region's start and end covers a window shifted and stretched
+// by up to one update period (±20% over a 0.35 s region on an H200). The counter's value at an
+// update is exact at that instant, so the mean power is taken between the first and the last
+// update seen inside the region (each seen within one polling period of when it happened), and
+// energy_j = that power × region_s. Fewer than two updates: no energy (energy_j < 0,
+// energy_updates says how many); an empty list: no counter (energy_updates = -1).
+void region_energy(const std::vector<EnergyReading>& readings, double region_s, DeviceState& st);
 
 // One reading of a device monitor.
 struct DeviceSample {
