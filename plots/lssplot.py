@@ -77,9 +77,10 @@ class Charts:
     def __init__(self, out, footer):
         self.out, self.footer, self.manifest, self.not_drawn = out, footer, [], []
 
-    def save(self, fig, name, title, series, why_empty="nothing to draw"):
+    def save(self, fig, name, title, series, why_empty="nothing to draw", panels=None):
         """Writes the chart, or, when it has no series, leaves it out and records why_empty (an empty
-        frame in a paper or a CI artefact reads as a result)."""
+        frame in a paper or a CI artefact reads as a result). `panels`: the y labels of a chart of
+        several, for the manifest."""
         if not series:
             plt.close(fig)
             self.not_drawn.append({"file": name + ".png", "title": title, "why": why_empty})
@@ -90,7 +91,8 @@ class Charts:
         path = os.path.join(self.out, name + ".png")
         fig.savefig(path, dpi=120)
         plt.close(fig)
-        self.manifest.append({"file": name + ".png", "title": title, "series": series})
+        self.manifest.append({"file": name + ".png", "title": title, "series": series,
+                              **({"panels": panels} if panels else {})})
 
 
 def aggregate_entries(sweeps, key):
@@ -159,6 +161,19 @@ class Series:
 
     def style(self, sweep):
         return LINE_STYLES[self.order.index(sweep) % len(LINE_STYLES)] if len(self.order) > 1 else "-"
+
+
+def measured_energy(p):
+    """(J per step, tokens per joule) of a point, or None. Only where every rank's device state
+    says how its energy was taken (`energy_window_s`: the power between the counter's updates,
+    README, Metrics): results of the builds before it read the counter at the region's two ends
+    alone, 10-20% off over the short regions of a sweep point."""
+    m = p.get("metrics") or {}
+    ranks = ((p.get("timing") or {}).get("device_state") or {}).get("per_rank") or []
+    if not (ranks and all(isinstance(r, dict) and "energy_window_s" in r for r in ranks)):
+        return None
+    j, tpj = m.get("energy_j_per_step"), m.get("tokens_per_joule")
+    return (j, tpj) if isinstance(j, (int, float)) and isinstance(tpj, (int, float)) else None
 
 
 def by_series(points, name_of, x_of, y_of):
@@ -279,9 +294,9 @@ def draw(sweeps, out):
     panels = [(lambda p: p["metrics"]["tokens_per_s"], "tokens/s", pts),
               (lambda p: p["metrics"]["tflops_per_gpu"], "TFLOP/s per GPU", pts),
               (lambda p: p["metrics"].get("mfu_measured") or 0.0, "MFU vs measured GEMM peak", pts)]
-    energy = [p for p in pts if isinstance(p["metrics"].get("tokens_per_joule"), (int, float))]
+    energy = [p for p in pts if measured_energy(p)]
     if energy:
-        panels.append((lambda p: p["metrics"]["tokens_per_joule"], "tokens per joule (all GPUs)", energy))
+        panels.append((lambda p: measured_energy(p)[1], "tokens per joule (all GPUs)", energy))
     fig, axes = plt.subplots(1, len(panels), figsize=(14 * len(panels) / 3, 4))
     series = []
     for ax, (getter, label, panel_pts) in zip(axes, panels):
@@ -298,7 +313,8 @@ def draw(sweeps, out):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         series = [f"{name} {w}g" for name, w, _ in sorted(data)]
-    charts.save(fig, "throughput", "Throughput against sequence length", series)
+    charts.save(fig, "throughput", "Throughput against sequence length", series,
+                panels=[label for _, label, _ in panels])
 
     # 5. longest trainable sequence against GPU count
     maxseq = aggregate_entries(sweeps, "max_seq")
@@ -384,6 +400,7 @@ def write_summary(sweeps, out, charts):
                 # The bound with overlap's contention priced (README, Metrics); absent before it existed.
                 contended = b.get("step_over_contended_bound")
                 attn = [x for x in b.get("per_rank_attention_ms") or [] if isinstance(x, (int, float))]
+                energy = measured_energy(p)
                 imbalance = max(attn) / min(attn) if attn and min(attn) > 0 else None
                 row += [f"{t['median_ms']:.2f}", f"{exposed:.2f}" if isinstance(exposed, (int, float)) else "-",
                         f"{ratio:.3f}" if isinstance(ratio, (int, float)) else "-",
@@ -393,8 +410,7 @@ def write_summary(sweeps, out, charts):
                         f"{m['tokens_per_s']:.0f}", f"{m['tflops_per_gpu']:.1f}",
                         f"{m['mfu_measured']:.3f}" if m.get("mfu_measured") else "-", f"{m['peak_mem_bytes'] / 2**30:.2f}",
                         # The devices' energy over the timed steps, all GPUs (absent: no energy counter).
-                        f"{m['energy_j_per_step']:.2f}" if isinstance(m.get("energy_j_per_step"), (int, float)) else "-",
-                        f"{m['tokens_per_joule']:.1f}" if isinstance(m.get("tokens_per_joule"), (int, float)) else "-"]
+                        f"{energy[0]:.2f}" if energy else "-", f"{energy[1]:.1f}" if energy else "-"]
             else:
                 row += ["-"] * 12
             lines.append("| " + " | ".join(map(str, row)) + " |")

@@ -41,11 +41,16 @@ expect 1 ": comm_exposed_fraction" "5 points more of the step exposed fails, nam
 expect 0 "0 regressions" "the same with --tol-exposed 0.1 passes" "$base" "$work/new" --tol-exposed 0.1
 # energy per step, as GPU results with an energy counter carry it (the CPU baseline has none)
 fresh; mkdir -p "$work/ebase"; cp -r "$base"/. "$work/ebase"
-edit "$work/ebase/$p" 'r["metrics"]["energy_j_per_step"] = 40.0'
-edit "$work/new/$p" 'r["metrics"]["energy_j_per_step"] = 44.0'
+gpu_energy() {  # JOULES: the metric and each rank's device state as a GPU run with a counter writes them
+  echo "r['metrics']['energy_j_per_step'] = $1; r['timing']['device_state'] = {'per_rank': [{'energy_j': $1 * 3, 'energy_updates': 4, 'energy_window_s': 0.3}] * r['grid']['world']}"
+}
+edit "$work/ebase/$p" "$(gpu_energy 40.0)"
+edit "$work/new/$p" "$(gpu_energy 44.0)"
 expect 1 ": energy_j_per_step 40.00 -> 44.00" "10% more energy per step fails, naming energy_j_per_step" "$work/ebase" "$work/new"
 expect 0 "0 regressions" "the same with --tol-energy 0.15 passes" "$work/ebase" "$work/new" --tol-energy 0.15
-fresh; edit "$work/new/$p" 'r["metrics"]["energy_j_per_step"] = 44.0'
+edit "$work/ebase/$p" 'for rank in r["timing"]["device_state"]["per_rank"]: rank.pop("energy_window_s")'
+expect 0 "0 regressions" "a baseline whose energy was read at the region's ends alone (no energy_window_s) is not compared" "$work/ebase" "$work/new"
+fresh; edit "$work/new/$p" "$(gpu_energy 44.0)"
 expect 0 "0 regressions" "energy in the new results only (a baseline without a counter) is not compared" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * 1.1)'
 expect 1 ": peak_mem_bytes" "10% more memory fails, naming peak_mem_bytes" "$base" "$work/new"

@@ -73,6 +73,8 @@ with tempfile.TemporaryDirectory() as tmp:
                            "step_over_contended_bound": 1.0625}
             r0["metrics"]["energy_j_per_step"] = 2.5  # as a GPU run with an energy counter writes them
             r0["metrics"]["tokens_per_joule"] = r0["config"]["batch"] * r0["config"]["seq"] / 2.5
+            r0["timing"]["device_state"] = {"per_rank": [{"energy_j": 2.5 * 6 / r0["grid"]["world"], "energy_updates": 4,
+                                                          "energy_window_s": 0.3}] * r0["grid"]["world"]}
             json.dump(r0, open(f, "w"))
     out3 = os.path.join(tmp, "charts-bound")
     r = run(bounded, "--out", out3)
@@ -99,6 +101,31 @@ with tempfile.TemporaryDirectory() as tmp:
     check(bool(header) and widths == {len(lines3[header[0]].split("|"))}, f"every point row has the header's columns ({widths})")
     check(all(l.endswith("| - | - |") for l in summary.splitlines() if l.startswith("| lss | ") and "| ok |" in l),
           "results without an energy reading show '-' there")
+    tput3 = {c["file"]: c for c in m3["charts"]}.get("throughput.png", {})
+    check("tokens per joule (all GPUs)" in (tput3.get("panels") or []),
+          f"throughput.png has the tokens-per-joule panel with energy ({tput3.get('panels')})")
+
+    # energy of the builds that read the counter at the region's ends alone (no energy_window_s):
+    # neither in the table nor drawn
+    ends_only = os.path.join(tmp, "energy-ends-only")
+    shutil.copytree(bounded, ends_only)
+    for f in glob.glob(os.path.join(ends_only, "points", "*.json")):
+        r0 = json.load(open(f))
+        if r0.get("status") == "ok":
+            for rank in r0["timing"]["device_state"]["per_rank"]:
+                rank.pop("energy_window_s")
+                rank.pop("energy_updates")
+            json.dump(r0, open(f, "w"))
+    out5 = os.path.join(tmp, "charts-ends-only")
+    r = run(ends_only, "--out", out5)
+    summary5 = open(os.path.join(out5, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    rows5 = [l for l in summary5.splitlines() if l.startswith("| lss | 4 | 4 | 256 | ok |")]
+    check(bool(rows5) and rows5[0].endswith("| - | - |"),
+          f"energy without energy_window_s (the ends-only reading) is not in SUMMARY.md ({rows5[:1]})")
+    m5 = json.load(open(os.path.join(out5, "charts.json"))) if r.returncode == 0 else {"charts": []}
+    tput5 = {c["file"]: c for c in m5["charts"]}.get("throughput.png", {})
+    check(len(tput5.get("panels") or []) == 3 and "tokens per joule (all GPUs)" not in tput5["panels"],
+          f"nor drawn: throughput.png has no tokens-per-joule panel ({tput5.get('panels')})")
 
     # two sweeps with the same strategies (e.g. an option on and off): their series stay apart,
     # named after the sweep folders

@@ -17,6 +17,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Whether a result's energy per step counts: every rank's device state says how its energy was
+// taken (`energy_window_s`, the power between the counter's updates; README, Metrics). Results
+// of the builds before it read the counter at the region's two ends alone, 10-20% off over a
+// sweep point's short region, and are not compared.
+bool energy_measured(const json& r) {
+  if (!r["metrics"].contains("energy_j_per_step")) return false;
+  const json& states = r["timing"].value("device_state", json());
+  if (!states.is_object() || !states.contains("per_rank") || states["per_rank"].empty()) return false;
+  for (const json& rank : states["per_rank"])
+    if (!rank.is_object() || !rank.contains("energy_window_s")) return false;
+  return true;
+}
+
 // The configuration a point is matched by: everything that changes what is computed or where,
 // nothing that is measured. Strategy options are matched separately (options_match).
 std::string point_key(const json& r) {
@@ -138,7 +151,7 @@ CompareReport compare_results(const std::vector<json>& base, const std::vector<j
       // keeps the speed but draws more power shows here, on a card below its power cap.
       const json& ma = a["metrics"];
       const json& mc = c["metrics"];
-      if (ma.contains("energy_j_per_step") && mc.contains("energy_j_per_step")) {
+      if (energy_measured(a) && energy_measured(c)) {
         const double jb = ma["energy_j_per_step"].get<double>(), jn = mc["energy_j_per_step"].get<double>();
         row(key, "energy_j_per_step", fmt::format("{:.2f}", jb), fmt::format("{:.2f}", jn), pct(jb, jn),
             jn > jb * (1.0 + tol.energy));
