@@ -31,6 +31,20 @@ def run(*args):
     return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
 
 
+def edited_sweep(src, dst, point=None, aggregate=None):
+    """A copy of the sweep folder src at dst, each point JSON passed through point(r) and each
+    aggregate through aggregate(a): they edit in place; point returning False drops the point."""
+    shutil.copytree(src, dst)
+    for pattern, edit in ((os.path.join("points", "*.json"), point), ("aggregate-*.json", aggregate)):
+        for f in glob.glob(os.path.join(dst, pattern)) if edit else []:
+            r0 = json.load(open(f))
+            if edit(r0) is False:
+                os.remove(f)
+            else:
+                json.dump(r0, open(f, "w"))
+    return dst
+
+
 with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "charts")
     r = run(fixture, "--out", out)
@@ -62,10 +76,7 @@ with tempfile.TemporaryDirectory() as tmp:
           f"max_seq.png has the series lss and megatron_sp ({ms.get('series')})")
 
     # results with the analytic bound: the breakdown marks it, SUMMARY.md gives step / bound
-    bounded = os.path.join(tmp, "bounded")
-    shutil.copytree(fixture, bounded)
-    for f in glob.glob(os.path.join(bounded, "points", "*.json")):
-        r0 = json.load(open(f))
+    def with_bound(r0):
         if r0.get("status") == "ok":
             r0["bound"] = {"bound_ms": r0["timing"]["median_ms"] / 1.25, "step_over_bound": 1.25, "rank0": {},
                            "contended": {"bound_ms": r0["timing"]["median_ms"] / 1.0625},
@@ -75,7 +86,7 @@ with tempfile.TemporaryDirectory() as tmp:
             r0["metrics"]["tokens_per_joule"] = r0["config"]["batch"] * r0["config"]["seq"] / 2.5
             r0["timing"]["device_state"] = {"per_rank": [{"energy_j": 2.5 * 6 / r0["grid"]["world"], "energy_updates": 4,
                                                           "energy_window_s": 0.3}] * r0["grid"]["world"]}
-            json.dump(r0, open(f, "w"))
+    bounded = edited_sweep(fixture, os.path.join(tmp, "bounded"), with_bound)
     out3 = os.path.join(tmp, "charts-bound")
     r = run(bounded, "--out", out3)
     m3 = json.load(open(os.path.join(out3, "charts.json"))) if r.returncode == 0 else {"charts": []}
@@ -107,15 +118,10 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # energy of the builds that read the counter at the region's ends alone (no energy_window_s):
     # neither in the table nor drawn
-    ends_only = os.path.join(tmp, "energy-ends-only")
-    shutil.copytree(bounded, ends_only)
-    for f in glob.glob(os.path.join(ends_only, "points", "*.json")):
-        r0 = json.load(open(f))
-        if r0.get("status") == "ok":
-            for rank in r0["timing"]["device_state"]["per_rank"]:
-                rank.pop("energy_window_s")
-                rank.pop("energy_updates")
-            json.dump(r0, open(f, "w"))
+    def ends_only_energy(r0):
+        for rank in ((r0.get("timing") or {}).get("device_state") or {}).get("per_rank", []):
+            del rank["energy_window_s"], rank["energy_updates"]
+    ends_only = edited_sweep(bounded, os.path.join(tmp, "energy-ends-only"), ends_only_energy)
     out5 = os.path.join(tmp, "charts-ends-only")
     r = run(ends_only, "--out", out5)
     summary5 = open(os.path.join(out5, "SUMMARY.md")).read() if r.returncode == 0 else ""
@@ -147,24 +153,18 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # an ablation: a sweep of lss alone (an option set), drawn with a sweep that has megatron_sp; its
     # lss points are compared with that sweep's megatron_sp points at the same ranks, model and T
-    full, ablation = os.path.join(tmp, "full"), os.path.join(tmp, "lss-only")
-    shutil.copytree(fixture, full)
-    shutil.copytree(fixture, ablation)
     meg_ms, lss_ms = {}, {}
-    for f in glob.glob(os.path.join(ablation, "points", "*.json")):
-        r0 = json.load(open(f))
+
+    def lss_faster(r0):  # megatron_sp's times noted and its points dropped; lss 20% faster
         if r0["strategy"] != "lss":
             if r0["strategy"] == "megatron_sp" and r0["status"] == "ok":
                 meg_ms[r0["grid"]["world"]] = r0["timing"]["median_ms"]
-            os.remove(f)
-            continue
+            return False
         r0["timing"]["median_ms"] *= 0.8
         lss_ms[r0["grid"]["world"]] = r0["timing"]["median_ms"]
-        json.dump(r0, open(f, "w"))
-    for f in glob.glob(os.path.join(ablation, "aggregate-*.json")):
-        a0 = json.load(open(f))
-        a0["speedup_lss_over_megatron_sp"] = []
-        json.dump(a0, open(f, "w"))
+    full = edited_sweep(fixture, os.path.join(tmp, "full"))
+    ablation = edited_sweep(fixture, os.path.join(tmp, "lss-only"), lss_faster,
+                            lambda a0: a0.update(speedup_lss_over_megatron_sp=[]))
     out5 = os.path.join(tmp, "charts-ablation")
     r = run(full, ablation, "--out", out5)
     check(r.returncode == 0, f"draws an lss-only sweep with a full one (exit {r.returncode}) {r.stderr.strip()}")
@@ -178,17 +178,12 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # a sweep at one rank count (the paper sweep where only 2 GPUs were lent): no scaling to draw,
     # so no efficiency chart, and SUMMARY.md and charts.json say why instead of an empty frame
-    one_world = os.path.join(tmp, "one-world")
-    shutil.copytree(fixture, one_world)
-    for f in glob.glob(os.path.join(one_world, "points", "*.json")):
-        if json.load(open(f))["grid"]["world"] != 2:
-            os.remove(f)
-    for f in glob.glob(os.path.join(one_world, "aggregate-*.json")):
-        a0 = json.load(open(f))
+    def world_2_entries(a0):
         for key in ("strong_scaling", "speedup_lss_over_megatron_sp", "throughput"):
             a0[key] = [dict(e, base_world=2, efficiency=1.0, speedup=1.0) if key == "strong_scaling" else e
                        for e in a0.get(key, []) if e.get("world", 2) == 2]
-        json.dump(a0, open(f, "w"))
+    one_world = edited_sweep(fixture, os.path.join(tmp, "one-world"), lambda r0: r0["grid"]["world"] == 2,
+                             world_2_entries)
     out6 = os.path.join(tmp, "charts-one-world")
     r = run(one_world, "--out", out6)
     check(r.returncode == 0, f"draws a sweep at one rank count (exit {r.returncode}) {r.stderr.strip()}")
