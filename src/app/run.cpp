@@ -762,8 +762,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     else if (!device_states.is_null())
       for (const json& d : device_states["per_rank"])
         if (!d.is_null() && d.contains("energy_updates") && !d.contains("energy_j")) {
-          fmt::print("  {:<22} {:>14}  (a counter updated {} times in {:.2f} s; it needs 2: more --iters)\n",
-                     "energy per step (J)", "not measured", d["energy_updates"].get<int64_t>(), d["region_s"].get<double>());
+          const int64_t updates = d["energy_updates"].get<int64_t>();
+          fmt::print("  {:<22} {:>14}  (the energy counter updated {} time{} in {:.2f} s; it needs 2: more --iters)\n",
+                     "energy per step (J)", "not measured", updates, updates == 1 ? "" : "s", d["region_s"].get<double>());
           break;
         }
     fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));
