@@ -49,6 +49,7 @@ expect 1 "--dtype: unknown value 'fp16'" run --dtype fp16
 expect 1 "--bound-heat -0.5: must not be negative" run --bound-heat -0.5
 expect 1 "--bound-heat: 'hot' is not a finite number" run --bound-heat hot
 expect 1 "--bound-heat 600: at most 60 seconds" run --bound-heat 600
+expect 2 "--min-time -1: must be between 0 and 3600 seconds" run --min-time -1
 expect 1 "--strategy: unknown value 'nope'" run --strategy nope
 expect 1 "--dtype bf16: the cpu backend computes in fp32 or fp64" run --dtype bf16
 expect 1 "--data /nonexistent/enwik8: cannot be opened" run --data /nonexistent/enwik8

@@ -34,8 +34,25 @@ check_spec "unknown field 'itres'" '{"name": "x", "mode": "strong", "strategies"
 check_spec "max_seq.granularity: -32 must be positive" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], "max_seq": {"granularity": -32, "limit": 1024}, '"$model"'}'
 check_spec "max_seq: {granularity, limit} is required" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"'}'
 check_spec "model.keep-kv: an option of lss, none of which this sweep runs" '{"name": "x", "mode": "strong", "strategies": ["megatron_sp"], "world": [1], "seq": [64], "model": {"layers": 1, "keep-kv": true}}'
+check_spec "min_time_s: \"1s\" is not a number of seconds from 0 to 3600" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "min_time_s": "1s", '"$model"'}'
 out=$("$lssbench" sweep missing.json --out x 2>&1); rc=$?
 if [ $rc -ne 0 ] && grep -q "missing.json: cannot be opened" <<<"$out"; then ok "unreadable spec"; else bad "unreadable spec: $out"; fi
+
+# ---- min_time_s: each point's timed steps go on past `iters` until they have lasted that long
+cat > mintime.json <<EOF2
+{"name": "mintime", "mode": "strong", "strategies": ["lss"], "world": [2], "seq": [64],
+ $model, "iters": 2, "min_time_s": 0.3, "warmup": 0, "timeout_s": 60}
+EOF2
+"$lssbench" sweep mintime.json --out mintime > mintime.log 2>&1
+if python3 - mintime/points/lss_w2_sp2_T64.json <<'PYEOF2'
+import json, sys
+r = json.load(open(sys.argv[1]))
+c, t = r["config"], r["timing"]
+sys.exit(0 if r["status"] == "ok" and c["min_time_s"] == 0.3 and c["min_iters"] == 2 and c["iters"] > 2
+         and len(t["iterations_ms"]) == c["iters"] else 1)
+PYEOF2
+then ok "min_time_s 0.3: more timed steps than iters, each recorded"
+else bad "min_time_s: $(cat mintime.log | tail -5)"; fi
 
 # ---- a sweep in parts: --min-world / --max-world keep the points of those world sizes
 cat > parts.json <<EOF2

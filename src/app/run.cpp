@@ -57,7 +57,10 @@ OptionParser make_parser() {
   p.add_flag("causal", true, "causal attention mask");
   p.add_string("dtype", "fp32", "fp32 | fp64 | bf16 (bf16: cuda only)");
   p.add_size("seed", 1234, "seed of weights and synthetic data");
-  p.add_size("iters", 5, "timed steps");
+  p.add_size("iters", 5, "timed steps (at least; see --min-time)");
+  p.add_double("min-time", 0.0,
+               "timed steps go on past --iters until the timed region has lasted this many seconds (rank 0's "
+               "clock), e.g. 1 for energy per step within 1% on a GPU at its power cap (README, Metrics)");
   p.add_size("warmup", 1, "untimed steps before them");
   p.add_double("lr", 1e-3, "AdamW learning rate");
   p.add_double("beta1", 0.9, "AdamW beta1");
@@ -170,6 +173,8 @@ RunConfig config_from(const OptionParser& p) {
   }
   LSS_REQUIRE_INPUT(p.size("iters") >= 1, "--iters " + p.str("iters") + ": must be at least 1");
   LSS_REQUIRE_INPUT(p.size("warmup") >= 0, "--warmup " + p.str("warmup") + ": must not be negative");
+  LSS_REQUIRE_INPUT(p.real("min-time") >= 0 && p.real("min-time") <= 3600,
+                    "--min-time " + p.str("min-time") + ": must be between 0 and 3600 seconds");
   LSS_REQUIRE_INPUT(p.real("peak-tflops") >= 0, "--peak-tflops " + p.str("peak-tflops") + ": must not be negative");
   LSS_REQUIRE_INPUT(p.real("bound-heat") >= 0, "--bound-heat " + p.str("bound-heat") + ": must not be negative");
   LSS_REQUIRE_INPUT(p.real("bound-heat") <= 60, "--bound-heat " + p.str("bound-heat") + ": at most 60 seconds");
@@ -446,7 +451,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     return 0;
   }
   RunConfig rc = config_from(parser);
-  const int64_t iters = parser.size("iters"), warmup = parser.size("warmup");
+  const int64_t min_iters = parser.size("iters"), warmup = parser.size("warmup");
+  const double min_time_s = parser.real("min-time");
   const double peak_tflops = parser.real("peak-tflops");
   const std::string export_path = parser.str("export");
 
@@ -485,7 +491,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<14} L={} C={} H={} D={} V={} T={} T_max={} B={} {} {}\n", "model", m.L, m.C, m.H, m.D(), m.V, m.T,
                m.T_max, m.B, m.causal ? "causal" : "non-causal", dtype_name(m.dtype));
     fmt::print("  {:<14} {}\n", "data", session.data().describe());
-    fmt::print("  {:<14} {} warm-up + {} timed steps\n", "steps", warmup, iters);
+    fmt::print("  {:<14} {} warm-up + {} timed steps{}\n", "steps", warmup, min_iters,
+               min_time_s > 0 ? fmt::format(", more until {:g} s", min_time_s) : "");
     fmt::print("  {:<14} {:.4g} GFLOP/step\n", "model FLOPs", flops.step / 1e9);
     fmt::print("  {:<14} {}{}\n", "options", session.strategy().options_json().dump(),
                rc.copy_engine_gathers ? ", all-gathers on the copy engines" : "");
@@ -499,9 +506,24 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   CommModel step_counts, last_counts;  // of the first and of the last step
   bool counts_stable = true;
   const auto wall0 = std::chrono::steady_clock::now();
+  auto timed0 = wall0;  // the timed region's start
   std::optional<DeviceState> device_state;
-  for (int64_t it = 0; it < warmup + iters; ++it) {
-    if (it == warmup) be.start_device_sampling();
+  // Steps past warmup + min_iters while the region is shorter than --min-time: rank 0 decides
+  // after each step and tells the others, so that every rank runs the same steps.
+  const auto one_more = [&](int64_t it) {
+    if (it + 1 < warmup + min_iters) return true;
+    if (min_time_s <= 0) return false;
+    const double timed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - timed0).count();
+    int more = rank == 0 && timed_s < min_time_s;
+    LSS_MPI_CHECK(MPI_Bcast(&more, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    return more != 0;
+  };
+  int64_t iters = 0;  // timed steps run
+  for (int64_t it = 0;; ++it) {
+    if (it == warmup) {
+      be.start_device_sampling();
+      timed0 = std::chrono::steady_clock::now();
+    }
     session.reset_counts();
     StepTimes t;
     // The export reads the first step's gradients: they must be final before the optimizer.
@@ -520,6 +542,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     if (it == 0) step_counts = counts;
     else if (!same_counts(counts, step_counts)) counts_stable = false;
     if (it >= warmup) {
+      ++iters;
       step_s.push_back(t.total());
       fwd_s.push_back(t.forward);
       bwd_s.push_back(t.backward);
@@ -529,15 +552,23 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
       bwd_enq_s.push_back(t.backward_enqueue);
       opt_enq_s.push_back(t.optimizer_enqueue);
     }
+    const bool more = one_more(it);
     if (rank == 0) {
-      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
-      const double eta = elapsed / static_cast<double>(it + 1) * static_cast<double>(warmup + iters - it - 1);
-      // A terminal gets one updating line; a log gets one line per step.
+      const auto now = std::chrono::steady_clock::now();
+      const double elapsed = std::chrono::duration<double>(now - wall0).count();
+      const int64_t left = std::max<int64_t>(0, warmup + min_iters - it - 1);  // steps --iters still asks for
+      double eta = elapsed / static_cast<double>(it + 1) * static_cast<double>(left);
+      if (more && it >= warmup)
+        eta = std::max(eta, min_time_s - std::chrono::duration<double>(now - timed0).count());
+      // A terminal gets one updating line; a log gets one line per step. Past --iters the count
+      // has no total.
       const bool tty = isatty(2);
-      fmt::print(stderr, "{}  step {}/{}  loss {:.5f}  {:.1f} ms  ETA {:.0f} s{}", tty ? "\r" : "", it + 1,
-                 warmup + iters, loss, t.total() * 1e3, eta, tty ? "   " : "\n");
-      if (tty && it + 1 == warmup + iters) fmt::print(stderr, "\n");
+      const std::string of = it + 1 <= warmup + min_iters ? fmt::format("/{}", warmup + min_iters) : "";
+      fmt::print(stderr, "{}  step {}{}  loss {:.5f}  {:.1f} ms  ETA {:.0f} s{}", tty ? "\r" : "", it + 1, of, loss,
+                 t.total() * 1e3, std::max(0.0, eta), tty ? "   " : "\n");
+      if (tty && !more) fmt::print(stderr, "\n");
     }
+    if (!more) break;
   }
 
   // Measure, then check: everything below runs after the timed loop.
@@ -608,7 +639,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
         {"layers", m.L},        {"width", m.C},         {"heads", m.H},         {"head_dim", m.D()},
         {"vocab", m.V},         {"seq", m.T},           {"max_seq", m.T_max},   {"batch", m.B},
         {"causal", m.causal},   {"dtype", dtype_name(m.dtype)}, {"seed", m.seed}, {"iters", iters},
-        {"warmup", warmup},     {"data", rc.data_path.empty() ? "synthetic" : rc.data_path},
+        {"min_iters", min_iters}, {"min_time_s", min_time_s}, {"warmup", warmup},     {"data", rc.data_path.empty() ? "synthetic" : rc.data_path},
         {"threads_per_rank", rc.threads},
         {"optimizer", {{"name", "adamw"}, {"lr", rc.opt.lr}, {"beta1", rc.opt.beta1}, {"beta2", rc.opt.beta2},
                        {"eps", rc.opt.eps}, {"weight_decay", rc.opt.weight_decay}}},

@@ -78,7 +78,8 @@ SweepSpec load_sweep_spec(const std::string& path) {
   const json& r = spec.raw;
   if (!r.is_object()) bad_spec(path, "must be a JSON object");
   static const std::set<std::string> known = {"name", "description", "mode", "strategies", "world", "sp", "seq",
-                                              "model", "iters", "warmup", "timeout_s", "launcher", "extra_args",
+                                              "model", "iters", "min_time_s", "warmup", "timeout_s", "launcher",
+                                              "extra_args",
                                               "max_seq", "binary"};
   for (const auto& [k, v] : r.items())
     if (!known.count(k)) bad_spec(path, "unknown field '" + k + "'");
@@ -136,6 +137,14 @@ SweepSpec load_sweep_spec(const std::string& path) {
     return r[f].get<int>();
   };
   const int iters = positive_int("iters", 5), warmup = positive_int("warmup", 1);
+  // Each point's timed steps go on past `iters` until they have lasted this long (lssbench run
+  // --min-time): a short point's energy and its card's power-cap burst even out over ~1 s.
+  double min_time_s = 0;
+  if (r.contains("min_time_s")) {
+    if (!r["min_time_s"].is_number() || r["min_time_s"].get<double>() < 0 || r["min_time_s"].get<double>() > 3600)
+      bad_spec(path, "min_time_s: " + r["min_time_s"].dump() + " is not a number of seconds from 0 to 3600");
+    min_time_s = r["min_time_s"].get<double>();
+  }
   spec.timeout_s = positive_int("timeout_s", 600);
   if (r.contains("launcher")) {
     spec.launcher = r["launcher"].is_string() ? r["launcher"].get<std::string>() : "";
@@ -175,6 +184,7 @@ SweepSpec load_sweep_spec(const std::string& path) {
           p.id = id_for("", strategy, p.world, p.sp, seq);
           p.args = {"--strategy", strategy, "--sp", std::to_string(sp), "--seq", std::to_string(seq),
                     "--iters", std::to_string(iters), "--warmup", std::to_string(warmup)};
+          if (min_time_s > 0) p.args.insert(p.args.end(), {"--min-time", fmt::format("{}", min_time_s)});
           for (const auto& [k, args] : model_args)
             if (strategy_reads(strategy, k)) p.args.insert(p.args.end(), args.begin(), args.end());
           p.args.insert(p.args.end(), extra.begin(), extra.end());
@@ -538,7 +548,8 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
         pt.id = id_for("maxseq_", base.strategy, base.world, base.sp, T);
         for (size_t i = 0; i + 1 < pt.args.size(); ++i)
           if (pt.args[i] == "--seq") pt.args[i + 1] = std::to_string(T);
-        pt.args.insert(pt.args.end(), {"--iters", "1", "--warmup", "0", "--no-measure-peak"});
+        // One step answers whether T fits (the later options win).
+        pt.args.insert(pt.args.end(), {"--iters", "1", "--min-time", "0", "--warmup", "0", "--no-measure-peak"});
         bool ran = false;
         json r = run_point(spec, binary, pt, out, run_missing, &ran);
         if (r.is_null()) {  // interrupted or (--aggregate-only) not run: the search stops below
