@@ -639,7 +639,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
         {"layers", m.L},        {"width", m.C},         {"heads", m.H},         {"head_dim", m.D()},
         {"vocab", m.V},         {"seq", m.T},           {"max_seq", m.T_max},   {"batch", m.B},
         {"causal", m.causal},   {"dtype", dtype_name(m.dtype)}, {"seed", m.seed}, {"iters", iters},
-        {"min_iters", min_iters}, {"min_time_s", min_time_s}, {"warmup", warmup},     {"data", rc.data_path.empty() ? "synthetic" : rc.data_path},
+        {"min_iters", min_iters}, {"min_time_s", min_time_s}, {"warmup", warmup},
+        {"data", rc.data_path.empty() ? "synthetic" : rc.data_path},
         {"threads_per_rank", rc.threads},
         {"optimizer", {{"name", "adamw"}, {"lr", rc.opt.lr}, {"beta1", rc.opt.beta1}, {"beta2", rc.opt.beta2},
                        {"eps", rc.opt.eps}, {"weight_decay", rc.opt.weight_decay}}},
@@ -794,7 +795,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
       for (const json& d : device_states["per_rank"])
         if (!d.is_null() && d.contains("energy_updates") && !d.contains("energy_j")) {
           const int64_t updates = d["energy_updates"].get<int64_t>();
-          fmt::print("  {:<22} {:>14}  (the energy counter updated {} time{} in {:.2f} s; it needs 2: more --iters)\n",
+          fmt::print("  {:<22} {:>14}  (the energy counter updated {} time{} in {:.2f} s; it needs 2: --min-time 1)\n",
                      "energy per step (J)", "not measured", updates, updates == 1 ? "" : "s", d["region_s"].get<double>());
           break;
         }
