@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
@@ -152,10 +153,8 @@ RunConfig config_from(const OptionParser& p) {
   // as if it had applied (e.g. megatron_sp with --zigzag).
   for (const auto& [option, value] : p.values()) {
     if (!p.given(option) || strategy_reads(rc.strategy, option)) continue;
-    std::string readers;
-    for (const auto& r : strategies_reading(option)) readers += (readers.empty() ? "" : ", ") + r;
-    throw UsageError("--" + option + ": an option of " + readers + ", which --strategy " + rc.strategy +
-                     " does not read (leave it out)");
+    throw UsageError(fmt::format("--{}: an option of {}, which --strategy {} does not read (leave it out)", option,
+                                 fmt::join(strategies_reading(option), ", "), rc.strategy));
   }
   rc.backend = p.str("backend");
   rc.attention = p.str("attention");

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <fstream>
 #include <map>
 #include <set>
@@ -97,9 +98,7 @@ SweepSpec load_sweep_spec(const std::string& path) {
   for (const auto& s : r["strategies"]) {
     if (!s.is_string() || std::find(known_strategies.begin(), known_strategies.end(), s.get<std::string>()) ==
                               known_strategies.end()) {
-      std::string list;
-      for (const auto& k : known_strategies) list += (list.empty() ? "" : ", ") + k;
-      bad_spec(path, "strategies: unknown strategy " + s.dump() + " (" + list + ")");
+      bad_spec(path, fmt::format("strategies: unknown strategy {} ({})", s.dump(), fmt::join(known_strategies, ", ")));
     }
     strategies.push_back(s.get<std::string>());
   }
@@ -115,14 +114,11 @@ SweepSpec load_sweep_spec(const std::string& path) {
   std::vector<std::pair<std::string, std::vector<std::string>>> model_args;
   for (const auto& [k, v] : r["model"].items()) {
     if (!kModelKeys.count(k)) {
-      std::string list;
-      for (const auto& m : kModelKeys) list += (list.empty() ? "" : ", ") + m;
-      bad_spec(path, "model: unknown option '" + k + "' (known: " + list + ")");
+      bad_spec(path, fmt::format("model: unknown option '{}' (known: {})", k, fmt::join(kModelKeys, ", ")));
     }
     if (std::none_of(strategies.begin(), strategies.end(), [&](const std::string& s) { return strategy_reads(s, k); })) {
-      std::string readers;
-      for (const auto& s : strategies_reading(k)) readers += (readers.empty() ? "" : ", ") + s;
-      bad_spec(path, "model." + k + ": an option of " + readers + ", none of which this sweep runs");
+      bad_spec(path, fmt::format("model.{}: an option of {}, none of which this sweep runs", k,
+                                 fmt::join(strategies_reading(k), ", ")));
     }
     if (v.is_boolean()) model_args.push_back({k, {v.get<bool>() ? "--" + k : "--no-" + k}});
     else if (v.is_number_integer() || v.is_string())

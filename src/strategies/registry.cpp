@@ -1,5 +1,7 @@
 // The registry of strategies: adding one is its folder, one line here and one CMake entry.
 #include <algorithm>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <functional>
 
 #include "baselines/megatron_sp/megatron_sp.h"
@@ -33,9 +35,8 @@ const std::vector<Entry>& registry() {
 const Entry& entry(const std::string& name) {
   for (const auto& e : registry())
     if (e.name == name) return e;
-  std::string known;
-  for (const auto& n : strategy_names()) known += (known.empty() ? "" : ", ") + n;
-  throw UsageError("--strategy: unknown value '" + name + "' (expected one of: " + known + ")");
+  throw UsageError(fmt::format("--strategy: unknown value '{}' (expected one of: {})", name,
+                               fmt::join(strategy_names(), ", ")));
 }
 }  // namespace
 
