@@ -11,8 +11,10 @@
 // BM_AttentionLssRank: the attention calls of one lss rank (zigzag segments, split causal blocks,
 // as strategies/lss runs them) at sequence T on P GPUs, D = 128: per segment of T/(2P) rows, its
 // causal block on its own keys and, unless it is the first, its queries against every key
-// before it (unmasked). The calls' shapes on one GPU, without the gather and the merge beside
-// them: what the kernels contribute to lss's step at that grid.
+// before it (unmasked). With `merged`, rank P-1's two neighbouring chunks are one segment of
+// T/P rows (two calls instead of four, the same score tiles). The calls' shapes on one GPU,
+// without the gather and the merge beside them: what the kernels contribute to lss's step at
+// that grid.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -175,13 +177,14 @@ void attention_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_Attention)->Apply(attention_args)->UseManualTime()->Unit(benchmark::kMillisecond);
 
-// Arguments: T, P, rank, path (Path), backward (0 forward only, 1 both).
+// Arguments: T, P, rank, path (Path), backward (0 forward only, 1 both), merged (0/1).
 void BM_AttentionLssRank(benchmark::State& state) {
   const int64_t T = state.range(0), P = state.range(1), rank = state.range(2);
   const Path path_id = static_cast<Path>(state.range(3));
   const bool with_backward = state.range(4) != 0;
+  const bool merged = state.range(5) != 0 && rank == P - 1;
   constexpr int64_t D = 128, H = kWidth / D, C = kWidth;
-  const int64_t seg_rows = T / (2 * P), Tl = 2 * seg_rows;  // the rank's two segments
+  const int64_t chunk_rows = T / (2 * P), Tl = 2 * chunk_rows;  // the rank's two chunks
   const std::string path = select_path(path_id, D);
   try {
     if (T % (2 * P) != 0 || rank < 0 || rank >= P)
@@ -203,10 +206,16 @@ void BM_AttentionLssRank(benchmark::State& state) {
     fill_random(be, dout, 1.f, 3);
 
     std::vector<AttentionArgs> calls;
+    std::vector<int64_t> call_rows;  // each call's query rows
     double flops = 0;
-    const int64_t segments[2] = {rank, 2 * P - 1 - rank};
-    for (int i = 0; i < 2; ++i) {
-      const int64_t row0 = i * seg_rows, start = segments[i] * seg_rows;
+    struct Segment {
+      int64_t row0, start, rows;
+    };
+    const std::vector<Segment> segments =
+        merged ? std::vector<Segment>{{0, rank * chunk_rows, Tl}}
+               : std::vector<Segment>{{0, rank * chunk_rows, chunk_rows},
+                                      {chunk_rows, (2 * P - 1 - rank) * chunk_rows, chunk_rows}};
+    for (const auto [row0, start, seg_rows] : segments) {
       AttentionArgs a;
       a.dtype = DType::bf16;
       a.B = 1;
@@ -229,6 +238,7 @@ void BM_AttentionLssRank(benchmark::State& state) {
       a.dk = rows(dkv, start, 2 * C, 0);
       a.dv = rows(dkv, start, 2 * C, C);
       calls.push_back(a);
+      call_rows.push_back(seg_rows);
       flops += 2.0 * H * seg_rows * seg_rows * D;
       if (start == 0) continue;
       // Its queries against every key before it.
@@ -239,11 +249,12 @@ void BM_AttentionLssRank(benchmark::State& state) {
       a.dk = rows(dkv, 0, 2 * C, 0);
       a.dv = rows(dkv, 0, 2 * C, C);
       calls.push_back(a);
+      call_rows.push_back(seg_rows);
       flops += 4.0 * H * seg_rows * start * D;
     }
-    Buffer call_lse = be.alloc(DType::f32, std::ssize(calls) * H * seg_rows);  // (calls, H, seg_rows)
-    for (size_t c = 0; c < calls.size(); ++c)
-      calls[c].lse = static_cast<float*>(call_lse.ptr()) + static_cast<int64_t>(c) * H * seg_rows;
+    Buffer call_lse = be.alloc(DType::f32, 2 * H * Tl);  // (calls, H, rows): at most 4 calls of Tl/2 rows
+    for (size_t c = 0, offset = 0; c < calls.size(); offset += H * call_rows[c], ++c)
+      calls[c].lse = static_cast<float*>(call_lse.ptr()) + offset;
     auto step = [&] {
       for (const AttentionArgs& a : calls) be.attention_forward(a);
       if (with_backward)
@@ -256,20 +267,26 @@ void BM_AttentionLssRank(benchmark::State& state) {
         benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
     state.SetLabel(path + (with_backward ? " fwd+bwd" : " fwd") + " lss rank " + std::to_string(rank) + " of " +
                    std::to_string(P) + " T=" + std::to_string(T) + " (" + std::to_string(calls.size()) +
-                   " calls, segments of " + std::to_string(seg_rows) + ")");
+                   " calls, " + (merged ? "one segment of " + std::to_string(Tl) : "segments of " + std::to_string(chunk_rows)) +
+                   ")");
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
 }
 
 // Rank 0 on 4 GPUs at 16K and 64K tokens per GPU, the sweeps' lss points: under zigzag every rank
-// has the same work (ranks 0 and 3 measured within 1% of each other on an H200).
+// has the same work (ranks 0 and 3 measured within 1% of each other on an H200). Then every rank
+// at 16K per GPU on 2 and 4 GPUs, forward and backward on cuDNN, rank P-1 also merged: how the
+// ranks' calls differ in time where their work is the same.
 void lss_rank_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"T", "P", "rank", "path", "bwd"});
-  constexpr int64_t P = 4;
+  b->ArgNames({"T", "P", "rank", "path", "bwd", "merged"});
   for (int64_t per_gpu : {16384, 65536})
     for (int path : {kFlash, kCudnn})
-      for (int bwd : {0, 1}) b->Args({per_gpu * P, P, 0, path, bwd});
+      for (int bwd : {0, 1}) b->Args({per_gpu * 4, 4, 0, path, bwd, 0});
+  for (int64_t P : {2, 4})
+    for (int64_t rank = 0; rank < P; ++rank)
+      for (int merged : {0, 1})
+        if (!merged || rank == P - 1) b->Args({16384 * P, P, rank, kCudnn, 1, merged});
 }
 
 BENCHMARK(BM_AttentionLssRank)->Apply(lss_rank_args)->UseManualTime()->Unit(benchmark::kMillisecond);
