@@ -308,6 +308,9 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
       const std::string where = "P=" + std::to_string(P) + " R=" + std::to_string(R) + " rank p=" + std::to_string(p) +
                                 (keep_kv ? " keep_kv" : "") + (pipeline ? " chunk_pipeline" : "") +
                                 (placed_rs ? " placed_reduce_scatter" : "") + (rank_major ? " rank-major gather" : "");
+      // Rank P-1's chunks P-1 and P are neighbours: one segment of 2c, except in the pipeline,
+      // which interleaves two chunks on every rank.
+      const bool merged = P > 1 && p == P - 1 && !pipeline;
       double copy_fwd = 0, copy_bwd = 0, add_bwd = 0, zero_bwd = 0, merges = 0;
       for (const auto& pass : m.layer_passes) {
         if (pass.kind == Kind::copy) {
@@ -318,32 +321,36 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
         if (pass.kind == Kind::fill_zero) zero_bwd += pass.backward_calls * pass.numel;
         if (pass.kind == Kind::attention_merge) {
           merges += pass.forward_calls;
-          EXPECT_EQ(pass.merge.Tq, P == 1 ? 2 * c : c) << where;
+          EXPECT_EQ(pass.merge.Tq, P == 1 || merged ? 2 * c : c) << where;
         }
       }
       const double kv = static_cast<double>(cfg.T) * key_row;
       // The gathers are placed: no copy of [K|V]. The pipeline keeps its gathered halves as they
       // are and runs backward in their layout, and the placed reduce-scatter sums [dK|dV] from
-      // token order: no reorder copy at all. The bound times that scatter with its pieces (two per
-      // rank, the gather's). Rank-major gathers: [K|V] copied in forward and after backward's
-      // re-gather, [dK|dV] copied back.
+      // token order: no reorder copy at all. The bound times that scatter with its pieces (the
+      // gather's: two per rank, one for rank P-1). Rank-major gathers: [K|V] copied in forward and
+      // after backward's re-gather, [dK|dV] copied back.
       EXPECT_TRUE(s.grid().seq->places_gathers()) << where;
       EXPECT_EQ(copy_fwd, rank_major ? kv : 0) << where;
       EXPECT_EQ(copy_bwd, pipeline || placed_rs ? 0 : rank_major && !keep_kv ? 2 * kv : kv) << where;
-      // The fused gathers (the pipeline's halves keep their own layout) with two pieces per rank.
+      // The fused gathers (the pipeline's halves keep their own layout) with two pieces per rank
+      // but rank P-1, whose one segment is one piece.
+      const auto pieces = static_cast<size_t>(2 * P - 1);
       for (const auto& c : m.comm)
         if (c.kind == CollKind::all_gather && c.what.rfind("K/V", 0) == 0 && !pipeline)
-          EXPECT_EQ(c.placed.size(), rank_major ? 0 : static_cast<size_t>(2 * P)) << where << ": " << c.what;
+          EXPECT_EQ(c.placed.size(), rank_major ? 0 : pieces) << where << ": " << c.what;
       for (const auto& c : m.comm)
         if (c.kind == CollKind::reduce_scatter && c.what.rfind("dK/dV", 0) == 0)
-          EXPECT_EQ(c.placed.size(), placed_rs ? static_cast<size_t>(2 * P) : 0) << where << ": " << c.what;
-      // Segments of rank p: chunks p and 2P-1-p (one segment of 2c at P = 1, no keys before it).
-      const int64_t segments_with_keys_before = P == 1 ? 0 : (p == 0 ? 1 : 2);
+          EXPECT_EQ(c.placed.size(), placed_rs ? pieces : 0) << where << ": " << c.what;
+      // Segments of rank p: chunks p and 2P-1-p (one segment of 2c at P = 1, no keys before it;
+      // merged, one segment of 2c from (P-1)c).
+      const int64_t segments_with_keys_before = P == 1 ? 0 : (p == 0 || merged ? 1 : 2);
       EXPECT_EQ(merges, segments_with_keys_before) << where;
       // Keys before each segment: p*c and (2P-1-p)*c; the larger writes, rows from it on zeroed.
-      const int64_t first = P == 1 ? 0 : (2 * P - 1 - p) * c, second = P == 1 ? 0 : p * c;
+      const int64_t first = P == 1 ? 0 : merged ? (P - 1) * c : (2 * P - 1 - p) * c;
+      const int64_t second = P == 1 || merged ? 0 : p * c;
       EXPECT_EQ(zero_bwd, static_cast<double>(cfg.T - first) * key_row) << where;
-      const double dq_adds = static_cast<double>(segments_with_keys_before) * c * Bl * cfg.C;
+      const double dq_adds = static_cast<double>(merged ? 2 * c : segments_with_keys_before * c) * Bl * cfg.C;
       EXPECT_EQ(add_bwd, static_cast<double>(second) * key_row + dq_adds + static_cast<double>(N) * 2 * cfg.C)
           << where;
     }

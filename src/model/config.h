@@ -48,7 +48,7 @@ struct StrategyOptions {
   // (two half gathers, two half reduce-scatters, no reorder copy), except with recompute.
   bool chunk_pipeline = false;
   // lss, zigzag: backward's dK/dV reduce-scatter sums straight from token order into each rank's
-  // two chunks (Communicator::reduce_scatter_placed: on NCCL one group of 2P ncclReduce calls),
+  // segments (Communicator::reduce_scatter_placed: on NCCL one group of ncclReduce calls, one a segment),
   // instead of a copy of [dK|dV] into rank order and a reduce-scatter. Where the gathers are
   // placed (not with --copy-engine-gathers) and backward has a fused scatter (not the pipeline's
   // halves, which need no copy). Off by default until measured on 4 GPUs (on 2 × H200: −1.4% at

@@ -372,12 +372,16 @@ class LssStrategy final : public Strategy {
     if (!ctx_.opts.zigzag) return {{p * Tl_, Tl_}};
     const int64_t Tc = Tl_ / 2;
     // At P = 1 the two chunks are the whole sequence: one segment, the contiguous order's square
-    // causal call. For P > 1 rank P-1's neighbouring chunks stay two calls like every rank's: one
-    // call of 2c queries on (P+1)c keys computes (2P+2)c² score tiles where the two calls compute
-    // (2P+1)c²: cuDNN's causal mask with a query offset (bottom-right alignment) computes every
-    // tile of the call, masked or not, as far as the per-rank attention times of 4 x H200 tell
-    // (that model predicts them within 3%; PERFORMANCE.md, third session).
-    if (P_ == 1) return {{0, 2 * Tc}};
+    // causal call. Rank P-1's chunks P-1 and P are neighbours too. With split causal blocks they
+    // are one segment: its causal block on 2c keys and its 2c queries against the (P-1)c keys
+    // before it are the score tiles of the two chunks' four calls, in two calls, whose longer
+    // rows run 1.1-1.6% faster on cuDNN (PERFORMANCE.md, twenty-seventh session). Without split
+    // blocks the neighbours stay two calls like every rank's: one call of 2c queries on (P+1)c
+    // keys computes (2P+2)c² score tiles where the two calls compute (2P+1)c², since cuDNN's
+    // causal mask with a query offset (bottom-right alignment) computes every tile of the call,
+    // masked or not, as far as the per-rank attention times of 4 x H200 tell (that model predicts
+    // them within 3%; third session). The chunk pipeline interleaves two chunks on every rank.
+    if (P_ == 1 || (p == P_ - 1 && split() && !pipelined())) return {{p * Tc, 2 * Tc}};
     return {{p * Tc, Tc}, {(2 * P_ - 1 - p) * Tc, Tc}};
   }
 
