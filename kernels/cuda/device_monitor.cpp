@@ -88,9 +88,12 @@ struct DeviceMonitor::Impl {
 
   // The counter is polled every millisecond, so that each of its updates (tens of milliseconds
   // apart) is seen within a millisecond of when it happened (region_energy in core/backend.h);
-  // clocks, power and reasons every period_ms.
+  // clocks, power and reasons every period_ms. Where start() could not read the counter the
+  // thread wakes every period_ms only.
   void loop() {
     const Nvml& n = nvml();
+    const bool counter = !energy.empty();
+    const auto tick = std::chrono::milliseconds(counter ? 1 : period_ms);
     auto next_sample = std::chrono::steady_clock::now();
     auto next_tick = next_sample;
     while (running.load(std::memory_order_relaxed)) {
@@ -104,8 +107,8 @@ struct DeviceMonitor::Impl {
                              (reasons & kSlowdown) != 0});
         next_sample += std::chrono::milliseconds(period_ms);
       }
-      if (n.energy != nullptr) read_energy();
-      next_tick += std::chrono::milliseconds(1);
+      if (counter) read_energy();
+      next_tick += tick;
       std::this_thread::sleep_until(next_tick);
     }
   }
