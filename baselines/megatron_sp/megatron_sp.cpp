@@ -200,13 +200,19 @@ class MegatronSpStrategy final : public Strategy {
     mlp_forward(w, a.h_mid.view(), a.h_out.view(), a, keep_ln);
   }
 
-  // All-gathers local rows (T/P of them) into all T rows.
+  // At P = 1 the local rows are all T rows and a partial sum is the sum: the gathers and
+  // reduce-scatters would only copy (1.5% of the step at T = 16K on an H200; PERFORMANCE.md,
+  // twenty-seventh session), so they hand over their input instead, as serial's step has none.
+  bool alone() const { return P_ == 1; }
+  // All-gathers local rows (T/P of them) into all T rows (alone: the local rows themselves).
   Buffer gather_rows(View local) {
+    if (alone()) return Buffer::borrowed(local);
     PendingCollective g = start_seq_all_gather(local);
     return finish(g);
   }
   // Sums a (T*Bl, C) partial result over the tensor group into this rank's T/P rows.
   Buffer scatter_rows(Buffer& partial) {
+    if (alone()) return std::move(partial);
     PendingCollective r = start_seq_reduce_scatter(partial.view());
     Buffer local = finish(r);
     partial.reset();
@@ -220,13 +226,15 @@ class MegatronSpStrategy final : public Strategy {
                                   int64_t out) {
     Backend& be = ctx_.backend;
     PendingCollective regather;
-    if (!x_full) regather = start_seq_all_gather(x_local);
+    if (!x_full && !alone()) regather = start_seq_all_gather(x_local);
     Buffer dx_full = be.alloc(ctx_.cfg.dtype, NF_ * in);  // (T*Bl, in) partial sums over the tensor group
     linear_backward(be, dx_full.view(), 0.0, View{}, View{}, dy, View{}, W, NF_, in, out);
-    if (!x_full) x_full = finish(regather);
-    PendingCollective dx = start_seq_reduce_scatter(dx_full.view());
+    if (!x_full) x_full = alone() ? Buffer::borrowed(x_local) : finish(regather);
+    PendingCollective dx;
+    if (!alone()) dx = start_seq_reduce_scatter(dx_full.view());
     linear_backward(be, View{}, 0.0, dW, db, dy, x_full.view(), W, NF_, in, out);
     x_full.reset();
+    if (alone()) return dx_full;
     Buffer dx_local = finish(dx);
     dx_full.reset();
     return dx_local;

@@ -51,6 +51,9 @@ class Buffer {
  public:
   Buffer() = default;
   Buffer(Backend* backend, View view) : backend_(backend), view_(view) {}
+  // Another buffer's elements, not freed by this one (which must not outlive them): where a
+  // collective of a one-rank group would only copy its input, its output can be the input.
+  static Buffer borrowed(View view) { return Buffer(nullptr, view); }
   Buffer(Buffer&& o) noexcept { *this = std::move(o); }
   Buffer& operator=(Buffer&& o) noexcept;
   Buffer(const Buffer&) = delete;

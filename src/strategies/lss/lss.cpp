@@ -190,6 +190,11 @@ class LssStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, key_row = Bl_ * 2 * C, kv = cfg.T * key_row;
     std::vector<BoundModel::Pass> out;
+    if (alone()) {
+      // No gather, no reduce-scatter: the split blocks' one segment has no keys before it, and
+      // its diagonal block writes [dK|dV] in place.
+      return out;
+    }
     if (ctx_.opts.zigzag && !wave_backward()) {
       // A rank-major gather is put into token order: the forward's, and backward's re-gather.
       const bool regather = !ctx_.opts.keep_kv && !ctx_.opts.recompute;
@@ -471,6 +476,11 @@ class LssStrategy final : public Strategy {
     a.h_out = std::move(out);
   }
   bool split() const { return ctx_.cfg.causal && ctx_.opts.split_causal; }
+  // One rank holds the whole sequence (P = 1): its [K|V] is the gathered one, already in token
+  // order (one segment), and its [dK|dV] the reduce-scattered one. No collective runs and nothing
+  // is copied, zeroed or added for them: the step is serial's, as the weak-scaling baseline must
+  // be (the local copies cost 1.5% at T = 16K on an H200; PERFORMANCE.md, twenty-seventh session).
+  bool alone() const { return P_ == 1; }
   bool pipelined() const { return ctx_.opts.chunk_pipeline && ctx_.opts.zigzag && split() && P_ > 1; }
   // Backward in the pipeline's [back | front] layout: its [K|V] (kept, or gathered again in two
   // halves) and its [dK|dV] (reduce-scattered in two halves) need no reorder copy. With
@@ -643,7 +653,8 @@ class LssStrategy final : public Strategy {
     be.layernorm_forward(a.ln_out.view(), a.mean.view(), a.rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
     // K and V first, so that their all-gather runs while Q is projected.
     linear_forward(be, a.kv_local.view(), a.ln_out.view(), wkv(w.attn_w), bkv(w.attn_b), N, C, 2 * C);
-    PendingCollective gather = start_gather_kv(a);
+    PendingCollective gather;
+    if (!alone()) gather = start_gather_kv(a);
     prefetch_params(next);
     linear_forward(be, a.q.view(), a.ln_out.view(), wq(w.attn_w), bq(w.attn_b), N, C, C);
     a.attn_out = be.alloc(cfg.dtype, N * C);
@@ -653,7 +664,7 @@ class LssStrategy final : public Strategy {
       for (int64_t i = 0, row0 = 0; i < std::ssize(segments_); row0 += segments_[i].count, ++i)
         be.attention_forward(diagonal_args(a, a.kv_local, segments_[i], row0, row0));
     }
-    Buffer kv_full = finish_gather_kv(gather);
+    Buffer kv_full = alone() ? std::move(a.kv_local) : finish_gather_kv(gather);
     for (int64_t i = 0, row0 = 0; i < std::ssize(segments_); row0 += segments_[i].count, ++i) {
       const RowRange& seg = segments_[i];
       if (!split()) {
@@ -662,7 +673,7 @@ class LssStrategy final : public Strategy {
       }
       if (seg.start > 0) attend_preceding(preceding_args(a, kv_full, seg, row0));  // keys before it
     }
-    if (keep_kv) {
+    if (keep_kv || alone()) {  // alone: kv_full is kv_local, kept at no cost
       a.kv_full = std::move(kv_full);
       a.kv_local.reset();  // its rows are inside kv_full
     }
@@ -712,7 +723,7 @@ class LssStrategy final : public Strategy {
     for (size_t n = 0; n < order.size(); ++n) {
       const size_t i = order[n];
       const int64_t keys = dkv_keys(segments_[i]), row0 = row0_of[i], first = first_key(i);
-      if (n == 0) {
+      if (n == 0 && !alone()) {  // alone: every row is the rank's own (the call's or the diagonal's)
         if (first > 0) be.fill_zero(dkv_full.view().slice(0, first * key_row));
         if (first + keys < cfg.T)
           be.fill_zero(dkv_full.view().slice((first + keys) * key_row, (cfg.T - first - keys) * key_row));
@@ -746,6 +757,8 @@ class LssStrategy final : public Strategy {
       for (int s : {0, 1})
         scatters[s] = start_seq_reduce_scatter_into(dkv_full.view().slice(s == 0 ? half : 0, half),
                                                     dkv_local.view().slice(chunk_row0(s) * key_row, chunk));
+    } else if (alone()) {
+      dkv_local = std::move(dkv_full);
     } else {
       if (ctx_.opts.zigzag && !placed_scatter()) {
         Buffer rank_major = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
@@ -758,9 +771,10 @@ class LssStrategy final : public Strategy {
       scatters[0] = scatter.handle;
     }
     linear_backward(be, View{}, 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
-    Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order
+    Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order (alone: into dkv_local)
     if (split()) {
-      dkv_own = be.alloc(cfg.dtype, N * 2 * C);
+      if (!alone()) dkv_own = be.alloc(cfg.dtype, N * 2 * C);
+      char* own_rows = static_cast<char*>(alone() ? dkv_local.ptr() : dkv_own.ptr());
       for (size_t i = 0; i < segments_.size(); ++i) {
         const RowRange& seg = segments_[i];
         const int64_t row0 = row0_of[i];
@@ -771,7 +785,7 @@ class LssStrategy final : public Strategy {
         AttentionArgs args = grad_args(wave ? diagonal_args(a, a.kv_local, seg, row0, row0)
                                             : diagonal_args(a, kv_full, seg, row0, seg.start),
                                        row0, seg.start > 0 ? dq_part.ptr() : dq_rows);
-        char* own = static_cast<char*>(dkv_own.ptr()) + row0 * key_row * es;
+        char* own = own_rows + row0 * key_row * es;
         args.dk = {own, 2 * C, key_row};
         args.dv = {own + C * es, 2 * C, key_row};
         be.attention_backward(args);
@@ -791,7 +805,7 @@ class LssStrategy final : public Strategy {
                     C);
     for (CommHandle& h : scatters) wait_seq(h);
     dkv_full.reset();
-    if (split()) be.add(dkv_local.view(), dkv_local.view(), dkv_own.view());
+    if (split() && !alone()) be.add(dkv_local.view(), dkv_local.view(), dkv_own.view());
     linear_backward(be, d_ln.view(), 1.0, wkv(g.attn_w), bkv(g.attn_b), dkv_local.view(), a.ln_out.view(),
                     wkv(w.attn_w), N, C, 2 * C);
     be.layernorm_backward(dh, g.ln1_w, g.ln1_b, d_ln.view(), h, a.mean.view(), a.rstd.view(), w.ln1_w, N, C);
