@@ -380,7 +380,7 @@ class LssStrategy final : public Strategy {
     // causal call. Rank P-1's chunks P-1 and P are neighbours too. With split causal blocks they
     // are one segment: its causal block on 2c keys and its 2c queries against the (P-1)c keys
     // before it are the score tiles of the two chunks' four calls, in two calls, whose longer
-    // rows run 1.1-1.6% faster on cuDNN (PERFORMANCE.md, twenty-seventh session). Without split
+    // rows run 1.0-1.9% faster on cuDNN (PERFORMANCE.md, twenty-seventh session). Without split
     // blocks the neighbours stay two calls like every rank's: one call of 2c queries on (P+1)c
     // keys computes (2P+2)c² score tiles where the two calls compute (2P+1)c², since cuDNN's
     // causal mask with a query offset (bottom-right alignment) computes every tile of the call,
