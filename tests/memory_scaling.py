@@ -15,6 +15,7 @@ with the README formula
 which leaves out the per-row statistics (LayerNorm mean/rstd, attention lse: (L*(4+H)+2) values
 per row, under 1% here). Bound: 1.00 <= measured / M(P) <= 1.10, and the measured value falls
 strictly with P. With --distributed-optimizer the AdamW moments shrink exactly as the README says.
+At P = 1 lss and megatron_sp allocate exactly serial's peak (one-rank collectives copy nothing).
 """
 import json
 import subprocess
@@ -89,6 +90,25 @@ with tempfile.TemporaryDirectory() as tmp:
     print(f"{'ok  ' if ok else 'FAIL'} lss --distributed-optimizer at P=4: state {saved} B smaller "
           f"(formula {2 * 4 * replicated * 3 // 4} B), activations {activations['--distributed-optimizer']} B "
           f"against {activations['--no-distributed-optimizer']} B")
-passed = 8 - failures
+    # At P = 1 a strategy's collectives have one rank: lss and megatron_sp hand the input over as
+    # the output (no gathered or scattered copy, no zeroed or added [dK|dV]), so they allocate
+    # exactly what serial does. At C = 256 the attention's transients, not the head's logits, set
+    # the peak, so a copy kept alive would show.
+    peaks = {}
+    for strategy, option in (("serial", None), ("lss", "--no-keep-kv"), ("lss", "--keep-kv"),
+                             ("lss", "--no-split-causal"), ("megatron_sp", "--regather-ln"),
+                             ("megatron_sp", "--no-regather-ln")):
+        out = Path(tmp) / f"alone_{strategy}{option or ''}.json"
+        subprocess.run([mpiexec, "-n", "1", lssbench, "run", "--strategy", strategy, "--layers", str(L),
+                        "--width", "256", "--heads", str(H), "--seq", str(T), "--batch", str(B), "--iters", "1",
+                        "--warmup", "0", "--threads", "1", "--out", str(out)] + ([option] if option else []),
+                       check=True, timeout=300, capture_output=True)
+        peaks[f"{strategy} {option or ''}".strip()] = json.loads(out.read_text())["metrics"]["peak_mem_bytes"]
+    serial_peak = peaks.pop("serial")
+    for name, peak in peaks.items():
+        ok = peak == serial_peak
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name} at P=1: peak {peak} B, serial's {serial_peak} B")
+passed = 13 - failures
 print(f"{passed} passed, {failures} failed")
 sys.exit(1 if failures else 0)

@@ -435,8 +435,11 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                             {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
                             {"hidden_by_optimizer_share", c.hidden_by_optimizer_share},
                             {"exposed_ms", exposed * 1e3}};
-    // Pieces per rank, for the record (every rank places as many).
-    if (!c.placed.empty()) entry["placed_pieces"] = static_cast<int64_t>(c.placed.size()) / group(session, c.group).size();
+    // This rank's pieces, for the record (lss: two, or one for rank P-1's neighbouring chunks).
+    if (!c.placed.empty()) {
+      const int me = group(session, c.group).rank();
+      entry["placed_pieces"] = std::ranges::count_if(c.placed, [me](const PlacedPiece& pc) { return pc.rank == me; });
+    }
     double contended = exposed;
     // Every rank has the same entries in the same order (their collectives match), so each
     // rank's overlap timing meets the others' in the collective.
