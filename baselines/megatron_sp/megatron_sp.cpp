@@ -201,7 +201,7 @@ class MegatronSpStrategy final : public Strategy {
   }
 
   // At P = 1 the local rows are all T rows and a partial sum is the sum: the gathers and
-  // reduce-scatters would only copy (1.5% of the step at T = 16K on an H200; PERFORMANCE.md,
+  // reduce-scatters would only copy (1.9% of the step at T = 16K on an H200; PERFORMANCE.md,
   // twenty-seventh session), so they hand over their input instead, as serial's step has none.
   bool alone() const { return P_ == 1; }
   // All-gathers local rows (T/P of them) into all T rows (alone: the local rows themselves).

@@ -479,7 +479,7 @@ class LssStrategy final : public Strategy {
   // One rank holds the whole sequence (P = 1): its [K|V] is the gathered one, already in token
   // order (one segment), and its [dK|dV] the reduce-scattered one. No collective runs and nothing
   // is copied, zeroed or added for them: the step is serial's, as the weak-scaling baseline must
-  // be (the local copies cost 1.5% at T = 16K on an H200; PERFORMANCE.md, twenty-seventh session).
+  // be (the local copies cost 1.7% at T = 16K on an H200; PERFORMANCE.md, twenty-seventh session).
   bool alone() const { return P_ == 1; }
   bool pipelined() const { return ctx_.opts.chunk_pipeline && ctx_.opts.zigzag && split() && P_ > 1; }
   // Backward in the pipeline's [back | front] layout: its [K|V] (kept, or gathered again in two
