@@ -168,6 +168,27 @@ res=$(python3 -c "import json,glob; import os; a=json.load(open(max(glob.glob('p
 if [ "$res" = "1 ['lss_w1_sp1_T64', 'lss_w4_sp4_T64']" ] && [ "$(ls parts/points | wc -l)" -eq 1 ]; then
   ok "--aggregate-only on a sweep run in parts: 1 point aggregated, the 1- and 4-rank points listed as missing"
 else bad "--aggregate-only strong: '$res'"; cat parts_agg.log; fi
+# A base point slower than serial's step at its T: the aggregate says so (base_over_serial) and
+# stdout names the strategy (the lss point's time doubled by hand; no lss run is that slow).
+cat > slowbase.json <<EOF2
+{"name": "slowbase", "mode": "strong", "strategies": ["serial", "lss"], "world": [1], "seq": [64],
+ $model, "iters": 1, "warmup": 0, "timeout_s": 60}
+EOF2
+"$lssbench" sweep slowbase.json --out slowbase > /dev/null 2>&1
+python3 - <<'PYEOF2'
+import json
+p = "slowbase/points/lss_w1_sp1_T64.json"
+r = json.load(open(p))
+serial = json.load(open("slowbase/points/serial_w1_sp1_T64.json"))["timing"]["median_ms"]
+r["timing"]["median_ms"] = 2 * serial
+json.dump(r, open(p, "w"))
+PYEOF2
+"$lssbench" sweep slowbase.json --out slowbase --aggregate-only > slowbase_agg.log 2>&1
+res=$(python3 -c "import json,glob,os; a=json.load(open(max(glob.glob('slowbase/aggregate-*.json'), key=os.path.getmtime))); print(sorted((e['strategy'], round(e['base_over_serial'], 6)) for e in a['strong_scaling']))" 2>/dev/null)
+if [ "$res" = "[('lss', 2.0), ('serial', 1.0)]" ] && grep -q "note: lss's base point (T=64) takes 2.000x serial's step" slowbase_agg.log \
+   && ! grep -q "note: serial" slowbase_agg.log; then
+  ok "base_over_serial: a base point twice serial's step is named"
+else bad "base_over_serial: '$res'"; cat slowbase_agg.log; fi
 
 # ---- Slurm batch script
 cat > slurm.json <<EOF2

@@ -80,4 +80,31 @@ TEST(SweepAggregate, WeakScalingBoundCeiling) {
   EXPECT_NEAR((*e)["flop_rate_efficiency"].get<double>(), 125.0 / 150.0, 1e-12);
 }
 
+TEST(SweepAggregate, BaseOverSerial) {
+  // Strong: serial takes 80 ms at T = 1K, lss's base point (1 rank) 100 ms: every lss entry of
+  // that T carries 100/80 = 1.25; at T = 2K there is no serial point: null.
+  std::vector<json> pts = {point("serial", 1, 1024, 80, 50, 1e9), point("lss", 1, 1024, 100, 40, 1e9),
+                           point("lss", 4, 1024, 30, 35, 1e9), point("lss", 1, 2048, 300, 40, 1e9)};
+  json a = aggregate_points(pts, "strong");
+  int lss_at_1k = 0;
+  for (const auto& e : a["strong_scaling"]) {
+    if (e["strategy"] == "serial") EXPECT_DOUBLE_EQ(e["base_over_serial"].get<double>(), 1.0);
+    if (e["strategy"] != "lss") continue;
+    if (e["seq"] == 2048) {
+      EXPECT_TRUE(e["base_over_serial"].is_null());
+      continue;
+    }
+    ++lss_at_1k;
+    EXPECT_DOUBLE_EQ(e["base_over_serial"].get<double>(), 1.25);
+  }
+  EXPECT_EQ(lss_at_1k, 2);
+  // Weak: the base point (1 rank, T = 1K) against serial at that T, on every entry.
+  pts = {point("serial", 1, 1024, 80, 50, 1e9), point("lss", 1, 1024, 84, 48, 1e9), point("lss", 4, 4096, 250, 45, 1e9)};
+  a = aggregate_points(pts, "weak");
+  const json* e = find(a["weak_scaling"], "lss", 4);
+  ASSERT_NE(e, nullptr);
+  EXPECT_DOUBLE_EQ((*e)["base_over_serial"].get<double>(), 84.0 / 80.0);
+  EXPECT_TRUE(a["definitions"].contains("base_over_serial"));
+}
+
 }  // namespace

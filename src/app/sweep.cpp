@@ -363,6 +363,14 @@ json aggregate_points(const std::vector<json>& points, const std::string& mode) 
                        {"memory_ratio", mem(it->second) / mem(r)}});
   }
 
+  // The base point's step over serial's at its T (serial on one rank in the same sweep), or null:
+  // above 1 a strategy's efficiencies are taken against a baseline slower than the model's step.
+  auto over_serial = [&](const Key& base, const json* r) -> json {
+    const auto it = ok.find(Key{"serial", 1, 1, base.seq});
+    if (it == ok.end()) return nullptr;
+    return ms(r) / ms(it->second);
+  };
+
   // Scaling, per strategy, against the point with the fewest ranks (of the same T for strong).
   json strong = json::array(), weak = json::array(), throughput = json::array();
   std::set<std::string> strategies;
@@ -382,7 +390,8 @@ json aggregate_points(const std::vector<json>& points, const std::string& mode) 
       for (const auto& [k, r] : mine) {
         const auto& [bk, br] = base[k.seq];
         strong.push_back({{"strategy", s}, {"world", k.world}, {"sp", k.sp}, {"seq", k.seq}, {"base_world", bk.world},
-                          {"efficiency", (bk.world * ms(br)) / (k.world * ms(r))}, {"speedup", ms(br) / ms(r)}});
+                          {"efficiency", (bk.world * ms(br)) / (k.world * ms(r))}, {"speedup", ms(br) / ms(r)},
+                          {"base_over_serial", over_serial(bk, br)}});
       }
     } else if (mode == "weak" && !mine.empty()) {
       const auto base = *std::min_element(mine.begin(), mine.end(),
@@ -397,7 +406,8 @@ json aggregate_points(const std::vector<json>& points, const std::string& mode) 
                         {"base_seq", base.first.seq},
                         {"flop_rate_efficiency", tflops(r) / tflops(base.second)},
                         {"bound_flop_rate_efficiency", ceiling},
-                        {"time_ratio_paper_style", ms(base.second) / ms(r)}});
+                        {"time_ratio_paper_style", ms(base.second) / ms(r)},
+                        {"base_over_serial", over_serial(base.first, base.second)}});
       }
     }
   }
@@ -418,7 +428,10 @@ json aggregate_points(const std::vector<json>& points, const std::string& mode) 
        "schedule without losses would reach, below 1 when the kernel mix changes with T (attention's share grows, "
        "and attention runs slower per FLOP than the GEMMs); null without bounds"},
       {"weak_time_ratio_paper_style", "t_base / t_W with T grows with W; exceeds 1 when attention's T^2 work is "
-                                      "split better than linearly, as the LSS paper's 'super-linear' efficiency"}};
+                                      "split better than linearly, as the LSS paper's 'super-linear' efficiency"},
+      {"base_over_serial", "t_base / t_serial at the base point's T (serial on one rank in the same sweep; null "
+                           "without one): above 1 the efficiencies are taken against a baseline slower than the "
+                           "model's own single-device step"}};
   if (mode == "strong") a["strong_scaling"] = strong;
   if (mode == "weak") a["weak_scaling"] = weak;
   a["throughput"] = throughput;
@@ -628,6 +641,19 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
                  !e["complete"].get<bool>()         ? "incomplete (probes missing): a lower bound"
                  : e["limit_reached"].get<bool>() ? "limit reached"
                                                   : e["failure"].is_null() ? "" : e["failure"].get<std::string>());
+  }
+  // A strategy whose base point is slower than serial's step makes every efficiency look better.
+  std::set<std::pair<std::string, int64_t>> noted;
+  for (const char* list : {"strong_scaling", "weak_scaling"}) {
+    if (!a.contains(list)) continue;
+    for (const auto& e : a[list]) {
+      const json& over = e["base_over_serial"];
+      const int64_t base_seq = e.value("base_seq", e["seq"].get<int64_t>());
+      if (over.is_null() || over.get<double>() <= 1.02 || !noted.insert({e["strategy"], base_seq}).second) continue;
+      fmt::print("note: {}'s base point (T={}) takes {:.3f}x serial's step: its efficiencies are against a slower "
+                 "baseline\n",
+                 e["strategy"].get<std::string>(), base_seq, over.get<double>());
+    }
   }
   if (!missing.empty()) fmt::print("{} point(s) without a result: {}\n", missing.size(), missing.dump());
   fmt::print("wrote {}\n", path);
