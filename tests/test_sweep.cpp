@@ -98,12 +98,22 @@ TEST(SweepAggregate, BaseOverSerial) {
     EXPECT_DOUBLE_EQ(e["base_over_serial"].get<double>(), 1.25);
   }
   EXPECT_EQ(lss_at_1k, 2);
+  // Without p10/p90 the medians stand for the spreads: 1.25 is clearly slower; serial is not.
+  EXPECT_EQ((*find(a["strong_scaling"], "lss", 4))["base_clearly_slower_than_serial"], true);
+  EXPECT_EQ((*find(a["strong_scaling"], "serial", 1))["base_clearly_slower_than_serial"], false);
+  // Overlapping spreads (lss's p10 under serial's p90) are not, whatever the medians say.
+  pts[0]["timing"]["p90_ms"] = 95.0;
+  pts[1]["timing"]["p10_ms"] = 90.0;
+  a = aggregate_points(pts, "strong");
+  EXPECT_EQ((*find(a["strong_scaling"], "lss", 4))["base_clearly_slower_than_serial"], false);
+  EXPECT_DOUBLE_EQ((*find(a["strong_scaling"], "lss", 4))["base_over_serial"].get<double>(), 1.25);
   // Weak: the base point (1 rank, T = 1K) against serial at that T, on every entry.
   pts = {point("serial", 1, 1024, 80, 50, 1e9), point("lss", 1, 1024, 84, 48, 1e9), point("lss", 4, 4096, 250, 45, 1e9)};
   a = aggregate_points(pts, "weak");
   const json* e = find(a["weak_scaling"], "lss", 4);
   ASSERT_NE(e, nullptr);
   EXPECT_DOUBLE_EQ((*e)["base_over_serial"].get<double>(), 84.0 / 80.0);
+  EXPECT_EQ((*e)["base_clearly_slower_than_serial"], true);
   EXPECT_TRUE(a["definitions"].contains("base_over_serial"));
 }
 
