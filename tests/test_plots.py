@@ -63,6 +63,20 @@ with tempfile.TemporaryDirectory() as tmp:
         check(all(m in series for m in must), f"{name} has the series {must} (has {series})")
     summary = open(os.path.join(out, "SUMMARY.md")).read() if os.path.exists(os.path.join(out, "SUMMARY.md")) else ""
     check("| lss | 4 | 4 | 256 | ok |" in summary and "memory ratio" in summary, "SUMMARY.md has the point and speedup tables")
+    # The strong-scaling table; the fixture's aggregate predates base_over_serial: "-" there.
+    lss4 = [e for e in json.load(open(glob.glob(os.path.join(fixture, "aggregate-*.json"))[0]))["strong_scaling"]
+            if e["strategy"] == "lss" and e["world"] == 4][0]
+    check(f"| lss | 4 | 256 | {lss4['efficiency']:.3f} | {lss4['speedup']:.3f} | - |" in summary,
+          "SUMMARY.md has the strong-scaling table (efficiency, speedup; base / serial absent from this aggregate)")
+
+    def slow_base(a):
+        for e in a["strong_scaling"]:
+            e["base_over_serial"] = 1.0 if e["strategy"] == "serial" else 1.073
+    slow = edited_sweep(fixture, os.path.join(tmp, "slow-base"), aggregate=slow_base)
+    r = run(slow, "--out", os.path.join(tmp, "charts-slow-base"))
+    summary_slow = open(os.path.join(tmp, "charts-slow-base", "SUMMARY.md")).read() if r.returncode == 0 else ""
+    check(f"| lss | 4 | 256 | {lss4['efficiency']:.3f} | {lss4['speedup']:.3f} | 1.073 |" in summary_slow,
+          "SUMMARY.md gives each entry's base / serial (base_over_serial)")
     check("commit" in manifest.get("provenance", "") and "L2 C64 H4" in manifest.get("provenance", ""),
           "charts say what ran them (card, model, commit)")
 
