@@ -69,6 +69,8 @@ expect 2 "--placed-gather-min -1M: must not be negative" run --strategy lss --sp
 expect 2 "--zigzag: an option of lss, which --strategy megatron_sp does not read" run --strategy megatron_sp --sp 2 --zigzag
 expect 2 "--regather-ln: an option of megatron_sp, which --strategy lss does not read" run --strategy lss --sp 2 --no-regather-ln
 expect 2 "--bound-heat -1: must not be negative" run --strategy lss --sp 2 --bound-heat -1
+expect 2 "--trace $work/existing.json: exists already; files are never overwritten" run --strategy lss --sp 2 --trace "$work/existing.json"
+expect 2 "--trace t.json: the same file as --out or --export" run --strategy lss --sp 2 --trace t.json --export t.json
 expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256
 expect 4 "--batch 1 does not divide by the 2 data-parallel replicas" run --strategy lss --sp 2 --batch 1
 expect 4 "--sp 3: the world size 4" run --strategy megatron_sp --sp 3

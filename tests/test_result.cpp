@@ -6,6 +6,7 @@
 
 #include "app/metrics.h"
 #include "app/result.h"
+#include "app/trace.h"
 
 using namespace lss;
 using json = nlohmann::ordered_json;
@@ -147,4 +148,42 @@ TEST(Metrics, NormRelErrorOfNonFiniteValuesIsInfinite) {
   EXPECT_EQ(norm_rel_error({1.0, nan}, {1.0, 2.0}), inf);
   EXPECT_EQ(norm_rel_error({1.0, 2.0}, {nan, 2.0}), inf);
   EXPECT_EQ(norm_rel_error({inf, 2.0}, {1.0, 2.0}), inf);
+}
+
+// The trace summary's interval arithmetic, on intervals worked out by hand.
+TEST(Trace, UnionAndOverlapOfIntervals) {
+  EXPECT_DOUBLE_EQ(lss::union_length({}), 0.0);
+  EXPECT_DOUBLE_EQ(lss::union_length({{0, 2}, {1, 3}, {5, 6}, {5.5, 5.75}}), 4.0);  // [0,3) + [5,6)
+  EXPECT_DOUBLE_EQ(lss::union_length({{3, 4}, {0, 1}, {1, 2}}), 3.0);              // touching, unsorted
+  EXPECT_DOUBLE_EQ(lss::union_length({{2, 1}}), 0.0);                                // empty
+  // [0,3) u [5,6) against [2,5.5): [2,3) and [5,5.5).
+  EXPECT_DOUBLE_EQ(lss::overlap_length({{0, 2}, {1, 3}, {5, 6}}, {{2, 4}, {4, 5.5}}), 1.5);
+  EXPECT_DOUBLE_EQ(lss::overlap_length({{0, 1}}, {{1, 2}}), 0.0);
+}
+
+// One rank's summary of a hand-made step: 10 ms of phases; compute-lane operations [0,2), [3,6)
+// and a wait [6,7); a side-lane AdamW [8,9); a comm-lane all-gather [1,4) (hidden 2 ms: [1,2)
+// and [3,4)) and a blocking all-reduce in line [9,10).
+TEST(Trace, RankSummaryOfAHandMadeStep) {
+  lss::RankTrace r;
+  r.rank = 3;
+  r.host = "h";
+  const auto ms = [](const char* name, const char* lane, double b, double e) {
+    return lss::Backend::TraceSpan{name, lane, "", b * 1e-3, e * 1e-3};
+  };
+  r.spans = {ms("forward", "phase", 0, 4),        ms("backward", "phase", 4, 8),   ms("optimizer", "phase", 8, 10),
+             ms("gemm", "compute", 0, 2),         ms("attention_forward", "compute", 3, 6),
+             ms("wait all_gather", "compute", 6, 7), ms("adamw", "side", 8, 9), ms("all_gather", "comm", 1, 4),
+             ms("all_reduce", "compute", 9, 10)};
+  const nlohmann::json s = lss::trace_rank_summary(r);
+  EXPECT_EQ(s["rank"], 3);
+  EXPECT_NEAR(s["step_ms"].get<double>(), 10.0, 1e-9);
+  EXPECT_NEAR(s["compute_ms"].get<double>(), 6.0, 1e-9);       // [0,2) + [3,6) + [8,9)
+  EXPECT_NEAR(s["comm_ms"].get<double>(), 4.0, 1e-9);          // [1,4) + [9,10)
+  EXPECT_NEAR(s["comm_hidden_ms"].get<double>(), 2.0, 1e-9);   // the all-gather beside [0,2) and [3,6)
+  EXPECT_NEAR(s["exposed_ms"].get<double>(), 2.0, 1e-9);       // the wait and the blocking all-reduce
+  EXPECT_NEAR(s["compute_gaps_ms"].get<double>(), 3.0, 1e-9);  // [2,3) and [7,9) on the compute lane
+  EXPECT_EQ(s["by_operation"]["gemm"]["calls"], 1);
+  EXPECT_NEAR(s["by_operation"]["attention_forward"]["ms"].get<double>(), 3.0, 1e-9);
+  EXPECT_EQ(s["by_operation"].size(), 3u);  // gemm, attention_forward, adamw: no waits or collectives
 }

@@ -120,62 +120,87 @@ class CpuBackend final : public Backend {
     cpu::convert(dst, dst_dtype, src.ptr, src.dtype, src.numel);
   }
   void copy(View dst, View src) override {
+    OpSpan span(*this, "copy", [&] { return std::to_string(dst.numel); });
     LSS_CHECK(dst.numel == src.numel,
               std::string("copy: ") + dtype_name(src.dtype) + "[" + std::to_string(src.numel) +
                   "] into " + dtype_name(dst.dtype) + "[" + std::to_string(dst.numel) + "]");
     cpu::convert(dst.ptr, dst.dtype, src.ptr, src.dtype, dst.numel);
   }
   void fill_zero(View dst) override {
+    OpSpan span(*this, "fill_zero", [&] { return std::to_string(dst.numel); });
     require_supported(dst.dtype);
     std::memset(dst.ptr, 0, dst.bytes());
   }
 
   // The epilogue and c_in as passes: on the CPU they cost what fused ones would.
   void gemm(const GemmArgs& args) override {
+    OpSpan span(*this, "gemm", [&] { return describe(args); });
     if (args.c_in || args.epilogue != GemmEpilogue::none)
       gemm_in_passes(*this, args);
     else
       cpu::gemm(args, threads_);
   }
-  void axpy(View y, View x, double alpha) override { cpu::axpy(y, x, alpha, threads_); }
-  void add(View out, View a, View b) override { cpu::add(out, a, b, threads_); }
+  void axpy(View y, View x, double alpha) override {
+    OpSpan span(*this, "axpy", [&] { return std::to_string(y.numel); });
+    cpu::axpy(y, x, alpha, threads_);
+  }
+  void add(View out, View a, View b) override {
+    OpSpan span(*this, "add", [&] { return std::to_string(out.numel); });
+    cpu::add(out, a, b, threads_);
+  }
   void bias_grad(View db, View dy, int64_t rows, int64_t n) override {
+    OpSpan span(*this, "bias_grad", [&] { return std::to_string(rows) + "x" + std::to_string(n); });
     cpu::bias_grad(db, dy, rows, n, threads_);
   }
 
   void embedding_forward(View out, View tokens, View wte, View wpe_rows, int64_t Tl, int64_t B,
                          int64_t C) override {
+    OpSpan span(*this, "embedding_forward", [&] { return std::to_string(Tl * B) + "x" + std::to_string(C); });
     cpu::embedding_forward(out, tokens, wte, wpe_rows, Tl, B, C, threads_);
   }
   void embedding_backward(View dwte, View dwpe_rows, View dout, View tokens, int64_t Tl, int64_t B,
                           int64_t C) override {
+    OpSpan span(*this, "embedding_backward", [&] { return std::to_string(Tl * B) + "x" + std::to_string(C); });
     cpu::embedding_backward(dwte, dwpe_rows, dout, tokens, Tl, B, C, threads_);
   }
   void layernorm_forward(View out, View mean, View rstd, View x, View weight, View bias, int64_t N,
                          int64_t C, double eps) override {
+    OpSpan span(*this, "layernorm_forward", [&] { return std::to_string(N) + "x" + std::to_string(C); });
     cpu::layernorm_forward(out, mean, rstd, x, weight, bias, N, C, eps, threads_);
   }
   void layernorm_backward(View dx, View dweight, View dbias, View dout, View x, View mean,
                           View rstd, View weight, int64_t N, int64_t C) override {
+    OpSpan span(*this, "layernorm_backward", [&] { return std::to_string(N) + "x" + std::to_string(C); });
     cpu::layernorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, N, C, threads_);
   }
-  void gelu_forward(View out, View in) override { cpu::gelu_forward(out, in, threads_); }
+  void gelu_forward(View out, View in) override {
+    OpSpan span(*this, "gelu_forward", [&] { return std::to_string(out.numel); });
+    cpu::gelu_forward(out, in, threads_);
+  }
   void gelu_backward(View din, View dout, View in) override {
+    OpSpan span(*this, "gelu_backward", [&] { return std::to_string(din.numel); });
     cpu::gelu_backward(din, dout, in, threads_);
   }
   void attention_forward(const AttentionArgs& args) override {
+    OpSpan span(*this, "attention_forward", [&] { return describe(args); });
     cpu::attention_forward(args, threads_);
   }
   void attention_backward(const AttentionArgs& args) override {
+    OpSpan span(*this, "attention_backward", [&] { return describe(args); });
     cpu::attention_backward(args, threads_);
   }
-  void attention_merge(const AttentionMergeArgs& args) override { cpu::attention_merge(args, threads_); }
+  void attention_merge(const AttentionMergeArgs& args) override {
+    OpSpan span(*this, "attention_merge", [&] { return std::to_string(args.Tq) + " queries"; });
+    cpu::attention_merge(args, threads_);
+  }
   void cross_entropy_fused(View logits, View targets, View loss_sum, int64_t N, int64_t V,
                            double grad_scale) override {
+    OpSpan span(*this, "cross_entropy", [&] { return std::to_string(N) + "x" + std::to_string(V); });
     LSS_CHECK(loss_sum.dtype == DType::f64 && loss_sum.numel == 1, "cross_entropy_fused: loss_sum is not one fp64");
     *loss_sum.as<double>() = cpu::cross_entropy_fused(logits, targets, N, V, grad_scale, threads_);
   }
   void adamw(View param, View grad, View m, View v, const AdamW& hp) override {
+    OpSpan span(*this, "adamw", [&] { return std::to_string(param.numel); });
     for_each_decay_run(param, grad, m, v, hp, [&](View p, View g, View mm, View vv, const AdamW& one) {
       cpu::adamw(p, g, mm, vv, one, threads_);
     });

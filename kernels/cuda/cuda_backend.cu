@@ -126,9 +126,13 @@ class CudaBackend final : public Backend {
     if (to != dst) cuda::convert_host(dst, dst_dtype, staging.data(), src.dtype, src.numel);
   }
 
-  void copy(View dst, View src) override { cuda::convert(ctx(), dst, src); }
+  void copy(View dst, View src) override {
+    OpSpan span(*this, "copy", [&] { return std::to_string(dst.numel); });
+    cuda::convert(ctx(), dst, src);
+  }
 
   void fill_zero(View dst) override {
+    OpSpan span(*this, "fill_zero", [&] { return std::to_string(dst.numel); });
     if (dst.numel == 0) return;
     LSS_CUDA_CHECK(cudaMemsetAsync(dst.ptr, 0, dst.bytes(), stream_));
   }
@@ -167,6 +171,10 @@ class CudaBackend final : public Backend {
   // what the device measured between them.
   Marker mark() override {
     LSS_CHECK(!in_side_work_, "cuda backend: a timing marker inside side work");
+    return mark_lane();
+  }
+  // A trace span's marker goes on whichever lane the operation runs on.
+  Marker mark_lane() override {
     Marker m;
     m.host_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -181,6 +189,8 @@ class CudaBackend final : public Backend {
     return m;
   }
 
+  const char* lane_name() const override { return in_side_work_ ? "side" : "compute"; }
+
   double seconds_between(const Marker& a, const Marker& b) override {
     LSS_CHECK(a.device && b.device, "seconds_between: markers not made by a CUDA backend");
     const auto ea = static_cast<cudaEvent_t>(a.device.get());
@@ -194,6 +204,7 @@ class CudaBackend final : public Backend {
   // ---- dense algebra ----
   // cuBLASLt fuses c_in and the epilogues where it has an algorithm for them; otherwise passes.
   void gemm(const GemmArgs& args) override {
+    OpSpan span(*this, "gemm", [&] { return describe(args); });
     if (!gemm_->run(args, stream_)) gemm_in_passes(*this, args);
   }
   void reserve_sms(int sms) override {
@@ -202,43 +213,61 @@ class CudaBackend final : public Backend {
                       "reserve_sms: " + std::to_string(sms) + " SMs reserved, outside the device's " + range);
     gemm_->set_sm_target(sms > 0 ? num_sms_ - sms : 0);
   }
-  void axpy(View y, View x, double alpha) override { cuda::axpy(ctx(), y, x, alpha); }
-  void add(View out, View a, View b) override { cuda::add(ctx(), out, a, b); }
+  void axpy(View y, View x, double alpha) override {
+    OpSpan span(*this, "axpy", [&] { return std::to_string(y.numel); });
+    cuda::axpy(ctx(), y, x, alpha);
+  }
+  void add(View out, View a, View b) override {
+    OpSpan span(*this, "add", [&] { return std::to_string(out.numel); });
+    cuda::add(ctx(), out, a, b);
+  }
   void bias_grad(View db, View dy, int64_t rows, int64_t n) override {
+    OpSpan span(*this, "bias_grad", [&] { return std::to_string(rows) + "x" + std::to_string(n); });
     cuda::bias_grad(ctx(), db, dy, rows, n);
   }
 
   // ---- model operations ----
   void embedding_forward(View out, View tokens, View wte, View wpe_rows, int64_t Tl, int64_t B,
                          int64_t C) override {
+    OpSpan span(*this, "embedding_forward", [&] { return std::to_string(Tl * B) + "x" + std::to_string(C); });
     cuda::embedding_forward(ctx(), out, tokens, wte, wpe_rows, Tl, B, C);
   }
   void embedding_backward(View dwte, View dwpe_rows, View dout, View tokens, int64_t Tl, int64_t B,
                           int64_t C) override {
+    OpSpan span(*this, "embedding_backward", [&] { return std::to_string(Tl * B) + "x" + std::to_string(C); });
     cuda::embedding_backward(ctx(), dwte, dwpe_rows, dout, tokens, Tl, B, C);
   }
   void layernorm_forward(View out, View mean, View rstd, View x, View weight, View bias, int64_t N,
                          int64_t C, double eps) override {
+    OpSpan span(*this, "layernorm_forward", [&] { return std::to_string(N) + "x" + std::to_string(C); });
     cuda::layernorm_forward(ctx(), out, mean, rstd, x, weight, bias, N, C, eps);
   }
   void layernorm_backward(View dx, View dweight, View dbias, View dout, View x, View mean,
                           View rstd, View weight, int64_t N, int64_t C) override {
+    OpSpan span(*this, "layernorm_backward", [&] { return std::to_string(N) + "x" + std::to_string(C); });
     cuda::layernorm_backward(ctx(), dx, dweight, dbias, dout, x, mean, rstd, weight, N, C);
   }
-  void gelu_forward(View out, View in) override { cuda::gelu_forward(ctx(), out, in); }
+  void gelu_forward(View out, View in) override {
+    OpSpan span(*this, "gelu_forward", [&] { return std::to_string(out.numel); });
+    cuda::gelu_forward(ctx(), out, in);
+  }
   void gelu_backward(View din, View dout, View in) override {
+    OpSpan span(*this, "gelu_backward", [&] { return std::to_string(din.numel); });
     cuda::gelu_backward(ctx(), din, dout, in);
   }
   void cross_entropy_fused(View logits, View targets, View loss_sum, int64_t N, int64_t V,
                            double grad_scale) override {
+    OpSpan span(*this, "cross_entropy", [&] { return std::to_string(N) + "x" + std::to_string(V); });
     cuda::cross_entropy_fused(ctx(), logits, targets, loss_sum, N, V, grad_scale);
   }
   void adamw(View param, View grad, View m, View v, const AdamW& hp) override {
+    OpSpan span(*this, "adamw", [&] { return std::to_string(param.numel); });
     cuda::adamw(ctx(), param, grad, m, v, hp);
   }
 
   // ---- attention ----
   void attention_forward(const AttentionArgs& args) override {
+    OpSpan span(*this, "attention_forward", [&] { return describe(args); });
     if (use_cudnn(args)) {
       Buffer ws = workspace(cudnn().forward_workspace(args));
       cudnn().forward(args, ws ? ws.ptr() : nullptr);
@@ -250,9 +279,13 @@ class CudaBackend final : public Backend {
   }
   AttentionPathCalls attention_calls() const { return attention_calls_; }
 
-  void attention_merge(const AttentionMergeArgs& args) override { cuda::attention_merge(ctx(), args); }
+  void attention_merge(const AttentionMergeArgs& args) override {
+    OpSpan span(*this, "attention_merge", [&] { return std::to_string(args.Tq) + " queries"; });
+    cuda::attention_merge(ctx(), args);
+  }
 
   void attention_backward(const AttentionArgs& args) override {
+    OpSpan span(*this, "attention_backward", [&] { return describe(args); });
     if (use_cudnn(args)) {
       Buffer ws = workspace(cudnn().backward_workspace(args));
       cudnn().backward(args, ws ? ws.ptr() : nullptr);

@@ -16,6 +16,7 @@
 #include "app/metrics.h"
 #include "app/result.h"
 #include "app/session.h"
+#include "app/trace.h"
 #include "comm/mpi_util.h"
 #include "core/check.h"
 #include "core/fileio.h"
@@ -71,6 +72,9 @@ OptionParser make_parser() {
   p.add_string("data", "", "file of raw bytes to train on (empty: synthetic tokens)");
   p.add_string("out", "", "result JSON path, never overwritten (empty: results/runs/<name>-<time>.json)");
   p.add_string("export", "", "safetensors file of the first step's params, grads and inputs");
+  p.add_string("trace", "",
+               "after timing, one more step traced: every rank's operations, collectives and waits as a Chrome trace "
+               "JSON (chrome://tracing, ui.perfetto.dev), never overwritten; its summary goes into the result");
   p.add_size("threads", 0, "host threads per rank (0: cores / ranks on this node)");
   p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
   p.add_flag("recompute", false, "activation checkpointing (keep block outputs, recompute blocks in backward)");
@@ -391,6 +395,39 @@ double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
   return 2.0 * static_cast<double>(n) * n * n / percentile(times, 50) / 1e12;
 }
 
+// One training step (number `it`) traced on every rank: the Chrome trace written by rank 0 to
+// `path`, and the result's "trace" entry returned there (null on the other ranks).
+json run_traced_step(Session& session, int64_t it, const std::string& path, const json& meta) {
+  Backend& be = session.backend();
+  // The ranks start their traces together: each trace's origin is its rank's time after the
+  // barrier, so the timelines line up to within the barrier's skew.
+  session.grid().world_comm->barrier();
+  session.reset_counts();
+  be.begin_trace();
+  session.forward_backward_into_optimizer(it, it + 1);
+  session.optimizer_step(it + 1);
+  session.loss();
+  session.comm_counts();  // the collectives' spans are read with their times
+  const std::vector<RankTrace> ranks = gather_traces(be.end_trace());
+  if (ranks.empty()) return nullptr;
+  json per_rank = json::array();
+  size_t slowest = 0;
+  for (const RankTrace& r : ranks) {
+    per_rank.emplace_back(trace_rank_summary(r));
+    if (per_rank.back()["step_ms"].get<double>() > per_rank[slowest]["step_ms"].get<double>())
+      slowest = per_rank.size() - 1;
+  }
+  write_file_atomic_no_overwrite(path, chrome_trace(ranks, meta).dump() + "\n");
+  return {{"path", path},
+          {"definition", "one step after the timed ones, each operation's and collective's span recorded by device "
+                         "events (host clock on cpu) on its rank's lanes; per rank: step_ms, compute_ms (union of "
+                         "operations), comm_ms (union of collectives), comm_hidden_ms (collectives on the comm lane "
+                         "beside operations), exposed_ms (waits and blocking collectives), compute_gaps_ms (no work "
+                         "on the compute lane), by_operation (README, Metrics)"},
+          {"slowest_rank", per_rank[slowest]},
+          {"per_rank", per_rank}};
+}
+
 json run_check(RunConfig rc, int64_t check_seq) {
   if (check_seq > 0) {
     rc.model.T = check_seq;
@@ -454,6 +491,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   const double min_time_s = parser.real("min-time");
   const double peak_tflops = parser.real("peak-tflops");
   const std::string export_path = parser.str("export");
+  const std::string trace_path = parser.str("trace");
 
   Session session(rc, MPI_COMM_WORLD);
   Grid& grid = session.grid();
@@ -480,6 +518,10 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   LSS_REQUIRE_INPUT(!path_exists(out), "--out " + out + ": exists already; results are never overwritten");
   LSS_REQUIRE_INPUT(export_path.empty() || !path_exists(export_path),
                     "--export " + export_path + ": exists already; files are never overwritten");
+  LSS_REQUIRE_INPUT(trace_path.empty() || !path_exists(trace_path),
+                    "--trace " + trace_path + ": exists already; files are never overwritten");
+  LSS_REQUIRE_INPUT(trace_path.empty() || (trace_path != out && trace_path != export_path),
+                    "--trace " + trace_path + ": the same file as --out or --export");
 
   const FlopCount flops = model_flops(m);
   if (rank == 0) {
@@ -589,6 +631,26 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   int comm_ok = counts_stable && same_counts(step_counts, expected) ? 1 : 0;
   LSS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &comm_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   const auto hosts = all_hosts();
+
+  // --trace: one more step with every span recorded. Its markers cost host time, so it is not
+  // one of the timed steps; the timed region and the memory high-water marks are read above.
+  json trace = nullptr;
+  if (!trace_path.empty()) {
+    const json meta = {{"schema", "lssbench-trace"},
+                       {"schema_version", 1},
+                       {"version", LSS_VERSION},
+                       {"git_commit", LSS_GIT_COMMIT},
+                       {"command", command_line},
+                       {"strategy", rc.strategy},
+                       {"backend", rc.backend},
+                       {"device", be.device_name()},
+                       {"grid", {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}}},
+                       {"model", {{"L", m.L}, {"C", m.C}, {"H", m.H}, {"T", m.T}, {"B", m.B}, {"dtype", dtype_name(m.dtype)}}},
+                       {"strategy_options", session.strategy().options_json()},
+                       {"result", out},
+                       {"timed_step_median_ms", percentile(step_s, 50) * 1e3}};
+    trace = run_traced_step(session, warmup + iters, trace_path, meta);
+  }
 
   const double median = percentile(step_s, 50);
   const double tokens_per_s = static_cast<double>(m.B * m.T) / median;
@@ -719,6 +781,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                                      "all_reduce: buffer bytes (nccl-tests size)"}};
     j["bound"] = bound;
     j["check"] = check;
+    j["trace"] = trace;
     const std::string reason = sanity_verdict(j);
     if (!reason.empty()) {
       j["status"] = "failed";
@@ -798,6 +861,15 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                      "energy per step (J)", "not measured", updates, updates == 1 ? "" : "s", d["region_s"].get<double>());
           break;
         }
+    if (!trace.is_null()) {
+      const json& r = trace["slowest_rank"];
+      fmt::print("  {:<22} {:.2f} ms traced on rank {}: compute {:.2f}, comm {:.2f} (hidden {:.2f}), exposed {:.2f}, "
+                 "compute-lane gaps {:.2f} ms\n",
+                 "step trace", r["step_ms"].get<double>(), r["rank"].get<int>(), r["compute_ms"].get<double>(),
+                 r["comm_ms"].get<double>(), r["comm_hidden_ms"].get<double>(), r["exposed_ms"].get<double>(),
+                 r["compute_gaps_ms"].get<double>());
+      fmt::print("  {:<22} {}\n", "", trace["path"].get<std::string>());
+    }
     fmt::print("  {:<22} {:>14}\n", "peak memory/rank", human_bytes(mem_v[0]));
     fmt::print("  {:<22} {:>14}\n", "peak activations/rank", human_bytes(mem_v[1]));
     fmt::print("  {:<22} {:>14}\n", "comm matches model", comm_ok ? "yes" : "NO");

@@ -51,7 +51,6 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {
     grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_), cfg_.copy_engine_gathers);
-    for (Communicator* c : {grid_.world_comm.get(), grid_.seq.get(), grid_.data.get()}) c->time_with(backend_.get());
     backend_->use_symmetric_memory(grid_.seq->symmetric_memory());
   } else {
     grid_ = make_mpi_grid(base, cfg_.P);
@@ -59,6 +58,9 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 #else
   grid_ = make_mpi_grid(base, cfg_.P);
 #endif
+  // The CPU backend's markers read the host clock, as an untimed MPI communicator does; through
+  // the backend its collectives appear in a step trace too.
+  for (Communicator* c : {grid_.world_comm.get(), grid_.seq.get(), grid_.data.get()}) c->time_with(backend_.get());
   LSS_REQUIRE_INPUT(cfg_.model.B % grid_.R == 0,
                     "--batch " + std::to_string(cfg_.model.B) + " does not divide by the " + std::to_string(grid_.R) +
                         " data-parallel replicas (world " + std::to_string(grid_.world) + " / --sp " +
@@ -117,6 +119,10 @@ void Session::run_forward_backward(int64_t step, StepTimes* times, bool finish, 
   // left to the optimizer, optimizer_step reads them at the step's end.
   comm_times_in_optimizer_ = !finish;
   step_comm_start_ = {c0, e0};
+  if (backend_->tracing()) {
+    backend_->add_trace_span("forward", "phase", "", m0, m1);
+    backend_->add_trace_span("backward", "phase", "", m1, m2);
+  }
   if (times) {
     times->forward = backend_->seconds_between(m0, m1);
     times->backward = backend_->seconds_between(m1, m2);
@@ -136,6 +142,7 @@ void Session::optimizer_step(int64_t adam_step, StepTimes* times) {
   grid_.world_comm->wait(loss_sum_);  // long done: the step's last collective, so its times are read
   const auto h1 = std::chrono::steady_clock::now();
   const Backend::Marker m1 = backend_->mark();
+  if (backend_->tracing()) backend_->add_trace_span("optimizer", "phase", "", m0, m1);
   if (times) {
     times->optimizer = backend_->seconds_between(m0, m1);
     times->optimizer_enqueue = std::chrono::duration<double>(h1 - h0).count();

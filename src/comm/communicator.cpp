@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include <fmt/format.h>
+
 #include "core/check.h"
 
 namespace lss {
@@ -112,10 +114,18 @@ void Communicator::copy_pieces(View part, View full, const std::vector<PlacedPie
   }
 }
 
+std::string Communicator::trace_detail(size_t bytes) const {
+  const double mib = static_cast<double>(bytes) / (1 << 20);
+  return name_ + ", " + (mib >= 1 ? fmt::format("{:.4g} MiB", mib) : fmt::format("{} B", bytes));
+}
+
 void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {
   count(k, bytes);
   if (timer_) {
     pending_.push_back({start, timer_->mark(), k});
+    // A blocking collective runs on the caller's lane.
+    if (timer_->tracing())
+      timer_->add_trace_span(coll_kind_name(k), "compute", trace_detail(bytes), start, pending_.back().end);
   } else {
     const double t = now_s() - start.host_s;
     counts_.seconds += t;

@@ -140,8 +140,14 @@ class Communicator {
     return -1;
   }
   virtual void wait_async(int64_t) {}
-  // Adds the times of finished asynchronous collectives to `c` (waiting for them).
+  // Adds the times of finished asynchronous collectives to `c` (waiting for them); while the
+  // timing backend traces, also each one's span on the "comm" lane and its wait's stall on the
+  // compute lane.
   virtual void resolve_async(CommCounts&) const {}
+  // The backend that times the collectives (time_with), or null.
+  Backend* timer() const { return timer_; }
+  // A trace span's detail for a collective of `bytes` on this group: "sp, 256 MiB".
+  std::string trace_detail(size_t bytes) const;
 
  private:
   // Starts timing one collective; finish() counts it.

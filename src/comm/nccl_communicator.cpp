@@ -239,8 +239,8 @@ void NcclCommunicator::local_copy(View dst, View src) {
     LSS_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDeviceToDevice, stream_));
 }
 
-int64_t NcclCommunicator::start_async(CollKind kind, View, View, const std::function<void()>& enqueue) {
-  AsyncOp op{kind};
+int64_t NcclCommunicator::start_async(CollKind kind, View output, View input, const std::function<void()>& enqueue) {
+  AsyncOp op{kind, kind == CollKind::reduce_scatter ? input.bytes() : output.bytes()};
   cudaEvent_t ready = nullptr;
   LSS_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
   for (cudaEvent_t* e : {&op.start, &op.end, &op.wait_begin, &op.wait_end}) LSS_CUDA_CHECK(cudaEventCreate(e));
@@ -264,6 +264,22 @@ void NcclCommunicator::wait_async(int64_t id) {
   LSS_CUDA_CHECK(cudaEventRecord(op.wait_end, compute_stream_));
 }
 
+void NcclCommunicator::trace(const AsyncOp& op) const {
+  const auto origin = static_cast<cudaEvent_t>(timer()->trace_origin().device.get());
+  LSS_CHECK(origin != nullptr, name() + ": the trace's origin is not a CUDA event");
+  const auto since_origin = [&](cudaEvent_t e) {
+    float ms = 0;
+    LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, origin, e));
+    return 1e-3 * static_cast<double>(ms);
+  };
+  const std::string detail = trace_detail(op.bytes);
+  timer()->add_trace_span({coll_kind_name(op.kind), "comm", detail, since_origin(op.start), since_origin(op.end)});
+  // The compute lane's stall at the wait: only where it stood still.
+  const double wait_begin = since_origin(op.wait_begin), wait_end = since_origin(op.wait_end);
+  if (wait_end > wait_begin)
+    timer()->add_trace_span({std::string("wait ") + coll_kind_name(op.kind), "compute", detail, wait_begin, wait_end});
+}
+
 void NcclCommunicator::resolve_async(CommCounts& c) const {
   for (AsyncOp& op : ops_) {
     float in_collective_ms = 0, stall_ms = 0;
@@ -273,6 +289,7 @@ void NcclCommunicator::resolve_async(CommCounts& c) const {
     c.seconds += in_collective_ms * 1e-3;
     c.seconds_by_kind[static_cast<int>(op.kind)] += in_collective_ms * 1e-3;
     c.exposed_seconds += stall_ms * 1e-3;
+    if (timer() && timer()->tracing()) trace(op);
     for (cudaEvent_t e : {op.start, op.end, op.wait_begin, op.wait_end}) LSS_CUDA_CHECK(cudaEventDestroy(e));
   }
   ops_.clear();

@@ -52,8 +52,11 @@ class NcclCommunicator : public Communicator {
   // compute stream around the wait (their distance is the compute stream's stall).
   struct AsyncOp {
     CollKind kind;
+    size_t bytes = 0;  // as counted (communicator.h's byte convention)
     cudaEvent_t start = nullptr, end = nullptr, wait_begin = nullptr, wait_end = nullptr;
   };
+  // resolve_async's spans of one finished collective (the timing backend is tracing).
+  void trace(const AsyncOp& op) const;
   // Blocks from ncclMemAlloc, each registered as one symmetric window of the communicator.
   class Windows final : public SymmetricMemory {
    public:

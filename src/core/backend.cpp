@@ -4,6 +4,8 @@
 #include <chrono>
 #include <utility>
 
+#include <fmt/format.h>
+
 #include "core/check.h"
 #include "kernels/cpu/cpu_backend.h"
 #ifdef LSS_HAVE_CUDA
@@ -77,6 +79,66 @@ Backend::Marker Backend::mark() {
 }
 
 double Backend::seconds_between(const Marker& a, const Marker& b) { return b.host_s - a.host_s; }
+
+void Backend::begin_trace() {
+  LSS_CHECK(!tracing(), "begin_trace: a trace is in progress");
+  trace_ = std::make_unique<Trace>();
+  trace_->origin = mark();
+  trace_depth_ = 0;
+}
+
+const Backend::Marker& Backend::trace_origin() const {
+  LSS_CHECK(tracing(), "trace_origin: no trace in progress");
+  return trace_->origin;
+}
+
+void Backend::add_trace_span(std::string name, std::string lane, std::string detail, Marker begin, Marker end) {
+  LSS_CHECK(tracing(), "add_trace_span: no trace in progress");
+  trace_->spans.push_back({TraceSpan{std::move(name), std::move(lane), std::move(detail)}, std::move(begin),
+                           std::move(end), false});
+}
+
+void Backend::add_trace_span(TraceSpan span) {
+  LSS_CHECK(tracing(), "add_trace_span: no trace in progress");
+  trace_->spans.push_back({std::move(span), {}, {}, true});
+}
+
+std::vector<Backend::TraceSpan> Backend::end_trace() {
+  LSS_CHECK(tracing(), "end_trace: no trace in progress");
+  LSS_CHECK(trace_depth_ == 0, "end_trace: an operation's span is still open");
+  std::unique_ptr<Trace> trace = std::move(trace_);
+  std::vector<TraceSpan> out;
+  out.reserve(trace->spans.size());
+  for (PendingSpan& p : trace->spans) {
+    if (!p.resolved) {
+      p.span.begin_s = seconds_between(trace->origin, p.begin);
+      p.span.end_s = seconds_between(trace->origin, p.end);
+    }
+    out.push_back(std::move(p.span));
+  }
+  return out;
+}
+
+Backend::OpSpan::~OpSpan() {
+  if (!be_) return;
+  --be_->trace_depth_;
+  // An operation left by an exception has no end to record.
+  if (!outer_ || std::uncaught_exceptions() > exceptions_ || !be_->tracing()) return;
+  be_->add_trace_span(name_, be_->lane_name(), std::move(detail_), std::move(begin_), be_->mark_lane());
+}
+
+std::string describe(const GemmArgs& g) {
+  return fmt::format("{}x{}x{}{}{}{}", g.m, g.n, g.k,
+                     g.epilogue == GemmEpilogue::gelu            ? " +gelu"
+                     : g.epilogue == GemmEpilogue::gelu_backward ? " +dgelu"
+                                                                 : "",
+                     g.bias ? " +bias" : "", g.c_in || g.beta != 0.0 ? " +C" : "");
+}
+
+std::string describe(const AttentionArgs& a) {
+  return fmt::format("B{} H{} D{} q{} k{}{}{}", a.B, a.H, a.D, a.Tq, a.Tk, a.causal ? " causal" : "",
+                     a.q_offset ? fmt::format(" q_offset {}", a.q_offset) : std::string());
+}
 
 MemoryStats Backend::memory_stats() const {
   MemoryStats s;

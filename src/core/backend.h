@@ -12,6 +12,7 @@
 // - per-row statistics (LayerNorm mean/rstd, attention lse) have type stat_dtype(dtype).
 #pragma once
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <optional>
 #include <string>
@@ -320,7 +321,60 @@ class Backend {
   virtual void start_device_sampling() {}
   virtual std::optional<DeviceState> stop_device_sampling() { return std::nullopt; }
 
+  // ---- step trace (lssbench run --trace) ----
+  // Between begin_trace() and end_trace() every operation above records a span: when its work
+  // began and ended on the lane it ran on, as the device saw it, in seconds from begin_trace().
+  // An operation inside another's span (gemm_in_passes' copies) is not recorded again.
+  // Collectives and the step's phases add theirs with add_trace_span.
+  struct TraceSpan {
+    std::string name;    // the operation, collective or phase: "gemm", "all_gather", "forward"
+    std::string lane;    // "compute", "side" (begin_side_work), "comm" (the collectives' lane) or "phase"
+    std::string detail;  // shapes, or bytes and group
+    double begin_s = 0, end_s = 0;
+  };
+  void begin_trace();
+  // The spans recorded since begin_trace(), in the order they were added (waits for the device).
+  std::vector<TraceSpan> end_trace();
+  bool tracing() const { return trace_ != nullptr; }
+  // The marker begin_trace() made: the origin of every span's times.
+  const Marker& trace_origin() const;
+  // A span between two markers made since begin_trace(); its times are read at end_trace().
+  void add_trace_span(std::string name, std::string lane, std::string detail, Marker begin, Marker end);
+  // A span whose times are known already (a communicator's, read from its own events).
+  void add_trace_span(TraceSpan span);
+
  protected:
+  // A marker on the lane the next work goes to (main or side) and that lane's name, for spans.
+  virtual Marker mark_lane() { return mark(); }
+  virtual const char* lane_name() const { return "compute"; }
+  // One operation's span while tracing (nothing otherwise): a backend opens one at the top of
+  // each operation. `detail` (a callable returning the span's detail string) runs only while tracing.
+  class OpSpan {
+   public:
+    template <class Detail>
+    OpSpan(Backend& be, const char* name, Detail&& detail) {
+      if (!be.tracing()) return;
+      be_ = &be;
+      if (be.trace_depth_++ > 0) return;
+      outer_ = true;
+      name_ = name;
+      detail_ = detail();
+      begin_ = be.mark_lane();
+      exceptions_ = std::uncaught_exceptions();
+    }
+    OpSpan(Backend& be, const char* name) : OpSpan(be, name, [] { return std::string(); }) {}
+    OpSpan(const OpSpan&) = delete;
+    OpSpan& operator=(const OpSpan&) = delete;
+    ~OpSpan();
+
+   private:
+    Backend* be_ = nullptr;
+    bool outer_ = false;
+    const char* name_ = "";
+    std::string detail_;
+    Marker begin_;
+    int exceptions_ = 0;
+  };
   virtual void* raw_alloc(size_t bytes) = 0;
   virtual void raw_free(void* ptr, size_t bytes) = 0;
   // From the memory use_symmetric_memory set (freed through raw_free). Backends that take none
@@ -334,7 +388,23 @@ class Backend {
   void release(View& v);
   int64_t current_bytes_ = 0;
   int64_t peak_bytes_ = 0;
+  // The trace in progress (null when not tracing): its origin and its spans, some still markers.
+  struct PendingSpan {
+    TraceSpan span;
+    Marker begin, end;  // unset for a span added with its times
+    bool resolved = false;
+  };
+  struct Trace {
+    Marker origin;
+    std::vector<PendingSpan> spans;
+  };
+  std::unique_ptr<Trace> trace_;
+  int trace_depth_ = 0;  // open OpSpans
 };
+
+// Short descriptions of an operation's shape for trace spans.
+std::string describe(const GemmArgs& g);
+std::string describe(const AttentionArgs& a);
 
 // Fails unless hp's decay runs (if any) cover param's numel elements in order.
 void check_decay_runs(const Backend::AdamW& hp, int64_t numel);

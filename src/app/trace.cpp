@@ -1,0 +1,178 @@
+#include "app/trace.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <map>
+
+#include "comm/communicator.h"
+#include "comm/mpi_util.h"
+#include "core/check.h"
+
+namespace lss {
+
+using nlohmann::json;
+using Intervals = std::vector<std::pair<double, double>>;
+
+namespace {
+
+// The lanes in the order a timeline draws them (Chrome trace thread ids).
+int lane_id(const std::string& lane) {
+  static const std::vector<std::string> lanes = {"phase", "compute", "side", "comm"};
+  const auto it = std::find(lanes.begin(), lanes.end(), lane);
+  return it == lanes.end() ? static_cast<int>(lanes.size()) : static_cast<int>(it - lanes.begin());
+}
+
+bool is_collective(const std::string& name) {
+  for (int k = 0; k < kNumCollKinds; ++k)
+    if (name == coll_kind_name(static_cast<CollKind>(k))) return true;
+  return false;
+}
+bool is_wait(const std::string& name) { return name.rfind("wait ", 0) == 0; }
+
+// Sorted, merged.
+Intervals merged(Intervals v) {
+  std::sort(v.begin(), v.end());
+  Intervals out;
+  for (const auto& [b, e] : v) {
+    if (e <= b) continue;
+    if (!out.empty() && b <= out.back().second) out.back().second = std::max(out.back().second, e);
+    else out.push_back({b, e});
+  }
+  return out;
+}
+
+}  // namespace
+
+double union_length(Intervals intervals) {
+  double total = 0;
+  for (const auto& [b, e] : merged(std::move(intervals))) total += e - b;
+  return total;
+}
+
+double overlap_length(Intervals a, Intervals b) {
+  const Intervals x = merged(std::move(a)), y = merged(std::move(b));
+  double total = 0;
+  size_t i = 0, j = 0;
+  while (i < x.size() && j < y.size()) {
+    const double lo = std::max(x[i].first, y[j].first), hi = std::min(x[i].second, y[j].second);
+    if (hi > lo) total += hi - lo;
+    if (x[i].second < y[j].second) ++i;
+    else ++j;
+  }
+  return total;
+}
+
+std::vector<RankTrace> gather_traces(const std::vector<Backend::TraceSpan>& mine) {
+  int rank = 0, world = 1;
+  LSS_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  LSS_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
+  json spans = json::array();
+  for (const auto& s : mine) spans.push_back({s.name, s.lane, s.detail, s.begin_s, s.end_s});
+  const std::string text = json{{"host", host_name()}, {"spans", spans}}.dump();
+  const int length = static_cast<int>(text.size());
+  std::vector<int> lengths(static_cast<size_t>(world)), offsets(static_cast<size_t>(world));
+  LSS_MPI_CHECK(MPI_Gather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, 0, MPI_COMM_WORLD));
+  std::string all;
+  if (rank == 0) {
+    int at = 0;
+    for (int r = 0; r < world; ++r) {
+      offsets[static_cast<size_t>(r)] = at;
+      at += lengths[static_cast<size_t>(r)];
+    }
+    all.resize(static_cast<size_t>(at));
+  }
+  LSS_MPI_CHECK(MPI_Gatherv(text.data(), length, MPI_CHAR, all.data(), lengths.data(), offsets.data(), MPI_CHAR, 0,
+                            MPI_COMM_WORLD));
+  std::vector<RankTrace> out;
+  if (rank != 0) return out;
+  for (int r = 0; r < world; ++r) {
+    const json j = json::parse(all.substr(static_cast<size_t>(offsets[static_cast<size_t>(r)]),
+                                          static_cast<size_t>(lengths[static_cast<size_t>(r)])));
+    RankTrace t{r, j["host"].get<std::string>(), {}};
+    for (const auto& s : j["spans"])
+      t.spans.push_back({s[0].get<std::string>(), s[1].get<std::string>(), s[2].get<std::string>(), s[3].get<double>(),
+                         s[4].get<double>()});
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+json chrome_trace(const std::vector<RankTrace>& ranks, const json& meta) {
+  json events = json::array();
+  for (const RankTrace& r : ranks) {
+    events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", r.rank},
+                      {"args", {{"name", "rank " + std::to_string(r.rank) + " (" + r.host + ")"}}}});
+    events.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", r.rank}, {"args", {{"sort_index", r.rank}}}});
+    for (const char* lane : {"phase", "compute", "side", "comm"}) {
+      const bool used = std::any_of(r.spans.begin(), r.spans.end(), [&](const auto& s) { return s.lane == lane; });
+      if (!used) continue;
+      events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", r.rank}, {"tid", lane_id(lane)},
+                        {"args", {{"name", lane}}}});
+      events.push_back({{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", r.rank}, {"tid", lane_id(lane)},
+                        {"args", {{"sort_index", lane_id(lane)}}}});
+    }
+    for (const auto& s : r.spans) {
+      const std::string cat = s.lane == "phase"       ? "phase"
+                              : is_wait(s.name)       ? "wait"
+                              : is_collective(s.name) ? "comm"
+                                                      : "compute";
+      json e = {{"name", s.name}, {"cat", cat}, {"ph", "X"}, {"pid", r.rank}, {"tid", lane_id(s.lane)},
+                {"ts", s.begin_s * 1e6}, {"dur", std::max(0.0, s.end_s - s.begin_s) * 1e6}};
+      if (!s.detail.empty()) e["args"] = {{"detail", s.detail}};
+      events.push_back(std::move(e));
+    }
+  }
+  return {{"traceEvents", events}, {"displayTimeUnit", "ms"}, {"otherData", meta}};
+}
+
+json trace_rank_summary(const RankTrace& r) {
+  Intervals phases, compute, comm, comm_lane, compute_lane_all;
+  double exposed = 0;
+  std::map<std::string, std::pair<int64_t, double>> by_op;
+  for (const auto& s : r.spans) {
+    const std::pair<double, double> iv{s.begin_s, s.end_s};
+    const double d = std::max(0.0, s.end_s - s.begin_s);
+    if (s.lane == "phase") {
+      phases.push_back(iv);
+      continue;
+    }
+    if (s.lane == "compute") compute_lane_all.push_back(iv);
+    if (is_wait(s.name)) {
+      exposed += d;
+    } else if (is_collective(s.name)) {
+      comm.push_back(iv);
+      if (s.lane == "comm") comm_lane.push_back(iv);
+      else exposed += d;  // blocking, in line with compute
+    } else {
+      compute.push_back(iv);
+      auto& [calls, seconds] = by_op[s.name];
+      ++calls;
+      seconds += d;
+    }
+  }
+  double first = 0, last = 0;
+  if (!phases.empty()) {
+    first = phases.front().first;
+    last = phases.front().second;
+    for (const auto& [b, e] : phases) {
+      first = std::min(first, b);
+      last = std::max(last, e);
+    }
+  }
+  const double step = last - first;
+  json ops = json::object();
+  for (const auto& [name, v] : by_op) ops[name] = {{"calls", v.first}, {"ms", v.second * 1e3}};
+  return {{"rank", r.rank},
+          {"host", r.host},
+          {"spans", r.spans.size()},
+          {"step_ms", step * 1e3},
+          {"compute_ms", union_length(compute) * 1e3},
+          {"comm_ms", union_length(comm) * 1e3},
+          {"comm_hidden_ms", overlap_length(comm_lane, compute) * 1e3},
+          {"exposed_ms", exposed * 1e3},
+          {"compute_gaps_ms", std::max(0.0, step - union_length(compute_lane_all)) * 1e3},
+          {"by_operation", ops}};
+}
+
+}  // namespace lss
