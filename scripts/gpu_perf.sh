@@ -18,6 +18,9 @@
 #   weak      lss zigzag and megatron_sp weak scaling 16K per GPU on 1, 2, 4 GPUs
 #   bound     lss zigzag (with and without --chunk-pipeline) and megatron_sp on every GPU at T = 16K and
 #             64K (LSS_BOUND_SEQ) with the three bounds (burst, sustained, contended)
+#   trace     one traced step per point (lssbench run --trace; Chrome traces beside the JSON): serial on one
+#             GPU at 16K per GPU and at T = 16K x GPUs, lss zigzag (defaults, and --keep-kv --placed-reduce-scatter
+#             --distributed-optimizer) and megatron_sp on every GPU at T = 16K x GPUs
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN; square
@@ -294,6 +297,22 @@ run_section() {
         point lss_zigzag_pipeline_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag --chunk-pipeline --seq "$T" --warmup 2 --iters 6
         point megatron_sp_w${gpus}_T$T "$gpus" 150 --strategy megatron_sp --sp "$gpus" --seq "$T" --warmup 2 --iters 6
       done ;;
+    trace)
+      # Each point's traced step (lssbench run --trace) beside its JSON: serial on one GPU at 16K
+      # per GPU and at the group's T, lss (defaults, and its three options) and megatron_sp on every GPU.
+      local T=$((16 * gpus))K opts
+      for t in $(printf "%s\n" 16K "$T" | sort -u); do
+        point trace_serial_w1_T$t 1 150 --strategy serial --seq "$t" --warmup 2 --iters 6 --trace "$res/trace_serial_w1_T$t.trace.json"
+      done
+      if ((gpus > 1)); then
+        point trace_lss_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6 \
+          --trace "$res/trace_lss_w${gpus}_T$T.trace.json"
+        opts="--keep-kv --placed-reduce-scatter --distributed-optimizer"
+        point trace_lss_best_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag $opts --seq "$T" --warmup 2 --iters 6 \
+          --trace "$res/trace_lss_best_w${gpus}_T$T.trace.json"
+        point trace_megatron_sp_w${gpus}_T$T "$gpus" 150 --strategy megatron_sp --sp "$gpus" --seq "$T" --warmup 2 --iters 6 \
+          --trace "$res/trace_megatron_sp_w${gpus}_T$T.trace.json"
+      fi ;;
     split)
       for T in $(printf "%s\n" $((16 * gpus))K 64K | sort -u); do
         point lss_zigzag_offset_w${gpus}_T$T "$gpus" 120 --strategy lss --sp "$gpus" --zigzag --no-split-causal --seq "$T" --warmup 2 --iters 6
