@@ -20,7 +20,8 @@
 #             64K (LSS_BOUND_SEQ) with the three bounds (burst, sustained, contended)
 #   trace     one traced step per point (lssbench run --trace; Chrome traces beside the JSON): serial on one
 #             GPU at 16K per GPU and at T = 16K x GPUs, lss zigzag (defaults, and --keep-kv --placed-reduce-scatter
-#             --distributed-optimizer) and megatron_sp on every GPU at T = 16K x GPUs
+#             --distributed-optimizer) and megatron_sp on every GPU at T = 16K x GPUs; LSS_TRACE_POINTS picks
+#             (default "serial lss lss-best megatron_sp"), LSS_TRACE_TAG prefixes the names (trace_<tag>_...)
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN; square
@@ -300,18 +301,21 @@ run_section() {
     trace)
       # Each point's traced step (lssbench run --trace) beside its JSON: serial on one GPU at 16K
       # per GPU and at the group's T, lss (defaults, and its three options) and megatron_sp on every GPU.
-      local T=$((16 * gpus))K opts
-      for t in $(printf "%s\n" 16K "$T" | sort -u); do
-        point trace_serial_w1_T$t 1 150 --strategy serial --seq "$t" --warmup 2 --iters 6 --trace "$res/trace_serial_w1_T$t.trace.json"
-      done
+      local T=$((16 * gpus))K tag=${LSS_TRACE_TAG:+${LSS_TRACE_TAG}_} pts=" ${LSS_TRACE_POINTS:-serial lss lss-best megatron_sp} "
+      local best="--keep-kv --placed-reduce-scatter --distributed-optimizer"
+      if [[ $pts == *" serial "* ]]; then
+        for t in $(printf "%s\n" 16K "$T" | sort -u); do
+          point trace_${tag}serial_w1_T$t 1 150 --strategy serial --seq "$t" --warmup 2 --iters 6 \
+            --trace "$res/trace_${tag}serial_w1_T$t.trace.json"
+        done
+      fi
       if ((gpus > 1)); then
-        point trace_lss_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag --seq "$T" --warmup 2 --iters 6 \
-          --trace "$res/trace_lss_w${gpus}_T$T.trace.json"
-        opts="--keep-kv --placed-reduce-scatter --distributed-optimizer"
-        point trace_lss_best_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag $opts --seq "$T" --warmup 2 --iters 6 \
-          --trace "$res/trace_lss_best_w${gpus}_T$T.trace.json"
-        point trace_megatron_sp_w${gpus}_T$T "$gpus" 150 --strategy megatron_sp --sp "$gpus" --seq "$T" --warmup 2 --iters 6 \
-          --trace "$res/trace_megatron_sp_w${gpus}_T$T.trace.json"
+        [[ $pts == *" lss "* ]] && point trace_${tag}lss_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag \
+          --seq "$T" --warmup 2 --iters 6 --trace "$res/trace_${tag}lss_w${gpus}_T$T.trace.json"
+        [[ $pts == *" lss-best "* ]] && point trace_${tag}lss_best_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" \
+          --zigzag $best --seq "$T" --warmup 2 --iters 6 --trace "$res/trace_${tag}lss_best_w${gpus}_T$T.trace.json"
+        [[ $pts == *" megatron_sp "* ]] && point trace_${tag}megatron_sp_w${gpus}_T$T "$gpus" 150 --strategy megatron_sp \
+          --sp "$gpus" --seq "$T" --warmup 2 --iters 6 --trace "$res/trace_${tag}megatron_sp_w${gpus}_T$T.trace.json"
       fi ;;
     split)
       for T in $(printf "%s\n" $((16 * gpus))K 64K | sort -u); do
