@@ -298,5 +298,59 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run_attn(b2, other, "--out", os.path.join(tmp, "a4"))
     check(r.returncode == 2 and "compare one card with itself" in r.stderr, f"peer from another card refused: {r.stderr.strip()}")
 
+# plots/traceplot.py on two traced CPU runs (lss on 2 ranks, serial; lssbench run --trace), kept as a
+# fixture whose recorded trace paths are gone: the traces are read from beside the results
+traceplot = os.path.join(here, "..", "plots", "traceplot.py")
+traces = os.path.join(here, "fixtures", "trace")
+
+
+def run_trace(*args):
+    return subprocess.run([sys.executable, traceplot, *args], capture_output=True, text=True, timeout=300)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    results = [os.path.join(traces, n) for n in ("lss_w2_sp2.json", "serial_w1.json")]
+    out = os.path.join(tmp, "tr")
+    r = run_trace(*results, "--out", out)
+    check(r.returncode == 0, f"traceplot draws the fixture (exit {r.returncode}) {r.stderr.strip()}")
+    manifest = json.load(open(os.path.join(out, "charts.json"))) if r.returncode == 0 else {"timelines": {}}
+    names = [manifest["timelines"].get(p) for p in results] + [manifest.get("breakdown")]
+    check(names[:2] == ["timeline_lss_w2_sp2.png", "timeline_serial_w1.png"] and names[2] == "breakdown.png",
+          f"charts.json lists a timeline per result and the breakdown ({names})")
+    for name in filter(None, names):
+        path = os.path.join(out, name)
+        ok_png = os.path.exists(path) and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5000
+        check(ok_png, f"{name} is a PNG image")
+    # The breakdown's parts are the slowest rank's operations by kind, from the result's summary.
+    lss = json.load(open(results[0]))
+    slowest = lss["trace"]["slowest_rank"]
+    ops = slowest["by_operation"]
+    b = manifest.get("breakdown_ms", {}).get(results[0], {})
+    attention = sum(v["ms"] for k, v in ops.items() if k.startswith("attention"))
+    every = sum(v["ms"] for v in ops.values())
+    check(b and abs(b["attention"] - attention) < 1e-9 and abs(b["attention"] + b["gemm"] + b["other"] - every) < 1e-9
+          and b["exposed"] == slowest["exposed_ms"] and b["step"] == slowest["step_ms"],
+          f"the breakdown splits the slowest rank's operations into attention, GEMM and other ({b})")
+    summary = open(os.path.join(out, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    row = [l for l in summary.splitlines() if "(lss_w2_sp2)" in l]
+    check(bool(row) and row[0].split("|")[2].strip() == f"{slowest['step_ms']:.2f}",
+          f"SUMMARY.md has lss's traced step ({row[:1]})")
+    r = run_trace(results[0], "--out", os.path.join(tmp, "tw"), "--window", "0.5:1.5")
+    check(r.returncode == 0 and os.path.exists(os.path.join(tmp, "tw", "timeline_lss_w2_sp2.png")),
+          f"a window draws ({r.stderr.strip()})")
+    # bad input: named, exit 2
+    r = run_trace(results[0], "--out", os.path.join(tmp, "t2"), "--window", "3:1")
+    check(r.returncode == 2 and "--window 3:1" in r.stderr, f"a bad window named: {r.stderr.strip()}")
+    untraced = os.path.join(tmp, "untraced.json")
+    doc = dict(lss)
+    doc["trace"] = None
+    json.dump(doc, open(untraced, "w"))
+    r = run_trace(untraced, "--out", os.path.join(tmp, "t3"))
+    check(r.returncode == 2 and "untraced.json: no trace in this result" in r.stderr, f"a result without a trace named: {r.stderr.strip()}")
+    moved = os.path.join(tmp, "moved.json")
+    shutil.copy(results[0], moved)
+    r = run_trace(moved, "--out", os.path.join(tmp, "t4"))
+    check(r.returncode == 2 and "lss_w2_sp2.trace.json: missing" in r.stderr, f"a missing trace file named: {r.stderr.strip()}")
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -68,6 +68,25 @@ TEST(Validator, ChecksTheAnalyticBound) {
   EXPECT_TRUE(mentions(validate_result(r), "bound"));
 }
 
+TEST(Validator, ChecksTheTrace) {
+  auto r = valid_result();
+  r["trace"] = nullptr;  // no --trace
+  EXPECT_TRUE(validate_result(r).empty());
+  const json rank = {{"rank", 0},       {"step_ms", 9.0},       {"compute_ms", 8.0},    {"comm_ms", 2.0},
+                     {"comm_hidden_ms", 1.5}, {"exposed_ms", 0.5}, {"compute_gaps_ms", 0.5}};
+  r["trace"] = {{"path", "t.json"}, {"slowest_rank", rank}, {"per_rank", json::array({rank})}};
+  EXPECT_TRUE(validate_result(r).empty());
+  r["trace"]["slowest_rank"]["exposed_ms"] = -0.5;
+  r["trace"]["per_rank"] = 1;
+  r["trace"].erase("path");
+  const auto errors = validate_result(r);
+  EXPECT_TRUE(mentions(errors, "trace.slowest_rank.exposed_ms"));
+  EXPECT_TRUE(mentions(errors, "trace.per_rank"));
+  EXPECT_TRUE(mentions(errors, "trace.path"));
+  r["trace"] = "yes";
+  EXPECT_TRUE(mentions(validate_result(r), "trace"));
+}
+
 TEST(Validator, ChecksTheSustainedBound) {
   auto r = valid_result();
   r["bound"] = {{"bound_ms", 10.0}, {"step_over_bound", 1.2}, {"rank0", json::object()}};

@@ -16,6 +16,7 @@ the CPU backend, runs two timed steps and a traced one, then checks:
 - the result's trace summary agrees with the file: compute_ms is the union of the operations,
   exposed_ms the blocking collectives' time (the CPU has no communication lane), by_operation
   counts the events by name, and compute + exposed + gaps = step;
+- the result's peak memory is that of the same run without --trace;
 - a trace file that exists already is refused on every rank, exit 2.
 """
 import json
@@ -111,6 +112,16 @@ with tempfile.TemporaryDirectory() as tmp:
     run_case(tmp, "megatron_sp", 2, ["--strategy", "megatron_sp", "--sp", "2"])
     run_case(tmp, "lss_sp2_dp2", 4, ["--strategy", "lss", "--sp", "2", "--zigzag", "--batch", "2"])
     taken = run_case(tmp, "lss", 2, ["--strategy", "lss", "--sp", "2"])
+    # The traced step allocates what the timed ones did: the result's memory is a run's without it.
+    plain = Path(tmp) / "plain.json"
+    subprocess.run([mpiexec, "-n", "2", lssbench, "run", "--strategy", "lss", "--sp", "2", "--layers", "2", "--width",
+                    "64", "--heads", "4", "--seq", "256", "--iters", "2", "--threads", "1", "--out", str(plain)],
+                   check=True, timeout=300, capture_output=True)
+    with_trace, without = (json.loads((Path(tmp) / "lss.json").read_text()), json.loads(plain.read_text()))
+    keys = ("peak_mem_bytes", "peak_activation_bytes")
+    check(all(with_trace["metrics"][k] == without["metrics"][k] for k in keys),
+          f"lss: the same peak memory with and without --trace "
+          f"({[with_trace['metrics'][k] for k in keys]} vs {[without['metrics'][k] for k in keys]})")
     again = subprocess.run([mpiexec, "-n", "2", lssbench, "run", "--strategy", "lss", "--sp", "2", "--layers", "2",
                             "--width", "64", "--heads", "4", "--seq", "256", "--iters", "1", "--trace", str(taken),
                             "--out", str(Path(tmp) / "again.json")], capture_output=True, text=True, timeout=300)

@@ -111,6 +111,20 @@ std::vector<std::string> validate_result(const json& r) {
   c.boolean("comm.matches_model");
   if (!r.contains("loss")) c.errors.push_back("loss: missing");
   if (!r.contains("check")) c.errors.push_back("check: missing (null when --check was not given)");
+  // The traced step: optional (older files), null without --trace.
+  if (r.contains("trace") && !r["trace"].is_null()) {
+    if (!r["trace"].is_object()) c.errors.push_back("trace: must be an object or null");
+    else {
+      c.string("trace.path");
+      c.object("trace.slowest_rank");
+      for (const char* k : {"trace.slowest_rank.step_ms", "trace.slowest_rank.compute_ms", "trace.slowest_rank.comm_ms",
+                            "trace.slowest_rank.comm_hidden_ms", "trace.slowest_rank.exposed_ms",
+                            "trace.slowest_rank.compute_gaps_ms"})
+        c.nonneg(k);
+      if (!r["trace"].contains("per_rank") || !r["trace"]["per_rank"].is_array())
+        c.errors.push_back("trace.per_rank: must be an array");
+    }
+  }
   // The analytic bound: optional (older files, --no-bound), else a positive time and its ratio.
   if (r.contains("bound") && !r["bound"].is_null()) {
     if (!r["bound"].is_object()) c.errors.push_back("bound: must be an object or null");

@@ -399,9 +399,12 @@ double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
 // `path`, and the result's "trace" entry returned there (null on the other ranks).
 json run_traced_step(Session& session, int64_t it, const std::string& path, const json& meta) {
   Backend& be = session.backend();
-  // The ranks start their traces together: each trace's origin is its rank's time after the
-  // barrier, so the timelines line up to within the barrier's skew.
-  session.grid().world_comm->barrier();
+  // The ranks start their traces together: each origin is recorded on the device right after a
+  // one-element all-reduce over the world, which ends at the same moment on every device. On the
+  // device's stream, not with the host waiting: the card goes on from the timed steps without a pause.
+  Buffer token = be.alloc_zeroed(DType::f32, 1);  // (1)
+  session.grid().world_comm->all_reduce(token.view());
+  token.reset();  // before the step, so that its high-water mark is the timed steps'
   session.reset_counts();
   be.begin_trace();
   session.forward_backward_into_optimizer(it, it + 1);
@@ -614,6 +617,27 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
 
   // Measure, then check: everything below runs after the timed loop.
   device_state = be.stop_device_sampling();
+  // --trace: one more step with every span recorded, at once after the timed ones so that the
+  // card is in the same state. Its markers cost host time, so it is not one of the timed steps;
+  // the device's sampling has stopped, and the memory high-water marks do not move (the step
+  // allocates what the timed ones did).
+  json trace = nullptr;
+  if (!trace_path.empty()) {
+    const json meta = {{"schema", "lssbench-trace"},
+                       {"schema_version", 1},
+                       {"version", LSS_VERSION},
+                       {"git_commit", LSS_GIT_COMMIT},
+                       {"command", command_line},
+                       {"strategy", rc.strategy},
+                       {"backend", rc.backend},
+                       {"device", be.device_name()},
+                       {"grid", {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}}},
+                       {"model", {{"L", m.L}, {"C", m.C}, {"H", m.H}, {"T", m.T}, {"B", m.B}, {"dtype", dtype_name(m.dtype)}}},
+                       {"strategy_options", session.strategy().options_json()},
+                       {"result", out},
+                       {"timed_step_median_ms", percentile(max_over_ranks(step_s), 50) * 1e3}};
+    trace = run_traced_step(session, warmup + iters, trace_path, meta);
+  }
   const json device_states = gather_device_states(device_state, grid.world);
   step_s = max_over_ranks(step_s);
   fwd_s = max_over_ranks(fwd_s);
@@ -632,25 +656,6 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   LSS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &comm_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   const auto hosts = all_hosts();
 
-  // --trace: one more step with every span recorded. Its markers cost host time, so it is not
-  // one of the timed steps; the timed region and the memory high-water marks are read above.
-  json trace = nullptr;
-  if (!trace_path.empty()) {
-    const json meta = {{"schema", "lssbench-trace"},
-                       {"schema_version", 1},
-                       {"version", LSS_VERSION},
-                       {"git_commit", LSS_GIT_COMMIT},
-                       {"command", command_line},
-                       {"strategy", rc.strategy},
-                       {"backend", rc.backend},
-                       {"device", be.device_name()},
-                       {"grid", {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}}},
-                       {"model", {{"L", m.L}, {"C", m.C}, {"H", m.H}, {"T", m.T}, {"B", m.B}, {"dtype", dtype_name(m.dtype)}}},
-                       {"strategy_options", session.strategy().options_json()},
-                       {"result", out},
-                       {"timed_step_median_ms", percentile(step_s, 50) * 1e3}};
-    trace = run_traced_step(session, warmup + iters, trace_path, meta);
-  }
 
   const double median = percentile(step_s, 50);
   const double tokens_per_s = static_cast<double>(m.B * m.T) / median;
