@@ -9,7 +9,8 @@ file of that name beside the result. Per result, timeline_<stem>.png draws every
 (phase, compute, side, comm) with each span coloured by kind: attention, GEMM, other operations,
 collectives, waits; --window (ms from the trace's origin) zooms in on a part of the step, e.g. one
 layer. breakdown.png stacks each result's slowest rank: attention, GEMMs, other operations,
-exposed communication and compute-lane gaps, beside its traced step. CHART_DIR/charts.json lists
+exposed communication and compute-lane gaps, beside its traced step (means per step where the
+result traced several: --trace-steps). CHART_DIR/charts.json lists
 the charts, CHART_DIR/SUMMARY.md has the table (README, Metrics, "Step trace"). A missing or
 malformed file is an error naming the file (exit 2).
 """
@@ -102,7 +103,9 @@ def draw_timeline(item, out, window):
     ax.set_xlim(lo, hi)
     ax.set_xlabel("ms from the trace's origin")
     s = item["result"]["trace"]["slowest_rank"]
-    ax.set_title(f"{label_of(item)}: traced step {s['step_ms']:.2f} ms (slowest rank {s['rank']})", fontsize=10)
+    steps = item["result"]["trace"].get("steps", 1)
+    what = f"traced step {s['step_ms']:.2f} ms" if steps == 1 else f"{steps} traced steps, {s['step_ms']:.2f} ms each on average"
+    ax.set_title(f"{label_of(item)}: {what} (slowest rank {s['rank']})", fontsize=10)
     ax.legend(handles=[Patch(color=c, label=label) for c, label in KINDS.values()], loc="upper center",
               bbox_to_anchor=(0.5, -0.25 if len(rows) > 3 else -0.45), ncol=6, fontsize=8, frameon=False)
     fig.tight_layout()

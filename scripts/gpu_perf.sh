@@ -21,7 +21,8 @@
 #   trace     one traced step per point (lssbench run --trace; Chrome traces beside the JSON): serial on one
 #             GPU at 16K per GPU and at T = 16K x GPUs, lss zigzag (defaults, and --keep-kv --placed-reduce-scatter
 #             --distributed-optimizer) and megatron_sp on every GPU at T = 16K x GPUs; LSS_TRACE_POINTS picks
-#             (default "serial lss lss-best megatron_sp"), LSS_TRACE_TAG prefixes the names (trace_<tag>_...)
+#             (default "serial lss lss-best megatron_sp"), LSS_TRACE_TAG prefixes the names (trace_<tag>_...),
+#             LSS_TRACE_STEPS the steps traced (default 3: one step's time at the power cap varies by ~5%)
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN; square
@@ -306,16 +307,16 @@ run_section() {
       if [[ $pts == *" serial "* ]]; then
         for t in $(printf "%s\n" 16K "$T" | sort -u); do
           point trace_${tag}serial_w1_T$t 1 150 --strategy serial --seq "$t" --warmup 2 --iters 6 \
-            --trace "$res/trace_${tag}serial_w1_T$t.trace.json"
+            --trace-steps "${LSS_TRACE_STEPS:-3}" --trace "$res/trace_${tag}serial_w1_T$t.trace.json"
         done
       fi
       if ((gpus > 1)); then
         [[ $pts == *" lss "* ]] && point trace_${tag}lss_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag \
-          --seq "$T" --warmup 2 --iters 6 --trace "$res/trace_${tag}lss_w${gpus}_T$T.trace.json"
+          --seq "$T" --warmup 2 --iters 6 --trace-steps "${LSS_TRACE_STEPS:-3}" --trace "$res/trace_${tag}lss_w${gpus}_T$T.trace.json"
         [[ $pts == *" lss-best "* ]] && point trace_${tag}lss_best_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" \
-          --zigzag $best --seq "$T" --warmup 2 --iters 6 --trace "$res/trace_${tag}lss_best_w${gpus}_T$T.trace.json"
+          --zigzag $best --seq "$T" --warmup 2 --iters 6 --trace-steps "${LSS_TRACE_STEPS:-3}" --trace "$res/trace_${tag}lss_best_w${gpus}_T$T.trace.json"
         [[ $pts == *" megatron_sp "* ]] && point trace_${tag}megatron_sp_w${gpus}_T$T "$gpus" 150 --strategy megatron_sp \
-          --sp "$gpus" --seq "$T" --warmup 2 --iters 6 --trace "$res/trace_${tag}megatron_sp_w${gpus}_T$T.trace.json"
+          --sp "$gpus" --seq "$T" --warmup 2 --iters 6 --trace-steps "${LSS_TRACE_STEPS:-3}" --trace "$res/trace_${tag}megatron_sp_w${gpus}_T$T.trace.json"
       fi ;;
     split)
       for T in $(printf "%s\n" $((16 * gpus))K 64K | sort -u); do

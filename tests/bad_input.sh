@@ -71,6 +71,7 @@ expect 2 "--regather-ln: an option of megatron_sp, which --strategy lss does not
 expect 2 "--bound-heat -1: must not be negative" run --strategy lss --sp 2 --bound-heat -1
 expect 2 "--trace $work/existing.json: exists already; files are never overwritten" run --strategy lss --sp 2 --trace "$work/existing.json"
 expect 2 "--trace t.json: the same file as --out or --export" run --strategy lss --sp 2 --trace t.json --export t.json
+expect 2 "--trace-steps 0: must be at least 1" run --strategy lss --sp 2 --trace t.json --trace-steps 0
 expect 4 "--seq 130 does not divide by --sp 4" run --strategy lss --sp 4 --seq 130 --max-seq 256
 expect 4 "--batch 1 does not divide by the 2 data-parallel replicas" run --strategy lss --sp 2 --batch 1
 expect 4 "--sp 3: the world size 4" run --strategy megatron_sp --sp 3

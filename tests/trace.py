@@ -7,15 +7,15 @@ For serial (1 rank), lss (2 ranks, and 4 ranks as sp 2 x dp 2) and megatron_sp (
 the CPU backend, runs two timed steps and a traced one, then checks:
 - the file is a Chrome trace: one process per rank, complete events with ts, dur >= 0, the lanes
   named by metadata events;
-- each rank has the phases forward, backward, optimizer in that order, without overlap, and
-  every other span lies inside them;
+- each rank has the phases forward, backward, optimizer in that order, once per traced step
+  (one, or three with --trace-steps 3), without overlap, and every other span lies inside them;
 - on the CPU every operation runs in line, so the compute lane's spans never overlap (an
   operation inside another, such as gemm_in_passes' copies, is not recorded twice);
 - every rank traced the collectives the result counts for one step (comm.per_step_rank0, by
   kind over the groups), the same on every rank;
 - the result's trace summary agrees with the file: compute_ms is the union of the operations,
   exposed_ms the blocking collectives' time (the CPU has no communication lane), by_operation
-  counts the events by name, and compute + exposed + gaps = step;
+  counts the events by name, and compute + exposed + gaps = step (means per traced step);
 - the result's peak memory is that of the same run without --trace;
 - a trace file that exists already is refused on every rank, exit 2.
 """
@@ -50,10 +50,11 @@ def union(intervals):
     return total
 
 
-def run_case(tmp, name, ranks, args):
+def run_case(tmp, name, ranks, args, steps=1):
     out, trace = Path(tmp) / f"{name}.json", Path(tmp) / f"{name}.trace.json"
     cmd = [mpiexec, "-n", str(ranks), lssbench, "run", "--layers", "2", "--width", "64", "--heads", "4",
-           "--seq", "256", "--iters", "2", "--threads", "1", "--out", str(out), "--trace", str(trace)] + args
+           "--seq", "256", "--iters", "2", "--threads", "1", "--out", str(out), "--trace", str(trace),
+           "--trace-steps", str(steps)] + args
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)
     result, events = json.loads(out.read_text()), json.loads(trace.read_text())["traceEvents"]
     summary = result["trace"]
@@ -67,12 +68,12 @@ def run_case(tmp, name, ranks, args):
     expected = Counter()
     for group in result["comm"]["per_step_rank0"].values():
         for kind, v in group.items():
-            expected[kind] += v["calls"]
+            expected[kind] += v["calls"] * steps
     per_rank_collectives = []
     for r in range(ranks):
         mine = [e for e in spans if e["pid"] == r]
         phases = [e for e in mine if lane_names[(r, e["tid"])] == "phase"]
-        check([p["name"] for p in phases] == ["forward", "backward", "optimizer"],
+        check([p["name"] for p in phases] == ["forward", "backward", "optimizer"] * steps,
               f"{name} rank {r}: phases forward, backward, optimizer ({[p['name'] for p in phases]})")
         ends = [(p["ts"], p["ts"] + p["dur"]) for p in phases]
         check(all(ends[i][1] <= ends[i + 1][0] + 1e-3 for i in range(len(ends) - 1)), f"{name} rank {r}: phases in order")
@@ -88,15 +89,15 @@ def run_case(tmp, name, ranks, args):
         check(collectives == expected, f"{name} rank {r}: traced collectives {dict(collectives)} = counted {dict(expected)}")
         s = summary["per_rank"][r]
         ops = [e for e in others if e["cat"] == "compute"]
-        compute_ms = union([(e["ts"], e["ts"] + e["dur"]) for e in ops]) / 1e3
+        compute_ms = union([(e["ts"], e["ts"] + e["dur"]) for e in ops]) / 1e3 / steps
         check(abs(compute_ms - s["compute_ms"]) <= 1e-6 * max(1.0, compute_ms),
               f"{name} rank {r}: compute_ms {s['compute_ms']:.6f} = union of operations {compute_ms:.6f}")
-        blocking_ms = sum(e["dur"] for e in others if e["cat"] == "comm") / 1e3
+        blocking_ms = sum(e["dur"] for e in others if e["cat"] == "comm") / 1e3 / steps
         check(abs(blocking_ms - s["exposed_ms"]) <= 1e-6 * max(1.0, blocking_ms),
               f"{name} rank {r}: exposed_ms {s['exposed_ms']:.6f} = blocking collectives {blocking_ms:.6f}")
         by_name = Counter(e["name"] for e in ops)
-        check({k: v["calls"] for k, v in s["by_operation"].items()} == dict(by_name),
-              f"{name} rank {r}: by_operation counts the operations' events")
+        check({k: v["calls"] * steps for k, v in s["by_operation"].items()} == dict(by_name),
+              f"{name} rank {r}: by_operation counts the operations' events (per step)")
         parts = s["compute_ms"] + s["exposed_ms"] + s["compute_gaps_ms"]
         check(abs(parts - s["step_ms"]) <= 1e-6 * s["step_ms"],
               f"{name} rank {r}: compute + exposed + gaps {parts:.6f} = step {s['step_ms']:.6f} ms")
@@ -110,6 +111,7 @@ def run_case(tmp, name, ranks, args):
 with tempfile.TemporaryDirectory() as tmp:
     run_case(tmp, "serial", 1, ["--strategy", "serial"])
     run_case(tmp, "megatron_sp", 2, ["--strategy", "megatron_sp", "--sp", "2"])
+    run_case(tmp, "megatron_sp_3steps", 2, ["--strategy", "megatron_sp", "--sp", "2"], steps=3)
     run_case(tmp, "lss_sp2_dp2", 4, ["--strategy", "lss", "--sp", "2", "--zigzag", "--batch", "2"])
     taken = run_case(tmp, "lss", 2, ["--strategy", "lss", "--sp", "2"])
     # The traced step allocates what the timed ones did: the result's memory is a run's without it.

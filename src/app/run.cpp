@@ -73,8 +73,9 @@ OptionParser make_parser() {
   p.add_string("out", "", "result JSON path, never overwritten (empty: results/runs/<name>-<time>.json)");
   p.add_string("export", "", "safetensors file of the first step's params, grads and inputs");
   p.add_string("trace", "",
-               "after timing, one more step traced: every rank's operations, collectives and waits as a Chrome trace "
-               "JSON (chrome://tracing, ui.perfetto.dev), never overwritten; its summary goes into the result");
+               "after timing, --trace-steps more steps traced: every rank's operations, collectives and waits as a "
+               "Chrome trace JSON (chrome://tracing, ui.perfetto.dev), never overwritten; its summary goes into the result");
+  p.add_size("trace-steps", 1, "steps --trace records, one after the other (its summary is their mean per step)");
   p.add_size("threads", 0, "host threads per rank (0: cores / ranks on this node)");
   p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
   p.add_flag("recompute", false, "activation checkpointing (keep block outputs, recompute blocks in backward)");
@@ -395,9 +396,9 @@ double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
   return 2.0 * static_cast<double>(n) * n * n / percentile(times, 50) / 1e12;
 }
 
-// One training step (number `it`) traced on every rank: the Chrome trace written by rank 0 to
-// `path`, and the result's "trace" entry returned there (null on the other ranks).
-json run_traced_step(Session& session, int64_t it, const std::string& path, const json& meta) {
+// `steps` training steps (numbers it, it + 1, ...) traced on every rank: the Chrome trace written by
+// rank 0 to `path`, and the result's "trace" entry returned there (null on the other ranks).
+json run_traced_steps(Session& session, int64_t it, int64_t steps, const std::string& path, const json& meta) {
   Backend& be = session.backend();
   // The ranks start their traces together: each origin is recorded on the device right after a
   // one-element all-reduce over the world, which ends at the same moment on every device. On the
@@ -407,26 +408,30 @@ json run_traced_step(Session& session, int64_t it, const std::string& path, cons
   token.reset();  // before the step, so that its high-water mark is the timed steps'
   session.reset_counts();
   be.begin_trace();
-  session.forward_backward_into_optimizer(it, it + 1);
-  session.optimizer_step(it + 1);
-  session.loss();
-  session.comm_counts();  // the collectives' spans are read with their times
+  for (int64_t k = it; k < it + steps; ++k) {
+    session.reset_counts();
+    session.forward_backward_into_optimizer(k, k + 1);
+    session.optimizer_step(k + 1);
+    session.loss();
+    session.comm_counts();  // the collectives' spans are read with their times
+  }
   const std::vector<RankTrace> ranks = gather_traces(be.end_trace());
   if (ranks.empty()) return nullptr;
   json per_rank = json::array();
   size_t slowest = 0;
   for (const RankTrace& r : ranks) {
-    per_rank.emplace_back(trace_rank_summary(r));
+    per_rank.emplace_back(trace_rank_summary(r, steps));
     if (per_rank.back()["step_ms"].get<double>() > per_rank[slowest]["step_ms"].get<double>())
       slowest = per_rank.size() - 1;
   }
   write_file_atomic_no_overwrite(path, chrome_trace(ranks, meta).dump() + "\n");
   return {{"path", path},
-          {"definition", "one step after the timed ones, each operation's and collective's span recorded by device "
-                         "events (host clock on cpu) on its rank's lanes; per rank: step_ms, compute_ms (union of "
-                         "operations), comm_ms (union of collectives), comm_hidden_ms (collectives on the comm lane "
-                         "beside operations), exposed_ms (waits and blocking collectives), compute_gaps_ms (no work "
-                         "on the compute lane), by_operation (README, Metrics)"},
+          {"steps", steps},
+          {"definition", "steps after the timed ones, each operation's and collective's span recorded by device "
+                         "events (host clock on cpu) on its rank's lanes; per rank, means per traced step: step_ms, "
+                         "compute_ms (union of operations), comm_ms (union of collectives), comm_hidden_ms (collectives "
+                         "on the comm lane beside operations), exposed_ms (waits and blocking collectives), "
+                         "compute_gaps_ms (no work on the compute lane), by_operation (README, Metrics)"},
           {"slowest_rank", per_rank[slowest]},
           {"per_rank", per_rank}};
 }
@@ -495,6 +500,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   const double peak_tflops = parser.real("peak-tflops");
   const std::string export_path = parser.str("export");
   const std::string trace_path = parser.str("trace");
+  const int64_t trace_steps = parser.size("trace-steps");
+  LSS_REQUIRE_INPUT(trace_steps >= 1, "--trace-steps " + parser.str("trace-steps") + ": must be at least 1");
 
   Session session(rc, MPI_COMM_WORLD);
   Grid& grid = session.grid();
@@ -635,8 +642,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                        {"model", {{"L", m.L}, {"C", m.C}, {"H", m.H}, {"T", m.T}, {"B", m.B}, {"dtype", dtype_name(m.dtype)}}},
                        {"strategy_options", session.strategy().options_json()},
                        {"result", out},
-                       {"timed_step_median_ms", percentile(max_over_ranks(step_s), 50) * 1e3}};
-    trace = run_traced_step(session, warmup + iters, trace_path, meta);
+                       {"timed_step_median_ms", percentile(max_over_ranks(step_s), 50) * 1e3},
+                       {"traced_steps", trace_steps}};
+    trace = run_traced_steps(session, warmup + iters, trace_steps, trace_path, meta);
   }
   const json device_states = gather_device_states(device_state, grid.world);
   step_s = max_over_ranks(step_s);
@@ -868,9 +876,10 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
         }
     if (!trace.is_null()) {
       const json& r = trace["slowest_rank"];
-      fmt::print("  {:<22} {:.2f} ms traced on rank {}: compute {:.2f}, comm {:.2f} (hidden {:.2f}), exposed {:.2f}, "
+      fmt::print("  {:<22} {:.2f} ms{} traced on rank {}: compute {:.2f}, comm {:.2f} (hidden {:.2f}), exposed {:.2f}, "
                  "compute-lane gaps {:.2f} ms\n",
-                 "step trace", r["step_ms"].get<double>(), r["rank"].get<int>(), r["compute_ms"].get<double>(),
+                 "step trace", r["step_ms"].get<double>(),
+                 trace_steps > 1 ? fmt::format(" (mean of {} steps)", trace_steps) : std::string(), r["rank"].get<int>(), r["compute_ms"].get<double>(),
                  r["comm_ms"].get<double>(), r["comm_hidden_ms"].get<double>(), r["exposed_ms"].get<double>(),
                  r["compute_gaps_ms"].get<double>());
       fmt::print("  {:<22} {}\n", "", trace["path"].get<std::string>());

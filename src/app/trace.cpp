@@ -126,15 +126,18 @@ json chrome_trace(const std::vector<RankTrace>& ranks, const json& meta) {
   return {{"traceEvents", events}, {"displayTimeUnit", "ms"}, {"otherData", meta}};
 }
 
-json trace_rank_summary(const RankTrace& r) {
-  Intervals phases, compute, comm, comm_lane, compute_lane_all;
+json trace_rank_summary(const RankTrace& r, int64_t steps) {
+  LSS_CHECK(steps >= 1, "trace_rank_summary: steps " + std::to_string(steps));
+  Intervals step_spans, compute, comm, comm_lane, compute_lane_all;
   double exposed = 0;
   std::map<std::string, std::pair<int64_t, double>> by_op;
   for (const auto& s : r.spans) {
     const std::pair<double, double> iv{s.begin_s, s.end_s};
     const double d = std::max(0.0, s.end_s - s.begin_s);
     if (s.lane == "phase") {
-      phases.push_back(iv);
+      // A step runs from its forward's start to its optimizer's end.
+      if (s.name == "forward") step_spans.push_back(iv);
+      else if (s.name == "optimizer" && !step_spans.empty()) step_spans.back().second = s.end_s;
       continue;
     }
     if (s.lane == "compute") compute_lane_all.push_back(iv);
@@ -151,27 +154,20 @@ json trace_rank_summary(const RankTrace& r) {
       seconds += d;
     }
   }
-  double first = 0, last = 0;
-  if (!phases.empty()) {
-    first = phases.front().first;
-    last = phases.front().second;
-    for (const auto& [b, e] : phases) {
-      first = std::min(first, b);
-      last = std::max(last, e);
-    }
-  }
-  const double step = last - first;
+  const double n = static_cast<double>(steps);
+  const double step = union_length(step_spans);
   json ops = json::object();
-  for (const auto& [name, v] : by_op) ops[name] = {{"calls", v.first}, {"ms", v.second * 1e3}};
+  for (const auto& [name, v] : by_op) ops[name] = {{"calls", static_cast<double>(v.first) / n}, {"ms", v.second * 1e3 / n}};
   return {{"rank", r.rank},
           {"host", r.host},
           {"spans", r.spans.size()},
-          {"step_ms", step * 1e3},
-          {"compute_ms", union_length(compute) * 1e3},
-          {"comm_ms", union_length(comm) * 1e3},
-          {"comm_hidden_ms", overlap_length(comm_lane, compute) * 1e3},
-          {"exposed_ms", exposed * 1e3},
-          {"compute_gaps_ms", std::max(0.0, step - union_length(compute_lane_all)) * 1e3},
+          {"steps", steps},
+          {"step_ms", step * 1e3 / n},
+          {"compute_ms", union_length(compute) * 1e3 / n},
+          {"comm_ms", union_length(comm) * 1e3 / n},
+          {"comm_hidden_ms", overlap_length(comm_lane, compute) * 1e3 / n},
+          {"exposed_ms", exposed * 1e3 / n},
+          {"compute_gaps_ms", std::max(0.0, step - overlap_length(compute_lane_all, step_spans)) * 1e3 / n},
           {"by_operation", ops}};
 }
 

@@ -25,16 +25,17 @@ std::vector<RankTrace> gather_traces(const std::vector<Backend::TraceSpan>& mine
 // a complete ("X") event per span with its detail in args; `meta` goes to "otherData".
 nlohmann::json chrome_trace(const std::vector<RankTrace>& ranks, const nlohmann::json& meta);
 
-// What one rank's lanes did over its traced step, in ms (README, Metrics, "Step trace"):
-//   step_ms            the phases' extent (forward start to optimizer end)
+// What one rank's lanes did over its `steps` traced steps, as means per step in ms (README, Metrics,
+// "Step trace"):
+//   step_ms            each step's phases' extent (forward start to optimizer end)
 //   compute_ms         union of the compute and side lanes' operation spans
 //   comm_ms            union of the collectives' spans (comm lane, and blocking ones in line)
 //   comm_hidden_ms     the comm lane's union that overlaps compute_ms
 //   exposed_ms         sum of the compute lane's waits and blocking collectives
 //   compute_gaps_ms    step_ms less the compute lane's union of everything (operations, waits,
-//                      blocking collectives): time it had no work enqueued (host-bound)
+//                      blocking collectives) inside the steps: time it had no work enqueued (host-bound)
 //   by_operation       {name: {calls, ms}} over the compute and side lanes' operations
-nlohmann::json trace_rank_summary(const RankTrace& rank);
+nlohmann::json trace_rank_summary(const RankTrace& rank, int64_t steps = 1);
 
 // Length of the union of intervals [begin, end) (seconds in, seconds out).
 double union_length(std::vector<std::pair<double, double>> intervals);
