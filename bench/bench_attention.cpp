@@ -164,13 +164,15 @@ void BM_Attention(benchmark::State& state) {
 
 void attention_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"T", "D", "causal", "path", "bwd"});
-  for (int64_t T : {4096, 16384, 65536})
+  for (int64_t T : {4096, 16384, 32768, 65536})
     for (int64_t D : {64, 128})
       for (int causal : {1, 0})
         for (int path : {kFlash, kCudnn, kFlashMmaSync}) {
           // The mma.sync generation forced, at one length: on a GPU without the wgmma kernels it
-          // repeats the flash rows.
+          // repeats the flash rows. 32K: the serial step's causal D = 128 calls beside lss's ranks at
+          // 16K per GPU on 2 GPUs (BM_AttentionLssRank).
           if (path == kFlashMmaSync && T != 16384) continue;
+          if (T == 32768 && (D != 128 || !causal || path == kFlashMmaSync)) continue;
           for (int bwd : {0, 1}) b->Args({T, D, causal, path, bwd});
         }
 }
@@ -276,17 +278,19 @@ void BM_AttentionLssRank(benchmark::State& state) {
 
 // Rank 0 on 4 GPUs at 16K and 64K tokens per GPU, the sweeps' lss points: under zigzag every rank
 // has the same work (ranks 0 and 3 measured within 1% of each other on an H200). Then every rank
-// at 16K per GPU on 2 and 4 GPUs, forward and backward on cuDNN, rank P-1 also merged: how the
-// ranks' calls differ in time where their work is the same.
+// at 16K per GPU on 2 and 4 GPUs, forward and backward on the own kernels and on cuDNN, rank P-1
+// also merged: how the ranks' calls differ in time where their work is the same, and (beside
+// BM_Attention's one causal call at T) what splitting the sequence costs the kernels alone.
 void lss_rank_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"T", "P", "rank", "path", "bwd", "merged"});
   for (int64_t per_gpu : {16384, 65536})
     for (int path : {kFlash, kCudnn})
       for (int bwd : {0, 1}) b->Args({per_gpu * 4, 4, 0, path, bwd, 0});
   for (int64_t P : {2, 4})
-    for (int64_t rank = 0; rank < P; ++rank)
-      for (int merged : {0, 1})
-        if (!merged || rank == P - 1) b->Args({16384 * P, P, rank, kCudnn, 1, merged});
+    for (int path : {kFlash, kCudnn})
+      for (int64_t rank = 0; rank < P; ++rank)
+        for (int merged : {0, 1})
+          if (!merged || rank == P - 1) b->Args({16384 * P, P, rank, path, 1, merged});
 }
 
 BENCHMARK(BM_AttentionLssRank)->Apply(lss_rank_args)->UseManualTime()->Unit(benchmark::kMillisecond);
