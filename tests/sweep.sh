@@ -54,6 +54,33 @@ PYEOF2
 then ok "min_time_s 0.3: more timed steps than iters, each recorded"
 else bad "min_time_s: $(cat mintime.log | tail -5)"; fi
 
+# ---- trace_steps: each point's traced steps into traces/<point>.json, named by its result; a
+# trace left without its result (an interrupted run) is kept under another name, not overwritten
+check_spec "trace_steps: -1 is not a count from 0 to 100" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "trace_steps": -1, '"$model"'}'
+cat > traced.json <<EOF2
+{"name": "traced", "mode": "strong", "strategies": ["lss", "megatron_sp"], "world": [2], "seq": [64],
+ $model, "iters": 1, "warmup": 0, "timeout_s": 60, "trace_steps": 2}
+EOF2
+mkdir -p traced/traces
+echo '{"stale": true}' > traced/traces/megatron_sp_w2_sp2_T64.json
+"$lssbench" sweep traced.json --out traced > traced.log 2>&1
+if python3 - traced <<'PYEOF2'
+import glob, json, os, sys
+d = sys.argv[1]
+for point in ("lss_w2_sp2_T64", "megatron_sp_w2_sp2_T64"):
+    r = json.load(open(f"{d}/points/{point}.json"))
+    t = json.load(open(f"{d}/traces/{point}.json"))
+    if r["status"] != "ok" or r["trace"]["steps"] != 2 or os.path.abspath(r["trace"]["path"]) != os.path.abspath(f"{d}/traces/{point}.json"):
+        sys.exit(f"{point}: result {r['status']}, trace {r.get('trace')}")
+    if not t["traceEvents"] or t["otherData"]["traced_steps"] != 2:
+        sys.exit(f"{point}: trace file without its events")
+kept = glob.glob(f"{d}/traces/megatron_sp_w2_sp2_T64.interrupted-*.json")
+if len(kept) != 1 or json.load(open(kept[0])) != {"stale": True}:
+    sys.exit(f"the stale trace was not kept: {kept}")
+PYEOF2
+then ok "trace_steps 2: every point traced into traces/, a stale trace kept, not overwritten"
+else bad "trace_steps: $(tail -5 traced.log)"; fi
+
 # ---- a sweep in parts: --min-world / --max-world keep the points of those world sizes
 cat > parts.json <<EOF2
 {"name": "parts", "mode": "strong", "strategies": ["lss"], "world": [1, 2, 4], "seq": [64],

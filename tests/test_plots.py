@@ -347,6 +347,13 @@ with tempfile.TemporaryDirectory() as tmp:
     json.dump(doc, open(untraced, "w"))
     r = run_trace(untraced, "--out", os.path.join(tmp, "t3"))
     check(r.returncode == 2 and "untraced.json: no trace in this result" in r.stderr, f"a result without a trace named: {r.stderr.strip()}")
+    # a sweep's layout (trace_steps): the trace in traces/ beside points/
+    os.makedirs(os.path.join(tmp, "sw", "points"))
+    os.makedirs(os.path.join(tmp, "sw", "traces"))
+    shutil.copy(results[0], os.path.join(tmp, "sw", "points", "lss_w2_sp2.json"))
+    shutil.copy(os.path.join(traces, "lss_w2_sp2.trace.json"), os.path.join(tmp, "sw", "traces", "lss_w2_sp2.trace.json"))
+    r = run_trace(os.path.join(tmp, "sw", "points", "lss_w2_sp2.json"), "--out", os.path.join(tmp, "t5"))
+    check(r.returncode == 0, f"a sweep point's trace is found in traces/ ({r.stderr.strip()})")
     moved = os.path.join(tmp, "moved.json")
     shutil.copy(results[0], moved)
     r = run_trace(moved, "--out", os.path.join(tmp, "t4"))

@@ -80,7 +80,7 @@ SweepSpec load_sweep_spec(const std::string& path) {
   if (!r.is_object()) bad_spec(path, "must be a JSON object");
   static const std::set<std::string> known = {"name", "description", "mode", "strategies", "world", "sp", "seq",
                                               "model", "iters", "min_time_s", "warmup", "timeout_s", "launcher",
-                                              "extra_args",
+                                              "extra_args", "trace_steps",
                                               "max_seq", "binary"};
   for (const auto& [k, v] : r.items())
     if (!known.count(k)) bad_spec(path, "unknown field '" + k + "'");
@@ -142,6 +142,14 @@ SweepSpec load_sweep_spec(const std::string& path) {
     min_time_s = r["min_time_s"].get<double>();
   }
   spec.timeout_s = positive_int("timeout_s", 600);
+  // Each point's traced steps (lssbench run --trace, --trace-steps) into traces/<point>.json.
+  if (r.contains("trace_steps")) {
+    if (!r["trace_steps"].is_number_integer() || r["trace_steps"].get<int64_t>() < 0 || r["trace_steps"].get<int64_t>() > 100)
+      bad_spec(path, "trace_steps: " + r["trace_steps"].dump() + " is not a count from 0 to 100");
+    spec.trace_steps = r["trace_steps"].get<int>();
+    if (spec.trace_steps > 0 && spec.mode == "max_seq")
+      bad_spec(path, "trace_steps: max_seq probes are not traced (a weak or strong sweep at the length found is)");
+  }
   if (r.contains("launcher")) {
     spec.launcher = r["launcher"].is_string() ? r["launcher"].get<std::string>() : "";
     if (spec.launcher != "auto" && spec.launcher != "mpiexec" && spec.launcher != "srun")
@@ -259,6 +267,11 @@ Outcome run_process(const std::vector<std::string>& argv, const std::string& log
   return o;
 }
 
+// A point's trace, beside its folder of results: <sweep>/traces/<point>.json.
+fs::path trace_path_of(const fs::path& result) {
+  return result.parent_path().parent_path() / "traces" / result.filename();
+}
+
 std::vector<std::string> launch_argv(const SweepSpec& spec, const std::string& binary, const SweepPoint& p,
                                      const std::string& out) {
   std::string launcher = spec.launcher;
@@ -271,6 +284,8 @@ std::vector<std::string> launch_argv(const SweepSpec& spec, const std::string& b
   argv.insert(argv.end(), p.args.begin(), p.args.end());
   argv.push_back("--out");
   argv.push_back(out);
+  if (spec.trace_steps > 0)
+    argv.insert(argv.end(), {"--trace", trace_path_of(out).string(), "--trace-steps", std::to_string(spec.trace_steps)});
   return argv;
 }
 
@@ -286,6 +301,15 @@ json run_point(const SweepSpec& spec, const std::string& binary, const SweepPoin
   }
   if (!run_missing) return json();
   *ran = true;
+  // A trace without its result was left by an interrupted run: kept under another name, since
+  // lssbench never overwrites and the point runs again.
+  if (const fs::path trace = trace_path_of(out); spec.trace_steps > 0 && fs::exists(trace)) {
+    const std::string stem = (trace.parent_path() / trace.stem()).string() + ".interrupted-" + utc_timestamp();
+    std::string kept = stem + ".json";
+    for (int n = 2; fs::exists(kept); ++n) kept = fmt::format("{}-{}.json", stem, n);
+    fs::rename(trace, kept);
+    fmt::print("  {}: a trace without a result (an interrupted run) kept as {}\n", p.id, kept);
+  }
   const fs::path log = dir / "logs" / (p.id + ".log");
   const Outcome o = run_process(launch_argv(spec, binary, p, out.string()), log.string(), spec.timeout_s);
   if (o.exit_code == -2) return json();  // interrupted: nothing recorded, the rerun does it
@@ -523,6 +547,7 @@ int cmd_sweep(const std::vector<std::string>& args, const std::string& self_path
 
   fs::create_directories(fs::path(out) / "points");
   fs::create_directories(fs::path(out) / "logs");
+  if (spec.trace_steps > 0) fs::create_directories(fs::path(out) / "traces");
   const fs::path spec_copy = fs::path(out) / "spec.json";
   if (!fs::exists(spec_copy)) write_file_atomic_no_overwrite(spec_copy.string(), spec.raw.dump(2) + "\n");
 

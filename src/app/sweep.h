@@ -24,6 +24,7 @@ struct SweepSpec {
   std::string launcher = "auto";   // auto | mpiexec | srun
   std::string binary;              // lssbench to run (default: this executable)
   int64_t max_seq_granularity = 0, max_seq_limit = 0;  // max_seq mode only
+  int trace_steps = 0;  // each weak/strong point traces this many steps into traces/<id>.json (0: none)
 };
 
 // Parses and validates a spec; throws UsageError naming the file and the bad field.
