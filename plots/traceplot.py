@@ -169,6 +169,16 @@ def write_summary(items, out):
         lines.append(f"| {label_of(item) if item['same_label'] else label_of(item) + ' (' + item['stem'] + ')'} | {b['step']:.2f} | "
                      f"{'' if timed is None else f'{timed:.2f}'} | {b['attention']:.2f} | {b['gemm']:.2f} | "
                      f"{b['other']:.2f} | {b['comm']:.2f} | {b['hidden']:.2f} | {b['exposed']:.2f} | {b['gaps']:.2f} |")
+    rows = []
+    for item in items:
+        s = item["result"]["trace"]["slowest_rank"]
+        label = label_of(item) if item["same_label"] else f"{label_of(item)} ({item['stem']})"
+        for name, v in sorted(s.get("by_collective", {}).items(), key=lambda kv: -kv[1]["ms"]):
+            rows.append(f"| {label} | {name} | {v['calls']:g} | {v['ms']:.2f} |")
+    if rows:
+        lines += ["", "## Collectives by what they are for", "",
+                  "The slowest rank's collectives per step (time on their lane, hidden or not; README, Metrics).", "",
+                  "| result | collective | calls | ms |", "|---|---|---|---|"] + rows
     with open(os.path.join(out, "SUMMARY.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

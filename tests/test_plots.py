@@ -335,6 +335,10 @@ with tempfile.TemporaryDirectory() as tmp:
     row = [l for l in summary.splitlines() if "(lss_w2_sp2)" in l]
     check(bool(row) and row[0].split("|")[2].strip() == f"{slowest['step_ms']:.2f}",
           f"SUMMARY.md has lss's traced step ({row[:1]})")
+    kv = slowest["by_collective"]["K/V all-gather"]
+    row = [l for l in summary.splitlines() if "| K/V all-gather |" in l]
+    check(bool(row) and row[0].split("|")[3:5] == [f" {kv['calls']:g} ", f" {kv['ms']:.2f} "],
+          f"SUMMARY.md has lss's K/V all-gathers by what they are for ({row[:1]})")
     r = run_trace(results[0], "--out", os.path.join(tmp, "tw"), "--window", "0.5:1.5")
     check(r.returncode == 0 and os.path.exists(os.path.join(tmp, "tw", "timeline_lss_w2_sp2.png")),
           f"a window draws ({r.stderr.strip()})")

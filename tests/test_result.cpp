@@ -194,6 +194,7 @@ TEST(Trace, RankSummaryOfAHandMadeStep) {
              ms("gemm", "compute", 0, 2),         ms("attention_forward", "compute", 3, 6),
              ms("wait all_gather", "compute", 6, 7), ms("adamw", "side", 8, 9), ms("all_gather", "comm", 1, 4),
              ms("all_reduce", "compute", 9, 10)};
+  r.spans[7].detail = "K/V all-gather: sp, 256 MiB";
   const nlohmann::json s = lss::trace_rank_summary(r);
   EXPECT_EQ(s["rank"], 3);
   EXPECT_NEAR(s["step_ms"].get<double>(), 10.0, 1e-9);
@@ -205,4 +206,7 @@ TEST(Trace, RankSummaryOfAHandMadeStep) {
   EXPECT_EQ(s["by_operation"]["gemm"]["calls"], 1);
   EXPECT_NEAR(s["by_operation"]["attention_forward"]["ms"].get<double>(), 3.0, 1e-9);
   EXPECT_EQ(s["by_operation"].size(), 3u);  // gemm, attention_forward, adamw: no waits or collectives
+  EXPECT_NEAR(s["by_collective"]["K/V all-gather"]["ms"].get<double>(), 3.0, 1e-9);  // by its label
+  EXPECT_NEAR(s["by_collective"]["all_reduce"]["ms"].get<double>(), 1.0, 1e-9);      // unlabelled: by kind
+  EXPECT_EQ(s["by_collective"].size(), 2u);
 }

@@ -12,7 +12,7 @@ the CPU backend, runs two timed steps and a traced one, then checks:
 - on the CPU every operation runs in line, so the compute lane's spans never overlap (an
   operation inside another, such as gemm_in_passes' copies, is not recorded twice);
 - every rank traced the collectives the result counts for one step (comm.per_step_rank0, by
-  kind over the groups), the same on every rank;
+  kind over the groups), the same on every rank, each named by what it is for ("K/V all-gather: sp, ...");
 - the result's trace summary agrees with the file: compute_ms is the union of the operations,
   exposed_ms the blocking collectives' time (the CPU has no communication lane), by_operation
   counts the events by name, and compute + exposed + gaps = step (means per traced step);
@@ -84,6 +84,8 @@ def run_case(tmp, name, ranks, args, steps=1):
         compute_lane = sorted((e["ts"], e["ts"] + e["dur"]) for e in others if lane_names[(r, e["tid"])] == "compute")
         overlaps = sum(1 for a, b in zip(compute_lane, compute_lane[1:]) if b[0] < a[1] - 1e-3)
         check(overlaps == 0, f"{name} rank {r}: compute-lane spans do not overlap ({overlaps} do)")
+        unlabelled = [e["args"]["detail"] for e in others if e["name"] in KINDS and ": " not in e["args"]["detail"]]
+        check(not unlabelled, f"{name} rank {r}: every collective says what it is for ({unlabelled[:3]})")
         collectives = Counter(e["name"] for e in others if e["name"] in KINDS)
         per_rank_collectives.append(collectives)
         check(collectives == expected, f"{name} rank {r}: traced collectives {dict(collectives)} = counted {dict(expected)}")

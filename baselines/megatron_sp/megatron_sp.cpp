@@ -207,12 +207,14 @@ class MegatronSpStrategy final : public Strategy {
   // All-gathers local rows (T/P of them) into all T rows (alone: the local rows themselves).
   Buffer gather_rows(View local) {
     if (alone()) return Buffer::borrowed(local);
+    CommLabel label(*ctx_.grid.seq, "sequence all-gather");
     PendingCollective g = start_seq_all_gather(local);
     return finish(g);
   }
   // Sums a (T*Bl, C) partial result over the tensor group into this rank's T/P rows.
   Buffer scatter_rows(Buffer& partial) {
     if (alone()) return std::move(partial);
+    CommLabel label(*ctx_.grid.seq, "sequence reduce-scatter");
     PendingCollective r = start_seq_reduce_scatter(partial.view());
     Buffer local = finish(r);
     partial.reset();
@@ -226,12 +228,18 @@ class MegatronSpStrategy final : public Strategy {
                                   int64_t out) {
     Backend& be = ctx_.backend;
     PendingCollective regather;
-    if (!x_full && !alone()) regather = start_seq_all_gather(x_local);
+    if (!x_full && !alone()) {
+      CommLabel label(*ctx_.grid.seq, "sequence re-gather, backward");
+      regather = start_seq_all_gather(x_local);
+    }
     Buffer dx_full = be.alloc(ctx_.cfg.dtype, NF_ * in);  // (T*Bl, in) partial sums over the tensor group
     linear_backward(be, dx_full.view(), 0.0, View{}, View{}, dy, View{}, W, NF_, in, out);
     if (!x_full) x_full = alone() ? Buffer::borrowed(x_local) : finish(regather);
     PendingCollective dx;
-    if (!alone()) dx = start_seq_reduce_scatter(dx_full.view());
+    if (!alone()) {
+      CommLabel label(*ctx_.grid.seq, "input-gradient reduce-scatter");
+      dx = start_seq_reduce_scatter(dx_full.view());
+    }
     linear_backward(be, View{}, 0.0, dW, db, dy, x_full.view(), W, NF_, in, out);
     x_full.reset();
     if (alone()) return dx_full;

@@ -104,7 +104,10 @@ void Session::run_forward_backward(int64_t step, StepTimes* times, bool finish, 
   strategy_->forward(step, loss_buf_.view());
   // The world's sum of the loss runs beside backward and is read at the step's end, so that the
   // host need not wait for the forward before it enqueues the backward.
-  loss_sum_ = grid_.world_comm->start_all_reduce(loss_buf_.view());
+  {
+    CommLabel label(*grid_.world_comm, "loss sum");
+    loss_sum_ = grid_.world_comm->start_all_reduce(loss_buf_.view());
+  }
   if (!cfg_.strategy_opts.overlap) grid_.world_comm->wait(loss_sum_);
   const Backend::Marker m1 = backend_->mark();
   const auto h1 = std::chrono::steady_clock::now();

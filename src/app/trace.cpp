@@ -130,7 +130,7 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
   LSS_CHECK(steps >= 1, "trace_rank_summary: steps " + std::to_string(steps));
   Intervals step_spans, compute, comm, comm_lane, compute_lane_all;
   double exposed = 0;
-  std::map<std::string, std::pair<int64_t, double>> by_op;
+  std::map<std::string, std::pair<int64_t, double>> by_op, by_collective;
   for (const auto& s : r.spans) {
     const std::pair<double, double> iv{s.begin_s, s.end_s};
     const double d = std::max(0.0, s.end_s - s.begin_s);
@@ -145,6 +145,11 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
       exposed += d;
     } else if (is_collective(s.name)) {
       comm.push_back(iv);
+      // By what it is for (the label before ": " in its detail), else by kind.
+      const size_t colon = s.detail.find(": ");
+      auto& [calls, seconds] = by_collective[colon == std::string::npos ? s.name : s.detail.substr(0, colon)];
+      ++calls;
+      seconds += d;
       if (s.lane == "comm") comm_lane.push_back(iv);
       else exposed += d;  // blocking, in line with compute
     } else {
@@ -158,6 +163,9 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
   const double step = union_length(step_spans);
   json ops = json::object();
   for (const auto& [name, v] : by_op) ops[name] = {{"calls", static_cast<double>(v.first) / n}, {"ms", v.second * 1e3 / n}};
+  json collectives = json::object();
+  for (const auto& [name, v] : by_collective)
+    collectives[name] = {{"calls", static_cast<double>(v.first) / n}, {"ms", v.second * 1e3 / n}};
   return {{"rank", r.rank},
           {"host", r.host},
           {"spans", r.spans.size()},
@@ -168,7 +176,8 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
           {"comm_hidden_ms", overlap_length(comm_lane, compute) * 1e3 / n},
           {"exposed_ms", exposed * 1e3 / n},
           {"compute_gaps_ms", std::max(0.0, step - overlap_length(compute_lane_all, step_spans)) * 1e3 / n},
-          {"by_operation", ops}};
+          {"by_operation", ops},
+          {"by_collective", collectives}};
 }
 
 }  // namespace lss

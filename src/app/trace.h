@@ -35,6 +35,8 @@ nlohmann::json chrome_trace(const std::vector<RankTrace>& ranks, const nlohmann:
 //   compute_gaps_ms    step_ms less the compute lane's union of everything (operations, waits,
 //                      blocking collectives) inside the steps: time it had no work enqueued (host-bound)
 //   by_operation       {name: {calls, ms}} over the compute and side lanes' operations
+//   by_collective      {label: {calls, ms}} over the collectives, by what they are for (CommLabel),
+//                      or by kind where unlabelled
 nlohmann::json trace_rank_summary(const RankTrace& rank, int64_t steps = 1);
 
 // Length of the union of intervals [begin, end) (seconds in, seconds out).

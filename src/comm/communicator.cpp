@@ -116,7 +116,8 @@ void Communicator::copy_pieces(View part, View full, const std::vector<PlacedPie
 
 std::string Communicator::trace_detail(size_t bytes) const {
   const double mib = static_cast<double>(bytes) / (1 << 20);
-  return name_ + ", " + (mib >= 1 ? fmt::format("{:.4g} MiB", mib) : fmt::format("{} B", bytes));
+  return (label_.empty() ? "" : label_ + ": ") + name_ + ", " +
+         (mib >= 1 ? fmt::format("{:.4g} MiB", mib) : fmt::format("{} B", bytes));
 }
 
 void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start) {

@@ -110,6 +110,10 @@ class Communicator {
   const CommCounts& counts() const;
   void reset_counts();
   void set_counts(const CommCounts& c);
+  // What the collectives started now are for ("K/V all-gather"), as a CommLabel set it; a step
+  // trace's spans name them so. Empty outside any CommLabel.
+  const std::string& label() const { return label_; }
+
   // Memory whose buffers this group's all-gathers may address on every rank alike (NCCL's
   // symmetric windows, for copy-engine all-gathers); null where the communicator has none.
   virtual SymmetricMemory* symmetric_memory() { return nullptr; }
@@ -146,7 +150,8 @@ class Communicator {
   virtual void resolve_async(CommCounts&) const {}
   // The backend that times the collectives (time_with), or null.
   Backend* timer() const { return timer_; }
-  // A trace span's detail for a collective of `bytes` on this group: "sp, 256 MiB".
+  // A trace span's detail for a collective of `bytes` on this group, with the label in force:
+  // "K/V all-gather: sp, 256 MiB".
   std::string trace_detail(size_t bytes) const;
 
  private:
@@ -169,12 +174,30 @@ class Communicator {
   void copy_pieces(View part, View full, const std::vector<PlacedPiece>& pieces, bool gather);
   CommHandle start(CollKind k, size_t bytes, View output, View input, const std::function<void()>& enqueue);
   void require_idle(const char* what) const;
+  friend class CommLabel;
   std::string name_;
+  std::string label_;
   int rank_, size_;
   Backend* timer_ = nullptr;
   mutable CommCounts counts_;
   mutable std::vector<Pending> pending_;
   int64_t in_flight_ = 0;
+};
+
+// Names the collectives a communicator starts while it lives (a step trace's span detail); the
+// label before it comes back at its end.
+class CommLabel {
+ public:
+  CommLabel(Communicator& comm, std::string label) : comm_(comm), previous_(std::move(comm.label_)) {
+    comm_.label_ = std::move(label);
+  }
+  ~CommLabel() { comm_.label_ = std::move(previous_); }
+  CommLabel(const CommLabel&) = delete;
+  CommLabel& operator=(const CommLabel&) = delete;
+
+ private:
+  Communicator& comm_;
+  std::string previous_;
 };
 
 }  // namespace lss

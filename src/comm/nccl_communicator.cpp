@@ -241,6 +241,7 @@ void NcclCommunicator::local_copy(View dst, View src) {
 
 int64_t NcclCommunicator::start_async(CollKind kind, View output, View input, const std::function<void()>& enqueue) {
   AsyncOp op{kind, kind == CollKind::reduce_scatter ? input.bytes() : output.bytes()};
+  if (timer() && timer()->tracing()) op.detail = trace_detail(op.bytes);
   cudaEvent_t ready = nullptr;
   LSS_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
   for (cudaEvent_t* e : {&op.start, &op.end, &op.wait_begin, &op.wait_end}) LSS_CUDA_CHECK(cudaEventCreate(e));
@@ -272,7 +273,7 @@ void NcclCommunicator::trace(const AsyncOp& op) const {
     LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, origin, e));
     return 1e-3 * static_cast<double>(ms);
   };
-  const std::string detail = trace_detail(op.bytes);
+  const std::string& detail = op.detail;
   timer()->add_trace_span({coll_kind_name(op.kind), "comm", detail, since_origin(op.start), since_origin(op.end)});
   // The compute lane's stall at the wait: only where it stood still.
   const double wait_begin = since_origin(op.wait_begin), wait_end = since_origin(op.wait_end);

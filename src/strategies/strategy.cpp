@@ -7,6 +7,11 @@
 
 namespace lss {
 
+// A gradient bucket's key ("head", "embed", "<layer>.attn", "<layer>.mlp") as a trace label.
+static std::string bucket_label(const std::string& key) {
+  return !key.empty() && key[0] >= '0' && key[0] <= '9' ? "layer " + key : key;
+}
+
 void expect_calls(CommModel& model, const std::string& group, int group_size, CollKind k, int64_t calls,
                   int64_t bytes) {
   if (group_size <= 1 || calls == 0) return;
@@ -303,6 +308,7 @@ void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   Bucket bucket;
   bucket.ranges = stepped_ranges(store, key);
   Communicator& seq = *ctx_.grid.seq;
+  CommLabel label(seq, "gradients, " + bucket_label(key));
   const View grads = store.all_grads();
   if (const Shard* sh = sharded() ? shard_of(key) : nullptr) {
     // In place: rank p's sum lands in its own shard of the bucket.
@@ -332,6 +338,7 @@ void Strategy::start_data(ParamStore& store, Bucket& b) {
   b.data_started = true;
   if (ctx_.grid.R == 1) return;
   for (CommHandle& h : b.seq) ctx_.grid.seq->wait(h);
+  CommLabel label(*ctx_.grid.data, "gradients, data group");
   for (const auto& [begin, end] : b.ranges) {
     b.data.push_back(ctx_.grid.data->start_all_reduce(store.all_grads().slice(begin, end - begin)));
     wait_unless_overlap(*ctx_.grid.data, b.data.back());
@@ -398,6 +405,7 @@ void Strategy::prefetch_params(const std::string& key) {
   sh->gather_owed = false;
   // In place: every rank's updated shard of the working copy into the others' copies.
   const View work = params().all_working();
+  CommLabel label(*ctx_.grid.seq, "parameters, " + bucket_label(key));
   sh->gather = ctx_.grid.seq->start_all_gather(work.slice(shard_begin(*sh), sh->size),
                                                work.slice(sh->begin, ctx_.grid.P * sh->size));
   wait_unless_overlap(*ctx_.grid.seq, sh->gather);

@@ -556,6 +556,7 @@ class LssStrategy final : public Strategy {
   void start_wave_gather(Layer& a, int s) {
     const int64_t C = ctx_.cfg.C, n = segments_[s].count * Bl_, r = chunk_row0(s) * Bl_;
     const int64_t half = P_ * n * 2 * C;  // elements of one gathered half
+    CommLabel label(*ctx_.grid.seq, s == 0 ? "K/V all-gather, back chunks" : "K/V all-gather, front chunks");
     a.wave_gather[s] = start_seq_all_gather_into(a.kv_local.view().slice(r * 2 * C, n * 2 * C),
                                                  a.kv_wave.view().slice(s == 0 ? half : 0, half));
   }
@@ -631,6 +632,7 @@ class LssStrategy final : public Strategy {
   }
   // The all-gather of [K|V]; kv_local must stay alive until finish_gather_kv.
   PendingCollective start_gather_kv(const Layer& a) {
+    CommLabel label(*ctx_.grid.seq, "K/V all-gather");
     return placed_gather() ? start_seq_all_gather_placed(a.kv_local.view(), kv_pieces())
                            : start_seq_all_gather(a.kv_local.view());
   }
@@ -754,9 +756,11 @@ class LssStrategy final : public Strategy {
     if (wave) {
       dkv_local = be.alloc(cfg.dtype, N * 2 * C);
       const int64_t chunk = segments_[0].count * key_row, half = P_ * chunk;  // elements
-      for (int s : {0, 1})
+      for (int s : {0, 1}) {
+        CommLabel label(*ctx_.grid.seq, s == 0 ? "dK/dV reduce-scatter, back chunks" : "dK/dV reduce-scatter, front chunks");
         scatters[s] = start_seq_reduce_scatter_into(dkv_full.view().slice(s == 0 ? half : 0, half),
                                                     dkv_local.view().slice(chunk_row0(s) * key_row, chunk));
+      }
     } else if (alone()) {
       dkv_local = std::move(dkv_full);
     } else {
@@ -765,6 +769,7 @@ class LssStrategy final : public Strategy {
         reorder_kv(rank_major.view(), dkv_full.view(), false);
         dkv_full = std::move(rank_major);
       }
+      CommLabel label(*ctx_.grid.seq, "dK/dV reduce-scatter");
       PendingCollective scatter = placed_scatter() ? start_seq_reduce_scatter_placed(dkv_full.view(), kv_pieces())
                                                    : start_seq_reduce_scatter(dkv_full.view());
       dkv_local = std::move(scatter.out);
