@@ -329,7 +329,7 @@ class Backend {
   struct TraceSpan {
     std::string name;    // the operation, collective or phase: "gemm", "all_gather", "forward"
     std::string lane;    // "compute", "side" (begin_side_work), "comm" (the collectives' lane) or "phase"
-    std::string detail;  // shapes, or bytes and group
+    std::string detail;  // shapes; for a collective what it is for, its group and bytes
     double begin_s = 0, end_s = 0;
   };
   void begin_trace();
