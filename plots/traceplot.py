@@ -71,6 +71,11 @@ def load_result(path):
     return {"path": path, "trace_path": trace_path, "stem": stem, "result": r, "events": events}
 
 
+def table_label(item):
+    """A result's row in SUMMARY.md: its configuration and its file, always."""
+    return label_of(dict(item, same_label=True))
+
+
 def label_of(item):
     r = item["result"]
     g, c = r["grid"], r["config"]
@@ -166,13 +171,13 @@ def write_summary(items, out):
     for item in items:
         b = breakdown(item)
         timed = item["result"].get("timing", {}).get("median_ms")
-        lines.append(f"| {label_of(item) if item['same_label'] else label_of(item) + ' (' + item['stem'] + ')'} | {b['step']:.2f} | "
+        lines.append(f"| {table_label(item)} | {b['step']:.2f} | "
                      f"{'' if timed is None else f'{timed:.2f}'} | {b['attention']:.2f} | {b['gemm']:.2f} | "
                      f"{b['other']:.2f} | {b['comm']:.2f} | {b['hidden']:.2f} | {b['exposed']:.2f} | {b['gaps']:.2f} |")
     rows = []
     for item in items:
         s = item["result"]["trace"]["slowest_rank"]
-        label = label_of(item) if item["same_label"] else f"{label_of(item)} ({item['stem']})"
+        label = table_label(item)
         for name, v in sorted(s.get("by_collective", {}).items(), key=lambda kv: -kv[1]["ms"]):
             rows.append(f"| {label} | {name} | {v['calls']:g} | {v['ms']:.2f} |")
     if rows:

@@ -406,7 +406,6 @@ json run_traced_steps(Session& session, int64_t it, int64_t steps, const std::st
   Buffer token = be.alloc_zeroed(DType::f32, 1);  // (1)
   session.grid().world_comm->all_reduce(token.view());
   token.reset();  // before the step, so that its high-water mark is the timed steps'
-  session.reset_counts();
   be.begin_trace();
   for (int64_t k = it; k < it + steps; ++k) {
     session.reset_counts();
@@ -431,7 +430,8 @@ json run_traced_steps(Session& session, int64_t it, int64_t steps, const std::st
                          "events (host clock on cpu) on its rank's lanes; per rank, means per traced step: step_ms, "
                          "compute_ms (union of operations), comm_ms (union of collectives), comm_hidden_ms (collectives "
                          "on the comm lane beside operations), exposed_ms (waits and blocking collectives), "
-                         "compute_gaps_ms (no work on the compute lane), by_operation (README, Metrics)"},
+                         "compute_gaps_ms (no work on the compute lane), by_operation, by_collective (README, "
+                         "Metrics)"},
           {"slowest_rank", per_rank[slowest]},
           {"per_rank", per_rank}};
 }
@@ -624,9 +624,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
 
   // Measure, then check: everything below runs after the timed loop.
   device_state = be.stop_device_sampling();
-  // --trace: one more step with every span recorded, at once after the timed ones so that the
-  // card is in the same state. Its markers cost host time, so it is not one of the timed steps;
-  // the device's sampling has stopped, and the memory high-water marks do not move (the step
+  // --trace: --trace-steps more steps with every span recorded, at once after the timed ones so
+  // that the card is in the same state. Their markers cost host time, so they are not timed steps;
+  // the device's sampling has stopped, and the memory high-water marks do not move (each step
   // allocates what the timed ones did).
   json trace = nullptr;
   if (!trace_path.empty()) {
@@ -663,7 +663,6 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
   int comm_ok = counts_stable && same_counts(step_counts, expected) ? 1 : 0;
   LSS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &comm_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   const auto hosts = all_hosts();
-
 
   const double median = percentile(step_s, 50);
   const double tokens_per_s = static_cast<double>(m.B * m.T) / median;

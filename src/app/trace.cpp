@@ -28,7 +28,30 @@ bool is_collective(const std::string& name) {
     if (name == coll_kind_name(static_cast<CollKind>(k))) return true;
   return false;
 }
-bool is_wait(const std::string& name) { return name.rfind("wait ", 0) == 0; }
+
+// What a span is, as the Chrome trace's "cat" and the summary read it.
+enum class Category { phase, wait, comm, compute };
+Category category_of(const Backend::TraceSpan& s) {
+  if (s.lane == "phase") return Category::phase;
+  if (s.name.rfind("wait ", 0) == 0) return Category::wait;
+  return is_collective(s.name) ? Category::comm : Category::compute;
+}
+const char* category_name(Category c) {
+  switch (c) {
+    case Category::phase: return "phase";
+    case Category::wait: return "wait";
+    case Category::comm: return "comm";
+    default: return "compute";
+  }
+}
+
+// {name: {calls, ms}} per step from summed calls and seconds.
+json per_step(const std::map<std::string, std::pair<int64_t, double>>& totals, double steps) {
+  json out = json::object();
+  for (const auto& [name, v] : totals)
+    out[name] = {{"calls", static_cast<double>(v.first) / steps}, {"ms", v.second * 1e3 / steps}};
+  return out;
+}
 
 // Sorted, merged.
 Intervals merged(Intervals v) {
@@ -113,11 +136,7 @@ json chrome_trace(const std::vector<RankTrace>& ranks, const json& meta) {
                         {"args", {{"sort_index", lane_id(lane)}}}});
     }
     for (const auto& s : r.spans) {
-      const std::string cat = s.lane == "phase"       ? "phase"
-                              : is_wait(s.name)       ? "wait"
-                              : is_collective(s.name) ? "comm"
-                                                      : "compute";
-      json e = {{"name", s.name}, {"cat", cat}, {"ph", "X"}, {"pid", r.rank}, {"tid", lane_id(s.lane)},
+      json e = {{"name", s.name}, {"cat", category_name(category_of(s))}, {"ph", "X"}, {"pid", r.rank}, {"tid", lane_id(s.lane)},
                 {"ts", s.begin_s * 1e6}, {"dur", std::max(0.0, s.end_s - s.begin_s) * 1e6}};
       if (!s.detail.empty()) e["args"] = {{"detail", s.detail}};
       events.push_back(std::move(e));
@@ -134,16 +153,17 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
   for (const auto& s : r.spans) {
     const std::pair<double, double> iv{s.begin_s, s.end_s};
     const double d = std::max(0.0, s.end_s - s.begin_s);
-    if (s.lane == "phase") {
+    const Category category = category_of(s);
+    if (category == Category::phase) {
       // A step runs from its forward's start to its optimizer's end.
       if (s.name == "forward") step_spans.push_back(iv);
       else if (s.name == "optimizer" && !step_spans.empty()) step_spans.back().second = s.end_s;
       continue;
     }
     if (s.lane == "compute") compute_lane_all.push_back(iv);
-    if (is_wait(s.name)) {
+    if (category == Category::wait) {
       exposed += d;
-    } else if (is_collective(s.name)) {
+    } else if (category == Category::comm) {
       comm.push_back(iv);
       // By what it is for (the label before ": " in its detail), else by kind.
       const size_t colon = s.detail.find(": ");
@@ -161,11 +181,6 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
   }
   const double n = static_cast<double>(steps);
   const double step = union_length(step_spans);
-  json ops = json::object();
-  for (const auto& [name, v] : by_op) ops[name] = {{"calls", static_cast<double>(v.first) / n}, {"ms", v.second * 1e3 / n}};
-  json collectives = json::object();
-  for (const auto& [name, v] : by_collective)
-    collectives[name] = {{"calls", static_cast<double>(v.first) / n}, {"ms", v.second * 1e3 / n}};
   return {{"rank", r.rank},
           {"host", r.host},
           {"spans", r.spans.size()},
@@ -176,8 +191,8 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
           {"comm_hidden_ms", overlap_length(comm_lane, compute) * 1e3 / n},
           {"exposed_ms", exposed * 1e3 / n},
           {"compute_gaps_ms", std::max(0.0, step - overlap_length(compute_lane_all, step_spans)) * 1e3 / n},
-          {"by_operation", ops},
-          {"by_collective", collectives}};
+          {"by_operation", per_step(by_op, n)},
+          {"by_collective", per_step(by_collective, n)}};
 }
 
 }  // namespace lss

@@ -110,10 +110,6 @@ class Communicator {
   const CommCounts& counts() const;
   void reset_counts();
   void set_counts(const CommCounts& c);
-  // What the collectives started now are for ("K/V all-gather"), as a CommLabel set it; a step
-  // trace's spans name them so. Empty outside any CommLabel.
-  const std::string& label() const { return label_; }
-
   // Memory whose buffers this group's all-gathers may address on every rank alike (NCCL's
   // symmetric windows, for copy-engine all-gathers); null where the communicator has none.
   virtual SymmetricMemory* symmetric_memory() { return nullptr; }
@@ -176,7 +172,7 @@ class Communicator {
   void require_idle(const char* what) const;
   friend class CommLabel;
   std::string name_;
-  std::string label_;
+  std::string label_;  // what the collectives started now are for, as a CommLabel set it (else empty)
   int rank_, size_;
   Backend* timer_ = nullptr;
   mutable CommCounts counts_;

@@ -273,12 +273,11 @@ void NcclCommunicator::trace(const AsyncOp& op) const {
     LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, origin, e));
     return 1e-3 * static_cast<double>(ms);
   };
-  const std::string& detail = op.detail;
-  timer()->add_trace_span({coll_kind_name(op.kind), "comm", detail, since_origin(op.start), since_origin(op.end)});
+  timer()->add_trace_span({coll_kind_name(op.kind), "comm", op.detail, since_origin(op.start), since_origin(op.end)});
   // The compute lane's stall at the wait: only where it stood still.
   const double wait_begin = since_origin(op.wait_begin), wait_end = since_origin(op.wait_end);
   if (wait_end > wait_begin)
-    timer()->add_trace_span({std::string("wait ") + coll_kind_name(op.kind), "compute", detail, wait_begin, wait_end});
+    timer()->add_trace_span({std::string("wait ") + coll_kind_name(op.kind), "compute", op.detail, wait_begin, wait_end});
 }
 
 void NcclCommunicator::resolve_async(CommCounts& c) const {
