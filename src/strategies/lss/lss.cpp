@@ -93,8 +93,8 @@ class LssStrategy final : public Strategy {
                        {N_, 4 * cfg.C, cfg.C, true, false, true}};
     if (pipelined())
       for (auto& lin : m.layer_linears) lin.forward_parts = static_cast<int64_t>(segments_.size());
-    // The causal blocks on a segment's own keys (split_causal), 4 Bl H c^2 D / 2 FLOPs forward and
-    // 2.5 times that backward, run beside the gather and the reduce-scatter; priced at the GEMM rate.
+    // The causal blocks on a segment's own keys (split_causal), 4 Bl H c^2 D / 2 FLOPs forward, run
+    // beside the gather; priced at the GEMM rate.
     double diagonal_forward = 0;
     for (const RowRange& seg : segments_) {
       if (!split()) {
@@ -112,9 +112,9 @@ class LssStrategy final : public Strategy {
       const int64_t kv_bytes = kv_gather_bytes();
       const double q_projection = 2 * N * C * C + diagonal_forward;             // beside each forward gather
       const double mlp_backward = 4 * (2 * N * C * 4 * C);                      // beside a backward re-gather
-      // Beside the reduce-scatter: the out-projection's weight gradient, the Q projection's
-      // backward and the diagonal blocks' backward.
-      const double q_backward = 3 * (2 * N * C * C) + 2.5 * diagonal_forward;
+      // Beside the reduce-scatter: the out-projection's weight gradient and the Q projection's
+      // backward (the diagonal blocks' backward runs before it: attention_backward).
+      const double q_backward = 3 * (2 * N * C * C);
       // The fused gathers, placed in each rank's segments (placed_gather) or rank-major.
       const std::vector<PlacedPiece> pieces = placed_gather() ? kv_pieces() : std::vector<PlacedPiece>{};
       if (pipelined()) add_pipelined_gather_bounds(m, kv_bytes);
@@ -722,10 +722,34 @@ class LssStrategy final : public Strategy {
       args.dq = {dq_rows, C, Bl_ * C};
       return args;
     };
+    // split_causal: the diagonal blocks go first. Their dK/dV belong to this rank's own rows alone
+    // (added to the reduce-scatter's result), and a rank's diagonal and preceding blocks together
+    // are the same work on every rank where either kind alone is not (P = 2: rank 0's preceding
+    // block has 8K x 24K keys, rank 1's 16K x 8K). With the preceding blocks first, the ranks
+    // reached the [dK|dV] reduce-scatter 2.3 ms apart and the early rank's NCCL kernel held SMs
+    // through its diagonal block (PERFORMANCE.md, twenty-eighth session); now they reach it
+    // together, and it runs beside the GEMMs that follow. The segment's dQ rows take the first
+    // call's part; the second's comes through a scratch and is added.
+    Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order (alone: into dkv_full)
+    if (split()) {
+      if (!alone()) dkv_own = be.alloc(cfg.dtype, N * 2 * C);
+      char* own_rows = static_cast<char*>(alone() ? dkv_full.ptr() : dkv_own.ptr());
+      for (size_t i = 0; i < segments_.size(); ++i) {
+        const RowRange& seg = segments_[i];
+        const int64_t row0 = row0_of[i];
+        AttentionArgs args = grad_args(wave ? diagonal_args(a, a.kv_local, seg, row0, row0)
+                                            : diagonal_args(a, kv_full, seg, row0, seg.start),
+                                       row0, static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es);
+        char* own = own_rows + row0 * key_row * es;
+        args.dk = {own, 2 * C, key_row};
+        args.dv = {own + C * es, 2 * C, key_row};
+        be.attention_backward(args);
+      }
+    }
     for (size_t n = 0; n < order.size(); ++n) {
       const size_t i = order[n];
       const int64_t keys = dkv_keys(segments_[i]), row0 = row0_of[i], first = first_key(i);
-      if (n == 0 && !alone()) {  // alone: every row is the rank's own (the call's or the diagonal's)
+      if (n == 0 && !alone()) {  // alone: every row is the rank's own (the diagonal's)
         if (first > 0) be.fill_zero(dkv_full.view().slice(0, first * key_row));
         if (first + keys < cfg.T)
           be.fill_zero(dkv_full.view().slice((first + keys) * key_row, (cfg.T - first - keys) * key_row));
@@ -734,9 +758,12 @@ class LssStrategy final : public Strategy {
       Buffer scratch;  // (keys*Bl, 2C), the second segment only
       if (n > 0) scratch = be.alloc(cfg.dtype, keys * key_row);
       auto* dkv = n == 0 ? static_cast<char*>(dkv_full.ptr()) + first * key_row * es : static_cast<char*>(scratch.ptr());
+      Buffer dq_part;  // (count*Bl, C) split_causal: the diagonal block wrote the segment's dQ rows
+      if (split()) dq_part = be.alloc(cfg.dtype, segments_[i].count * Bl_ * C);
+      char* dq_rows = static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es;
       const AttentionArgs fwd = split() ? preceding_args(a, kv_full, segments_[i], row0, first)
                                         : attention_args(a, kv_full, segments_[i], row0);
-      AttentionArgs args = grad_args(fwd, row0, static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es);
+      AttentionArgs args = grad_args(fwd, row0, split() ? dq_part.ptr() : dq_rows);
       args.dk = {dkv, 2 * C, key_row};
       args.dv = {dkv + C * es, 2 * C, key_row};
       be.attention_backward(args);
@@ -744,13 +771,17 @@ class LssStrategy final : public Strategy {
         View rows = dkv_full.view().slice(first * key_row, keys * key_row);
         be.add(rows, rows, scratch.view());
       }
+      if (split()) {
+        View rows = dq.view().slice(row0 * Bl_ * C, segments_[i].count * Bl_ * C);
+        be.add(rows, rows, dq_part.view());
+      }
     }
-    // The reduce-scatters return the summed [dK | dV] of this rank's own rows; they run while the
-    // out-projection's weight gradient and the Q projection's backward compute (split_causal: and
-    // the diagonal blocks' backward, whose dK/dV belong to this rank's own rows alone and are
-    // added to the result). One fused call on rank-major rows (zigzag: reordered from global
-    // order first, or with --placed-reduce-scatter summed from global order piece by piece), or
-    // (wave) one per half of the [back | front] layout, each into its chunk's local rows.
+    // The reduce-scatters return the summed [dK | dV] of this rank's own rows (split_causal: the
+    // diagonal blocks' are added to the result); they run while the out-projection's weight
+    // gradient and the Q projection's backward compute. One fused call on rank-major rows
+    // (zigzag: reordered from global order first, or with --placed-reduce-scatter summed from
+    // global order piece by piece), or (wave) one per half of the [back | front] layout, each into
+    // its chunk's local rows.
     Buffer dkv_local;  // (N, 2C)
     std::array<CommHandle, 2> scatters;
     if (wave) {
@@ -776,30 +807,6 @@ class LssStrategy final : public Strategy {
       scatters[0] = scatter.handle;
     }
     linear_backward(be, View{}, 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
-    Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order (alone: into dkv_local)
-    if (split()) {
-      if (!alone()) dkv_own = be.alloc(cfg.dtype, N * 2 * C);
-      char* own_rows = static_cast<char*>(alone() ? dkv_local.ptr() : dkv_own.ptr());
-      for (size_t i = 0; i < segments_.size(); ++i) {
-        const RowRange& seg = segments_[i];
-        const int64_t row0 = row0_of[i];
-        // The segment's dQ rows hold the preceding keys' part already (a scratch then adds).
-        Buffer dq_part;  // (count*Bl, C)
-        if (seg.start > 0) dq_part = be.alloc(cfg.dtype, seg.count * Bl_ * C);
-        char* dq_rows = static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es;
-        AttentionArgs args = grad_args(wave ? diagonal_args(a, a.kv_local, seg, row0, row0)
-                                            : diagonal_args(a, kv_full, seg, row0, seg.start),
-                                       row0, seg.start > 0 ? dq_part.ptr() : dq_rows);
-        char* own = own_rows + row0 * key_row * es;
-        args.dk = {own, 2 * C, key_row};
-        args.dv = {own + C * es, 2 * C, key_row};
-        be.attention_backward(args);
-        if (seg.start > 0) {
-          View rows = dq.view().slice(row0 * Bl_ * C, seg.count * Bl_ * C);
-          be.add(rows, rows, dq_part.view());
-        }
-      }
-    }
     kv_full.reset();
     a.kv_local.reset();
     a.q.reset();
