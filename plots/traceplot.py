@@ -5,7 +5,7 @@ usage: python3 plots/traceplot.py RESULT_JSON [RESULT_JSON ...] --out CHART_DIR 
 
 Each RESULT_JSON is an lssbench result with a "trace" entry; its Chrome trace is read from the
 path recorded there, or, where that path is gone (results copied from another machine), from the
-file of that name beside the result or in the sweep's traces/ folder (a sweep spec's trace_steps). Per result, timeline_<stem>.png draws every rank's lanes
+file of that name beside the result or in the sweep's traces/ folder (a sweep spec's trace_steps). Per result, timeline_<stem>.png (the stem prefixed by as many folders as tell apart results of one file name) draws every rank's lanes
 (phase, compute, side, comm) with each span coloured by kind: attention, GEMM, other operations,
 collectives, waits; --window (ms from the trace's origin) zooms in on a part of the step, e.g. one
 layer. breakdown.png stacks each result's slowest rank: attention, GEMMs, other operations,
@@ -69,6 +69,18 @@ def load_result(path):
             raise InputError(f"{trace_path}: malformed trace event {e!r:.80}")
     stem = os.path.splitext(os.path.basename(path))[0]
     return {"path": path, "trace_path": trace_path, "stem": stem, "result": r, "events": events}
+
+
+def unique_stems(items):
+    """Results of the same file name from different folders (two calls' points) get the shortest
+    tail of their paths that tells them apart, so that no timeline overwrites another."""
+    parts = [os.path.splitext(os.path.abspath(item["path"]))[0].split(os.sep) for item in items]
+    for item, mine in zip(items, parts):
+        same = [other for other in parts if other[-1] == mine[-1] and other is not mine]
+        k = 1
+        while k < len(mine) and any(other[-k:] == mine[-k:] for other in same):
+            k += 1
+        item["stem"] = "_".join(mine[-k:])
 
 
 def table_label(item):
@@ -207,6 +219,7 @@ def main(argv):
     try:
         window = parse_window(args.window) if args.window else None
         items = [load_result(p) for p in args.results]
+        unique_stems(items)
         labels = [label_of(item) for item in items]
         for item, label in zip(items, labels):
             item["same_label"] = labels.count(label) > 1

@@ -358,6 +358,18 @@ with tempfile.TemporaryDirectory() as tmp:
     shutil.copy(os.path.join(traces, "lss_w2_sp2.trace.json"), os.path.join(tmp, "sw", "traces", "lss_w2_sp2.trace.json"))
     r = run_trace(os.path.join(tmp, "sw", "points", "lss_w2_sp2.json"), "--out", os.path.join(tmp, "t5"))
     check(r.returncode == 0, f"a sweep point's trace is found in traces/ ({r.stderr.strip()})")
+    # the same file name in two folders (two calls' points): two timelines, told apart by folder
+    for call in ("call1", "call2"):
+        os.makedirs(os.path.join(tmp, call))
+        for n in ("lss_w2_sp2.json", "lss_w2_sp2.trace.json"):
+            shutil.copy(os.path.join(traces, n), os.path.join(tmp, call, n))
+    twins = [os.path.join(tmp, call, "lss_w2_sp2.json") for call in ("call1", "call2")]
+    r = run_trace(*twins, "--out", os.path.join(tmp, "t6"))
+    manifest = json.load(open(os.path.join(tmp, "t6", "charts.json"))) if r.returncode == 0 else {"timelines": {}}
+    names = [manifest["timelines"].get(p) for p in twins]
+    check(names == ["timeline_call1_lss_w2_sp2.png", "timeline_call2_lss_w2_sp2.png"]
+          and all(os.path.exists(os.path.join(tmp, "t6", n)) for n in names),
+          f"results of one file name in two folders get a timeline each ({names}) {r.stderr.strip()}")
     moved = os.path.join(tmp, "moved.json")
     shutil.copy(results[0], moved)
     r = run_trace(moved, "--out", os.path.join(tmp, "t4"))
