@@ -11,7 +11,9 @@
 #    the order base and the variants that carry it, twice; the summary shows +2.0%, +4.0% and
 #    -5.0% and "-" where a variant lacks the row; v1's change.diff comes back in the points; a
 #    rebuilt v1 (a newer archive) is unpacked again.
-#    Section ab runs an unpacked variant's lssbench as its new side (LSS_AB_NEW).
+#    Section ab runs an unpacked variant's lssbench as its new side (LSS_AB_NEW); section
+#    contention, on two stand-in GPUs, runs serial, then lss and megatron_sp with overlap on and
+#    off, each traced.
 # 3. scripts/gpu_variant.sh refuses a bad variant name and a binary ab-kernel does not run, naming them.
 # usage: ab_kernel.sh SOURCE_ROOT
 set -uo pipefail
@@ -147,6 +149,23 @@ rm -rf "$repo/.device/v1" "$repo/.device/k1"
 rc=$?
 [ $rc -ne 0 ] || { echo "FAIL: ab-kernel without variants exited 0"; fail=1; }
 expect "$work/run2.txt" "NOT-RUN ab-kernel: no variant archive"
+
+# The contention section on two stand-in GPUs: serial on one GPU, then lss (its three options) and
+# megatron_sp with overlap on and off, each traced for 3 steps into a trace beside its JSON.
+mkdir -p "$work/stub2"
+printf '#!/bin/sh\necho "GPU 0: stand-in (UUID: GPU-0)"\necho "GPU 1: stand-in (UUID: GPU-1)"\n' >"$work/stub2/nvidia-smi"
+chmod +x "$work/stub2/nvidia-smi"
+: >"$work/calls.txt"
+(cd "$repo" && PATH=$work/stub2:$PATH OUT=$work/out6 TMPDIR=$work bash scripts/gpu_perf.sh contention >"$work/run6.txt" 2>&1) ||
+  { cat "$work/run6.txt"; echo "FAIL: gpu_perf.sh contention exited non-zero"; fail=1; }
+runs=$(awk '{s = ""; for (i = 3; i <= NF; i++) {
+              if ($i == "--strategy" || $i == "--seq" || $i == "--trace-steps") s = s " " $(i + 1)
+              if ($i == "--overlap" || $i == "--no-overlap" || $i == "--distributed-optimizer") s = s " " $i
+              if ($i == "--trace") s = s " " ($(i + 1) ~ /\.trace\.json$/ ? "traced" : "?") }
+            print substr(s, 2)}' "$work/calls.txt" | paste -sd'|' -)
+want="serial 32K 3 traced|lss --distributed-optimizer --overlap 32K 3 traced|megatron_sp --overlap 32K 3 traced"
+want+="|lss --distributed-optimizer --no-overlap 32K 3 traced|megatron_sp --no-overlap 32K 3 traced"
+[ "$runs" = "$want" ] || { echo "FAIL: contention runs"; echo "  got:  $runs"; echo "  want: $want"; fail=1; }
 
 # ---- 3. gpu_variant.sh's name check ----
 for bad in Bad base bundle 1x ""; do
