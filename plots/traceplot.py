@@ -11,7 +11,8 @@ collectives, waits; --window (ms from the trace's origin) zooms in on a part of 
 layer. breakdown.png stacks each result's slowest rank: attention, GEMMs, other operations,
 exposed communication and compute-lane gaps, beside its traced step (means per step where the
 result traced several: --trace-steps). CHART_DIR/charts.json lists
-the charts, CHART_DIR/SUMMARY.md has the table (README, Metrics, "Step trace"). A missing or
+the charts, CHART_DIR/SUMMARY.md has the table (README, Metrics, "Step trace") and, for results that
+differ only in --overlap, what overlap gains and what it costs (README, Metrics, "overlap accounting"). A missing or
 malformed file is an error naming the file (exit 2).
 """
 import argparse
@@ -174,6 +175,43 @@ def draw_breakdown(items, out):
     return "breakdown.png"
 
 
+def overlap_key(result):
+    """A result's configuration without its overlap setting and its output paths: two results
+    with the same key differ only in --overlap."""
+    config = json.loads(json.dumps(result["config"]))
+    config.get("strategy_options", {}).pop("overlap", None)
+    for name in ("overlap", "out", "trace", "export"):
+        config.get("options", {}).pop(name, None)
+    return json.dumps([result["strategy"], result["grid"], config], sort_keys=True)
+
+
+def overlap_pairs(items):
+    """(blocking, overlapped) pairs of results that differ only in --overlap: per configuration the
+    first blocking with the first overlapped, the second with the second (rounds), in input order."""
+    on, off = {}, {}
+    for item in items:
+        opts = item["result"]["config"].get("strategy_options", {})
+        if "overlap" in opts:
+            (on if opts["overlap"] else off).setdefault(overlap_key(item["result"]), []).append(item)
+    return [pair for k in off if k in on for pair in zip(off[k], on[k])]
+
+
+def overlap_accounting(blocking, overlapped):
+    """What overlap gains and what it costs (ms, slowest rank's traced steps; README, Metrics):
+    the timed step's gain, the communication the blocking run exposes, and the compute
+    (attention + GEMM + other operations) that runs slower beside the overlapped collectives."""
+    b, o = breakdown(blocking), breakdown(overlapped)
+    compute = {k: v["attention"] + v["gemm"] + v["other"] for k, v in (("off", b), ("on", o))}
+    step_off = blocking["result"].get("timing", {}).get("median_ms")
+    step_on = overlapped["result"].get("timing", {}).get("median_ms")
+    gain = None if step_off is None or step_on is None else step_off - step_on
+    return {"step_blocking": step_off, "step_overlapped": step_on, "gain": gain,
+            "exposed_blocking": b["exposed"], "exposed_overlapped": o["exposed"],
+            "compute_blocking": compute["off"], "compute_overlapped": compute["on"],
+            "compute_slowdown": compute["on"] - compute["off"],
+            "gained_share": None if gain is None or b["exposed"] <= 0 else gain / b["exposed"]}
+
+
 def write_summary(items, out):
     lines = ["# Traced steps", "",
              "The slowest rank of each result's traced step (`lssbench run --trace`; README, Metrics, \"Step trace\"), "
@@ -196,6 +234,22 @@ def write_summary(items, out):
         lines += ["", "## Collectives by what they are for", "",
                   "The slowest rank's collectives per step (time on their lane, hidden or not; README, Metrics).", "",
                   "| result | collective | calls | ms |", "|---|---|---|---|"] + rows
+    pairs = overlap_pairs(items)
+    if pairs:
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"
+        lines += ["", "## What overlap gains and what it costs", "",
+                  "Results that differ only in `--overlap` (README, Metrics, \"overlap accounting\"): the timed steps, the "
+                  "communication the blocking run exposes, the compute (attention + GEMM + other) of each traced step, "
+                  "and the share of the blocking communication that overlap gains, in ms.", "",
+                  "| configuration | step blocking | step overlapped | gain | exposed blocking | exposed overlapped "
+                  "| compute blocking | compute overlapped | compute slower by | share gained |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for blocking, overlapped in pairs:
+            a = overlap_accounting(blocking, overlapped)
+            lines.append(f"| {label_of(overlapped)} | {fmt(a['step_blocking'])} | {fmt(a['step_overlapped'])} | "
+                         f"{fmt(a['gain'])} | {a['exposed_blocking']:.2f} | {a['exposed_overlapped']:.2f} | "
+                         f"{a['compute_blocking']:.2f} | {a['compute_overlapped']:.2f} | {a['compute_slowdown']:.2f} | "
+                         f"{fmt(a['gained_share'])} |")
     with open(os.path.join(out, "SUMMARY.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -232,6 +286,8 @@ def main(argv):
         charts["timelines"][item["path"]] = draw_timeline(item, args.out, window)
     charts["breakdown"] = draw_breakdown(items, args.out)
     charts["breakdown_ms"] = {item["path"]: breakdown(item) for item in items}
+    charts["overlap"] = [dict(overlap_accounting(b, o), blocking=b["path"], overlapped=o["path"])
+                         for b, o in overlap_pairs(items)]
     with open(os.path.join(args.out, "charts.json"), "w") as f:
         json.dump(charts, f, indent=2)
     write_summary(items, args.out)

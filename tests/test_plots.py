@@ -370,6 +370,45 @@ with tempfile.TemporaryDirectory() as tmp:
     check(names == ["timeline_call1_lss_w2_sp2.png", "timeline_call2_lss_w2_sp2.png"]
           and all(os.path.exists(os.path.join(tmp, "t6", n)) for n in names),
           f"results of one file name in two folders get a timeline each ({names}) {r.stderr.strip()}")
+    # a blocking twin (--no-overlap) of the lss fixture: the overlap accounting pairs the two and
+    # not serial; its numbers follow from the two results' timed medians and slowest ranks
+    blocking = json.loads(json.dumps(lss))
+    blocking["config"]["strategy_options"]["overlap"] = False
+    blocking["config"]["options"]["overlap"] = "false"
+    blocking["config"]["options"]["out"] = "elsewhere.json"
+    blocking["timing"]["median_ms"] = lss["timing"]["median_ms"] + 1.5
+    sb = blocking["trace"]["slowest_rank"]
+    sb["exposed_ms"] = 2.25
+    for v in sb["by_operation"].values():
+        v["ms"] *= 0.5
+    os.makedirs(os.path.join(tmp, "ov"))
+    twin = os.path.join(tmp, "ov", "lss_blocking.json")
+    json.dump(blocking, open(twin, "w"))
+    shutil.copy(os.path.join(traces, "lss_w2_sp2.trace.json"), os.path.join(tmp, "ov", "lss_w2_sp2.trace.json"))
+    r = run_trace(results[0], results[1], twin, "--out", os.path.join(tmp, "t7"))
+    manifest = json.load(open(os.path.join(tmp, "t7", "charts.json"))) if r.returncode == 0 else {}
+    pairs = manifest.get("overlap", [])
+    every_off = sum(v["ms"] for v in sb["by_operation"].values())
+    want = {"blocking": twin, "overlapped": results[0], "gain": 1.5, "exposed_blocking": 2.25,
+            "exposed_overlapped": slowest["exposed_ms"], "compute_slowdown": every - every_off,
+            "gained_share": 1.5 / 2.25}
+    check(len(pairs) == 1 and all(abs(pairs[0][k] - v) < 1e-9 if isinstance(v, float) else pairs[0][k] == v
+                                  for k, v in want.items()),
+          f"the overlap accounting pairs lss with its blocking twin only, gain {want['gain']}, share 0.67 ({pairs})")
+    summary = open(os.path.join(tmp, "t7", "SUMMARY.md")).read() if r.returncode == 0 else ""
+    check("## What overlap gains and what it costs" in summary and "| 1.50 | 2.25 |" in summary,
+          f"SUMMARY.md has the overlap accounting ({r.stderr.strip()})")
+    # two rounds of each: the first blocking run pairs with the first overlapped, the second with the second
+    os.makedirs(os.path.join(tmp, "ov2"))
+    for n in ("lss_w2_sp2.json", "lss_w2_sp2.trace.json"):
+        shutil.copy(os.path.join(traces, n), os.path.join(tmp, "ov2", n))
+    twin2 = os.path.join(tmp, "ov2", "lss_blocking.json")
+    json.dump(blocking, open(twin2, "w"))
+    second = os.path.join(tmp, "ov2", "lss_w2_sp2.json")
+    r = run_trace(results[0], twin, second, twin2, "--out", os.path.join(tmp, "t8"))
+    manifest = json.load(open(os.path.join(tmp, "t8", "charts.json"))) if r.returncode == 0 else {}
+    got = [(p["blocking"], p["overlapped"]) for p in manifest.get("overlap", [])]
+    check(got == [(twin, results[0]), (twin2, second)], f"rounds pair in order ({got}) {r.stderr.strip()}")
     moved = os.path.join(tmp, "moved.json")
     shutil.copy(results[0], moved)
     r = run_trace(moved, "--out", os.path.join(tmp, "t4"))
