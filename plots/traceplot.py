@@ -131,7 +131,7 @@ def draw_timeline(item, out, window):
               bbox_to_anchor=(0.5, -0.25 if len(rows) > 3 else -0.45), ncol=6, fontsize=8, frameon=False)
     fig.tight_layout()
     name = f"timeline_{item['stem']}.png"
-    fig.savefig(os.path.join(out, name), dpi=130)
+    fig.savefig(os.path.join(out, name), dpi=130, bbox_inches="tight")
     plt.close(fig)
     return name
 
@@ -170,7 +170,7 @@ def draw_breakdown(items, out):
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3 if len(items) > 2 else -0.55), ncol=3,
               fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "breakdown.png"), dpi=130)
+    fig.savefig(os.path.join(out, "breakdown.png"), dpi=130, bbox_inches="tight")  # long labels and the legend in full
     plt.close(fig)
     return "breakdown.png"
 
