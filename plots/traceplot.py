@@ -16,6 +16,7 @@ differ only in --overlap, what overlap gains and what it costs (README, Metrics,
 malformed file is an error naming the file (exit 2).
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -68,13 +69,13 @@ def load_result(path):
     for e in events:
         if not isinstance(e, dict) or "ph" not in e or "pid" not in e:
             raise InputError(f"{trace_path}: malformed trace event {e!r:.80}")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return {"path": path, "trace_path": trace_path, "stem": stem, "result": r, "events": events}
+    return {"path": path, "trace_path": trace_path, "result": r, "events": events}
 
 
 def unique_stems(items):
-    """Results of the same file name from different folders (two calls' points) get the shortest
-    tail of their paths that tells them apart, so that no timeline overwrites another."""
+    """Each result's stem: its file name without .json, or for results of one file name from
+    different folders (two calls' points) the shortest tail of their paths that tells them apart,
+    so that no timeline overwrites another."""
     parts = [os.path.splitext(os.path.abspath(item["path"]))[0].split(os.sep) for item in items]
     for item, mine in zip(items, parts):
         same = [other for other in parts if other[-1] == mine[-1] and other is not mine]
@@ -178,7 +179,7 @@ def draw_breakdown(items, out):
 def overlap_key(result):
     """A result's configuration without its overlap setting and its output paths: two results
     with the same key differ only in --overlap."""
-    config = json.loads(json.dumps(result["config"]))
+    config = copy.deepcopy(result["config"])
     config.get("strategy_options", {}).pop("overlap", None)
     for name in ("overlap", "out", "trace", "export"):
         config.get("options", {}).pop(name, None)
@@ -201,14 +202,14 @@ def overlap_accounting(blocking, overlapped):
     the timed step's gain, the communication the blocking run exposes, and the compute
     (attention + GEMM + other operations) that runs slower beside the overlapped collectives."""
     b, o = breakdown(blocking), breakdown(overlapped)
-    compute = {k: v["attention"] + v["gemm"] + v["other"] for k, v in (("off", b), ("on", o))}
+    compute_off, compute_on = (x["attention"] + x["gemm"] + x["other"] for x in (b, o))
     step_off = blocking["result"].get("timing", {}).get("median_ms")
     step_on = overlapped["result"].get("timing", {}).get("median_ms")
     gain = None if step_off is None or step_on is None else step_off - step_on
     return {"step_blocking": step_off, "step_overlapped": step_on, "gain": gain,
             "exposed_blocking": b["exposed"], "exposed_overlapped": o["exposed"],
-            "compute_blocking": compute["off"], "compute_overlapped": compute["on"],
-            "compute_slowdown": compute["on"] - compute["off"],
+            "compute_blocking": compute_off, "compute_overlapped": compute_on,
+            "compute_slowdown": compute_on - compute_off,
             "gained_share": None if gain is None or b["exposed"] <= 0 else gain / b["exposed"]}
 
 

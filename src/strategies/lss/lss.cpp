@@ -717,6 +717,7 @@ class LssStrategy final : public Strategy {
     std::sort(order.begin(), order.end(),
               [&](size_t x, size_t y) { return dkv_keys(segments_[x]) > dkv_keys(segments_[y]); });
     const int64_t key_row = Bl_ * 2 * C;  // elements of one key position in [dK | dV]
+    auto dq_rows_of = [&](int64_t row0) { return static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es; };
     auto grad_args = [&](AttentionArgs args, int64_t row0, void* dq_rows) {
       args.dout = {static_cast<char*>(d_attn.ptr()) + row0 * Bl_ * C * es, C, Bl_ * C};
       args.dq = {dq_rows, C, Bl_ * C};
@@ -739,7 +740,7 @@ class LssStrategy final : public Strategy {
         const int64_t row0 = row0_of[i];
         AttentionArgs args = grad_args(wave ? diagonal_args(a, a.kv_local, seg, row0, row0)
                                             : diagonal_args(a, kv_full, seg, row0, seg.start),
-                                       row0, static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es);
+                                       row0, dq_rows_of(row0));
         char* own = own_rows + row0 * key_row * es;
         args.dk = {own, 2 * C, key_row};
         args.dv = {own + C * es, 2 * C, key_row};
@@ -760,10 +761,9 @@ class LssStrategy final : public Strategy {
       auto* dkv = n == 0 ? static_cast<char*>(dkv_full.ptr()) + first * key_row * es : static_cast<char*>(scratch.ptr());
       Buffer dq_part;  // (count*Bl, C) split_causal: the diagonal block wrote the segment's dQ rows
       if (split()) dq_part = be.alloc(cfg.dtype, segments_[i].count * Bl_ * C);
-      char* dq_rows = static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es;
       const AttentionArgs fwd = split() ? preceding_args(a, kv_full, segments_[i], row0, first)
                                         : attention_args(a, kv_full, segments_[i], row0);
-      AttentionArgs args = grad_args(fwd, row0, split() ? dq_part.ptr() : dq_rows);
+      AttentionArgs args = grad_args(fwd, row0, split() ? dq_part.ptr() : dq_rows_of(row0));
       args.dk = {dkv, 2 * C, key_row};
       args.dv = {dkv + C * es, 2 * C, key_row};
       be.attention_backward(args);
