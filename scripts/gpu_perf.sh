@@ -26,7 +26,9 @@
 #   contention  what overlap gains and what it costs the compute beside it: 3 traced steps each of lss zigzag
 #             with --keep-kv --placed-reduce-scatter --distributed-optimizer and of megatron_sp, with --overlap
 #             and --no-overlap, on every GPU at T = 16K x GPUs, and of serial at that T on one GPU
-#             (plots/traceplot.py on the contention_*.json points draws the breakdown; twenty-ninth session)
+#             (plots/traceplot.py on the contention_*.json points draws the breakdown; twenty-ninth session);
+#             LSS_CONTENTION_ARGS are added to the lss and megatron_sp points, LSS_CONTENTION_TAG names them
+#             (contention_<tag>_...; e.g. "--grad-reduce-dtype bf16" and "bf16grads")
 #   split     lss zigzag with split causal blocks (the default) and with query-offset calls
 #             (--no-split-causal) on every GPU at T=16K x GPUs and 64K
 #   attention bench_attention (own flash kernels, both generations on H100/H200, and cuDNN; square
@@ -323,16 +325,17 @@ run_section() {
           --sp "$gpus" --seq "$T" --warmup 2 --iters 6 --trace-steps "${LSS_TRACE_STEPS:-3}" --trace "$res/trace_${tag}megatron_sp_w${gpus}_T$T.trace.json"
       fi ;;
     contention)
-      local T=$((16 * gpus))K best="--keep-kv --placed-reduce-scatter --distributed-optimizer" o
-      local traced=(--warmup 2 --iters 6 --no-bound --trace-steps 3)
-      point contention_serial_w1_T$T 1 200 --strategy serial --seq "$T" "${traced[@]}" \
-        --trace "$res/contention_serial_w1_T$T.trace.json"
+      local T=$((16 * gpus))K best="--keep-kv --placed-reduce-scatter --distributed-optimizer" o n
+      local traced=(--warmup 2 --iters 6 --no-bound --trace-steps 3) tag=contention${LSS_CONTENTION_TAG:+_$LSS_CONTENTION_TAG}
+      point ${tag}_serial_w1_T$T 1 200 --strategy serial --seq "$T" "${traced[@]}" --trace "$res/${tag}_serial_w1_T$T.trace.json"
       if ((gpus > 1)); then
         for o in overlap no-overlap; do
-          point contention_lss_best_${o}_w${gpus}_T$T "$gpus" 150 --strategy lss --sp "$gpus" --zigzag $best --$o \
-            --seq "$T" "${traced[@]}" --trace "$res/contention_lss_best_${o}_w${gpus}_T$T.trace.json"
-          point contention_megatron_sp_${o}_w${gpus}_T$T "$gpus" 150 --strategy megatron_sp --sp "$gpus" --$o \
-            --seq "$T" "${traced[@]}" --trace "$res/contention_megatron_sp_${o}_w${gpus}_T$T.trace.json"
+          n=${tag}_lss_best_${o}_w${gpus}_T$T
+          point "$n" "$gpus" 150 --strategy lss --sp "$gpus" --zigzag $best --$o ${LSS_CONTENTION_ARGS:-} \
+            --seq "$T" "${traced[@]}" --trace "$res/$n.trace.json"
+          n=${tag}_megatron_sp_${o}_w${gpus}_T$T
+          point "$n" "$gpus" 150 --strategy megatron_sp --sp "$gpus" --$o ${LSS_CONTENTION_ARGS:-} \
+            --seq "$T" "${traced[@]}" --trace "$res/$n.trace.json"
         done
       fi ;;
     split)

@@ -52,6 +52,9 @@ expect 1 "--bound-heat 600: at most 60 seconds" run --bound-heat 600
 expect 2 "--min-time -1: must be between 0 and 3600 seconds" run --min-time -1
 expect 1 "--strategy: unknown value 'nope'" run --strategy nope
 expect 1 "--dtype bf16: the cpu backend computes in fp32 or fp64" run --dtype bf16
+expect 2 "--grad-reduce-dtype: unknown value 'fp8'" run --strategy lss --sp 2 --grad-reduce-dtype fp8
+expect 2 "--grad-reduce-dtype fp64: wider than the gradients (fp32" run --strategy lss --sp 2 --grad-reduce-dtype fp64
+expect 2 "--grad-reduce-dtype bf16: the cpu backend has no bf16" run --strategy lss --sp 2 --grad-reduce-dtype bf16
 expect 1 "--data /nonexistent/enwik8: cannot be opened" run --data /nonexistent/enwik8
 expect 1 "--data short.bin: 5 bytes, fewer than one sequence" run --data short.bin --seq 64
 expect 1 "option --iters needs a value" run --iters

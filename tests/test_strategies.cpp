@@ -78,6 +78,8 @@ struct Case {
   // lss, zigzag: the default --placed-gather-min, above these tests' gathers, so that [K|V] is
   // gathered rank-major and copied into token order (false: a minimum of 0, the gathers placed).
   bool rank_major = false;
+  // fp64 only: the gradients summed in fp32 (--grad-reduce-dtype fp32), rounded and widened back.
+  bool fp32_sums = false;
 };
 
 std::string case_name(const Case& c, int P, int R) {
@@ -87,16 +89,19 @@ std::string case_name(const Case& c, int P, int R) {
          (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "") +
          (c.pipeline ? " chunk-pipeline" : "") + (c.sharded ? " distributed-optimizer" : "") +
          (c.odd_width ? " C=9" : "") + (c.placed_rs ? " placed-reduce-scatter" : "") +
-         (c.rank_major ? " rank-major-gather" : "");
+         (c.rank_major ? " rank-major-gather" : "") + (c.fp32_sums ? " grad-reduce-dtype fp32" : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
 
 // fp64: relative error under 1e-10 (only the summation order differs between grids).
 // fp32: under 2e-5 (a few ulps of fp32 accumulated over the reduction orders of a 16-wide model).
+// fp64 with fp32 gradient sums: under 1e-6 (each gradient rounded to fp32's 24 bits, 6e-8, before
+// and within its sums over at most 4 ranks); the loss, computed before any sum, under 1e-10.
 TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
   const Case c = GetParam();
-  const double bound = c.dtype == DType::f64 ? 1e-10 : 2e-5;
+  const double loss_bound = c.dtype == DType::f64 ? 1e-10 : 2e-5;
+  const double bound = c.fp32_sums ? 1e-6 : loss_bound;
   for (auto [P, R] : grids_for_world()) {
     RunConfig rc = small(c.strategy, P, c.dtype, c.causal);
     rc.strategy_opts.keep_kv = c.strategy == "lss" && c.option;
@@ -107,6 +112,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.chunk_pipeline = c.pipeline;
     rc.strategy_opts.distributed_optimizer = c.sharded;
     rc.strategy_opts.placed_reduce_scatter = c.placed_rs;
+    if (c.fp32_sums) rc.strategy_opts.grad_reduce_dtype = DType::f32;
     if (!c.rank_major) rc.strategy_opts.placed_gather_min_bytes = 0;
     if (c.odd_width) {
       rc.model.C = 9;
@@ -138,6 +144,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     RunConfig sc = rc;
     sc.strategy = "serial";
     sc.P = 1;
+    sc.strategy_opts.grad_reduce_dtype.reset();  // the reference sums nothing, in fp64
     Session serial(sc, MPI_COMM_SELF);
     const double ref_loss = serial.forward_backward(0);
     const auto ref_grads = serial.gather_full(true);
@@ -149,7 +156,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     const auto ref_params = serial.gather_full(false);
 
     const std::string where = case_name(c, P, R);
-    EXPECT_LT(std::abs(loss - ref_loss) / std::abs(ref_loss), bound) << where << ": loss " << loss << " vs " << ref_loss;
+    EXPECT_LT(std::abs(loss - ref_loss) / std::abs(ref_loss), loss_bound) << where << ": loss " << loss << " vs " << ref_loss;
     ASSERT_EQ(grads.size(), ref_grads.size()) << where;
     for (const auto& [name, ref] : ref_grads) {
       EXPECT_LT(rel_error(grads.at(name), ref), bound) << where << ": gradient of " << name;
@@ -218,6 +225,18 @@ std::vector<Case> all_cases() {
             }
           }
         }
+  // fp64 gradients summed in fp32: a bucket's all-reduces, the distributed optimizer's
+  // reduce-scatters and remainders (C = 9), the data group's sums; kept K/V and recomputation.
+  for (const char* s : {"lss", "megatron_sp"})
+    for (bool sharded : {false, true}) {
+      Case c{s, DType::f64, true, sharded};
+      c.sharded = sharded;
+      c.odd_width = sharded && std::string(s) == "lss";  // megatron_sp needs H divisible by P
+      c.recompute = !sharded;
+      c.zigzag = c.split = std::string(s) == "lss";
+      c.fp32_sums = true;
+      out.push_back(c);
+    }
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases()),
@@ -228,7 +247,7 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                                   (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "") +
                                   (c.pipeline ? "_pipeline" : "") + (c.sharded ? "_sharded" : "") +
                                   (c.odd_width ? "_C9" : "") + (c.placed_rs ? "_placedrs" : "") +
-                                  (c.rank_major ? "_rankmajor" : "");
+                                  (c.rank_major ? "_rankmajor" : "") + (c.fp32_sums ? "_fp32sums" : "");
                          });
 
 // --optimizer-in-backward on one rank: backward steps every bucket as it finishes its gradients,
@@ -429,15 +448,18 @@ TEST(Communication, PlacedReduceScatterSumsEachPieceIntoItsRank) {
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
   for (auto [P, R] : grids_for_world()) {
     for (const char* strategy : {"lss", "megatron_sp"}) {
-      for (int variant : {0, 1, 2, 3, 4, 5, 6}) {
+      for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8}) {
         // 0: defaults; 1: keep_kv + zigzag (lss) or regather_ln (megatron_sp); 2: recomputation
         // on top of 1; lss only: 3: the chunk pipeline (zigzag, re-gathered K/V); 4: 3 with kept K/V;
-        // 5: the distributed optimizer; lss only: 6: 5 with C = 9, H = 3 (remainders).
+        // 5: the distributed optimizer; lss only: 6: 5 with C = 9, H = 3 (remainders). An fp64
+        // model whose gradients are summed in fp32 (--grad-reduce-dtype): 7: defaults; 8: 5.
         if ((variant == 3 || variant == 4 || variant == 6) && std::string(strategy) != "lss") continue;
-        const bool pipeline = variant == 3 || variant == 4, sharded = variant >= 5;
+        const bool pipeline = variant == 3 || variant == 4, sharded = variant == 5 || variant == 6 || variant == 8;
+        const bool fp32_sums = variant >= 7;
         const bool option = variant == 1 || variant == 2 || variant == 4, recompute = variant == 2;
         const bool zigzag = option || pipeline;
-        RunConfig rc = small(strategy, P, DType::f32, true);
+        RunConfig rc = small(strategy, P, fp32_sums ? DType::f64 : DType::f32, true);
+        if (fp32_sums) rc.strategy_opts.grad_reduce_dtype = DType::f32;
         rc.strategy_opts.keep_kv = option;
         rc.strategy_opts.regather_ln = option;
         rc.strategy_opts.zigzag = zigzag;  // lss: the balanced order moves exactly the same bytes
@@ -453,7 +475,8 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         s.forward_backward(0);
         const CommModel got = s.comm_counts();
         const ModelConfig& m = rc.model;
-        const int64_t es = 4, Bl = m.B / R, L = m.L, C = m.C;
+        // Bytes per element of the activations and parameters (es) and of the summed gradients.
+        const int64_t es = fp32_sums ? 8 : 4, es_g = 4, Bl = m.B / R, L = m.L, C = m.C;
         const int64_t total = total_params(m);
         CommModel want;
         if (std::string(strategy) == "lss") {
@@ -479,9 +502,9 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             want["sp"] = counts({{CollKind::all_gather, (option ? 2 : 4) * L, m.T * Bl * C * es},
                                  {CollKind::reduce_scatter, 2 * L, m.T * Bl * C * es},
                                  {CollKind::all_reduce, 2 * L + 2, 0}});
-          if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C) * es;
+          if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C) * es_g;
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 2 * L + 3, 0}});
-          if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C + own_wpe) * es;
+          if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C + own_wpe) * es_g;
         } else {
           // megatron_sp: per layer 2 all-gathers + 2 reduce-scatters forward, the same backward, plus
           // 2 re-gathers of LN outputs when regather_ln; each of T*Bl*C elements. Replicated
@@ -495,9 +518,9 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             want["sp"] = counts({{CollKind::all_gather, L * (recompute || option ? 6 : 4), m.T * Bl * C * es},
                                  {CollKind::reduce_scatter, L * (recompute ? 6 : 4), m.T * Bl * C * es},
                                  {CollKind::all_reduce, 2 * L + 2, 0}});
-          if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es;
+          if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es_g;
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 4 * L + 2, 0}});
-          if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (replicated + sharded) * es;
+          if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (replicated + sharded) * es_g;
         }
         // The distributed optimizer replaces each bucket's all-reduce of n replicated gradient
         // elements by a reduce-scatter of P*floor(n/P), an all-reduce of the n mod P left and the
@@ -521,11 +544,11 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           for (int64_t n : buckets) {
             const int64_t shard = n / P, left = n % P;
             sp.calls[rs] += 1;
-            sp.bytes[rs] += P * shard * es;
+            sp.bytes[rs] += P * shard * es_g;
             sp.calls[ag] += 1;
             sp.bytes[ag] += P * shard * es;
             sp.calls[ar] += left > 0 ? 1 : 0;
-            sp.bytes[ar] += left * es;
+            sp.bytes[ar] += left * es_g;
             dp_calls += 1 + (left > 0 ? 1 : 0);
             dp_elements += shard + left;
           }
@@ -537,7 +560,7 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             dp_calls += lss ? 1 : 2 * L;
             dp_elements += lss ? own_wpe : L * (12 * C * C + 7 * C) / P;
             want["dp"] = counts({{CollKind::all_reduce, dp_calls, 0}});
-            want["dp"].bytes[ar] = dp_elements * es;
+            want["dp"].bytes[ar] = dp_elements * es_g;
           }
         }
         if (P * R > 1) want["world"] = counts({{CollKind::all_reduce, 1, 8}});

@@ -72,6 +72,7 @@ StrategyOptions options_of(const std::string& variant) {
   o.regather_ln = variant != "keepln";
   o.overlap = variant != "nooverlap";
   o.optimizer_in_backward = variant == "optbwd";
+  if (has("gradbf16")) o.grad_reduce_dtype = DType::bf16;
   return o;
 }
 
@@ -110,7 +111,8 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     } else {
       loss = gpu.forward_backward(0);
     }
-    // The communicator's counts (bf16 activations, fp32 gradients) equal the README's formulas.
+    // The communicator's counts (bf16 activations, fp32 or --grad-reduce-dtype gradients) equal
+    // the README's formulas.
     const CommModel counted = gpu.comm_counts(), expected = gpu.expected_comm();
     EXPECT_EQ(counted.size(), expected.size()) << c.strategy << " P=" << P;
     for (const auto& [group, counts] : expected)
@@ -202,6 +204,10 @@ std::vector<Case> cases() {
   out.push_back({"serial", DType::bf16, true, "cudnn", "optbwd"});
   out.push_back({"serial", DType::bf16, false, "cudnn", "optbwd"});
   for (const char* s : {"lss", "megatron_sp"}) out.push_back({s, DType::bf16, true, "cudnn", "optbwd"});
+  // The gradients summed in bf16 (--grad-reduce-dtype bf16): rounded into the bf16 copy, summed
+  // by all-reduces or the distributed optimizer's reduce-scatters, widened back.
+  for (const char* v : {"zigzag_gradbf16", "zigzag_sharded_gradbf16"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
+  for (const char* v : {"gradbf16", "sharded_gradbf16"}) out.push_back({"megatron_sp", DType::bf16, true, "cudnn", v});
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, GpuStep, ::testing::ValuesIn(cases()),

@@ -30,6 +30,7 @@ class MegatronSpStrategy final : public Strategy {
     return {{"regather_ln", ctx_.opts.regather_ln},
             {"recompute", ctx_.opts.recompute},
             {"distributed_optimizer", sharded()},
+            {"grad_reduce_dtype", dtype_name(gradient_wire_dtype(ctx_.cfg, ctx_.opts))},
             {"overlap", ctx_.opts.overlap}};
   }
 

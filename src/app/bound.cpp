@@ -147,6 +147,15 @@ double optimizer_seconds(Backend& be, double heat_s, DType dtype, const Optimize
   return t * static_cast<double>(numel) / static_cast<double>(n);
 }
 
+// Seconds of a conversion of `numel` elements from dtype `from` into `to`, on fresh operands;
+// memory-bound like the optimizer, so priced from at most kMaxAdamwChunk elements.
+double cast_seconds(Backend& be, double heat_s, DType to, DType from, int64_t numel) {
+  const int64_t n = std::min(numel, kMaxAdamwChunk);
+  Buffer src = random_operand(be, from, n), dst = be.alloc(to, n);
+  const double t = time_median(be, heat_s, [&] { be.copy(dst.view(), src.view()); });
+  return t * static_cast<double>(numel) / static_cast<double>(n);
+}
+
 // Seconds of one of a strategy's own passes, on fresh operands.
 double pass_seconds(Backend& be, double heat_s, DType dtype, const BoundModel::Pass& p) {
   using Kind = BoundModel::Pass::Kind;
@@ -389,6 +398,17 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
     const auto [fwd, bwd] = attention_seconds(be, heat_s, a);
     c.attention_s += L * ((1 + recompute) * fwd + bwd);
   }
+  // A narrower --grad-reduce-dtype: the buckets' gradients rounded into the copy the collectives
+  // sum, and the sums this rank steps widened back, once per step each.
+  const auto [rounded, widened] = session.strategy().gradient_cast_numel(session.strategy().params());
+  const DType md = master_dtype(m.dtype), wire = gradient_wire_dtype(m, rc.strategy_opts);
+  for (const auto& [what, numel, to, from] : {std::tuple{"gradients rounded for their sums", rounded, wire, md},
+                                              std::tuple{"sums widened into the gradients", widened, md, wire}}) {
+    if (numel == 0) continue;
+    const double t = cast_seconds(be, heat_s, to, from, numel);
+    c.passes_s += t;
+    c.passes.push_back({{"what", what}, {"ms_per_call", t * 1e3}, {"calls", 1}});
+  }
   c.optimizer_s = optimizer_seconds(be, heat_s, m.dtype, rc.opt, session.strategy().optimizer_numel());
   c.optimizer_hidden_share = session.strategy().optimizer_share_beside_backward(session.strategy().params());
   return c;
@@ -419,9 +439,10 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const BoundModel::Linear* stand_in = nullptr;
   for (const auto& lin : model.layer_linears)
     if (stand_in == nullptr || lin.rows * lin.in * lin.out > stand_in->rows * stand_in->in * stand_in->out) stand_in = &lin;
-  // Gradients travel in the master dtype, activations in the compute dtype.
+  // Gradients travel in the master dtype (or --grad-reduce-dtype), activations in the compute dtype.
+  const DType gradient_dtype = gradient_wire_dtype(m, rc.strategy_opts);
   for (const auto& c : model.comm) {
-    const DType dt = c.gradients || c.kind == CollKind::all_reduce ? master_dtype(m.dtype) : m.dtype;
+    const DType dt = c.gradients || c.kind == CollKind::all_reduce ? gradient_dtype : m.dtype;
     const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes, static_cast<int>(dt), c.placed);
     if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt, c.placed);
     const double t = measured[key];

@@ -99,6 +99,10 @@ OptionParser make_parser() {
   p.add_flag("optimizer-in-backward", false,
              "on one rank (P = R = 1): step each bucket of parameters (head, each layer's halves) with AdamW beside the "
              "rest of backward, as soon as backward has finished its gradients");
+  p.add_string("grad-reduce-dtype", "master",
+               "dtype in which the sequence and data groups sum the gradients: master (fp32 in a bf16 model), or "
+               "narrower: bf16 (as Megatron-LM's --grad-reduce-in-bf16), fp32 (fp64 model); the sums are widened back "
+               "before AdamW");
   p.add_flag("overlap", true, "overlap collectives with compute (communication stream, per-layer gradient all-reduces)");
   p.add_flag("copy-engine-gathers", false,
              "cuda: the sequence group's all-gathers on the GPUs' copy engines (NCCL zero-CTA policy, symmetric "
@@ -146,6 +150,8 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.overlap = p.flag("overlap");
   rc.strategy_opts.distributed_optimizer = p.flag("distributed-optimizer");
   rc.strategy_opts.optimizer_in_backward = p.flag("optimizer-in-backward");
+  if (p.str("grad-reduce-dtype") != "master")
+    rc.strategy_opts.grad_reduce_dtype = parse_dtype(p.str("grad-reduce-dtype"), "--grad-reduce-dtype");
   rc.copy_engine_gathers = p.flag("copy-engine-gathers");
   rc.strategy = p.str("strategy");
   // The serial model keeps every activation (it is also the reference the distributed runs are

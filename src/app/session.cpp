@@ -45,6 +45,15 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || !cfg_.strategy_opts.distributed_optimizer,
                     "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the "
                     "copy engines (give one of the two)");
+  if (const auto wire = cfg_.strategy_opts.grad_reduce_dtype) {
+    const DType master = master_dtype(cfg_.model.dtype);
+    LSS_REQUIRE_INPUT(dtype_size(*wire) <= dtype_size(master),
+                      std::string("--grad-reduce-dtype ") + dtype_name(*wire) + ": wider than the gradients (" +
+                          dtype_name(master) + " with --dtype " + dtype_name(cfg_.model.dtype) + ")");
+    LSS_REQUIRE_INPUT(*wire != DType::bf16 || cfg_.backend == "cuda",
+                      "--grad-reduce-dtype bf16: the " + cfg_.backend + " backend has no bf16 (fp32 sums an fp64 "
+                      "model's gradients there)");
+  }
   LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || cfg_.backend == "cuda",
                     "--copy-engine-gathers: the " + cfg_.backend + " backend has no copy engines (needs --backend cuda)");
   backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});

@@ -261,11 +261,11 @@ void region_energy(const std::vector<EnergyReading>& readings, double region_s, 
   st.energy_j = st.mean_power_w * region_s;
 }
 
-DType parse_dtype(const std::string& s) {
+DType parse_dtype(const std::string& s, const std::string& option) {
   if (s == "fp32") return DType::f32;
   if (s == "fp64") return DType::f64;
   if (s == "bf16") return DType::bf16;
-  throw UsageError("--dtype: unknown value '" + s + "' (expected fp32, fp64 or bf16)");
+  throw UsageError(option + ": unknown value '" + s + "' (expected fp32, fp64 or bf16)");
 }
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {

@@ -36,7 +36,7 @@ inline DType stat_dtype(DType compute) { return compute == DType::f64 ? DType::f
 // them in fp32; fp32 and fp64 keep everything in their own type.
 inline DType master_dtype(DType compute) { return compute == DType::bf16 ? DType::f32 : compute; }
 
-// Parses "fp32" | "fp64" | "bf16"; throws UsageError naming the bad value.
-DType parse_dtype(const std::string& s);
+// Parses "fp32" | "fp64" | "bf16"; throws UsageError naming the option and the bad value.
+DType parse_dtype(const std::string& s, const std::string& option = "--dtype");
 
 }  // namespace lss

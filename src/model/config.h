@@ -1,6 +1,7 @@
 // The model and run configuration shared by every strategy.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "core/dtype.h"
@@ -78,6 +79,15 @@ struct StrategyOptions {
   // on an H200 at its power cap the serial step at T = 16K gained 0.2-0.5%, within the spread, as
   // backward grew by what the optimizer phase lost (PERFORMANCE.md, fourteenth session).
   bool optimizer_in_backward = false;
+  // The dtype in which the sequence and data groups sum the gradients; empty: the master dtype.
+  // Narrower (bf16 for a bf16 model's fp32 gradients, as Megatron-LM's --grad-reduce-in-bf16;
+  // fp32 for an fp64 model's): each bucket's gradients are rounded into a copy of the flat
+  // gradient in this dtype, the collectives sum the copy (fewer bytes), and the sums this rank
+  // steps are widened back into the gradients before AdamW. Each gradient is rounded once more
+  // (bf16: to 8 significant bits) before the optimizer, which normalises it anyway. Costs the copy
+  // (2 bytes per parameter in bf16) and two casts per step; nothing where nothing is summed
+  // (P = R = 1).
+  std::optional<DType> grad_reduce_dtype;
   // Overlap collectives with compute (asynchronous collectives on a communication stream, and
   // gradient all-reduces per layer during backward); false runs each one where it is needed.
   bool overlap = true;

@@ -139,7 +139,7 @@ int64_t Strategy::data_gradient_calls(const ParamStore& store) const {
 
 void Strategy::expect_gradient_comm(CommModel& m, const ParamStore& store) const {
   const int P = ctx_.grid.P, R = ctx_.grid.R;
-  const int64_t es_grad = static_cast<int64_t>(dtype_size(store.all_grads().dtype));
+  const int64_t es_grad = static_cast<int64_t>(dtype_size(gradient_wire_dtype(ctx_.cfg, ctx_.opts)));
   const int64_t es_param = static_cast<int64_t>(dtype_size(store.all_working().dtype));
   if (!sharded()) {
     int64_t buckets = 0;
@@ -160,7 +160,7 @@ void Strategy::expect_gradient_comm(CommModel& m, const ParamStore& store) const
 }
 
 void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, double block_backward_flops) const {
-  const int64_t es_grad = static_cast<int64_t>(dtype_size(store.all_grads().dtype));
+  const int64_t es_grad = static_cast<int64_t>(dtype_size(gradient_wire_dtype(ctx_.cfg, ctx_.opts)));
   const int64_t es_param = static_cast<int64_t>(dtype_size(store.all_working().dtype));
   const bool replicas = ctx_.grid.R > 1;
   const int P = ctx_.grid.P;
@@ -292,6 +292,35 @@ double Strategy::optimizer_share_beside_backward(const ParamStore& store) const 
   return static_cast<double>(n) / static_cast<double>(std::max<int64_t>(1, optimizer_numel()));
 }
 
+DType gradient_wire_dtype(const ModelConfig& cfg, const StrategyOptions& opts) {
+  return opts.grad_reduce_dtype.value_or(master_dtype(cfg.dtype));
+}
+
+std::vector<std::pair<int64_t, int64_t>> Strategy::summed_parts(const ParamStore& store, const std::string& key) const {
+  std::vector<std::pair<int64_t, int64_t>> parts;
+  for (bool seq_reduced : {true, false}) {
+    const auto [b, e] = bucket_range(store, key, seq_reduced);
+    if (e > b && (seq_reduced || ctx_.grid.R > 1)) parts.emplace_back(b, e);
+  }
+  return parts;
+}
+
+std::pair<int64_t, int64_t> Strategy::gradient_cast_numel(const ParamStore& store) const {
+  if (!casts_gradients()) return {0, 0};
+  int64_t rounded = 0, widened = 0;
+  for (const auto& key : bucket_keys()) {
+    for (const auto& [b, e] : summed_parts(store, key)) rounded += e - b;
+    for (const auto& [b, e] : stepped_ranges(store, key)) widened += e - b;
+  }
+  return {rounded, widened};
+}
+
+View Strategy::wire_gradients(ParamStore& store) {
+  if (!casts_gradients()) return store.all_grads();
+  if (!wire_grads_) wire_grads_ = ctx_.backend.alloc(gradient_wire_dtype(ctx_.cfg, ctx_.opts), store.numel());
+  return wire_grads_.view();
+}
+
 void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   if (backward_opt_ != nullptr && nothing_to_sum()) {
     // The bucket's gradients are final, so its parameters step now, beside the backward still to
@@ -309,7 +338,10 @@ void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   bucket.ranges = stepped_ranges(store, key);
   Communicator& seq = *ctx_.grid.seq;
   CommLabel label(seq, "gradients, " + bucket_label(key));
-  const View grads = store.all_grads();
+  const View grads = wire_gradients(store);
+  // The bucket's gradients are final on the compute stream here: its collectives sum them rounded.
+  if (casts_gradients())
+    for (const auto& [b, e] : summed_parts(store, key)) ctx_.backend.copy(grads.slice(b, e - b), store.all_grads().slice(b, e - b));
   if (const Shard* sh = sharded() ? shard_of(key) : nullptr) {
     // In place: rank p's sum lands in its own shard of the bucket.
     if (sh->size > 0) {
@@ -340,7 +372,7 @@ void Strategy::start_data(ParamStore& store, Bucket& b) {
   for (CommHandle& h : b.seq) ctx_.grid.seq->wait(h);
   CommLabel label(*ctx_.grid.data, "gradients, data group");
   for (const auto& [begin, end] : b.ranges) {
-    b.data.push_back(ctx_.grid.data->start_all_reduce(store.all_grads().slice(begin, end - begin)));
+    b.data.push_back(ctx_.grid.data->start_all_reduce(wire_gradients(store).slice(begin, end - begin)));
     wait_unless_overlap(*ctx_.grid.data, b.data.back());
   }
 }
@@ -457,15 +489,19 @@ void Strategy::reduce_gradients(ParamStore& store) {
   if (!ctx_.opts.overlap) finish_gradients();
 }
 
-void Strategy::wait_bucket(Bucket& b) {
+void Strategy::wait_bucket(ParamStore& store, Bucket& b) {
   for (CommHandle& h : b.seq) ctx_.grid.seq->wait(h);
   for (CommHandle& h : b.data) ctx_.grid.data->wait(h);
+  if (!casts_gradients()) return;
+  const View wire = wire_gradients(store);
+  for (const auto& [begin, end] : b.ranges)
+    ctx_.backend.copy(store.all_grads().slice(begin, end - begin), wire.slice(begin, end - begin));
 }
 
 void Strategy::finish_gradients() {
   ParamStore& store = params();
   for (Bucket& b : buckets_in_flight_) start_data(store, b);
-  for (Bucket& b : buckets_in_flight_) wait_bucket(b);
+  for (Bucket& b : buckets_in_flight_) wait_bucket(store, b);
   buckets_in_flight_.clear();
   ctx_.backend.join_side_work();
 }
@@ -498,7 +534,7 @@ void Strategy::optimizer_step(const OptimizerConfig& opt, int64_t step) {
   // The buckets whose sums are all under way first, each after its waits; then the last ones'
   // data-group sums start (after their sequence-group sums), and they step as those finish.
   auto step_bucket = [&](Bucket& b) {
-    wait_bucket(b);
+    wait_bucket(store, b);
     for (const auto& [begin, end] : b.ranges) store.adamw_step(opt, step, begin, end);
   };
   for (Bucket& b : buckets)

@@ -23,6 +23,9 @@ struct StrategyContext {
   const DataSource& data;
 };
 
+// The dtype in which the gradients' collectives move them: --grad-reduce-dtype, or the master dtype.
+DType gradient_wire_dtype(const ModelConfig& cfg, const StrategyOptions& opts);
+
 // Expected collective calls and bytes per training step, by group name ("sp", "dp", "world").
 using CommModel = std::map<std::string, CommCounts>;
 
@@ -71,7 +74,7 @@ struct BoundModel {
     double hidden_by_flops = 0;  // GEMM FLOPs of the same rank that run beside each call (with --overlap)
     // Share of the optimizer step (parameters stepped / all) that runs beside it (with --overlap).
     double hidden_by_optimizer_share = 0;
-    // It moves gradients (the master dtype; otherwise the compute dtype), as every all-reduce does.
+    // It moves gradients (gradient_wire_dtype; otherwise the compute dtype), as every all-reduce does.
     bool gradients = false;
     // An all-gather placed by these pieces (Communicator::all_gather_placed, timed as such), in
     // elements of its dtype; empty: rank-major.
@@ -122,6 +125,10 @@ class Strategy {
   // Elements of the flat parameter buffers this rank's optimizer steps: all of them, or with
   // --distributed-optimizer its shards of the sequence-reduced ones and all the others.
   int64_t optimizer_numel() const;
+  // Elements of the flat gradient that --grad-reduce-dtype rounds into its copy per step
+  // (every bucket's parts that a group sums) and widens back (those this rank steps); zero
+  // without the option or with nothing to sum. For the bound.
+  std::pair<int64_t, int64_t> gradient_cast_numel(const ParamStore& store) const;
   // With --distributed-optimizer each rank holds the summed gradients (and, in a bf16 model, the
   // current masters) of its shards only: all-gathers the rest from the group so that every rank
   // holds every element (for the export and the checks; not part of a step). Nothing otherwise.
@@ -174,6 +181,11 @@ class Strategy {
   // Lays out the --distributed-optimizer shards and gives the store its optimizer ranges: each
   // strategy calls it once its store exists (its constructor).
   void plan_shards();
+  // A --grad-reduce-dtype narrower than the gradients, where something is summed: the
+  // collectives move wire_grads_.
+  bool casts_gradients() const {
+    return gradient_wire_dtype(ctx_.cfg, ctx_.opts) != master_dtype(ctx_.cfg.dtype) && !nothing_to_sum();
+  }
   // --distributed-optimizer in effect: asked for, and a sequence group to shard over.
   bool sharded() const { return ctx_.opts.distributed_optimizer && ctx_.grid.P > 1; }
   // The gradient all-reduces of the bound model, as the schedule above runs them: a layer's two
@@ -270,8 +282,15 @@ class Strategy {
   };
   // Waits for the bucket's sequence-group sum and starts its data-group all-reduces (once).
   void start_data(ParamStore& store, Bucket& b);
-  // Waits for every all-reduce of the bucket started so far.
-  void wait_bucket(Bucket& b);
+  // Waits for every all-reduce of the bucket started so far; with a narrower --grad-reduce-dtype
+  // then widens its sums into the gradients.
+  void wait_bucket(ParamStore& store, Bucket& b);
+  // The flat gradient as the collectives move it: the gradients, or their narrower copy.
+  View wire_gradients(ParamStore& store);
+  // The parts of bucket `key` its collectives sum: its sequence-reduced range, and with replicas
+  // its other one.
+  std::vector<std::pair<int64_t, int64_t>> summed_parts(const ParamStore& store, const std::string& key) const;
+  Buffer wire_grads_;  // (numel) --grad-reduce-dtype, when casts_gradients(): the gradients the collectives sum
   std::vector<Bucket> buckets_in_flight_;  // in the order started
   // One rank (P = R = 1): no bucket waits for a sum, so step_in_backward applies.
   bool nothing_to_sum() const;

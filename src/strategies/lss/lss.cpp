@@ -37,6 +37,7 @@ class LssStrategy final : public Strategy {
             {"placed_reduce_scatter", placed_scatter()},
             {"recompute", ctx_.opts.recompute},
             {"distributed_optimizer", sharded()},
+            {"grad_reduce_dtype", dtype_name(gradient_wire_dtype(ctx_.cfg, ctx_.opts))},
             {"overlap", ctx_.opts.overlap}};
   }
 
