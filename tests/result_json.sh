@@ -117,6 +117,22 @@ for x in r0["comm"]:
     else:
         ok = ok and x["hidden_by_optimizer_share"] == 0
 ok = ok and abs(b["step_over_bound"] - r["timing"]["median_ms"] / b["bound_ms"]) <= 1e-9 * b["step_over_bound"]
+# A --grad-reduce-dtype narrower than the gradients: the two casts priced as passes (where the
+# grid sums anything), the gradients' collectives in its bytes, and the check's gradient bound
+# that dtype's.
+master = {"bf16": "fp32"}.get(c["dtype"], c["dtype"])
+wire = c["strategy_options"].get("grad_reduce_dtype", master)
+casts = [x for x in r0["passes"] if x["what"] in ("gradients rounded for their sums", "sums widened into the gradients")]
+narrower = wire != master and r["grid"]["world"] > 1
+ok = ok and len(casts) == (2 if narrower else 0) and all(x["ms_per_call"] > 0 and x["calls"] == 1 for x in casts)
+# Every all-reduce of a step sums gradients (the loss's is the world's): the bound prices the bytes
+# the communicator counted moving, in whatever dtype they moved.
+for g in ("sp", "dp"):
+    priced = sum(x["bytes"] * x["calls"] for x in r0["comm"] if x["group"] == g and x["kind"] == "all_reduce")
+    counted = r["comm"]["per_step_rank0"].get(g, {}).get("all_reduce", {}).get("bytes", 0)
+    ok = ok and priced == counted
+bounds = {"fp64": 1e-10, "fp32": 1e-4, "bf16": 5e-2}
+ok = ok and r["check"]["gradient_bound"] == max(bounds[c["dtype"]], bounds[wire])
 sys.exit(0 if ok else 1)
 PY
   then failures=$((failures + 1)); echo "FAIL: $name: analytic bound"; return; fi
@@ -222,5 +238,7 @@ point 4 megatron_dp --strategy megatron_sp --sp 2 --batch 2 --check-seq 32
 point 2 lss_no_overlap --strategy lss --sp 2 --no-overlap
 point 4 lss_sharded --strategy lss --sp 4 --zigzag --distributed-optimizer
 point 4 megatron_sharded_dp --strategy megatron_sp --sp 2 --batch 2 --distributed-optimizer
+point 2 lss_fp32_sums --strategy lss --sp 2 --dtype fp64 --grad-reduce-dtype fp32 --distributed-optimizer
+point 4 megatron_fp32_sums_dp --strategy megatron_sp --sp 2 --batch 2 --dtype fp64 --grad-reduce-dtype fp32
 echo "$((total - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -519,8 +519,9 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                       {"rank0", hot.to_json(gemm_flops)}};
   return {{"definition", "this rank's linear layers (with the GELU and residual adds their GEMMs fuse), attention "
                          "calls, elementwise kernels (LayerNorm, unfused residual adds, head, loss, embedding on "
-                         "the run's tokens) and the strategy's own passes (reorder copies, merges, additions) each "
-                         "timed alone at the step's shapes + the optimizer step (AdamW on the rank's parameters) "
+                         "the run's tokens) and the strategy's own passes (reorder copies, merges, additions; "
+                         "the gradient casts of a narrower --grad-reduce-dtype) each timed alone at the step's "
+                         "shapes + the optimizer step (AdamW on the rank's parameters) "
                          "timed alone, less the share backward steps beside its compute (--optimizer-in-backward) + "
                          "each collective timed alone less the GEMM and optimizer time the schedule "
                          "runs beside it; slowest rank"},
