@@ -341,7 +341,8 @@ void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   const View grads = wire_gradients(store);
   // The bucket's gradients are final on the compute stream here: its collectives sum them rounded.
   if (casts_gradients())
-    for (const auto& [b, e] : summed_parts(store, key)) ctx_.backend.copy(grads.slice(b, e - b), store.all_grads().slice(b, e - b));
+    for (const auto& [b, e] : summed_parts(store, key))
+      ctx_.backend.copy(grads.slice(b, e - b), store.all_grads().slice(b, e - b));
   if (const Shard* sh = sharded() ? shard_of(key) : nullptr) {
     // In place: rank p's sum lands in its own shard of the bucket.
     if (sh->size > 0) {
