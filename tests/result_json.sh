@@ -73,10 +73,17 @@ placed_rs = c["strategy_options"].get("placed_reduce_scatter", False)
 ok = ok and all(x.get("placed_pieces") == (2 if placed_rs else None) for x in r0["comm"] if x["what"] == "dK/dV reduce-scatter")
 ok = ok and (not placed_rs or not any(x["what"] == "[dK|dV] to rank order" for x in r0["passes"]))
 ok = ok and (not placed_rs or any(x["what"] == "dK/dV reduce-scatter" for x in r0["comm"]))
-# lss --chunk-pipeline runs every forward linear on each of its two chunks: timed so.
+# lss --chunk-pipeline runs every forward linear on each of its two chunks: timed so. megatron_sp
+# (P > 1) runs its column-parallel layers (QKV, MLP up: `out` = 3C/P and 4C/P) on rank 0's own
+# rows beside their gather, then on the rows after them: two parts.
 pipeline = c["strategy_options"].get("chunk_pipeline", False)
-ok = ok and all((x.get("forward_parts", 1) == 2) == pipeline for x in r0["linears"])
-ok = ok and all(x["forward_in_parts_ms"] > 0 for x in r0["linears"] if pipeline)
+if r["strategy"] == "megatron_sp":
+    column = lambda x: x["in"] == C and x["out"] in (3 * C // r["grid"]["sp"], 4 * C // r["grid"]["sp"])
+    want_parts = lambda x: 2 if r["grid"]["sp"] > 1 and column(x) else 1
+else:
+    want_parts = lambda x: 2 if pipeline else 1
+ok = ok and all(x.get("forward_parts", 1) == want_parts(x) for x in r0["linears"])
+ok = ok and all(x["forward_in_parts_ms"] > 0 for x in r0["linears"] if want_parts(x) > 1)
 ok = ok and abs(max(b["per_rank_ms"]) - b["bound_ms"]) <= 1e-9 * b["bound_ms"] and len(b["per_rank_ms"]) == r["grid"]["world"]
 ok = ok and abs(r0["gemm_tflops_at_step_shapes"] - r0["gemm_flops"] / r0["gemm_ms"] / 1e9) <= 1e-9 * r0["gemm_tflops_at_step_shapes"]
 ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])

@@ -1,6 +1,7 @@
 #include "baselines/megatron_sp/megatron_sp.h"
 
 #include <cmath>
+#include <functional>
 
 #include "core/check.h"
 #include "model/layers.h"
@@ -87,23 +88,39 @@ class MegatronSpStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const double NF = static_cast<double>(NF_), C = static_cast<double>(cfg.C), Cl = static_cast<double>(Cl_);
     BoundModel m;
-    // Its residual adds follow the row-parallel layers' reduce-scatters: separate kernels.
-    m.layer_linears = {
-        {NF_, cfg.C, 3 * Cl_}, {NF_, Cl_, cfg.C}, {NF_, cfg.C, 4 * Cl_, false, true}, {NF_, 4 * Cl_, cfg.C, false, false, true}};
+    // Its residual adds follow the row-parallel layers' reduce-scatters: separate kernels. The
+    // column-parallel layers' forward runs on the rank's own rows beside their gather, then on the
+    // rows before and after them (gather_rows_beside): 2 GEMMs on the first and last rank, 3 on the
+    // others (priced as that many equal parts). The backward's data gradients beside the output
+    // gradient's gathers are split the same way, priced whole.
+    const int64_t parts = P_ == 1 ? 1 : (ctx_.grid.p == 0 || ctx_.grid.p == P_ - 1 ? 2 : 3);
+    m.layer_linears = {{NF_, cfg.C, 3 * Cl_, false, false, false, parts},
+                       {NF_, Cl_, cfg.C},
+                       {NF_, cfg.C, 4 * Cl_, false, true, false, parts},
+                       {NF_, 4 * Cl_, cfg.C, false, false, true}};
     m.residual_adds = 2;
     m.layer_attention = {attention_shape(Bl_, Hl_, cfg.T, cfg.T, 0)};
     if (P_ > 1) {
       const int64_t full = cfg.T * Bl_ * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
       const int64_t L = cfg.L;
       const double qkv = 2 * NF * C * 3 * Cl, fc = 2 * NF * C * 4 * Cl;  // one GEMM of each column-parallel layer
-      m.comm.push_back({"LN-output all-gather, forward", "sp", CollKind::all_gather, full, 2 * L, 0.0});
-      m.comm.push_back({"row-parallel reduce-scatter, forward", "sp", CollKind::reduce_scatter, full, 2 * L, 0.0});
-      if (ctx_.opts.recompute) {
-        m.comm.push_back({"LN-output all-gather, recomputed forward", "sp", CollKind::all_gather, full, 2 * L, 0.0});
-        m.comm.push_back({"row-parallel reduce-scatter, recomputed forward", "sp", CollKind::reduce_scatter, full, 2 * L,
-                          0.0});
+      // Each gather runs beside its GEMM on the rank's own rows (1/P of the rows).
+      const double own = 1.0 / P_;
+      for (const char* pass : {"forward", "recomputed forward"}) {
+        if (std::string(pass) != "forward" && !ctx_.opts.recompute) continue;
+        m.comm.push_back({std::string("LN-output all-gather beside the QKV GEMM on the own rows, ") + pass, "sp",
+                          CollKind::all_gather, full, L, own * qkv});
+        m.comm.push_back({std::string("LN-output all-gather beside the MLP-up GEMM on the own rows, ") + pass, "sp",
+                          CollKind::all_gather, full, L, own * fc});
+        m.comm.push_back({std::string("row-parallel reduce-scatter, ") + pass, "sp", CollKind::reduce_scatter, full,
+                          2 * L, 0.0});
       }
-      m.comm.push_back({"output-gradient all-gather, backward", "sp", CollKind::all_gather, full, 2 * L, 0.0});
+      // Backward's gathers of the output gradient beside the data gradient on the own rows (the
+      // MLP-down layer's: as many FLOPs as the MLP-up GEMM; the out projection's: a third of QKV's).
+      m.comm.push_back({"output-gradient all-gather beside the MLP-down data gradient on the own rows", "sp",
+                        CollKind::all_gather, full, L, own * fc});
+      m.comm.push_back({"output-gradient all-gather beside the out-projection data gradient on the own rows", "sp",
+                        CollKind::all_gather, full, L, own * qkv / 3});
       if (ctx_.opts.regather_ln && !ctx_.opts.recompute) {
         m.comm.push_back({"LN-output re-gather beside the QKV data gradient", "sp", CollKind::all_gather, full, L, qkv});
         m.comm.push_back({"LN-output re-gather beside the MLP-up data gradient", "sp", CollKind::all_gather, full, L, fc});
@@ -205,12 +222,25 @@ class MegatronSpStrategy final : public Strategy {
   // reduce-scatters would only copy (1.9% of the step at T = 16K on an H200; PERFORMANCE.md,
   // twenty-seventh session), so they hand over their input instead, as serial's step has none.
   bool alone() const { return P_ == 1; }
-  // All-gathers local rows (T/P of them) into all T rows (alone: the local rows themselves).
-  Buffer gather_rows(View local) {
-    if (alone()) return Buffer::borrowed(local);
+  // All-gathers local rows (N, width) into all T*Bl rows and runs `gemm` on every row beside it, as
+  // Megatron-LM's --tp-comm-overlap runs a column-parallel layer's GEMM beside its all-gather: first
+  // on this rank's own rows, which are its local input and need no gather, while the gather is in
+  // flight, then on the rows before and after them once it has landed. gemm(x, row0, rows) computes
+  // the output rows [row0, row0 + rows) from x, those input rows. Returns the gathered rows
+  // (alone: the local rows themselves, after one GEMM on them).
+  Buffer gather_rows_beside(View local, int64_t width, const std::function<void(View, int64_t, int64_t)>& gemm) {
+    if (alone()) {
+      gemm(local, 0, N_);
+      return Buffer::borrowed(local);
+    }
     CommLabel label(*ctx_.grid.seq, "sequence all-gather");
     PendingCollective g = start_seq_all_gather(local);
-    return finish(g);
+    const int64_t own = ctx_.grid.p * N_, after = own + N_;
+    gemm(local, own, N_);
+    Buffer full = finish(g);
+    if (own > 0) gemm(full.view().slice(0, own * width), 0, own);
+    if (after < NF_) gemm(full.view().slice(after * width, (NF_ - after) * width), after, NF_ - after);
+    return full;
   }
   // Sums a (T*Bl, C) partial result over the tensor group into this rank's T/P rows.
   Buffer scatter_rows(Buffer& partial) {
@@ -264,9 +294,10 @@ class MegatronSpStrategy final : public Strategy {
     a.ln1_mean = be.alloc(st, N);
     a.ln1_rstd = be.alloc(st, N);
     be.layernorm_forward(a.ln1_out.view(), a.ln1_mean.view(), a.ln1_rstd.view(), h, w.ln1_w, w.ln1_b, N, C, cfg.ln_eps);
-    Buffer ln_full = gather_rows(a.ln1_out.view());
     a.qkv = be.alloc(cfg.dtype, NF * 3 * Cl_);
-    linear_forward(be, a.qkv.view(), ln_full.view(), w.attn_w, w.attn_b, NF, C, 3 * Cl_);
+    Buffer ln_full = gather_rows_beside(a.ln1_out.view(), C, [&](View x, int64_t row0, int64_t rows) {
+      linear_forward(be, a.qkv.view().slice(row0 * 3 * Cl_, rows * 3 * Cl_), x, w.attn_w, w.attn_b, rows, C, 3 * Cl_);
+    });
     if (keep_ln) a.ln1_full = std::move(ln_full);
     ln_full.reset();
     a.attn_out = be.alloc(cfg.dtype, NF * Cl_);
@@ -287,10 +318,12 @@ class MegatronSpStrategy final : public Strategy {
     a.ln2_mean = be.alloc(st, N);
     a.ln2_rstd = be.alloc(st, N);
     be.layernorm_forward(a.ln2_out.view(), a.ln2_mean.view(), a.ln2_rstd.view(), h_in, w.ln2_w, w.ln2_b, N, C, cfg.ln_eps);
-    Buffer ln_full = gather_rows(a.ln2_out.view());
     a.fc = be.alloc(cfg.dtype, NF * 4 * Cl_);
     a.act = be.alloc(cfg.dtype, NF * 4 * Cl_);
-    linear_gelu_forward(be, a.act.view(), a.fc.view(), ln_full.view(), w.fc_w, w.fc_b, NF, C, 4 * Cl_);
+    Buffer ln_full = gather_rows_beside(a.ln2_out.view(), C, [&](View x, int64_t row0, int64_t rows) {
+      linear_gelu_forward(be, a.act.view().slice(row0 * 4 * Cl_, rows * 4 * Cl_),
+                          a.fc.view().slice(row0 * 4 * Cl_, rows * 4 * Cl_), x, w.fc_w, w.fc_b, rows, C, 4 * Cl_);
+    });
     if (keep_ln) a.ln2_full = std::move(ln_full);
     ln_full.reset();
     Buffer partial = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C)
@@ -305,10 +338,13 @@ class MegatronSpStrategy final : public Strategy {
     const ModelConfig& cfg = ctx_.cfg;
     const int64_t C = cfg.C, N = N_, NF = NF_;
     be.bias_grad(g.fc2_b, dh, N, C);
-    Buffer dy_full = gather_rows(dh);               // (T*Bl, C)
     Buffer d_act = be.alloc(cfg.dtype, NF * 4 * Cl_);  // (T*Bl, 4C/P)
-    linear_backward(be, d_act.view(), 0.0, g.fc2_w, View{}, dy_full.view(), a.act.view(), w.fc2_w, NF, 4 * Cl_, C,
-                    a.fc.view());
+    // The data gradient beside the output gradient's gather, then the weight gradient on all rows.
+    Buffer dy_full = gather_rows_beside(dh, C, [&](View dy, int64_t row0, int64_t rows) {  // (T*Bl, C)
+      linear_backward(be, d_act.view().slice(row0 * 4 * Cl_, rows * 4 * Cl_), 0.0, View{}, View{}, dy, View{}, w.fc2_w,
+                      rows, 4 * Cl_, C, a.fc.view().slice(row0 * 4 * Cl_, rows * 4 * Cl_));
+    });
+    linear_backward(be, View{}, 0.0, g.fc2_w, View{}, dy_full.view(), a.act.view(), w.fc2_w, NF, 4 * Cl_, C);
     dy_full.reset();
     a.act.reset();
     a.fc.reset();
@@ -329,9 +365,12 @@ class MegatronSpStrategy final : public Strategy {
     const int64_t C = cfg.C, N = N_, NF = NF_;
     a.h_mid.reset();
     be.bias_grad(g.proj_b, dh, N, C);
-    Buffer dy_full = gather_rows(dh);            // (T*Bl, C)
     Buffer d_attn = be.alloc(cfg.dtype, NF * Cl_);  // (T*Bl, C/P)
-    linear_backward(be, d_attn.view(), 0.0, g.proj_w, View{}, dy_full.view(), a.attn_out.view(), w.proj_w, NF, Cl_, C);
+    Buffer dy_full = gather_rows_beside(dh, C, [&](View dy, int64_t row0, int64_t rows) {  // (T*Bl, C)
+      linear_backward(be, d_attn.view().slice(row0 * Cl_, rows * Cl_), 0.0, View{}, View{}, dy, View{}, w.proj_w, rows,
+                      Cl_, C);
+    });
+    linear_backward(be, View{}, 0.0, g.proj_w, View{}, dy_full.view(), a.attn_out.view(), w.proj_w, NF, Cl_, C);
     dy_full.reset();
     Buffer dqkv = be.alloc(cfg.dtype, NF * 3 * Cl_);  // (T*Bl, 3C/P), laid out as qkv
     AttentionArgs args = attention_args(a);

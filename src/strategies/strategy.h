@@ -43,7 +43,8 @@ struct BoundModel {
     bool gelu_out = false;  // forward applies GELU in the GEMM's epilogue (linear_gelu_forward)
     bool gelu_in = false;   // its input is a GELU output: the data gradient goes through gelu' in the epilogue
     // The step's forward runs it as this many GEMMs on consecutive row ranges (lss
-    // --chunk-pipeline: one per chunk); backward and a recomputed forward run it whole.
+    // --chunk-pipeline: one per chunk; megatron_sp: the own rows beside their gather, then the
+    // rest); priced whole in backward and a recomputed forward.
     int64_t forward_parts = 1;
   };
   std::vector<Linear> layer_linears;
