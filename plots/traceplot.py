@@ -5,7 +5,7 @@ usage: python3 plots/traceplot.py RESULT_JSON [RESULT_JSON ...] --out CHART_DIR 
 
 Each RESULT_JSON is an lssbench result with a "trace" entry; its Chrome trace is read from the
 path recorded there, or, where that path is gone (results copied from another machine), from the
-file of that name beside the result or in the sweep's traces/ folder (a sweep spec's trace_steps). Per result, timeline_<stem>.png (the stem prefixed by as many folders as tell apart results of one file name) draws every rank's lanes
+file of that name (or that name with .xz, compressed) beside the result or in the sweep's traces/ folder (a sweep spec's trace_steps). Per result, timeline_<stem>.png (the stem prefixed by as many folders as tell apart results of one file name) draws every rank's lanes
 (phase, compute, side, comm) with each span coloured by kind: attention, GEMM, other operations,
 collectives, waits; --window (ms from the trace's origin) zooms in on a part of the step, e.g. one
 layer. breakdown.png stacks each result's slowest rank: attention, GEMMs, other operations,
@@ -57,11 +57,13 @@ def load_result(path):
     if not isinstance(t, dict) or "path" not in t or "per_rank" not in t or "slowest_rank" not in t:
         raise InputError(f"{path}: no trace in this result (run it with --trace FILE)")
     # The recorded path; else, for results copied elsewhere, the file of that name beside the
-    # result, or in the sweep's traces/ folder beside its points/.
+    # result, or in the sweep's traces/ folder beside its points/; each also xz-compressed
+    # (NAME.xz, as results/ keeps them).
     here = os.path.dirname(os.path.abspath(path))
-    candidates = [t["path"], os.path.join(here, os.path.basename(t["path"])),
-                  os.path.join(os.path.dirname(here), "traces", os.path.basename(t["path"]))]
-    trace_path = next((c for c in candidates if os.path.exists(c)), candidates[1])
+    places = [t["path"], os.path.join(here, os.path.basename(t["path"])),
+              os.path.join(os.path.dirname(here), "traces", os.path.basename(t["path"]))]
+    candidates = [c for place in places for c in (place, place + ".xz")]
+    trace_path = next((c for c in candidates if os.path.exists(c)), places[1])
     trace = load_json(trace_path)
     if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
         raise InputError(f"{trace_path}: not a Chrome trace (traceEvents missing)")

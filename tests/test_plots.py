@@ -4,6 +4,7 @@ with the expected series, SUMMARY.md has the tables; missing or malformed input 
 naming the file and exit 2."""
 import glob
 import json
+import lzma
 import os
 import re
 import shutil
@@ -351,6 +352,18 @@ with tempfile.TemporaryDirectory() as tmp:
     json.dump(doc, open(untraced, "w"))
     r = run_trace(untraced, "--out", os.path.join(tmp, "t3"))
     check(r.returncode == 2 and "untraced.json: no trace in this result" in r.stderr, f"a result without a trace named: {r.stderr.strip()}")
+    # a trace kept xz-compressed beside its result (as results/ keeps them) draws the same
+    os.makedirs(os.path.join(tmp, "xz"))
+    shutil.copy(results[0], os.path.join(tmp, "xz", "lss_w2_sp2.json"))
+    with open(os.path.join(traces, "lss_w2_sp2.trace.json"), "rb") as src, \
+            lzma.open(os.path.join(tmp, "xz", "lss_w2_sp2.trace.json.xz"), "wb") as dst:
+        dst.write(src.read())
+    r = run_trace(os.path.join(tmp, "xz", "lss_w2_sp2.json"), "--out", os.path.join(tmp, "txz"))
+    plain = open(os.path.join(out, "SUMMARY.md")).read().split("\n")
+    packed = open(os.path.join(tmp, "txz", "SUMMARY.md")).read().split("\n") if r.returncode == 0 else []
+    row = lambda lines: [x for x in lines if x.startswith("| lss ")][:1]
+    check(r.returncode == 0 and row(packed) == row(plain) and row(plain) != [],
+          f"an xz-compressed trace beside its result is read ({r.stderr.strip()})")
     # a sweep's layout (trace_steps): the trace in traces/ beside points/
     os.makedirs(os.path.join(tmp, "sw", "points"))
     os.makedirs(os.path.join(tmp, "sw", "traces"))
