@@ -195,6 +195,10 @@ TEST(Trace, RankSummaryOfAHandMadeStep) {
              ms("wait all_gather", "compute", 6, 7), ms("adamw", "side", 8, 9), ms("all_gather", "comm", 1, 4),
              ms("all_reduce", "compute", 9, 10)};
   r.spans[7].detail = "K/V all-gather: sp, 256 MiB";
+  r.spans[7].label = "K/V all-gather";
+  // A label is the span's own field, not read back from the detail: a detail with ": " and no
+  // label is grouped by kind.
+  r.spans[8].detail = "gradients, head: sp, 4 MiB";
   const nlohmann::json s = lss::trace_rank_summary(r);
   EXPECT_EQ(s["rank"], 3);
   EXPECT_NEAR(s["step_ms"].get<double>(), 10.0, 1e-9);

@@ -86,6 +86,10 @@ def run_case(tmp, name, ranks, args, steps=1):
         check(overlaps == 0, f"{name} rank {r}: compute-lane spans do not overlap ({overlaps} do)")
         unlabelled = [e["args"]["detail"] for e in others if e["name"] in KINDS and ": " not in e["args"]["detail"]]
         check(not unlabelled, f"{name} rank {r}: every collective says what it is for ({unlabelled[:3]})")
+        # ... in its own field (args.label), which its detail begins with.
+        mislabelled = [e["args"] for e in others if e["name"] in KINDS
+                       and not e["args"]["detail"].startswith(e["args"].get("label", "\0") + ": ")]
+        check(not mislabelled, f"{name} rank {r}: each collective's args.label begins its detail ({mislabelled[:2]})")
         collectives = Counter(e["name"] for e in others if e["name"] in KINDS)
         per_rank_collectives.append(collectives)
         check(collectives == expected, f"{name} rank {r}: traced collectives {dict(collectives)} = counted {dict(expected)}")

@@ -91,7 +91,7 @@ std::vector<RankTrace> gather_traces(const std::vector<Backend::TraceSpan>& mine
   LSS_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   LSS_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
   json spans = json::array();
-  for (const auto& s : mine) spans.push_back({s.name, s.lane, s.detail, s.begin_s, s.end_s});
+  for (const auto& s : mine) spans.push_back({s.name, s.lane, s.detail, s.begin_s, s.end_s, s.label});
   const std::string text = json{{"host", host_name()}, {"spans", spans}}.dump();
   const int length = static_cast<int>(text.size());
   std::vector<int> lengths(static_cast<size_t>(world)), offsets(static_cast<size_t>(world));
@@ -115,7 +115,7 @@ std::vector<RankTrace> gather_traces(const std::vector<Backend::TraceSpan>& mine
     RankTrace t{r, j["host"].get<std::string>(), {}};
     for (const auto& s : j["spans"])
       t.spans.push_back({s[0].get<std::string>(), s[1].get<std::string>(), s[2].get<std::string>(), s[3].get<double>(),
-                         s[4].get<double>()});
+                         s[4].get<double>(), s[5].get<std::string>()});
     out.push_back(std::move(t));
   }
   return out;
@@ -139,6 +139,7 @@ json chrome_trace(const std::vector<RankTrace>& ranks, const json& meta) {
       json e = {{"name", s.name}, {"cat", category_name(category_of(s))}, {"ph", "X"}, {"pid", r.rank}, {"tid", lane_id(s.lane)},
                 {"ts", s.begin_s * 1e6}, {"dur", std::max(0.0, s.end_s - s.begin_s) * 1e6}};
       if (!s.detail.empty()) e["args"] = {{"detail", s.detail}};
+      if (!s.label.empty()) e["args"]["label"] = s.label;
       events.push_back(std::move(e));
     }
   }
@@ -165,9 +166,8 @@ json trace_rank_summary(const RankTrace& r, int64_t steps) {
       exposed += d;
     } else if (category == Category::comm) {
       comm.push_back(iv);
-      // By what it is for (the label before ": " in its detail), else by kind.
-      const size_t colon = s.detail.find(": ");
-      auto& [calls, seconds] = by_collective[colon == std::string::npos ? s.name : s.detail.substr(0, colon)];
+      // By what it is for (its label), else by kind.
+      auto& [calls, seconds] = by_collective[s.label.empty() ? s.name : s.label];
       ++calls;
       seconds += d;
       if (s.lane == "comm") comm_lane.push_back(iv);

@@ -126,7 +126,7 @@ void Communicator::finish(CollKind k, size_t bytes, const Backend::Marker& start
     pending_.push_back({start, timer_->mark(), k});
     // A blocking collective runs on the caller's lane.
     if (timer_->tracing())
-      timer_->add_trace_span(coll_kind_name(k), "compute", trace_detail(bytes), start, pending_.back().end);
+      timer_->add_trace_span(coll_kind_name(k), "compute", trace_detail(bytes), start, pending_.back().end, label_);
   } else {
     const double t = now_s() - start.host_s;
     counts_.seconds += t;

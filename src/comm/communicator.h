@@ -149,6 +149,8 @@ class Communicator {
   // A trace span's detail for a collective of `bytes` on this group, with the label in force:
   // "K/V all-gather: sp, 256 MiB".
   std::string trace_detail(size_t bytes) const;
+  // The label in force (CommLabel): what the collectives started now are for; empty if none.
+  const std::string& trace_label() const { return label_; }
 
  private:
   // Starts timing one collective; finish() counts it.

@@ -241,7 +241,10 @@ void NcclCommunicator::local_copy(View dst, View src) {
 
 int64_t NcclCommunicator::start_async(CollKind kind, View output, View input, const std::function<void()>& enqueue) {
   AsyncOp op{kind, kind == CollKind::reduce_scatter ? input.bytes() : output.bytes()};
-  if (timer() && timer()->tracing()) op.detail = trace_detail(op.bytes);
+  if (timer() && timer()->tracing()) {
+    op.detail = trace_detail(op.bytes);
+    op.label = trace_label();
+  }
   cudaEvent_t ready = nullptr;
   LSS_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
   for (cudaEvent_t* e : {&op.start, &op.end, &op.wait_begin, &op.wait_end}) LSS_CUDA_CHECK(cudaEventCreate(e));
@@ -273,11 +276,13 @@ void NcclCommunicator::trace(const AsyncOp& op) const {
     LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, origin, e));
     return 1e-3 * static_cast<double>(ms);
   };
-  timer()->add_trace_span({coll_kind_name(op.kind), "comm", op.detail, since_origin(op.start), since_origin(op.end)});
+  timer()->add_trace_span(
+      {coll_kind_name(op.kind), "comm", op.detail, since_origin(op.start), since_origin(op.end), op.label});
   // The compute lane's stall at the wait: only where it stood still.
   const double wait_begin = since_origin(op.wait_begin), wait_end = since_origin(op.wait_end);
   if (wait_end > wait_begin)
-    timer()->add_trace_span({std::string("wait ") + coll_kind_name(op.kind), "compute", op.detail, wait_begin, wait_end});
+    timer()->add_trace_span(
+        {std::string("wait ") + coll_kind_name(op.kind), "compute", op.detail, wait_begin, wait_end, op.label});
 }
 
 void NcclCommunicator::resolve_async(CommCounts& c) const {

@@ -54,6 +54,7 @@ class NcclCommunicator : public Communicator {
     CollKind kind;
     size_t bytes = 0;    // as counted (communicator.h's byte convention)
     std::string detail{};  // the trace span's detail, taken at the start (its label in force then)
+    std::string label{};   // that label alone
     cudaEvent_t start = nullptr, end = nullptr, wait_begin = nullptr, wait_end = nullptr;
   };
   // resolve_async's spans of one finished collective (the timing backend is tracing).

@@ -92,10 +92,12 @@ const Backend::Marker& Backend::trace_origin() const {
   return trace_->origin;
 }
 
-void Backend::add_trace_span(std::string name, std::string lane, std::string detail, Marker begin, Marker end) {
+void Backend::add_trace_span(std::string name, std::string lane, std::string detail, Marker begin, Marker end,
+                             std::string label) {
   LSS_CHECK(tracing(), "add_trace_span: no trace in progress");
-  trace_->spans.push_back({TraceSpan{std::move(name), std::move(lane), std::move(detail)}, std::move(begin),
-                           std::move(end), false});
+  TraceSpan span{std::move(name), std::move(lane), std::move(detail)};
+  span.label = std::move(label);
+  trace_->spans.push_back({std::move(span), std::move(begin), std::move(end), false});
 }
 
 void Backend::add_trace_span(TraceSpan span) {

@@ -331,6 +331,7 @@ class Backend {
     std::string lane;    // "compute", "side" (begin_side_work), "comm" (the collectives' lane) or "phase"
     std::string detail;  // shapes; for a collective what it is for, its group and bytes
     double begin_s = 0, end_s = 0;
+    std::string label = {};  // a collective and its wait: what it is for (CommLabel), else empty
   };
   void begin_trace();
   // The spans recorded since begin_trace(), in the order they were added (waits for the device).
@@ -339,7 +340,8 @@ class Backend {
   // The marker begin_trace() made: the origin of every span's times.
   const Marker& trace_origin() const;
   // A span between two markers made since begin_trace(); its times are read at end_trace().
-  void add_trace_span(std::string name, std::string lane, std::string detail, Marker begin, Marker end);
+  void add_trace_span(std::string name, std::string lane, std::string detail, Marker begin, Marker end,
+                      std::string label = {});
   // A span whose times are known already (a communicator's, read from its own events).
   void add_trace_span(TraceSpan span);
 
