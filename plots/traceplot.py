@@ -215,7 +215,9 @@ def overlap_accounting(blocking, overlapped):
             "gained_share": None if gain is None or b["exposed"] <= 0 else gain / b["exposed"]}
 
 
-def write_summary(items, out):
+def write_summary(items, overlap, out):
+    """SUMMARY.md: the breakdown table, the collectives by what they are for and `overlap`'s
+    (blocking, overlapped, accounting) rows."""
     lines = ["# Traced steps", "",
              "The slowest rank of each result's traced step (`lssbench run --trace`; README, Metrics, \"Step trace\"), "
              "in ms. Attention, GEMM and other: operation time summed over the compute and side lanes.", "",
@@ -237,8 +239,7 @@ def write_summary(items, out):
         lines += ["", "## Collectives by what they are for", "",
                   "The slowest rank's collectives per step (time on their lane, hidden or not; README, Metrics).", "",
                   "| result | collective | calls | ms |", "|---|---|---|---|"] + rows
-    pairs = overlap_pairs(items)
-    if pairs:
+    if overlap:
         fmt = lambda x: "-" if x is None else f"{x:.2f}"
         lines += ["", "## What overlap gains and what it costs", "",
                   "Results that differ only in `--overlap` (README, Metrics, \"overlap accounting\"): the timed steps, the "
@@ -247,8 +248,7 @@ def write_summary(items, out):
                   "| configuration | step blocking | step overlapped | gain | exposed blocking | exposed overlapped "
                   "| compute blocking | compute overlapped | compute slower by | share gained |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for blocking, overlapped in pairs:
-            a = overlap_accounting(blocking, overlapped)
+        for _, overlapped, a in overlap:
             lines.append(f"| {label_of(overlapped)} | {fmt(a['step_blocking'])} | {fmt(a['step_overlapped'])} | "
                          f"{fmt(a['gain'])} | {a['exposed_blocking']:.2f} | {a['exposed_overlapped']:.2f} | "
                          f"{a['compute_blocking']:.2f} | {a['compute_overlapped']:.2f} | {a['compute_slowdown']:.2f} | "
@@ -289,11 +289,11 @@ def main(argv):
         charts["timelines"][item["path"]] = draw_timeline(item, args.out, window)
     charts["breakdown"] = draw_breakdown(items, args.out)
     charts["breakdown_ms"] = {item["path"]: breakdown(item) for item in items}
-    charts["overlap"] = [dict(overlap_accounting(b, o), blocking=b["path"], overlapped=o["path"])
-                         for b, o in overlap_pairs(items)]
+    overlap = [(b, o, overlap_accounting(b, o)) for b, o in overlap_pairs(items)]
+    charts["overlap"] = [dict(a, blocking=b["path"], overlapped=o["path"]) for b, o, a in overlap]
     with open(os.path.join(args.out, "charts.json"), "w") as f:
         json.dump(charts, f, indent=2)
-    write_summary(items, args.out)
+    write_summary(items, overlap, args.out)
     print(f"traceplot: {len(items)} traced step(s) drawn in {args.out}")
     return 0
 

@@ -106,15 +106,15 @@ class MegatronSpStrategy final : public Strategy {
       const double qkv = 2 * NF * C * 3 * Cl, fc = 2 * NF * C * 4 * Cl;  // one GEMM of each column-parallel layer
       // Each gather runs beside its GEMM on the rank's own rows (1/P of the rows).
       const double own = 1.0 / P_;
-      for (const char* pass : {"forward", "recomputed forward"}) {
-        if (std::string(pass) != "forward" && !ctx_.opts.recompute) continue;
-        m.comm.push_back({std::string("LN-output all-gather beside the QKV GEMM on the own rows, ") + pass, "sp",
+      const auto add_forward = [&](const std::string& pass) {
+        m.comm.push_back({"LN-output all-gather beside the QKV GEMM on the own rows, " + pass, "sp",
                           CollKind::all_gather, full, L, own * qkv});
-        m.comm.push_back({std::string("LN-output all-gather beside the MLP-up GEMM on the own rows, ") + pass, "sp",
+        m.comm.push_back({"LN-output all-gather beside the MLP-up GEMM on the own rows, " + pass, "sp",
                           CollKind::all_gather, full, L, own * fc});
-        m.comm.push_back({std::string("row-parallel reduce-scatter, ") + pass, "sp", CollKind::reduce_scatter, full,
-                          2 * L, 0.0});
-      }
+        m.comm.push_back({"row-parallel reduce-scatter, " + pass, "sp", CollKind::reduce_scatter, full, 2 * L, 0.0});
+      };
+      add_forward("forward");
+      if (ctx_.opts.recompute) add_forward("recomputed forward");
       // Backward's gathers of the output gradient beside the data gradient on the own rows (the
       // MLP-down layer's: as many FLOPs as the MLP-up GEMM; the out projection's: a third of QKV's).
       m.comm.push_back({"output-gradient all-gather beside the MLP-down data gradient on the own rows", "sp",

@@ -266,11 +266,12 @@ AttentionArgs Strategy::attention_shape(int64_t B, int64_t H, int64_t Tq, int64_
 
 bool Strategy::nothing_to_sum() const { return ctx_.grid.P == 1 && ctx_.grid.R == 1; }
 
-std::vector<std::pair<int64_t, int64_t>> Strategy::bucket_parts(const ParamStore& store, const std::string& key) const {
+std::vector<std::pair<int64_t, int64_t>> Strategy::bucket_parts(const ParamStore& store, const std::string& key,
+                                                                bool rest) const {
   std::vector<std::pair<int64_t, int64_t>> parts;
   for (bool seq_reduced : {true, false}) {
     const auto [b, e] = bucket_range(store, key, seq_reduced);
-    if (e > b) parts.emplace_back(b, e);
+    if (e > b && (seq_reduced || rest)) parts.emplace_back(b, e);
   }
   return parts;
 }
@@ -296,20 +297,11 @@ DType gradient_wire_dtype(const ModelConfig& cfg, const StrategyOptions& opts) {
   return opts.grad_reduce_dtype.value_or(master_dtype(cfg.dtype));
 }
 
-std::vector<std::pair<int64_t, int64_t>> Strategy::summed_parts(const ParamStore& store, const std::string& key) const {
-  std::vector<std::pair<int64_t, int64_t>> parts;
-  for (bool seq_reduced : {true, false}) {
-    const auto [b, e] = bucket_range(store, key, seq_reduced);
-    if (e > b && (seq_reduced || ctx_.grid.R > 1)) parts.emplace_back(b, e);
-  }
-  return parts;
-}
-
 std::pair<int64_t, int64_t> Strategy::gradient_cast_numel(const ParamStore& store) const {
   if (!casts_gradients()) return {0, 0};
   int64_t rounded = 0, widened = 0;
   for (const auto& key : bucket_keys()) {
-    for (const auto& [b, e] : summed_parts(store, key)) rounded += e - b;
+    for (const auto& [b, e] : bucket_parts(store, key, ctx_.grid.R > 1)) rounded += e - b;
     for (const auto& [b, e] : stepped_ranges(store, key)) widened += e - b;
   }
   return {rounded, widened};
@@ -341,7 +333,7 @@ void Strategy::start_bucket(ParamStore& store, const std::string& key) {
   const View grads = wire_gradients(store);
   // The bucket's gradients are final on the compute stream here: its collectives sum them rounded.
   if (casts_gradients())
-    for (const auto& [b, e] : summed_parts(store, key))
+    for (const auto& [b, e] : bucket_parts(store, key, ctx_.grid.R > 1))
       ctx_.backend.copy(grads.slice(b, e - b), store.all_grads().slice(b, e - b));
   if (const Shard* sh = sharded() ? shard_of(key) : nullptr) {
     // In place: rank p's sum lands in its own shard of the bucket.

@@ -288,15 +288,14 @@ class Strategy {
   void wait_bucket(ParamStore& store, Bucket& b);
   // The flat gradient as the collectives move it: the gradients, or their narrower copy.
   View wire_gradients(ParamStore& store);
-  // The parts of bucket `key` its collectives sum: its sequence-reduced range, and with replicas
-  // its other one.
-  std::vector<std::pair<int64_t, int64_t>> summed_parts(const ParamStore& store, const std::string& key) const;
   Buffer wire_grads_;  // (numel) --grad-reduce-dtype, when casts_gradients(): the gradients the collectives sum
   std::vector<Bucket> buckets_in_flight_;  // in the order started
   // One rank (P = R = 1): no bucket waits for a sum, so step_in_backward applies.
   bool nothing_to_sum() const;
-  // Both parts of bucket `key` (its sequence-reduced range and its other one), those not empty.
-  std::vector<std::pair<int64_t, int64_t>> bucket_parts(const ParamStore& store, const std::string& key) const;
+  // The parts of bucket `key`, those not empty: its sequence-reduced range and, with `rest`, its
+  // other one (the parts its collectives sum: rest only with data replicas).
+  std::vector<std::pair<int64_t, int64_t>> bucket_parts(const ParamStore& store, const std::string& key,
+                                                        bool rest = true) const;
   // step_in_backward's AdamW (null: none) and the flat ranges backward has stepped with it.
   const OptimizerConfig* backward_opt_ = nullptr;
   int64_t backward_adam_step_ = 0;
