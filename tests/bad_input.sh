@@ -63,6 +63,9 @@ expect 1 "--recompute: --strategy serial keeps every activation" run --strategy 
 expect 2 "--strategy serial runs on one rank" run --strategy serial --batch 2
 expect 2 "--seq 127 does not divide by --sp 2" run --strategy lss --sp 2 --seq 127
 expect 2 "--heads 3 does not divide by --sp 2" run --strategy megatron_sp --sp 2 --heads 3 --width 48
+expect 2 "--scatter-chunks 3 does not divide the 128 rows each rank holds (T/P x B/R = 128 x 1)" run --strategy megatron_sp --sp 2 --seq 256 --scatter-chunks 3
+expect 2 "--scatter-chunks -2: must not be negative" run --strategy megatron_sp --sp 2 --scatter-chunks -2
+expect 2 "--scatter-chunks: an option of megatron_sp, which --strategy lss does not read" run --strategy lss --sp 2 --scatter-chunks 2
 expect 2 "--sp 3: the world size 2" run --strategy lss --sp 3
 expect 2 "--copy-engine-gathers: the cpu backend has no copy engines (needs --backend cuda)" run --strategy lss --sp 2 --copy-engine-gathers
 expect 2 "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the copy engines (give one of the two)" run --strategy lss --sp 2 --copy-engine-gathers --distributed-optimizer

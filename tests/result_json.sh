@@ -74,16 +74,32 @@ ok = ok and all(x.get("placed_pieces") == (2 if placed_rs else None) for x in r0
 ok = ok and (not placed_rs or not any(x["what"] == "[dK|dV] to rank order" for x in r0["passes"]))
 ok = ok and (not placed_rs or any(x["what"] == "dK/dV reduce-scatter" for x in r0["comm"]))
 # lss --chunk-pipeline runs every forward linear on each of its two chunks: timed so. megatron_sp
-# (P > 1) runs its column-parallel layers (QKV, MLP up: `out` = 3C/P and 4C/P) on rank 0's own
-# rows beside their gather, then on the rows after them: two parts.
+# (P > 1) runs its column-parallel layers (QKV, MLP up: the first and third) on rank 0's own rows
+# beside their gather, then on the rows after them: two parts; and its row-parallel layers (out
+# projection, MLP down) in --scatter-chunks chunks of every rank's rows: P x chunks parts, or one
+# GEMM with one chunk.
 pipeline = c["strategy_options"].get("chunk_pipeline", False)
+sp = r["grid"]["sp"]
 if r["strategy"] == "megatron_sp":
-    column = lambda x: x["in"] == C and x["out"] in (3 * C // r["grid"]["sp"], 4 * C // r["grid"]["sp"])
-    want_parts = lambda x: 2 if r["grid"]["sp"] > 1 and column(x) else 1
+    chunks = c["strategy_options"]["scatter_chunks"]
+    want_parts = lambda i: 1 if sp == 1 else (2 if i % 2 == 0 else (sp * chunks if chunks > 1 else 1))
+    # Each chunk's reduce-scatter but the last runs beside the next chunk's GEMMs: (chunks - 1) x L
+    # calls of 1/chunks of the rows for each row-parallel layer and forward pass.
+    beside_next = [x for x in r0["comm"] if "beside the next chunk's GEMM" in x["what"]]
+    full = T * (B // r["grid"]["dp"]) * C * {"fp64": 8, "fp32": 4, "bf16": 2}[c["dtype"]]
+    ok = ok and len(beside_next) == (2 * (1 + rec) if sp > 1 and chunks > 1 else 0)
+    ok = ok and all(x["calls"] == (chunks - 1) * L and x["bytes"] == full // chunks and x["hidden_by_ms"] > 0
+                    for x in beside_next)
+    # The bound prices the reduce-scatters (and all-gathers) the communicator counted.
+    for kind in ("reduce_scatter", "all_gather"):
+        priced = [x for x in r0["comm"] if x["group"] == "sp" and x["kind"] == kind]
+        counted = r["comm"]["per_step_rank0"].get("sp", {}).get(kind, {"calls": 0, "bytes": 0})
+        ok = ok and sum(x["calls"] for x in priced) == counted["calls"]
+        ok = ok and sum(x["bytes"] * x["calls"] for x in priced) == counted["bytes"]
 else:
-    want_parts = lambda x: 2 if pipeline else 1
-ok = ok and all(x.get("forward_parts", 1) == want_parts(x) for x in r0["linears"])
-ok = ok and all(x["forward_in_parts_ms"] > 0 for x in r0["linears"] if want_parts(x) > 1)
+    want_parts = lambda i: 2 if pipeline else 1
+ok = ok and all(x.get("forward_parts", 1) == want_parts(i) for i, x in enumerate(r0["linears"]))
+ok = ok and all(x["forward_in_parts_ms"] > 0 for i, x in enumerate(r0["linears"]) if want_parts(i) > 1)
 ok = ok and abs(max(b["per_rank_ms"]) - b["bound_ms"]) <= 1e-9 * b["bound_ms"] and len(b["per_rank_ms"]) == r["grid"]["world"]
 ok = ok and abs(r0["gemm_tflops_at_step_shapes"] - r0["gemm_flops"] / r0["gemm_ms"] / 1e9) <= 1e-9 * r0["gemm_tflops_at_step_shapes"]
 ok = ok and abs(sum(x["exposed_ms"] for x in r0["comm"]) - r0["comm_exposed_ms"]) <= 1e-9 * max(1.0, r0["comm_exposed_ms"])
@@ -241,6 +257,7 @@ point 4 lss_pipeline --strategy lss --sp 4 --zigzag --chunk-pipeline
 point 4 lss_placed_reduce_scatter --strategy lss --sp 4 --zigzag --placed-reduce-scatter --placed-gather-min 1K
 point 4 lss_rank_major_gather --strategy lss --sp 4 --zigzag --placed-reduce-scatter
 point 2 megatron --strategy megatron_sp --sp 2 --dtype fp64 --bound-heat 0
+point 2 megatron_scatter_chunks --strategy megatron_sp --sp 2 --dtype fp64 --scatter-chunks 4 --recompute
 point 4 megatron_dp --strategy megatron_sp --sp 2 --batch 2 --check-seq 32
 point 2 lss_no_overlap --strategy lss --sp 2 --no-overlap
 point 4 lss_sharded --strategy lss --sp 4 --zigzag --distributed-optimizer

@@ -80,6 +80,8 @@ struct Case {
   bool rank_major = false;
   // fp64 only: the gradients summed in fp32 (--grad-reduce-dtype fp32), rounded and widened back.
   bool fp32_sums = false;
+  // megatron_sp: --scatter-chunks (0: by size, which is 1 at these tests' rows).
+  int64_t scatter_chunks = 0;
 };
 
 std::string case_name(const Case& c, int P, int R) {
@@ -89,7 +91,8 @@ std::string case_name(const Case& c, int P, int R) {
          (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "") +
          (c.pipeline ? " chunk-pipeline" : "") + (c.sharded ? " distributed-optimizer" : "") +
          (c.odd_width ? " C=9" : "") + (c.placed_rs ? " placed-reduce-scatter" : "") +
-         (c.rank_major ? " rank-major-gather" : "") + (c.fp32_sums ? " grad-reduce-dtype fp32" : "");
+         (c.rank_major ? " rank-major-gather" : "") + (c.fp32_sums ? " grad-reduce-dtype fp32" : "") +
+         (c.scatter_chunks ? " scatter-chunks " + std::to_string(c.scatter_chunks) : "");
 }
 
 class Exactness : public ::testing::TestWithParam<Case> {};
@@ -113,6 +116,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.distributed_optimizer = c.sharded;
     rc.strategy_opts.placed_reduce_scatter = c.placed_rs;
     if (c.fp32_sums) rc.strategy_opts.grad_reduce_dtype = DType::f32;
+    rc.strategy_opts.scatter_chunks = c.scatter_chunks;
     if (!c.rank_major) rc.strategy_opts.placed_gather_min_bytes = 0;
     if (c.odd_width) {
       rc.model.C = 9;
@@ -237,6 +241,17 @@ std::vector<Case> all_cases() {
       c.fp32_sums = true;
       out.push_back(c);
     }
+  // megatron_sp's row-parallel forward in 2 and 4 chunks of every rank's rows (2 to 8 rows a chunk
+  // here), each chunk's reduce-scatter beside the next chunk's GEMMs: kept and re-gathered LN
+  // outputs, recomputed, the distributed optimizer.
+  for (DType d : {DType::f64, DType::f32})
+    for (int64_t chunks : {2, 4}) {
+      Case c{"megatron_sp", d, chunks == 2, chunks == 4};
+      c.scatter_chunks = chunks;
+      c.recompute = chunks == 2;
+      c.sharded = chunks == 4 && d == DType::f64;
+      out.push_back(c);
+    }
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases()),
@@ -247,7 +262,8 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                                   (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "") +
                                   (c.pipeline ? "_pipeline" : "") + (c.sharded ? "_sharded" : "") +
                                   (c.odd_width ? "_C9" : "") + (c.placed_rs ? "_placedrs" : "") +
-                                  (c.rank_major ? "_rankmajor" : "") + (c.fp32_sums ? "_fp32sums" : "");
+                                  (c.rank_major ? "_rankmajor" : "") + (c.fp32_sums ? "_fp32sums" : "") +
+                                  (c.scatter_chunks ? "_chunks" + std::to_string(c.scatter_chunks) : "");
                          });
 
 // --optimizer-in-backward on one rank: backward steps every bucket as it finishes its gradients,
@@ -448,15 +464,18 @@ TEST(Communication, PlacedReduceScatterSumsEachPieceIntoItsRank) {
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
   for (auto [P, R] : grids_for_world()) {
     for (const char* strategy : {"lss", "megatron_sp"}) {
-      for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8}) {
+      for (int variant : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
         // 0: defaults; 1: keep_kv + zigzag (lss) or regather_ln (megatron_sp); 2: recomputation
         // on top of 1; lss only: 3: the chunk pipeline (zigzag, re-gathered K/V); 4: 3 with kept K/V;
         // 5: the distributed optimizer; lss only: 6: 5 with C = 9, H = 3 (remainders). An fp64
         // model whose gradients are summed in fp32 (--grad-reduce-dtype): 7: defaults; 8: 5.
+        // megatron_sp only: the row-parallel forward in chunks: 9: 2 chunks; 10: 4, recomputed.
         if ((variant == 3 || variant == 4 || variant == 6) && std::string(strategy) != "lss") continue;
+        if (variant >= 9 && std::string(strategy) != "megatron_sp") continue;
         const bool pipeline = variant == 3 || variant == 4, sharded = variant == 5 || variant == 6 || variant == 8;
-        const bool fp32_sums = variant >= 7;
-        const bool option = variant == 1 || variant == 2 || variant == 4, recompute = variant == 2;
+        const bool fp32_sums = variant == 7 || variant == 8;
+        const bool option = variant == 1 || variant == 2 || variant == 4, recompute = variant == 2 || variant == 10;
+        const int64_t chunks = variant == 9 ? 2 : (variant == 10 ? 4 : 1);
         const bool zigzag = option || pipeline;
         RunConfig rc = small(strategy, P, fp32_sums ? DType::f64 : DType::f32, true);
         if (fp32_sums) rc.strategy_opts.grad_reduce_dtype = DType::f32;
@@ -466,6 +485,7 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         rc.strategy_opts.recompute = recompute;
         rc.strategy_opts.chunk_pipeline = pipeline;
         rc.strategy_opts.distributed_optimizer = sharded;
+        rc.strategy_opts.scatter_chunks = chunks;
         if (variant == 6) {
           rc.model.C = 9;
           rc.model.H = 3;
@@ -507,7 +527,8 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (total - m.T_max * C + own_wpe) * es_g;
         } else {
           // megatron_sp: per layer 2 all-gathers + 2 reduce-scatters forward, the same backward, plus
-          // 2 re-gathers of LN outputs when regather_ln; each of T*Bl*C elements. Replicated
+          // 2 re-gathers of LN outputs when regather_ln; each of T*Bl*C elements, but that the
+          // forward's reduce-scatters run in `chunks` calls of 1/chunks of the rows. Replicated
           // gradients (embeddings, LayerNorms, row-parallel biases, LM head) all-reduced over sp in
           // 2L + 2 buckets (head, each layer's attention and MLP halves, embeddings); over dp the
           // same buckets, plus one per layer half for its sharded weights.
@@ -516,7 +537,8 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           if (P > 1)
             // Recomputation runs each block's forward again (2 + 2 more) and keeps its LN gathers.
             want["sp"] = counts({{CollKind::all_gather, L * (recompute || option ? 6 : 4), m.T * Bl * C * es},
-                                 {CollKind::reduce_scatter, L * (recompute ? 6 : 4), m.T * Bl * C * es},
+                                 {CollKind::reduce_scatter, L * (recompute ? 4 : 2) * chunks, m.T * Bl * C * es / chunks},
+                                 {CollKind::reduce_scatter, L * 2, m.T * Bl * C * es},
                                  {CollKind::all_reduce, 2 * L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es_g;
           if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 4 * L + 2, 0}});

@@ -73,6 +73,7 @@ StrategyOptions options_of(const std::string& variant) {
   o.overlap = variant != "nooverlap";
   o.optimizer_in_backward = variant == "optbwd";
   if (has("gradbf16")) o.grad_reduce_dtype = DType::bf16;
+  if (has("chunks4")) o.scatter_chunks = 4;
   return o;
 }
 
@@ -209,6 +210,11 @@ std::vector<Case> cases() {
   // by all-reduces or the distributed optimizer's reduce-scatters, widened back.
   for (const char* v : {"zigzag_gradbf16", "zigzag_sharded_gradbf16"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
   for (const char* v : {"gradbf16", "sharded_gradbf16"}) out.push_back({"megatron_sp", DType::bf16, true, "cudnn", v});
+  // megatron_sp's row-parallel forward in 4 chunks of every rank's rows, each chunk's
+  // reduce-scatter beside the next chunk's GEMMs (these tests' rows are too few for the default
+  // to chunk): fp32 on the own flash kernel, bf16, and recomputed.
+  out.push_back({"megatron_sp", DType::f32, true, "flash", "chunks4"});
+  for (const char* v : {"chunks4", "chunks4_recompute"}) out.push_back({"megatron_sp", DType::bf16, true, "cudnn", v});
   return out;
 }
 INSTANTIATE_TEST_SUITE_P(AllStrategies, GpuStep, ::testing::ValuesIn(cases()),

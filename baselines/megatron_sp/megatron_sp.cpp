@@ -21,6 +21,7 @@ class MegatronSpStrategy final : public Strategy {
         NF_(ctx.cfg.T * Bl_),
         Cl_(ctx.cfg.C / ctx.grid.P),
         Hl_(ctx.cfg.H / ctx.grid.P),
+        scatter_chunks_(scatter_chunks_for(ctx.opts.scatter_chunks, N_)),
         store_(ctx.backend, ctx.cfg, param_specs_for(ctx.grid.p)) {
     plan_shards();
   }
@@ -29,6 +30,7 @@ class MegatronSpStrategy final : public Strategy {
   ParamStore& params() override { return store_; }
   nlohmann::json options_json() const override {
     return {{"regather_ln", ctx_.opts.regather_ln},
+            {"scatter_chunks", scatter_chunks_},
             {"recompute", ctx_.opts.recompute},
             {"distributed_optimizer", sharded()},
             {"grad_reduce_dtype", dtype_name(gradient_wire_dtype(ctx_.cfg, ctx_.opts))},
@@ -78,7 +80,10 @@ class MegatronSpStrategy final : public Strategy {
     // LayerNorm gathers are kept, so nothing is re-gathered.
     const int64_t gathers = ctx_.opts.recompute ? 6 : (ctx_.opts.regather_ln ? 6 : 4);
     expect_calls(m, "sp", P, CollKind::all_gather, cfg.L * gathers, full);
-    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * (ctx_.opts.recompute ? 6 : 4), full);
+    // The forward's reduce-scatters run in scatter_chunks_ calls of 1/scatter_chunks_ of the rows each.
+    const int64_t forwards = ctx_.opts.recompute ? 2 : 1;
+    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * 2 * forwards * scatter_chunks_, full / scatter_chunks_);
+    expect_calls(m, "sp", P, CollKind::reduce_scatter, cfg.L * 2, full);
     // The replicated gradients' sums per bucket (head, each layer, embeddings), then the data group's.
     expect_gradient_comm(m, store_);
     return m;
@@ -92,18 +97,23 @@ class MegatronSpStrategy final : public Strategy {
     // column-parallel layers' forward runs on the rank's own rows beside their gather, then on the
     // rows before and after them (gather_rows_beside): 2 GEMMs on the first and last rank, 3 on the
     // others (priced as that many equal parts). The backward's data gradients beside the output
-    // gradient's gathers are split the same way, priced whole.
+    // gradient's gathers are split the same way, priced whole. The row-parallel layers' forward runs as
+    // scatter_chunks_ chunks of every rank's rows (gemm_scatter_rows): P x scatter_chunks_ parts
+    // (one GEMM with one chunk).
     const int64_t parts = P_ == 1 ? 1 : (ctx_.grid.p == 0 || ctx_.grid.p == P_ - 1 ? 2 : 3);
+    const int64_t row_parts = scatter_chunks_ == 1 ? 1 : P_ * scatter_chunks_;
     m.layer_linears = {{NF_, cfg.C, 3 * Cl_, false, false, false, parts},
-                       {NF_, Cl_, cfg.C},
+                       {NF_, Cl_, cfg.C, false, false, false, row_parts},
                        {NF_, cfg.C, 4 * Cl_, false, true, false, parts},
-                       {NF_, 4 * Cl_, cfg.C, false, false, true}};
+                       {NF_, 4 * Cl_, cfg.C, false, false, true, row_parts}};
     m.residual_adds = 2;
     m.layer_attention = {attention_shape(Bl_, Hl_, cfg.T, cfg.T, 0)};
     if (P_ > 1) {
       const int64_t full = cfg.T * Bl_ * cfg.C * static_cast<int64_t>(dtype_size(cfg.dtype));
       const int64_t L = cfg.L;
       const double qkv = 2 * NF * C * 3 * Cl, fc = 2 * NF * C * 4 * Cl;  // one GEMM of each column-parallel layer
+      const double proj = qkv / 3, fc2 = fc;                               // and of each row-parallel layer
+      const int64_t k = scatter_chunks_;
       // Each gather runs beside its GEMM on the rank's own rows (1/P of the rows).
       const double own = 1.0 / P_;
       const auto add_forward = [&](const std::string& pass) {
@@ -111,7 +121,15 @@ class MegatronSpStrategy final : public Strategy {
                           CollKind::all_gather, full, L, own * qkv});
         m.comm.push_back({"LN-output all-gather beside the MLP-up GEMM on the own rows, " + pass, "sp",
                           CollKind::all_gather, full, L, own * fc});
-        m.comm.push_back({"row-parallel reduce-scatter, " + pass, "sp", CollKind::reduce_scatter, full, 2 * L, 0.0});
+        // Each chunk's reduce-scatter beside the next chunk's GEMM; the last one's beside nothing.
+        if (k > 1) {
+          m.comm.push_back({"out-projection reduce-scatter beside the next chunk's GEMM, " + pass, "sp",
+                            CollKind::reduce_scatter, full / k, (k - 1) * L, proj / k});
+          m.comm.push_back({"MLP-down reduce-scatter beside the next chunk's GEMM, " + pass, "sp",
+                            CollKind::reduce_scatter, full / k, (k - 1) * L, fc2 / k});
+        }
+        m.comm.push_back({k > 1 ? "row-parallel reduce-scatter, last chunk, " + pass : "row-parallel reduce-scatter, " + pass,
+                          "sp", CollKind::reduce_scatter, full / k, 2 * L, 0.0});
       };
       add_forward("forward");
       if (ctx_.opts.recompute) add_forward("recomputed forward");
@@ -242,13 +260,39 @@ class MegatronSpStrategy final : public Strategy {
     if (after < NF_) gemm(full.view().slice(after * width, (NF_ - after) * width), after, NF_ - after);
     return full;
   }
-  // Sums a (T*Bl, C) partial result over the tensor group into this rank's T/P rows.
-  Buffer scatter_rows(Buffer& partial) {
-    if (alone()) return std::move(partial);
+  // A row-parallel layer's forward: runs `gemm` on all T*Bl rows and sums its (T*Bl, C) partial
+  // result over the tensor group into this rank's N rows, as Transformer Engine's pipelined
+  // reduce-scatter overlap does: in scatter_chunks_ chunks of N/scatter_chunks_ rows of every rank,
+  // each chunk's GEMMs (one per rank's rows) then its reduce-scatter, which runs beside the next
+  // chunk's GEMMs. gemm(out, row0, rows) writes the partial sums of output rows [row0, row0 + rows)
+  // into out (rows, C).
+  Buffer gemm_scatter_rows(const std::function<void(View, int64_t, int64_t)>& gemm) {
+    Backend& be = ctx_.backend;
+    const int64_t C = ctx_.cfg.C, rows = N_ / scatter_chunks_;
+    if (alone()) {
+      Buffer out = be.alloc(ctx_.cfg.dtype, N_ * C);  // (N, C): the sums themselves
+      gemm(out.view(), 0, N_);
+      return out;
+    }
+    // (scatter_chunks, P, N/scatter_chunks, C): chunk i's rows of rank q at [i][q], so that each
+    // chunk is one reduce-scatter's input.
+    Buffer partial = be.alloc(ctx_.cfg.dtype, NF_ * C);
+    Buffer local = be.alloc(ctx_.cfg.dtype, N_ * C);  // (N, C) this rank's rows, summed
+    std::vector<CommHandle> scatters(static_cast<size_t>(scatter_chunks_));
     CommLabel label(*ctx_.grid.seq, "sequence reduce-scatter");
-    PendingCollective r = start_seq_reduce_scatter(partial.view());
-    Buffer local = finish(r);
-    partial.reset();
+    if (scatter_chunks_ == 1) {
+      // One chunk is the (T*Bl, C) rows in their order: one GEMM on all of them.
+      gemm(partial.view(), 0, NF_);
+      CommHandle h = start_seq_reduce_scatter_into(partial.view(), local.view());
+      wait_seq(h);
+      return local;
+    }
+    for (int64_t i = 0; i < scatter_chunks_; ++i) {
+      View chunk = partial.view().slice(i * P_ * rows * C, P_ * rows * C);
+      for (int q = 0; q < P_; ++q) gemm(chunk.slice(q * rows * C, rows * C), q * N_ + i * rows, rows);
+      scatters[static_cast<size_t>(i)] = start_seq_reduce_scatter_into(chunk, local.view().slice(i * rows * C, rows * C));
+    }
+    for (CommHandle& h : scatters) wait_seq(h);
     return local;
   }
   // Backward of a column-parallel linear layer y (T*Bl, out) = x W^T + b on gathered input rows,
@@ -303,9 +347,10 @@ class MegatronSpStrategy final : public Strategy {
     a.attn_out = be.alloc(cfg.dtype, NF * Cl_);
     a.lse = be.alloc(st, Bl_ * Hl_ * cfg.T);
     be.attention_forward(attention_args(a));
-    Buffer partial = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C) partial sums over the tensor group
-    linear_forward(be, partial.view(), a.attn_out.view(), w.proj_w, row_parallel_bias(w.proj_b), NF, Cl_, C);
-    a.h_mid = scatter_rows(partial);
+    a.h_mid = gemm_scatter_rows([&](View out, int64_t row0, int64_t rows) {
+      linear_forward(be, out, a.attn_out.view().slice(row0 * Cl_, rows * Cl_), w.proj_w, row_parallel_bias(w.proj_b),
+                     rows, Cl_, C);
+    });
     be.add(a.h_mid.view(), a.h_mid.view(), h);
   }
 
@@ -326,9 +371,10 @@ class MegatronSpStrategy final : public Strategy {
     });
     if (keep_ln) a.ln2_full = std::move(ln_full);
     ln_full.reset();
-    Buffer partial = be.alloc(cfg.dtype, NF * C);  // (T*Bl, C)
-    linear_forward(be, partial.view(), a.act.view(), w.fc2_w, row_parallel_bias(w.fc2_b), NF, 4 * Cl_, C);
-    Buffer y = scatter_rows(partial);
+    Buffer y = gemm_scatter_rows([&](View out, int64_t row0, int64_t rows) {
+      linear_forward(be, out, a.act.view().slice(row0 * 4 * Cl_, rows * 4 * Cl_), w.fc2_w, row_parallel_bias(w.fc2_b),
+                     rows, 4 * Cl_, C);
+    });
     be.add(h_out, y.view(), h_in);
   }
 
@@ -386,8 +432,17 @@ class MegatronSpStrategy final : public Strategy {
     be.layernorm_backward(dh, g.ln1_w, g.ln1_b, d_ln.view(), h, a.ln1_mean.view(), a.ln1_rstd.view(), w.ln1_w, N, C);
   }
 
+  // --scatter-chunks resolved for a rank's N rows (0: by size; StrategyOptions::scatter_chunks).
+  static int64_t scatter_chunks_for(int64_t asked, int64_t N) {
+    if (asked > 0) return asked;
+    for (int64_t k : {4, 2})
+      if (N % k == 0 && N / k >= 2048) return k;
+    return 1;
+  }
+
   const int P_;
   const int64_t Tl_, Bl_, N_, NF_, Cl_, Hl_;  // local rows N = Tl*Bl, full rows NF = T*Bl
+  const int64_t scatter_chunks_;              // chunks of the row-parallel layers' forward
   ParamStore store_;
   std::vector<Layer> layers_;
   Buffer resid0_;            // (N, C)
@@ -404,6 +459,11 @@ std::unique_ptr<Strategy> make_megatron_sp_strategy(StrategyContext ctx) {
                                         std::to_string(P) + " (megatron_sp gives each tensor rank H/P whole heads)");
   LSS_REQUIRE_INPUT(cfg.T % P == 0, "--seq " + std::to_string(cfg.T) + " does not divide by --sp " + std::to_string(P) +
                                         " (megatron_sp's LayerNorm regions hold T/P rows)");
+  const int64_t k = ctx.opts.scatter_chunks, rows = cfg.T / P * (cfg.B / ctx.grid.R);
+  LSS_REQUIRE_INPUT(k == 0 || rows % k == 0,
+                    "--scatter-chunks " + std::to_string(k) + " does not divide the " + std::to_string(rows) +
+                        " rows each rank holds (T/P x B/R = " + std::to_string(cfg.T / P) + " x " +
+                        std::to_string(cfg.B / ctx.grid.R) + ")");
   return std::make_unique<MegatronSpStrategy>(ctx);
 }
 

@@ -93,6 +93,10 @@ OptionParser make_parser() {
              "lss, zigzag: place the K/V gathers (and --placed-reduce-scatter) at the token positions only from this "
              "many gathered bytes on (T x the batch of one data-parallel replica x 2 x width x element size); below, gather rank-major and copy");
   p.add_flag("regather-ln", true, "megatron_sp: re-gather LayerNorm outputs in backward");
+  p.add_size("scatter-chunks", 0,
+             "megatron_sp: run each row-parallel layer's forward GEMM in this many chunks of every rank's rows and "
+             "reduce-scatter each chunk beside the next one's GEMM (1: one reduce-scatter after the GEMM; 0: 4 or 2 "
+             "chunks of at least 2048 rows where T/P x B/R divides so, else 1)");
   p.add_flag("distributed-optimizer", false,
              "shard the optimizer over the sequence group (ZeRO-1): reduce-scatter the summed gradients, step 1/P "
              "of them, all-gather the parameters in the next forward");
@@ -147,6 +151,9 @@ RunConfig config_from(const OptionParser& p) {
   rc.strategy_opts.placed_gather_min_bytes = p.size("placed-gather-min");
   LSS_REQUIRE_INPUT(rc.strategy_opts.placed_gather_min_bytes >= 0,
                     "--placed-gather-min " + p.str("placed-gather-min") + ": must not be negative");
+  rc.strategy_opts.scatter_chunks = p.size("scatter-chunks");
+  LSS_REQUIRE_INPUT(rc.strategy_opts.scatter_chunks >= 0,
+                    "--scatter-chunks " + p.str("scatter-chunks") + ": must not be negative (0: chosen by size)");
   rc.strategy_opts.overlap = p.flag("overlap");
   rc.strategy_opts.distributed_optimizer = p.flag("distributed-optimizer");
   rc.strategy_opts.optimizer_in_backward = p.flag("optimizer-in-backward");

@@ -67,6 +67,12 @@ struct StrategyOptions {
   bool recompute = false;
   // megatron_sp: re-gather the LayerNorm outputs in backward instead of keeping the gathered ones.
   bool regather_ln = true;
+  // megatron_sp: each row-parallel layer's forward GEMM runs in this many chunks of every rank's
+  // rows, and each chunk's reduce-scatter runs beside the next chunk's GEMM, as Transformer
+  // Engine's pipelined reduce-scatter overlap does (1: one reduce-scatter after the whole GEMM).
+  // 0: the most of 4 and 2 that divides a rank's T/P x B/R rows into chunks of at least 2048
+  // rows (fewer would leave the GEMMs' waves part-empty on an H100/H200), else 1.
+  int64_t scatter_chunks = 0;
   // The optimizer sharded over the sequence group (ZeRO-1, as Megatron-LM's distributed optimizer
   // over data parallelism): the gradients the group sums are reduce-scattered instead of
   // all-reduced, each rank steps and keeps AdamW moments for its 1/P of them, and the forward

@@ -27,7 +27,7 @@ const std::vector<Entry>& registry() {
       {"lss", make_lss_strategy,
        {"keep-kv", "zigzag", "split-causal", "chunk-pipeline", "placed-reduce-scatter", "placed-gather-min",
         "recompute"}},
-      {"megatron_sp", make_megatron_sp_strategy, {"regather-ln", "recompute"}},
+      {"megatron_sp", make_megatron_sp_strategy, {"regather-ln", "scatter-chunks", "recompute"}},
   };
   return r;
 }
