@@ -436,7 +436,7 @@ class MegatronSpStrategy final : public Strategy {
   static int64_t scatter_chunks_for(int64_t asked, int64_t N) {
     if (asked > 0) return asked;
     for (int64_t k : {4, 2})
-      if (N % k == 0 && N / k >= 2048) return k;
+      if (N % k == 0 && N / k >= 4096) return k;
     return 1;
   }
 

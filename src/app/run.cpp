@@ -96,7 +96,7 @@ OptionParser make_parser() {
   p.add_size("scatter-chunks", 0,
              "megatron_sp: run each row-parallel layer's forward GEMM in this many chunks of every rank's rows and "
              "reduce-scatter each chunk beside the next one's GEMM (1: one reduce-scatter after the GEMM; 0: 4 or 2 "
-             "chunks of at least 2048 rows where T/P x B/R divides so, else 1)");
+             "chunks of at least 4096 rows where T/P x B/R divides so, else 1)");
   p.add_flag("distributed-optimizer", false,
              "shard the optimizer over the sequence group (ZeRO-1): reduce-scatter the summed gradients, step 1/P "
              "of them, all-gather the parameters in the next forward");

@@ -70,8 +70,9 @@ struct StrategyOptions {
   // megatron_sp: each row-parallel layer's forward GEMM runs in this many chunks of every rank's
   // rows, and each chunk's reduce-scatter runs beside the next chunk's GEMM, as Transformer
   // Engine's pipelined reduce-scatter overlap does (1: one reduce-scatter after the whole GEMM).
-  // 0: the most of 4 and 2 that divides a rank's T/P x B/R rows into chunks of at least 2048
-  // rows (fewer would leave the GEMMs' waves part-empty on an H100/H200), else 1.
+  // 0: the most of 4 and 2 that divides a rank's T/P x B/R rows into chunks of at least 4096
+  // rows, else 1: on 2 x H200 4 chunks of 4096 and 8192 rows gained 0.3-0.5% at T = 32K and
+  // 64K, 2 chunks of 2048 rows lost 0.5% at 8K (PERFORMANCE.md, thirty-first session).
   int64_t scatter_chunks = 0;
   // The optimizer sharded over the sequence group (ZeRO-1, as Megatron-LM's distributed optimizer
   // over data parallelism): the gradients the group sums are reduce-scattered instead of
