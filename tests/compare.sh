@@ -34,7 +34,7 @@ p=points/lss_w2_sp2_T256.json
 fresh; edit "$work/new/$p" 'r["metrics"]["tokens_per_s"] *= 1.2'
 expect 0 "0 regressions" "20% more tokens/s passes" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["metrics"]["tokens_per_s"] *= 0.9'
-expect 1 "REGRESSION: lss cpu w2 sp2 T256 L2 C64 H4 B1 fp32 {\"chunk_pipeline\":false,\"distributed_optimizer\":false,\"kv\":\"regather\",\"order\":\"contiguous\",\"overlap\":true,\"recompute\":false,\"split_causal\":true}: tokens/s" "10% fewer tokens/s fails, naming tokens/s" "$base" "$work/new"
+expect 1 "REGRESSION: lss cpu w2 sp2 T256 L2 C64 H4 B1 fp32 {\"chunk_pipeline\":false,\"distributed_optimizer\":false,\"grad_reduce_dtype\":\"fp32\",\"kv\":\"regather\",\"order\":\"contiguous\",\"overlap\":true,\"placed_gather\":false,\"placed_gather_min_bytes\":16777216,\"placed_reduce_scatter\":false,\"recompute\":false,\"split_causal\":true}: tokens/s" "10% fewer tokens/s fails, naming tokens/s" "$base" "$work/new"
 expect 0 "0 regressions" "the same with --tol-throughput 0.15 passes" "$base" "$work/new" --tol-throughput 0.15
 fresh; edit "$work/new/$p" 'r["timing"]["comm_exposed_fraction"] += 0.05'
 expect 1 ": comm_exposed_fraction" "5 points more of the step exposed fails, naming comm_exposed_fraction" "$base" "$work/new"
@@ -59,7 +59,7 @@ expect 1 ": comm calls/bytes" "a changed all-gather byte count fails" "$base" "$
 fresh; edit "$work/new/$p" 'r["status"] = "failed"; r["status_reason"] = "non-finite loss"'
 expect 1 ": status ok -> failed" "a point that passed and now fails" "$base" "$work/new"
 fresh; rm "$work/new/points/megatron_sp_w4_sp4_T256.json"
-expect 1 "megatron_sp cpu w4 sp4 T256 L2 C64 H4 B1 fp32 {\"distributed_optimizer\":false,\"overlap\":true,\"recompute\":false,\"regather_ln\":true}: missing from the new results" "a missing point is named and fails" "$base" "$work/new"
+expect 1 "megatron_sp cpu w4 sp4 T256 L2 C64 H4 B1 fp32 {\"distributed_optimizer\":false,\"grad_reduce_dtype\":\"fp32\",\"overlap\":true,\"recompute\":false,\"regather_ln\":true,\"scatter_chunks\":1}: missing from the new results" "a missing point is named and fails" "$base" "$work/new"
 expect 0 "missing from the new results" "--allow-missing reports it without failing" "$base" "$work/new" --allow-missing
 fresh; edit "$work/new/$p" 'r["schema_version"] = 2'
 expect 2 "lss_w2_sp2_T256.json has schema_version 2" "a schema mismatch names the file" "$base" "$work/new"

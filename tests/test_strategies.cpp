@@ -529,11 +529,13 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           // megatron_sp: per layer 2 all-gathers + 2 reduce-scatters forward, the same backward, plus
           // 2 re-gathers of LN outputs when regather_ln; each of T*Bl*C elements, but that the
           // forward's reduce-scatters run in `chunks` calls of 1/chunks of the rows. Replicated
-          // gradients (embeddings, LayerNorms, row-parallel biases, LM head) all-reduced over sp in
-          // 2L + 2 buckets (head, each layer's attention and MLP halves, embeddings); over dp the
-          // same buckets, plus one per layer half for its sharded weights.
-          const int64_t replicated = 2 * m.V * C + m.T_max * C + L * (4 * C + 2 * C) + 2 * C;
-          const int64_t sharded = L * (12 * C * C + 7 * C) / P;
+          // gradients (token embedding, LayerNorms, row-parallel biases, LM head) all-reduced over
+          // sp in 2L + 2 buckets (head, each layer's attention and MLP halves, embeddings); over dp
+          // the same buckets, plus one per layer half for its sharded weights and one for the
+          // positional rows this rank owns (its T/P, and the tail [T, T_max) on rank P-1).
+          const int64_t replicated = 2 * m.V * C + L * (4 * C + 2 * C) + 2 * C;
+          const int64_t own_wpe = (m.T / P + (s.grid().p == P - 1 ? m.T_max - m.T : 0)) * C;
+          const int64_t sharded = L * (12 * C * C + 7 * C) / P + own_wpe;
           if (P > 1)
             // Recomputation runs each block's forward again (2 + 2 more) and keeps its LN gathers.
             want["sp"] = counts({{CollKind::all_gather, L * (recompute || option ? 6 : 4), m.T * Bl * C * es},
@@ -541,14 +543,14 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
                                  {CollKind::reduce_scatter, L * 2, m.T * Bl * C * es},
                                  {CollKind::all_reduce, 2 * L + 2, 0}});
           if (P > 1) want["sp"].bytes[static_cast<int>(CollKind::all_reduce)] = replicated * es_g;
-          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 4 * L + 2, 0}});
+          if (R > 1) want["dp"] = counts({{CollKind::all_reduce, 4 * L + 3, 0}});
           if (R > 1) want["dp"].bytes[static_cast<int>(CollKind::all_reduce)] = (replicated + sharded) * es_g;
         }
         // The distributed optimizer replaces each bucket's all-reduce of n replicated gradient
         // elements by a reduce-scatter of P*floor(n/P), an all-reduce of the n mod P left and the
         // forward's all-gather of P*floor(n/P) parameters; the data group then sums floor(n/P) +
         // (n mod P) of them. Buckets: head (ln_f, lm_head), each layer's attention half (ln_1,
-        // attn.*) and MLP half (ln_2, mlp.*), embeddings (lss: wte; megatron_sp: wte and wpe); a
+        // attn.*) and MLP half (ln_2, mlp.*), embeddings (wte; wpe is owned by rows); a
         // megatron_sp layer half replicates its LayerNorm and the row-parallel bias.
         if (sharded && P > 1) {
           const bool lss = std::string(strategy) == "lss";
@@ -557,7 +559,7 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             buckets.push_back(lss ? 4 * C * C + 6 * C : 3 * C);  // attention half
             buckets.push_back(lss ? 8 * C * C + 7 * C : 3 * C);  // MLP half
           }
-          buckets.push_back(m.V * C + (lss ? 0 : m.T_max * C));
+          buckets.push_back(m.V * C);
           CommCounts& sp = want["sp"];
           const int ar = static_cast<int>(CollKind::all_reduce), rs = static_cast<int>(CollKind::reduce_scatter),
                     ag = static_cast<int>(CollKind::all_gather);
@@ -575,12 +577,12 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
             dp_elements += shard + left;
           }
           if (R > 1) {
-            // The rest, summed whole: lss's own positional rows; megatron_sp's sharded weights (a
-            // range per layer).
+            // The rest, summed whole: the own positional rows, and megatron_sp's sharded weights (a
+            // range per layer half).
             const int end_rank = zigzag ? 0 : P - 1;
             const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
-            dp_calls += lss ? 1 : 2 * L;
-            dp_elements += lss ? own_wpe : L * (12 * C * C + 7 * C) / P;
+            dp_calls += lss ? 1 : 2 * L + 1;
+            dp_elements += lss ? own_wpe : L * (12 * C * C + 7 * C) / P + own_wpe;
             want["dp"] = counts({{CollKind::all_reduce, dp_calls, 0}});
             want["dp"].bytes[ar] = dp_elements * es_g;
           }

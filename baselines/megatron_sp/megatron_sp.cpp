@@ -61,9 +61,18 @@ class MegatronSpStrategy final : public Strategy {
         s.col_start = p * 4 * Cl_;
         s.col_count = 4 * Cl_;
         s.seq_reduced = false;
+      } else if (s.name == "wpe") {
+        // Each rank reads only the positional rows of its own T/P tokens, so it owns them, as lss's
+        // ranks do: their gradient needs no sum over the tensor group (Megatron-LM has none either:
+        // its ranks add the table on all T rows before the scatter into the sequence-parallel
+        // region). The last rank also owns the unused tail [T, T_max), so that every row decays
+        // exactly as in serial.
+        s.row_ranges = {{p * Tl_, Tl_}};
+        if (p == P_ - 1 && ctx_.cfg.T_max > ctx_.cfg.T) s.row_ranges.push_back({ctx_.cfg.T, ctx_.cfg.T_max - ctx_.cfg.T});
+        s.seq_reduced = false;
       }
-      // Everything else (embeddings, LayerNorms, row-parallel biases, LM head) is replicated and
-      // its gradient summed over the tensor group.
+      // Everything else (token embedding, LayerNorms, row-parallel biases, LM head) is replicated
+      // and its gradient summed over the tensor group.
     }
     return specs;
   }
@@ -158,10 +167,10 @@ class MegatronSpStrategy final : public Strategy {
     const int64_t C = cfg.C, N = N_;
     upload_batch(step, ctx_.grid.r * Bl_, Bl_, {{ctx_.grid.p * Tl_, Tl_}}, tokens_, targets_);
     resid0_ = be.alloc(cfg.dtype, N * C);
-    // wpe is replicated; this rank's rows start at its segment.
+    // The rank's own positional rows come first in its wpe.
     params_needed("embed");
-    be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"),
-                         store_.param("wpe").slice(ctx_.grid.p * Tl_ * C, Tl_ * C), Tl_, Bl_, C);
+    be.embedding_forward(resid0_.view(), tokens_.view(), store_.param("wte"), store_.param("wpe").slice(0, Tl_ * C),
+                         Tl_, Bl_, C);
     layers_.resize(cfg.L);
     View h = resid0_.view();
     for (int64_t l = 0; l < cfg.L; ++l) {
@@ -200,7 +209,7 @@ class MegatronSpStrategy final : public Strategy {
       attention_backward(w, g, l == 0 ? resid0_.view() : layers_[l - 1].h_out.view(), dh.view(), a);
       attention_gradients_ready(store_, l);
     }
-    be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(ctx_.grid.p * Tl_ * C, Tl_ * C), dh.view(),
+    be.embedding_backward(store_.grad("wte"), store_.grad("wpe").slice(0, Tl_ * C), dh.view(),
                           tokens_.view(), Tl_, Bl_, C);
     layers_.clear();
     resid0_.reset();
