@@ -19,7 +19,20 @@
 # LSS_STEPS [--warmup 3 --iters 10], LSS_SERIAL_SEQ [16K], LSS_SEQS [16K 64K],
 # LSS_TIME_BUDGET_S [540: the device tool stops a command at 600 s], LSS_TEST_LIMIT_S [180],
 # LSS_BENCH_LIMIT_S [150] (per step).
+#
+# Arguments: none runs all of the above; --unpack-only unpacks .device and stops, for a command that
+# then runs lssbench or scripts/gpu_perf.sh itself. Anything else is refused (exit 2): an argument
+# this script used to ignore ran the whole job, ~600 s of device time (thirty-first session).
 set -u
+
+unpack_only=0
+case "${1-}" in
+  "") ;;
+  --unpack-only)
+    unpack_only=1
+    if [ $# -ne 1 ]; then echo "gpu_run.sh: --unpack-only takes nothing after it (given: $*)" >&2; exit 2; fi ;;
+  *) echo "gpu_run.sh: unknown argument '$1' (none: the whole GPU job; --unpack-only: unpack .device and stop)" >&2; exit 2 ;;
+esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
@@ -91,6 +104,12 @@ with tarfile.open(sys.argv[1]) as t:
 PY
   fi
 }
+
+if ((unpack_only)); then
+  unpack || exit 1
+  echo "gpu_run.sh: unpacked $dev/bundle.tar.xz; for a direct run: export PATH=$dev/mpich/bin:\$PATH LD_LIBRARY_PATH=$dev/lib:$dev/mpich/lib:\$LD_LIBRARY_PATH NCCL_NVLS_ENABLE=0"
+  exit 0
+fi
 
 summarize() {  # writes $out/summary.txt from the step records and the result JSONs
   sys python3 - "$results" "$steps_file" "$out/summary.txt" "$work/gpus.txt" <<'PY'

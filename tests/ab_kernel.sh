@@ -15,6 +15,8 @@
 #    contention, on two stand-in GPUs, runs serial, then lss and megatron_sp with overlap on and
 #    off, each traced.
 # 3. scripts/gpu_variant.sh refuses a bad variant name and a binary ab-kernel does not run, naming them.
+# 4. scripts/gpu_run.sh refuses an unknown argument before it runs anything, and --unpack-only
+#    unpacks the bundle and stops.
 # usage: ab_kernel.sh SOURCE_ROOT
 set -uo pipefail
 root=$1
@@ -176,6 +178,27 @@ done
 bash "$root/scripts/gpu_variant.sh" ok1 lssbench bench_everything >"$work/variant.txt" 2>&1 &&
   { echo "FAIL: gpu_variant.sh accepted the binary 'bench_everything'"; fail=1; }
 grep -q "binary 'bench_everything'" "$work/variant.txt" || { echo "FAIL: gpu_variant.sh: the bad binary is not named"; cat "$work/variant.txt"; fail=1; }
+
+# ---- 4. gpu_run.sh's arguments ----
+# An unknown argument is refused before anything runs (it once ran the whole GPU job); with
+# --unpack-only it unpacks a stand-in bundle and stops, running no test or benchmark.
+mkdir -p "$work/runrepo/scripts" "$work/runrepo/.device" "$work/stage/bin"
+cp "$root/scripts/gpu_run.sh" "$work/runrepo/scripts/"
+printf '#!/bin/sh\necho "stand-in lssbench ran" > "%s/ran.txt"\n' "$work" > "$work/stage/bin/lssbench"
+chmod +x "$work/stage/bin/lssbench"
+tar -C "$work/stage" -cJf "$work/runrepo/.device/bundle.tar.xz" bin
+for bad in true "--unpack-only extra"; do
+  # shellcheck disable=SC2086
+  OUT=$work/runout bash "$work/runrepo/scripts/gpu_run.sh" $bad >"$work/run.txt" 2>&1
+  rc=$?
+  [ $rc -eq 2 ] || { echo "FAIL: gpu_run.sh $bad: exit $rc, not 2"; fail=1; }
+  grep -qF -- "${bad%% *}" "$work/run.txt" || { echo "FAIL: gpu_run.sh $bad: the message does not name it"; cat "$work/run.txt"; fail=1; }
+  [ -e "$work/runrepo/.device/bin" ] && { echo "FAIL: gpu_run.sh $bad unpacked the bundle"; fail=1; }
+done
+OUT=$work/runout bash "$work/runrepo/scripts/gpu_run.sh" --unpack-only >"$work/run.txt" 2>&1 ||
+  { echo "FAIL: gpu_run.sh --unpack-only failed"; cat "$work/run.txt"; fail=1; }
+[ -x "$work/runrepo/.device/bin/lssbench" ] || { echo "FAIL: gpu_run.sh --unpack-only did not unpack"; fail=1; }
+[ -e "$work/ran.txt" ] && { echo "FAIL: gpu_run.sh --unpack-only ran something"; fail=1; }
 
 [ $fail -eq 0 ] && echo "ab_kernel: all checks passed"
 exit $fail
