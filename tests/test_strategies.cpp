@@ -498,18 +498,20 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         // Bytes per element of the activations and parameters (es) and of the summed gradients.
         const int64_t es = fp32_sums ? 8 : 4, es_g = 4, Bl = m.B / R, L = m.L, C = m.C;
         const int64_t total = total_params(m);
+        const bool lss = std::string(strategy) == "lss";
+        // The positional rows this rank owns (its T/P; both strategies sum them over dp only) and
+        // the tail [T, T_max), which belongs to the rank holding the last tokens: P-1, or 0 in lss's
+        // zigzag order (its second chunk is the sequence's last; megatron_sp reads no --zigzag).
+        const int end_rank = lss && zigzag ? 0 : P - 1;
+        const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
         CommModel want;
-        if (std::string(strategy) == "lss") {
+        if (lss) {
           // lss: L fused [K|V] all-gathers forward (+L re-gathers in backward unless kept), L fused
           // [dK|dV] reduce-scatters, each of T*Bl*2C elements; all-reduces of every gradient but
           // the positional rows this rank owns over sp, in 2L + 2 buckets (head, each layer's
           // attention and MLP halves, token embedding); all its gradients over dp, in the same
           // buckets plus one for the owned positional rows (the embeddings' bucket's part not
           // summed over sp).
-          // The positional tail [T, T_max) belongs to the rank holding the last tokens: P-1, or 0
-          // in the zigzag order (its second chunk is the sequence's last).
-          const int end_rank = zigzag ? 0 : P - 1;
-          const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
           if (P > 1 && !pipeline)
             // With recomputation the recomputed forward gathers again, so kept K/V saves nothing.
             want["sp"] = counts({{CollKind::all_gather, L * (option && !recompute ? 1 : 2), m.T * Bl * 2 * C * es},
@@ -534,7 +536,6 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           // the same buckets, plus one per layer half for its sharded weights and one for the
           // positional rows this rank owns (its T/P, and the tail [T, T_max) on rank P-1).
           const int64_t replicated = 2 * m.V * C + L * (4 * C + 2 * C) + 2 * C;
-          const int64_t own_wpe = (m.T / P + (s.grid().p == P - 1 ? m.T_max - m.T : 0)) * C;
           const int64_t sharded = L * (12 * C * C + 7 * C) / P + own_wpe;
           if (P > 1)
             // Recomputation runs each block's forward again (2 + 2 more) and keeps its LN gathers.
@@ -553,7 +554,6 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
         // attn.*) and MLP half (ln_2, mlp.*), embeddings (wte; wpe is owned by rows); a
         // megatron_sp layer half replicates its LayerNorm and the row-parallel bias.
         if (sharded && P > 1) {
-          const bool lss = std::string(strategy) == "lss";
           std::vector<int64_t> buckets = {2 * C + m.V * C};
           for (int64_t l = 0; l < L; ++l) {
             buckets.push_back(lss ? 4 * C * C + 6 * C : 3 * C);  // attention half
@@ -579,8 +579,6 @@ TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {
           if (R > 1) {
             // The rest, summed whole: the own positional rows, and megatron_sp's sharded weights (a
             // range per layer half).
-            const int end_rank = zigzag ? 0 : P - 1;
-            const int64_t own_wpe = (m.T / P + (s.grid().p == end_rank ? m.T_max - m.T : 0)) * C;
             dp_calls += lss ? 1 : 2 * L + 1;
             dp_elements += lss ? own_wpe : L * (12 * C * C + 7 * C) / P + own_wpe;
             want["dp"] = counts({{CollKind::all_reduce, dp_calls, 0}});

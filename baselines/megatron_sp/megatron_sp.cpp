@@ -287,7 +287,6 @@ class MegatronSpStrategy final : public Strategy {
     // chunk is one reduce-scatter's input.
     Buffer partial = be.alloc(ctx_.cfg.dtype, NF_ * C);
     Buffer local = be.alloc(ctx_.cfg.dtype, N_ * C);  // (N, C) this rank's rows, summed
-    std::vector<CommHandle> scatters(static_cast<size_t>(scatter_chunks_));
     CommLabel label(*ctx_.grid.seq, "sequence reduce-scatter");
     if (scatter_chunks_ == 1) {
       // One chunk is the (T*Bl, C) rows in their order: one GEMM on all of them.
@@ -296,6 +295,7 @@ class MegatronSpStrategy final : public Strategy {
       wait_seq(h);
       return local;
     }
+    std::vector<CommHandle> scatters(static_cast<size_t>(scatter_chunks_));
     for (int64_t i = 0; i < scatter_chunks_; ++i) {
       View chunk = partial.view().slice(i * P_ * rows * C, P_ * rows * C);
       for (int q = 0; q < P_; ++q) gemm(chunk.slice(q * rows * C, rows * C), q * N_ + i * rows, rows);
