@@ -79,6 +79,11 @@
 #   long SEQ  one training step of lss (zigzag, --recompute) on every GPU at T=SEQ, L16 C2048 H16
 #             (the ~1B preset of sweeps/gpu-max-seq.json), then megatron_sp the same way;
 #             LSS_LONG_STRATEGIES (default "lss megatron_sp") picks which
+#   project   the projection (README, Projection) against measurements: lss (zigzag --keep-kv
+#             --placed-reduce-scatter --distributed-optimizer) and megatron_sp on every GPU at T = 16K x GPUs,
+#             timed with their bounds (the calibrations); then on one GPU, from each, `lssbench project` at
+#             P = GPUs (its own grid: the check), P = 1 and LSS_PROJECT_SP (default "4 8"), T = 16K x P
+#             (weak scaling's points)
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
 #               .gpu-keep/sweeps/<name>/, packed into $OUT/sweeps.tar.gz: .gpu-keep/ is ignored
 #               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
@@ -414,6 +419,18 @@ PY
       step bench_collectives$tag 300 mpiexec.hydra -n "$gpus" "$dev/bin/bench_collectives" --backend=cuda --large ${LSS_COLLECTIVES_ARGS:-} \
         --benchmark_filter="${LSS_BENCH_FILTER:-.}" --benchmark_out="$res/bench_collectives_w$gpus$tag.json" \
         --benchmark_out_format=json ;;
+    project)
+      local strategy sargs cal np
+      for strategy in lss megatron_sp; do
+        sargs="--strategy $strategy"
+        [ "$strategy" = lss ] && sargs+=" --zigzag --keep-kv --placed-reduce-scatter --distributed-optimizer"
+        cal=project_cal_${strategy}_w${gpus}_T$((16 * gpus))K
+        point "$cal" "$gpus" 180 $sargs --sp "$gpus" --seq $((16 * gpus))K --warmup 2 --iters 8
+        for np in $(printf '%s\n' "$gpus" 1 ${LSS_PROJECT_SP:-4 8} | awk '!seen[$0]++'); do
+          step project_${strategy}_sp${np}_T$((16 * np))K 240 "$dev/bin/lssbench" project $model $sargs --sp "$np" \
+            --seq $((16 * np))K --calibration "$res/$cal.json" --out "$res/project_${strategy}_sp${np}_T$((16 * np))K.json"
+        done
+      done ;;
     sweep)
       ln -sf mpiexec.hydra "$dev/mpich/bin/mpiexec"  # the sweep launches `mpiexec`
       local name

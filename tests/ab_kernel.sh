@@ -169,6 +169,23 @@ want="serial 32K 3 traced|lss --distributed-optimizer --overlap 32K 3 traced|meg
 want+="|lss --distributed-optimizer --no-overlap 32K 3 traced|megatron_sp --no-overlap 32K 3 traced"
 [ "$runs" = "$want" ] || { echo "FAIL: contention runs"; echo "  got:  $runs"; echo "  want: $want"; fail=1; }
 
+# The project section on two stand-in GPUs: per strategy a calibration run on both GPUs at 32K,
+# then `lssbench project` at P = 2 (its own grid), 1, 4 and 8 with T = 16K x P, each from that
+# strategy's calibration.
+: >"$work/calls.txt"
+(cd "$repo" && PATH=$work/stub2:$PATH OUT=$work/out7 TMPDIR=$work bash scripts/gpu_perf.sh project >"$work/run7.txt" 2>&1) ||
+  { cat "$work/run7.txt"; echo "FAIL: gpu_perf.sh project exited non-zero"; fail=1; }
+runs=$(awk '{s = $3; for (i = 4; i <= NF; i++) {
+              if ($i == "--strategy" || $i == "--sp" || $i == "--seq") s = s " " $(i + 1)
+              if ($i == "--calibration") { n = split($(i + 1), parts, "/"); s = s " " parts[n] } }
+            print s}' "$work/calls.txt" | paste -sd'|' -)
+want=""
+for strategy in lss megatron_sp; do
+  want+="${want:+|}run $strategy 2 32K"
+  for np in 2 1 4 8; do want+="|project $strategy $np $((16 * np))K project_cal_${strategy}_w2_T32K.json"; done
+done
+[ "$runs" = "$want" ] || { echo "FAIL: project runs"; echo "  got:  $runs"; echo "  want: $want"; fail=1; }
+
 # ---- 3. gpu_variant.sh's name check ----
 for bad in Bad base bundle 1x ""; do
   bash "$root/scripts/gpu_variant.sh" "$bad" >"$work/variant.txt" 2>&1 && { echo "FAIL: gpu_variant.sh accepted '$bad'"; fail=1; }

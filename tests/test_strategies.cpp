@@ -8,8 +8,10 @@
 #include <map>
 #include <limits>
 
+#include "app/bound.h"
 #include "app/session.h"
 #include "comm/mpi_communicator.h"
+#include "comm/virtual_grid.h"
 
 using namespace lss;
 
@@ -389,6 +391,53 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
       const double dq_adds = static_cast<double>(merged ? 2 * c : segments_with_keys_before * c) * Bl * cfg.C;
       EXPECT_EQ(add_bwd, alone ? 0 : static_cast<double>(second) * key_row + dq_adds + static_cast<double>(N) * 2 * cfg.C)
           << where;
+    }
+  }
+}
+
+// `lssbench project` prices a grid's ranks in one process: each rank's strategy is built on a
+// virtual grid (comm/virtual_grid.h) of the same sizes and positions. Its work must be the real
+// rank's: every linear layer, attention call, pass and collective of its BoundModel, and the
+// optimizer elements and gradient casts the bound prices besides, on every grid and variant.
+TEST(BoundModel, ProjectedRankEqualsTheRanksOfARun) {
+  struct Variant {
+    const char* strategy;
+    void (*set)(StrategyOptions&);
+    DType dtype = DType::f32;
+  };
+  const std::vector<Variant> variants = {
+      {"serial", [](StrategyOptions&) {}},
+      {"lss", [](StrategyOptions&) {}},
+      {"lss", [](StrategyOptions& o) { o.zigzag = o.keep_kv = o.placed_reduce_scatter = true, o.placed_gather_min_bytes = 0; }},
+      {"lss", [](StrategyOptions& o) { o.zigzag = o.chunk_pipeline = true; }},
+      {"lss", [](StrategyOptions& o) { o.zigzag = o.recompute = o.distributed_optimizer = true; }},
+      {"lss", [](StrategyOptions& o) { o.zigzag = true, o.grad_reduce_dtype = DType::f32; }, DType::f64},
+      {"megatron_sp", [](StrategyOptions&) {}},
+      {"megatron_sp", [](StrategyOptions& o) { o.regather_ln = false, o.scatter_chunks = 2, o.distributed_optimizer = true; }},
+      {"megatron_sp", [](StrategyOptions& o) { o.recompute = true, o.scatter_chunks = 4; }},
+  };
+  for (auto [P, R] : grids_for_world()) {
+    for (const Variant& v : variants) {
+      if (std::string(v.strategy) == "serial" && P * R > 1) continue;
+      RunConfig rc = small(v.strategy, P, v.dtype, true);
+      rc.model.T = 32;  // 4 chunks of 4 rows per rank at P = 4 for --scatter-chunks 4
+      rc.model.T_max = 36;
+      v.set(rc.strategy_opts);
+      Session s(rc, MPI_COMM_WORLD);
+      Grid virtual_grid = make_virtual_grid(s.grid().world, P, s.grid().rank);
+      const DataSource data(rc.model, "");
+      std::unique_ptr<Strategy> projected =
+          make_strategy(rc.strategy, StrategyContext{s.backend(), virtual_grid, rc.model, rc.strategy_opts, data});
+      const std::string where = std::string(v.strategy) + " " + projected->options_json().dump() + " P=" +
+                                std::to_string(P) + " R=" + std::to_string(R) + " rank " + std::to_string(s.grid().rank);
+      EXPECT_EQ(bound_model_json(projected->bound_model()), bound_model_json(s.strategy().bound_model())) << where;
+      EXPECT_EQ(projected->optimizer_numel(), s.strategy().optimizer_numel()) << where;
+      EXPECT_EQ(projected->gradient_cast_numel(projected->params()), s.strategy().gradient_cast_numel(s.strategy().params()))
+          << where;
+      EXPECT_EQ(projected->optimizer_share_beside_backward(projected->params()),
+                s.strategy().optimizer_share_beside_backward(s.strategy().params()))
+          << where;
+      EXPECT_EQ(projected->expected_comm(), s.strategy().expected_comm()) << where;
     }
   }
 }

@@ -7,6 +7,8 @@
 #include <tuple>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "app/metrics.h"
 #include "comm/mpi_util.h"
 #include "core/check.h"
@@ -348,15 +350,30 @@ struct ComputeParts {
   }
 };
 
-ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundModel& model, double heat_s) {
+ComputeParts compute_parts(const BoundRank& rank, const RunConfig& rc, const BoundModel& model, double heat_s) {
   const ModelConfig& m = rc.model;
-  Backend& be = session.backend();
+  Backend& be = rank.backend;
   const double L = static_cast<double>(m.L);
   const int recompute = rc.strategy_opts.recompute ? 1 : 0;
-  const int64_t rows = m.T * m.B / session.grid().world;  // LayerNorm / residual rows of every strategy
+  const int64_t rows = m.T * m.B / rank.world;  // LayerNorm / residual rows of every strategy
+  // A kernel's seconds, from the cache where a rank before this one timed the same shape.
+  auto cached = [&](const std::string& key, auto time) {
+    using Seconds = decltype(time());
+    if (rank.cache == nullptr) return time();
+    const std::string full_key = fmt::format("{} heat {}", key, heat_s);
+    auto it = rank.cache->find(full_key);
+    if (it == rank.cache->end()) it = rank.cache->emplace(full_key, std::any(time())).first;
+    return std::any_cast<Seconds>(it->second);
+  };
   ComputeParts c;
   for (const auto& lin : model.layer_linears) {
-    const LinearSeconds t = linear_seconds(be, heat_s, m.dtype, lin);
+    const auto [fwd, bwd, parts] = cached(fmt::format("linear {} {} {} {:d}{:d}{:d} {}", lin.rows, lin.in, lin.out,
+                                                      lin.residual, lin.gelu_out, lin.gelu_in, lin.forward_parts),
+                                          [&] {
+                                            const LinearSeconds l = linear_seconds(be, heat_s, m.dtype, lin);
+                                            return std::array<double, 3>{l.forward, l.backward, l.forward_in_parts};
+                                          });
+    const LinearSeconds t{fwd, bwd, parts};
     // The step's forward in its parts; the recomputed forward (one block at a time) whole.
     c.gemm_s += L * (t.forward_in_parts + recompute * t.forward + t.backward);
     nlohmann::json j = {{"rows", lin.rows}, {"in", lin.in}, {"out", lin.out}, {"residual", lin.residual},
@@ -375,7 +392,9 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
   // A block runs LN1 and LN2 (and the strategy's unfused residual adds) forward, LN1 and LN2
   // backward; the head the final LayerNorm both ways, the loss and the embedding both ways.
   // GELU and the other residual adds are inside GEMMs (linear_seconds).
-  const ElementwiseTimes ew = elementwise_seconds(be, heat_s, m, session.data(), rows);
+  const ElementwiseTimes ew = cached(fmt::format("elementwise {}", rows), [&] {
+    return elementwise_seconds(be, heat_s, m, rank.data, rows);
+  });
   const double adds = static_cast<double>(model.residual_adds);
   const double ew_fwd = 2 * ew.ln_fwd + adds * ew.add, ew_bwd = 2 * ew.ln_bwd;
   c.elementwise_s = L * ((1 + recompute) * ew_fwd + ew_bwd) + ew.ln_fwd + ew.ln_bwd + ew.cross_entropy +
@@ -395,12 +414,15 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
     c.passes.push_back({{"what", p.what}, {"ms_per_call", t * 1e3}, {"calls", calls}});
   }
   for (const AttentionArgs& a : model.layer_attention) {
-    const auto [fwd, bwd] = attention_seconds(be, heat_s, a);
+    const auto [fwd, bwd] = cached(fmt::format("attention {} {} {} {} {} {} {:d}", a.B, a.H, a.D, a.Tq, a.Tk, a.q_offset,
+                                               a.causal),
+                                   [&] { return attention_seconds(be, heat_s, a); });
     c.attention_s += L * ((1 + recompute) * fwd + bwd);
   }
   // A narrower --grad-reduce-dtype: the buckets' gradients rounded into the copy the collectives
   // sum, and the sums this rank steps widened back, once per step each.
-  const auto [rounded, widened] = session.strategy().gradient_cast_numel(session.strategy().params());
+  Strategy& strategy = rank.strategy;
+  const auto [rounded, widened] = strategy.gradient_cast_numel(strategy.params());
   const DType md = master_dtype(m.dtype), wire = gradient_wire_dtype(m, rc.strategy_opts);
   for (const auto& [what, numel, to, from] : {std::tuple{"gradients rounded for their sums", rounded, wire, md},
                                               std::tuple{"sums widened into the gradients", widened, md, wire}}) {
@@ -409,12 +431,53 @@ ComputeParts compute_parts(Session& session, const RunConfig& rc, const BoundMod
     c.passes_s += t;
     c.passes.push_back({{"what", what}, {"ms_per_call", t * 1e3}, {"calls", 1}});
   }
-  c.optimizer_s = optimizer_seconds(be, heat_s, m.dtype, rc.opt, session.strategy().optimizer_numel());
-  c.optimizer_hidden_share = session.strategy().optimizer_share_beside_backward(session.strategy().params());
+  c.optimizer_s = optimizer_seconds(be, heat_s, m.dtype, rc.opt, strategy.optimizer_numel());
+  c.optimizer_hidden_share = strategy.optimizer_share_beside_backward(strategy.params());
   return c;
 }
 
 }  // namespace
+
+double comm_hidden_seconds(const BoundModel::Comm& c, bool overlap, double gemm_tflops, double optimizer_s) {
+  // Under --no-overlap every collective runs where it is needed: nothing beside it.
+  if (!overlap) return 0.0;
+  return c.hidden_by_flops / (gemm_tflops * 1e12) + c.hidden_by_optimizer_share * optimizer_s;
+}
+
+PricedCompute price_compute(const BoundRank& rank, const RunConfig& rc, const BoundModel& model, double heat_s) {
+  const ComputeParts c = compute_parts(rank, rc, model, heat_s);
+  const FlopCount flops = model_flops(rc.model);
+  const double recompute = rc.strategy_opts.recompute ? 1.0 : 0.0;
+  const double gemm_flops = ((3.0 + recompute) * flops.blocks_gemm_forward + 3.0 * flops.head_forward) / rank.world;
+  nlohmann::json j = c.to_json(gemm_flops);
+  j["gemm_flops"] = gemm_flops;
+  return {c.total(), c.attention_s, c.optimizer_s, std::move(j)};
+}
+
+nlohmann::json bound_model_json(const BoundModel& m) {
+  nlohmann::json linears = nlohmann::json::array(), attention = nlohmann::json::array();
+  nlohmann::json passes = nlohmann::json::array(), comm = nlohmann::json::array();
+  for (const auto& l : m.layer_linears)
+    linears.push_back({{"rows", l.rows}, {"in", l.in}, {"out", l.out}, {"residual", l.residual},
+                       {"gelu_out", l.gelu_out}, {"gelu_in", l.gelu_in}, {"forward_parts", l.forward_parts}});
+  for (const auto& a : m.layer_attention)
+    attention.push_back({{"B", a.B}, {"H", a.H}, {"D", a.D}, {"Tq", a.Tq}, {"Tk", a.Tk}, {"q_offset", a.q_offset},
+                         {"causal", a.causal}});
+  for (const auto& p : m.layer_passes)
+    passes.push_back({{"what", p.what}, {"kind", static_cast<int>(p.kind)}, {"numel", p.numel},
+                      {"merge", {p.merge.B, p.merge.H, p.merge.D, p.merge.Tq}}, {"forward_calls", p.forward_calls},
+                      {"backward_calls", p.backward_calls}});
+  for (const auto& c : m.comm) {
+    nlohmann::json placed = nlohmann::json::array();
+    for (const auto& pc : c.placed) placed.push_back({pc.rank, pc.src, pc.count, pc.dst});
+    comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
+                    {"calls", c.calls}, {"hidden_by_flops", c.hidden_by_flops},
+                    {"hidden_by_optimizer_share", c.hidden_by_optimizer_share}, {"gradients", c.gradients},
+                    {"placed", placed}});
+  }
+  return {{"layer_linears", linears}, {"residual_adds", m.residual_adds}, {"layer_passes", passes},
+          {"layer_attention", attention}, {"comm", comm}};
+}
 
 nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm_tflops, double heat_s) {
   const ModelConfig& m = rc.model;
@@ -429,7 +492,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   // Each kernel in a short burst first (as every bound before the sustained one was measured),
   // the collectives, and only then the sustained pass: its heat would lower the clocks of the
   // bursts after it. Each pass allocates its operands kernel by kernel, so the peak is one pass's.
-  const ComputeParts burst = compute_parts(session, rc, model, 0.0);
+  const BoundRank me{session.backend(), session.data(), session.strategy(), grid.world, nullptr};
+  const ComputeParts burst = compute_parts(me, rc, model, 0.0);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0, contended_comm_s = 0;
   // (group, kind, bytes, dtype, pieces) -> s
@@ -446,10 +510,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes, static_cast<int>(dt), c.placed);
     if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt, c.placed);
     const double t = measured[key];
-    // Under --no-overlap every collective runs where it is needed: nothing beside it.
     const double beside_optimizer = c.hidden_by_optimizer_share * burst.optimizer_s;
-    const double hidden =
-        rc.strategy_opts.overlap ? c.hidden_by_flops / (gemm_tflops * 1e12) + beside_optimizer : 0.0;
+    const double hidden = comm_hidden_seconds(c, rc.strategy_opts.overlap, gemm_tflops, burst.optimizer_s);
     const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
     comm_s += exposed;
     nlohmann::json entry = {{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
@@ -480,7 +542,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     comm.push_back(entry);
   }
   const bool sustained = heat_s > 0;
-  const ComputeParts hot = sustained ? compute_parts(session, rc, model, heat_s) : ComputeParts{};
+  const ComputeParts hot = sustained ? compute_parts(me, rc, model, heat_s) : ComputeParts{};
   session.reset_counts();
   // Every rank's bound, attention time and sustained bound: ranks whose attention differs make
   // the faster ones wait at the next collective (load imbalance), which the exposed

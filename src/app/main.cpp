@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "app/compare.h"
+#include "app/project.h"
 #include "app/result.h"
 #include "app/run.h"
 #include "app/sweep.h"
@@ -24,6 +25,7 @@ const char* kUsage =
     "  run      train one configuration with one strategy; print a table and write the result JSON\n"
     "  sweep    run a sweep specification (sweeps/*.json): many points, resumable, aggregated\n"
     "  compare  regression check of two result files or folders (BASE NEW)\n"
+    "  project  price one configuration on a grid larger than this machine (one process; README, Projection)\n"
     "  validate check result JSON files against schema v1 (RESULTS.md)\n"
     "\n"
     "`lssbench <command> --help` lists a command's options with their defaults.\n";
@@ -53,6 +55,8 @@ int main(int argc, char** argv) {
       rc = rank == 0 ? lss::cmd_compare({args.begin() + 1, args.end()}) : 0;
     } else if (args[0] == "validate") {
       rc = rank == 0 ? lss::cmd_validate({args.begin() + 1, args.end()}) : 0;
+    } else if (args[0] == "project") {
+      rc = lss::cmd_project({args.begin() + 1, args.end()}, command_line);
     } else if (args[0] == "run") {
       rc = lss::cmd_run({args.begin() + 1, args.end()}, command_line);
     } else {

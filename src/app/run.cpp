@@ -40,12 +40,9 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-OptionParser make_parser() {
-  OptionParser p(
-      "usage: mpiexec -n WORLD lssbench run [options]\n"
-      "Trains the model of DESIGN.md for --warmup + --iters steps with one strategy on a process\n"
-      "grid of WORLD = R x P ranks (P = --sp; the world size comes from the launcher), prints a\n"
-      "table and writes the result JSON (schema v1). Sizes take K/M/G suffixes (16K = 16384).");
+}  // namespace
+
+void add_step_options(OptionParser& p) {
   p.add_string("strategy", "serial", "serial | lss | megatron_sp");
   p.add_string("backend", "cpu", "cpu | cuda");
   p.add_string("attention", "auto", "cuda attention path: auto (the own wgmma kernels for bf16 D=64 and D=128 on H100/H200, else cuDNN where it takes the shape) | cudnn | flash");
@@ -59,23 +56,12 @@ OptionParser make_parser() {
   p.add_flag("causal", true, "causal attention mask");
   p.add_string("dtype", "fp32", "fp32 | fp64 | bf16 (bf16: cuda only)");
   p.add_size("seed", 1234, "seed of weights and synthetic data");
-  p.add_size("iters", 5, "timed steps (at least; see --min-time)");
-  p.add_double("min-time", 0.0,
-               "timed steps go on past --iters until the timed region has lasted this many seconds (rank 0's "
-               "clock), e.g. 1 for energy per step within 1% on a GPU at its power cap (README, Metrics)");
-  p.add_size("warmup", 1, "untimed steps before them");
   p.add_double("lr", 1e-3, "AdamW learning rate");
   p.add_double("beta1", 0.9, "AdamW beta1");
   p.add_double("beta2", 0.95, "AdamW beta2");
   p.add_double("adam-eps", 1e-8, "AdamW epsilon");
   p.add_double("weight-decay", 0.1, "AdamW decoupled weight decay (weights and embeddings only)");
   p.add_string("data", "", "file of raw bytes to train on (empty: synthetic tokens)");
-  p.add_string("out", "", "result JSON path, never overwritten (empty: results/runs/<name>-<time>.json)");
-  p.add_string("export", "", "safetensors file of the first step's params, grads and inputs");
-  p.add_string("trace", "",
-               "after timing, --trace-steps more steps traced: every rank's operations, collectives and waits as a "
-               "Chrome trace JSON (chrome://tracing, ui.perfetto.dev), never overwritten; its summary goes into the result");
-  p.add_size("trace-steps", 1, "steps --trace records, one after the other (its summary is their mean per step)");
   p.add_size("threads", 0, "host threads per rank (0: cores / ranks on this node)");
   p.add_flag("keep-kv", false, "lss: keep the gathered K/V for backward instead of re-gathering");
   p.add_flag("recompute", false, "activation checkpointing (keep block outputs, recompute blocks in backward)");
@@ -111,18 +97,9 @@ OptionParser make_parser() {
   p.add_flag("copy-engine-gathers", false,
              "cuda: the sequence group's all-gathers on the GPUs' copy engines (NCCL zero-CTA policy, symmetric "
              "windows), leaving every SM to the compute they overlap");
-  p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
-  p.add_flag("measure-peak", true, "after timing, measure the device's GEMM rate for MFU (8192^3 on cuda)");
-  p.add_flag("bound", true, "after timing, price the step at measured kernel and collective rates (needs --measure-peak)");
-  p.add_double("bound-heat", 0.25,
-               "seconds each kernel of the bound runs back to back before a second timing at the power limit "
-               "(bound.sustained; 0: none; cpu: none unless given)");
-  p.add_flag("check", false, "after timing, compare one step with serial on one rank (loss, gradients)");
-  p.add_size("check-seq", 0, "sequence length of the --check step (0: --seq); must divide by --sp");
-  return p;
 }
 
-RunConfig config_from(const OptionParser& p) {
+RunConfig step_config_from(const OptionParser& p) {
   RunConfig rc;
   ModelConfig& m = rc.model;
   m.L = p.size("layers");
@@ -188,6 +165,42 @@ RunConfig config_from(const OptionParser& p) {
   } else {
     rc.threads = static_cast<int>(threads);
   }
+  return rc;
+}
+
+namespace {
+
+OptionParser make_parser() {
+  OptionParser p(
+      "usage: mpiexec -n WORLD lssbench run [options]\n"
+      "Trains the model of DESIGN.md for --warmup + --iters steps with one strategy on a process\n"
+      "grid of WORLD = R x P ranks (P = --sp; the world size comes from the launcher), prints a\n"
+      "table and writes the result JSON (schema v1). Sizes take K/M/G suffixes (16K = 16384).");
+  add_step_options(p);
+  p.add_size("iters", 5, "timed steps (at least; see --min-time)");
+  p.add_double("min-time", 0.0,
+               "timed steps go on past --iters until the timed region has lasted this many seconds (rank 0's "
+               "clock), e.g. 1 for energy per step within 1% on a GPU at its power cap (README, Metrics)");
+  p.add_size("warmup", 1, "untimed steps before them");
+  p.add_string("out", "", "result JSON path, never overwritten (empty: results/runs/<name>-<time>.json)");
+  p.add_string("export", "", "safetensors file of the first step's params, grads and inputs");
+  p.add_string("trace", "",
+               "after timing, --trace-steps more steps traced: every rank's operations, collectives and waits as a "
+               "Chrome trace JSON (chrome://tracing, ui.perfetto.dev), never overwritten; its summary goes into the result");
+  p.add_size("trace-steps", 1, "steps --trace records, one after the other (its summary is their mean per step)");
+  p.add_double("peak-tflops", 0, "peak TFLOP/s per device for MFU (0: unknown, MFU not reported)");
+  p.add_flag("measure-peak", true, "after timing, measure the device's GEMM rate for MFU (8192^3 on cuda)");
+  p.add_flag("bound", true, "after timing, price the step at measured kernel and collective rates (needs --measure-peak)");
+  p.add_double("bound-heat", 0.25,
+               "seconds each kernel of the bound runs back to back before a second timing at the power limit "
+               "(bound.sustained; 0: none; cpu: none unless given)");
+  p.add_flag("check", false, "after timing, compare one step with serial on one rank (loss, gradients)");
+  p.add_size("check-seq", 0, "sequence length of the --check step (0: --seq); must divide by --sp");
+  return p;
+}
+
+RunConfig config_from(const OptionParser& p) {
+  RunConfig rc = step_config_from(p);
   LSS_REQUIRE_INPUT(p.size("iters") >= 1, "--iters " + p.str("iters") + ": must be at least 1");
   LSS_REQUIRE_INPUT(p.size("warmup") >= 0, "--warmup " + p.str("warmup") + ": must not be negative");
   LSS_REQUIRE_INPUT(p.real("min-time") >= 0 && p.real("min-time") <= 3600,
@@ -381,7 +394,8 @@ std::string human_bytes(double b) {
   return fmt::format("{:.2f} {}", b, units[u]);
 }
 
-// TFLOP/s of an n x n x n GEMM in `dtype` (median of 5 after 2 warm-up calls).
+}  // namespace
+
 double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
   Buffer a = be.alloc(dtype, n * n), b = be.alloc(dtype, n * n), c = be.alloc(dtype, n * n);  // (n, n) each
   // Random operands: constant ones let the tensor cores draw less power and clock higher, which
@@ -408,6 +422,8 @@ double measure_gemm_tflops(Backend& be, DType dtype, int64_t n) {
   }
   return 2.0 * static_cast<double>(n) * n * n / percentile(times, 50) / 1e12;
 }
+
+namespace {
 
 // `steps` training steps (numbers it, it + 1, ...) traced on every rank: the Chrome trace written by
 // rank 0 to `path`, and the result's "trace" entry returned there (null on the other ranks).

@@ -23,11 +23,31 @@ std::pair<double, double> comm_seconds(const Grid& g) {
 }
 }  // namespace
 
-Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
-  cfg_.model.validate();
-  LSS_REQUIRE_INPUT(cfg_.threads >= 1, "--threads " + std::to_string(cfg_.threads) + ": must be at least 1");
-  LSS_REQUIRE_INPUT(!(cfg_.backend == "cpu" && cfg_.model.dtype == DType::bf16),
+void check_run_config(RunConfig& cfg) {
+  cfg.model.validate();
+  LSS_REQUIRE_INPUT(cfg.threads >= 1, "--threads " + std::to_string(cfg.threads) + ": must be at least 1");
+  LSS_REQUIRE_INPUT(!(cfg.backend == "cpu" && cfg.model.dtype == DType::bf16),
                     "--dtype bf16: the cpu backend computes in fp32 or fp64 (bf16 needs --backend cuda)");
+  // The parameters' gathers would need the flat parameter buffers in symmetric windows, which
+  // are allocated per rank at sizes that differ between ranks.
+  LSS_REQUIRE_INPUT(!cfg.copy_engine_gathers || !cfg.strategy_opts.distributed_optimizer,
+                    "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the "
+                    "copy engines (give one of the two)");
+  if (const auto wire = cfg.strategy_opts.grad_reduce_dtype) {
+    const DType master = master_dtype(cfg.model.dtype);
+    LSS_REQUIRE_INPUT(dtype_size(*wire) <= dtype_size(master),
+                      std::string("--grad-reduce-dtype ") + dtype_name(*wire) + ": wider than the gradients (" +
+                          dtype_name(master) + " with --dtype " + dtype_name(cfg.model.dtype) + ")");
+    LSS_REQUIRE_INPUT(*wire != DType::bf16 || cfg.backend == "cuda",
+                      "--grad-reduce-dtype bf16: the " + cfg.backend + " backend has no bf16 (fp32 sums an fp64 "
+                      "model's gradients there)");
+  }
+  LSS_REQUIRE_INPUT(!cfg.copy_engine_gathers || cfg.backend == "cuda",
+                    "--copy-engine-gathers: the " + cfg.backend + " backend has no copy engines (needs --backend cuda)");
+}
+
+Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
+  check_run_config(cfg_);
   // One device per rank: the rank's position among the ranks of its node.
   const NodePosition node = node_position(base);
 #ifdef LSS_HAVE_CUDA
@@ -40,22 +60,6 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
                                                  std::to_string(devices) + " CUDA devices; start at most one rank per GPU");
   }
 #endif
-  // The parameters' gathers would need the flat parameter buffers in symmetric windows, which
-  // are allocated per rank at sizes that differ between ranks.
-  LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || !cfg_.strategy_opts.distributed_optimizer,
-                    "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the "
-                    "copy engines (give one of the two)");
-  if (const auto wire = cfg_.strategy_opts.grad_reduce_dtype) {
-    const DType master = master_dtype(cfg_.model.dtype);
-    LSS_REQUIRE_INPUT(dtype_size(*wire) <= dtype_size(master),
-                      std::string("--grad-reduce-dtype ") + dtype_name(*wire) + ": wider than the gradients (" +
-                          dtype_name(master) + " with --dtype " + dtype_name(cfg_.model.dtype) + ")");
-    LSS_REQUIRE_INPUT(*wire != DType::bf16 || cfg_.backend == "cuda",
-                      "--grad-reduce-dtype bf16: the " + cfg_.backend + " backend has no bf16 (fp32 sums an fp64 "
-                      "model's gradients there)");
-  }
-  LSS_REQUIRE_INPUT(!cfg_.copy_engine_gathers || cfg_.backend == "cuda",
-                    "--copy-engine-gathers: the " + cfg_.backend + " backend has no copy engines (needs --backend cuda)");
   backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {

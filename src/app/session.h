@@ -43,6 +43,10 @@ struct StepTimes {
   double total() const { return forward + backward + optimizer; }
 };
 
+// Refuses (UsageError) what no grid can run: the model's own checks, and options that contradict
+// each other or the backend. Session runs it first; `lssbench project` too.
+void check_run_config(RunConfig& cfg);
+
 class Session {
  public:
   // Collective over `base` (MPI_COMM_WORLD for a run; MPI_COMM_SELF for an in-process serial

@@ -1,0 +1,300 @@
+#include "app/project.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <any>
+#include <cmath>
+#include <fmt/format.h>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "app/bound.h"
+#include "app/metrics.h"
+#include "app/run.h"
+#include "app/session.h"
+#include "comm/mpi_util.h"
+#include "comm/virtual_grid.h"
+#include "core/check.h"
+#include "core/fileio.h"
+#include "lss_git_commit.h"
+#include "strategies/strategy.h"
+
+namespace lss {
+
+namespace {
+
+using json = nlohmann::ordered_json;
+
+OptionParser make_parser() {
+  OptionParser p(
+      "usage: lssbench project [options]\n"
+      "Projects one configuration's training step onto a grid of WORLD = --dp x --sp ranks that need not\n"
+      "exist here (README, \"Projection\"): each rank's work as its strategy lays it out on that grid, every\n"
+      "kernel of it timed on this machine's device, every collective priced at a bus bandwidth (fitted\n"
+      "from a measured run, --calibration, or given), less what the schedule hides beside it, as the\n"
+      "analytic bound does; the slowest rank counts. Runs on one process. Sizes take K/M/G suffixes.");
+  add_step_options(p);
+  p.add_size("dp", 1, "R: data-parallel replicas of the projected grid (WORLD = R x P)");
+  p.add_string("calibration", "",
+               "result JSON of `lssbench run` with its bound: each group's bus bandwidth is fitted from the "
+               "collectives it measured, and its step / bound turns the projected bound into a projected step");
+  p.add_double("sp-busbw", 0,
+               "GB/s: bus bandwidth (nccl-tests' busbw) of the sequence group's collectives (0: fitted from "
+               "--calibration)");
+  p.add_double("dp-busbw", 0,
+               "GB/s: of the data group's collectives, e.g. a link between nodes (0: fitted from --calibration's "
+               "data group, else the sequence group's)");
+  p.add_double("latency-us", 0, "microseconds added to every collective call (0: inside the fitted bandwidth)");
+  p.add_string("out", "", "projection JSON path, never overwritten (empty: results/projections/<name>-<time>.json)");
+  return p;
+}
+
+// nccl-tests' bus factor: the bytes a rank of a group of n moves per byte of the collective's
+// buffer (communicator.h's convention: the gathered, scattered or reduced whole).
+double bus_factor(CollKind kind, int n) {
+  const double f = static_cast<double>(n - 1) / n;
+  return kind == CollKind::all_reduce ? 2 * f : f;
+}
+
+CollKind coll_kind_from(const std::string& name, const std::string& file) {
+  for (int k = 0; k < kNumCollKinds; ++k)
+    if (name == coll_kind_name(static_cast<CollKind>(k))) return static_cast<CollKind>(k);
+  throw UsageError("--calibration " + file + ": unknown collective kind '" + name + "'");
+}
+
+// What a measured run says of the machine it ran on.
+struct Calibration {
+  std::string file;
+  json record = nullptr;                 // for the projection's JSON
+  std::map<std::string, double> busbw;   // bytes/s by group ("sp", "dp"), fitted
+  double step_over_bound = 0;            // the run's measured step / its bound
+};
+
+// Each group's bus bandwidth over the collectives the run's bound timed alone: their bus bytes
+// over their time, every call counted (so the sizes a step moves most weigh most). A group of
+// one rank, or one whose collectives took no time, gives none.
+Calibration read_calibration(const std::string& path, const std::string& backend) {
+  Calibration c;
+  c.file = path;
+  if (path.empty()) return c;
+  std::ifstream in(path);
+  LSS_REQUIRE_INPUT(in.good(), "--calibration " + path + ": cannot be read");
+  json j;
+  try {
+    std::stringstream ss;
+    ss << in.rdbuf();
+    j = json::parse(ss.str());
+  } catch (const std::exception& e) {
+    throw UsageError("--calibration " + path + ": not JSON (" + e.what() + ")");
+  }
+  auto need = [&](bool ok, const std::string& what) {
+    LSS_REQUIRE_INPUT(ok, "--calibration " + path + ": " + what);
+  };
+  need(j.is_object() && j.contains("timing") && j.value("status", "") == "ok",
+       "not a result of `lssbench run` with status \"ok\"");
+  need(j.contains("grid") && j["grid"].contains("sp") && j["grid"].contains("dp"), "has no grid");
+  need(j.contains("bound") && j["bound"].is_object() && j["bound"].contains("rank0"),
+       "has no analytic bound (run it with --bound)");
+  const std::string run_backend = j.value("backend", "");
+  need(run_backend == backend, "ran on --backend " + run_backend + ", the projection prices --backend " + backend +
+                                   ": a bandwidth of one does not price the other");
+  const std::map<std::string, int> sizes = {{"sp", j["grid"]["sp"].get<int>()}, {"dp", j["grid"]["dp"].get<int>()}};
+  std::map<std::string, std::pair<double, double>> bytes_and_s;  // by group: bus bytes, seconds
+  for (const json& e : j["bound"]["rank0"]["comm"]) {
+    const std::string g = e.at("group").get<std::string>();
+    if (!sizes.count(g) || sizes.at(g) < 2) continue;
+    const double calls = e.at("calls").get<double>(), t = e.at("measured_ms").get<double>() * 1e-3;
+    const double bus = bus_factor(coll_kind_from(e.at("kind").get<std::string>(), path), sizes.at(g)) *
+                       e.at("bytes").get<double>();
+    bytes_and_s[g].first += calls * bus;
+    bytes_and_s[g].second += calls * t;
+  }
+  json fitted = json::object();
+  for (const auto& [g, bs] : bytes_and_s) {
+    if (bs.second <= 0) continue;
+    c.busbw[g] = bs.first / bs.second;
+    fitted[g] = {{"busbw_GBps", c.busbw[g] / 1e9}, {"bus_bytes_per_step", bs.first}, {"ms_per_step", bs.second * 1e3}};
+  }
+  c.step_over_bound = j["bound"].value("step_over_bound", 0.0);
+  const json& machine = j.contains("machine") ? j["machine"] : json::object();
+  c.record = {{"file", path},
+              {"git_commit", machine.value("git_commit", "")},
+              {"devices", machine.contains("devices") ? machine["devices"] : json(nullptr)},
+              {"strategy", j.value("strategy", "")},
+              {"grid", j["grid"]},
+              {"seq", j.contains("config") ? j["config"].value("seq", json(nullptr)) : json(nullptr)},
+              {"step_ms", j.contains("timing") ? j["timing"].value("median_ms", json(nullptr)) : json(nullptr)},
+              {"bound_ms", j["bound"].value("bound_ms", json(nullptr))},
+              {"step_over_bound", c.step_over_bound},
+              {"fitted", fitted}};
+  return c;
+}
+
+// One projected rank: its bound's compute and communication, in seconds, and their record.
+struct ProjectedRank {
+  double total_s = 0, attention_s = 0, comm_exposed_s = 0;
+  json record;
+};
+
+}  // namespace
+
+int cmd_project(const std::vector<std::string>& args, const std::string& command_line) {
+  OptionParser parser = make_parser();
+  if (!parser.parse(args)) {
+    fmt::print("{}", parser.help());
+    return 0;
+  }
+  int launched = 1;
+  LSS_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &launched));
+  LSS_REQUIRE_INPUT(launched == 1, "project prices every rank of its grid in one process: run it without mpiexec "
+                                   "(the launcher started " + std::to_string(launched) + ")");
+  RunConfig rc = step_config_from(parser);
+  check_run_config(rc);
+  const ModelConfig& m = rc.model;
+  const int64_t dp = parser.size("dp");
+  LSS_REQUIRE_INPUT(dp >= 1 && dp <= (1 << 20), "--dp " + parser.str("dp") + ": must be a positive group size");
+  LSS_REQUIRE_INPUT(static_cast<int64_t>(rc.P) * dp <= (1 << 20),
+                    "--sp " + parser.str("sp") + " x --dp " + parser.str("dp") + ": more than 2^20 ranks");
+  const int P = rc.P, R = static_cast<int>(dp), world = P * R;
+  LSS_REQUIRE_INPUT(m.B % R == 0, "--batch " + std::to_string(m.B) + " does not divide by the " + std::to_string(R) +
+                                      " data-parallel replicas (--dp)");
+  for (const char* o : {"sp-busbw", "dp-busbw", "latency-us"})
+    LSS_REQUIRE_INPUT(parser.real(o) >= 0 && std::isfinite(parser.real(o)),
+                      std::string("--") + o + " " + parser.str(o) + ": must not be negative");
+  const Calibration cal = read_calibration(parser.str("calibration"), rc.backend);
+  // Bytes/s of each group's collectives: given, else fitted; the data group falls back on the
+  // sequence group's (both on one node).
+  std::map<std::string, double> busbw;
+  busbw["sp"] = parser.real("sp-busbw") > 0 ? parser.real("sp-busbw") * 1e9 : cal.busbw.count("sp") ? cal.busbw.at("sp") : 0;
+  busbw["dp"] = parser.real("dp-busbw") > 0 ? parser.real("dp-busbw") * 1e9
+                : cal.busbw.count("dp")     ? cal.busbw.at("dp")
+                                            : busbw["sp"];
+  const double latency_s = parser.real("latency-us") * 1e-6;
+  const std::map<std::string, int> group_size = {{"sp", P}, {"dp", R}, {"world", world}};
+
+  std::string out = parser.str("out");
+  if (out.empty())
+    out = fmt::format("results/projections/{}-w{}-sp{}-T{}-{}.json", rc.strategy, world, P, m.T, utc_timestamp());
+  LSS_REQUIRE_INPUT(!path_exists(out), "--out " + out + ": exists already; results are never overwritten");
+
+  std::unique_ptr<Backend> be = make_backend(BackendOptions{rc.backend, rc.threads, 0, rc.attention});
+  const FlopCount flops = model_flops(m);
+  fmt::print("lssbench project  {} ({})\n", LSS_VERSION, LSS_GIT_COMMIT);
+  fmt::print("  {:<14} {}\n", "strategy", rc.strategy);
+  fmt::print("  {:<14} {} ({}), kernels timed here\n", "backend", rc.backend, be->device_name());
+  fmt::print("  {:<14} world {} = dp {} x sp {} (projected)\n", "grid", world, R, P);
+  fmt::print("  {:<14} L={} C={} H={} D={} V={} T={} B={} {} {}\n", "model", m.L, m.C, m.H, m.D(), m.V, m.T, m.B,
+             m.causal ? "causal" : "non-causal", dtype_name(m.dtype));
+  fmt::print("  {:<14} sp {:.1f} GB/s, dp {:.1f} GB/s busbw, {:g} us a call{}\n", "collectives", busbw["sp"] / 1e9,
+             busbw["dp"] / 1e9, latency_s * 1e6, cal.file.empty() ? "" : " (fitted from " + cal.file + ")");
+  fmt::print("  {:<14} {}\n", "result", out);
+
+  const int64_t gemm_n = rc.backend == "cuda" ? 8192 : 1024;
+  const double gemm_tflops = measure_gemm_tflops(*be, m.dtype, gemm_n);
+  // The grid's ranks one after the other; every data replica's ranks do what replica 0's do, so
+  // the sequence positions of replica 0 are the ranks that can differ.
+  std::map<std::string, std::any> kernel_cache;
+  std::vector<ProjectedRank> ranks;
+  for (int p = 0; p < P; ++p) {
+    Grid grid = make_virtual_grid(world, P, p, !(rc.backend == "cuda" && rc.copy_engine_gathers));
+    const DataSource data(m, rc.data_path);
+    std::unique_ptr<Strategy> strategy =
+        make_strategy(rc.strategy, StrategyContext{*be, grid, rc.model, rc.strategy_opts, data});
+    const BoundModel model = strategy->bound_model();
+    const PricedCompute compute = price_compute(BoundRank{*be, data, *strategy, world, &kernel_cache}, rc, model, 0.0);
+    ProjectedRank r;
+    json comm = json::array();
+    for (const BoundModel::Comm& c : model.comm) {
+      const int n = group_size.at(c.group);
+      const double rate = busbw.count(c.group) ? busbw.at(c.group) : busbw.at("dp");
+      LSS_REQUIRE_INPUT(rate > 0 || n < 2, "--" + c.group + "-busbw: the " + c.group +
+                                               " group's collectives need a bus bandwidth (give it, or --calibration "
+                                               "with a run whose bound measured that group)");
+      const double t = n < 2 ? 0.0 : latency_s + bus_factor(c.kind, n) * static_cast<double>(c.bytes) / rate;
+      const double hidden = comm_hidden_seconds(c, rc.strategy_opts.overlap, gemm_tflops, compute.optimizer_s);
+      const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
+      r.comm_exposed_s += exposed;
+      comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
+                      {"calls", c.calls}, {"priced_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
+                      {"exposed_ms", exposed * 1e3}});
+    }
+    r.total_s = compute.total_s + r.comm_exposed_s;
+    r.attention_s = compute.attention_s;
+    r.record = compute.record;
+    r.record["comm_exposed_ms"] = r.comm_exposed_s * 1e3;
+    r.record["comm"] = comm;
+    r.record["bound_model"] = bound_model_json(model);
+    fmt::print("  rank {:>4}: {:9.3f} ms (attention {:.3f}, exposed communication {:.3f})\n", p, r.total_s * 1e3,
+               r.attention_s * 1e3, r.comm_exposed_s * 1e3);
+    ranks.push_back(std::move(r));
+  }
+  size_t slowest = 0;
+  std::vector<double> per_rank_ms, per_rank_attention_ms;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    per_rank_ms.push_back(ranks[i].total_s * 1e3);
+    per_rank_attention_ms.push_back(ranks[i].attention_s * 1e3);
+    if (ranks[i].total_s > ranks[slowest].total_s) slowest = i;
+  }
+  const double bound_s = ranks[slowest].total_s;
+  const double tokens = static_cast<double>(m.B * m.T);
+  // The projected step: the bound times the calibration run's measured step over its own bound
+  // (what the kernels lose beside each other, to the power cap and to the gaps between them).
+  const double step_s = cal.step_over_bound > 0 ? bound_s * cal.step_over_bound : 0.0;
+  auto or_null = [](bool ok, double v) { return ok ? json(v) : json(nullptr); };
+
+  json j = {
+      {"schema", "lssbench-projection"},
+      {"schema_version", 1},
+      {"status", "ok"},
+      {"strategy", rc.strategy},
+      {"backend", rc.backend},
+      {"grid", {{"world", world}, {"sp", P}, {"dp", R}}},
+      {"config",
+       {{"layers", m.L}, {"width", m.C}, {"heads", m.H}, {"head_dim", m.D()}, {"vocab", m.V}, {"seq", m.T},
+        {"max_seq", m.T_max}, {"batch", m.B}, {"causal", m.causal}, {"dtype", dtype_name(m.dtype)},
+        {"options", parser.values()}}},
+      {"machine",
+       {{"device", be->device_name()},
+        {"lssbench_version", LSS_VERSION},
+        {"git_commit", LSS_GIT_COMMIT},
+        {"command_line", command_line}}},
+      {"rates",
+       {{"measured_gemm_tflops", gemm_tflops},
+        {"measured_gemm_shape", fmt::format("{}^3 {}", gemm_n, dtype_name(m.dtype))},
+        {"sp_busbw_GBps", busbw["sp"] / 1e9},
+        {"dp_busbw_GBps", busbw["dp"] / 1e9},
+        {"latency_us", latency_s * 1e6},
+        {"busbw_source", cal.file.empty() ? "given" : "given or fitted from the calibration"}}},
+      {"calibration", cal.record},
+      {"projection",
+       {{"definition",
+         "each rank of the projected grid priced as the analytic bound prices a rank of a run (README, Analytic "
+         "bound): its kernels timed alone on this device at the rank's shapes, each collective at latency_us + "
+         "bus factor x bytes / busbw of its group less the GEMM and optimizer time the schedule runs beside it; "
+         "slowest rank. step_ms: bound_ms x the calibration run's step_over_bound"},
+        {"bound_ms", bound_s * 1e3},
+        {"per_rank_ms", per_rank_ms},
+        {"per_rank_attention_ms", per_rank_attention_ms},
+        {"slowest_rank", slowest},
+        {"bound_tokens_per_s", tokens / bound_s},
+        {"bound_tflops_per_gpu", flops.step / bound_s / world / 1e12},
+        {"step_ms", or_null(step_s > 0, step_s * 1e3)},
+        {"step_tokens_per_s", or_null(step_s > 0, tokens / step_s)},
+        {"step_tflops_per_gpu", or_null(step_s > 0, flops.step / step_s / world / 1e12)},
+        {"flops_per_step", flops.step},
+        {"slowest", ranks[slowest].record}}}};
+  write_file_atomic_no_overwrite(out, j.dump(2) + "\n");
+  fmt::print("\n  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU, {:.4g} tokens/s)\n", "projected bound",
+             bound_s * 1e3, flops.step / bound_s / world / 1e12, tokens / bound_s);
+  if (step_s > 0)
+    fmt::print("  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU; x {:.3f}, the calibration's step / bound)\n",
+               "projected step", step_s * 1e3, flops.step / step_s / world / 1e12, cal.step_over_bound);
+  fmt::print("  wrote {}\n", out);
+  return 0;
+}
+
+}  // namespace lss

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""`lssbench project`: a grid's step priced in one process (README, "Projection").
+
+usage: project.py LSSBENCH MPIEXEC
+
+On the CPU backend: a 2-rank lss run with its bound is the calibration; projections of lss and
+megatron_sp onto grids of 4 x 2 and 4 ranks then check, against the formulas of the README:
+- the fitted bus bandwidth of a group is the calibration's bus bytes over its measured time, every
+  call counted (bus factor (n-1)/n, 2(n-1)/n for all-reduce); a given one replaces it;
+- each collective is priced at latency + bus factor x bytes / busbw of its group, and its exposed
+  time is calls x max(0, priced - hidden);
+- a rank's bound is its compute parts plus its exposed communication; the projection's bound is
+  the slowest rank's; the projected step is the bound times the calibration's step / bound;
+- the K/V all-gather of every projected lss rank moves T x B/R x 2C elements;
+- bad input (launched on 2 ranks, no bandwidth, unreadable or foreign calibration, a batch the
+  replicas do not divide, a negative bandwidth, an existing --out) exits 2 naming the value.
+"""
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+lssbench, mpiexec = sys.argv[1], sys.argv[2]
+failures = 0
+MODEL = ["--layers", "2", "--width", "64", "--heads", "4", "--seq", "512", "--batch", "2", "--threads", "1"]
+
+
+def check(cond, what):
+    global failures
+    if not cond:
+        failures += 1
+    print(f"{'ok  ' if cond else 'FAIL'} {what}")
+
+
+def close(a, b, rel=1e-9):
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-300)
+
+
+def bus_factor(kind, n):
+    f = (n - 1) / n
+    return 2 * f if kind == "all_reduce" else f
+
+
+def project(tmp, name, args):
+    out = Path(tmp) / f"{name}.json"
+    subprocess.run([lssbench, "project", *MODEL, "--out", str(out), *args], check=True, timeout=300,
+                   capture_output=True)
+    return json.loads(out.read_text())
+
+
+def check_pricing(j, name, busbw, latency_us):
+    proj = j["projection"]
+    ranks = j["grid"]["sp"]
+    check(len(proj["per_rank_ms"]) == ranks, f"{name}: one bound per sequence position ({ranks})")
+    check(close(proj["bound_ms"], max(proj["per_rank_ms"])), f"{name}: the bound is the slowest rank's")
+    slowest = proj["slowest"]
+    sizes = {"sp": j["grid"]["sp"], "dp": j["grid"]["dp"]}
+    exposed = 0.0
+    for c in slowest["comm"]:
+        n = sizes[c["group"]]
+        want = (latency_us * 1e-6 + bus_factor(c["kind"], n) * c["bytes"] / (busbw[c["group"]] * 1e9)) * 1e3
+        check(close(c["priced_ms"], want), f"{name}: {c['what']} priced at latency + factor x bytes / busbw "
+                                           f"({c['priced_ms']:.6g} vs {want:.6g} ms)")
+        want_exposed = c["calls"] * max(0.0, c["priced_ms"] - c["hidden_by_ms"])
+        check(close(c["exposed_ms"], want_exposed, 1e-9) or abs(c["exposed_ms"] - want_exposed) < 1e-12,
+              f"{name}: {c['what']} exposed = calls x max(0, priced - hidden)")
+        exposed += c["exposed_ms"]
+    check(close(slowest["comm_exposed_ms"], exposed), f"{name}: the rank's exposed communication is its entries' sum")
+    compute = (slowest["gemm_ms"] + slowest["elementwise_ms"] + slowest["passes_ms"] + slowest["attention_ms"] +
+               slowest["optimizer_exposed_ms"])
+    check(close(proj["bound_ms"], compute + exposed, 1e-9), f"{name}: bound = compute parts + exposed communication")
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    cal = Path(tmp) / "calibration.json"
+    subprocess.run([mpiexec, "-n", "2", lssbench, "run", "--strategy", "lss", "--sp", "2", "--zigzag", *MODEL,
+                    "--iters", "2", "--out", str(cal)], check=True, timeout=300, capture_output=True)
+    c = json.loads(cal.read_text())
+    bus, secs = 0.0, 0.0
+    for e in c["bound"]["rank0"]["comm"]:
+        if e["group"] == "sp":
+            bus += e["calls"] * bus_factor(e["kind"], 2) * e["bytes"]
+            secs += e["calls"] * e["measured_ms"] * 1e-3
+    fitted = bus / secs / 1e9
+
+    j = project(tmp, "lss_sp4_dp2", ["--strategy", "lss", "--zigzag", "--sp", "4", "--dp", "2", "--calibration",
+                                     str(cal), "--dp-busbw", "1.5", "--latency-us", "5"])
+    check(j["schema"] == "lssbench-projection" and j["status"] == "ok", "lss 4 x 2: a projection JSON")
+    check(j["grid"] == {"world": 8, "sp": 4, "dp": 2}, "lss 4 x 2: the projected grid")
+    check(close(j["rates"]["sp_busbw_GBps"], fitted), f"lss 4 x 2: sp busbw fitted from the calibration "
+                                                      f"({j['rates']['sp_busbw_GBps']:.6g} vs {fitted:.6g} GB/s)")
+    check(j["rates"]["dp_busbw_GBps"] == 1.5, "lss 4 x 2: the given dp busbw")
+    check_pricing(j, "lss 4 x 2", {"sp": fitted, "dp": 1.5}, 5)
+    check(close(j["projection"]["step_ms"], j["projection"]["bound_ms"] * c["bound"]["step_over_bound"]),
+          "lss 4 x 2: step = bound x the calibration's step / bound")
+    gathers = [e for e in j["projection"]["slowest"]["bound_model"]["comm"] if e["what"].startswith("K/V all-gather")]
+    check(len(gathers) > 0 and all(e["bytes"] == 512 * 1 * 2 * 64 * 4 for e in gathers),
+          "lss 4 x 2: the K/V all-gather moves T x B/R x 2C fp32 elements")
+    check(any(e["group"] == "dp" for e in j["projection"]["slowest"]["comm"]), "lss 4 x 2: the data group's sums priced")
+
+    j = project(tmp, "megatron_sp4", ["--strategy", "megatron_sp", "--sp", "4", "--sp-busbw", "20"])
+    check(j["calibration"] is None and j["projection"]["step_ms"] is None,
+          "megatron_sp 4: without a calibration, a bound and no step")
+    check_pricing(j, "megatron_sp 4", {"sp": 20.0, "dp": 20.0}, 0)
+
+    def refused(args, want, name, ranks=1):
+        out = Path(tmp) / "refused.json"
+        cmd = ([mpiexec, "-n", str(ranks)] if ranks > 1 else []) + [lssbench, "project", *MODEL, *args]
+        if "--out" not in args:
+            cmd += ["--out", str(out)]
+        p = subprocess.run(cmd, timeout=120, capture_output=True, text=True)
+        msgs = [line for line in p.stderr.splitlines() if "error:" in line]
+        check(p.returncode == 2 and len(msgs) >= ranks and all(want in m for m in msgs) and not out.exists(),
+              f"refused: {name} (exit {p.returncode}, {msgs[:1]})")
+
+    refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "10"], "without mpiexec", "launched on 2 ranks", 2)
+    refused(["--strategy", "lss", "--sp", "2"], "--sp-busbw", "no bandwidth for the sequence group")
+    refused(["--strategy", "lss", "--sp", "2", "--calibration", str(Path(tmp) / "none.json")],
+            "none.json: cannot be read", "an unreadable calibration")
+    refused(["--strategy", "lss", "--sp", "2", "--calibration", str(Path(tmp) / "megatron_sp4.json")],
+            "not a result of `lssbench run`", "a projection as calibration")
+    refused(["--strategy", "lss", "--sp", "2", "--calibration", str(cal), "--backend", "cuda"],
+            "ran on --backend cpu", "a calibration of another backend")
+    refused(["--strategy", "lss", "--sp", "2", "--dp", "3", "--sp-busbw", "10"], "--batch 2 does not divide",
+            "a batch the replicas do not divide")
+    refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "-1"], "--sp-busbw -1", "a negative bandwidth")
+    refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "10", "--out", str(cal)], "exists already",
+            "an existing --out")
+
+print(f"{failures} failure(s)")
+sys.exit(1 if failures else 0)
