@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """plots/lssplot.py on fixture JSON (a CPU sweep's output): every expected chart is a valid PNG
 with the expected series, SUMMARY.md has the tables; missing or malformed input gets a clear error
-naming the file and exit 2."""
+naming the file and exit 2. Then plots/traceplot.py on traced CPU runs, and plots/projplot.py on
+synthetic projection and result JSON."""
 import glob
 import json
 import lzma
@@ -426,6 +427,57 @@ with tempfile.TemporaryDirectory() as tmp:
     shutil.copy(results[0], moved)
     r = run_trace(moved, "--out", os.path.join(tmp, "t4"))
     check(r.returncode == 2 and "lss_w2_sp2.trace.json: missing" in r.stderr, f"a missing trace file named: {r.stderr.strip()}")
+
+# plots/projplot.py on synthetic projection and result JSON: measured 2-GPU lss and serial points,
+# lss projections at 2 and 4 GPUs (weak: 16K tokens per GPU) and one without a calibration; the
+# table pairs each projection with the measurement of its series and GPU count.
+projplot = os.path.join(here, "..", "plots", "projplot.py")
+
+
+def run_proj(*args):
+    return subprocess.run([sys.executable, projplot, *args], capture_output=True, text=True, timeout=300)
+
+
+def proj_json(world, seq, bound_ms, step_ms, options):
+    return {"schema": "lssbench-projection", "schema_version": 1, "status": "ok", "strategy": "lss",
+            "grid": {"world": world, "sp": world, "dp": 1}, "config": {"seq": seq, "batch": 1, "options": options},
+            "projection": {"bound_ms": bound_ms, "step_ms": step_ms, "bound_tflops_per_gpu": 600.0 / world,
+                           "step_tflops_per_gpu": None if step_ms is None else 500.0 / world}}
+
+
+def result_json(strategy, world, seq, step_ms, tflops, options):
+    return {"schema_version": 1, "status": "ok", "strategy": strategy, "grid": {"world": world, "sp": world, "dp": 1},
+            "config": {"seq": seq, "batch": 1, "options": options}, "timing": {"median_ms": step_ms},
+            "metrics": {"tflops_per_gpu": tflops}}
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    best = {"zigzag": "true", "keep-kv": "true", "overlap": "true", "recompute": "false"}
+    os.makedirs(os.path.join(tmp, "in", "deep"))
+    files = {"in/p2.json": proj_json(2, 32768, 80.0, 99.0, best), "in/deep/p4.json": proj_json(4, 65536, 130.0, 143.0, best),
+             "in/p8.json": proj_json(8, 131072, 250.0, None, best),
+             "in/m2.json": result_json("lss", 2, 32768, 90.0, 520.0, best),
+             "in/s1.json": result_json("serial", 1, 16384, 57.0, 560.0, {}),
+             "in/other.json": {"kind": "sweep_aggregate"}}
+    for name, j in files.items():
+        json.dump(j, open(os.path.join(tmp, name), "w"))
+    r = run_proj(os.path.join(tmp, "in"), "--out", os.path.join(tmp, "pp"))
+    png = os.path.join(tmp, "pp", "projection.png")
+    check(r.returncode == 0 and os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n",
+          f"projplot draws a PNG from a folder ({r.stderr.strip()})")
+    summary = open(os.path.join(tmp, "pp", "SUMMARY.md")).read() if r.returncode == 0 else ""
+    rows = [line for line in summary.splitlines() if line.startswith("| lss") or line.startswith("| serial")]
+    check(len(rows) == 4, f"one row per (series, GPUs), the unrelated JSON skipped ({len(rows)} rows)")
+    check(any("| 2 | 32K | 90.00 | 99.00 | 80.00 | 1.100 |" in line and "--zigzag --keep-kv, 16K tokens/GPU" in line
+              for line in rows), "the 2-GPU row pairs projected with measured: 99 / 90 = 1.100, the series named by its options")
+    check(any("| 8 | 128K |  |  | 250.00 |  |" in line for line in rows),
+          "a projection without a calibration has a bound and no step")
+    bad = os.path.join(tmp, "bad.json")
+    open(bad, "w").write("{")
+    r = run_proj(bad, "--out", os.path.join(tmp, "pp2"))
+    check(r.returncode == 2 and "bad.json: malformed JSON" in r.stderr, f"a malformed file named: {r.stderr.strip()}")
+    r = run_proj(os.path.join(tmp, "in", "other.json"), "--out", os.path.join(tmp, "pp3"))
+    check(r.returncode == 2 and "other.json: neither a projection" in r.stderr, f"a foreign file named: {r.stderr.strip()}")
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -446,6 +446,9 @@ double comm_hidden_seconds(const BoundModel::Comm& c, bool overlap, double gemm_
 
 PricedCompute price_compute(const BoundRank& rank, const RunConfig& rc, const BoundModel& model, double heat_s) {
   const ComputeParts c = compute_parts(rank, rc, model, heat_s);
+  // Dense GEMM FLOPs per rank (QKV, out-projection, MLP: 24·B·T·C² per layer forward; LM head
+  // 2·B·T·C·V), 3× forward for training plus one forward of the blocks with recomputation: for
+  // the record (the GEMMs' rate at the step's shapes).
   const FlopCount flops = model_flops(rc.model);
   const double recompute = rc.strategy_opts.recompute ? 1.0 : 0.0;
   const double gemm_flops = ((3.0 + recompute) * flops.blocks_gemm_forward + 3.0 * flops.head_forward) / rank.world;
@@ -483,17 +486,11 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const ModelConfig& m = rc.model;
   const Grid& grid = session.grid();
   const BoundModel model = session.strategy().bound_model();
-  const int recompute = rc.strategy_opts.recompute ? 1 : 0;
-  // Dense GEMM FLOPs per rank (QKV, out-projection, MLP: 24·B·T·C² per layer forward; LM head
-  // 2·B·T·C·V), 3× forward for training plus one forward of the blocks with recomputation; for
-  // the record, and to turn the FLOPs beside a collective into time.
-  const FlopCount flops = model_flops(m);
-  const double gemm_flops = ((3.0 + recompute) * flops.blocks_gemm_forward + 3.0 * flops.head_forward) / grid.world;
   // Each kernel in a short burst first (as every bound before the sustained one was measured),
   // the collectives, and only then the sustained pass: its heat would lower the clocks of the
   // bursts after it. Each pass allocates its operands kernel by kernel, so the peak is one pass's.
   const BoundRank me{session.backend(), session.data(), session.strategy(), grid.world, nullptr};
-  const ComputeParts burst = compute_parts(me, rc, model, 0.0);
+  const PricedCompute burst = price_compute(me, rc, model, 0.0);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0, contended_comm_s = 0;
   // (group, kind, bytes, dtype, pieces) -> s
@@ -542,15 +539,15 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     comm.push_back(entry);
   }
   const bool sustained = heat_s > 0;
-  const ComputeParts hot = sustained ? compute_parts(me, rc, model, heat_s) : ComputeParts{};
+  const PricedCompute hot = sustained ? price_compute(me, rc, model, heat_s) : PricedCompute{};
   session.reset_counts();
   // Every rank's bound, attention time and sustained bound: ranks whose attention differs make
   // the faster ones wait at the next collective (load imbalance), which the exposed
   // communication then shows.
   const int world = grid.world;
   constexpr int kFigures = 4;
-  const double mine[kFigures] = {burst.total() + comm_s, burst.attention_s, sustained ? hot.total() + comm_s : 0.0,
-                                 burst.total() + contended_comm_s};
+  const double mine[kFigures] = {burst.total_s + comm_s, burst.attention_s, sustained ? hot.total_s + comm_s : 0.0,
+                                 burst.total_s + contended_comm_s};
   std::vector<double> all(kFigures * static_cast<size_t>(world));
   LSS_MPI_CHECK(MPI_Allgather(mine, kFigures, MPI_DOUBLE, all.data(), kFigures, MPI_DOUBLE, MPI_COMM_WORLD));
   std::vector<double> per_rank_ms, per_rank_attention_ms, per_rank_sustained_ms, per_rank_contended_ms;
@@ -565,8 +562,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     total_sustained = std::max(total_sustained, f[2]);
     total_contended = std::max(total_contended, f[3]);
   }
-  nlohmann::json rank0 = burst.to_json(gemm_flops);
-  rank0["gemm_flops"] = gemm_flops;
+  nlohmann::json rank0 = burst.record;
   rank0["comm_exposed_ms"] = comm_s * 1e3;
   rank0["comm"] = comm;
   nlohmann::json sustained_json = nullptr;
@@ -578,7 +574,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                       {"heat_s", heat_s},
                       {"bound_ms", total_sustained * 1e3},
                       {"per_rank_ms", per_rank_sustained_ms},
-                      {"rank0", hot.to_json(gemm_flops)}};
+                      {"rank0", hot.record}};
   return {{"definition", "this rank's linear layers (with the GELU and residual adds their GEMMs fuse), attention "
                          "calls, elementwise kernels (LayerNorm, unfused residual adds, head, loss, embedding on "
                          "the run's tokens) and the strategy's own passes (reorder copies, merges, additions; "
