@@ -7,8 +7,8 @@ Each PATH is a `lssbench project` file, a `lssbench run` result, or a folder sea
 for both; other JSON files there are skipped. A point is (series, GPUs): the series is the strategy,
 the options it was given that are off by default, and the tokens per GPU (T / world), so that a
 weak-scaling series runs across GPU counts. CHART_DIR/projection.png draws TFLOP/s per GPU against
-GPUs: measured (filled markers, solid), projected step (hollow markers, dashed: the bound times the
-calibration's step / bound) and projected bound (dotted). CHART_DIR/SUMMARY.md has every point with
+GPUs: measured (filled markers, solid), projected step (hollow markers, dashed: the compute as the
+calibration's ran against its bound, plus the exposed communication) and projected bound (dotted). CHART_DIR/SUMMARY.md has every point with
 projected step / measured step where both exist (README, Projection). A missing or malformed file
 named on the command line is an error naming it.
 """
@@ -127,7 +127,8 @@ def fmt(v, spec=".2f"):
 
 def write_summary(points, out):
     lines = ["# Measured and projected", "",
-             "Projected step = the projection's bound x its calibration run's step / bound (README, Projection).", "",
+             "Projected step = the slowest rank's compute x its calibration's compute ratio + its exposed "
+             "communication (README, Projection).", "",
              "| series | GPUs | T | measured step (ms) | projected step (ms) | projected bound (ms) | "
              "projected / measured | measured TFLOP/s/GPU | projected TFLOP/s/GPU |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -10,7 +10,8 @@ megatron_sp onto grids of 4 x 2 and 4 ranks then check, against the formulas of 
 - each collective is priced at latency + bus factor x bytes / busbw of its group, and its exposed
   time is calls x max(0, priced - hidden);
 - a rank's bound is its compute parts plus its exposed communication; the projection's bound is
-  the slowest rank's; the projected step is the bound times the calibration's step / bound;
+  the slowest rank's; the projected step is that rank's compute times the calibration's compute
+  ratio, (step - exposed) / (bound - exposed), plus its exposed communication;
 - the K/V all-gather of every projected lss rank moves T x B/R x 2C elements;
 - bad input (launched on 2 ranks, no bandwidth, unreadable or foreign calibration, a batch the
   replicas do not divide, a negative bandwidth, an existing --out) exits 2 naming the value.
@@ -92,8 +93,16 @@ with tempfile.TemporaryDirectory() as tmp:
                                                       f"({j['rates']['sp_busbw_GBps']:.6g} vs {fitted:.6g} GB/s)")
     check(j["rates"]["dp_busbw_GBps"] == 1.5, "lss 4 x 2: the given dp busbw")
     check_pricing(j, "lss 4 x 2", {"sp": fitted, "dp": 1.5}, 5)
-    check(close(j["projection"]["step_ms"], j["projection"]["bound_ms"] * c["bound"]["step_over_bound"]),
-          "lss 4 x 2: step = bound x the calibration's step / bound")
+    exposed_cal = c["bound"]["rank0"]["comm_exposed_ms"]
+    ratio = (c["timing"]["median_ms"] - exposed_cal) / (c["bound"]["bound_ms"] - exposed_cal)
+    exposed = j["projection"]["slowest"]["comm_exposed_ms"]
+    check(close(j["calibration"]["compute_ratio"], ratio), "lss 4 x 2: the calibration's compute ratio")
+    check(close(j["projection"]["step_ms"], (j["projection"]["bound_ms"] - exposed) * ratio + exposed),
+          "lss 4 x 2: step = the slowest rank's compute x the calibration's compute ratio + its exposed communication")
+    # At the calibration's own grid the projected step is the step the calibration measured, to
+    # the spread of its bound's kernel timings (each timed again by the projection).
+    j2 = project(tmp, "lss_sp2_own", ["--strategy", "lss", "--zigzag", "--sp", "2", "--calibration", str(cal)])
+    check(j2["calibration"]["step_ms"] == c["timing"]["median_ms"], "lss 2: the calibration's measured step recorded")
     gathers = [e for e in j["projection"]["slowest"]["bound_model"]["comm"] if e["what"].startswith("K/V all-gather")]
     check(len(gathers) > 0 and all(e["bytes"] == 512 * 1 * 2 * 64 * 4 for e in gathers),
           "lss 4 x 2: the K/V all-gather moves T x B/R x 2C fp32 elements")

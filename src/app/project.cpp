@@ -41,7 +41,8 @@ OptionParser make_parser() {
   p.add_size("dp", 1, "R: data-parallel replicas of the projected grid (WORLD = R x P)");
   p.add_string("calibration", "",
                "result JSON of `lssbench run` with its bound: each group's bus bandwidth is fitted from the "
-               "collectives it measured, and its step / bound turns the projected bound into a projected step");
+               "collectives it measured, and what its compute lost against the bound's carries over to the "
+               "projected step");
   p.add_double("sp-busbw", 0,
                "GB/s: bus bandwidth (nccl-tests' busbw) of the sequence group's collectives (0: fitted from "
                "--calibration)");
@@ -71,7 +72,9 @@ struct Calibration {
   std::string file;
   json record = nullptr;                 // for the projection's JSON
   std::map<std::string, double> busbw;   // bytes/s by group ("sp", "dp"), fitted
-  double step_over_bound = 0;            // the run's measured step / its bound
+  // What the run's compute lost against its bound's: (step - exposed) / (bound - exposed), with
+  // `exposed` the bound's exposed communication (rank 0's); 0 without a calibration.
+  double compute_ratio = 0;
 };
 
 // Each group's bus bandwidth over the collectives the run's bound timed alone: their bus bytes
@@ -119,7 +122,12 @@ Calibration read_calibration(const std::string& path, const std::string& backend
     c.busbw[g] = bs.first / bs.second;
     fitted[g] = {{"busbw_GBps", c.busbw[g] / 1e9}, {"bus_bytes_per_step", bs.first}, {"ms_per_step", bs.second * 1e3}};
   }
-  c.step_over_bound = j["bound"].value("step_over_bound", 0.0);
+  const double bound_ms = j["bound"].value("bound_ms", 0.0);
+  const double exposed_ms = j["bound"]["rank0"].value("comm_exposed_ms", 0.0);
+  const double step_ms = j.contains("timing") ? j["timing"].value("median_ms", 0.0) : 0.0;
+  need(bound_ms > exposed_ms && step_ms > 0, "its bound (" + std::to_string(bound_ms) + " ms) or step (" +
+                                                 std::to_string(step_ms) + " ms) cannot be read");
+  c.compute_ratio = (step_ms - exposed_ms) / (bound_ms - exposed_ms);
   const json& machine = j.contains("machine") ? j["machine"] : json::object();
   c.record = {{"file", path},
               {"git_commit", machine.value("git_commit", "")},
@@ -129,7 +137,9 @@ Calibration read_calibration(const std::string& path, const std::string& backend
               {"seq", j.contains("config") ? j["config"].value("seq", json(nullptr)) : json(nullptr)},
               {"step_ms", j.contains("timing") ? j["timing"].value("median_ms", json(nullptr)) : json(nullptr)},
               {"bound_ms", j["bound"].value("bound_ms", json(nullptr))},
-              {"step_over_bound", c.step_over_bound},
+              {"step_over_bound", j["bound"].value("step_over_bound", json(nullptr))},
+              {"comm_exposed_ms", exposed_ms},
+              {"compute_ratio", c.compute_ratio},
               {"fitted", fitted}};
   return c;
 }
@@ -241,9 +251,12 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   }
   const double bound_s = ranks[slowest].total_s;
   const double tokens = static_cast<double>(m.B * m.T);
-  // The projected step: the bound times the calibration run's measured step over its own bound
-  // (what the kernels lose beside each other, to the power cap and to the gaps between them).
-  const double step_s = cal.step_over_bound > 0 ? bound_s * cal.step_over_bound : 0.0;
+  // The projected step: the slowest rank's compute as the calibration run's compute ran against
+  // its bound (what the kernels lose beside the collectives, to the power cap and to the gaps
+  // between them), plus its exposed communication as priced: at the calibration's own grid, its
+  // measured step.
+  const double exposed_s = ranks[slowest].comm_exposed_s;
+  const double step_s = cal.compute_ratio > 0 ? (bound_s - exposed_s) * cal.compute_ratio + exposed_s : 0.0;
   auto or_null = [](bool ok, double v) { return ok ? json(v) : json(nullptr); };
 
   json j = {
@@ -275,7 +288,8 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
          "each rank of the projected grid priced as the analytic bound prices a rank of a run (README, Analytic "
          "bound): its kernels timed alone on this device at the rank's shapes, each collective at latency_us + "
          "bus factor x bytes / busbw of its group less the GEMM and optimizer time the schedule runs beside it; "
-         "slowest rank. step_ms: bound_ms x the calibration run's step_over_bound"},
+         "slowest rank. step_ms: that rank's compute x the calibration's compute_ratio + its exposed "
+         "communication"},
         {"bound_ms", bound_s * 1e3},
         {"per_rank_ms", per_rank_ms},
         {"per_rank_attention_ms", per_rank_attention_ms},
@@ -291,8 +305,8 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   fmt::print("\n  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU, {:.4g} tokens/s)\n", "projected bound",
              bound_s * 1e3, flops.step / bound_s / world / 1e12, tokens / bound_s);
   if (step_s > 0)
-    fmt::print("  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU; x {:.3f}, the calibration's step / bound)\n",
-               "projected step", step_s * 1e3, flops.step / step_s / world / 1e12, cal.step_over_bound);
+    fmt::print("  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU; the compute x {:.3f}, the calibration's)\n",
+               "projected step", step_s * 1e3, flops.step / step_s / world / 1e12, cal.compute_ratio);
   fmt::print("  wrote {}\n", out);
   return 0;
 }
