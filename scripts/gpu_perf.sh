@@ -83,7 +83,8 @@
 #             --placed-reduce-scatter --distributed-optimizer) and megatron_sp on every GPU at T = 16K x GPUs,
 #             timed with their bounds (the calibrations); then on one GPU, from each, `lssbench project` at
 #             P = GPUs (its own grid: the check), P = 1 and LSS_PROJECT_SP (default "4 8"), T = 16K x P
-#             (weak scaling's points)
+#             (weak scaling's points); LSS_PROJECT_CALIBRATIONS=DIR takes the calibrations from an earlier
+#             call's points (DIR/project_cal_<strategy>_w<P>_T<T>.json) instead of running them
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
 #               .gpu-keep/sweeps/<name>/, packed into $OUT/sweeps.tar.gz: .gpu-keep/ is ignored
 #               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
@@ -420,15 +421,22 @@ PY
         --benchmark_filter="${LSS_BENCH_FILTER:-.}" --benchmark_out="$res/bench_collectives_w$gpus$tag.json" \
         --benchmark_out_format=json ;;
     project)
-      local strategy sargs cal np
+      local strategy sargs cal np calw
       for strategy in lss megatron_sp; do
         sargs="--strategy $strategy"
         [ "$strategy" = lss ] && sargs+=" --zigzag --keep-kv --placed-reduce-scatter --distributed-optimizer"
-        cal=project_cal_${strategy}_w${gpus}_T$((16 * gpus))K
-        point "$cal" "$gpus" 180 $sargs --sp "$gpus" --seq $((16 * gpus))K --warmup 2 --iters 8
-        for np in $(printf '%s\n' "$gpus" 1 ${LSS_PROJECT_SP:-4 8} | awk '!seen[$0]++'); do
+        if [ -n "${LSS_PROJECT_CALIBRATIONS:-}" ]; then
+          cal=$(ls "$LSS_PROJECT_CALIBRATIONS"/project_cal_${strategy}_w*_T*K.json 2>/dev/null | head -1)
+          [ -n "$cal" ] || { echo ">>> NOT-RUN project $strategy: no project_cal_${strategy}_w*_T*K.json in $LSS_PROJECT_CALIBRATIONS"; failed=1; continue; }
+          calw=$(basename "$cal" | sed -E 's/.*_w([0-9]+)_T.*/\1/')
+        else
+          calw=$gpus
+          cal=$res/project_cal_${strategy}_w${gpus}_T$((16 * gpus))K.json
+          point "$(basename "$cal" .json)" "$gpus" 180 $sargs --sp "$gpus" --seq $((16 * gpus))K --warmup 2 --iters 8
+        fi
+        for np in $(printf '%s\n' "$calw" 1 ${LSS_PROJECT_SP:-4 8} | awk '!seen[$0]++'); do
           step project_${strategy}_sp${np}_T$((16 * np))K 240 "$dev/bin/lssbench" project $model $sargs --sp "$np" \
-            --seq $((16 * np))K --calibration "$res/$cal.json" --out "$res/project_${strategy}_sp${np}_T$((16 * np))K.json"
+            --seq $((16 * np))K --calibration "$cal" --out "$res/project_${strategy}_sp${np}_T$((16 * np))K.json"
         done
       done ;;
     sweep)

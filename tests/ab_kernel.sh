@@ -186,6 +186,24 @@ for strategy in lss megatron_sp; do
 done
 [ "$runs" = "$want" ] || { echo "FAIL: project runs"; echo "  got:  $runs"; echo "  want: $want"; fail=1; }
 
+# With LSS_PROJECT_CALIBRATIONS the calibrations are an earlier call's: no run, the projections
+# at their world (2), 1, 4 and 8 from those files.
+mkdir -p "$work/cals"
+for strategy in lss megatron_sp; do echo '{}' >"$work/cals/project_cal_${strategy}_w2_T32K.json"; done
+: >"$work/calls.txt"
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out8 TMPDIR=$work LSS_PROJECT_CALIBRATIONS=$work/cals \
+  bash scripts/gpu_perf.sh project >"$work/run8.txt" 2>&1) ||
+  { cat "$work/run8.txt"; echo "FAIL: gpu_perf.sh project with LSS_PROJECT_CALIBRATIONS exited non-zero"; fail=1; }
+runs=$(awk '{s = $3; for (i = 4; i <= NF; i++) {
+              if ($i == "--strategy" || $i == "--sp" || $i == "--seq") s = s " " $(i + 1)
+              if ($i == "--calibration") s = s " " $(i + 1) }
+            print s}' "$work/calls.txt" | paste -sd'|' -)
+want=""
+for strategy in lss megatron_sp; do
+  for np in 2 1 4 8; do want+="${want:+|}project $strategy $np $((16 * np))K $work/cals/project_cal_${strategy}_w2_T32K.json"; done
+done
+[ "$runs" = "$want" ] || { echo "FAIL: project runs from given calibrations"; echo "  got:  $runs"; echo "  want: $want"; fail=1; }
+
 # ---- 3. gpu_variant.sh's name check ----
 for bad in Bad base bundle 1x ""; do
   bash "$root/scripts/gpu_variant.sh" "$bad" >"$work/variant.txt" 2>&1 && { echo "FAIL: gpu_variant.sh accepted '$bad'"; fail=1; }
