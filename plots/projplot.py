@@ -25,7 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from jsonfile import InputError, load_json  # noqa: E402
 
-STYLE = {"lss": ("tab:blue", "o"), "megatron_sp": ("tab:orange", "s"), "serial": ("tab:gray", "^")}
+# A strategy's series take its colours in turn (e.g. lss with and without options).
+STYLE = {"lss": (["tab:blue", "tab:cyan", "navy", "tab:purple"], "o"),
+         "megatron_sp": (["tab:orange", "tab:red", "tab:brown", "gold"], "s"),
+         "serial": (["tab:gray", "black"], "^")}
 # Options off by default that change what a strategy runs: they name a series.
 FLAGS = ["zigzag", "keep-kv", "placed-reduce-scatter", "distributed-optimizer", "recompute", "chunk-pipeline",
          "copy-engine-gathers"]
@@ -96,8 +99,12 @@ def load(paths):
 def draw(points, out):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = sorted({s for s, _ in points})
+    used = {}
     for s in series:
-        color, marker = STYLE.get(s.split(" ")[0].rstrip(","), (None, "x"))
+        strategy = s.split(" ")[0].rstrip(",")
+        colors, marker = STYLE.get(strategy, ([None], "x"))
+        color = colors[used.get(strategy, 0) % len(colors)]
+        used[strategy] = used.get(strategy, 0) + 1
         worlds = sorted(w for t, w in points if t == s)
         for kind, key, ls, fill, suffix in (("measured", "tflops", "-", color, "measured"),
                                             ("projected", "step_tflops", "--", "none", "projected step"),
