@@ -491,6 +491,13 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
             print(f"bench_attention {r.get('label', r['name']):<60} {r.get('real_time', 0):9.3f} ms "
                   f"{r.get('TFLOP/s') or 0:7.1f} TFLOP/s {r.get('error_message', '')}")
         continue
+    if j.get("schema") == "lssbench-projection":
+        p, g = j["projection"], j["grid"]
+        step = f"step {p['step_ms']:9.2f} ms {p['step_tflops_per_gpu']:7.1f} TFLOP/s/GPU " if p.get("step_ms") else ""
+        print(f"{f.stem:<40} projection world {g['world']} = dp {g['dp']} x sp {g['sp']}: {step}"
+              f"bound {p['bound_ms']:9.2f} ms {p['bound_tflops_per_gpu']:7.1f} TFLOP/s/GPU "
+              f"exposed comm {p['slowest']['comm_exposed_ms']:7.2f} ms")
+        continue
     if "timing" not in j:
         continue
     t, m, b = j["timing"], j["metrics"], j.get("bound") or {}
