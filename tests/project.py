@@ -8,13 +8,16 @@ megatron_sp onto grids of 4 x 2 and 4 ranks then check, against the formulas of 
 - the fitted bus bandwidth of a group is the calibration's bus bytes over its measured time, every
   call counted (bus factor (n-1)/n, 2(n-1)/n for all-reduce); a given one replaces it;
 - each collective is priced at latency + bus factor x bytes / busbw of its group, and its exposed
-  time is calls x max(0, priced - hidden);
+  time is calls x max(0, priced - hidden); with --gpus-per-node, a group whose ranks lie on several
+  nodes (a sequence group when P does not divide the node's GPUs, a data group when the grid does
+  not fit on one node) at --inter-node-busbw;
 - a rank's bound is its compute parts plus its exposed communication; the projection's bound is
   the slowest rank's; the projected step is that rank's compute times the calibration's compute
   ratio, (step - exposed) / (bound - exposed), plus its exposed communication;
 - the K/V all-gather of every projected lss rank moves T x B/R x 2C elements;
 - bad input (launched on 2 ranks, no bandwidth, unreadable or foreign calibration, a batch the
-  replicas do not divide, a negative bandwidth, an existing --out) exits 2 naming the value.
+  replicas do not divide, a negative bandwidth, a group across nodes without the link's bandwidth,
+  an existing --out) exits 2 naming the value.
 """
 import json
 import subprocess
@@ -108,6 +111,19 @@ with tempfile.TemporaryDirectory() as tmp:
           "lss 4 x 2: the K/V all-gather moves T x B/R x 2C fp32 elements")
     check(any(e["group"] == "dp" for e in j["projection"]["slowest"]["comm"]), "lss 4 x 2: the data group's sums priced")
 
+    # Nodes of 4 GPUs: 8-rank sequence groups and the data groups of a 16-rank grid cross them, at the
+    # inter-node bandwidth; nodes of 2 GPUs hold whole 2-rank sequence groups, not the data groups.
+    j = project(tmp, "lss_sp8_dp2_nodes", ["--strategy", "lss", "--zigzag", "--sp", "8", "--dp", "2",
+                                           "--gpus-per-node", "4", "--inter-node-busbw", "25", "--sp-busbw", "300"])
+    check(j["rates"]["groups_spanning_nodes"] == ["dp", "sp", "world"], "8 x 2 on nodes of 4: every group spans nodes")
+    check(all(c["across_nodes"] for c in j["projection"]["slowest"]["comm"]), "8 x 2 on nodes of 4: every collective across nodes")
+    check_pricing(j, "8 x 2 on nodes of 4", {"sp": 25.0, "dp": 25.0}, 0)
+    j = project(tmp, "megatron_sp2_dp2_nodes", ["--strategy", "megatron_sp", "--sp", "2", "--dp", "2",
+                                                "--gpus-per-node", "2", "--inter-node-busbw", "12.5", "--sp-busbw", "300"])
+    check(j["rates"]["groups_spanning_nodes"] == ["dp", "world"], "2 x 2 on nodes of 2: the data group spans nodes, "
+                                                                  "the sequence group does not")
+    check_pricing(j, "2 x 2 on nodes of 2", {"sp": 300.0, "dp": 12.5}, 0)
+
     j = project(tmp, "megatron_sp4", ["--strategy", "megatron_sp", "--sp", "4", "--sp-busbw", "20"])
     check(j["calibration"] is None and j["projection"]["step_ms"] is None,
           "megatron_sp 4: without a calibration, a bound and no step")
@@ -134,6 +150,8 @@ with tempfile.TemporaryDirectory() as tmp:
     refused(["--strategy", "lss", "--sp", "2", "--dp", "3", "--sp-busbw", "10"], "--batch 2 does not divide",
             "a batch the replicas do not divide")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "-1"], "--sp-busbw -1", "a negative bandwidth")
+    refused(["--strategy", "lss", "--sp", "8", "--sp-busbw", "300", "--gpus-per-node", "4"], "--inter-node-busbw",
+            "a group across nodes without the link's bandwidth")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "10", "--out", str(cal)], "exists already",
             "an existing --out")
 

@@ -50,6 +50,12 @@ OptionParser make_parser() {
                "GB/s: of the data group's collectives, e.g. a link between nodes (0: fitted from --calibration's "
                "data group, else the sequence group's)");
   p.add_double("latency-us", 0, "microseconds added to every collective call (0: inside the fitted bandwidth)");
+  p.add_size("gpus-per-node", 0,
+             "GPUs of one node in the projected grid, ranks filling nodes in order (0: every rank on one node); a "
+             "group whose ranks are on several nodes moves its bytes at --inter-node-busbw");
+  p.add_double("inter-node-busbw", 0,
+               "GB/s: bus bandwidth of a collective over ranks on several nodes (the slowest link of its ring: "
+               "the GPU's share of the network); needed where a group spans nodes");
   p.add_string("out", "", "projection JSON path, never overwritten (empty: results/projections/<name>-<time>.json)");
   return p;
 }
@@ -172,7 +178,7 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   const int P = rc.P, R = static_cast<int>(dp), world = P * R;
   LSS_REQUIRE_INPUT(m.B % R == 0, "--batch " + std::to_string(m.B) + " does not divide by the " + std::to_string(R) +
                                       " data-parallel replicas (--dp)");
-  for (const char* o : {"sp-busbw", "dp-busbw", "latency-us"})
+  for (const char* o : {"sp-busbw", "dp-busbw", "latency-us", "inter-node-busbw"})
     LSS_REQUIRE_INPUT(parser.real(o) >= 0 && std::isfinite(parser.real(o)),
                       std::string("--") + o + " " + parser.str(o) + ": must not be negative");
   const Calibration cal = read_calibration(parser.str("calibration"), rc.backend);
@@ -185,6 +191,19 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
                                             : busbw["sp"];
   const double latency_s = parser.real("latency-us") * 1e-6;
   const std::map<std::string, int> group_size = {{"sp", P}, {"dp", R}, {"world", world}};
+  // Ranks fill the nodes in order (grid.h: a sequence group is P consecutive ranks, a data group
+  // the ranks P apart). A sequence group lies on one node when P divides the node's GPUs; a data
+  // group (or the world) when the whole grid fits on one node. Otherwise its ring crosses the
+  // network, whose bandwidth then bounds it.
+  const int64_t per_node = parser.size("gpus-per-node");
+  LSS_REQUIRE_INPUT(per_node >= 0, "--gpus-per-node " + parser.str("gpus-per-node") + ": must not be negative");
+  const std::map<std::string, bool> spans_nodes = {{"sp", per_node > 0 && P > 1 && per_node % P != 0},
+                                                   {"dp", per_node > 0 && R > 1 && world > per_node},
+                                                   {"world", per_node > 0 && world > per_node}};
+  const double inter_node_busbw = parser.real("inter-node-busbw") * 1e9;
+  json spanning = json::array();
+  for (const auto& [g, spans] : spans_nodes)
+    if (spans && group_size.at(g) > 1) spanning.push_back(g);
 
   std::string out = parser.str("out");
   if (out.empty())
@@ -201,6 +220,9 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
              m.causal ? "causal" : "non-causal", dtype_name(m.dtype));
   fmt::print("  {:<14} sp {:.1f} GB/s, dp {:.1f} GB/s busbw, {:g} us a call{}\n", "collectives", busbw["sp"] / 1e9,
              busbw["dp"] / 1e9, latency_s * 1e6, cal.file.empty() ? "" : " (fitted from " + cal.file + ")");
+  if (per_node > 0)
+    fmt::print("  {:<14} {} GPUs per node; across nodes ({}) {:.1f} GB/s busbw\n", "nodes", per_node,
+               spanning.empty() ? std::string("no group") : spanning.dump(), inter_node_busbw / 1e9);
   fmt::print("  {:<14} {}\n", "result", out);
 
   const int64_t gemm_n = rc.backend == "cuda" ? 8192 : 1024;
@@ -220,7 +242,11 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     json comm = json::array();
     for (const BoundModel::Comm& c : model.comm) {
       const int n = group_size.at(c.group);
-      const double rate = busbw.count(c.group) ? busbw.at(c.group) : busbw.at("dp");
+      const bool across = spans_nodes.at(c.group);
+      const double rate = across ? inter_node_busbw : busbw.count(c.group) ? busbw.at(c.group) : busbw.at("dp");
+      LSS_REQUIRE_INPUT(rate > 0 || n < 2 || !across,
+                        "--inter-node-busbw: the " + c.group + " group of " + std::to_string(n) + " ranks spans nodes of " +
+                            std::to_string(per_node) + " GPUs (--gpus-per-node); give the link's bus bandwidth");
       LSS_REQUIRE_INPUT(rate > 0 || n < 2, "--" + c.group + "-busbw: the " + c.group +
                                                " group's collectives need a bus bandwidth (give it, or --calibration "
                                                "with a run whose bound measured that group)");
@@ -229,7 +255,7 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
       const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
       r.comm_exposed_s += exposed;
       comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
-                      {"calls", c.calls}, {"priced_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
+                      {"calls", c.calls}, {"across_nodes", across}, {"busbw_GBps", rate / 1e9}, {"priced_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
                       {"exposed_ms", exposed * 1e3}});
     }
     r.total_s = compute.total_s + r.comm_exposed_s;
@@ -281,6 +307,9 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
         {"sp_busbw_GBps", busbw["sp"] / 1e9},
         {"dp_busbw_GBps", busbw["dp"] / 1e9},
         {"latency_us", latency_s * 1e6},
+        {"gpus_per_node", per_node},
+        {"inter_node_busbw_GBps", inter_node_busbw / 1e9},
+        {"groups_spanning_nodes", spanning},
         {"busbw_source", cal.file.empty() ? "given" : "given or fitted from the calibration"}}},
       {"calibration", cal.record},
       {"projection",
