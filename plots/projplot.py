@@ -5,12 +5,13 @@ usage: python3 plots/projplot.py PATH [PATH ...] --out CHART_DIR
 
 Each PATH is a `lssbench project` file, a `lssbench run` result, or a folder searched (recursively)
 for both; other JSON files there are skipped. A point is (series, GPUs): the series is the strategy,
-the options it was given that are off by default, and the tokens per GPU (T / world), so that a
-weak-scaling series runs across GPU counts. CHART_DIR/projection.png draws TFLOP/s per GPU against
-GPUs: measured (filled markers, solid), projected step (hollow markers, dashed: the compute as the
-calibration's ran against its bound, plus the exposed communication) and projected bound (dotted). CHART_DIR/SUMMARY.md has every point with
-projected step / measured step where both exist (README, Projection). A missing or malformed file
-named on the command line is an error naming it.
+the options it was given that differ from their defaults, the data replicas, the tokens per GPU
+(T / world), so that a weak-scaling series runs across GPU counts, and the model.
+CHART_DIR/projection.png draws TFLOP/s per GPU against GPUs: measured (filled markers, solid),
+projected step (hollow markers, dashed: the compute as the calibration's ran against its bound,
+plus the exposed communication) and projected bound (dotted). CHART_DIR/SUMMARY.md has every
+point with projected step / measured step where both exist (README, Projection). A missing or
+malformed file named on the command line is an error naming it.
 """
 import argparse
 import glob
@@ -46,14 +47,25 @@ def kilo(n):
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
+# Options with a value, and their defaults: another value names a series too.
+VALUED = {"overlap": "true", "regather-ln": "true", "split-causal": "true", "scatter-chunks": "0",
+          "grad-reduce-dtype": "master", "optimizer-in-backward": "false", "attention": "auto"}
+
+
 def series_of(j):
-    opts = j["config"].get("options", {})
-    given = [f for f in FLAGS if opts.get(f) == "true"]
-    if opts.get("overlap") == "false":
-        given.append("no-overlap")
-    per_gpu = j["config"]["seq"] * j["config"]["batch"] // j["grid"]["world"]
-    label = j["strategy"] + (" " + " ".join("--" + g for g in given) if given else "")
-    return f"{label}, {kilo(per_gpu)} tokens/GPU"
+    cfg = j["config"]
+    opts = cfg.get("options", {})
+    given = ["--" + f for f in FLAGS if opts.get(f) == "true"]
+    for k, default in VALUED.items():
+        v = opts.get(k)
+        if v is not None and v != default:
+            given.append(f"--no-{k}" if v == "false" else f"--{k}" if v == "true" else f"--{k} {v}")
+    per_gpu = cfg["seq"] * cfg["batch"] // j["grid"]["world"]
+    model = " ".join(f"{letter}{cfg[key]}" for letter, key in (("L", "layers"), ("C", "width")) if key in cfg)
+    model += f" {cfg['dtype']}" if "dtype" in cfg else ""
+    label = j["strategy"] + (" " + " ".join(given) if given else "")
+    dp = j["grid"].get("dp", 1)
+    return f"{label}{f', dp {dp}' if dp > 1 else ''}, {kilo(per_gpu)} tokens/GPU" + (f", {model.strip()}" if model.strip() else "")
 
 
 def load(paths):

@@ -426,13 +426,18 @@ PY
         sargs="--strategy $strategy"
         [ "$strategy" = lss ] && sargs+=" --zigzag --keep-kv --placed-reduce-scatter --distributed-optimizer"
         if [ -n "${LSS_PROJECT_CALIBRATIONS:-}" ]; then
-          cal=$(ls "$LSS_PROJECT_CALIBRATIONS"/project_cal_${strategy}_w*_T*K.json 2>/dev/null | head -1)
-          [ -n "$cal" ] || { echo ">>> NOT-RUN project $strategy: no project_cal_${strategy}_w*_T*K.json in $LSS_PROJECT_CALIBRATIONS"; failed=1; continue; }
+          local found=("$LSS_PROJECT_CALIBRATIONS"/project_cal_${strategy}_w*_T*K.json)
+          if [ ! -f "${found[0]}" ] || ((${#found[@]} != 1)); then
+            echo ">>> NOT-RUN project $strategy: want one project_cal_${strategy}_w*_T*K.json in $LSS_PROJECT_CALIBRATIONS, found ${#found[@]}"
+            failed=1; continue
+          fi
+          cal=${found[0]}
           calw=$(basename "$cal" | sed -E 's/.*_w([0-9]+)_T.*/\1/')
         else
           calw=$gpus
           cal=$res/project_cal_${strategy}_w${gpus}_T$((16 * gpus))K.json
           point "$(basename "$cal" .json)" "$gpus" 180 $sargs --sp "$gpus" --seq $((16 * gpus))K --warmup 2 --iters 8
+          [ -f "$cal" ] || { echo ">>> NOT-RUN project $strategy: its calibration run wrote no result"; failed=1; continue; }
         fi
         for np in $(printf '%s\n' "$calw" 1 ${LSS_PROJECT_SP:-4 8} | awk '!seen[$0]++'); do
           step project_${strategy}_sp${np}_T$((16 * np))K 240 "$dev/bin/lssbench" project $model $sargs --sp "$np" \

@@ -203,6 +203,13 @@ for strategy in lss megatron_sp; do
   for np in 2 1 4 8; do want+="${want:+|}project $strategy $np $((16 * np))K $work/cals/project_cal_${strategy}_w2_T32K.json"; done
 done
 [ "$runs" = "$want" ] || { echo "FAIL: project runs from given calibrations"; echo "  got:  $runs"; echo "  want: $want"; fail=1; }
+# Two calibrations of one strategy: which to take is not guessed; that strategy is not run.
+echo '{}' >"$work/cals/project_cal_lss_w16_T256K.json"
+: >"$work/calls.txt"
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out9 TMPDIR=$work LSS_PROJECT_CALIBRATIONS=$work/cals \
+  bash scripts/gpu_perf.sh project >"$work/run9.txt" 2>&1) && { echo "FAIL: two lss calibrations: exit 0"; fail=1; }
+expect "$work/run9.txt" "NOT-RUN project lss: want one project_cal_lss_w*_T*K.json"
+grep -q -- "--strategy lss" "$work/calls.txt" && { echo "FAIL: two lss calibrations: lss projected anyway"; fail=1; }
 
 # ---- 3. gpu_variant.sh's name check ----
 for bad in Bad base bundle 1x ""; do

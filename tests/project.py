@@ -15,6 +15,7 @@ megatron_sp onto grids of 4 x 2 and 4 ranks then check, against the formulas of 
   the slowest rank's; the projected step is that rank's compute times the calibration's compute
   ratio, (step - exposed) / (bound - exposed), plus its exposed communication;
 - the K/V all-gather of every projected lss rank moves T x B/R x 2C elements;
+- --like RUN.json takes every step option the command line leaves out from the run's recorded ones;
 - bad input (launched on 2 ranks, no bandwidth, unreadable or foreign calibration, a batch the
   replicas do not divide, a negative bandwidth, a group across nodes without the link's bandwidth,
   an existing --out) exits 2 naming the value.
@@ -61,6 +62,14 @@ def check_pricing(j, name, busbw, latency_us):
     slowest = proj["slowest"]
     sizes = {"sp": j["grid"]["sp"], "dp": j["grid"]["dp"]}
     exposed = 0.0
+    model = slowest["bound_model"]["comm"]
+    check(len(model) == len(slowest["comm"]), f"{name}: one priced entry per collective of the BoundModel")
+    overlap = j["config"]["options"]["overlap"] == "true"
+    for c, mc in zip(slowest["comm"], model):
+        hidden = (mc["hidden_by_flops"] / (j["rates"]["measured_gemm_tflops"] * 1e12) * 1e3 +
+                  mc["hidden_by_optimizer_share"] * slowest["optimizer_ms"]) if overlap else 0.0
+        check(close(c["hidden_by_ms"], hidden) or abs(c["hidden_by_ms"] - hidden) < 1e-12,
+              f"{name}: {c['what']} hidden = FLOPs beside / GEMM rate + share x optimizer ({c['hidden_by_ms']:.6g} vs {hidden:.6g})")
     for c in slowest["comm"]:
         n = sizes[c["group"]]
         want = (latency_us * 1e-6 + bus_factor(c["kind"], n) * c["bytes"] / (busbw[c["group"]] * 1e9)) * 1e3
@@ -80,7 +89,14 @@ with tempfile.TemporaryDirectory() as tmp:
     cal = Path(tmp) / "calibration.json"
     subprocess.run([mpiexec, "-n", "2", lssbench, "run", "--strategy", "lss", "--sp", "2", "--zigzag", *MODEL,
                     "--iters", "2", "--out", str(cal)], check=True, timeout=300, capture_output=True)
+    # The run's timings on a busy CPU are noise: fixed ones make every figure below deterministic.
     c = json.loads(cal.read_text())
+    c["timing"]["median_ms"], c["bound"]["bound_ms"], c["bound"]["rank0"]["comm_exposed_ms"] = 10.0, 8.0, 0.5
+    c["bound"]["step_over_bound"] = 10.0 / 8.0
+    for i, e in enumerate(c["bound"]["rank0"]["comm"]):
+        e["measured_ms"] = 0.01 * (i + 1)
+    cal = Path(tmp) / "calibration-fixed.json"
+    cal.write_text(json.dumps(c))
     bus, secs = 0.0, 0.0
     for e in c["bound"]["rank0"]["comm"]:
         if e["group"] == "sp":
@@ -124,6 +140,31 @@ with tempfile.TemporaryDirectory() as tmp:
                                                                   "the sequence group does not")
     check_pricing(j, "2 x 2 on nodes of 2", {"sp": 300.0, "dp": 12.5}, 0)
 
+    # --like: every step option not given comes from the run's recorded options (strategy, --zigzag,
+    # the model); the --sp given wins. MODEL's options are given again here, so the run's must agree.
+    out = Path(tmp) / "like.json"
+    subprocess.run([lssbench, "project", "--like", str(cal), "--calibration", str(cal), "--sp", "4", "--threads", "1",
+                    "--out", str(out)], check=True, timeout=300, capture_output=True)
+    j = json.loads(out.read_text())
+    o, co = j["config"]["options"], c["config"]["options"]
+    check(j["strategy"] == "lss" and o["zigzag"] == "true" and o["sp"] == "4" and j["grid"]["sp"] == 4,
+          "--like: the run's strategy and --zigzag, the given --sp")
+    check(all(o[k] == co[k] for k in ("layers", "width", "heads", "seq", "batch", "dtype", "backend", "overlap")),
+          "--like: the run's model, backend and --overlap")
+    j = project(tmp, "like_other", ["--like", str(cal), "--strategy", "megatron_sp", "--sp", "2", "--sp-busbw", "10"])
+    check(j["strategy"] == "megatron_sp" and j["config"]["options"].get("zigzag", "false") == "false",
+          "--like with another --strategy: the run's options of lss (--zigzag) left out, not refused")
+
+    # A grid that fits on one node: no group spans nodes, though 4 does not divide 6.
+    j = project(tmp, "lss_sp4_node6", ["--strategy", "lss", "--zigzag", "--sp", "4", "--gpus-per-node", "6",
+                                       "--sp-busbw", "300"])
+    check(j["rates"]["groups_spanning_nodes"] == [], "4 ranks on a node of 6: no group spans nodes")
+    check_pricing(j, "4 ranks on a node of 6", {"sp": 300.0, "dp": 300.0}, 0)
+    j = project(tmp, "megatron_no_overlap", ["--strategy", "megatron_sp", "--sp", "2", "--sp-busbw", "20",
+                                             "--no-overlap"])
+    check(all(c["hidden_by_ms"] == 0 for c in j["projection"]["slowest"]["comm"]), "--no-overlap: nothing hidden")
+    check_pricing(j, "megatron_sp 2 --no-overlap", {"sp": 20.0, "dp": 20.0}, 0)
+
     j = project(tmp, "megatron_sp4", ["--strategy", "megatron_sp", "--sp", "4", "--sp-busbw", "20"])
     check(j["calibration"] is None and j["projection"]["step_ms"] is None,
           "megatron_sp 4: without a calibration, a bound and no step")
@@ -145,6 +186,13 @@ with tempfile.TemporaryDirectory() as tmp:
             "none.json: cannot be read", "an unreadable calibration")
     refused(["--strategy", "lss", "--sp", "2", "--calibration", str(Path(tmp) / "megatron_sp4.json")],
             "not a result of `lssbench run`", "a projection as calibration")
+    refused(["--sp", "2", "--sp-busbw", "10", "--like", str(Path(tmp) / "megatron_sp4.json")],
+            "--like", "a projection as --like")
+    slow = dict(c, timing=dict(c["timing"], median_ms=0.2))
+    slow_path = Path(tmp) / "calibration-below-exposed.json"
+    slow_path.write_text(json.dumps(slow))
+    refused(["--strategy", "lss", "--sp", "2", "--calibration", str(slow_path)], "must both exceed",
+            "a calibration whose step is below its exposed communication")
     refused(["--strategy", "lss", "--sp", "2", "--calibration", str(cal), "--backend", "cuda"],
             "ran on --backend cpu", "a calibration of another backend")
     refused(["--strategy", "lss", "--sp", "2", "--dp", "3", "--sp-busbw", "10"], "--batch 2 does not divide",
@@ -152,6 +200,13 @@ with tempfile.TemporaryDirectory() as tmp:
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "-1"], "--sp-busbw -1", "a negative bandwidth")
     refused(["--strategy", "lss", "--sp", "8", "--sp-busbw", "300", "--gpus-per-node", "4"], "--inter-node-busbw",
             "a group across nodes without the link's bandwidth")
+    refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "300", "--inter-node-busbw", "25"],
+            "--inter-node-busbw 25", "the link's bandwidth without --gpus-per-node")
+    bad = dict(c, grid=dict(c["grid"], sp="two"))
+    bad_path = Path(tmp) / "calibration-bad-grid.json"
+    bad_path.write_text(json.dumps(bad))
+    refused(["--strategy", "lss", "--sp", "2", "--calibration", str(bad_path)], "calibration-bad-grid.json: not a result",
+            "a calibration with a malformed field")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "10", "--out", str(cal)], "exists already",
             "an existing --out")
 

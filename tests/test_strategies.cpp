@@ -424,20 +424,26 @@ TEST(BoundModel, ProjectedRankEqualsTheRanksOfARun) {
       rc.model.T_max = 36;
       v.set(rc.strategy_opts);
       Session s(rc, MPI_COMM_WORLD);
-      Grid virtual_grid = make_virtual_grid(s.grid().world, P, s.grid().rank);
-      const DataSource data(rc.model, "");
-      std::unique_ptr<Strategy> projected =
-          make_strategy(rc.strategy, StrategyContext{s.backend(), virtual_grid, rc.model, rc.strategy_opts, data});
-      const std::string where = std::string(v.strategy) + " " + projected->options_json().dump() + " P=" +
-                                std::to_string(P) + " R=" + std::to_string(R) + " rank " + std::to_string(s.grid().rank);
-      EXPECT_EQ(bound_model_json(projected->bound_model()), bound_model_json(s.strategy().bound_model())) << where;
-      EXPECT_EQ(projected->optimizer_numel(), s.strategy().optimizer_numel()) << where;
-      EXPECT_EQ(projected->gradient_cast_numel(projected->params()), s.strategy().gradient_cast_numel(s.strategy().params()))
-          << where;
-      EXPECT_EQ(projected->optimizer_share_beside_backward(projected->params()),
-                s.strategy().optimizer_share_beside_backward(s.strategy().params()))
-          << where;
-      EXPECT_EQ(projected->expected_comm(), s.strategy().expected_comm()) << where;
+      // This rank's own place, and replica 0's rank at its sequence position: the projection prices
+      // replica 0's ranks only, for every replica does what it does.
+      for (int virtual_rank : {s.grid().rank, s.grid().p}) {
+        Grid virtual_grid = make_virtual_grid(s.grid().world, P, virtual_rank);
+        const DataSource data(rc.model, "");
+        std::unique_ptr<Strategy> projected =
+            make_strategy(rc.strategy, StrategyContext{s.backend(), virtual_grid, rc.model, rc.strategy_opts, data});
+        const std::string where = std::string(v.strategy) + " " + projected->options_json().dump() + " P=" +
+                                  std::to_string(P) + " R=" + std::to_string(R) + " rank " +
+                                  std::to_string(s.grid().rank) + " as virtual rank " + std::to_string(virtual_rank);
+        EXPECT_EQ(bound_model_json(projected->bound_model()), bound_model_json(s.strategy().bound_model())) << where;
+        EXPECT_EQ(projected->optimizer_numel(), s.strategy().optimizer_numel()) << where;
+        EXPECT_EQ(projected->gradient_cast_numel(projected->params()),
+                  s.strategy().gradient_cast_numel(s.strategy().params()))
+            << where;
+        EXPECT_EQ(projected->optimizer_share_beside_backward(projected->params()),
+                  s.strategy().optimizer_share_beside_backward(s.strategy().params()))
+            << where;
+        EXPECT_EQ(projected->expected_comm(), s.strategy().expected_comm()) << where;
+      }
     }
   }
 }

@@ -367,7 +367,7 @@ ComputeParts compute_parts(const BoundRank& rank, const RunConfig& rc, const Bou
   };
   ComputeParts c;
   for (const auto& lin : model.layer_linears) {
-    const auto [fwd, bwd, parts] = cached(fmt::format("linear {} {} {} {:d}{:d}{:d} {}", lin.rows, lin.in, lin.out,
+    const auto [fwd, bwd, parts] = cached(fmt::format("linear {} {} {} {} {:d}{:d}{:d} {}", dtype_name(m.dtype), lin.rows, lin.in, lin.out,
                                                       lin.residual, lin.gelu_out, lin.gelu_in, lin.forward_parts),
                                           [&] {
                                             const LinearSeconds l = linear_seconds(be, heat_s, m.dtype, lin);
@@ -392,7 +392,8 @@ ComputeParts compute_parts(const BoundRank& rank, const RunConfig& rc, const Bou
   // A block runs LN1 and LN2 (and the strategy's unfused residual adds) forward, LN1 and LN2
   // backward; the head the final LayerNorm both ways, the loss and the embedding both ways.
   // GELU and the other residual adds are inside GEMMs (linear_seconds).
-  const ElementwiseTimes ew = cached(fmt::format("elementwise {}", rows), [&] {
+  const ElementwiseTimes ew = cached(fmt::format("elementwise {} {} {} {} {} {}", dtype_name(m.dtype), rows, m.C, m.V, m.B,
+                                                 m.ln_eps), [&] {
     return elementwise_seconds(be, heat_s, m, rank.data, rows);
   });
   const double adds = static_cast<double>(model.residual_adds);
@@ -408,14 +409,16 @@ ComputeParts compute_parts(const BoundRank& rank, const RunConfig& rc, const Bou
       {"embedding_forward", {{"ms_per_call", ew.embedding_fwd * 1e3}, {"calls", 1}}},
       {"embedding_backward", {{"ms_per_call", ew.embedding_bwd * 1e3}, {"calls", 1}}}};
   for (const auto& p : model.layer_passes) {
-    const double t = pass_seconds(be, heat_s, m.dtype, p);
+    const double t = cached(fmt::format("pass {} {} {} {} {} {} {}", dtype_name(m.dtype), static_cast<int>(p.kind), p.numel,
+                                        p.merge.B, p.merge.H, p.merge.D, p.merge.Tq),
+                            [&] { return pass_seconds(be, heat_s, m.dtype, p); });
     const double calls = L * ((1 + recompute) * p.forward_calls + p.backward_calls);
     c.passes_s += calls * t;
     c.passes.push_back({{"what", p.what}, {"ms_per_call", t * 1e3}, {"calls", calls}});
   }
   for (const AttentionArgs& a : model.layer_attention) {
-    const auto [fwd, bwd] = cached(fmt::format("attention {} {} {} {} {} {} {:d}", a.B, a.H, a.D, a.Tq, a.Tk, a.q_offset,
-                                               a.causal),
+    const auto [fwd, bwd] = cached(fmt::format("attention {} {} {} {} {} {} {} {:d} {}", dtype_name(a.dtype), a.B, a.H, a.D,
+                                               a.Tq, a.Tk, a.q_offset, a.causal, a.scale),
                                    [&] { return attention_seconds(be, heat_s, a); });
     c.attention_s += L * ((1 + recompute) * fwd + bwd);
   }
@@ -464,8 +467,8 @@ nlohmann::json bound_model_json(const BoundModel& m) {
     linears.push_back({{"rows", l.rows}, {"in", l.in}, {"out", l.out}, {"residual", l.residual},
                        {"gelu_out", l.gelu_out}, {"gelu_in", l.gelu_in}, {"forward_parts", l.forward_parts}});
   for (const auto& a : m.layer_attention)
-    attention.push_back({{"B", a.B}, {"H", a.H}, {"D", a.D}, {"Tq", a.Tq}, {"Tk", a.Tk}, {"q_offset", a.q_offset},
-                         {"causal", a.causal}});
+    attention.push_back({{"dtype", dtype_name(a.dtype)}, {"B", a.B}, {"H", a.H}, {"D", a.D}, {"Tq", a.Tq}, {"Tk", a.Tk},
+                         {"q_offset", a.q_offset}, {"causal", a.causal}, {"scale", a.scale}});
   for (const auto& p : m.layer_passes)
     passes.push_back({{"what", p.what}, {"kind", static_cast<int>(p.kind)}, {"numel", p.numel},
                       {"merge", {p.merge.B, p.merge.H, p.merge.D, p.merge.Tq}}, {"forward_calls", p.forward_calls},

@@ -14,7 +14,9 @@ namespace lss {
 // What one rank's compute is priced from: the backend whose device's rates are measured, the
 // rank's strategy (its BoundModel, optimizer elements, gradient casts) and data (the tokens the
 // embedding's backward groups), on a grid of `world` ranks. `cache`: kernel seconds by shape,
-// shared by the ranks a projection prices one after the other (null: every kernel timed).
+// shared by the ranks of one configuration that a projection prices one after the other (the
+// elementwise kernels' key leaves the tokens out: one configuration has one data source); null:
+// every kernel timed.
 struct BoundRank {
   Backend& backend;
   const DataSource& data;

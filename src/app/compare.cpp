@@ -78,6 +78,8 @@ std::vector<json> load_results(const std::string& path) {
     } catch (const std::exception& e) {
       throw UsageError("compare: " + f.string() + " is not JSON: " + e.what());
     }
+    // A projection (lssbench project) beside the results it was calibrated on is no measurement.
+    if (r.is_object() && r.value("schema", "") == "lssbench-projection") continue;
     if (!r.is_object() || !r.contains("schema_version") || !r.contains("strategy"))
       throw UsageError("compare: " + f.string() + " is not an lssbench result");
     if (r["schema_version"] != kResultSchemaVersion)

@@ -22,6 +22,9 @@
 #include "core/fileio.h"
 #include "lss_git_commit.h"
 #include "strategies/strategy.h"
+#ifdef LSS_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace lss {
 
@@ -38,17 +41,20 @@ OptionParser make_parser() {
       "from a measured run, --calibration, or given), less what the schedule hides beside it, as the\n"
       "analytic bound does; the slowest rank counts. Runs on one process. Sizes take K/M/G suffixes.");
   add_step_options(p);
+  p.add_string("like", "",
+               "result JSON of `lssbench run`: every model, strategy and backend option this command line leaves "
+               "out is taken from the options it recorded (e.g. --like RUN.json --calibration RUN.json --sp 8)");
   p.add_size("dp", 1, "R: data-parallel replicas of the projected grid (WORLD = R x P)");
   p.add_string("calibration", "",
                "result JSON of `lssbench run` with its bound: each group's bus bandwidth is fitted from the "
                "collectives it measured, and what its compute lost against the bound's carries over to the "
                "projected step");
   p.add_double("sp-busbw", 0,
-               "GB/s: bus bandwidth (nccl-tests' busbw) of the sequence group's collectives (0: fitted from "
-               "--calibration)");
+               "GB/s: bus bandwidth (nccl-tests' busbw) of the sequence group's collectives within a node (0: "
+               "fitted from --calibration)");
   p.add_double("dp-busbw", 0,
-               "GB/s: of the data group's collectives, e.g. a link between nodes (0: fitted from --calibration's "
-               "data group, else the sequence group's)");
+               "GB/s: of the data group's collectives within a node (0: fitted from --calibration's data group, "
+               "else the sequence group's; across nodes: --inter-node-busbw)");
   p.add_double("latency-us", 0, "microseconds added to every collective call (0: inside the fitted bandwidth)");
   p.add_size("gpus-per-node", 0,
              "GPUs of one node in the projected grid, ranks filling nodes in order (0: every rank on one node); a "
@@ -73,6 +79,45 @@ CollKind coll_kind_from(const std::string& name, const std::string& file) {
   throw UsageError("--calibration " + file + ": unknown collective kind '" + name + "'");
 }
 
+// A result of `lssbench run`, read for `option` (--calibration, --like).
+json read_run_result(const std::string& path, const std::string& option) {
+  std::ifstream in(path);
+  LSS_REQUIRE_INPUT(in.good(), "--" + option + " " + path + ": cannot be read");
+  json j;
+  try {
+    std::stringstream ss;
+    ss << in.rdbuf();
+    j = json::parse(ss.str());
+  } catch (const std::exception& e) {
+    throw UsageError("--" + option + " " + path + ": not JSON (" + e.what() + ")");
+  }
+  LSS_REQUIRE_INPUT(j.is_object() && j.contains("timing") && j.value("status", "") == "ok",
+                    "--" + option + " " + path + ": not a result of `lssbench run` with status \"ok\"");
+  return j;
+}
+
+// The command line with every step option it leaves out taken from --like's recorded options.
+std::vector<std::string> with_options_of(const std::vector<std::string>& args, const OptionParser& given,
+                                         const std::string& path) {
+  const json run = read_run_result(path, "like");
+  LSS_REQUIRE_INPUT(run.contains("config") && run["config"].contains("options") && run["config"]["options"].is_object(),
+                    "--like " + path + ": records no options (config.options)");
+  OptionParser step("");
+  add_step_options(step);
+  std::vector<std::string> out = args;
+  const json& recorded = run["config"]["options"];
+  // Options of another strategy than the one projected are left out, as `run` refuses them.
+  const std::string strategy = given.given("strategy") ? given.str("strategy") : recorded.value("strategy", "serial");
+  for (const auto& [name, default_value] : step.values()) {
+    if (given.given(name) || !recorded.contains(name) || !strategy_reads(strategy, name)) continue;
+    const std::string value = recorded[name].get<std::string>();
+    const bool flag = default_value == "true" || default_value == "false";
+    if (flag) out.push_back(value == "true" ? "--" + name : "--no-" + name);
+    else out.push_back("--" + name + "=" + value);
+  }
+  return out;
+}
+
 // What a measured run says of the machine it ran on.
 struct Calibration {
   std::string file;
@@ -86,34 +131,22 @@ struct Calibration {
 // Each group's bus bandwidth over the collectives the run's bound timed alone: their bus bytes
 // over their time, every call counted (so the sizes a step moves most weigh most). A group of
 // one rank, or one whose collectives took no time, gives none.
-Calibration read_calibration(const std::string& path, const std::string& backend) {
+Calibration read_calibration_fields(const std::string& path, const std::string& backend) {
   Calibration c;
   c.file = path;
-  if (path.empty()) return c;
-  std::ifstream in(path);
-  LSS_REQUIRE_INPUT(in.good(), "--calibration " + path + ": cannot be read");
-  json j;
-  try {
-    std::stringstream ss;
-    ss << in.rdbuf();
-    j = json::parse(ss.str());
-  } catch (const std::exception& e) {
-    throw UsageError("--calibration " + path + ": not JSON (" + e.what() + ")");
-  }
+  const json j = read_run_result(path, "calibration");
   auto need = [&](bool ok, const std::string& what) {
     LSS_REQUIRE_INPUT(ok, "--calibration " + path + ": " + what);
   };
-  need(j.is_object() && j.contains("timing") && j.value("status", "") == "ok",
-       "not a result of `lssbench run` with status \"ok\"");
   need(j.contains("grid") && j["grid"].contains("sp") && j["grid"].contains("dp"), "has no grid");
   need(j.contains("bound") && j["bound"].is_object() && j["bound"].contains("rank0"),
        "has no analytic bound (run it with --bound)");
   const std::string run_backend = j.value("backend", "");
   need(run_backend == backend, "ran on --backend " + run_backend + ", the projection prices --backend " + backend +
                                    ": a bandwidth of one does not price the other");
-  const std::map<std::string, int> sizes = {{"sp", j["grid"]["sp"].get<int>()}, {"dp", j["grid"]["dp"].get<int>()}};
+  const std::map<std::string, int> sizes = {{"sp", j.at("grid").at("sp").get<int>()}, {"dp", j.at("grid").at("dp").get<int>()}};
   std::map<std::string, std::pair<double, double>> bytes_and_s;  // by group: bus bytes, seconds
-  for (const json& e : j["bound"]["rank0"]["comm"]) {
+  for (const json& e : j.at("bound").at("rank0").at("comm")) {
     const std::string g = e.at("group").get<std::string>();
     if (!sizes.count(g) || sizes.at(g) < 2) continue;
     const double calls = e.at("calls").get<double>(), t = e.at("measured_ms").get<double>() * 1e-3;
@@ -128,26 +161,37 @@ Calibration read_calibration(const std::string& path, const std::string& backend
     c.busbw[g] = bs.first / bs.second;
     fitted[g] = {{"busbw_GBps", c.busbw[g] / 1e9}, {"bus_bytes_per_step", bs.first}, {"ms_per_step", bs.second * 1e3}};
   }
-  const double bound_ms = j["bound"].value("bound_ms", 0.0);
-  const double exposed_ms = j["bound"]["rank0"].value("comm_exposed_ms", 0.0);
-  const double step_ms = j.contains("timing") ? j["timing"].value("median_ms", 0.0) : 0.0;
-  need(bound_ms > exposed_ms && step_ms > 0, "its bound (" + std::to_string(bound_ms) + " ms) or step (" +
-                                                 std::to_string(step_ms) + " ms) cannot be read");
+  const double bound_ms = j.at("bound").value("bound_ms", 0.0);
+  const double exposed_ms = j.at("bound").at("rank0").value("comm_exposed_ms", 0.0);
+  const double step_ms = j.at("timing").value("median_ms", 0.0);
+  need(bound_ms > exposed_ms && step_ms > exposed_ms,
+       fmt::format("its step ({} ms) and bound ({} ms) must both exceed its bound's exposed communication ({} ms)",
+                   step_ms, bound_ms, exposed_ms));
   c.compute_ratio = (step_ms - exposed_ms) / (bound_ms - exposed_ms);
-  const json& machine = j.contains("machine") ? j["machine"] : json::object();
+  const json machine = j.value("machine", json::object());
   c.record = {{"file", path},
               {"git_commit", machine.value("git_commit", "")},
-              {"devices", machine.contains("devices") ? machine["devices"] : json(nullptr)},
+              {"devices", machine.value("devices", json(nullptr))},
               {"strategy", j.value("strategy", "")},
-              {"grid", j["grid"]},
-              {"seq", j.contains("config") ? j["config"].value("seq", json(nullptr)) : json(nullptr)},
-              {"step_ms", j.contains("timing") ? j["timing"].value("median_ms", json(nullptr)) : json(nullptr)},
-              {"bound_ms", j["bound"].value("bound_ms", json(nullptr))},
-              {"step_over_bound", j["bound"].value("step_over_bound", json(nullptr))},
+              {"grid", j.at("grid")},
+              {"seq", j.value("config", json::object()).value("seq", json(nullptr))},
+              {"step_ms", step_ms},
+              {"bound_ms", bound_ms},
+              {"step_over_bound", j.at("bound").value("step_over_bound", json(nullptr))},
               {"comm_exposed_ms", exposed_ms},
               {"compute_ratio", c.compute_ratio},
               {"fitted", fitted}};
   return c;
+}
+
+Calibration read_calibration(const std::string& path, const std::string& backend) {
+  if (path.empty()) return {};
+  // A field of the wrong type or missing deep inside: the file is not what a run writes.
+  try {
+    return read_calibration_fields(path, backend);
+  } catch (const json::exception& e) {
+    throw UsageError("--calibration " + path + ": not a result of `lssbench run` (" + e.what() + ")");
+  }
 }
 
 // One projected rank: its bound's compute and communication, in seconds, and their record.
@@ -163,6 +207,11 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   if (!parser.parse(args)) {
     fmt::print("{}", parser.help());
     return 0;
+  }
+  if (!parser.str("like").empty()) {
+    const std::vector<std::string> filled = with_options_of(args, parser, parser.str("like"));
+    parser = make_parser();
+    parser.parse(filled);
   }
   int launched = 1;
   LSS_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &launched));
@@ -192,15 +241,18 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   const double latency_s = parser.real("latency-us") * 1e-6;
   const std::map<std::string, int> group_size = {{"sp", P}, {"dp", R}, {"world", world}};
   // Ranks fill the nodes in order (grid.h: a sequence group is P consecutive ranks, a data group
-  // the ranks P apart). A sequence group lies on one node when P divides the node's GPUs; a data
-  // group (or the world) when the whole grid fits on one node. Otherwise its ring crosses the
-  // network, whose bandwidth then bounds it.
+  // the ranks P apart). Every group lies on one node when the whole grid fits on one; a sequence
+  // group also when P divides the node's GPUs. Otherwise its ring crosses the network, whose
+  // bandwidth then bounds it.
   const int64_t per_node = parser.size("gpus-per-node");
   LSS_REQUIRE_INPUT(per_node >= 0, "--gpus-per-node " + parser.str("gpus-per-node") + ": must not be negative");
-  const std::map<std::string, bool> spans_nodes = {{"sp", per_node > 0 && P > 1 && per_node % P != 0},
+  const std::map<std::string, bool> spans_nodes = {{"sp", per_node > 0 && P > 1 && world > per_node && per_node % P != 0},
                                                    {"dp", per_node > 0 && R > 1 && world > per_node},
                                                    {"world", per_node > 0 && world > per_node}};
   const double inter_node_busbw = parser.real("inter-node-busbw") * 1e9;
+  LSS_REQUIRE_INPUT(inter_node_busbw == 0 || per_node > 0,
+                    "--inter-node-busbw " + parser.str("inter-node-busbw") +
+                        ": prices the groups that span nodes, which --gpus-per-node lays out (give it)");
   json spanning = json::array();
   for (const auto& [g, spans] : spans_nodes)
     if (spans && group_size.at(g) > 1) spanning.push_back(g);
@@ -210,6 +262,10 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     out = fmt::format("results/projections/{}-w{}-sp{}-T{}-{}.json", rc.strategy, world, P, m.T, utc_timestamp());
   LSS_REQUIRE_INPUT(!path_exists(out), "--out " + out + ": exists already; results are never overwritten");
 
+#ifdef LSS_HAVE_CUDA
+  LSS_REQUIRE_INPUT(rc.backend != "cuda" || cuda_device_count() > 0,
+                    "--backend cuda: no CUDA device is visible to this process (the projection times its kernels here)");
+#endif
   std::unique_ptr<Backend> be = make_backend(BackendOptions{rc.backend, rc.threads, 0, rc.attention});
   const FlopCount flops = model_flops(m);
   fmt::print("lssbench project  {} ({})\n", LSS_VERSION, LSS_GIT_COMMIT);
