@@ -156,8 +156,8 @@ def write_summary(points, out):
         seq = (m or p)["seq"]
         ratio = p["step_ms"] / m["step_ms"] if m and p and p.get("step_ms") else None
         lines.append(f"| {s} | {w} | {kilo(seq)} | {fmt(m and m['step_ms'])} | {fmt(p and p['step_ms'])} | "
-                     f"{fmt(p and p['bound_ms'])} | {fmt(ratio, '.3f')} | {fmt(m and m['tflops'], '.1f')} | "
-                     f"{fmt(p and p['step_tflops'], '.1f')} |")
+                     f"{fmt(p and p['bound_ms'])} | {fmt(ratio, '.3f')} | {fmt(m and m['tflops'], '.4g')} | "
+                     f"{fmt(p and p['step_tflops'], '.4g')} |")
     with open(os.path.join(out, "SUMMARY.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

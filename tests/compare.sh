@@ -36,6 +36,11 @@ expect 0 "0 regressions" "20% more tokens/s passes" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["metrics"]["tokens_per_s"] *= 0.9'
 expect 1 "REGRESSION: lss cpu w2 sp2 T256 L2 C64 H4 B1 fp32 {\"chunk_pipeline\":false,\"distributed_optimizer\":false,\"grad_reduce_dtype\":\"fp32\",\"kv\":\"regather\",\"order\":\"contiguous\",\"overlap\":true,\"placed_gather\":false,\"placed_gather_min_bytes\":16777216,\"placed_reduce_scatter\":false,\"recompute\":false,\"split_causal\":true}: tokens/s" "10% fewer tokens/s fails, naming tokens/s" "$base" "$work/new"
 expect 0 "0 regressions" "the same with --tol-throughput 0.15 passes" "$base" "$work/new" --tol-throughput 0.15
+# A projection (lssbench project) beside the points is no measurement: compare passes it over.
+fresh; mkdir -p "$work/new/projections"
+echo '{"schema": "lssbench-projection", "schema_version": 1, "status": "ok", "strategy": "lss", "grid": {"world": 64}}' \
+  >"$work/new/projections/lss-w64.json"
+expect 0 "0 regressions" "a projection file in the folder is skipped" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["timing"]["comm_exposed_fraction"] += 0.05'
 expect 1 ": comm_exposed_fraction" "5 points more of the step exposed fails, naming comm_exposed_fraction" "$base" "$work/new"
 expect 0 "0 regressions" "the same with --tol-exposed 0.1 passes" "$base" "$work/new" --tol-exposed 0.1
