@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <any>
+#include <chrono>
 #include <cmath>
 #include <fmt/format.h>
 #include <fstream>
@@ -287,6 +288,7 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   // the sequence positions of replica 0 are the ranks that can differ.
   std::map<std::string, std::any> kernel_cache;
   std::vector<ProjectedRank> ranks;
+  const auto started = std::chrono::steady_clock::now();
   for (int p = 0; p < P; ++p) {
     Grid grid = make_virtual_grid(world, P, p, !(rc.backend == "cuda" && rc.copy_engine_gathers));
     const DataSource data(m, rc.data_path);
@@ -320,8 +322,10 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     r.record["comm_exposed_ms"] = r.comm_exposed_s * 1e3;
     r.record["comm"] = comm;
     r.record["bound_model"] = bound_model_json(model);
-    fmt::print("  rank {:>4}: {:9.3f} ms (attention {:.3f}, exposed communication {:.3f})\n", p, r.total_s * 1e3,
-               r.attention_s * 1e3, r.comm_exposed_s * 1e3);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    fmt::print("  rank {:>4}/{}: {:9.3f} ms (attention {:.3f}, exposed communication {:.3f})  ETA {:.0f} s\n", p, P,
+               r.total_s * 1e3, r.attention_s * 1e3, r.comm_exposed_s * 1e3, elapsed / (p + 1) * (P - p - 1));
+    std::fflush(stdout);
     ranks.push_back(std::move(r));
   }
   size_t slowest = 0;
