@@ -5,15 +5,19 @@ usage: project.py LSSBENCH MPIEXEC
 
 On the CPU backend: a 2-rank lss run with its bound is the calibration; projections of lss and
 megatron_sp onto grids of 4 x 2 and 4 ranks then check, against the formulas of the README:
-- the fitted bus bandwidth of a group is the calibration's bus bytes over its measured time, every
-  call counted (bus factor (n-1)/n, 2(n-1)/n for all-reduce); a given one replaces it;
+- a group's latency and bus bandwidth are the least-squares line through the calibration's
+  collectives (bus factor (n-1)/n, 2(n-1)/n for all-reduce; every call counted): collectives on an
+  exact line give it back; with no slope, latency 0 and their bus bytes over their time; a given
+  bandwidth replaces the fit, with --latency-us;
 - each collective is priced at latency + bus factor x bytes / busbw of its group, and its exposed
   time is calls x max(0, priced - hidden); with --gpus-per-node, a group whose ranks lie on several
   nodes (a sequence group when P does not divide the node's GPUs, a data group when the grid does
   not fit on one node) at --inter-node-busbw;
 - a rank's bound is its compute parts plus its exposed communication; the projection's bound is
   the slowest rank's; the projected step is that rank's compute times the calibration's compute
-  ratio, (step - exposed) / (bound - exposed), plus its exposed communication;
+  ratio, (step - exposed - contention) / (bound - exposed), plus its exposed communication, plus
+  its contention: the calibration's contended cost per bus byte times the bus bytes of its
+  collectives that GEMMs hide;
 - the K/V all-gather of every projected lss rank moves T x B/R x 2C elements;
 - --like RUN.json takes every step option the command line leaves out from the run's recorded ones;
 - bad input (launched on 2 ranks, no bandwidth, unreadable or foreign calibration, a batch the
@@ -54,7 +58,7 @@ def project(tmp, name, args):
     return json.loads(out.read_text())
 
 
-def check_pricing(j, name, busbw, latency_us):
+def check_pricing(j, name, busbw, latency_us):  # latency_us: one for every group, or by group
     proj = j["projection"]
     ranks = j["grid"]["sp"]
     check(len(proj["per_rank_ms"]) == ranks, f"{name}: one bound per sequence position ({ranks})")
@@ -72,7 +76,8 @@ def check_pricing(j, name, busbw, latency_us):
               f"{name}: {c['what']} hidden = FLOPs beside / GEMM rate + share x optimizer ({c['hidden_by_ms']:.6g} vs {hidden:.6g})")
     for c in slowest["comm"]:
         n = sizes[c["group"]]
-        want = (latency_us * 1e-6 + bus_factor(c["kind"], n) * c["bytes"] / (busbw[c["group"]] * 1e9)) * 1e3
+        lat = latency_us[c["group"]] if isinstance(latency_us, dict) else latency_us
+        want = (lat * 1e-6 + bus_factor(c["kind"], n) * c["bytes"] / (busbw[c["group"]] * 1e9)) * 1e3
         check(close(c["priced_ms"], want), f"{name}: {c['what']} priced at latency + factor x bytes / busbw "
                                            f"({c['priced_ms']:.6g} vs {want:.6g} ms)")
         want_exposed = c["calls"] * max(0.0, c["priced_ms"] - c["hidden_by_ms"])
@@ -93,16 +98,18 @@ with tempfile.TemporaryDirectory() as tmp:
     c = json.loads(cal.read_text())
     c["timing"]["median_ms"], c["bound"]["bound_ms"], c["bound"]["rank0"]["comm_exposed_ms"] = 10.0, 8.0, 0.5
     c["bound"]["step_over_bound"] = 10.0 / 8.0
-    for i, e in enumerate(c["bound"]["rank0"]["comm"]):
-        e["measured_ms"] = 0.01 * (i + 1)
+    # Every collective on the line 20 us + bus bytes / 100 GB/s: the fit must give back both.
+    for e in c["bound"]["rank0"]["comm"]:
+        e["measured_ms"] = (20e-6 + bus_factor(e["kind"], 2) * e["bytes"] / 100e9) * 1e3
+        if "contended" in e:  # what the GEMMs beside it lost: 0.02 ms over its exposed time
+            e["contended"]["exposed_ms"] = e["exposed_ms"] + 0.02
+    contended = [e for e in c["bound"]["rank0"]["comm"] if "contended" in e]
+    contention_ms = 0.02 * len(contended)
+    kappa = (contention_ms * 1e-3 / sum(e["calls"] * bus_factor(e["kind"], 2) * e["bytes"] for e in contended)
+             if contended else 0.0)  # s per bus byte
     cal = Path(tmp) / "calibration-fixed.json"
     cal.write_text(json.dumps(c))
-    bus, secs = 0.0, 0.0
-    for e in c["bound"]["rank0"]["comm"]:
-        if e["group"] == "sp":
-            bus += e["calls"] * bus_factor(e["kind"], 2) * e["bytes"]
-            secs += e["calls"] * e["measured_ms"] * 1e-3
-    fitted = bus / secs / 1e9
+    fitted, fitted_latency_us = 100.0, 20.0
 
     j = project(tmp, "lss_sp4_dp2", ["--strategy", "lss", "--zigzag", "--sp", "4", "--dp", "2", "--calibration",
                                      str(cal), "--dp-busbw", "1.5", "--latency-us", "5"])
@@ -110,14 +117,26 @@ with tempfile.TemporaryDirectory() as tmp:
     check(j["grid"] == {"world": 8, "sp": 4, "dp": 2}, "lss 4 x 2: the projected grid")
     check(close(j["rates"]["sp_busbw_GBps"], fitted), f"lss 4 x 2: sp busbw fitted from the calibration "
                                                       f"({j['rates']['sp_busbw_GBps']:.6g} vs {fitted:.6g} GB/s)")
-    check(j["rates"]["dp_busbw_GBps"] == 1.5, "lss 4 x 2: the given dp busbw")
-    check_pricing(j, "lss 4 x 2", {"sp": fitted, "dp": 1.5}, 5)
+    check(close(j["rates"]["sp_latency_us"], fitted_latency_us, 1e-6), f"lss 4 x 2: sp latency fitted "
+                                                                      f"({j['rates']['sp_latency_us']:.6g} us)")
+    check(j["rates"]["dp_busbw_GBps"] == 1.5 and j["rates"]["dp_latency_us"] == 5, "lss 4 x 2: the given dp busbw and latency")
+    check_pricing(j, "lss 4 x 2", {"sp": fitted, "dp": 1.5}, {"sp": fitted_latency_us, "dp": 5})
     exposed_cal = c["bound"]["rank0"]["comm_exposed_ms"]
-    ratio = (c["timing"]["median_ms"] - exposed_cal) / (c["bound"]["bound_ms"] - exposed_cal)
-    exposed = j["projection"]["slowest"]["comm_exposed_ms"]
+    check(len(contended) > 0, f"the calibration has contended timings ({len(contended)} collectives)")
+    ratio = (c["timing"]["median_ms"] - exposed_cal - contention_ms) / (c["bound"]["bound_ms"] - exposed_cal)
+    slowest = j["projection"]["slowest"]
+    exposed = slowest["comm_exposed_ms"]
     check(close(j["calibration"]["compute_ratio"], ratio), "lss 4 x 2: the calibration's compute ratio")
-    check(close(j["projection"]["step_ms"], (j["projection"]["bound_ms"] - exposed) * ratio + exposed),
-          "lss 4 x 2: step = the slowest rank's compute x the calibration's compute ratio + its exposed communication")
+    check(close(j["calibration"]["contention_ms"], contention_ms), "lss 4 x 2: the calibration's contention")
+    sizes = {"sp": 4, "dp": 2}
+    for e, mc in zip(slowest["comm"], slowest["bound_model"]["comm"]):
+        want = kappa * e["calls"] * bus_factor(e["kind"], sizes[e["group"]]) * e["bytes"] * 1e3 if mc["hidden_by_flops"] > 0 else 0.0
+        check(close(e["contention_ms"], want) or abs(e["contention_ms"] - want) < 1e-15,
+              f"lss 4 x 2: {e['what']} contention = the calibration's cost per bus byte x its bus bytes ({e['contention_ms']:.4g})")
+    check(close(slowest["contention_ms"], sum(e["contention_ms"] for e in slowest["comm"])), "lss 4 x 2: the rank's contention")
+    check(close(j["projection"]["step_ms"], (j["projection"]["bound_ms"] - exposed) * ratio + exposed + slowest["contention_ms"]),
+          "lss 4 x 2: step = the slowest rank's compute x the calibration's compute ratio + its exposed communication "
+          "+ its contention")
     # At the calibration's own grid the projected step is the step the calibration measured, to
     # the spread of its bound's kernel timings (each timed again by the projection).
     j2 = project(tmp, "lss_sp2_own", ["--strategy", "lss", "--zigzag", "--sp", "2", "--calibration", str(cal)])
@@ -197,6 +216,17 @@ with tempfile.TemporaryDirectory() as tmp:
             "ran on --backend cpu", "a calibration of another backend")
     refused(["--strategy", "lss", "--sp", "2", "--dp", "3", "--sp-busbw", "10"], "--batch 2 does not divide",
             "a batch the replicas do not divide")
+    # One time for every size: no slope to fit; latency 0 and the bus bytes over the time.
+    flat = json.loads(json.dumps(c))
+    for e in flat["bound"]["rank0"]["comm"]:
+        e["measured_ms"] = 0.5
+    flat_path = Path(tmp) / "calibration-flat.json"
+    flat_path.write_text(json.dumps(flat))
+    sp = [e for e in flat["bound"]["rank0"]["comm"] if e["group"] == "sp"]
+    ratio_busbw = sum(e["calls"] * bus_factor(e["kind"], 2) * e["bytes"] for e in sp) / sum(e["calls"] * 0.5e-3 for e in sp) / 1e9
+    j = project(tmp, "flat", ["--strategy", "lss", "--zigzag", "--sp", "2", "--calibration", str(flat_path)])
+    check(close(j["rates"]["sp_busbw_GBps"], ratio_busbw) and j["rates"]["sp_latency_us"] == 0,
+          f"no slope: latency 0, busbw = bus bytes / time ({j['rates']['sp_busbw_GBps']:.6g} vs {ratio_busbw:.6g})")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "-1"], "--sp-busbw -1", "a negative bandwidth")
     refused(["--strategy", "lss", "--sp", "8", "--sp-busbw", "300", "--gpus-per-node", "4"], "--inter-node-busbw",
             "a group across nodes without the link's bandwidth")

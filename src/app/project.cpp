@@ -56,7 +56,9 @@ OptionParser make_parser() {
   p.add_double("dp-busbw", 0,
                "GB/s: of the data group's collectives within a node (0: fitted from --calibration's data group, "
                "else the sequence group's; across nodes: --inter-node-busbw)");
-  p.add_double("latency-us", 0, "microseconds added to every collective call (0: inside the fitted bandwidth)");
+  p.add_double("latency-us", 0,
+               "microseconds per collective call of a group whose bandwidth is given (--sp-busbw, --dp-busbw, "
+               "--inter-node-busbw); a fitted group has its fitted latency");
   p.add_size("gpus-per-node", 0,
              "GPUs of one node in the projected grid, ranks filling nodes in order (0: every rank on one node); a "
              "group whose ranks are on several nodes moves its bytes at --inter-node-busbw");
@@ -123,15 +125,22 @@ std::vector<std::string> with_options_of(const std::vector<std::string>& args, c
 struct Calibration {
   std::string file;
   json record = nullptr;                 // for the projection's JSON
-  std::map<std::string, double> busbw;   // bytes/s by group ("sp", "dp"), fitted
-  // What the run's compute lost against its bound's: (step - exposed) / (bound - exposed), with
-  // `exposed` the bound's exposed communication (rank 0's); 0 without a calibration.
+  std::map<std::string, double> busbw;     // bytes/s by group ("sp", "dp"), fitted
+  std::map<std::string, double> latency;   // seconds per call by group, fitted
+  // What the GEMMs lost beside the run's hidden collectives, per bus byte of them: the contended
+  // bound's exposed time less the bound's, over their bus bytes (rank 0's); 0 where it has none.
+  double contention_s_per_bus_byte = 0;
+  // What the run's compute lost otherwise against its bound's (the power cap, gaps):
+  // (step - exposed - contention) / (bound - exposed), with `exposed` the bound's exposed
+  // communication and `contention` the above, rank 0's; 0 without a calibration.
   double compute_ratio = 0;
 };
 
-// Each group's bus bandwidth over the collectives the run's bound timed alone: their bus bytes
-// over their time, every call counted (so the sizes a step moves most weigh most). A group of
-// one rank, or one whose collectives took no time, gives none.
+// Each group's latency and bus bandwidth from the collectives the run's bound timed alone: the
+// line t = latency + bus bytes / busbw through their (bus bytes, time) per call, least squares
+// with every call counted (so the sizes a step moves most weigh most). Where the line would have
+// a negative latency or no slope (one size, or noise), latency 0 and their bus bytes over their
+// time. A group of one rank, or one whose collectives took no time, gives none.
 Calibration read_calibration_fields(const std::string& path, const std::string& backend) {
   Calibration c;
   c.file = path;
@@ -146,29 +155,49 @@ Calibration read_calibration_fields(const std::string& path, const std::string& 
   need(run_backend == backend, "ran on --backend " + run_backend + ", the projection prices --backend " + backend +
                                    ": a bandwidth of one does not price the other");
   const std::map<std::string, int> sizes = {{"sp", j.at("grid").at("sp").get<int>()}, {"dp", j.at("grid").at("dp").get<int>()}};
-  std::map<std::string, std::pair<double, double>> bytes_and_s;  // by group: bus bytes, seconds
+  struct Sample {
+    double bus_bytes, seconds, calls;  // per call
+  };
+  std::map<std::string, std::vector<Sample>> samples;  // by group
+  double contention_s = 0, contended_bus_bytes = 0;
   for (const json& e : j.at("bound").at("rank0").at("comm")) {
     const std::string g = e.at("group").get<std::string>();
     if (!sizes.count(g) || sizes.at(g) < 2) continue;
     const double calls = e.at("calls").get<double>(), t = e.at("measured_ms").get<double>() * 1e-3;
     const double bus = bus_factor(coll_kind_from(e.at("kind").get<std::string>(), path), sizes.at(g)) *
                        e.at("bytes").get<double>();
-    bytes_and_s[g].first += calls * bus;
-    bytes_and_s[g].second += calls * t;
+    samples[g].push_back({bus, t, calls});
+    if (e.contains("contended")) {
+      contention_s += std::max(0.0, e.at("contended").at("exposed_ms").get<double>() - e.at("exposed_ms").get<double>()) * 1e-3;
+      contended_bus_bytes += calls * bus;
+    }
   }
+  if (contended_bus_bytes > 0) c.contention_s_per_bus_byte = contention_s / contended_bus_bytes;
   json fitted = json::object();
-  for (const auto& [g, bs] : bytes_and_s) {
-    if (bs.second <= 0) continue;
-    c.busbw[g] = bs.first / bs.second;
-    fitted[g] = {{"busbw_GBps", c.busbw[g] / 1e9}, {"bus_bytes_per_step", bs.first}, {"ms_per_step", bs.second * 1e3}};
+  for (const auto& [g, v] : samples) {
+    double w = 0, mx = 0, mt = 0;
+    for (const Sample& x : v) w += x.calls, mx += x.calls * x.bus_bytes, mt += x.calls * x.seconds;
+    if (w <= 0 || mt <= 0) continue;
+    const double bytes_per_step = mx, seconds_per_step = mt;
+    mx /= w, mt /= w;
+    double sxx = 0, sxt = 0;
+    for (const Sample& x : v) sxx += x.calls * (x.bus_bytes - mx) * (x.bus_bytes - mx), sxt += x.calls * (x.bus_bytes - mx) * (x.seconds - mt);
+    double slope = sxx > 0 ? sxt / sxx : 0, intercept = mt - slope * mx;
+    if (slope <= 0 || intercept < 0) slope = seconds_per_step / bytes_per_step, intercept = 0;
+    c.busbw[g] = 1 / slope;
+    c.latency[g] = intercept;
+    fitted[g] = {{"busbw_GBps", c.busbw[g] / 1e9}, {"latency_us", intercept * 1e6},
+                 {"bus_bytes_per_step", bytes_per_step}, {"ms_per_step", seconds_per_step * 1e3}};
   }
   const double bound_ms = j.at("bound").value("bound_ms", 0.0);
   const double exposed_ms = j.at("bound").at("rank0").value("comm_exposed_ms", 0.0);
   const double step_ms = j.at("timing").value("median_ms", 0.0);
-  need(bound_ms > exposed_ms && step_ms > exposed_ms,
-       fmt::format("its step ({} ms) and bound ({} ms) must both exceed its bound's exposed communication ({} ms)",
-                   step_ms, bound_ms, exposed_ms));
-  c.compute_ratio = (step_ms - exposed_ms) / (bound_ms - exposed_ms);
+  const double contention_ms = contention_s * 1e3;
+  need(bound_ms > exposed_ms && step_ms > exposed_ms + contention_ms,
+       fmt::format("its step ({} ms) and bound ({} ms) must both exceed its bound's exposed communication ({} ms), "
+                   "the step also that plus the contention beside its hidden collectives ({} ms)",
+                   step_ms, bound_ms, exposed_ms, contention_ms));
+  c.compute_ratio = (step_ms - exposed_ms - contention_ms) / (bound_ms - exposed_ms);
   const json machine = j.value("machine", json::object());
   c.record = {{"file", path},
               {"git_commit", machine.value("git_commit", "")},
@@ -180,6 +209,8 @@ Calibration read_calibration_fields(const std::string& path, const std::string& 
               {"bound_ms", bound_ms},
               {"step_over_bound", j.at("bound").value("step_over_bound", json(nullptr))},
               {"comm_exposed_ms", exposed_ms},
+              {"contention_ms", contention_ms},
+              {"contention_ms_per_bus_GB", c.contention_s_per_bus_byte * 1e3 * 1e9},
               {"compute_ratio", c.compute_ratio},
               {"fitted", fitted}};
   return c;
@@ -198,6 +229,7 @@ Calibration read_calibration(const std::string& path, const std::string& backend
 // One projected rank: its bound's compute and communication, in seconds, and their record.
 struct ProjectedRank {
   double total_s = 0, attention_s = 0, comm_exposed_s = 0;
+  double contention_s = 0;  // what its GEMMs lose beside its hidden collectives, at the calibration's rate
   json record;
 };
 
@@ -232,14 +264,21 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     LSS_REQUIRE_INPUT(parser.real(o) >= 0 && std::isfinite(parser.real(o)),
                       std::string("--") + o + " " + parser.str(o) + ": must not be negative");
   const Calibration cal = read_calibration(parser.str("calibration"), rc.backend);
-  // Bytes/s of each group's collectives: given, else fitted; the data group falls back on the
-  // sequence group's (both on one node).
-  std::map<std::string, double> busbw;
-  busbw["sp"] = parser.real("sp-busbw") > 0 ? parser.real("sp-busbw") * 1e9 : cal.busbw.count("sp") ? cal.busbw.at("sp") : 0;
-  busbw["dp"] = parser.real("dp-busbw") > 0 ? parser.real("dp-busbw") * 1e9
-                : cal.busbw.count("dp")     ? cal.busbw.at("dp")
-                                            : busbw["sp"];
+  // Each group's collectives within a node: a given bandwidth with --latency-us, else the
+  // calibration's fitted bandwidth and latency; the data group falls back on the sequence group's
+  // (both on one node). Across nodes: --inter-node-busbw with --latency-us.
   const double latency_s = parser.real("latency-us") * 1e-6;
+  struct Link {
+    double busbw = 0, latency_s = 0;  // bytes/s, s per call
+    std::string source;
+  };
+  std::map<std::string, Link> link;
+  for (const char* g : {"sp", "dp"}) {
+    const double given = parser.real(std::string(g) + "-busbw") * 1e9;
+    if (given > 0) link[g] = {given, latency_s, "given"};
+    else if (cal.busbw.count(g)) link[g] = {cal.busbw.at(g), cal.latency.at(g), "fitted"};
+    else if (std::string(g) == "dp") link[g] = {link["sp"].busbw, link["sp"].latency_s, "the sequence group's"};
+  }
   const std::map<std::string, int> group_size = {{"sp", P}, {"dp", R}, {"world", world}};
   // Ranks fill the nodes in order (grid.h: a sequence group is P consecutive ranks, a data group
   // the ranks P apart). Every group lies on one node when the whole grid fits on one; a sequence
@@ -275,8 +314,10 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   fmt::print("  {:<14} world {} = dp {} x sp {} (projected)\n", "grid", world, R, P);
   fmt::print("  {:<14} L={} C={} H={} D={} V={} T={} B={} {} {}\n", "model", m.L, m.C, m.H, m.D(), m.V, m.T, m.B,
              m.causal ? "causal" : "non-causal", dtype_name(m.dtype));
-  fmt::print("  {:<14} sp {:.1f} GB/s, dp {:.1f} GB/s busbw, {:g} us a call{}\n", "collectives", busbw["sp"] / 1e9,
-             busbw["dp"] / 1e9, latency_s * 1e6, cal.file.empty() ? "" : " (fitted from " + cal.file + ")");
+  for (const char* g : {"sp", "dp"})
+    fmt::print("  {:<14} {} {:.1f} GB/s busbw, {:.1f} us a call ({}{})\n", g == std::string("sp") ? "collectives" : "", g,
+               link[g].busbw / 1e9, link[g].latency_s * 1e6, link[g].source,
+               link[g].source == "fitted" ? " from " + cal.file : "");
   if (per_node > 0)
     fmt::print("  {:<14} {} GPUs per node; across nodes ({}) {:.1f} GB/s busbw\n", "nodes", per_node,
                spanning.empty() ? std::string("no group") : spanning.dump(), inter_node_busbw / 1e9);
@@ -301,25 +342,35 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     for (const BoundModel::Comm& c : model.comm) {
       const int n = group_size.at(c.group);
       const bool across = spans_nodes.at(c.group);
-      const double rate = across ? inter_node_busbw : busbw.count(c.group) ? busbw.at(c.group) : busbw.at("dp");
+      const Link& l = across ? Link{inter_node_busbw, latency_s, "given"} : link.count(c.group) ? link.at(c.group) : link.at("dp");
+      const double rate = l.busbw;
       LSS_REQUIRE_INPUT(rate > 0 || n < 2 || !across,
                         "--inter-node-busbw: the " + c.group + " group of " + std::to_string(n) + " ranks spans nodes of " +
                             std::to_string(per_node) + " GPUs (--gpus-per-node); give the link's bus bandwidth");
       LSS_REQUIRE_INPUT(rate > 0 || n < 2, "--" + c.group + "-busbw: the " + c.group +
                                                " group's collectives need a bus bandwidth (give it, or --calibration "
                                                "with a run whose bound measured that group)");
-      const double t = n < 2 ? 0.0 : latency_s + bus_factor(c.kind, n) * static_cast<double>(c.bytes) / rate;
+      const double t = n < 2 ? 0.0 : l.latency_s + bus_factor(c.kind, n) * static_cast<double>(c.bytes) / rate;
       const double hidden = comm_hidden_seconds(c, rc.strategy_opts.overlap, gemm_tflops, compute.optimizer_s);
       const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
       r.comm_exposed_s += exposed;
+      // As the contended bound counts it: the collectives that GEMMs hide.
+      const bool beside_gemms = rc.strategy_opts.overlap && c.hidden_by_flops > 0 && n > 1;
+      const double contention = beside_gemms ? cal.contention_s_per_bus_byte * static_cast<double>(c.calls) *
+                                                   bus_factor(c.kind, n) * static_cast<double>(c.bytes)
+                                             : 0.0;
+      r.contention_s += contention;
       comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
-                      {"calls", c.calls}, {"across_nodes", across}, {"busbw_GBps", rate / 1e9}, {"priced_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
-                      {"exposed_ms", exposed * 1e3}});
+                      {"calls", c.calls}, {"across_nodes", across}, {"busbw_GBps", rate / 1e9},
+                      {"latency_us", l.latency_s * 1e6}, {"priced_ms", t * 1e3},
+                      {"hidden_by_ms", hidden * 1e3}, {"exposed_ms", exposed * 1e3},
+                      {"contention_ms", contention * 1e3}});
     }
     r.total_s = compute.total_s + r.comm_exposed_s;
     r.attention_s = compute.attention_s;
     r.record = compute.record;
     r.record["comm_exposed_ms"] = r.comm_exposed_s * 1e3;
+    r.record["contention_ms"] = r.contention_s * 1e3;
     r.record["comm"] = comm;
     r.record["bound_model"] = bound_model_json(model);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -338,11 +389,13 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   const double bound_s = ranks[slowest].total_s;
   const double tokens = static_cast<double>(m.B * m.T);
   // The projected step: the slowest rank's compute as the calibration run's compute ran against
-  // its bound (what the kernels lose beside the collectives, to the power cap and to the gaps
-  // between them), plus its exposed communication as priced: at the calibration's own grid, its
-  // measured step.
+  // its bound (what the kernels lose to the power cap and to the gaps between them), plus its
+  // exposed communication as priced, plus what its GEMMs lose beside its hidden collectives at the
+  // calibration's rate per bus byte: at the calibration's own grid, near its measured step.
   const double exposed_s = ranks[slowest].comm_exposed_s;
-  const double step_s = cal.compute_ratio > 0 ? (bound_s - exposed_s) * cal.compute_ratio + exposed_s : 0.0;
+  const double step_s = cal.compute_ratio > 0
+                            ? (bound_s - exposed_s) * cal.compute_ratio + exposed_s + ranks[slowest].contention_s
+                            : 0.0;
   auto or_null = [](bool ok, double v) { return ok ? json(v) : json(nullptr); };
 
   json j = {
@@ -364,13 +417,17 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
       {"rates",
        {{"measured_gemm_tflops", gemm_tflops},
         {"measured_gemm_shape", fmt::format("{}^3 {}", gemm_n, dtype_name(m.dtype))},
-        {"sp_busbw_GBps", busbw["sp"] / 1e9},
-        {"dp_busbw_GBps", busbw["dp"] / 1e9},
+        {"sp_busbw_GBps", link["sp"].busbw / 1e9},
+        {"sp_latency_us", link["sp"].latency_s * 1e6},
+        {"sp_source", link["sp"].source},
+        {"dp_busbw_GBps", link["dp"].busbw / 1e9},
+        {"dp_latency_us", link["dp"].latency_s * 1e6},
+        {"dp_source", link["dp"].source},
         {"latency_us", latency_s * 1e6},
         {"gpus_per_node", per_node},
         {"inter_node_busbw_GBps", inter_node_busbw / 1e9},
         {"groups_spanning_nodes", spanning},
-        {"busbw_source", cal.file.empty() ? "given" : "given or fitted from the calibration"}}},
+        {"busbw_source", cal.file.empty() ? "given" : "given, or fitted from the calibration (sp_source, dp_source)"}}},
       {"calibration", cal.record},
       {"projection",
        {{"definition",
@@ -378,7 +435,8 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
          "bound): its kernels timed alone on this device at the rank's shapes, each collective at latency_us + "
          "bus factor x bytes / busbw of its group less the GEMM and optimizer time the schedule runs beside it; "
          "slowest rank. step_ms: that rank's compute x the calibration's compute_ratio + its exposed "
-         "communication"},
+         "communication + its contention (the calibration's contended cost per bus byte x the bus bytes of "
+         "its collectives that GEMMs hide)"},
         {"bound_ms", bound_s * 1e3},
         {"per_rank_ms", per_rank_ms},
         {"per_rank_attention_ms", per_rank_attention_ms},
