@@ -21,36 +21,42 @@ echo "charts and summary: $out/charts (SUMMARY.md)"
 # Projections (README, Projection): each distributed strategy's widest point of the sweep (most
 # ranks, then the longest T) is the calibration; lssbench project prices its configuration at
 # its own grid (the check against the measurement), and at 2 and 4 times its ranks with T grown
-# alike (weak scaling), on one device or CPU process. A point whose step is not above its bound's
-# exposed communication cannot calibrate (CPU ranks on fewer cores than ranks time their
-# collectives so): the next widest is taken.
+# alike (weak scaling), on one device or CPU process. A point lssbench project refuses as a
+# calibration (its step not above its bound's exposed communication and contention, as CPU ranks
+# on fewer cores than ranks time their collectives) gives way to the next widest.
+project() {  # CALIBRATION K: the projection at K times its ranks; exit 2 where refused
+  local world seq
+  read -r world seq < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["grid"]["world"], r["config"]["seq"])' "$1")
+  build/bin/lssbench project --like "$1" --calibration "$1" --sp $((world * $2)) --seq $((seq * $2)) \
+    --out "$out/projections/$strategy-w$((world * $2))-T$((seq * $2)).json"
+}
 cals=()
 for strategy in lss megatron_sp; do
-  cal=$(python3 - "$out/points" "$strategy" <<'PY'
+  cal=""
+  while read -r candidate; do
+    rc=0
+    project "$candidate" 1 || rc=$?
+    [ $rc -eq 0 ] || [ $rc -eq 2 ] || exit $rc
+    if [ $rc -eq 0 ]; then cal=$candidate; break; fi
+    echo "projections: $candidate cannot calibrate (above); the next widest point"
+  done < <(python3 - "$out/points" "$strategy" <<'PY'
 import glob, json, os, sys
-best = None
+points = []
 for f in glob.glob(os.path.join(sys.argv[1], "*.json")):
     r = json.load(open(f))
-    if r.get("status") != "ok" or r.get("strategy") != sys.argv[2] or not r.get("bound") or r["grid"]["world"] < 2:
-        continue
-    exposed = r["bound"]["rank0"]["comm_exposed_ms"]
-    if min(r["timing"]["median_ms"], r["bound"]["bound_ms"]) <= exposed:
-        continue
-    key = (r["grid"]["world"], r["config"]["seq"])
-    if best is None or key > best[0]:
-        best = (key, f)
-print(best[1] if best else "")
+    if r.get("status") == "ok" and r.get("strategy") == sys.argv[2] and r.get("bound") and r["grid"]["world"] > 1:
+        points.append(((r["grid"]["world"], r["config"]["seq"]), f))
+for _, f in sorted(points, reverse=True):
+    print(f)
 PY
 )
   [ -n "$cal" ] || { echo "projections: no $strategy point of the sweep can calibrate one"; continue; }
-  read -r world seq < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["grid"]["world"], r["config"]["seq"])' "$cal")
-  for k in 1 2 4; do
+  for k in 2 4; do
     # A grid the strategy refuses (megatron_sp: P must divide H) is reported and passed over (exit 2).
     rc=0
-    build/bin/lssbench project --like "$cal" --calibration "$cal" --sp $((world * k)) --seq $((seq * k)) \
-      --out "$out/projections/$strategy-w$((world * k))-T$((seq * k)).json" || rc=$?
+    project "$cal" "$k" || rc=$?
     [ $rc -eq 0 ] || [ $rc -eq 2 ] || exit $rc
-    [ $rc -eq 0 ] || echo "projections: $strategy on $((world * k)) ranks refused (above); passed over"
+    [ $rc -eq 0 ] || echo "projections: $strategy at $k times its ranks refused (above); passed over"
   done
   cals+=("$cal")
 done
