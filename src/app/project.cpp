@@ -47,9 +47,9 @@ OptionParser make_parser() {
                "out is taken from the options it recorded (e.g. --like RUN.json --calibration RUN.json --sp 8)");
   p.add_size("dp", 1, "R: data-parallel replicas of the projected grid (WORLD = R x P)");
   p.add_string("calibration", "",
-               "result JSON of `lssbench run` with its bound: each group's bus bandwidth is fitted from the "
-               "collectives it measured, and what its compute lost against the bound's carries over to the "
-               "projected step");
+               "result JSON of `lssbench run` with its bound: each group's latency and bus bandwidth are fitted "
+               "to the collectives it timed, and what its compute lost beside its hidden collectives (per bus "
+               "byte) and otherwise (a ratio) carries over to the projected step");
   p.add_double("sp-busbw", 0,
                "GB/s: bus bandwidth (nccl-tests' busbw) of the sequence group's collectives within a node (0: "
                "fitted from --calibration)");
