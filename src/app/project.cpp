@@ -11,7 +11,6 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "app/bound.h"
 #include "app/metrics.h"
@@ -69,16 +68,8 @@ OptionParser make_parser() {
   return p;
 }
 
-// nccl-tests' bus factor: the bytes a rank of a group of n moves per byte of the collective's
-// buffer (communicator.h's convention: the gathered, scattered or reduced whole).
-double bus_factor(CollKind kind, int n) {
-  const double f = static_cast<double>(n - 1) / n;
-  return kind == CollKind::all_reduce ? 2 * f : f;
-}
-
 CollKind coll_kind_from(const std::string& name, const std::string& file) {
-  for (int k = 0; k < kNumCollKinds; ++k)
-    if (name == coll_kind_name(static_cast<CollKind>(k))) return static_cast<CollKind>(k);
+  if (const auto kind = coll_kind_from_name(name)) return *kind;
   throw UsageError("--calibration " + file + ": unknown collective kind '" + name + "'");
 }
 
@@ -88,9 +79,7 @@ json read_run_result(const std::string& path, const std::string& option) {
   LSS_REQUIRE_INPUT(in.good(), "--" + option + " " + path + ": cannot be read");
   json j;
   try {
-    std::stringstream ss;
-    ss << in.rdbuf();
-    j = json::parse(ss.str());
+    j = json::parse(in);
   } catch (const std::exception& e) {
     throw UsageError("--" + option + " " + path + ": not JSON (" + e.what() + ")");
   }

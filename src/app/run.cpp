@@ -287,8 +287,8 @@ json counts_json(const CommModel& m, const std::map<std::string, int>* group_siz
       if (!c.calls[k]) continue;
       json e = {{"calls", c.calls[k]}, {"bytes", c.bytes[k]}};
       if (group_sizes && group_sizes->count(group)) {
-        const double n = group_sizes->at(group), t = c.seconds_by_kind[k];
-        const double factor = static_cast<CollKind>(k) == CollKind::all_reduce ? 2.0 * (n - 1) / n : (n - 1) / n;
+        const double t = c.seconds_by_kind[k];
+        const double factor = bus_factor(static_cast<CollKind>(k), group_sizes->at(group));
         e["ms"] = t * 1e3;
         e["busbw_GBps"] = t > 0 ? json(static_cast<double>(c.bytes[k]) / t * factor / 1e9) : json(nullptr);
       }

@@ -23,11 +23,7 @@ int lane_id(const std::string& lane) {
   return it == lanes.end() ? static_cast<int>(lanes.size()) : static_cast<int>(it - lanes.begin());
 }
 
-bool is_collective(const std::string& name) {
-  for (int k = 0; k < kNumCollKinds; ++k)
-    if (name == coll_kind_name(static_cast<CollKind>(k))) return true;
-  return false;
-}
+bool is_collective(const std::string& name) { return coll_kind_from_name(name).has_value(); }
 
 // What a span is, as the Chrome trace's "cat" and the summary read it.
 enum class Category { phase, wait, comm, compute };

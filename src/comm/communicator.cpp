@@ -28,6 +28,17 @@ const char* coll_kind_name(CollKind k) {
   return "?";
 }
 
+std::optional<CollKind> coll_kind_from_name(const std::string& name) {
+  for (int k = 0; k < kNumCollKinds; ++k)
+    if (name == coll_kind_name(static_cast<CollKind>(k))) return static_cast<CollKind>(k);
+  return std::nullopt;
+}
+
+double bus_factor(CollKind kind, int n) {
+  const double f = static_cast<double>(n - 1) / n;
+  return kind == CollKind::all_reduce ? 2 * f : f;
+}
+
 int64_t CommCounts::total_calls() const {
   int64_t n = 0;
   for (auto c : calls) n += c;

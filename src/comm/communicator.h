@@ -16,6 +16,7 @@
 #include <compare>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,12 @@ namespace lss {
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
 inline constexpr int kNumCollKinds = 7;
 const char* coll_kind_name(CollKind k);
+// The kind coll_kind_name(kind) names; nullopt for any other text.
+std::optional<CollKind> coll_kind_from_name(const std::string& name);
+// nccl-tests' bus factor: the bytes a rank of a group of n moves per byte of the collective's
+// buffer (this file's convention: the gathered, scattered or reduced whole), 2(n-1)/n for an
+// all-reduce, (n-1)/n otherwise. busbw = bytes / time x bus_factor.
+double bus_factor(CollKind kind, int n);
 
 struct CommCounts {
   std::array<int64_t, kNumCollKinds> calls{};
