@@ -15,10 +15,14 @@
 // T/P rows (two calls instead of four, the same score tiles). The calls' shapes on one GPU,
 // without the gather and the merge beside them: what the kernels contribute to lss's step at
 // that grid.
+//
+// BM_AttentionBlock: one of those calls alone (Tq queries on Tk keys), to tell which runs below
+// the others' rate.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -294,6 +298,86 @@ void lss_rank_args(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_AttentionLssRank)->Apply(lss_rank_args)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// Arguments: Tq, Tk, causal (0/1; causal needs Tq = Tk), path (Path), backward (0/1).
+// One attention call of Tq queries on Tk keys, D = 128, in lss's layout (separate (Tq, C) queries,
+// (Tk, 2C) [K|V] rows): the single calls BM_AttentionLssRank sums, to tell which of a rank's calls
+// runs below the others' rate.
+void BM_AttentionBlock(benchmark::State& state) {
+  const int64_t Tq = state.range(0), Tk = state.range(1);
+  const bool causal = state.range(2) != 0;
+  const Path path_id = static_cast<Path>(state.range(3));
+  const bool with_backward = state.range(4) != 0;
+  constexpr int64_t D = 128, H = kWidth / D, C = kWidth;
+  const std::string path = select_path(path_id, D);
+  try {
+    if (causal && Tq != Tk)
+      throw std::invalid_argument("BM_AttentionBlock: a causal block is square (Tq = " + std::to_string(Tq) +
+                                  ", Tk = " + std::to_string(Tk) + ")");
+    Backend& be = backend(path_id == kCudnn ? "cudnn" : "flash");
+    const cudaStream_t stream = cuda_stream_of(be);
+    Buffer q = be.alloc(DType::bf16, Tq * C);        // (Tq, C)
+    Buffer dq = be.alloc(DType::bf16, Tq * C);       // (Tq, C)
+    Buffer kv = be.alloc(DType::bf16, Tk * 2 * C);   // (Tk, 2C) [K|V]
+    Buffer dkv = be.alloc(DType::bf16, Tk * 2 * C);  // (Tk, 2C) [dK|dV]
+    Buffer out = be.alloc(DType::bf16, Tq * C);      // (Tq, C)
+    Buffer dout = be.alloc(DType::bf16, Tq * C);     // (Tq, C)
+    Buffer lse = be.alloc(DType::f32, H * Tq);       // (H, Tq)
+    fill_random(be, q, 2.f, 1);
+    fill_random(be, kv, 2.f, 2);
+    fill_random(be, dout, 1.f, 3);
+    auto cols = [](const Buffer& b, int64_t width, int64_t col) {
+      return AttnOperand{static_cast<char*>(b.ptr()) + col * 2, width, width};
+    };
+    AttentionArgs a;
+    a.dtype = DType::bf16;
+    a.B = 1;
+    a.H = H;
+    a.D = D;
+    a.Tq = Tq;
+    a.Tk = Tk;
+    a.causal = causal;
+    a.scale = 1.0 / std::sqrt(static_cast<double>(D));
+    a.q = cols(q, C, 0);
+    a.out = cols(out, C, 0);
+    a.dout = cols(dout, C, 0);
+    a.dq = cols(dq, C, 0);
+    a.k = cols(kv, 2 * C, 0);
+    a.v = cols(kv, 2 * C, C);
+    a.dk = cols(dkv, 2 * C, 0);
+    a.dv = cols(dkv, 2 * C, C);
+    a.lse = lse.ptr();
+    auto step = [&] {
+      be.attention_forward(a);
+      if (with_backward) be.attention_backward(a);
+    };
+    time_iterations(state, be, stream, step);
+
+    double flops = 4.0 * H * static_cast<double>(Tq) * Tk * D;
+    if (causal) flops *= 0.5;
+    if (with_backward) flops *= 3.5;
+    state.counters["TFLOP/s"] =
+        benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
+    state.SetLabel(path + (with_backward ? " fwd+bwd" : " fwd") + (causal ? " causal" : " full") +
+                   " Tq=" + std::to_string(Tq) + " Tk=" + std::to_string(Tk));
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+// The calls of lss's ranks at 16K tokens per GPU on 4 GPUs (zigzag, split causal blocks, rank 3
+// merged): 8K-row causal blocks, 8K queries on 8K-56K keys before them, and rank 3's 16K causal
+// block and 16K x 24K preceding block.
+void block_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"Tq", "Tk", "causal", "path", "bwd"});
+  std::vector<std::array<int64_t, 3>> shapes = {{8192, 8192, 1}, {16384, 16384, 1}, {16384, 24576, 0}};
+  for (int64_t keys = 8192; keys <= 57344; keys += 8192) shapes.push_back({8192, keys, 0});
+  for (const auto& [Tq, Tk, causal] : shapes)
+    for (int path : {kFlash, kCudnn})
+      for (int bwd : {0, 1}) b->Args({Tq, Tk, causal, path, bwd});
+}
+
+BENCHMARK(BM_AttentionBlock)->Apply(block_args)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace lss
