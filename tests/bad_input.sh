@@ -71,6 +71,9 @@ expect 2 "--copy-engine-gathers: the cpu backend has no copy engines (needs --ba
 expect 2 "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the copy engines (give one of the two)" run --strategy lss --sp 2 --copy-engine-gathers --distributed-optimizer
 expect 2 "--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: --no-zigzag, --causal, --split-causal)" run --strategy lss --sp 2 --chunk-pipeline
 expect 2 "--placed-reduce-scatter needs --zigzag" run --strategy lss --sp 2 --placed-reduce-scatter
+expect 2 "--local-cross-block needs --zigzag, a causal mask and --split-causal, without --chunk-pipeline (given: --zigzag, --causal, --split-causal, --chunk-pipeline)" run --strategy lss --sp 2 --zigzag --chunk-pipeline --local-cross-block
+expect 2 "--local-cross-block needs --zigzag, a causal mask and --split-causal, without --chunk-pipeline (given: --no-zigzag, --causal, --split-causal)" run --strategy lss --sp 2 --local-cross-block
+expect 2 "--local-cross-block: an option of lss, which --strategy megatron_sp does not read" run --strategy megatron_sp --sp 2 --local-cross-block
 expect 2 "--placed-gather-min -1M: must not be negative" run --strategy lss --sp 2 --zigzag --placed-gather-min -1M
 expect 2 "--zigzag: an option of lss, which --strategy megatron_sp does not read" run --strategy megatron_sp --sp 2 --zigzag
 expect 2 "--regather-ln: an option of megatron_sp, which --strategy lss does not read" run --strategy lss --sp 2 --no-regather-ln

@@ -77,6 +77,7 @@ struct Case {
   // C = 9, H = 3: buckets of sizes no group size divides (the shards' remainders).
   bool odd_width = false;
   bool placed_rs = false;  // lss: placed_reduce_scatter (with zigzag)
+  bool local_cross = false;  // lss: local_cross_block (with zigzag and split)
   // lss, zigzag: the default --placed-gather-min, above these tests' gathers, so that [K|V] is
   // gathered rank-major and copied into token order (false: a minimum of 0, the gathers placed).
   bool rank_major = false;
@@ -93,6 +94,7 @@ std::string case_name(const Case& c, int P, int R) {
          (c.zigzag ? " zigzag" : "") + (c.recompute ? " recompute" : "") + (c.split ? " split-causal" : "") +
          (c.pipeline ? " chunk-pipeline" : "") + (c.sharded ? " distributed-optimizer" : "") +
          (c.odd_width ? " C=9" : "") + (c.placed_rs ? " placed-reduce-scatter" : "") +
+         (c.local_cross ? " local-cross-block" : "") +
          (c.rank_major ? " rank-major-gather" : "") + (c.fp32_sums ? " grad-reduce-dtype fp32" : "") +
          (c.scatter_chunks ? " scatter-chunks " + std::to_string(c.scatter_chunks) : "");
 }
@@ -117,6 +119,7 @@ TEST_P(Exactness, LossGradientsAndThreeAdamWStepsEqualSerial) {
     rc.strategy_opts.chunk_pipeline = c.pipeline;
     rc.strategy_opts.distributed_optimizer = c.sharded;
     rc.strategy_opts.placed_reduce_scatter = c.placed_rs;
+    rc.strategy_opts.local_cross_block = c.local_cross;
     if (c.fp32_sums) rc.strategy_opts.grad_reduce_dtype = DType::f32;
     rc.strategy_opts.scatter_chunks = c.scatter_chunks;
     if (!c.rank_major) rc.strategy_opts.placed_gather_min_bytes = 0;
@@ -219,6 +222,17 @@ std::vector<Case> all_cases() {
             // the chunk pipeline: re-gathered and kept K/V, and recomputed
             out.push_back({s, d, causal, option, true, false, true, true});
             if (option) out.push_back({s, d, causal, option, true, true, true, true});
+            // the back chunk's block on its front chunk beside the collectives: kept K/V and the
+            // placed reduce-scatter with recomputation and the distributed optimizer; re-gathered
+            // K/V gathered rank-major and copied into token order
+            Case cross{s, d, causal, option, true};
+            cross.split = cross.local_cross = true;
+            cross.rank_major = !option;
+            out.push_back(cross);
+            if (option) {
+              cross.placed_rs = cross.recompute = cross.sharded = true;
+              out.push_back(cross);
+            }
           }
           // The distributed optimizer: with every schedule of lss (zigzag, kept K/V, recomputed,
           // the pipeline) and both of megatron_sp's.
@@ -264,7 +278,7 @@ INSTANTIATE_TEST_SUITE_P(AllStrategies, Exactness, ::testing::ValuesIn(all_cases
                                   (c.recompute ? "_recompute" : "") + (c.split ? "_split" : "") +
                                   (c.pipeline ? "_pipeline" : "") + (c.sharded ? "_sharded" : "") +
                                   (c.odd_width ? "_C9" : "") + (c.placed_rs ? "_placedrs" : "") +
-                                  (c.rank_major ? "_rankmajor" : "") + (c.fp32_sums ? "_fp32sums" : "") +
+                                  (c.local_cross ? "_localcross" : "") + (c.rank_major ? "_rankmajor" : "") + (c.fp32_sums ? "_fp32sums" : "") +
                                   (c.scatter_chunks ? "_chunks" + std::to_string(c.scatter_chunks) : "");
                          });
 
@@ -410,6 +424,7 @@ TEST(BoundModel, ProjectedRankEqualsTheRanksOfARun) {
       {"lss", [](StrategyOptions&) {}},
       {"lss", [](StrategyOptions& o) { o.zigzag = o.keep_kv = o.placed_reduce_scatter = true, o.placed_gather_min_bytes = 0; }},
       {"lss", [](StrategyOptions& o) { o.zigzag = o.chunk_pipeline = true; }},
+      {"lss", [](StrategyOptions& o) { o.zigzag = o.local_cross_block = true, o.placed_gather_min_bytes = 0; }},
       {"lss", [](StrategyOptions& o) { o.zigzag = o.recompute = o.distributed_optimizer = true; }},
       {"lss", [](StrategyOptions& o) { o.zigzag = true, o.grad_reduce_dtype = DType::f32; }, DType::f64},
       {"megatron_sp", [](StrategyOptions&) {}},

@@ -66,6 +66,7 @@ StrategyOptions options_of(const std::string& variant) {
   o.recompute = has("recompute");
   o.distributed_optimizer = has("sharded");
   o.placed_reduce_scatter = has("placedrs");
+  o.local_cross_block = has("localcross");
   // These tests' gathers are far below the default --placed-gather-min: placed at any size, as
   // on the long sequences, except in the variant that checks the rank-major gather and its copy.
   if (variant != "zigzag_rankmajor") o.placed_gather_min_bytes = 0;
@@ -198,6 +199,11 @@ std::vector<Case> cases() {
   // The placed dK/dV reduce-scatter (grouped ncclReduce calls from token order).
   for (const char* v : {"zigzag_placedrs", "zigzag_recompute_placedrs"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
   out.push_back({"lss", DType::f32, true, "flash", "zigzag_placedrs"});
+  // The back chunk's block on its front chunk beside the collectives (--local-cross-block): the own
+  // flash kernels in fp32 and bf16, cuDNN with the placed reduce-scatter and recomputation.
+  out.push_back({"lss", DType::f32, true, "flash", "zigzag_localcross"});
+  out.push_back({"lss", DType::bf16, true, "flash", "zigzag_localcross"});
+  out.push_back({"lss", DType::bf16, true, "cudnn", "zigzag_recompute_placedrs_localcross"});
   // The zigzag gather below --placed-gather-min: rank-major, copied into token order.
   out.push_back({"lss", DType::bf16, true, "cudnn", "zigzag_rankmajor"});
   // The optimizer in backward (AdamW on the side lane beside backward; one rank only, so these

@@ -75,6 +75,9 @@ void add_step_options(OptionParser& p) {
   p.add_flag("placed-reduce-scatter", false,
              "lss, zigzag: sum backward's dK/dV from token order into each rank's chunks (grouped reduces) instead of "
              "copying it into rank order for a reduce-scatter");
+  p.add_flag("local-cross-block", false,
+             "lss, zigzag, split causal blocks: run the back chunk's block on the rank's own front chunk beside the K/V "
+             "gather (forward) and the dK/dV reduce-scatter (backward) instead of after and before them");
   p.add_size("placed-gather-min", int64_t{16} << 20,
              "lss, zigzag: place the K/V gathers (and --placed-reduce-scatter) at the token positions only from this "
              "many gathered bytes on (T x the batch of one data-parallel replica x 2 x width x element size); below, gather rank-major and copy");
@@ -125,6 +128,7 @@ RunConfig step_config_from(const OptionParser& p) {
   rc.strategy_opts.recompute = p.flag("recompute");
   rc.strategy_opts.chunk_pipeline = p.flag("chunk-pipeline");
   rc.strategy_opts.placed_reduce_scatter = p.flag("placed-reduce-scatter");
+  rc.strategy_opts.local_cross_block = p.flag("local-cross-block");
   rc.strategy_opts.placed_gather_min_bytes = p.size("placed-gather-min");
   LSS_REQUIRE_INPUT(rc.strategy_opts.placed_gather_min_bytes >= 0,
                     "--placed-gather-min " + p.str("placed-gather-min") + ": must not be negative");

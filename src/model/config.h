@@ -55,6 +55,14 @@ struct StrategyOptions {
   // halves, which need no copy). Off by default until measured on 4 GPUs (on 2 × H200: −1.4% at
   // T = 16K, within the spread at 64K; PERFORMANCE.md, fourteenth session).
   bool placed_reduce_scatter = false;
+  // lss, zigzag, split_causal: the back chunk's block on the rank's own front chunk (its keys are
+  // local) runs in forward beside the K/V all-gather and in backward beside the dK/dV
+  // reduce-scatter, instead of inside the back chunk's preceding block after the gather (before
+  // the reduce-scatter). That preceding block becomes the keys before the front chunk and those
+  // between the chunks, two calls; rank P-1's chunks stay two segments. Every rank then has two
+  // causal blocks' worth of attention beside each gather and a square unmasked block beside each
+  // reduce-scatter. Off by default until measured on 4 GPUs (not with --chunk-pipeline).
+  bool local_cross_block = false;
   // lss, zigzag: the fused [K|V] gathers (and --placed-reduce-scatter) are placed only from this
   // many gathered bytes (T x Bl x 2C elements of the activations' size) on; below, the gather
   // lands rank-major and one copy puts it in token order. On 2 x H200 NCCL's grouped broadcasts

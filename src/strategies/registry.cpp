@@ -25,7 +25,7 @@ const std::vector<Entry>& registry() {
   static const std::vector<Entry> r = {
       {"serial", make_serial_strategy, {}},
       {"lss", make_lss_strategy,
-       {"keep-kv", "zigzag", "split-causal", "chunk-pipeline", "placed-reduce-scatter", "placed-gather-min",
+       {"keep-kv", "zigzag", "split-causal", "chunk-pipeline", "placed-reduce-scatter", "local-cross-block", "placed-gather-min",
         "recompute"}},
       {"megatron_sp", make_megatron_sp_strategy, {"regather-ln", "scatter-chunks", "recompute"}},
   };

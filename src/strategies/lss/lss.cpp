@@ -35,6 +35,7 @@ class LssStrategy final : public Strategy {
             {"placed_gather", placed_gather()},
             {"placed_gather_min_bytes", ctx_.opts.placed_gather_min_bytes},
             {"placed_reduce_scatter", placed_scatter()},
+            {"local_cross_block", local_cross()},
             {"recompute", ctx_.opts.recompute},
             {"distributed_optimizer", sharded()},
             {"grad_reduce_dtype", dtype_name(gradient_wire_dtype(ctx_.cfg, ctx_.opts))},
@@ -104,18 +105,29 @@ class LssStrategy final : public Strategy {
       }
       m.layer_attention.push_back(attention_shape(Bl_, cfg.H, seg.count, seg.count, 0));
       diagonal_forward += 2.0 * static_cast<double>(Bl_ * seg.count * seg.count) * C;
-      if (seg.start == 0) continue;
-      AttentionArgs before = attention_shape(Bl_, cfg.H, seg.count, seg.start, 0);
-      before.causal = false;
-      m.layer_attention.push_back(before);
+    }
+    auto unmasked = [&](int64_t queries, int64_t keys) {
+      AttentionArgs shape = attention_shape(Bl_, cfg.H, queries, keys, 0);
+      shape.causal = false;
+      m.layer_attention.push_back(shape);
+    };
+    if (split())
+      for (const KeyBlock& b : dkv_plan(wave_backward()).blocks) unmasked(segments_[b.seg].count, b.count);
+    // --local-cross-block: beside the gather in forward (with the diagonal blocks), beside the
+    // reduce-scatter in backward (its five products, 2.5 forwards).
+    double cross_forward = 0;
+    if (local_cross()) {
+      unmasked(segments_[1].count, segments_[0].count);
+      cross_forward = 4.0 * static_cast<double>(Bl_ * segments_[1].count * segments_[0].count) * C;
     }
     if (P_ > 1) {
       const int64_t kv_bytes = kv_gather_bytes();
-      const double q_projection = 2 * N * C * C + diagonal_forward;             // beside each forward gather
+      const double q_projection = 2 * N * C * C + diagonal_forward + cross_forward;  // beside each forward gather
       const double mlp_backward = 4 * (2 * N * C * 4 * C);                      // beside a backward re-gather
       // Beside the reduce-scatter: the out-projection's weight gradient and the Q projection's
-      // backward (the diagonal blocks' backward runs before it: attention_backward).
-      const double q_backward = 3 * (2 * N * C * C);
+      // backward (the diagonal blocks' backward runs before it: attention_backward), and the local
+      // cross block's backward.
+      const double q_backward = 3 * (2 * N * C * C) + 2.5 * cross_forward;
       // The fused gathers, placed in each rank's segments (placed_gather) or rank-major.
       const std::vector<PlacedPiece> pieces = placed_gather() ? kv_pieces() : std::vector<PlacedPiece>{};
       if (pipelined()) add_pipelined_gather_bounds(m, kv_bytes);
@@ -207,21 +219,24 @@ class LssStrategy final : public Strategy {
         out.push_back({"[K|V] to token order", Kind::copy, kv, {}, forward_copies, regather ? 1.0 : 0.0});
       if (!placed_scatter()) out.push_back({"[dK|dV] to rank order", Kind::copy, kv, {}, 0, 1});
     }
-    // Backward's dK/dV: the segment seeing the most keys writes dkv_full (the rows beyond zeroed),
-    // the other adds its prefix from a scratch buffer.
-    std::vector<int64_t> keys;
-    for (const RowRange& seg : segments_) keys.push_back(dkv_keys(seg));
-    std::sort(keys.begin(), keys.end(), std::greater<>());
-    if (!keys.empty() && keys[0] < cfg.T)
-      out.push_back({"[dK|dV] rows no segment sees, zeroed", Kind::fill_zero, (cfg.T - keys[0]) * key_row, {}, 0, 1});
-    for (size_t n = 1; n < keys.size(); ++n)
-      if (keys[n] > 0) out.push_back({"[dK|dV] of a second segment, added", Kind::add, keys[n] * key_row, {}, 0, 1});
+    // Backward's dK/dV (dkv_plan): the rows no block writes zeroed, a block whose rows an earlier
+    // one wrote added from a scratch buffer.
+    const DkvPlan plan = dkv_plan(wave_backward());
+    for (const RowRange& rows : plan.zeroed)
+      out.push_back({"[dK|dV] rows no segment sees, zeroed", Kind::fill_zero, rows.count * key_row, {}, 0, 1});
+    for (const KeyBlock& b : plan.blocks)
+      if (!b.direct) out.push_back({"[dK|dV] of a second segment, added", Kind::add, b.count * key_row, {}, 0, 1});
     if (split()) {
-      for (const RowRange& seg : segments_) {
-        if (seg.start == 0) continue;
-        AttentionArgs merge = attention_shape(Bl_, cfg.H, seg.count, seg.count, 0);
+      // Each unmasked block's output merged into its segment's, its dQ added to the segment's.
+      auto merged_block = [&](int64_t queries) {
+        AttentionArgs merge = attention_shape(Bl_, cfg.H, queries, queries, 0);
         out.push_back({"split blocks' merge", Kind::attention_merge, 0, merge, 1, 0});
-        out.push_back({"split blocks' dQ, added", Kind::add, seg.count * Bl_ * C, {}, 0, 1});
+        out.push_back({"split blocks' dQ, added", Kind::add, queries * Bl_ * C, {}, 0, 1});
+      };
+      for (const KeyBlock& b : plan.blocks) merged_block(segments_[b.seg].count);
+      if (local_cross()) {
+        merged_block(segments_[1].count);
+        out.push_back({"local cross block's dK/dV, added", Kind::add, segments_[0].count * key_row, {}, 0, 1});
       }
       out.push_back({"diagonal blocks' dK/dV, added", Kind::add, N_ * 2 * C, {}, 0, 1});
     }
@@ -387,7 +402,9 @@ class LssStrategy final : public Strategy {
     // causal mask with a query offset (bottom-right alignment) computes every tile of the call,
     // masked or not, as far as the per-rank attention times of 4 x H200 tell (that model predicts
     // them within 3%; third session). The chunk pipeline interleaves two chunks on every rank.
-    if (P_ == 1 || (p == P_ - 1 && split() && !pipelined())) return {{p * Tc, 2 * Tc}};
+    // With --local-cross-block rank P-1 keeps two segments too: its back chunk's block on its front
+    // chunk is the block that runs beside the collectives.
+    if (P_ == 1 || (p == P_ - 1 && split() && !pipelined() && !local_cross())) return {{p * Tc, 2 * Tc}};
     return {{p * Tc, Tc}, {(2 * P_ - 1 - p) * Tc, Tc}};
   }
 
@@ -439,11 +456,94 @@ class LssStrategy final : public Strategy {
   // kv_wave: from wave_first_key).
   AttentionArgs preceding_args(const Layer& a, const Buffer& kv, const RowRange& seg, int64_t row0,
                                int64_t kv_row0 = 0) const {
+    return unmasked_args(a, kv, seg, row0, kv_row0, seg.start);
+  }
+  // The segment's queries against `keys` key rows of `kv` from token row kv_row0, unmasked.
+  AttentionArgs unmasked_args(const Layer& a, const Buffer& kv, const RowRange& seg, int64_t row0, int64_t kv_row0,
+                              int64_t keys) const {
     AttentionArgs args = attention_args(a, kv, seg, row0, kv_row0);
-    args.Tk = seg.start;
+    args.Tk = keys;
     args.q_offset = 0;
     args.causal = false;
     return args;
+  }
+
+  // One attention call on the gathered keys (or, wave, the pipeline's layout): segment `seg`
+  // (index into segments_) against the key rows [first, first + count) of that layout; unmasked
+  // with split blocks, else the segment's causal call on every key it sees (first 0). Backward
+  // writes its [dK|dV] rows straight into dkv_full (`direct`: no earlier direct block wrote them)
+  // or through a scratch buffer that is added.
+  struct KeyBlock {
+    size_t seg;
+    int64_t first, count;
+    bool direct = true;
+  };
+  // A segment's first local row.
+  int64_t segment_row0(size_t i) const {
+    int64_t row0 = 0;
+    for (size_t j = 0; j < i; ++j) row0 += segments_[j].count;
+    return row0;
+  }
+  // The calls on gathered keys in backward's order: the segment seeing the most keys first (its
+  // blocks in key order), each marked direct or added, and the rows of dkv_full no direct block
+  // writes (zeroed). With --local-cross-block the back chunk's keys before it are two blocks, those
+  // before the front chunk and those between the chunks: its block on the front chunk's own keys
+  // (local_cross_args) is not among these.
+  struct DkvPlan {
+    std::vector<KeyBlock> blocks;
+    std::vector<RowRange> zeroed;
+  };
+  DkvPlan dkv_plan(bool wave) const {
+    std::vector<size_t> order(segments_.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t x, size_t y) { return dkv_keys(segments_[x]) > dkv_keys(segments_[y]); });
+    DkvPlan plan;
+    for (size_t i : order) {
+      const RowRange& seg = segments_[i];
+      const int64_t first = wave ? wave_first_key(static_cast<int>(i)) : 0, keys = dkv_keys(seg);
+      if (local_cross() && i == 1) {
+        const RowRange& front = segments_[0];
+        const int64_t between = front.start + front.count;
+        plan.blocks.push_back({i, 0, front.start});
+        plan.blocks.push_back({i, between, seg.start - between});
+      } else {
+        plan.blocks.push_back({i, first, keys});
+      }
+    }
+    std::erase_if(plan.blocks, [](const KeyBlock& b) { return b.count == 0; });
+    // A block is direct where no direct block before it wrote any of its rows; otherwise every one
+    // of its rows must have been written (else it would add into rows never set).
+    std::vector<RowRange> written;
+    for (KeyBlock& b : plan.blocks) {
+      const int64_t end = b.first + b.count;
+      int64_t covered = 0;
+      for (const RowRange& w : written)
+        covered += std::max<int64_t>(0, std::min(end, w.start + w.count) - std::max(b.first, w.start));
+      b.direct = covered == 0;
+      LSS_CHECK(b.direct || covered == b.count, "lss: a [dK|dV] block of segment " + std::to_string(b.seg) +
+                                                   " overlaps the rows written before it only in part");
+      if (b.direct) written.push_back({b.first, b.count});
+    }
+    std::sort(written.begin(), written.end(), [](const RowRange& x, const RowRange& y) { return x.start < y.start; });
+    int64_t row = 0;
+    for (const RowRange& w : written) {
+      if (w.start > row) plan.zeroed.push_back({row, w.start - row});
+      row = std::max(row, w.start + w.count);
+    }
+    if (row < ctx_.cfg.T) plan.zeroed.push_back({row, ctx_.cfg.T - row});
+    return plan;
+  }
+  // A gathered block's call (forward's arguments; backward adds its gradients' places).
+  AttentionArgs block_args(const Layer& a, const Buffer& kv, const KeyBlock& b) const {
+    const RowRange& seg = segments_[b.seg];
+    if (!split()) return attention_args(a, kv, seg, segment_row0(b.seg));
+    return unmasked_args(a, kv, seg, segment_row0(b.seg), b.first, b.count);
+  }
+  // --local-cross-block: the back chunk's queries against its front chunk's keys, which start at
+  // token row kv_row0 of `kv` (kv_local: 0; kv_full: the front chunk's first token).
+  AttentionArgs local_cross_args(const Layer& a, const Buffer& kv, int64_t kv_row0) const {
+    return unmasked_args(a, kv, segments_[1], segments_[0].count, kv_row0, segments_[0].count);
   }
   // split_causal forward: the preceding block `own` (out and lse: the diagonal block's) into a
   // part of its own, merged into the diagonal block's.
@@ -482,6 +582,9 @@ class LssStrategy final : public Strategy {
   // is copied, zeroed or added for them: the step is serial's, as the weak-scaling baseline must
   // be (the local copies cost 1.7% at T = 16K on an H200; PERFORMANCE.md, twenty-seventh session).
   bool alone() const { return P_ == 1; }
+  bool local_cross() const {
+    return ctx_.opts.local_cross_block && ctx_.opts.zigzag && split() && !pipelined() && P_ > 1;
+  }
   bool pipelined() const { return ctx_.opts.chunk_pipeline && ctx_.opts.zigzag && split() && P_ > 1; }
   // Backward in the pipeline's [back | front] layout: its [K|V] (kept, or gathered again in two
   // halves) and its [dK|dV] (reduce-scattered in two halves) need no reorder copy. With
@@ -666,15 +769,14 @@ class LssStrategy final : public Strategy {
       // The blocks on the segments' own keys need no gathered row: they run while the gather does.
       for (int64_t i = 0, row0 = 0; i < std::ssize(segments_); row0 += segments_[i].count, ++i)
         be.attention_forward(diagonal_args(a, a.kv_local, segments_[i], row0, row0));
+      // --local-cross-block: the back chunk's block on the front chunk's keys is local too.
+      if (local_cross()) attend_preceding(local_cross_args(a, a.kv_local, 0));
     }
     Buffer kv_full = alone() ? std::move(a.kv_local) : finish_gather_kv(gather);
-    for (int64_t i = 0, row0 = 0; i < std::ssize(segments_); row0 += segments_[i].count, ++i) {
-      const RowRange& seg = segments_[i];
-      if (!split()) {
-        be.attention_forward(attention_args(a, kv_full, seg, row0));
-        continue;
-      }
-      if (seg.start > 0) attend_preceding(preceding_args(a, kv_full, seg, row0));  // keys before it
+    // The calls on gathered keys: with split blocks each merged into its segment's output.
+    for (const KeyBlock& b : dkv_plan(false).blocks) {
+      if (split()) attend_preceding(block_args(a, kv_full, b));
+      else be.attention_forward(block_args(a, kv_full, b));
     }
     if (keep_kv || alone()) {  // alone: kv_full is kv_local, kept at no cost
       a.kv_full = std::move(kv_full);
@@ -703,20 +805,12 @@ class LssStrategy final : public Strategy {
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
     Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums, kv_full's layout
-    // Each backward call into dkv_full writes dK/dV of the keys its segment sees there (key_count
-    // rows; split_causal: the keys before the segment), rows [first, first + keys) where the
-    // segment's keys start (0 in global order). The segment seeing the most keys goes first, into
-    // dkv_full, whose other rows are zeroed; a second (zigzag) segment writes its keys (a subrange
-    // of the first's) into a scratch buffer that is then added.
-    auto first_key = [&](size_t i) { return wave ? wave_first_key(static_cast<int>(i)) : int64_t{0}; };
+    // Each backward call on gathered keys writes their dK/dV into dkv_full (dkv_plan: the segment
+    // seeing the most keys first, straight into its rows; a block whose rows an earlier one wrote,
+    // e.g. zigzag's front chunk's, through a scratch buffer that is then added; the rows no block
+    // writes zeroed).
     std::vector<int64_t> row0_of(segments_.size());
-    std::vector<size_t> order(segments_.size());
-    for (size_t i = 0, row0 = 0; i < segments_.size(); row0 += segments_[i].count, ++i) {
-      row0_of[i] = static_cast<int64_t>(row0);
-      order[i] = i;
-    }
-    std::sort(order.begin(), order.end(),
-              [&](size_t x, size_t y) { return dkv_keys(segments_[x]) > dkv_keys(segments_[y]); });
+    for (size_t i = 0; i < segments_.size(); ++i) row0_of[i] = segment_row0(i);
     const int64_t key_row = Bl_ * 2 * C;  // elements of one key position in [dK | dV]
     auto dq_rows_of = [&](int64_t row0) { return static_cast<char*>(dq.ptr()) + row0 * Bl_ * C * es; };
     auto grad_args = [&](AttentionArgs args, int64_t row0, void* dq_rows) {
@@ -748,38 +842,35 @@ class LssStrategy final : public Strategy {
         be.attention_backward(args);
       }
     }
-    for (size_t n = 0; n < order.size(); ++n) {
-      const size_t i = order[n];
-      const int64_t keys = dkv_keys(segments_[i]), row0 = row0_of[i], first = first_key(i);
-      if (n == 0 && !alone()) {  // alone: every row is the rank's own (the diagonal's)
-        if (first > 0) be.fill_zero(dkv_full.view().slice(0, first * key_row));
-        if (first + keys < cfg.T)
-          be.fill_zero(dkv_full.view().slice((first + keys) * key_row, (cfg.T - first - keys) * key_row));
-      }
-      if (keys == 0) continue;  // split_causal: nothing before the segment
-      Buffer scratch;  // (keys*Bl, 2C), the second segment only
-      if (n > 0) scratch = be.alloc(cfg.dtype, keys * key_row);
-      auto* dkv = n == 0 ? static_cast<char*>(dkv_full.ptr()) + first * key_row * es : static_cast<char*>(scratch.ptr());
-      Buffer dq_part;  // (count*Bl, C) split_causal: the diagonal block wrote the segment's dQ rows
-      if (split()) dq_part = be.alloc(cfg.dtype, segments_[i].count * Bl_ * C);
-      const AttentionArgs fwd = split() ? preceding_args(a, kv_full, segments_[i], row0, first)
-                                        : attention_args(a, kv_full, segments_[i], row0);
-      AttentionArgs args = grad_args(fwd, row0, split() ? dq_part.ptr() : dq_rows_of(row0));
+    const DkvPlan plan = dkv_plan(wave);
+    if (!alone())  // alone: every row is the rank's own (the diagonal's)
+      for (const RowRange& rows : plan.zeroed) be.fill_zero(dkv_full.view().slice(rows.start * key_row, rows.count * key_row));
+    // The segment's dQ rows (split_causal: the diagonal block wrote them) plus a call's part.
+    auto add_dq = [&](size_t i, const Buffer& part) {
+      View rows = dq.view().slice(row0_of[i] * Bl_ * C, segments_[i].count * Bl_ * C);
+      be.add(rows, rows, part.view());
+    };
+    for (const KeyBlock& b : plan.blocks) {
+      const int64_t row0 = row0_of[b.seg];
+      Buffer scratch;  // (count*Bl, 2C), a block whose rows an earlier one wrote
+      if (!b.direct) scratch = be.alloc(cfg.dtype, b.count * key_row);
+      auto* dkv = b.direct ? static_cast<char*>(dkv_full.ptr()) + b.first * key_row * es : static_cast<char*>(scratch.ptr());
+      Buffer dq_part;  // (count*Bl, C) split_causal
+      if (split()) dq_part = be.alloc(cfg.dtype, segments_[b.seg].count * Bl_ * C);
+      AttentionArgs args = grad_args(block_args(a, kv_full, b), row0, split() ? dq_part.ptr() : dq_rows_of(row0));
       args.dk = {dkv, 2 * C, key_row};
       args.dv = {dkv + C * es, 2 * C, key_row};
       be.attention_backward(args);
-      if (n > 0) {
-        View rows = dkv_full.view().slice(first * key_row, keys * key_row);
+      if (!b.direct) {
+        View rows = dkv_full.view().slice(b.first * key_row, b.count * key_row);
         be.add(rows, rows, scratch.view());
       }
-      if (split()) {
-        View rows = dq.view().slice(row0 * Bl_ * C, segments_[i].count * Bl_ * C);
-        be.add(rows, rows, dq_part.view());
-      }
+      if (split()) add_dq(b.seg, dq_part);
     }
     // The reduce-scatters return the summed [dK | dV] of this rank's own rows (split_causal: the
     // diagonal blocks' are added to the result); they run while the out-projection's weight
-    // gradient and the Q projection's backward compute. One fused call on rank-major rows
+    // gradient and the Q projection's backward compute (with --local-cross-block after the back
+    // chunk's block on the front chunk's keys). One fused call on rank-major rows
     // (zigzag: reordered from global order first, or with --placed-reduce-scatter summed from
     // global order piece by piece), or (wave) one per half of the [back | front] layout, each into
     // its chunk's local rows.
@@ -806,6 +897,20 @@ class LssStrategy final : public Strategy {
                                                    : start_seq_reduce_scatter(dkv_full.view());
       dkv_local = std::move(scatter.out);
       scatters[0] = scatter.handle;
+    }
+    if (local_cross()) {
+      // Beside the reduce-scatter: the back chunk's block on the front chunk's keys, whose dK/dV
+      // are this rank's own rows (added to the diagonal blocks') and its dQ the back chunk's.
+      const RowRange& front = segments_[0];
+      Buffer dq_part = be.alloc(cfg.dtype, segments_[1].count * Bl_ * C);  // (count*Bl, C)
+      Buffer dkv_cross = be.alloc(cfg.dtype, front.count * key_row);         // (count*Bl, 2C)
+      AttentionArgs args = grad_args(local_cross_args(a, kv_full, front.start), row0_of[1], dq_part.ptr());
+      args.dk = {dkv_cross.ptr(), 2 * C, key_row};
+      args.dv = {static_cast<char*>(dkv_cross.ptr()) + C * es, 2 * C, key_row};
+      be.attention_backward(args);
+      add_dq(1, dq_part);
+      View own = dkv_own.view().slice(0, front.count * key_row);
+      be.add(own, own, dkv_cross.view());
     }
     linear_backward(be, View{}, 0.0, g.proj_w, g.proj_b, dh, a.attn_out.view(), w.proj_w, N, C, C);
     kv_full.reset();
@@ -847,6 +952,13 @@ std::unique_ptr<Strategy> make_lss_strategy(StrategyContext ctx) {
   // gathered halves as an unmasked block: it needs the chunks, the causal mask and the split blocks.
   LSS_REQUIRE_INPUT(!ctx.opts.placed_reduce_scatter || ctx.opts.zigzag,
                     "--placed-reduce-scatter needs --zigzag (the contiguous order's [dK|dV] is rank-major already)");
+  LSS_REQUIRE_INPUT(!ctx.opts.local_cross_block || (ctx.opts.zigzag && cfg.causal && ctx.opts.split_causal &&
+                                                    !ctx.opts.chunk_pipeline),
+                    std::string("--local-cross-block needs --zigzag, a causal mask and --split-causal, without "
+                                "--chunk-pipeline (given: ") +
+                        (ctx.opts.zigzag ? "--zigzag" : "--no-zigzag") + ", " + (cfg.causal ? "--causal" : "--no-causal") +
+                        ", " + (ctx.opts.split_causal ? "--split-causal" : "--no-split-causal") +
+                        (ctx.opts.chunk_pipeline ? ", --chunk-pipeline" : "") + ")");
   LSS_REQUIRE_INPUT(!ctx.opts.chunk_pipeline || (ctx.opts.zigzag && cfg.causal && ctx.opts.split_causal),
                     std::string("--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: ") +
                         (ctx.opts.zigzag ? "--zigzag" : "--no-zigzag") + ", " + (cfg.causal ? "--causal" : "--no-causal") +
