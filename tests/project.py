@@ -184,6 +184,24 @@ with tempfile.TemporaryDirectory() as tmp:
     check(all(c["hidden_by_ms"] == 0 for c in j["projection"]["slowest"]["comm"]), "--no-overlap: nothing hidden")
     check_pricing(j, "megatron_sp 2 --no-overlap", {"sp": 20.0, "dp": 20.0}, 0)
 
+    # --rounds: every rank priced three times, its median round kept (the slowest rank from those),
+    # and --local-cross-block's rank P-1 as two segments like every rank.
+    j = project(tmp, "lss_rounds", ["--strategy", "lss", "--zigzag", "--local-cross-block", "--sp", "4",
+                                     "--sp-busbw", "300", "--rounds", "3"])
+    proj = j["projection"]
+    check(proj["rounds"] == 3 and len(proj["per_rank_round_ms"]) == 4
+          and all(len(r) == 3 for r in proj["per_rank_round_ms"]), "--rounds 3: three totals per rank")
+    check(all(close(ms, sorted(r)[1]) for ms, r in zip(proj["per_rank_ms"], proj["per_rank_round_ms"])),
+          "--rounds 3: each rank's total is its median round")
+    check(close(proj["bound_ms"], max(proj["per_rank_ms"])), "--rounds 3: the bound is the slowest median")
+    # Two causal blocks and the cross block on every rank; on gathered keys rank 0's back chunk one
+    # block (none before its front chunk), ranks 1 and 2 both chunks' (the back chunk's in two),
+    # rank 3 both chunks' (nothing between its chunks).
+    calls = {0: 4, 1: 6, 2: 6, 3: 5}[proj["slowest_rank"]]
+    check(len(proj["slowest"]["bound_model"]["layer_attention"]) == calls,
+          f"--local-cross-block: rank {proj['slowest_rank']}'s {calls} attention calls")
+    check_pricing(j, "lss 4 --rounds 3", {"sp": 300.0, "dp": 300.0}, 0)
+
     j = project(tmp, "megatron_sp4", ["--strategy", "megatron_sp", "--sp", "4", "--sp-busbw", "20"])
     check(j["calibration"] is None and j["projection"]["step_ms"] is None,
           "megatron_sp 4: without a calibration, a bound and no step")
@@ -228,6 +246,8 @@ with tempfile.TemporaryDirectory() as tmp:
     check(close(j["rates"]["sp_busbw_GBps"], ratio_busbw) and j["rates"]["sp_latency_us"] == 0,
           f"no slope: latency 0, busbw = bus bytes / time ({j['rates']['sp_busbw_GBps']:.6g} vs {ratio_busbw:.6g})")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "-1"], "--sp-busbw -1", "a negative bandwidth")
+    refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "10", "--rounds", "0"], "--rounds 0: must be 1 to 99",
+            "no rounds")
     refused(["--strategy", "lss", "--sp", "8", "--sp-busbw", "300", "--gpus-per-node", "4"], "--inter-node-busbw",
             "a group across nodes without the link's bandwidth")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "300", "--inter-node-busbw", "25"],

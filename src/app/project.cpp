@@ -64,6 +64,10 @@ OptionParser make_parser() {
   p.add_double("inter-node-busbw", 0,
                "GB/s: bus bandwidth of a collective over ranks on several nodes (the slowest link of its ring: "
                "the GPU's share of the network); needed where a group spans nodes");
+  p.add_size("rounds", 1,
+             "price every rank this many times, its kernels timed afresh each round (rounds go over all ranks in "
+             "turn), and keep each rank's median round: one timing of a shape moves with the card's clocks, and the "
+             "slowest rank of single timings leans high");
   p.add_string("out", "", "projection JSON path, never overwritten (empty: results/projections/<name>-<time>.json)");
   return p;
 }
@@ -247,6 +251,8 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   LSS_REQUIRE_INPUT(static_cast<int64_t>(rc.P) * dp <= (1 << 20),
                     "--sp " + parser.str("sp") + " x --dp " + parser.str("dp") + ": more than 2^20 ranks");
   const int P = rc.P, R = static_cast<int>(dp), world = P * R;
+  const int64_t rounds = parser.size("rounds");
+  LSS_REQUIRE_INPUT(rounds >= 1 && rounds <= 99, "--rounds " + parser.str("rounds") + ": must be 1 to 99");
   LSS_REQUIRE_INPUT(m.B % R == 0, "--batch " + std::to_string(m.B) + " does not divide by the " + std::to_string(R) +
                                       " data-parallel replicas (--dp)");
   for (const char* o : {"sp-busbw", "dp-busbw", "latency-us", "inter-node-busbw"})
@@ -315,58 +321,76 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   const int64_t gemm_n = rc.backend == "cuda" ? 8192 : 1024;
   const double gemm_tflops = measure_gemm_tflops(*be, m.dtype, gemm_n);
   // The grid's ranks one after the other; every data replica's ranks do what replica 0's do, so
-  // the sequence positions of replica 0 are the ranks that can differ.
-  std::map<std::string, std::any> kernel_cache;
-  std::vector<ProjectedRank> ranks;
+  // the sequence positions of replica 0 are the ranks that can differ. Each round times every
+  // kernel afresh (ranks of one round share the timings of equal shapes).
+  std::vector<std::vector<ProjectedRank>> rounds_of(P);  // [rank][round]
   const auto started = std::chrono::steady_clock::now();
-  for (int p = 0; p < P; ++p) {
-    Grid grid = make_virtual_grid(world, P, p, !(rc.backend == "cuda" && rc.copy_engine_gathers));
-    const DataSource data(m, rc.data_path);
-    std::unique_ptr<Strategy> strategy =
-        make_strategy(rc.strategy, StrategyContext{*be, grid, rc.model, rc.strategy_opts, data});
-    const BoundModel model = strategy->bound_model();
-    const PricedCompute compute = price_compute(BoundRank{*be, data, *strategy, world, &kernel_cache}, rc, model, 0.0);
-    ProjectedRank r;
-    json comm = json::array();
-    for (const BoundModel::Comm& c : model.comm) {
-      const int n = group_size.at(c.group);
-      const bool across = spans_nodes.at(c.group);
-      const Link& l = across ? Link{inter_node_busbw, latency_s, "given"} : link.count(c.group) ? link.at(c.group) : link.at("dp");
-      const double rate = l.busbw;
-      LSS_REQUIRE_INPUT(rate > 0 || n < 2 || !across,
-                        "--inter-node-busbw: the " + c.group + " group of " + std::to_string(n) + " ranks spans nodes of " +
-                            std::to_string(per_node) + " GPUs (--gpus-per-node); give the link's bus bandwidth");
-      LSS_REQUIRE_INPUT(rate > 0 || n < 2, "--" + c.group + "-busbw: the " + c.group +
-                                               " group's collectives need a bus bandwidth (give it, or --calibration "
-                                               "with a run whose bound measured that group)");
-      const double t = n < 2 ? 0.0 : l.latency_s + bus_factor(c.kind, n) * static_cast<double>(c.bytes) / rate;
-      const double hidden = comm_hidden_seconds(c, rc.strategy_opts.overlap, gemm_tflops, compute.optimizer_s);
-      const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
-      r.comm_exposed_s += exposed;
-      // As the contended bound counts it: the collectives that GEMMs hide.
-      const bool beside_gemms = rc.strategy_opts.overlap && c.hidden_by_flops > 0 && n > 1;
-      const double contention = beside_gemms ? cal.contention_s_per_bus_byte * static_cast<double>(c.calls) *
-                                                   bus_factor(c.kind, n) * static_cast<double>(c.bytes)
-                                             : 0.0;
-      r.contention_s += contention;
-      comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
-                      {"calls", c.calls}, {"across_nodes", across}, {"busbw_GBps", rate / 1e9},
-                      {"latency_us", l.latency_s * 1e6}, {"priced_ms", t * 1e3},
-                      {"hidden_by_ms", hidden * 1e3}, {"exposed_ms", exposed * 1e3},
-                      {"contention_ms", contention * 1e3}});
+  for (int64_t round = 0; round < rounds; ++round) {
+    std::map<std::string, std::any> kernel_cache;
+    for (int p = 0; p < P; ++p) {
+      Grid grid = make_virtual_grid(world, P, p, !(rc.backend == "cuda" && rc.copy_engine_gathers));
+      const DataSource data(m, rc.data_path);
+      std::unique_ptr<Strategy> strategy =
+          make_strategy(rc.strategy, StrategyContext{*be, grid, rc.model, rc.strategy_opts, data});
+      const BoundModel model = strategy->bound_model();
+      const PricedCompute compute = price_compute(BoundRank{*be, data, *strategy, world, &kernel_cache}, rc, model, 0.0);
+      ProjectedRank r;
+      json comm = json::array();
+      for (const BoundModel::Comm& c : model.comm) {
+        const int n = group_size.at(c.group);
+        const bool across = spans_nodes.at(c.group);
+        const Link& l = across ? Link{inter_node_busbw, latency_s, "given"} : link.count(c.group) ? link.at(c.group) : link.at("dp");
+        const double rate = l.busbw;
+        LSS_REQUIRE_INPUT(rate > 0 || n < 2 || !across,
+                          "--inter-node-busbw: the " + c.group + " group of " + std::to_string(n) + " ranks spans nodes of " +
+                              std::to_string(per_node) + " GPUs (--gpus-per-node); give the link's bus bandwidth");
+        LSS_REQUIRE_INPUT(rate > 0 || n < 2, "--" + c.group + "-busbw: the " + c.group +
+                                                 " group's collectives need a bus bandwidth (give it, or --calibration "
+                                                 "with a run whose bound measured that group)");
+        const double t = n < 2 ? 0.0 : l.latency_s + bus_factor(c.kind, n) * static_cast<double>(c.bytes) / rate;
+        const double hidden = comm_hidden_seconds(c, rc.strategy_opts.overlap, gemm_tflops, compute.optimizer_s);
+        const double exposed = static_cast<double>(c.calls) * std::max(0.0, t - hidden);
+        r.comm_exposed_s += exposed;
+        // As the contended bound counts it: the collectives that GEMMs hide.
+        const bool beside_gemms = rc.strategy_opts.overlap && c.hidden_by_flops > 0 && n > 1;
+        const double contention = beside_gemms ? cal.contention_s_per_bus_byte * static_cast<double>(c.calls) *
+                                                     bus_factor(c.kind, n) * static_cast<double>(c.bytes)
+                                               : 0.0;
+        r.contention_s += contention;
+        comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
+                        {"calls", c.calls}, {"across_nodes", across}, {"busbw_GBps", rate / 1e9},
+                        {"latency_us", l.latency_s * 1e6}, {"priced_ms", t * 1e3},
+                        {"hidden_by_ms", hidden * 1e3}, {"exposed_ms", exposed * 1e3},
+                        {"contention_ms", contention * 1e3}});
+      }
+      r.total_s = compute.total_s + r.comm_exposed_s;
+      r.attention_s = compute.attention_s;
+      r.record = compute.record;
+      r.record["comm_exposed_ms"] = r.comm_exposed_s * 1e3;
+      r.record["contention_ms"] = r.contention_s * 1e3;
+      r.record["comm"] = comm;
+      r.record["bound_model"] = bound_model_json(model);
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      const int64_t done = round * P + p + 1, total = rounds * P;
+      fmt::print("  {}rank {:>4}/{}: {:9.3f} ms (attention {:.3f}, exposed communication {:.3f})  ETA {:.0f} s\n",
+                 rounds > 1 ? fmt::format("round {}/{} ", round + 1, rounds) : "", p, P, r.total_s * 1e3,
+                 r.attention_s * 1e3, r.comm_exposed_s * 1e3, elapsed / static_cast<double>(done) * static_cast<double>(total - done));
+      std::fflush(stdout);
+      rounds_of[p].push_back(std::move(r));
     }
-    r.total_s = compute.total_s + r.comm_exposed_s;
-    r.attention_s = compute.attention_s;
-    r.record = compute.record;
-    r.record["comm_exposed_ms"] = r.comm_exposed_s * 1e3;
-    r.record["contention_ms"] = r.contention_s * 1e3;
-    r.record["comm"] = comm;
-    r.record["bound_model"] = bound_model_json(model);
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    fmt::print("  rank {:>4}/{}: {:9.3f} ms (attention {:.3f}, exposed communication {:.3f})  ETA {:.0f} s\n", p, P,
-               r.total_s * 1e3, r.attention_s * 1e3, r.comm_exposed_s * 1e3, elapsed / (p + 1) * (P - p - 1));
-    std::fflush(stdout);
-    ranks.push_back(std::move(r));
+  }
+  // Each rank's median round by its total (the lower middle one of an even count).
+  std::vector<ProjectedRank> ranks;
+  json per_rank_round_ms = json::array();
+  for (auto& of_rank : rounds_of) {
+    json totals = json::array();
+    for (const ProjectedRank& r : of_rank) totals.push_back(r.total_s * 1e3);
+    per_rank_round_ms.push_back(totals);
+    std::vector<size_t> order(of_rank.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t x, size_t y) { return of_rank[x].total_s < of_rank[y].total_s; });
+    ranks.push_back(std::move(of_rank[order[(order.size() - 1) / 2]]));
   }
   size_t slowest = 0;
   std::vector<double> per_rank_ms, per_rank_attention_ms;
@@ -423,12 +447,14 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
          "each rank of the projected grid priced as the analytic bound prices a rank of a run (README, Analytic "
          "bound): its kernels timed alone on this device at the rank's shapes, each collective at latency_us + "
          "bus factor x bytes / busbw of its group less the GEMM and optimizer time the schedule runs beside it; "
-         "slowest rank. step_ms: that rank's compute x the calibration's compute_ratio + its exposed "
+         "each rank's median of `rounds` pricings; slowest rank. step_ms: that rank's compute x the calibration's compute_ratio + its exposed "
          "communication + its contention (the calibration's contended cost per bus byte x the bus bytes of "
          "its collectives that GEMMs hide)"},
         {"bound_ms", bound_s * 1e3},
         {"per_rank_ms", per_rank_ms},
         {"per_rank_attention_ms", per_rank_attention_ms},
+        {"rounds", rounds},
+        {"per_rank_round_ms", per_rank_round_ms},
         {"slowest_rank", slowest},
         {"bound_tokens_per_s", tokens / bound_s},
         {"bound_tflops_per_gpu", flops.step / bound_s / world / 1e12},
