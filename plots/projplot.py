@@ -31,8 +31,8 @@ STYLE = {"lss": (["tab:blue", "tab:cyan", "navy", "tab:purple"], "o"),
          "megatron_sp": (["tab:orange", "tab:red", "tab:brown", "gold"], "s"),
          "serial": (["tab:gray", "black"], "^")}
 # Options off by default that change what a strategy runs: they name a series.
-FLAGS = ["zigzag", "keep-kv", "placed-reduce-scatter", "distributed-optimizer", "recompute", "chunk-pipeline",
-         "copy-engine-gathers"]
+FLAGS = ["zigzag", "keep-kv", "placed-reduce-scatter", "local-cross-block", "distributed-optimizer", "recompute",
+         "chunk-pipeline", "copy-engine-gathers"]
 
 
 def is_projection(j):

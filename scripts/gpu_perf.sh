@@ -84,7 +84,8 @@
 #             timed with their bounds (the calibrations); then on one GPU, from each, `lssbench project` at
 #             P = GPUs (its own grid: the check), P = 1 and LSS_PROJECT_SP (default "4 8"), T = 16K x P
 #             (weak scaling's points); LSS_PROJECT_CALIBRATIONS=DIR takes the calibrations from an earlier
-#             call's points (DIR/project_cal_<strategy>_w<P>_T<T>.json) instead of running them
+#             call's points (DIR/project_cal_<strategy>_w<P>_T<T>.json) instead of running them;
+#             LSS_PROJECT_ARGS goes to every projection (e.g. "--rounds 3")
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
 #               .gpu-keep/sweeps/<name>/, packed into $OUT/sweeps.tar.gz: .gpu-keep/ is ignored
 #               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
@@ -441,7 +442,7 @@ PY
         fi
         for np in $(printf '%s\n' "$calw" 1 ${LSS_PROJECT_SP:-4 8} | awk '!seen[$0]++'); do
           step project_${strategy}_sp${np}_T$((16 * np))K 240 "$dev/bin/lssbench" project $model $sargs --sp "$np" \
-            --seq $((16 * np))K --calibration "$cal" --out "$res/project_${strategy}_sp${np}_T$((16 * np))K.json"
+            --seq $((16 * np))K --calibration "$cal" ${LSS_PROJECT_ARGS:-} --out "$res/project_${strategy}_sp${np}_T$((16 * np))K.json"
         done
       done ;;
     sweep)

@@ -456,6 +456,7 @@ with tempfile.TemporaryDirectory() as tmp:
     os.makedirs(os.path.join(tmp, "in", "deep"))
     files = {"in/p2.json": proj_json(2, 32768, 80.0, 99.0, best), "in/deep/p4.json": proj_json(4, 65536, 130.0, 143.0, best),
              "in/p8.json": proj_json(8, 131072, 250.0, None, best),
+             "in/p4cross.json": proj_json(4, 65536, 126.0, 139.0, dict(best, **{"local-cross-block": "true"})),
              "in/m2.json": result_json("lss", 2, 32768, 90.0, 520.0, best),
              "in/s1.json": result_json("serial", 1, 16384, 57.0, 560.0, {}),
              "in/other.json": {"kind": "sweep_aggregate"}}
@@ -467,7 +468,9 @@ with tempfile.TemporaryDirectory() as tmp:
           f"projplot draws a PNG from a folder ({r.stderr.strip()})")
     summary = open(os.path.join(tmp, "pp", "SUMMARY.md")).read() if r.returncode == 0 else ""
     rows = [line for line in summary.splitlines() if line.startswith("| lss") or line.startswith("| serial")]
-    check(len(rows) == 4, f"one row per (series, GPUs), the unrelated JSON skipped ({len(rows)} rows)")
+    check(len(rows) == 5, f"one row per (series, GPUs), the unrelated JSON skipped ({len(rows)} rows)")
+    check(any("| 4 | 64K |  | 139.00 | 126.00 |" in line and "--zigzag --keep-kv --local-cross-block," in line
+              for line in rows), "an option off by default names its own series (--local-cross-block)")
     check(any("| 2 | 32K | 90.00 | 99.00 | 80.00 | 1.100 |" in line and "--zigzag --keep-kv, 16K tokens/GPU" in line
               for line in rows), "the 2-GPU row pairs projected with measured: 99 / 90 = 1.100, the series named by its options")
     check(any("| 8 | 128K |  |  | 250.00 |  |" in line for line in rows),
