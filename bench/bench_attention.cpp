@@ -183,6 +183,18 @@ void attention_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_Attention)->Apply(attention_args)->UseManualTime()->Unit(benchmark::kMillisecond);
 
+// A bf16 call of one sequence with Tq queries, as lss's calls are (operands and Tk set by the caller).
+AttentionArgs one_sequence_args(int64_t H, int64_t D, int64_t Tq) {
+  AttentionArgs a;
+  a.dtype = DType::bf16;
+  a.B = 1;
+  a.H = H;
+  a.D = D;
+  a.Tq = Tq;
+  a.scale = 1.0 / std::sqrt(static_cast<double>(D));
+  return a;
+}
+
 // Arguments: T, P, rank, path (Path), backward (0 forward only, 1 both), merged (0/1).
 void BM_AttentionLssRank(benchmark::State& state) {
   const int64_t T = state.range(0), P = state.range(1), rank = state.range(2);
@@ -222,13 +234,7 @@ void BM_AttentionLssRank(benchmark::State& state) {
                : std::vector<Segment>{{0, rank * chunk_rows, chunk_rows},
                                       {chunk_rows, (2 * P - 1 - rank) * chunk_rows, chunk_rows}};
     for (const auto [row0, start, seg_rows] : segments) {
-      AttentionArgs a;
-      a.dtype = DType::bf16;
-      a.B = 1;
-      a.H = H;
-      a.D = D;
-      a.Tq = seg_rows;
-      a.scale = 1.0 / std::sqrt(static_cast<double>(D));
+      AttentionArgs a = one_sequence_args(H, D, seg_rows);
       auto rows = [&](const Buffer& b, int64_t r, int64_t width, int64_t col) {
         return AttnOperand{static_cast<char*>(b.ptr()) + (r * width + col) * 2, width, width};
       };
@@ -329,15 +335,9 @@ void BM_AttentionBlock(benchmark::State& state) {
     auto cols = [](const Buffer& b, int64_t width, int64_t col) {
       return AttnOperand{static_cast<char*>(b.ptr()) + col * 2, width, width};
     };
-    AttentionArgs a;
-    a.dtype = DType::bf16;
-    a.B = 1;
-    a.H = H;
-    a.D = D;
-    a.Tq = Tq;
+    AttentionArgs a = one_sequence_args(H, D, Tq);
     a.Tk = Tk;
     a.causal = causal;
-    a.scale = 1.0 / std::sqrt(static_cast<double>(D));
     a.q = cols(q, C, 0);
     a.out = cols(out, C, 0);
     a.dout = cols(dout, C, 0);
