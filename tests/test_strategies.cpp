@@ -224,15 +224,16 @@ std::vector<Case> all_cases() {
             if (option) out.push_back({s, d, causal, option, true, true, true, true});
             // the back chunk's block on its front chunk beside the collectives: kept K/V and the
             // placed reduce-scatter with recomputation and the distributed optimizer; re-gathered
-            // K/V gathered rank-major and copied into token order
+            // K/V placed, and gathered rank-major and copied into token order
             Case cross{s, d, causal, option, true};
             cross.split = cross.local_cross = true;
-            cross.rank_major = !option;
             out.push_back(cross);
             if (option) {
               cross.placed_rs = cross.recompute = cross.sharded = true;
-              out.push_back(cross);
+            } else {
+              cross.rank_major = true;
             }
+            out.push_back(cross);
           }
           // The distributed optimizer: with every schedule of lss (zigzag, kept K/V, recomputed,
           // the pipeline) and both of megatron_sp's.
@@ -332,24 +333,27 @@ CommCounts counts(std::initializer_list<std::tuple<CollKind, int64_t, int64_t>> 
 // written out again: zigzag's gathers land [K|V] in token order (the MPI communicator places a
 // gather's pieces) or, below --placed-gather-min, rank-major and copied into token order (in
 // forward and after backward's re-gather), and [dK|dV] is put back into rank order (T*Bl*2C
-// elements); backward zeroes the [dK|dV] rows no segment sees and adds a second segment's prefix;
+// elements); backward zeroes the [dK|dV] rows no gathered block writes and adds a second segment's prefix;
 // the split blocks merge one preceding block per segment that has keys before it, add its dQ
 // part, and add the diagonal blocks' dK/dV (N*2C).
 TEST(BoundModel, LssPassesFollowTheSchedule) {
   using Kind = BoundModel::Pass::Kind;
   for (auto [P, R] : grids_for_world()) {
-    for (int variant : {0, 1, 2, 3, 4, 5, 6}) {
+    for (int variant : {0, 1, 2, 3, 4, 5, 6, 7}) {
       // keep_kv in 1 and 3; the chunk pipeline (P > 1) in 2 and 3; the placed reduce-scatter in 4;
       // in 5 (with keep_kv) the placed reduce-scatter asked for with the default
-      // --placed-gather-min, above this gather: neither placed; in 6 the same re-gathering K/V.
-      const bool keep_kv = variant % 2 == 1, pipeline = (variant == 2 || variant == 3) && P > 1;
-      const bool rank_major = variant >= 5, placed_rs = variant == 4;
+      // --placed-gather-min, above this gather: neither placed; in 6 the same re-gathering K/V;
+      // --local-cross-block in 7 (P > 1).
+      const bool keep_kv = variant % 2 == 1 && variant < 7, pipeline = (variant == 2 || variant == 3) && P > 1;
+      const bool rank_major = variant == 5 || variant == 6, placed_rs = variant == 4;
+      const bool cross = variant == 7 && P > 1;
       RunConfig rc = small("lss", P, DType::f32, true);
       rc.strategy_opts.zigzag = true;
       rc.strategy_opts.split_causal = true;
       rc.strategy_opts.keep_kv = keep_kv;
       rc.strategy_opts.chunk_pipeline = pipeline;
       rc.strategy_opts.placed_reduce_scatter = placed_rs || rank_major;
+      rc.strategy_opts.local_cross_block = variant == 7;
       if (!rank_major) rc.strategy_opts.placed_gather_min_bytes = 0;
       Session s(rc, MPI_COMM_WORLD);
       const BoundModel m = s.strategy().bound_model();
@@ -358,11 +362,13 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
       const int64_t Bl = cfg.B / R, c = cfg.T / (2 * P), key_row = Bl * 2 * cfg.C, N = 2 * c * Bl;
       const std::string where = "P=" + std::to_string(P) + " R=" + std::to_string(R) + " rank p=" + std::to_string(p) +
                                 (keep_kv ? " keep_kv" : "") + (pipeline ? " chunk_pipeline" : "") +
-                                (placed_rs ? " placed_reduce_scatter" : "") + (rank_major ? " rank-major gather" : "");
+                                (placed_rs ? " placed_reduce_scatter" : "") + (rank_major ? " rank-major gather" : "") +
+                                (cross ? " local_cross_block" : "");
       // Rank P-1's chunks P-1 and P are neighbours: one segment of 2c, except in the pipeline,
       // which interleaves two chunks on every rank. At P = 1 nothing is gathered or scattered:
       // no pass at all.
-      const bool merged = P > 1 && p == P - 1 && !pipeline, alone = P == 1;
+      // With --local-cross-block it stays two.
+      const bool merged = P > 1 && p == P - 1 && !pipeline && !cross, alone = P == 1;
       double copy_fwd = 0, copy_bwd = 0, add_bwd = 0, zero_bwd = 0, merges = 0;
       for (const auto& pass : m.layer_passes) {
         if (pass.kind == Kind::copy) {
@@ -386,14 +392,28 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
       EXPECT_EQ(copy_fwd, rank_major && !alone ? kv : 0) << where;
       EXPECT_EQ(copy_bwd, pipeline || placed_rs || alone ? 0 : rank_major && !keep_kv ? 2 * kv : kv) << where;
       // The fused gathers (the pipeline's halves keep their own layout) with two pieces per rank
-      // but rank P-1, whose one segment is one piece.
-      const auto pieces = static_cast<size_t>(2 * P - 1);
+      // but rank P-1, whose one segment is one piece (two with --local-cross-block).
+      const auto pieces = static_cast<size_t>(cross ? 2 * P : 2 * P - 1);
       for (const auto& c : m.comm)
         if (c.kind == CollKind::all_gather && c.what.rfind("K/V", 0) == 0 && !pipeline)
           EXPECT_EQ(c.placed.size(), rank_major ? 0 : pieces) << where << ": " << c.what;
       for (const auto& c : m.comm)
         if (c.kind == CollKind::reduce_scatter && c.what.rfind("dK/dV", 0) == 0)
           EXPECT_EQ(c.placed.size(), placed_rs ? pieces : 0) << where << ": " << c.what;
+      if (cross) {
+        // The back chunk's keys before it in two blocks, [0, pc) and [(p+1)c, (2P-1-p)c) (either
+        // may be empty), the front chunk's [0, pc), and the cross block on the front chunk's own
+        // keys: each merged, its dQ added. The back chunk's blocks write [dK|dV]; the rows they
+        // leave, the front chunk's own c and the (p+1)c from the back chunk on, are zeroed; the
+        // front chunk's block is added, and so is the cross block's c rows of dK/dV.
+        const int64_t blocks = (p > 0) + (p < P - 1) + (p > 0) + 1;
+        EXPECT_EQ(merges, blocks) << where;
+        EXPECT_EQ(zero_bwd, static_cast<double>((p + 2) * c) * key_row) << where;
+        EXPECT_EQ(add_bwd, static_cast<double>(p * c + c) * key_row + static_cast<double>(blocks * c) * Bl * cfg.C +
+                               static_cast<double>(N) * 2 * cfg.C)
+            << where;
+        continue;
+      }
       // Segments of rank p: chunks p and 2P-1-p (one segment of 2c at P = 1, no keys before it;
       // merged, one segment of 2c from (P-1)c).
       const int64_t segments_with_keys_before = P == 1 ? 0 : (p == 0 || merged ? 1 : 2);

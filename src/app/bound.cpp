@@ -518,7 +518,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
                             {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
                             {"hidden_by_optimizer_share", c.hidden_by_optimizer_share},
                             {"exposed_ms", exposed * 1e3}};
-    // This rank's pieces, for the record (lss: two, or one for rank P-1's neighbouring chunks).
+    // This rank's pieces, for the record (lss: two, or one for rank P-1's neighbouring chunks
+    // without --local-cross-block).
     if (!c.placed.empty()) {
       const int me = group(session, c.group).rank();
       entry["placed_pieces"] = std::ranges::count_if(c.placed, [me](const PlacedPiece& pc) { return pc.rank == me; });

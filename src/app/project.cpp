@@ -66,8 +66,9 @@ OptionParser make_parser() {
                "the GPU's share of the network); needed where a group spans nodes");
   p.add_size("rounds", 1,
              "price every rank this many times, its kernels timed afresh each round (rounds go over all ranks in "
-             "turn), and keep each rank's median round: one timing of a shape moves with the card's clocks, and the "
-             "slowest rank of single timings leans high");
+             "turn; the GEMM rate that prices the FLOPs beside collectives is measured once), and keep each rank's "
+             "median round: one timing of a shape moves with the card's clocks, and the slowest rank of single "
+             "timings leans high");
   p.add_string("out", "", "projection JSON path, never overwritten (empty: results/projections/<name>-<time>.json)");
   return p;
 }

@@ -59,9 +59,10 @@ struct StrategyOptions {
   // local) runs in forward beside the K/V all-gather and in backward beside the dK/dV
   // reduce-scatter, instead of inside the back chunk's preceding block after the gather (before
   // the reduce-scatter). That preceding block becomes the keys before the front chunk and those
-  // between the chunks, two calls; rank P-1's chunks stay two segments. Every rank then has two
-  // causal blocks' worth of attention beside each gather and a square unmasked block beside each
-  // reduce-scatter. Off by default until measured on 4 GPUs (not with --chunk-pipeline).
+  // between the chunks (two calls; one on ranks 0 and P-1); rank P-1's chunks stay two segments.
+  // Every rank then runs its two diagonal blocks and the square cross block beside each gather
+  // (the score tiles rank P-1's merged causal block had) and the cross block's backward beside
+  // each reduce-scatter. Off by default until measured on 4 GPUs (not with --chunk-pipeline).
   bool local_cross_block = false;
   // lss, zigzag: the fused [K|V] gathers (and --placed-reduce-scatter) are placed only from this
   // many gathered bytes (T x Bl x 2C elements of the activations' size) on; below, the gather

@@ -114,7 +114,9 @@ class LssStrategy final : public Strategy {
     if (split())
       for (const KeyBlock& b : dkv_plan(wave_backward()).blocks) unmasked(segments_[b.seg].count, b.count);
     // --local-cross-block: beside the gather in forward (with the diagonal blocks), beside the
-    // reduce-scatter in backward (its five products, 2.5 forwards).
+    // reduce-scatter in backward (its five products, 2.5 forwards). Attention FLOPs counted at
+    // the GEMM rate, as the diagonal blocks' are: attention runs below it, so the time they take
+    // beside a collective is understated and the hidden time a lower bound.
     double cross_forward = 0;
     if (local_cross()) {
       unmasked(segments_[1].count, segments_[0].count);
@@ -223,7 +225,7 @@ class LssStrategy final : public Strategy {
     // one wrote added from a scratch buffer.
     const DkvPlan plan = dkv_plan(wave_backward());
     for (const RowRange& rows : plan.zeroed)
-      out.push_back({"[dK|dV] rows no segment sees, zeroed", Kind::fill_zero, rows.count * key_row, {}, 0, 1});
+      out.push_back({"[dK|dV] rows no gathered block writes, zeroed", Kind::fill_zero, rows.count * key_row, {}, 0, 1});
     for (const KeyBlock& b : plan.blocks)
       if (!b.direct) out.push_back({"[dK|dV] of a second segment, added", Kind::add, b.count * key_row, {}, 0, 1});
     if (split()) {
@@ -825,7 +827,7 @@ class LssStrategy final : public Strategy {
     // reached the [dK|dV] reduce-scatter 2.3 ms apart and the early rank's NCCL kernel held SMs
     // through its diagonal block (PERFORMANCE.md, twenty-eighth session); now they reach it
     // together, and it runs beside the GEMMs that follow. The segment's dQ rows take the first
-    // call's part; the second's comes through a scratch and is added.
+    // call's part (the diagonal block's); every later call's comes through a scratch and is added.
     Buffer dkv_own;  // (N, 2C) split_causal: the diagonal blocks' dK/dV, local order (alone: into dkv_full)
     if (split()) {
       if (!alone()) dkv_own = be.alloc(cfg.dtype, N * 2 * C);
