@@ -98,6 +98,7 @@ with tempfile.TemporaryDirectory() as tmp:
     c = json.loads(cal.read_text())
     c["timing"]["median_ms"], c["bound"]["bound_ms"], c["bound"]["rank0"]["comm_exposed_ms"] = 10.0, 8.0, 0.5
     c["bound"]["step_over_bound"] = 10.0 / 8.0
+    c["bound"]["sustained"] = {"bound_ms": 9.0, "heat_s": 0.01}  # a CPU run measures none by default
     # Every collective on the line 20 us + bus bytes / 100 GB/s: the fit must give back both.
     for e in c["bound"]["rank0"]["comm"]:
         e["measured_ms"] = (20e-6 + bus_factor(e["kind"], 2) * e["bytes"] / 100e9) * 1e3
@@ -137,6 +138,18 @@ with tempfile.TemporaryDirectory() as tmp:
     check(close(j["projection"]["step_ms"], (j["projection"]["bound_ms"] - exposed) * ratio + exposed + slowest["contention_ms"]),
           "lss 4 x 2: step = the slowest rank's compute x the calibration's compute ratio + its exposed communication "
           "+ its contention")
+    # --heat: the kernels timed after their heat, the ratio against the calibration's sustained bound.
+    jh = project(tmp, "lss_sp4_heat", ["--strategy", "lss", "--zigzag", "--sp", "4", "--calibration", str(cal),
+                                      "--heat", "0.01"])
+    sustained_ratio = (c["timing"]["median_ms"] - exposed_cal - contention_ms) / (9.0 - exposed_cal)
+    proj, hot = jh["projection"], jh["projection"]["slowest"]
+    check(proj["heat_s"] == 0.01 and close(proj["compute_ratio"], sustained_ratio)
+          and close(jh["calibration"]["sustained_compute_ratio"], sustained_ratio),
+          "--heat: the compute ratio against the calibration's sustained bound")
+    check(close(proj["step_ms"], (proj["bound_ms"] - hot["comm_exposed_ms"]) * sustained_ratio
+                + hot["comm_exposed_ms"] + hot["contention_ms"]), "--heat: the step with that ratio")
+    check(close(project(tmp, "lss_sp4_burst", ["--strategy", "lss", "--zigzag", "--sp", "4", "--calibration", str(cal)])
+                ["projection"]["compute_ratio"], ratio), "without --heat: the ratio against the bound")
     # At the calibration's own grid the projected step is the step the calibration measured, to
     # the spread of its bound's kernel timings (each timed again by the projection).
     j2 = project(tmp, "lss_sp2_own", ["--strategy", "lss", "--zigzag", "--sp", "2", "--calibration", str(cal)])
@@ -248,6 +261,14 @@ with tempfile.TemporaryDirectory() as tmp:
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "-1"], "--sp-busbw -1", "a negative bandwidth")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "10", "--rounds", "0"], "--rounds 0: must be 1 to 99",
             "no rounds")
+    refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "10", "--heat", "-1"], "--heat -1: must be 0 to 60",
+            "a negative heat")
+    no_sustained = json.loads(cal.read_text())
+    del no_sustained["bound"]["sustained"]
+    no_sustained_path = Path(tmp) / "calibration-burst-only.json"
+    no_sustained_path.write_text(json.dumps(no_sustained))
+    refused(["--strategy", "lss", "--sp", "2", "--calibration", str(no_sustained_path), "--heat", "0.01"],
+            "has no sustained bound", "--heat with a calibration without a sustained bound")
     refused(["--strategy", "lss", "--sp", "8", "--sp-busbw", "300", "--gpus-per-node", "4"], "--inter-node-busbw",
             "a group across nodes without the link's bandwidth")
     refused(["--strategy", "lss", "--sp", "2", "--sp-busbw", "300", "--inter-node-busbw", "25"],

@@ -69,6 +69,10 @@ OptionParser make_parser() {
              "turn; the GEMM rate that prices the FLOPs beside collectives is measured once), and keep each rank's "
              "median round: one timing of a shape moves with the card's clocks, and the slowest rank of single "
              "timings leans high");
+  p.add_double("heat", 0,
+               "seconds each kernel runs back to back before it is timed, as the sustained bound's --bound-heat (0: a "
+               "burst, as the bound times them); with a calibration the compute ratio is then its step against its "
+               "sustained bound, which its run must have (a CUDA run's default; give the same heat)");
   p.add_string("out", "", "projection JSON path, never overwritten (empty: results/projections/<name>-<time>.json)");
   return p;
 }
@@ -128,6 +132,9 @@ struct Calibration {
   // (step - exposed - contention) / (bound - exposed), with `exposed` the bound's exposed
   // communication and `contention` the above, rank 0's; 0 without a calibration.
   double compute_ratio = 0;
+  // The same against its sustained bound (its kernels timed after heat_s of running back to back),
+  // where the run has one; 0 otherwise.
+  double sustained_compute_ratio = 0, sustained_heat_s = 0;
 };
 
 // Each group's latency and bus bandwidth from the collectives the run's bound timed alone: the
@@ -192,6 +199,12 @@ Calibration read_calibration_fields(const std::string& path, const std::string& 
                    "the step also that plus the contention beside its hidden collectives ({} ms)",
                    step_ms, bound_ms, exposed_ms, contention_ms));
   c.compute_ratio = (step_ms - exposed_ms - contention_ms) / (bound_ms - exposed_ms);
+  const json sustained = j.at("bound").value("sustained", json(nullptr));
+  const double sustained_ms = sustained.is_object() ? sustained.value("bound_ms", 0.0) : 0.0;
+  if (sustained_ms > exposed_ms) {
+    c.sustained_compute_ratio = (step_ms - exposed_ms - contention_ms) / (sustained_ms - exposed_ms);
+    c.sustained_heat_s = sustained.value("heat_s", 0.0);
+  }
   const json machine = j.value("machine", json::object());
   c.record = {{"file", path},
               {"git_commit", machine.value("git_commit", "")},
@@ -206,6 +219,9 @@ Calibration read_calibration_fields(const std::string& path, const std::string& 
               {"contention_ms", contention_ms},
               {"contention_ms_per_bus_GB", c.contention_s_per_bus_byte * 1e3 * 1e9},
               {"compute_ratio", c.compute_ratio},
+              {"sustained_bound_ms", sustained_ms > 0 ? json(sustained_ms) : json(nullptr)},
+              {"sustained_heat_s", sustained_ms > 0 ? json(c.sustained_heat_s) : json(nullptr)},
+              {"sustained_compute_ratio", c.sustained_compute_ratio > 0 ? json(c.sustained_compute_ratio) : json(nullptr)},
               {"fitted", fitted}};
   return c;
 }
@@ -260,6 +276,14 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     LSS_REQUIRE_INPUT(parser.real(o) >= 0 && std::isfinite(parser.real(o)),
                       std::string("--") + o + " " + parser.str(o) + ": must not be negative");
   const Calibration cal = read_calibration(parser.str("calibration"), rc.backend);
+  const double heat_s = parser.real("heat");
+  LSS_REQUIRE_INPUT(heat_s >= 0 && heat_s <= 60, "--heat " + parser.str("heat") + ": must be 0 to 60 seconds");
+  LSS_REQUIRE_INPUT(heat_s == 0 || cal.file.empty() || cal.sustained_compute_ratio > 0,
+                    "--heat " + parser.str("heat") + ": the calibration " + cal.file +
+                        " has no sustained bound to take the compute ratio against (run it with --bound-heat > 0)");
+  // The ratio of the calibration's compute to its bound's, burst or sustained as this projection
+  // times its kernels.
+  const double compute_ratio = heat_s > 0 ? cal.sustained_compute_ratio : cal.compute_ratio;
   // Each group's collectives within a node: a given bandwidth with --latency-us, else the
   // calibration's fitted bandwidth and latency; the data group falls back on the sequence group's
   // (both on one node). Across nodes: --inter-node-busbw with --latency-us.
@@ -334,7 +358,7 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
       std::unique_ptr<Strategy> strategy =
           make_strategy(rc.strategy, StrategyContext{*be, grid, rc.model, rc.strategy_opts, data});
       const BoundModel model = strategy->bound_model();
-      const PricedCompute compute = price_compute(BoundRank{*be, data, *strategy, world, &kernel_cache}, rc, model, 0.0);
+      const PricedCompute compute = price_compute(BoundRank{*be, data, *strategy, world, &kernel_cache}, rc, model, heat_s);
       ProjectedRank r;
       json comm = json::array();
       for (const BoundModel::Comm& c : model.comm) {
@@ -407,8 +431,8 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   // exposed communication as priced, plus what its GEMMs lose beside its hidden collectives at the
   // calibration's rate per bus byte: at the calibration's own grid, near its measured step.
   const double exposed_s = ranks[slowest].comm_exposed_s;
-  const double step_s = cal.compute_ratio > 0
-                            ? (bound_s - exposed_s) * cal.compute_ratio + exposed_s + ranks[slowest].contention_s
+  const double step_s = compute_ratio > 0
+                            ? (bound_s - exposed_s) * compute_ratio + exposed_s + ranks[slowest].contention_s
                             : 0.0;
   auto or_null = [](bool ok, double v) { return ok ? json(v) : json(nullptr); };
 
@@ -448,13 +472,17 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
          "each rank of the projected grid priced as the analytic bound prices a rank of a run (README, Analytic "
          "bound): its kernels timed alone on this device at the rank's shapes, each collective at latency_us + "
          "bus factor x bytes / busbw of its group less the GEMM and optimizer time the schedule runs beside it; "
-         "each rank's median of `rounds` pricings; slowest rank. step_ms: that rank's compute x the calibration's compute_ratio + its exposed "
+         "each rank's median of `rounds` pricings; slowest rank. step_ms: that rank's compute x compute_ratio (the calibration's, against its bound, or with heat_s > 0 "
+         "its sustained bound) + its exposed "
          "communication + its contention (the calibration's contended cost per bus byte x the bus bytes of "
          "its collectives that GEMMs hide)"},
         {"bound_ms", bound_s * 1e3},
         {"per_rank_ms", per_rank_ms},
         {"per_rank_attention_ms", per_rank_attention_ms},
         {"rounds", rounds},
+        {"heat_s", heat_s},
+        {"compute_ratio", or_null(compute_ratio > 0, compute_ratio)},
+        {"compute_ratio_against", heat_s > 0 ? "the calibration's sustained bound" : "the calibration's bound"},
         {"per_rank_round_ms", per_rank_round_ms},
         {"slowest_rank", slowest},
         {"bound_tokens_per_s", tokens / bound_s},
@@ -468,8 +496,9 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   fmt::print("\n  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU, {:.4g} tokens/s)\n", "projected bound",
              bound_s * 1e3, flops.step / bound_s / world / 1e12, tokens / bound_s);
   if (step_s > 0)
-    fmt::print("  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU; the compute x {:.3f}, the calibration's)\n",
-               "projected step", step_s * 1e3, flops.step / step_s / world / 1e12, cal.compute_ratio);
+    fmt::print("  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU; the compute x {:.3f}, the calibration's{})\n",
+               "projected step", step_s * 1e3, flops.step / step_s / world / 1e12, compute_ratio,
+               heat_s > 0 ? " against its sustained bound" : "");
   fmt::print("  wrote {}\n", out);
   return 0;
 }
