@@ -954,17 +954,16 @@ std::unique_ptr<Strategy> make_lss_strategy(StrategyContext ctx) {
   // gathered halves as an unmasked block: it needs the chunks, the causal mask and the split blocks.
   LSS_REQUIRE_INPUT(!ctx.opts.placed_reduce_scatter || ctx.opts.zigzag,
                     "--placed-reduce-scatter needs --zigzag (the contiguous order's [dK|dV] is rank-major already)");
+  // What the two options below need, as given.
+  const std::string order_mask_split = std::string(ctx.opts.zigzag ? "--zigzag" : "--no-zigzag") + ", " +
+                                       (cfg.causal ? "--causal" : "--no-causal") + ", " +
+                                       (ctx.opts.split_causal ? "--split-causal" : "--no-split-causal");
   LSS_REQUIRE_INPUT(!ctx.opts.local_cross_block || (ctx.opts.zigzag && cfg.causal && ctx.opts.split_causal &&
                                                     !ctx.opts.chunk_pipeline),
-                    std::string("--local-cross-block needs --zigzag, a causal mask and --split-causal, without "
-                                "--chunk-pipeline (given: ") +
-                        (ctx.opts.zigzag ? "--zigzag" : "--no-zigzag") + ", " + (cfg.causal ? "--causal" : "--no-causal") +
-                        ", " + (ctx.opts.split_causal ? "--split-causal" : "--no-split-causal") +
-                        (ctx.opts.chunk_pipeline ? ", --chunk-pipeline" : "") + ")");
+                    "--local-cross-block needs --zigzag, a causal mask and --split-causal, without --chunk-pipeline "
+                    "(given: " + order_mask_split + (ctx.opts.chunk_pipeline ? ", --chunk-pipeline" : "") + ")");
   LSS_REQUIRE_INPUT(!ctx.opts.chunk_pipeline || (ctx.opts.zigzag && cfg.causal && ctx.opts.split_causal),
-                    std::string("--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: ") +
-                        (ctx.opts.zigzag ? "--zigzag" : "--no-zigzag") + ", " + (cfg.causal ? "--causal" : "--no-causal") +
-                        ", " + (ctx.opts.split_causal ? "--split-causal" : "--no-split-causal") + ")");
+                    "--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: " + order_mask_split + ")");
   return std::make_unique<LssStrategy>(ctx);
 }
 
