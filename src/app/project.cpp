@@ -411,11 +411,9 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     json totals = json::array();
     for (const ProjectedRank& r : of_rank) totals.push_back(r.total_s * 1e3);
     per_rank_round_ms.push_back(totals);
-    std::vector<size_t> order(of_rank.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](size_t x, size_t y) { return of_rank[x].total_s < of_rank[y].total_s; });
-    ranks.push_back(std::move(of_rank[order[(order.size() - 1) / 2]]));
+    std::stable_sort(of_rank.begin(), of_rank.end(),
+                     [](const ProjectedRank& x, const ProjectedRank& y) { return x.total_s < y.total_s; });
+    ranks.push_back(std::move(of_rank[(of_rank.size() - 1) / 2]));
   }
   size_t slowest = 0;
   std::vector<double> per_rank_ms, per_rank_attention_ms;
