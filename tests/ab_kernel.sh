@@ -223,6 +223,14 @@ bash "$root/scripts/gpu_variant.sh" ok1 lssbench bench_everything >"$work/varian
   { echo "FAIL: gpu_variant.sh accepted the binary 'bench_everything'"; fail=1; }
 grep -q "binary 'bench_everything'" "$work/variant.txt" || { echo "FAIL: gpu_variant.sh: the bad binary is not named"; cat "$work/variant.txt"; fail=1; }
 
+# ---- 3b. gpu_bundle.sh's size limit: above the device tool's 64 MiB, or not a number, refused first ----
+for bad in 65 1x; do
+  LSS_BUNDLE_LIMIT_MIB=$bad BUILD_DIR="$work/no-build" bash "$root/scripts/gpu_bundle.sh" >"$work/bundle.txt" 2>&1 &&
+    { echo "FAIL: gpu_bundle.sh accepted LSS_BUNDLE_LIMIT_MIB=$bad"; fail=1; }
+  grep -q "LSS_BUNDLE_LIMIT_MIB=$bad: want a whole number of MiB, at most 64" "$work/bundle.txt" ||
+    { echo "FAIL: gpu_bundle.sh LSS_BUNDLE_LIMIT_MIB=$bad: message does not name it"; cat "$work/bundle.txt"; fail=1; }
+done
+
 # ---- 4. gpu_run.sh's arguments ----
 # An unknown argument is refused before anything runs (it once ran the whole GPU job); with
 # --unpack-only it unpacks a stand-in bundle and stops, running no test or benchmark.
