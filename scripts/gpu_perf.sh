@@ -85,7 +85,8 @@
 #             P = GPUs (its own grid: the check), P = 1 and LSS_PROJECT_SP (default "4 8"), T = 16K x P
 #             (weak scaling's points); LSS_PROJECT_CALIBRATIONS=DIR takes the calibrations from an earlier
 #             call's points (DIR/project_cal_<strategy>_w<P>_T<T>.json) instead of running them;
-#             LSS_PROJECT_ARGS goes to every projection (e.g. "--rounds 3")
+#             LSS_PROJECT_ARGS goes to every projection (e.g. "--rounds 3"); LSS_PROJECT_LIMIT_S is each
+#             projection's limit (default 240 s; with "--heat 0.25 --rounds 3" one took 188 s at P = 4)
 #   sweep SPEC  lssbench sweep SPEC --max-world GPUs $LSS_SWEEP_ARGS (e.g. "--min-world 4"), into
 #               .gpu-keep/sweeps/<name>/, packed into $OUT/sweeps.tar.gz: .gpu-keep/ is ignored
 #               by git, so it stays on the warm machine between calls, and a sweep cut at a call's
@@ -149,7 +150,7 @@ step() {  # NAME LIMIT COMMAND...
   shift 2
   if ((left < 15)); then echo ">>> NOT-RUN $name (time budget used up)"; failed=1; return; fi
   ((limit > left)) && limit=$left
-  echo "=== $name: $*"
+  echo "=== $name (limit ${limit} s): $*"
   timeout --kill-after=10 "$limit" "$@"
   local rc=$?
   echo ">>> rc=$rc $name"
@@ -441,7 +442,7 @@ PY
           [ -f "$cal" ] || { echo ">>> NOT-RUN project $strategy: its calibration run wrote no result"; failed=1; continue; }
         fi
         for np in $(printf '%s\n' "$calw" 1 ${LSS_PROJECT_SP:-4 8} | awk '!seen[$0]++'); do
-          step project_${strategy}_sp${np}_T$((16 * np))K 240 "$dev/bin/lssbench" project $model $sargs --sp "$np" \
+          step project_${strategy}_sp${np}_T$((16 * np))K "${LSS_PROJECT_LIMIT_S:-240}" "$dev/bin/lssbench" project $model $sargs --sp "$np" \
             --seq $((16 * np))K --calibration "$cal" ${LSS_PROJECT_ARGS:-} --out "$res/project_${strategy}_sp${np}_T$((16 * np))K.json"
         done
       done ;;

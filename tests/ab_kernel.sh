@@ -192,7 +192,7 @@ mkdir -p "$work/cals"
 for strategy in lss megatron_sp; do echo '{}' >"$work/cals/project_cal_${strategy}_w2_T32K.json"; done
 : >"$work/calls.txt"
 (cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out8 TMPDIR=$work LSS_PROJECT_CALIBRATIONS=$work/cals \
-  LSS_PROJECT_ARGS="--rounds 3" bash scripts/gpu_perf.sh project >"$work/run8.txt" 2>&1) ||
+  LSS_PROJECT_ARGS="--rounds 3" LSS_PROJECT_LIMIT_S=420 bash scripts/gpu_perf.sh project >"$work/run8.txt" 2>&1) ||
   { cat "$work/run8.txt"; echo "FAIL: gpu_perf.sh project with LSS_PROJECT_CALIBRATIONS exited non-zero"; fail=1; }
 runs=$(awk '{s = $3; for (i = 4; i <= NF; i++) {
               if ($i == "--strategy" || $i == "--sp" || $i == "--seq") s = s " " $(i + 1)
@@ -205,6 +205,9 @@ done
 [ "$runs" = "$want" ] || { echo "FAIL: project runs from given calibrations"; echo "  got:  $runs"; echo "  want: $want"; fail=1; }
 # LSS_PROJECT_ARGS reaches every projection.
 [ "$(grep -c -- "--rounds 3" "$work/calls.txt")" = 8 ] || { echo "FAIL: LSS_PROJECT_ARGS not on all 8 projections"; fail=1; }
+# LSS_PROJECT_LIMIT_S is every projection's limit, and only theirs.
+[ "$(grep -c "^=== project_[a-z_]*_sp[0-9]*_T[0-9]*K (limit 420 s): " "$work/run8.txt")" = 8 ] ||
+  { echo "FAIL: LSS_PROJECT_LIMIT_S not the limit of all 8 projections"; grep "^===" "$work/run8.txt"; fail=1; }
 # Two calibrations of one strategy: which to take is not guessed; that strategy is not run.
 echo '{}' >"$work/cals/project_cal_lss_w16_T256K.json"
 : >"$work/calls.txt"
