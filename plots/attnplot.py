@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from figsave import save_png  # noqa: E402
 from jsonfile import InputError, load_json  # noqa: E402  (the same error and JSON loading)
 
 PEER_SCHEMA = "lssbench-peer-attention/1"
@@ -120,7 +121,7 @@ def draw(rows, lss_rows, footer, out):
                    bbox_to_anchor=(0.5, 0.955), ncol=3, fontsize=9)
         fig.text(0.5, 0.005, footer, ha="center", fontsize=8)
         fig.tight_layout(rect=(0, 0.03, 1, 0.88))
-        fig.savefig(os.path.join(out, stem + ".png"), dpi=110)
+        save_png(fig, os.path.join(out, stem + ".png"), dpi=110)
         plt.close(fig)
         manifest.append({"file": stem + ".png", "title": f"Attention {pas} TFLOP/s against T",
                          "series": [IMPLS[k][0] for k in IMPLS if IMPLS[k][0] in series]})

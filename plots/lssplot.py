@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from figsave import save_png  # noqa: E402
 from jsonfile import InputError, load_json  # noqa: E402
 
 STYLE = {"lss": ("tab:blue", "o"), "megatron_sp": ("tab:orange", "s"), "serial": ("tab:gray", "^")}
@@ -89,7 +90,7 @@ class Charts:
         fig.text(0.5, 0.005, self.footer, ha="center", va="bottom", fontsize=7, color="dimgray")
         fig.tight_layout(rect=(0, 0.03, 1, 0.95))
         path = os.path.join(self.out, name + ".png")
-        fig.savefig(path, dpi=120)
+        save_png(fig, path, dpi=120)
         plt.close(fig)
         self.manifest.append({"file": name + ".png", "title": title, "series": series,
                               **({"panels": panels} if panels else {})})

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from figsave import save_png  # noqa: E402
 from jsonfile import InputError, load_json  # noqa: E402
 
 # A strategy's series take its colours in turn (e.g. lss with and without options).
@@ -136,7 +137,7 @@ def draw(points, out):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     os.makedirs(out, exist_ok=True)
-    fig.savefig(os.path.join(out, "projection.png"), dpi=120, bbox_inches="tight")
+    save_png(fig, os.path.join(out, "projection.png"), dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

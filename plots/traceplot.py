@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from figsave import save_png  # noqa: E402
 from jsonfile import InputError, load_json  # noqa: E402
 
 LANES = ["phase", "compute", "side", "comm"]
@@ -134,7 +135,7 @@ def draw_timeline(item, out, window):
               bbox_to_anchor=(0.5, -0.25 if len(rows) > 3 else -0.45), ncol=6, fontsize=8, frameon=False)
     fig.tight_layout()
     name = f"timeline_{item['stem']}.png"
-    fig.savefig(os.path.join(out, name), dpi=130, bbox_inches="tight")
+    save_png(fig, os.path.join(out, name), dpi=130, bbox_inches="tight")
     plt.close(fig)
     return name
 
@@ -173,7 +174,7 @@ def draw_breakdown(items, out):
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3 if len(items) > 2 else -0.55), ncol=3,
               fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "breakdown.png"), dpi=130, bbox_inches="tight")  # long labels and the legend in full
+    save_png(fig, os.path.join(out, "breakdown.png"), dpi=130, bbox_inches="tight")  # long labels and the legend in full
     plt.close(fig)
     return "breakdown.png"
 

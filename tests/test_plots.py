@@ -33,6 +33,21 @@ def run(*args):
     return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
 
 
+def check_palette_pngs(folder, what):
+    """Every chart a plot script writes is a palette PNG of at most 256 colours (plots/figsave.py:
+    the charts travel with every GPU call, under the device tool's 64 MiB), and no PATH.tmp of its
+    atomic write is left behind."""
+    from PIL import Image
+    pngs = sorted(glob.glob(os.path.join(folder, "*.png")))
+    modes = {}
+    for f in pngs:
+        with Image.open(f) as img:
+            modes[os.path.basename(f)] = (img.mode, len(img.getcolors(1 << 16) or range(1 << 16)))
+    check(bool(pngs) and all(m == "P" and n <= 256 for m, n in modes.values()),
+          f"{what}: every chart a palette PNG of <= 256 colours ({modes})")
+    check(not glob.glob(os.path.join(folder, "*.tmp")), f"{what}: no .tmp left from the atomic write")
+
+
 def edited_sweep(src, dst, point=None, aggregate=None):
     """A copy of the sweep folder src at dst, each point JSON passed through point(r) and each
     aggregate through aggregate(a): they edit in place; point returning False drops the point."""
@@ -63,6 +78,7 @@ with tempfile.TemporaryDirectory() as tmp:
         check(ok_png, f"{name} is a PNG image")
         series = charts.get(name, {}).get("series", [])
         check(all(m in series for m in must), f"{name} has the series {must} (has {series})")
+    check_palette_pngs(out, "lssplot")
     summary = open(os.path.join(out, "SUMMARY.md")).read() if os.path.exists(os.path.join(out, "SUMMARY.md")) else ""
     check("| lss | 4 | 4 | 256 | ok |" in summary and "memory ratio" in summary, "SUMMARY.md has the point and speedup tables")
     # The strong-scaling table; the fixture's aggregate predates base_over_serial: "-" there.
@@ -250,6 +266,7 @@ with tempfile.TemporaryDirectory() as tmp:
         ok_png = os.path.exists(path) and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 10000
         check(ok_png, f"{name} is a PNG image")
         check(charts.get(name, {}).get("series") == every, f"{name} has every implementation ({charts.get(name, {}).get('series')})")
+    check_palette_pngs(out, "attnplot")
     check("NVIDIA H200" in manifest.get("provenance", "") and "249c1fa" in manifest.get("provenance", ""),
           f"attention charts say the card and commit ({manifest.get('provenance')})")
     summary = open(os.path.join(out, "SUMMARY.md")).read() if r.returncode == 0 else ""
@@ -323,6 +340,7 @@ with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(out, name)
         ok_png = os.path.exists(path) and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5000
         check(ok_png, f"{name} is a PNG image")
+    check_palette_pngs(out, "traceplot")
     # The breakdown's parts are the slowest rank's operations by kind, from the result's summary.
     lss = json.load(open(results[0]))
     slowest = lss["trace"]["slowest_rank"]
@@ -466,6 +484,7 @@ with tempfile.TemporaryDirectory() as tmp:
     png = os.path.join(tmp, "pp", "projection.png")
     check(r.returncode == 0 and os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n",
           f"projplot draws a PNG from a folder ({r.stderr.strip()})")
+    check_palette_pngs(os.path.join(tmp, "pp"), "projplot")
     summary = open(os.path.join(tmp, "pp", "SUMMARY.md")).read() if r.returncode == 0 else ""
     rows = [line for line in summary.splitlines() if line.startswith("| lss") or line.startswith("| serial")]
     check(len(rows) == 5, f"one row per (series, GPUs), the unrelated JSON skipped ({len(rows)} rows)")
