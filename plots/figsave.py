@@ -5,6 +5,7 @@ Why 256 colours: the committed charts travel with every GPU call, and the device
 without dithering, draws them the same (on the thirty-fourth session's throughput chart: mean
 pixel difference 0.1 of 255, no visible change) in a third of the bytes. The numbers are in the
 JSON the charts are drawn from, never in the pixels."""
+import contextlib
 import io
 import os
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 def save_png(fig, path, **savefig_args):
     """fig.savefig(path, **savefig_args) as a palette PNG; written to PATH.tmp and renamed, so that an
-    interrupted run leaves the old chart or the new one, never half of one."""
+    interrupted run leaves the old chart or the new one, never half of one, and no PATH.tmp."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_args)
     buf.seek(0)
@@ -21,5 +22,10 @@ def save_png(fig, path, **savefig_args):
         rgb = img.convert("RGB")  # the figures' backgrounds are opaque: the alpha channel is all 255
     palette = rgb.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     tmp = path + ".tmp"
-    palette.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
+    try:
+        palette.save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

@@ -125,11 +125,11 @@ cp "$stage/MANIFEST.txt" .device/MANIFEST.txt
 
 # ---- size check: what travels is the working tree (tracked and untracked-not-ignored files) plus .device ----
 unpacked=$(du -sb "$stage" | awk '{print $1}')
-tar_bytes() { tar --no-recursion --null -cf - -T - 2>/dev/null | wc -c; }  # NUL-ended file names on stdin
+tar_bytes() { tar --no-recursion --null -cf - -T - | wc -c; }  # NUL-ended file names on stdin; tar's errors shown
 device_bytes=$(find .device -type f -print0 | tar_bytes)
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   # Files only (a deleted but still tracked file is left out: it does not travel).
-  tree_bytes=$(git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do [[ -f $f ]] && printf '%s\0' "$f"; done | tar_bytes)
+  tree_bytes=$(git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do if [[ -f $f ]]; then printf '%s\0' "$f"; fi; done | tar_bytes)
   # A shared/ folder inside the checkout travels as well, ignored or not.
   [[ -d shared ]] && tree_bytes=$((tree_bytes + $(find shared -type f -print0 | tar_bytes)))
 else

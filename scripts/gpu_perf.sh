@@ -424,6 +424,9 @@ PY
         --benchmark_out_format=json ;;
     project)
       local strategy sargs cal np calw
+      if ! [[ ${LSS_PROJECT_LIMIT_S:-240} =~ ^[1-9][0-9]*$ ]]; then
+        echo ">>> NOT-RUN project: LSS_PROJECT_LIMIT_S=${LSS_PROJECT_LIMIT_S}: want whole seconds above 0"; failed=1; return
+      fi
       for strategy in lss megatron_sp; do
         sargs="--strategy $strategy"
         [ "$strategy" = lss ] && sargs+=" --zigzag --keep-kv --placed-reduce-scatter --distributed-optimizer"

@@ -208,6 +208,15 @@ done
 # LSS_PROJECT_LIMIT_S is every projection's limit, and only theirs.
 [ "$(grep -c "^=== project_[a-z_]*_sp[0-9]*_T[0-9]*K (limit 420 s): " "$work/run8.txt")" = 8 ] ||
   { echo "FAIL: LSS_PROJECT_LIMIT_S not the limit of all 8 projections"; grep "^===" "$work/run8.txt"; fail=1; }
+# A limit that is not whole seconds above 0 (timeout 0 would mean none) is refused, named, nothing run.
+for bad in 0 1m; do
+  : >"$work/calls.txt"
+  (cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out8b TMPDIR=$work LSS_PROJECT_CALIBRATIONS=$work/cals \
+    LSS_PROJECT_LIMIT_S=$bad bash scripts/gpu_perf.sh project >"$work/run8b.txt" 2>&1) &&
+    { echo "FAIL: LSS_PROJECT_LIMIT_S=$bad: exit 0"; fail=1; }
+  expect "$work/run8b.txt" "NOT-RUN project: LSS_PROJECT_LIMIT_S=$bad: want whole seconds above 0"
+  [ -s "$work/calls.txt" ] && { echo "FAIL: LSS_PROJECT_LIMIT_S=$bad: projections ran"; fail=1; }
+done
 # Two calibrations of one strategy: which to take is not guessed; that strategy is not run.
 echo '{}' >"$work/cals/project_cal_lss_w16_T256K.json"
 : >"$work/calls.txt"
