@@ -125,18 +125,17 @@ cp "$stage/MANIFEST.txt" .device/MANIFEST.txt
 
 # ---- size check: what travels is the working tree (tracked and untracked-not-ignored files) plus .device ----
 unpacked=$(du -sb "$stage" | awk '{print $1}')
-tar_bytes() { tar --no-recursion --null -cf - -T - | wc -c; }  # NUL-ended file names on stdin; tar's errors shown
-device_bytes=$(find .device -type f -print0 | tar_bytes)
+# shellcheck source=travel_size.sh
+source "$root/scripts/travel_size.sh"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  # Files only (a deleted but still tracked file is left out: it does not travel).
-  tree_bytes=$(git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do if [[ -f $f ]]; then printf '%s\0' "$f"; fi; done | tar_bytes)
-  # A shared/ folder inside the checkout travels as well, ignored or not.
-  [[ -d shared ]] && tree_bytes=$((tree_bytes + $(find shared -type f -print0 | tar_bytes)))
+  total=$(travel_bytes .device)
+  tree_bytes=$(travel_bytes)  # with shared/, where the checkout has one
 else
   echo "warning: $root is not a git working tree; its size is not counted"
+  total=$(find .device -type f -print0 | tar_bytes)
   tree_bytes=0
 fi
-total=$((device_bytes + tree_bytes))
+device_bytes=$((total - tree_bytes))
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 echo "unpacked bundle: $(mib "$unpacked"); .device: $(mib "$device_bytes"); working tree: $(mib "$tree_bytes")"
 echo "TOTAL that travels: $(mib "$total") (limit here ${limit_mib} MiB, device tool's 64 MiB)"

@@ -243,6 +243,33 @@ for bad in 65 1x; do
     { echo "FAIL: gpu_bundle.sh LSS_BUNDLE_LIMIT_MIB=$bad: message does not name it"; cat "$work/bundle.txt"; fail=1; }
 done
 
+# ---- 3c. travel_size.sh: what a device call carries, counted as a tar archive of it ----
+# A repository with a tracked file, an ignored one, an ignored shared/ and a carried folder: each
+# counted or left out as the device tool does; a tracked file deleted last in the listing neither
+# counted nor fatal (tar stops on a path it cannot stat; the count once stopped gpu_bundle.sh there).
+tr=$work/travel
+mkdir -p "$tr/.device" "$tr/shared"
+(cd "$tr" && git init -q && printf '/.device/\n/shared/\n*.ignored\n' >.gitignore && head -c 1000 /dev/zero >a.txt &&
+  head -c 700 /dev/zero >zz-last.txt && git add .gitignore a.txt zz-last.txt) || { echo "FAIL: travel: set-up"; fail=1; }
+travel() { (cd "$tr" && bash "$root/scripts/travel_size.sh" "$@" | awk '{print $1}'); }
+# 512-byte header and 512-byte blocks per file; the archive itself ends in whole 10240-byte records.
+base=$(travel)
+[ "$base" = 10240 ] || { echo "FAIL: travel_size.sh: .gitignore, a.txt (1000 B) and zz-last.txt (700 B) as tar: want 10240, got $base"; fail=1; }
+head -c 20000 /dev/zero >"$tr/big.ignored"
+[ "$(travel)" = "$base" ] || { echo "FAIL: travel_size.sh counts an ignored file"; fail=1; }
+head -c 20000 /dev/zero >"$tr/untracked.txt"
+[ "$(travel)" -gt "$base" ] || { echo "FAIL: travel_size.sh leaves out an untracked file that is not ignored"; fail=1; }
+rm "$tr/untracked.txt"
+head -c 20000 /dev/zero >"$tr/shared/s.bin"
+with_shared=$(travel)
+[ "$with_shared" -gt "$base" ] || { echo "FAIL: travel_size.sh leaves out shared/ (ignored, but it travels)"; fail=1; }
+head -c 30000 /dev/zero >"$tr/.device/bundle.bin"
+[ "$(travel)" = "$with_shared" ] || { echo "FAIL: travel_size.sh counts .device uncarried"; fail=1; }
+[ "$(travel .device)" -gt "$with_shared" ] || { echo "FAIL: travel_size.sh leaves out a carried folder"; fail=1; }
+rm "$tr/zz-last.txt"
+out_deleted=$(cd "$tr" && bash "$root/scripts/travel_size.sh" 2>&1) ||
+  { echo "FAIL: travel_size.sh stops on a deleted tracked file listed last: $out_deleted"; fail=1; }
+
 # ---- 4. gpu_run.sh's arguments ----
 # An unknown argument is refused before anything runs (it once ran the whole GPU job); with
 # --unpack-only it unpacks a stand-in bundle and stops, running no test or benchmark.
