@@ -25,6 +25,7 @@ megatron_sp onto grids of 4 x 2 and 4 ranks then check, against the formulas of 
   an existing --out) exits 2 naming the value.
 """
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,11 +52,31 @@ def bus_factor(kind, n):
     return 2 * f if kind == "all_reduce" else f
 
 
+stdout_of = {}  # each projection's stdout, by name
+
+
 def project(tmp, name, args):
     out = Path(tmp) / f"{name}.json"
-    subprocess.run([lssbench, "project", *MODEL, "--out", str(out), *args], check=True, timeout=300,
-                   capture_output=True)
+    p = subprocess.run([lssbench, "project", *MODEL, "--out", str(out), *args], check=True, timeout=300,
+                       capture_output=True, text=True)
+    stdout_of[name] = p.stdout
     return json.loads(out.read_text())
+
+
+def printed_parts(stdout):
+    """The slowest rank's parts as `project` prints them (3 decimals), and the total it prints."""
+    lines = stdout.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.strip().startswith("the slowest rank (")), None)
+    parts, total = {}, None
+    for l in lines[start + 1:] if start is not None else []:
+        m = re.match(r"\s+(\S.*?)\s{2,}(-?[0-9.]+)", l)  # the label, then two spaces or more
+        if not m:
+            break
+        if m.group(1).startswith("="):
+            total = float(m.group(2))
+            break
+        parts[m.group(1)] = float(m.group(2))
+    return parts, total
 
 
 def check_pricing(j, name, busbw, latency_us):  # latency_us: one for every group, or by group
@@ -138,6 +159,17 @@ with tempfile.TemporaryDirectory() as tmp:
     check(close(j["projection"]["step_ms"], (j["projection"]["bound_ms"] - exposed) * ratio + exposed + slowest["contention_ms"]),
           "lss 4 x 2: step = the slowest rank's compute x the calibration's compute ratio + its exposed communication "
           "+ its contention")
+    # stdout's table of the slowest rank's parts: the JSON's numbers, summing to the step.
+    parts, total = printed_parts(stdout_of["lss_sp4_dp2"])
+    want = {"GEMMs": slowest["gemm_ms"], "attention": slowest["attention_ms"], "elementwise": slowest["elementwise_ms"],
+            "optimizer, exposed": slowest["optimizer_exposed_ms"], "passes": slowest["passes_ms"],
+            "exposed communication": exposed,
+            "compute x (ratio - 1)": (j["projection"]["bound_ms"] - exposed) * (ratio - 1),
+            "contention": slowest["contention_ms"]}
+    check(set(parts) == set(want) and all(abs(parts[k] - want[k]) <= 6e-4 for k in want),
+          f"lss 4 x 2: stdout's parts are the slowest rank's ({parts})")
+    check(total is not None and abs(total - j["projection"]["step_ms"]) <= 6e-4 and abs(sum(parts.values()) - total) <= 5e-3,
+          f"lss 4 x 2: stdout's parts sum to the printed step ({sum(parts.values()):.3f} vs {total})")
     # --heat: the kernels timed after their heat, the ratio against the calibration's sustained bound.
     jh = project(tmp, "lss_sp4_heat", ["--strategy", "lss", "--zigzag", "--sp", "4", "--calibration", str(cal),
                                       "--heat", "0.01"])

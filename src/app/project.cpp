@@ -497,6 +497,27 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
     fmt::print("  {:<26} {:10.3f} ms  ({:.1f} TFLOP/s per GPU; the compute x {:.3f}, the calibration's{})\n",
                "projected step", step_s * 1e3, flops.step / step_s / world / 1e12, compute_ratio,
                heat_s > 0 ? " against its sustained bound" : "");
+  // Where the step goes, for people: the slowest rank's parts, summing to the step (or, without a
+  // calibration, to the bound). The JSON's projection.slowest holds the same numbers.
+  const json& parts = ranks[slowest].record;
+  const double total_ms = (step_s > 0 ? step_s : bound_s) * 1e3;
+  const double compute_ms = (bound_s - exposed_s) * 1e3;
+  fmt::print("  the slowest rank ({}) by part, ms (share of the projected {}):\n", slowest, step_s > 0 ? "step" : "bound");
+  auto part = [&](const char* what, double ms, const std::string& note = "") {
+    fmt::print("    {:<24} {:10.3f}  ({:4.1f}%{})\n", what, ms, 100.0 * ms / total_ms, note);
+  };
+  const double gemm_ms = parts.at("gemm_ms").get<double>();
+  part("GEMMs", gemm_ms, fmt::format(", {:.3g} TFLOP/s", parts.at("gemm_tflops_at_step_shapes").get<double>()));
+  part("attention", parts.at("attention_ms").get<double>());
+  part("elementwise", parts.at("elementwise_ms").get<double>());
+  part("optimizer, exposed", parts.at("optimizer_exposed_ms").get<double>());
+  part("passes", parts.at("passes_ms").get<double>());
+  part("exposed communication", exposed_s * 1e3);
+  if (step_s > 0) {
+    part("compute x (ratio - 1)", compute_ms * (compute_ratio - 1.0), fmt::format(", ratio {:.3f}", compute_ratio));
+    part("contention", ranks[slowest].contention_s * 1e3);
+  }
+  fmt::print("    {:<24} {:10.3f}\n", step_s > 0 ? "= projected step" : "= projected bound", total_ms);
   fmt::print("  wrote {}\n", out);
   return 0;
 }
