@@ -423,9 +423,9 @@ PY
         --benchmark_filter="${LSS_BENCH_FILTER:-.}" --benchmark_out="$res/bench_collectives_w$gpus$tag.json" \
         --benchmark_out_format=json ;;
     project)
-      local strategy sargs cal np calw
-      if ! [[ ${LSS_PROJECT_LIMIT_S:-240} =~ ^[1-9][0-9]*$ ]]; then
-        echo ">>> NOT-RUN project: LSS_PROJECT_LIMIT_S=${LSS_PROJECT_LIMIT_S}: want whole seconds above 0"; failed=1; return
+      local strategy sargs cal np calw limit=${LSS_PROJECT_LIMIT_S:-240}
+      if ! [[ $limit =~ ^[1-9][0-9]*$ ]]; then
+        echo ">>> NOT-RUN project: LSS_PROJECT_LIMIT_S=$limit: want whole seconds above 0"; failed=1; return
       fi
       for strategy in lss megatron_sp; do
         sargs="--strategy $strategy"
@@ -445,7 +445,7 @@ PY
           [ -f "$cal" ] || { echo ">>> NOT-RUN project $strategy: its calibration run wrote no result"; failed=1; continue; }
         fi
         for np in $(printf '%s\n' "$calw" 1 ${LSS_PROJECT_SP:-4 8} | awk '!seen[$0]++'); do
-          step project_${strategy}_sp${np}_T$((16 * np))K "${LSS_PROJECT_LIMIT_S:-240}" "$dev/bin/lssbench" project $model $sargs --sp "$np" \
+          step project_${strategy}_sp${np}_T$((16 * np))K "$limit" "$dev/bin/lssbench" project $model $sargs --sp "$np" \
             --seq $((16 * np))K --calibration "$cal" ${LSS_PROJECT_ARGS:-} --out "$res/project_${strategy}_sp${np}_T$((16 * np))K.json"
         done
       done ;;

@@ -429,9 +429,8 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   // exposed communication as priced, plus what its GEMMs lose beside its hidden collectives at the
   // calibration's rate per bus byte: at the calibration's own grid, near its measured step.
   const double exposed_s = ranks[slowest].comm_exposed_s;
-  const double step_s = compute_ratio > 0
-                            ? (bound_s - exposed_s) * compute_ratio + exposed_s + ranks[slowest].contention_s
-                            : 0.0;
+  const double compute_s = bound_s - exposed_s;
+  const double step_s = compute_ratio > 0 ? compute_s * compute_ratio + exposed_s + ranks[slowest].contention_s : 0.0;
   auto or_null = [](bool ok, double v) { return ok ? json(v) : json(nullptr); };
 
   json j = {
@@ -501,7 +500,6 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   // calibration, to the bound). The JSON's projection.slowest holds the same numbers.
   const json& parts = ranks[slowest].record;
   const double total_ms = (step_s > 0 ? step_s : bound_s) * 1e3;
-  const double compute_ms = (bound_s - exposed_s) * 1e3;
   fmt::print("  the slowest rank ({}) by part, ms (share of the projected {}):\n", slowest, step_s > 0 ? "step" : "bound");
   auto part = [&](const char* what, double ms, const std::string& note = "") {
     fmt::print("    {:<24} {:10.3f}  ({:4.1f}%{})\n", what, ms, 100.0 * ms / total_ms, note);
@@ -514,7 +512,7 @@ int cmd_project(const std::vector<std::string>& args, const std::string& command
   part("passes", parts.at("passes_ms").get<double>());
   part("exposed communication", exposed_s * 1e3);
   if (step_s > 0) {
-    part("compute x (ratio - 1)", compute_ms * (compute_ratio - 1.0), fmt::format(", ratio {:.3f}", compute_ratio));
+    part("compute x (ratio - 1)", compute_s * 1e3 * (compute_ratio - 1.0), fmt::format(", ratio {:.3f}", compute_ratio));
     part("contention", ranks[slowest].contention_s * 1e3);
   }
   fmt::print("    {:<24} {:10.3f}\n", step_s > 0 ? "= projected step" : "= projected bound", total_ms);
