@@ -18,6 +18,13 @@
 //
 // BM_AttentionBlock: one of those calls alone (Tq queries on Tk keys), to tell which runs below
 // the others' rate.
+//
+// BM_AttentionHeated: BM_Attention's causal D = 128 calls after kHeatSeconds of running back to
+// back, timed for at least kHeatedSeconds: the rate a training step sees on a card held at its
+// power limit, where a short burst runs at higher clocks. Beside TFLOP/s it reports, from NVML
+// over the timed region, the card's mean power (W), median SM clock (MHz), the share of samples
+// the power cap held the clocks down (capped) and the energy per FLOP (pJ/FLOP): under the cap
+// the rate follows energy per FLOP, not the kernels' burst speed.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -28,6 +35,7 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -36,6 +44,7 @@
 #include "core/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_monitor.h"
 #include "kernels/cuda/flash_attention.h"
 #include "lss_git_commit.h"
 
@@ -95,6 +104,27 @@ void time_iterations(benchmark::State& state, Backend& be, cudaStream_t stream, 
   LSS_CUDA_CHECK(cudaEventDestroy(stop));
 }
 
+// Runs `step` back to back for at least heat_s seconds (by CUDA events on `stream`, in batches
+// that double from one call), so that the card reaches the clocks its power limit holds.
+template <class Step>
+void heat(Backend& be, cudaStream_t stream, double heat_s, Step&& step) {
+  cudaEvent_t start, stop;
+  LSS_CUDA_CHECK(cudaEventCreate(&start));
+  LSS_CUDA_CHECK(cudaEventCreate(&stop));
+  LSS_CUDA_CHECK(cudaEventRecord(start, stream));
+  for (int64_t batch = 1;; batch = std::min<int64_t>(2 * batch, 64)) {
+    for (int64_t i = 0; i < batch; ++i) step();
+    LSS_CUDA_CHECK(cudaEventRecord(stop, stream));
+    LSS_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    LSS_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (ms * 1e-3 >= heat_s) break;
+  }
+  be.synchronize();
+  LSS_CUDA_CHECK(cudaEventDestroy(start));
+  LSS_CUDA_CHECK(cudaEventDestroy(stop));
+}
+
 // The path's display name and backend (cuDNN, or the own kernels of the forced generation).
 std::string select_path(Path path_id, int64_t D) {
   cuda::set_flash_kernels(path_id == kFlashMmaSync ? cuda::FlashKernels::mma_sync
@@ -105,8 +135,12 @@ std::string select_path(Path path_id, int64_t D) {
                                                : "flash-mma.sync";
 }
 
-// Arguments: T, D, causal (0/1), path (Path), backward (0 forward only, 1 both).
-void BM_Attention(benchmark::State& state) {
+constexpr double kHeatSeconds = 3.0;    // BM_AttentionHeated's heat before timing
+constexpr double kHeatedSeconds = 3.0;  // and its timed region (at least)
+
+// Arguments: T, D, causal (0/1), path (Path), backward (0 forward only, 1 both). heat_s > 0: the
+// calls run back to back for heat_s first, and NVML samples the card over the timed iterations.
+void attention_case(benchmark::State& state, double heat_s) {
   const int64_t T = state.range(0), D = state.range(1);
   const bool causal = state.range(2) != 0;
   const Path path_id = static_cast<Path>(state.range(3));
@@ -151,16 +185,35 @@ void BM_Attention(benchmark::State& state) {
       be.attention_forward(a);
       if (with_backward) be.attention_backward(a);
     };
-    time_iterations(state, be, stream, step);
+    std::optional<DeviceState> card;
+    if (heat_s > 0) {
+      int device = 0;
+      LSS_CUDA_CHECK(cudaGetDevice(&device));
+      cuda::DeviceMonitor monitor(device);
+      heat(be, stream, heat_s, step);
+      monitor.start();
+      time_iterations(state, be, stream, step);
+      card = monitor.stop();
+    } else {
+      time_iterations(state, be, stream, step);
+    }
 
     double flops = 4.0 * B * H * static_cast<double>(T) * T * D;
     if (causal) flops *= 0.5;
     if (with_backward) flops *= 3.5;
     state.counters["TFLOP/s"] =
         benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
+    if (heat_s > 0) {
+      // Without NVML (or its energy counter) the card's counters are left out, not reported as 0.
+      if (!card) throw std::runtime_error("NVML gave no reading of the card: no power or clocks to report");
+      state.counters["W"] = card->energy_j >= 0 ? card->mean_power_w : card->power_w_median;
+      state.counters["MHz"] = card->sm_clock_mhz_median;
+      state.counters["capped"] = card->power_capped_fraction;
+      if (card->energy_j >= 0) state.counters["pJ/FLOP"] = card->energy_j / (flops * state.iterations()) * 1e12;
+    }
     state.SetLabel(path + (with_backward ? " fwd+bwd" : " fwd") + (causal ? " causal" : " full") +
                    " B=1 H=" + std::to_string(H) + " D=" + std::to_string(D) +
-                   " T=" + std::to_string(T));
+                   " T=" + std::to_string(T) + (heat_s > 0 ? " heated" : ""));
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
@@ -181,7 +234,28 @@ void attention_args(benchmark::internal::Benchmark* b) {
         }
 }
 
+void BM_Attention(benchmark::State& state) { attention_case(state, 0); }
 BENCHMARK(BM_Attention)->Apply(attention_args)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// BM_AttentionHeated: the model's calls (causal, D = 128) at serial's 16K, lss's 32K on 2 GPUs and
+// 64K on 4, on the own kernels and cuDNN, forward and forward+backward: the sustained rates beside
+// BM_Attention's. Each case runs once with a fixed count of iterations, about kHeatedSeconds at
+// 500 TFLOP/s: Google Benchmark's search for a count would call it several times, each with
+// its heat and its host-side setup (during which the card cools).
+void register_heated() {
+  for (int64_t T : {16384, 32768, 65536})
+    for (int path : {kFlash, kCudnn})
+      for (int bwd : {0, 1}) {
+        const double flops = 2.0 * kWidth * static_cast<double>(T) * T * (bwd ? 3.5 : 1.0);
+        const auto iterations = static_cast<benchmark::IterationCount>(std::ceil(kHeatedSeconds * 500e12 / flops));
+        benchmark::RegisterBenchmark("BM_AttentionHeated", [](benchmark::State& state) { attention_case(state, kHeatSeconds); })
+            ->ArgNames({"T", "D", "causal", "path", "bwd"})
+            ->Args({T, 128, 1, path, bwd})
+            ->Iterations(iterations)
+            ->UseManualTime()
+            ->Unit(benchmark::kMillisecond);
+      }
+}
 
 // A bf16 call of one sequence with Tq queries, as lss's calls are (operands and Tk set by the caller).
 AttentionArgs one_sequence_args(int64_t H, int64_t D, int64_t Tq) {
@@ -387,6 +461,7 @@ int main(int argc, char** argv) {
     std::printf("no CUDA device: skipped\n");
     return 0;
   }
+  lss::register_heated();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   // What ran, in the JSON's context (plots/attnplot.py puts it under the charts).

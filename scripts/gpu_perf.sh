@@ -35,7 +35,12 @@
 #             shapes, then one lss rank's calls on 4 GPUs at 16K and 64K per GPU), then
 #             its PyTorch peer (bench/peers/torch_attention.py: SDPA flash and cuDNN backends) on
 #             the same shapes; LSS_BENCH_FILTER (a benchmark filter) and LSS_PEER_ATTENTION_SEQ
-#             (lengths, default 4K,16K,64K) pick cases
+#             (lengths, default 4K,16K,64K) pick cases (default: all but BM_AttentionHeated, which
+#             attention-heat runs)
+#   attention-heat  bench_attention's BM_AttentionHeated: the model's causal D = 128 calls at 16K,
+#             32K and 64K, own kernels and cuDNN, forward and forward+backward, each after 3 s of heat
+#             and timed ~3 s, with the card's mean power, SM clock, capped share and pJ/FLOP (NVML):
+#             the sustained rates a power-capped step sees; LSS_BENCH_FILTER picks cases
 #   profile   the serial step (T=16K, 2 steps, no bound) under Nsight Compute, one metric
 #             (gpu__time_duration), clocks and caches left alone: every kernel's time, summed by
 #             name into $OUT/profile_serial_T16K.txt (where the step's time goes beyond the bound's
@@ -353,9 +358,13 @@ run_section() {
       done ;;
     attention)
       step bench_attention 240 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention.json" --benchmark_out_format=json \
-        --benchmark_filter="${LSS_BENCH_FILTER:-.}"
+        --benchmark_filter="${LSS_BENCH_FILTER:--BM_AttentionHeated}"
       step peer_attention 240 env LD_LIBRARY_PATH="$orig_ld" python3 bench/peers/torch_attention.py \
         --seq "${LSS_PEER_ATTENTION_SEQ:-4K,16K,64K}" --out "$res/peer_attention.json" ;;
+    attention-heat)
+      # 12 cases of ~3 s heat and ~3 s timed, with their setup (64K: ~1.6 GB of operands filled from the host).
+      step bench_attention_heated 200 "$dev/bin/bench_attention" --benchmark_out="$res/bench_attention_heated.json" \
+        --benchmark_out_format=json --benchmark_filter="${LSS_BENCH_FILTER:-BM_AttentionHeated}" ;;
     profile)
       local csv=$res/ncu_serial_T16K.csv
       step ncu_serial_T16K 300 mpiexec.hydra -n 1 ncu --clock-control none --cache-control none \
@@ -496,10 +505,11 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
             what = f"{r['backend']} {r['pass']} {'causal' if r['causal'] else 'full'} D{r['D']} T{r['T']}"
             print(f"peer_attention {what:<40} {r.get('median_ms', 0):9.3f} ms {r.get('tflops', 0):7.1f} TFLOP/s {r.get('error', '')}")
         continue
-    if "benchmarks" in j and f.stem == "bench_attention":
+    if "benchmarks" in j and f.stem.startswith("bench_attention"):
         for r in j["benchmarks"]:
+            card = "".join(f" {r[k]:7.{d}f} {k}" for k, d in (("W", 0), ("MHz", 0), ("capped", 2), ("pJ/FLOP", 3)) if k in r)
             print(f"bench_attention {r.get('label', r['name']):<60} {r.get('real_time', 0):9.3f} ms "
-                  f"{r.get('TFLOP/s') or 0:7.1f} TFLOP/s {r.get('error_message', '')}")
+                  f"{r.get('TFLOP/s') or 0:7.1f} TFLOP/s{card} {r.get('error_message', '')}")
         continue
     if j.get("schema") == "lssbench-projection":
         p, g = j["projection"], j["grid"]
