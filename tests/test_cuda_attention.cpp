@@ -373,6 +373,47 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention, ::testing::ValuesIn(attention_sh
                                   (s.causal ? "_causal" : "_full");
                          });
 
+// Keys growing along the sequence (row t of k times 1 + t / ramp), so that a row's largest score
+// keeps rising from key tile to key tile. The forward lets a row's scores rise up to 8 (base 2)
+// above the max its probabilities are taken against (flash_attention_common.cuh, kMaxLag) before
+// that max moves and the output is rescaled. At ramp 16 the max rises by ~40 a 128-key tile and
+// ~300 over the 1024 keys: it must move at every tile (a max that never moved would overflow fp32's
+// 2^128); at ramp 128 by ~5 a tile, so that it moves every other tile and holds in between. The
+// random inputs of MatchesCpuReference settle their max in the first tile or two, so those moves
+// are rare there.
+TEST(CudaFlashAttention, ScoresRisingAlongTheKeys) {
+  auto flash = cuda_backend("flash");
+  for (int64_t ramp : {16, 128})
+    for (int64_t D : {64, 128})
+      for (bool causal : {true, false}) {
+        const AttnShape s{1, 2, D, 1024, 1024, 0, causal};
+        SCOPED_TRACE(describe(s) + " keys times 1 + t/" + std::to_string(ramp));
+        AttnInputs in = make_inputs(s, 4321 + ramp + D + (causal ? 1 : 0));
+        for (int64_t t = 0; t < s.Tk; ++t)
+          for (int64_t i = 0; i < s.H * s.D; ++i) {
+            float& x = in.k[t * s.H * s.D + i];
+            x = round_bf16(x * (1.f + static_cast<float>(t) / static_cast<float>(ramp)));
+          }
+        const AttnResult ref = cpu_reference(s, in);
+        {
+          SCOPED_TRACE("flash fp32");
+          check_backend(*flash, DType::f32, kTolFp32, s, kPackedQkv, in, ref);
+        }
+        {
+          SCOPED_TRACE("flash bf16, mma.sync kernels");
+          cuda::set_flash_kernels(cuda::FlashKernels::mma_sync);
+          check_backend(*flash, DType::bf16, kTolBf16, s, kPackedQkv, in, ref);
+          cuda::set_flash_kernels(cuda::FlashKernels::automatic);
+        }
+        if (cuda::flash_wgmma_available(D)) {
+          SCOPED_TRACE("flash bf16, wgmma kernels");
+          cuda::set_flash_kernels(cuda::FlashKernels::wgmma);
+          check_backend(*flash, DType::bf16, kTolBf16, s, kPackedQkv, in, ref);
+          cuda::set_flash_kernels(cuda::FlashKernels::automatic);
+        }
+      }
+}
+
 // On a compute capability 9.0 GPU (H100, H200) the build's default architectures include sm_90a,
 // so the wgmma kernels must be there: a build that lost them would otherwise test and time only
 // the mma.sync kernels without saying so.

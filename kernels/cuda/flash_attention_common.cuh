@@ -111,12 +111,20 @@ __device__ __forceinline__ void mask_scores(float (&s)[kTileN / 8][4], const Par
     }
 }
 
+// How far (base 2) a row's scores may rise above the max its probabilities are taken against
+// before that max moves (FlashAttention-4's rule): until then the probabilities exp2(x - m) stay
+// at most 2^kMaxLag, far inside bf16's and fp32's range, and the output and sum keep their scale
+// (alpha = 1), so the forward skips their rescaling. The max a row's scores settle at is reached
+// within its first few key tiles; every later tile needed a rescale only for rounding-level rises.
+constexpr float kMaxLag = 8.f;
+
 // Online softmax over one key tile of kTileN columns, the scores' part: s holds the raw scores
-// and becomes the unnormalised probabilities exp2(scale_log2 * s - m); the running max m (base-2
-// scaled units) moves to the new max and the partial row sums l with it; alpha receives the factor
-// by which the output accumulator is to be rescaled (rescale_rows), which a caller may apply later,
-// once products still accumulating into it have completed. A row is spread over the 4 threads of
-// a quad, so the max needs two shuffles; the sum stays per thread until store_o_lse.
+// and becomes the unnormalised probabilities exp2(scale_log2 * s - m); the reference max m (base-2
+// scaled units) moves to the tile's max where that exceeds it by more than kMaxLag, and the partial
+// row sums l with it; alpha receives the factor by which the output accumulator is to be rescaled
+// (exactly 1 where m stayed; rescale_rows), which a caller may apply later, once products still
+// accumulating into it have completed. A row is spread over the 4 threads of a quad, so the max
+// needs two shuffles; the sum stays per thread until store_o_lse.
 template <int kTileN>
 __device__ __forceinline__ void softmax_scores_tile(float (&s)[kTileN / 8][4], float (&m)[2],
                                                     float (&l)[2], float (&alpha)[2], float scale_log2) {
@@ -127,11 +135,14 @@ __device__ __forceinline__ void softmax_scores_tile(float (&s)[kTileN / 8][4], f
     for (int n = 0; n < kTileN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m[r], mx * scale_log2);
+    const float m_tile = mx * scale_log2;
+    // -inf + kMaxLag is -inf: a row's first visible key always moves it.
+    const bool move = m_tile > m[r] + kMaxLag;
+    const float m_new = move ? m_tile : m[r];
     // A row with no visible key so far keeps m = -inf; shifting by 0 then gives exp2(-inf) = 0
     // instead of exp2(-inf - -inf) = NaN.
     const float m_use = m_new == -kInf ? 0.f : m_new;
-    alpha[r] = fast_exp2(m[r] - m_use);
+    alpha[r] = move ? fast_exp2(m[r] - m_use) : 1.f;
     m[r] = m_new;
     l[r] *= alpha[r];
 #pragma unroll
@@ -145,9 +156,11 @@ __device__ __forceinline__ void softmax_scores_tile(float (&s)[kTileN / 8][4], f
   }
 }
 
-// Rows g and g + 8 of an accumulator times alpha[0] and alpha[1].
+// Rows g and g + 8 of an accumulator times alpha[0] and alpha[1]; skipped where no row of the warp
+// moved its max (all alphas 1), a warp-uniform branch.
 template <int N>
 __device__ __forceinline__ void rescale_rows(float (&o)[N][4], const float (&alpha)[2]) {
+  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
 #pragma unroll
   for (int n = 0; n < N; ++n) {
     o[n][0] *= alpha[0];
