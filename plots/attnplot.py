@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Attention kernel charts from bench_attention's JSON and its PyTorch peer's (JSON only).
 
-usage: python3 plots/attnplot.py BENCH_JSON [PEER_JSON ...] --out CHART_DIR
+usage: python3 plots/attnplot.py BENCH_JSON [BENCH_JSON ...] [PEER_JSON ...] --out CHART_DIR
 
-BENCH_JSON is `bench_attention --benchmark_out=FILE --benchmark_out_format=json` (the own flash
-kernels, both generations where the GPU has both, and the cuDNN binding); each PEER_JSON is
-`bench/peers/torch_attention.py --out FILE` (schema lssbench-peer-attention/1). For the forward
-and for the forward+backward, one chart of 2 x 2 panels (D = 128, 64; causal, full): TFLOP/s
-against T for every implementation. CHART_DIR/charts.json lists the charts and their series,
-CHART_DIR/SUMMARY.md has the tables, with one more for bench_attention's lss rank rows
-(BM_AttentionLssRank: one lss rank's attention calls at T on P GPUs) where the JSON has them. A
-missing or malformed file is an error naming the file (exit 2).
+Each BENCH_JSON is `bench_attention --benchmark_out=FILE --benchmark_out_format=json` (the own
+flash kernels, both generations where the GPU has both, and the cuDNN binding), one card's; each
+PEER_JSON is `bench/peers/torch_attention.py --out FILE` (schema lssbench-peer-attention/1); the
+files are told apart by their content. For the forward and for the forward+backward, one chart of
+2 x 2 panels (D = 128, 64; causal, full): TFLOP/s against T for every implementation. Where the
+JSON has BM_AttentionHeated rows (`gpu_perf.sh attention-heat`: each call after seconds of heat,
+the card at its power limit), one more chart, attention_heated.png: their TFLOP/s beside the
+burst rates of the same calls, and their energy per FLOP. CHART_DIR/charts.json lists the charts
+and their series, CHART_DIR/SUMMARY.md has the tables, with one for bench_attention's lss rank
+rows (BM_AttentionLssRank: one lss rank's attention calls at T on P GPUs) and one for the heated
+rows where the JSON has them. A missing or malformed file is an error naming the file (exit 2).
 """
 import argparse
 import json
@@ -38,14 +41,20 @@ IMPLS = {
 }
 
 
-def bench_rows(path):
+HEATED_COUNTERS = ("TFLOP/s", "W", "MHz", "capped", "pJ/FLOP")
+
+
+def is_bench_json(doc):
+    return isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list)
+
+
+def bench_rows(path, doc):
     """(impl, pass, mask, D, T) -> TFLOP/s from bench_attention's labels
-    ("<path> <fwd|fwd+bwd> <causal|full> B=1 H=.. D=.. T=.."), and (impl, pass, T, P, rank) ->
-    TFLOP/s from its lss rank rows ("<path> <fwd|fwd+bwd> lss rank R of P T=.. (...)")."""
-    doc = load_json(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise InputError(f"{path}: not a Google Benchmark JSON (no 'benchmarks' list)")
-    rows, lss_rows = {}, {}
+    ("<path> <fwd|fwd+bwd> <causal|full> B=1 H=.. D=.. T=.."), (impl, pass, T, P, rank) ->
+    TFLOP/s from its lss rank rows ("<path> <fwd|fwd+bwd> lss rank R of P T=.. (...)"), and
+    (impl, pass, mask, D, T) -> {counter: value} from its heated rows (the same label, then
+    "heated")."""
+    rows, lss_rows, heated_rows = {}, {}, {}
     for b in doc["benchmarks"]:
         if b.get("error_occurred"):
             continue
@@ -57,22 +66,30 @@ def bench_rows(path):
                     raise ValueError
                 lss_rows[(impl, pas, int(words[7][2:]), int(words[6]), int(words[4]))] = float(b["TFLOP/s"])
                 continue
+            if str(b.get("name", "")).startswith("BM_AttentionHeated/"):
+                if words[-1] != "heated":
+                    raise ValueError
+                kv = dict(w.split("=", 1) for w in words[3:-1])
+                # pJ/FLOP is absent where the driver has no energy counter
+                heated_rows[(impl, pas, words[2], int(kv["D"]), int(kv["T"]))] = {
+                    c: float(b[c]) for c in HEATED_COUNTERS if c in b or c != "pJ/FLOP"}
+                continue
             kv = dict(w.split("=", 1) for w in words[3:])
             key = (impl, pas, words[2], int(kv["D"]), int(kv["T"]))
             rows[key] = float(b["TFLOP/s"])
-        except (IndexError, KeyError, ValueError):
-            raise InputError(f"{path}: benchmark '{b.get('name')}' has no bench_attention label and TFLOP/s")
-    if not rows:
+        except (IndexError, KeyError, ValueError, TypeError):
+            raise InputError(f"{path}: benchmark '{b.get('name')}' has no bench_attention label and TFLOP/s"
+                             " (and, heated, W, MHz and capped)")
+    if not rows and not heated_rows:
         raise InputError(f"{path}: no successful benchmark")
     ctx = doc.get("context", {})
-    return rows, lss_rows, {"device": ctx.get("device", "unknown card"), "commit": ctx.get("git_commit", "?"),
-                            "date": ctx.get("date", "")}
+    return rows, lss_rows, heated_rows, {"device": ctx.get("device", "unknown card"),
+                                         "commit": ctx.get("git_commit", "?"), "date": ctx.get("date", "")}
 
 
-def peer_rows(path):
-    doc = load_json(path)
+def peer_rows(path, doc):
     if not isinstance(doc, dict) or doc.get("schema") != PEER_SCHEMA:
-        raise InputError(f"{path}: not a {PEER_SCHEMA} result")
+        raise InputError(f"{path}: neither a Google Benchmark JSON (no 'benchmarks' list) nor a {PEER_SCHEMA} result")
     rows = {}
     for r in doc.get("rows", []):
         if r.get("status") != "ok":
@@ -85,10 +102,49 @@ def peer_rows(path):
     return rows, {"device": doc.get("device", "unknown card"), "torch": (doc.get("versions") or {}).get("torch", "?")}
 
 
-def draw(rows, lss_rows, footer, out):
+def draw_heated(rows, heated_rows, footer, out):
+    """attention_heated.png: heated TFLOP/s (solid) beside the same calls' burst rate (dotted), and
+    the heated energy per FLOP, against T; its manifest entry."""
+    fig, (ax_rate, ax_energy) = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True)
+    series = []
+    for (impl, pas, mask, D) in sorted({k[:4] for k in heated_rows}, key=lambda k: (list(IMPLS).index(k[0]) if k[0] in IMPLS else 99, k[1:])):
+        name, color, marker, _ = IMPLS.get(impl, (impl, "tab:gray", "x", "-"))
+        label = f"{name} {pas}" + ("" if (mask, D) == ("causal", 128) else f" {mask} D={D}")
+        ls = "-" if pas == "fwd+bwd" else "--"
+        pts = sorted((T, r) for (im, p, m, d, T), r in heated_rows.items() if (im, p, m, d) == (impl, pas, mask, D))
+        ax_rate.plot([t for t, _ in pts], [r["TFLOP/s"] for _, r in pts], marker=marker, color=color,
+                     linestyle=ls, label=label)
+        burst = [(T, rows[(impl, pas, mask, D, T)]) for T, _ in pts if (impl, pas, mask, D, T) in rows]
+        if burst:
+            ax_rate.plot([t for t, _ in burst], [v for _, v in burst], marker=marker, color=color, linestyle=":",
+                         alpha=0.5, markerfacecolor="none")
+        energy = [(T, r["pJ/FLOP"]) for T, r in pts if "pJ/FLOP" in r]
+        if energy:
+            ax_energy.plot([t for t, _ in energy], [v for _, v in energy], marker=marker, color=color, linestyle=ls,
+                           label=label)
+        series.append(label)
+    ax_rate.set_title("TFLOP/s after heat (faint dotted: the same calls in a burst)", fontsize=10)
+    ax_rate.set_ylabel("TFLOP/s")
+    ax_energy.set_title("energy per FLOP after heat", fontsize=10)
+    ax_energy.set_ylabel("pJ/FLOP")
+    for ax in (ax_rate, ax_energy):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("T (tokens)")
+        ax.grid(alpha=0.3)
+    ax_rate.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Attention at the card's power limit, bf16, B=1, H*D=2048", y=0.99)
+    fig.text(0.5, 0.005, footer, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    save_png(fig, os.path.join(out, "attention_heated.png"), dpi=110)
+    plt.close(fig)
+    return {"file": "attention_heated.png", "title": "Attention TFLOP/s and pJ/FLOP after heat against T",
+            "series": series}
+
+
+def draw(rows, lss_rows, heated_rows, footer, out):
     os.makedirs(out, exist_ok=True)
     manifest = []
-    for pas, stem in (("fwd+bwd", "attention_fwd_bwd"), ("fwd", "attention_fwd")):
+    for pas, stem in (("fwd+bwd", "attention_fwd_bwd"), ("fwd", "attention_fwd")) if rows else ():
         fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
         series = set()
         for i, D in enumerate((128, 64)):
@@ -125,13 +181,15 @@ def draw(rows, lss_rows, footer, out):
         plt.close(fig)
         manifest.append({"file": stem + ".png", "title": f"Attention {pas} TFLOP/s against T",
                          "series": [IMPLS[k][0] for k in IMPLS if IMPLS[k][0] in series]})
+    if heated_rows:
+        manifest.append(draw_heated(rows, heated_rows, footer, out))
     with open(os.path.join(out, "charts.json"), "w") as f:
         json.dump({"provenance": footer, "charts": manifest}, f, indent=2)
-    write_summary(rows, lss_rows, footer, manifest, out)
+    write_summary(rows, lss_rows, heated_rows, footer, manifest, out)
     return manifest
 
 
-def write_summary(rows, lss_rows, footer, manifest, out):
+def write_summary(rows, lss_rows, heated_rows, footer, manifest, out):
     impls = [k for k in IMPLS if any(r[0] == k for r in rows)]
     lines = ["# Attention kernels", "", f"Ran on: {footer}", "",
              "TFLOP/s (forward 4·B·H·T²·D, halved when causal; forward+backward 3.5×).", ""]
@@ -156,6 +214,21 @@ def write_summary(rows, lss_rows, footer, manifest, out):
             lines.append(f"| {T} | {P} | {rank} | {pas} | "
                          + " | ".join(f"{v:.1f}" if v is not None else "-" for v in vals) + " |")
         lines.append("")
+    if heated_rows:
+        lines += ["## After heat (the card at its power limit)", "",
+                  "Each call back to back for seconds before it is timed; the card's mean power, median SM clock and "
+                  "share of samples held by the power cap over the timed calls (NVML), and the energy per FLOP.", "",
+                  "| T | D | mask | implementation | pass | burst TFLOP/s | heated TFLOP/s | W | SM MHz | capped | pJ/FLOP |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        order = {k: i for i, k in enumerate(IMPLS)}
+        for key in sorted(heated_rows, key=lambda k: (k[4], -k[3], k[2], order.get(k[0], 99), k[1])):
+            impl, pas, mask, D, T = key
+            r, burst = heated_rows[key], rows.get(key)
+            lines.append(f"| {T} | {D} | {mask} | {IMPLS.get(impl, (impl,))[0]} | {pas} | "
+                         + (f"{burst:.1f}" if burst is not None else "-")
+                         + f" | {r['TFLOP/s']:.1f} | {r['W']:.0f} | {r['MHz']:.0f} | {r['capped']:.2f} | "
+                         + (f"{r['pJ/FLOP']:.3f}" if "pJ/FLOP" in r else "-") + " |")
+        lines.append("")
     lines += ["## Charts", ""] + [f"![{c['title']}]({c['file']})" for c in manifest] + [""]
     with open(os.path.join(out, "SUMMARY.md"), "w") as f:
         f.write("\n".join(lines))
@@ -163,20 +236,41 @@ def write_summary(rows, lss_rows, footer, manifest, out):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench", help="bench_attention JSON (--benchmark_out)")
-    ap.add_argument("peers", nargs="*", help="bench/peers/torch_attention.py JSON files")
+    ap.add_argument("inputs", nargs="+", help="bench_attention JSON files (--benchmark_out) of one card, and "
+                    "bench/peers/torch_attention.py JSON files")
     ap.add_argument("--out", required=True, help="folder for the charts and SUMMARY.md")
     ap.add_argument("--commit", help="the lssbench commit, for bench JSON written before bench_attention recorded it")
     args = ap.parse_args(argv)
     try:
-        rows, lss_rows, meta = bench_rows(args.bench)
-        if meta["commit"] == "?" and args.commit:
-            meta["commit"] = args.commit
+        rows, lss_rows, heated_rows, peers, commits = {}, {}, {}, [], []
+        meta = None
+        for p in args.inputs:
+            doc = load_json(p)
+            if not is_bench_json(doc):
+                peers.append((p, doc))
+                continue
+            r, lr, hr, m = bench_rows(p, doc)
+            commits += [m["commit"]] if m["commit"] not in commits else []
+            if meta is None:
+                meta = dict(m, path=p)
+            elif "unknown card" not in (m["device"], meta["device"]) and m["device"] != meta["device"]:
+                raise InputError(f"{p}: ran on {m['device']}, {meta['path']} on {meta['device']}: "
+                                 "compare one card with itself")
+            elif meta["device"] == "unknown card":  # bench_attention before it recorded the card
+                meta.update(m, path=p)
+            rows.update(r)
+            lss_rows.update(lr)
+            heated_rows.update(hr)
+        if meta is None:
+            raise InputError(f"no bench_attention JSON among {', '.join(args.inputs)}")
+        # each file's commit once; "?" (bench_attention before it recorded its commit) is --commit's
+        commits = [args.commit if c == "?" and args.commit else c for c in commits]
+        meta["commit"] = ", ".join(dict.fromkeys(commits))
         torch_versions = []
-        for p in args.peers:
-            prow, pmeta = peer_rows(p)
+        for p, doc in peers:
+            prow, pmeta = peer_rows(p, doc)
             if pmeta["device"] != meta["device"] and meta["device"] != "unknown card":
-                raise InputError(f"{p}: ran on {pmeta['device']}, {args.bench} on {meta['device']}: "
+                raise InputError(f"{p}: ran on {pmeta['device']}, {meta['path']} on {meta['device']}: "
                                  "compare one card with itself")
             rows.update(prow)
             torch_versions.append(pmeta["torch"])
@@ -184,7 +278,7 @@ def main(argv):
                 meta["device"] = pmeta["device"]
         footer = (f"{meta['device']} | lssbench commit {meta['commit']} | {meta['date'][:10]}"
                   + (f" | PyTorch {', '.join(sorted(set(torch_versions)))}" if torch_versions else ""))
-        manifest = draw(rows, lss_rows, footer, args.out)
+        manifest = draw(rows, lss_rows, heated_rows, footer, args.out)
     except InputError as e:
         print(f"attnplot: error: {e}", file=sys.stderr)
         return 2

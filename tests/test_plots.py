@@ -297,14 +297,61 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run_attn(with_lss, "--out", os.path.join(tmp, "attn-lss2"))
     check(r.returncode == 2 and "BM_AttentionLssRank/T:65536/P:4/rank:0/path:1" in r.stderr,
           f"a malformed lss rank label named: {r.stderr.strip()}")
+    # BM_AttentionHeated rows (gpu_perf.sh attention-heat, an H200 run kept as a fixture): their own
+    # chart and table, beside the burst rows of the same calls from the other bench JSON
+    heated = os.path.join(attn, "bench_attention_heated.json")
+    out = os.path.join(tmp, "attn-heated")
+    r = run_attn(bench, heated, peer, "--out", out)
+    check(r.returncode == 0, f"attnplot draws a heated JSON beside the burst one (exit {r.returncode}) {r.stderr.strip()}")
+    m = json.load(open(os.path.join(out, "charts.json"))) if r.returncode == 0 else {"charts": []}
+    hc = {c["file"]: c for c in m["charts"]}.get("attention_heated.png", {})
+    check(hc.get("series") == ["own flash (wgmma) fwd", "own flash (wgmma) fwd+bwd", "own cuDNN binding fwd",
+                               "own cuDNN binding fwd+bwd"], f"attention_heated.png has both paths and passes ({hc})")
+    check(len(m["charts"]) == 3, f"the two burst charts are still drawn ({[c.get('file') for c in m['charts']]})")
+    check_palette_pngs(out, "attnplot heated")
+    summary = open(os.path.join(out, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    # the own kernels' 16K forward: burst from the older run, then the heated rate, W, MHz, capped, pJ/FLOP
+    row = [l for l in summary.splitlines() if l.startswith("| 16384 | 128 | causal | own flash (wgmma) | fwd |")]
+    burst_fwd = [b["TFLOP/s"] for b in json.load(open(bench))["benchmarks"]
+                 if b.get("label") == "flash-wgmma fwd causal B=1 H=16 D=128 T=16384"]
+    check(bool(row) and bool(burst_fwd) and [c.strip() for c in row[0].split("|")[6:12]]
+          == [f"{burst_fwd[0]:.1f}", "607.0", "694", "1665", "1.00", "1.151"],
+          f"SUMMARY.md has the heated row beside its burst rate ({row[:1]}, burst {burst_fwd})")
+    r = run_attn(heated, "--out", os.path.join(tmp, "attn-heated-only"))
+    m = json.load(open(os.path.join(tmp, "attn-heated-only", "charts.json"))) if r.returncode == 0 else {"charts": []}
+    check(r.returncode == 0 and [c["file"] for c in m["charts"]] == ["attention_heated.png"],
+          f"a heated JSON alone draws its chart only ({r.stderr.strip()})")
+    doc = json.load(open(heated))
+    del doc["benchmarks"][1]["W"]
+    bad_heated = os.path.join(tmp, "bad_heated.json")
+    json.dump(doc, open(bad_heated, "w"))
+    r = run_attn(bench, bad_heated, "--out", os.path.join(tmp, "attn-heated-bad"))
+    check(r.returncode == 2 and doc["benchmarks"][1]["name"] in r.stderr,
+          f"a heated row without its power named: {r.stderr.strip()}")
     # bad input: named, exit 2
     badb = os.path.join(tmp, "bad_bench.json")
     open(badb, "w").write('{"benchmarks": [')
     r = run_attn(badb, "--out", os.path.join(tmp, "a2"))
     check(r.returncode == 2 and "bad_bench.json: malformed JSON" in r.stderr, f"malformed bench JSON named: {r.stderr.strip()}")
-    r = run_attn(bench, bench, "--out", os.path.join(tmp, "a3"))
-    check(r.returncode == 2 and "not a lssbench-peer-attention/1 result" in r.stderr,
-          f"a peer file of the wrong kind named: {r.stderr.strip()}")
+    foreign = os.path.join(tmp, "foreign.json")
+    json.dump({"schema": "lssbench-result/1"}, open(foreign, "w"))
+    r = run_attn(bench, foreign, "--out", os.path.join(tmp, "a3"))
+    check(r.returncode == 2 and "foreign.json: neither a Google Benchmark JSON" in r.stderr
+          and "nor a lssbench-peer-attention/1 result" in r.stderr, f"a file of neither kind named: {r.stderr.strip()}")
+    r = run_attn(foreign, "--out", os.path.join(tmp, "a3b"))
+    check(r.returncode == 2 and "no bench_attention JSON among" in r.stderr,
+          f"no bench_attention JSON at all named: {r.stderr.strip()}")
+    h100 = os.path.join(tmp, "heated_h100.json")
+    doc = json.load(open(heated))
+    doc["context"]["device"] = "NVIDIA H100 80GB HBM3"
+    json.dump(doc, open(h100, "w"))
+    b200 = os.path.join(tmp, "bench_h200_ctx.json")
+    doc = json.load(open(bench))
+    doc["context"]["device"] = "NVIDIA H200"
+    json.dump(doc, open(b200, "w"))
+    r = run_attn(b200, h100, "--out", os.path.join(tmp, "a3c"))
+    check(r.returncode == 2 and "heated_h100.json: ran on NVIDIA H100 80GB HBM3" in r.stderr,
+          f"two bench JSONs of different cards refused: {r.stderr.strip()}")
     other = os.path.join(tmp, "other_card.json")
     doc = json.load(open(peer))
     doc["device"] = "NVIDIA H100 80GB HBM3"
