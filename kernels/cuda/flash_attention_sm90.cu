@@ -696,8 +696,9 @@ __global__ void __launch_bounds__(384, 1)
                          desc_mn_major<kBlockN>(k_blk, kk, wg), kk > 0);
     wgmma_commit();
   };
-  // dQ of block j, its product complete, scaled, into the workspace: from registers, or into the
-  // shared tile once the dQ warp has read the previous one.
+  // dQ of block j, its product complete, into the workspace (unscaled: dq_convert_sm90_kernel
+  // applies the softmax scale once, which saved a multiply per element and block here): from
+  // registers, or into the shared tile once the dQ warp has read the previous one.
   auto store_dq = [&](int j) {
     reg_fence(dq);
     if constexpr (Cfg::kDqFromRegisters) {
@@ -705,15 +706,13 @@ __global__ void __launch_bounds__(384, 1)
                     (4 * wg + warp) * 8 * 32 + lane;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
-        atomicAdd(dst + n * 32, make_float4(dq[n][0] * p.scale, dq[n][1] * p.scale,
-                                            dq[n][2] * p.scale, dq[n][3] * p.scale));
+        atomicAdd(dst + n * 32, make_float4(dq[n][0], dq[n][1], dq[n][2], dq[n][3]));
     } else {
       if (j > 0) mbar_wait(dq_empty_bar, (j - 1) & 1);
       float4* dst = reinterpret_cast<float4*>(dq_s) + (4 * wg + warp) * 8 * 32 + lane;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
-        dst[n * 32] = make_float4(dq[n][0] * p.scale, dq[n][1] * p.scale, dq[n][2] * p.scale,
-                                  dq[n][3] * p.scale);
+        dst[n * 32] = make_float4(dq[n][0], dq[n][1], dq[n][2], dq[n][3]);
       fence_proxy_async();
       __syncwarp();
       if (lane == 0) mbar_arrive(dq_full_bar);
@@ -880,6 +879,8 @@ __global__ void __launch_bounds__(384, 1)
 
 // dq (B, Tq, H, D; strided bf16) = the DqTile-ordered fp32 workspace. One thread per 8 columns of
 // rows g and g + 8 of one dQ warp's 16: the four lanes holding them are 64 contiguous bytes.
+__device__ __forceinline__ float4 scaled(float4 v, float k) { return make_float4(v.x * k, v.y * k, v.z * k, v.w * k); }
+
 template <int D>
 __global__ void dq_convert_sm90_kernel(const Params p) {
   const int m_count = (p.Tq + 63) / 64;
@@ -895,7 +896,9 @@ __global__ void dq_convert_sm90_kernel(const Params p) {
     const int h = static_cast<int>(bh % p.H), b = static_cast<int>(bh / p.H);
     const float4* src = reinterpret_cast<const float4*>(p.dq_accum + tile * DqTile<D>::kFloats) +
                         (w * 8 + j) * 32 + g * 4;
-    const float4 t0 = src[0], t1 = src[1], t2 = src[2], t3 = src[3];  // column pairs 0-3
+    // column pairs 0-3; the softmax scale applied here once, not at every block's addition
+    const float4 t0 = scaled(src[0], p.scale), t1 = scaled(src[1], p.scale), t2 = scaled(src[2], p.scale),
+                 t3 = scaled(src[3], p.scale);
     const int row = mb * 64 + (w % 4) * 16 + g, col = (w / 4) * 64 + 8 * j;
     bf16* dst = head_ptr<bf16, D>(p.dq, b, h) + col;
     if (row < p.Tq)
