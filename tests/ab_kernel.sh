@@ -13,7 +13,8 @@
 #    rebuilt v1 (a newer archive) is unpacked again.
 #    Section ab runs an unpacked variant's lssbench as its new side (LSS_AB_NEW); section
 #    contention, on two stand-in GPUs, runs serial, then lss and megatron_sp with overlap on and
-#    off, each traced.
+#    off, each traced; section attention-heat runs bench_attention's heated rows into
+#    bench_attention_heated.json and prints their power, clock and pJ/FLOP.
 # 3. scripts/gpu_variant.sh refuses a bad variant name and a binary ab-kernel does not run, naming them.
 # 4. scripts/gpu_run.sh refuses an unknown argument before it runs anything, and --unpack-only
 #    unpacks the bundle and stops.
@@ -151,6 +152,28 @@ rm -rf "$repo/.device/v1" "$repo/.device/k1"
 rc=$?
 [ $rc -ne 0 ] || { echo "FAIL: ab-kernel without variants exited 0"; fail=1; }
 expect "$work/run2.txt" "NOT-RUN ab-kernel: no variant archive"
+
+# The attention-heat section: bench_attention's heated rows only, into bench_attention_heated.json
+# in the points, and the summary line with the card's counters (a stand-in that writes them).
+cat >"$work/heated.json" <<'J'
+{"context": {"git_commit": "stand-in"}, "benchmarks": [
+ {"name": "BM_AttentionHeated/T:16384/D:128/causal:1/path:0/bwd:1/iterations:390/manual_time", "run_type": "iteration",
+  "real_time": 6.6, "TFLOP/s": 581.7, "W": 692.4, "MHz": 1665, "capped": 1.0, "pJ/FLOP": 1.196,
+  "label": "flash-wgmma fwd+bwd causal B=1 H=16 D=128 T=16384 heated"}]}
+J
+mv "$repo/.device/bin/bench_attention" "$work/bench_attention.ab"
+printf '#!/usr/bin/env bash\necho "bin bench_attention $*" >>"%s"\nfor a in "$@"; do case $a in --benchmark_out=*) out=${a#*=} ;; esac; done\ncp "%s" "$out"\n' \
+  "$work/calls.txt" "$work/heated.json" >"$repo/.device/bin/bench_attention"
+chmod +x "$repo/.device/bin/bench_attention"
+: >"$work/calls.txt"
+(cd "$repo" && PATH=$work/stub:$PATH OUT=$work/out10 TMPDIR=$work bash scripts/gpu_perf.sh attention-heat >"$work/run10.txt" 2>&1) ||
+  { cat "$work/run10.txt"; echo "FAIL: gpu_perf.sh attention-heat exited non-zero"; fail=1; }
+expect "$work/calls.txt" "bench_attention_heated.json --benchmark_out_format=json --benchmark_filter=BM_AttentionHeated"
+expect "$work/run10.txt" "581.7 TFLOP/s     692 W    1665 MHz    1.00 capped   1.196 pJ/FLOP"
+tar -tzf "$work/out10/points.tar.gz" >"$work/points_list10.txt"
+grep -q "points/bench_attention_heated.json" "$work/points_list10.txt" ||
+  { echo "FAIL: bench_attention_heated.json is not in the points"; fail=1; }
+mv "$work/bench_attention.ab" "$repo/.device/bin/bench_attention"
 
 # The contention section on two stand-in GPUs: serial on one GPU, then lss (its three options) and
 # megatron_sp with overlap on and off, each traced for 3 steps into a trace beside its JSON.
