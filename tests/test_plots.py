@@ -341,26 +341,21 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run_attn(foreign, "--out", os.path.join(tmp, "a3b"))
     check(r.returncode == 2 and "no bench_attention JSON among" in r.stderr,
           f"no bench_attention JSON at all named: {r.stderr.strip()}")
-    h100 = os.path.join(tmp, "heated_h100.json")
-    doc = json.load(open(heated))
-    doc["context"]["device"] = "NVIDIA H100 80GB HBM3"
-    json.dump(doc, open(h100, "w"))
-    b200 = os.path.join(tmp, "bench_h200_ctx.json")
-    doc = json.load(open(bench))
-    doc["context"]["device"] = "NVIDIA H200"
-    json.dump(doc, open(b200, "w"))
+    def on_card(src, name, device):
+        """A copy of src in tmp/name that says it ran on `device` (a bench JSON's context or a peer's)."""
+        doc = json.load(open(src))
+        (doc["context"] if "benchmarks" in doc else doc)["device"] = device
+        path = os.path.join(tmp, name)
+        json.dump(doc, open(path, "w"))
+        return path
+
+    b200 = on_card(bench, "bench_h200.json", "NVIDIA H200")
+    h100 = on_card(heated, "heated_h100.json", "NVIDIA H100 80GB HBM3")
     r = run_attn(b200, h100, "--out", os.path.join(tmp, "a3c"))
     check(r.returncode == 2 and "heated_h100.json: ran on NVIDIA H100 80GB HBM3" in r.stderr,
           f"two bench JSONs of different cards refused: {r.stderr.strip()}")
-    other = os.path.join(tmp, "other_card.json")
-    doc = json.load(open(peer))
-    doc["device"] = "NVIDIA H100 80GB HBM3"
-    json.dump(doc, open(other, "w"))
-    b2 = os.path.join(tmp, "bench_h200.json")
-    doc = json.load(open(bench))
-    doc["context"]["device"] = "NVIDIA H200"
-    json.dump(doc, open(b2, "w"))
-    r = run_attn(b2, other, "--out", os.path.join(tmp, "a4"))
+    other = on_card(peer, "other_card.json", "NVIDIA H100 80GB HBM3")
+    r = run_attn(b200, other, "--out", os.path.join(tmp, "a4"))
     check(r.returncode == 2 and "compare one card with itself" in r.stderr, f"peer from another card refused: {r.stderr.strip()}")
 
 # plots/traceplot.py on two traced CPU runs (lss on 2 ranks, serial; lssbench run --trace), kept as a
