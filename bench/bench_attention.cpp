@@ -20,7 +20,7 @@
 // the others' rate.
 //
 // BM_AttentionHeated: BM_Attention's causal D = 128 calls after kHeatSeconds of running back to
-// back, timed for at least kHeatedSeconds: the rate a training step sees on a card held at its
+// back, timed over about kHeatedSeconds: the rate a training step sees on a card held at its
 // power limit, where a short burst runs at higher clocks. Beside TFLOP/s it reports, from NVML
 // over the timed region, the card's mean power (W), median SM clock (MHz), the share of samples
 // the power cap held the clocks down (capped) and the energy per FLOP (pJ/FLOP): under the cap
@@ -204,7 +204,8 @@ void attention_case(benchmark::State& state, double heat_s) {
     state.counters["TFLOP/s"] =
         benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
     if (heat_s > 0) {
-      // Without NVML (or its energy counter) the card's counters are left out, not reported as 0.
+      // Without NVML the case ends with an error row saying so; without the driver's energy
+      // counter pJ/FLOP is left out (and W is the sampled power): nothing is reported as 0.
       if (!card) throw std::runtime_error("NVML gave no reading of the card: no power or clocks to report");
       state.counters["W"] = card->energy_j >= 0 ? card->mean_power_w : card->power_w_median;
       state.counters["MHz"] = card->sm_clock_mhz_median;

@@ -114,8 +114,8 @@ __device__ __forceinline__ void mask_scores(float (&s)[kTileN / 8][4], const Par
 // How far (base 2) a row's scores may rise above the max its probabilities are taken against
 // before that max moves (FlashAttention-4's rule): until then the probabilities exp2(x - m) stay
 // at most 2^kMaxLag, far inside bf16's and fp32's range, and the output and sum keep their scale
-// (alpha = 1), so the forward skips their rescaling. The max a row's scores settle at is reached
-// within its first few key tiles; every later tile needed a rescale only for rounding-level rises.
+// (alpha = 1), so the forward skips their rescaling. A row's max is mostly reached within its
+// first few key tiles; later tiles raise it by little, and each such rise cost a full rescale.
 constexpr float kMaxLag = 8.f;
 
 // Online softmax over one key tile of kTileN columns, the scores' part: s holds the raw scores
