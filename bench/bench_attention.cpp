@@ -54,6 +54,12 @@ namespace {
 constexpr int64_t kBatch = 1;
 constexpr int64_t kWidth = 2048;  // H * D
 
+// The textbook matmul work of one call of Tq queries on Tk keys (the header's count): 4·B·H·Tq·Tk·D
+// forward (Q·Kᵀ and P·V), halved when causal, 3.5 times that with the backward.
+double call_flops(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, bool causal, bool with_backward) {
+  return 4.0 * B * H * static_cast<double>(Tq) * Tk * D * (causal ? 0.5 : 1.0) * (with_backward ? 3.5 : 1.0);
+}
+
 // One CUDA backend per attention path, kept for the whole run (cuDNN caches its graphs).
 Backend& backend(const std::string& attention) {
   static std::map<std::string, std::unique_ptr<Backend>> backends;
@@ -198,9 +204,7 @@ void attention_case(benchmark::State& state, double heat_s) {
       time_iterations(state, be, stream, step);
     }
 
-    double flops = 4.0 * B * H * static_cast<double>(T) * T * D;
-    if (causal) flops *= 0.5;
-    if (with_backward) flops *= 3.5;
+    const double flops = call_flops(B, H, T, T, D, causal, with_backward);
     state.counters["TFLOP/s"] =
         benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
     if (heat_s > 0) {
@@ -247,7 +251,7 @@ void register_heated() {
   for (int64_t T : {16384, 32768, 65536})
     for (int path : {kFlash, kCudnn})
       for (int bwd : {0, 1}) {
-        const double flops = 2.0 * kWidth * static_cast<double>(T) * T * (bwd ? 3.5 : 1.0);
+        const double flops = call_flops(1, kWidth / 128, T, T, 128, true, bwd != 0);
         const auto iterations = static_cast<benchmark::IterationCount>(std::ceil(kHeatedSeconds * 500e12 / flops));
         benchmark::RegisterBenchmark("BM_AttentionHeated", [](benchmark::State& state) { attention_case(state, kHeatSeconds); })
             ->ArgNames({"T", "D", "causal", "path", "bwd"})
@@ -326,7 +330,7 @@ void BM_AttentionLssRank(benchmark::State& state) {
       a.dv = rows(dkv, start, 2 * C, C);
       calls.push_back(a);
       call_rows.push_back(seg_rows);
-      flops += 2.0 * H * seg_rows * seg_rows * D;
+      flops += call_flops(1, H, seg_rows, seg_rows, D, true, with_backward);
       if (start == 0) continue;
       // Its queries against every key before it.
       a.Tk = start;
@@ -337,7 +341,7 @@ void BM_AttentionLssRank(benchmark::State& state) {
       a.dv = rows(dkv, 0, 2 * C, C);
       calls.push_back(a);
       call_rows.push_back(seg_rows);
-      flops += 4.0 * H * seg_rows * start * D;
+      flops += call_flops(1, H, seg_rows, start, D, false, with_backward);
     }
     Buffer call_lse = be.alloc(DType::f32, 2 * H * Tl);  // (calls, H, rows): at most 4 calls of Tl/2 rows
     for (size_t c = 0, offset = 0; c < calls.size(); offset += H * call_rows[c], ++c)
@@ -349,7 +353,6 @@ void BM_AttentionLssRank(benchmark::State& state) {
     };
     time_iterations(state, be, stream, step);
 
-    if (with_backward) flops *= 3.5;
     state.counters["TFLOP/s"] =
         benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
     state.SetLabel(path + (with_backward ? " fwd+bwd" : " fwd") + " lss rank " + std::to_string(rank) + " of " +
@@ -428,9 +431,7 @@ void BM_AttentionBlock(benchmark::State& state) {
     };
     time_iterations(state, be, stream, step);
 
-    double flops = 4.0 * H * static_cast<double>(Tq) * Tk * D;
-    if (causal) flops *= 0.5;
-    if (with_backward) flops *= 3.5;
+    const double flops = call_flops(1, H, Tq, Tk, D, causal, with_backward);
     state.counters["TFLOP/s"] =
         benchmark::Counter(flops * 1e-12 * state.iterations(), benchmark::Counter::kIsRate);
     state.SetLabel(path + (with_backward ? " fwd+bwd" : " fwd") + (causal ? " causal" : " full") +

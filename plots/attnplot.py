@@ -39,6 +39,7 @@ IMPLS = {
     "torch-cudnn": ("PyTorch SDPA cuDNN", "tab:olive", "s", "--"),
     "torch-efficient": ("PyTorch SDPA efficient", "tab:purple", "^", "--"),
 }
+IMPL_ORDER = {k: i for i, k in enumerate(IMPLS)}  # tables' and legends' order; other names after
 
 
 HEATED_COUNTERS = ("TFLOP/s", "W", "MHz", "capped", "pJ/FLOP")
@@ -107,7 +108,7 @@ def draw_heated(rows, heated_rows, footer, out):
     the heated energy per FLOP, against T; its manifest entry."""
     fig, (ax_rate, ax_energy) = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True)
     series = []
-    for (impl, pas, mask, D) in sorted({k[:4] for k in heated_rows}, key=lambda k: (list(IMPLS).index(k[0]) if k[0] in IMPLS else 99, k[1:])):
+    for (impl, pas, mask, D) in sorted({k[:4] for k in heated_rows}, key=lambda k: (IMPL_ORDER.get(k[0], 99), k[1:])):
         name, color, marker, _ = IMPLS.get(impl, (impl, "tab:gray", "x", "-"))
         label = f"{name} {pas}" + ("" if (mask, D) == ("causal", 128) else f" {mask} D={D}")
         ls = "-" if pas == "fwd+bwd" else "--"
@@ -220,8 +221,7 @@ def write_summary(rows, lss_rows, heated_rows, footer, manifest, out):
                   "share of samples held by the power cap over the timed calls (NVML), and the energy per FLOP.", "",
                   "| T | D | mask | implementation | pass | burst TFLOP/s | heated TFLOP/s | W | SM MHz | capped | pJ/FLOP |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        order = {k: i for i, k in enumerate(IMPLS)}
-        for key in sorted(heated_rows, key=lambda k: (k[4], -k[3], k[2], order.get(k[0], 99), k[1])):
+        for key in sorted(heated_rows, key=lambda k: (k[4], -k[3], k[2], IMPL_ORDER.get(k[0], 99), k[1])):
             impl, pas, mask, D, T = key
             r, burst = heated_rows[key], rows.get(key)
             lines.append(f"| {T} | {D} | {mask} | {IMPLS.get(impl, (impl,))[0]} | {pas} | "
@@ -250,7 +250,7 @@ def main(argv):
                 peers.append((p, doc))
                 continue
             r, lr, hr, m = bench_rows(p, doc)
-            commits += [m["commit"]] if m["commit"] not in commits else []
+            commits.append(m["commit"])
             if meta is None:
                 meta = dict(m, path=p)
             elif "unknown card" not in (m["device"], meta["device"]) and m["device"] != meta["device"]:

@@ -285,6 +285,31 @@ void check_backend(Backend& be, DType dtype, double tol, const AttnShape& s, con
   }
 }
 
+// The own flash kernels on one problem: fp32, then bf16 on each generation the GPU and build have
+// (mma.sync always; wgmma where built for this D, else a note that the path went unchecked).
+void check_own_kernels(Backend& flash, const AttnShape& s, const Layout& layout, const AttnInputs& in,
+                       const AttnResult& ref) {
+  {
+    SCOPED_TRACE("flash fp32");
+    check_backend(flash, DType::f32, kTolFp32, s, layout, in, ref);
+  }
+  {
+    SCOPED_TRACE("flash bf16, mma.sync kernels");
+    cuda::set_flash_kernels(cuda::FlashKernels::mma_sync);
+    check_backend(flash, DType::bf16, kTolBf16, s, layout, in, ref);
+    cuda::set_flash_kernels(cuda::FlashKernels::automatic);
+  }
+  if (cuda::flash_wgmma_available(s.D)) {
+    SCOPED_TRACE("flash bf16, wgmma kernels");
+    cuda::set_flash_kernels(cuda::FlashKernels::wgmma);
+    check_backend(flash, DType::bf16, kTolBf16, s, layout, in, ref);
+    cuda::set_flash_kernels(cuda::FlashKernels::automatic);
+  } else {
+    std::cout << "[ note ] no wgmma flash kernels for D = " << s.D
+              << " on this GPU/build: that path is not checked for this shape\n";
+  }
+}
+
 std::unique_ptr<Backend> cuda_backend(const std::string& attention) {
   CudaBackendOptions options;
   options.device = 0;
@@ -332,25 +357,7 @@ TEST_P(CudaAttention, MatchesCpuReference) {
   const AttnResult ref = cpu_reference(s, in);
   for (const Layout* layout : {&kPackedQkv, &kLss}) {
     SCOPED_TRACE(layout->name);
-    {
-      SCOPED_TRACE("flash fp32");
-      check_backend(*flash_, DType::f32, kTolFp32, s, *layout, in, ref);
-    }
-    {
-      SCOPED_TRACE("flash bf16, mma.sync kernels");
-      cuda::set_flash_kernels(cuda::FlashKernels::mma_sync);
-      check_backend(*flash_, DType::bf16, kTolBf16, s, *layout, in, ref);
-      cuda::set_flash_kernels(cuda::FlashKernels::automatic);
-    }
-    if (cuda::flash_wgmma_available(s.D)) {
-      SCOPED_TRACE("flash bf16, wgmma kernels");
-      cuda::set_flash_kernels(cuda::FlashKernels::wgmma);
-      check_backend(*flash_, DType::bf16, kTolBf16, s, *layout, in, ref);
-      cuda::set_flash_kernels(cuda::FlashKernels::automatic);
-    } else {
-      std::cout << "[ note ] no wgmma flash kernels for D = " << s.D
-                << " on this GPU/build: that path is not checked for this shape\n";
-    }
+    check_own_kernels(*flash_, s, *layout, in, ref);
     {
       SCOPED_TRACE("cudnn bf16");
       AttnHarness probe(*cudnn_, DType::bf16, s, *layout, in);
@@ -395,22 +402,7 @@ TEST(CudaFlashAttention, ScoresRisingAlongTheKeys) {
             x = round_bf16(x * (1.f + static_cast<float>(t) / static_cast<float>(ramp)));
           }
         const AttnResult ref = cpu_reference(s, in);
-        {
-          SCOPED_TRACE("flash fp32");
-          check_backend(*flash, DType::f32, kTolFp32, s, kPackedQkv, in, ref);
-        }
-        {
-          SCOPED_TRACE("flash bf16, mma.sync kernels");
-          cuda::set_flash_kernels(cuda::FlashKernels::mma_sync);
-          check_backend(*flash, DType::bf16, kTolBf16, s, kPackedQkv, in, ref);
-          cuda::set_flash_kernels(cuda::FlashKernels::automatic);
-        }
-        if (cuda::flash_wgmma_available(D)) {
-          SCOPED_TRACE("flash bf16, wgmma kernels");
-          cuda::set_flash_kernels(cuda::FlashKernels::wgmma);
-          check_backend(*flash, DType::bf16, kTolBf16, s, kPackedQkv, in, ref);
-          cuda::set_flash_kernels(cuda::FlashKernels::automatic);
-        }
+        check_own_kernels(*flash, s, kPackedQkv, in, ref);
       }
 }
 
