@@ -1,5 +1,5 @@
 // Collective micro-benchmarks through the project's communicators, under MPI:
-//   mpiexec -n P bench_collectives [--backend=cpu|cuda] [--large] [--copy-engine] [Google Benchmark flags]
+//   mpiexec -n P bench_collectives [--backend=cpu|cuda] [--large] [--copy-engine | --registered] [Google Benchmark flags]
 // Every rank runs the same fixed iteration count; each iteration's time (backend markers:
 // device events on cuda) is max-reduced over ranks, and rank 0 reports. Sizes are the total
 // buffer of nccl-tests ("size": the gathered output of all_gather, the input of
@@ -13,6 +13,8 @@
 // the GEMMs hide and how much each slows the other (the trade of every overlapped schedule).
 // --copy-engine (cuda): the communicator of lssbench's --copy-engine-gathers, whose all-gathers
 // run on the copy engines from symmetric windows; every operand is then in those windows.
+// --registered (cuda): every operand in ncclMemAlloc blocks registered with the communicator
+// (lssbench's --gather-memory registered), where NCCL's kernels skip their staging copies.
 #include <mpi.h>
 
 #include <algorithm>
@@ -31,12 +33,13 @@ namespace lss::bench {
 namespace {
 
 Settings g_settings;
-bool g_copy_engine = false;
+lss::GatherMemory g_gather_memory = lss::GatherMemory::plain;
 std::unique_ptr<Backend> g_backend;
 Grid g_grid;  // one group of all ranks: the collectives run on g_grid.seq
 constexpr int kIterations = 20;
 
-// A collective's operand of n random elements, in symmetric memory where --copy-engine set one.
+// A collective's operand of n random elements, in symmetric memory where --copy-engine or
+// --registered set one.
 Buffer operand(DType dtype, int64_t n, uint64_t seed) {
   Buffer values = random_buffer(*g_backend, dtype, n, seed);
   Buffer b = g_backend->alloc_symmetric(dtype, n);
@@ -231,7 +234,8 @@ int main(int argc, char** argv) {
   {
     int out = 1;
     for (int i = 1; i < argc; ++i) {
-      if (std::string(argv[i]) == "--copy-engine") g_copy_engine = true;
+      if (std::string(argv[i]) == "--copy-engine") g_gather_memory = lss::GatherMemory::copy_engine;
+      else if (std::string(argv[i]) == "--registered") g_gather_memory = lss::GatherMemory::registered;
       else argv[out++] = argv[i];
     }
     argc = out;
@@ -242,10 +246,11 @@ int main(int argc, char** argv) {
     g_backend = lss::make_backend(lss::BackendOptions{g_settings.backend, g_settings.threads, local, g_settings.attention});
     int world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
-    LSS_REQUIRE_INPUT(!g_copy_engine || g_settings.backend == "cuda", "--copy-engine needs --backend=cuda");
+    LSS_REQUIRE_INPUT(g_gather_memory == lss::GatherMemory::plain || g_settings.backend == "cuda",
+                      "--copy-engine and --registered need --backend=cuda");
 #ifdef LSS_HAVE_CUDA
     if (g_settings.backend == "cuda")
-      g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, world, lss::cuda_stream_of(*g_backend), g_copy_engine);
+      g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, world, lss::cuda_stream_of(*g_backend), g_gather_memory);
     else g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
 #else
     g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
@@ -263,8 +268,12 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("backend", g_backend->device_name());
     benchmark::AddCustomContext("ranks", std::to_string(g_grid.world));
     benchmark::AddCustomContext("git_commit", LSS_GIT_COMMIT);
-    benchmark::AddCustomContext("all_gather_engine", g_copy_engine ? "copy engines (NCCL zero-CTA policy, symmetric windows)"
-                                                                    : "SM kernels");
+    benchmark::AddCustomContext("all_gather_engine",
+                                g_gather_memory == lss::GatherMemory::copy_engine
+                                    ? "copy engines (NCCL zero-CTA policy, symmetric windows)"
+                                    : g_gather_memory == lss::GatherMemory::registered
+                                          ? "SM kernels, operands registered (ncclCommRegister)"
+                                          : "SM kernels");
     if (rank == 0) {
       benchmark::RunSpecifiedBenchmarks();
     } else {

@@ -61,7 +61,7 @@ StrategyOptions options_of(const std::string& variant) {
   o.zigzag = variant.rfind("zigzag", 0) == 0;
   // The query-offset calls instead of the split causal blocks.
   o.split_causal = variant != "zigzag_offset";
-  o.keep_kv = variant == "zigzag_keepkv";
+  o.keep_kv = has("keepkv");
   o.chunk_pipeline = has("pipeline");
   o.recompute = has("recompute");
   o.distributed_optimizer = has("sharded");
@@ -69,7 +69,7 @@ StrategyOptions options_of(const std::string& variant) {
   o.local_cross_block = has("localcross");
   // These tests' gathers are far below the default --placed-gather-min: placed at any size, as
   // on the long sequences, except in the variant that checks the rank-major gather and its copy.
-  if (variant != "zigzag_rankmajor") o.placed_gather_min_bytes = 0;
+  if (!has("rankmajor")) o.placed_gather_min_bytes = 0;
   o.regather_ln = variant != "keepln";
   o.overlap = variant != "nooverlap";
   o.optimizer_in_backward = variant == "optbwd";
@@ -97,6 +97,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     RunConfig rc = model(c.strategy, P, c.dtype, c.causal, c.attention);
     rc.strategy_opts = options_of(c.variant);
     rc.copy_engine_gathers = c.variant.find("copyengine") != std::string::npos;
+    rc.registered_gathers = c.variant.find("registered") != std::string::npos;
     // The distributed optimizer, and the optimizer in backward (one rank: the side lane's AdamW
     // beside backward), are checked through the loss one step later: a step large enough that
     // stale parameters would show in it.
@@ -135,6 +136,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     ref.P = 1;
     ref.backend = "cpu";
     ref.copy_engine_gathers = false;
+    ref.registered_gathers = false;
     ref.model.dtype = DType::f64;
     ref.strategy_opts.grad_reduce_dtype.reset();  // the reference sums nothing
     Session cpu(ref, MPI_COMM_SELF);
@@ -191,6 +193,14 @@ std::vector<Case> cases() {
   for (const char* v : {"zigzag_copyengine", "zigzag_pipeline_copyengine"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});
   out.push_back({"lss", DType::f32, true, "flash", "zigzag_copyengine"});
   out.push_back({"megatron_sp", DType::bf16, true, "cudnn", "copyengine"});
+  // The gathered buffers registered with NCCL (--registered-gathers): the placed and the rank-major
+  // gathers, the pipeline's halves, lss with the options of its weak-scaling sweep (kept K/V, the
+  // placed reduce-scatter, the distributed optimizer, whose parameter gathers stay in plain memory).
+  for (const char* v : {"zigzag_registered", "zigzag_rankmajor_registered", "zigzag_pipeline_registered",
+                        "zigzag_keepkv_placedrs_sharded_registered"})
+    out.push_back({"lss", DType::bf16, true, "cudnn", v});
+  out.push_back({"lss", DType::f32, true, "flash", "zigzag_registered"});
+  out.push_back({"megatron_sp", DType::bf16, true, "cudnn", "registered"});
   // The distributed optimizer (in-place reduce-scatters of the gradients, the forward's in-place
   // gathers of the bf16 working copy, one step later too).
   for (const char* v : {"zigzag_sharded", "zigzag_pipeline_sharded"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});

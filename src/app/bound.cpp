@@ -244,14 +244,14 @@ struct CollectiveOperands {
 CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollKind kind, int64_t bytes, DType dtype,
                                        const std::vector<PlacedPiece>& placed) {
   const int64_t n = bytes / static_cast<int64_t>(dtype_size(dtype));
-  // A gather's operands come from where the strategies take theirs (symmetric windows with
-  // --copy-engine-gathers; a placed gather's from plain memory, as lss's), so that it runs as
-  // theirs do.
+  // A gather's operands come from where the strategies take theirs (symmetric memory: NCCL's
+  // windows with --copy-engine-gathers, registered blocks with --registered-gathers), so that it
+  // runs as theirs do.
   const bool is_placed = !placed.empty();
   LSS_CHECK(!is_placed || kind == CollKind::all_gather || kind == CollKind::reduce_scatter,
             std::string("analytic bound: a placed ") + coll_kind_name(kind));
   auto operand = [&](int64_t count) {
-    Buffer b = kind == CollKind::all_gather && !is_placed ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
+    Buffer b = kind == CollKind::all_gather ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
     be.fill_zero(b.view());
     return b;
   };

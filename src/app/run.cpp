@@ -100,6 +100,10 @@ void add_step_options(OptionParser& p) {
   p.add_flag("copy-engine-gathers", false,
              "cuda: the sequence group's all-gathers on the GPUs' copy engines (NCCL zero-CTA policy, symmetric "
              "windows), leaving every SM to the compute they overlap");
+  p.add_flag("registered-gathers", false,
+             "cuda: the sequence group's gathered buffers registered with NCCL (ncclMemAlloc, ncclCommRegister), "
+             "so that its all-gather kernels write into the peers' buffers without a staging copy, on 16 channels "
+             "instead of 24");
 }
 
 RunConfig step_config_from(const OptionParser& p) {
@@ -141,6 +145,7 @@ RunConfig step_config_from(const OptionParser& p) {
   if (p.str("grad-reduce-dtype") != "master")
     rc.strategy_opts.grad_reduce_dtype = parse_dtype(p.str("grad-reduce-dtype"), "--grad-reduce-dtype");
   rc.copy_engine_gathers = p.flag("copy-engine-gathers");
+  rc.registered_gathers = p.flag("registered-gathers");
   rc.strategy = p.str("strategy");
   // The serial model keeps every activation (it is also the reference the distributed runs are
   // checked against, built from their options); timed with --recompute it would run a plain step
@@ -583,7 +588,9 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                min_time_s > 0 ? fmt::format(", more until {:g} s", min_time_s) : "");
     fmt::print("  {:<14} {:.4g} GFLOP/step\n", "model FLOPs", flops.step / 1e9);
     fmt::print("  {:<14} {}{}\n", "options", session.strategy().options_json().dump(),
-               rc.copy_engine_gathers ? ", all-gathers on the copy engines" : "");
+               rc.copy_engine_gathers  ? ", all-gathers on the copy engines"
+               : rc.registered_gathers ? ", gathered buffers registered with NCCL"
+                                       : "");
     fmt::print("  {:<14} {}\n", "result", out);
   }
 
@@ -756,6 +763,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
                        {"eps", rc.opt.eps}, {"weight_decay", rc.opt.weight_decay}}},
         {"strategy_options", session.strategy().options_json()},
         {"copy_engine_gathers", rc.copy_engine_gathers},
+        {"registered_gathers", rc.registered_gathers},
         {"options", parser.values()}};
     j["grid"] = {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}};
     j["machine"] = {{"hosts", hosts},

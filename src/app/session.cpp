@@ -44,6 +44,12 @@ void check_run_config(RunConfig& cfg) {
   }
   LSS_REQUIRE_INPUT(!cfg.copy_engine_gathers || cfg.backend == "cuda",
                     "--copy-engine-gathers: the " + cfg.backend + " backend has no copy engines (needs --backend cuda)");
+  LSS_REQUIRE_INPUT(!cfg.registered_gathers || cfg.backend == "cuda",
+                    "--registered-gathers: the " + cfg.backend + " backend has no NCCL to register with (needs --backend "
+                    "cuda)");
+  LSS_REQUIRE_INPUT(!(cfg.registered_gathers && cfg.copy_engine_gathers),
+                    "--registered-gathers with --copy-engine-gathers: the gathered buffers are in NCCL's symmetric "
+                    "windows or registered, not both (give one of the two)");
 }
 
 Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
@@ -63,7 +69,10 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   backend_ = make_backend(BackendOptions{cfg_.backend, cfg_.threads, node.rank, cfg_.attention});
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {
-    grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_), cfg_.copy_engine_gathers);
+    grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_),
+                           cfg_.copy_engine_gathers  ? GatherMemory::copy_engine
+                           : cfg_.registered_gathers ? GatherMemory::registered
+                                                     : GatherMemory::plain);
     backend_->use_symmetric_memory(grid_.seq->symmetric_memory());
   } else {
     grid_ = make_mpi_grid(base, cfg_.P);

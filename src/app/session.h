@@ -30,6 +30,7 @@ struct RunConfig {
   // The sequence group's all-gathers on the GPUs' copy engines (NCCL's zero-CTA policy on
   // symmetric windows) instead of SM kernels: cuda only.
   bool copy_engine_gathers = false;
+  bool registered_gathers = false;
 };
 
 // Times of one training step on this rank, in seconds.

@@ -24,6 +24,18 @@
 
 namespace lss {
 
+// How a group's all-gathers move their bytes on NCCL (lssbench's --copy-engine-gathers, --registered-gathers):
+//   plain        ordinary device memory; NCCL's kernels copy through their own staging buffers.
+//   copy_engine  ncclMemAlloc blocks in symmetric windows, the communicator at NCCL's zero-CTA
+//                policy: NCCL then runs the all-gathers on the GPUs' copy engines, which it does
+//                for buffers in those windows only, so an all-gather on any other buffer stops the
+//                run (it would fall back to the kernels unseen). The other collectives keep their
+//                kernels, and gathers are not placed (the copy engines take whole rank blocks).
+//   registered   ncclMemAlloc blocks registered with ncclCommRegister: NCCL's ring kernels then
+//                write into the peers' buffers directly (no staging copy) on fewer channels (16,
+//                not 24, on one node); a collective on other memory runs as with plain.
+enum class GatherMemory { plain, copy_engine, registered };
+
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
 inline constexpr int kNumCollKinds = 7;
 const char* coll_kind_name(CollKind k);

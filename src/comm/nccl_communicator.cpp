@@ -68,8 +68,9 @@ int comm_size(MPI_Comm c) {
 // communicator binds to the CUDA device current at construction: the backend must have chosen
 // this rank's device (cudaSetDevice) before the grid is built.
 NcclCommunicator::NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream,
-                                   std::shared_ptr<CUstream_st> comm_stream, bool copy_engine)
+                                   std::shared_ptr<CUstream_st> comm_stream, GatherMemory gather_memory)
     : Communicator(std::move(name), comm_rank(mpi_comm), comm_size(mpi_comm)),
+      gather_memory_(gather_memory),
       stream_(stream),
       compute_stream_(stream),
       comm_stream_(std::move(comm_stream)),
@@ -84,16 +85,20 @@ NcclCommunicator::NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStre
   if (rank() == 0) LSS_NCCL_CHECK(ncclGetUniqueId(&id));
   LSS_MPI_CHECK(MPI_Bcast(&id, static_cast<int>(sizeof(id)), MPI_BYTE, 0, mpi_comm_));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  if (copy_engine) {
-    config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
-    windows_ = std::make_unique<Windows>(*this);
-  }
+  if (gather_memory_ == GatherMemory::copy_engine) config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
+  if (gather_memory_ != GatherMemory::plain) blocks_ = std::make_unique<RegisteredBlocks>(*this);
   LSS_NCCL_CHECK(ncclCommInitRankConfig(&comm_, size(), id, rank(), &config));
 }
 
-void* NcclCommunicator::Windows::allocate(size_t bytes) {
+void* NcclCommunicator::RegisteredBlocks::allocate(size_t bytes) {
   void* ptr = nullptr;
   LSS_NCCL_CHECK(ncclMemAlloc(&ptr, bytes));
+  if (owner_.gather_memory_ == GatherMemory::registered) {
+    void* handle = nullptr;
+    LSS_NCCL_CHECK(ncclCommRegister(owner_.comm_, ptr, bytes, &handle));
+    blocks_.push_back({static_cast<char*>(ptr), bytes, nullptr, handle});
+    return ptr;
+  }
   ncclWindow_t window = nullptr;
   LSS_NCCL_CHECK(ncclCommWindowRegister(owner_.comm_, ptr, bytes, &window, NCCL_WIN_COLL_SYMMETRIC));
   // NCCL registers nothing, and says nothing, where it has no symmetric memory (GPUs of the
@@ -103,23 +108,24 @@ void* NcclCommunicator::Windows::allocate(size_t bytes) {
                     "--copy-engine-gathers: NCCL has no symmetric memory for group '" + owner_.name() +
                         "' (it needs every GPU of the group on one node with peer-to-peer access and NCCL_CUMEM_ENABLE "
                         "not 0); run without the option");
-  blocks_.push_back({static_cast<char*>(ptr), bytes, window});
+  blocks_.push_back({static_cast<char*>(ptr), bytes, window, nullptr});
   return ptr;
 }
 
-bool NcclCommunicator::Windows::holds(const void* ptr, size_t bytes) const {
+bool NcclCommunicator::RegisteredBlocks::holds(const void* ptr, size_t bytes) const {
   const auto* p = static_cast<const char*>(ptr);
   for (const Block& b : blocks_)
     if (p >= b.ptr && p + bytes <= b.ptr + b.bytes) return true;
   return false;
 }
 
-void NcclCommunicator::Windows::release_all() {
+void NcclCommunicator::RegisteredBlocks::release_all() {
   // Called from the destructor: failures are printed, not fatal.
   for (const Block& b : blocks_) {
-    if (ncclCommWindowDeregister(owner_.comm_, b.window) != ncclSuccess ||
-        ncclMemFree(b.ptr) != ncclSuccess)
-      std::fprintf(stderr, "[rank %d] releasing a symmetric window of '%s' failed\n", process_rank(),
+    const ncclResult_t deregistered = b.window != nullptr ? ncclCommWindowDeregister(owner_.comm_, b.window)
+                                                          : ncclCommDeregister(owner_.comm_, b.handle);
+    if (deregistered != ncclSuccess || ncclMemFree(b.ptr) != ncclSuccess)
+      std::fprintf(stderr, "[rank %d] releasing a registered block of '%s' failed\n", process_rank(),
                    owner_.name().c_str());
   }
   blocks_.clear();
@@ -131,13 +137,13 @@ NcclCommunicator::~NcclCommunicator() {
   for (AsyncOp& op : ops_)
     for (cudaEvent_t e : {op.start, op.end, op.wait_begin, op.wait_end})
       if (e != nullptr) cudaEventDestroy(e);
-  if (windows_) {
-    // The windows' last users may still be in flight on either stream.
+  if (blocks_) {
+    // The blocks' last users may still be in flight on either stream.
     if (cudaStreamSynchronize(compute_stream_) != cudaSuccess ||
         (comm_stream_ && cudaStreamSynchronize(comm_stream_.get()) != cudaSuccess))
-      std::fprintf(stderr, "[rank %d] synchronising before releasing the symmetric windows of '%s' failed\n",
+      std::fprintf(stderr, "[rank %d] synchronising before releasing the registered blocks of '%s' failed\n",
                    process_rank(), name().c_str());
-    windows_->release_all();
+    blocks_->release_all();
   }
   if (comm_ != nullptr) {
     const ncclResult_t rc = ncclCommDestroy(comm_);
@@ -151,8 +157,8 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::do_all_gather(View send, View recv) {
-  if (windows_)
-    LSS_CHECK(windows_->holds(send.ptr, send.bytes()) && windows_->holds(recv.ptr, recv.bytes()),
+  if (gather_memory_ == GatherMemory::copy_engine)
+    LSS_CHECK(blocks_->holds(send.ptr, send.bytes()) && blocks_->holds(recv.ptr, recv.bytes()),
               name() + ".all_gather: a buffer outside the symmetric windows would run on SM kernels, not the copy "
                        "engines (allocate gather buffers with Backend::alloc_symmetric)");
   LSS_NCCL_CHECK(ncclAllGather(send.ptr, recv.ptr, count_of(send), nccl_type(send.dtype), comm_, stream_));
@@ -300,7 +306,7 @@ void NcclCommunicator::resolve_async(CommCounts& c) const {
   ops_.clear();
 }
 
-Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, bool copy_engine_seq) {
+Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, GatherMemory seq_gather_memory) {
   GridSplit s = split_grid(base, P);
   Grid g = std::move(s.layout);
   cudaStream_t raw = nullptr;
@@ -317,7 +323,7 @@ Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, bool copy_engine_
     if (cudaStreamDestroy(st) != cudaSuccess) std::fprintf(stderr, "cudaStreamDestroy(comm stream) failed\n");
   });
   g.world_comm = std::make_unique<NcclCommunicator>("world", s.world, stream, comm_stream);
-  g.seq = std::make_unique<NcclCommunicator>("sp", s.seq, stream, comm_stream, copy_engine_seq);
+  g.seq = std::make_unique<NcclCommunicator>("sp", s.seq, stream, comm_stream, seq_gather_memory);
   g.data = std::make_unique<NcclCommunicator>("dp", s.data, stream, comm_stream);
   return g;
 }

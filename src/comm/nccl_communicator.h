@@ -20,15 +20,14 @@ class NcclCommunicator : public Communicator {
   // Collective over `mpi_comm`: rank 0 makes the unique id and broadcasts it over MPI. The
   // asynchronous collectives go to `comm_stream` (shared by the grid; may be null: then start_*
   // run on `stream` at once, as blocking calls).
-  // copy_engine: the all-gathers run on the GPUs' copy engines instead of SM kernels (NCCL's
-  // zero-CTA policy), which NCCL does for buffers in symmetric windows only: symmetric_memory()
-  // hands those out, and an all-gather on any other buffer stops the run (it would fall back to
-  // the kernels unseen). The other collectives keep their kernels.
+  // gather_memory: where the group's gathered buffers live and how NCCL runs its all-gathers on
+  // them (GatherMemory). Outside `plain`, symmetric_memory() hands those buffers out.
   NcclCommunicator(std::string name, MPI_Comm mpi_comm, cudaStream_t stream,
-                   std::shared_ptr<CUstream_st> comm_stream = nullptr, bool copy_engine = false);
+                   std::shared_ptr<CUstream_st> comm_stream = nullptr,
+                   GatherMemory gather_memory = GatherMemory::plain);
   ~NcclCommunicator() override;
 
-  SymmetricMemory* symmetric_memory() override { return windows_.get(); }
+  SymmetricMemory* symmetric_memory() override { return blocks_.get(); }
 
  protected:
   void do_all_gather(View send, View recv) override;
@@ -37,7 +36,7 @@ class NcclCommunicator : public Communicator {
   void do_all_to_all(View send, View recv) override;
   void do_all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) override;
   void do_reduce_scatter_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) override;
-  bool places_gathers() const override { return windows_ == nullptr; }
+  bool places_gathers() const override { return gather_memory_ != GatherMemory::copy_engine; }
   void do_send(View buf, int peer) override;
   void do_recv(View buf, int peer) override;
   void do_barrier() override;
@@ -59,10 +58,11 @@ class NcclCommunicator : public Communicator {
   };
   // resolve_async's spans of one finished collective (the timing backend is tracing).
   void trace(const AsyncOp& op) const;
-  // Blocks from ncclMemAlloc, each registered as one symmetric window of the communicator.
-  class Windows final : public SymmetricMemory {
+  // Blocks from ncclMemAlloc, each registered with the communicator: as one symmetric window
+  // (copy_engine) or as a local registration (registered).
+  class RegisteredBlocks final : public SymmetricMemory {
    public:
-    explicit Windows(NcclCommunicator& owner) : owner_(owner) {}
+    explicit RegisteredBlocks(NcclCommunicator& owner) : owner_(owner) {}
     void* allocate(size_t bytes) override;
     // Whether [ptr, ptr + bytes) lies inside one block.
     bool holds(const void* ptr, size_t bytes) const;
@@ -73,13 +73,15 @@ class NcclCommunicator : public Communicator {
     struct Block {
       char* ptr;
       size_t bytes;
-      ncclWindow_t window;
+      ncclWindow_t window;  // copy_engine
+      void* handle;         // registered
     };
     NcclCommunicator& owner_;
     std::vector<Block> blocks_;
   };
   ncclComm_t comm_ = nullptr;
-  std::unique_ptr<Windows> windows_;  // copy-engine all-gathers only
+  GatherMemory gather_memory_ = GatherMemory::plain;
+  std::unique_ptr<RegisteredBlocks> blocks_;  // outside GatherMemory::plain
   cudaStream_t stream_;          // where do_* enqueue: the compute stream, or the comm stream inside start_async
   cudaStream_t compute_stream_;
   std::shared_ptr<CUstream_st> comm_stream_;
@@ -89,8 +91,8 @@ class NcclCommunicator : public Communicator {
 
 // The grid of comm/grid.h with NCCL communicators on `stream` (world = R x P as make_mpi_grid),
 // sharing one communication stream for their asynchronous collectives.
-// copy_engine_seq: the sequence group's all-gathers on the copy engines (NcclCommunicator).
-Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, bool copy_engine_seq = false);
+// seq_gather_memory: the sequence group's gathered buffers (GatherMemory); the other groups' are plain.
+Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, GatherMemory seq_gather_memory = GatherMemory::plain);
 
 // NCCL version this process loaded ("2.28.3").
 std::string nccl_loaded_version();

@@ -377,7 +377,7 @@ Strategy::PendingCollective Strategy::start_seq_all_gather(View local) {
 }
 
 Strategy::PendingCollective Strategy::start_seq_all_gather_placed(View local, std::vector<PlacedPiece> pieces) {
-  PendingCollective g{ctx_.backend.alloc(local.dtype, ctx_.grid.P * local.numel), {}};
+  PendingCollective g{ctx_.backend.alloc_symmetric(local.dtype, ctx_.grid.P * local.numel), {}};
   g.handle = ctx_.grid.seq->start_all_gather_placed(local, g.out.view(), std::move(pieces));
   wait_unless_overlap(*ctx_.grid.seq, g.handle);
   return g;
