@@ -33,7 +33,7 @@ STYLE = {"lss": (["tab:blue", "tab:cyan", "navy", "tab:purple"], "o"),
          "serial": (["tab:gray", "black"], "^")}
 # Options off by default that change what a strategy runs: they name a series.
 FLAGS = ["zigzag", "keep-kv", "placed-reduce-scatter", "local-cross-block", "distributed-optimizer", "recompute",
-         "chunk-pipeline", "copy-engine-gathers"]
+         "chunk-pipeline", "copy-engine-gathers", "registered-gathers"]
 
 
 def is_projection(j):

@@ -74,6 +74,8 @@ fresh; edit "$work/new/$p" 'r["config"]["copy_engine_gathers"] = True'
 expect 1 "lss cpu w2 sp2 T256 L2 C64 H4 B1 fp32 copy-engine-gathers" "a point whose gathers ran on the copy engines is another point than the baseline's" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["config"]["copy_engine_gathers"] = False'
 expect 0 "0 regressions" "copy_engine_gathers false matches a baseline written before it was recorded" "$base" "$work/new"
+fresh; edit "$work/new/$p" 'r["config"]["registered_gathers"] = True'
+expect 0 "0 regressions" "registered gathers (same collectives on the same SMs) match the baseline's point" "$base" "$work/new"
 
 # CPU CI: the deterministic figures of a fresh smoke sweep equal the committed baseline.
 "$lssbench" sweep "$root/sweeps/cpu-smoke.json" --out "$work/smoke" > "$work/smoke.log" 2>&1

@@ -35,12 +35,11 @@ bool energy_measured(const json& r) {
 std::string point_key(const json& r) {
   const json& c = r.value("config", json::object());
   const json& g = r.value("grid", json::object());
-  return fmt::format("{} {} w{} sp{} T{} L{} C{} H{} B{} {}{}{}{}", r.value("strategy", "?"), r.value("backend", "?"),
+  return fmt::format("{} {} w{} sp{} T{} L{} C{} H{} B{} {}{}{}", r.value("strategy", "?"), r.value("backend", "?"),
                      g.value("world", 0), g.value("sp", 0), c.value("seq", int64_t{0}), c.value("layers", int64_t{0}),
                      c.value("width", int64_t{0}), c.value("heads", int64_t{0}), c.value("batch", int64_t{0}),
                      c.value("dtype", "?"), c.value("causal", true) ? "" : " non-causal",
-                     c.value("copy_engine_gathers", false) ? " copy-engine-gathers" : "",
-                     c.value("registered_gathers", false) ? " registered-gathers" : "");
+                     c.value("copy_engine_gathers", false) ? " copy-engine-gathers" : "");
 }
 
 json options_of(const json& r) {

@@ -28,6 +28,9 @@ void check_run_config(RunConfig& cfg) {
   LSS_REQUIRE_INPUT(cfg.threads >= 1, "--threads " + std::to_string(cfg.threads) + ": must be at least 1");
   LSS_REQUIRE_INPUT(!(cfg.backend == "cpu" && cfg.model.dtype == DType::bf16),
                     "--dtype bf16: the cpu backend computes in fp32 or fp64 (bf16 needs --backend cuda)");
+  LSS_REQUIRE_INPUT(!(cfg.registered_gathers && cfg.copy_engine_gathers),
+                    "--registered-gathers with --copy-engine-gathers: the gathered buffers are in NCCL's symmetric "
+                    "windows or registered, not both (give one of the two)");
   // The parameters' gathers would need the flat parameter buffers in symmetric windows, which
   // are allocated per rank at sizes that differ between ranks.
   LSS_REQUIRE_INPUT(!cfg.copy_engine_gathers || !cfg.strategy_opts.distributed_optimizer,
@@ -47,9 +50,6 @@ void check_run_config(RunConfig& cfg) {
   LSS_REQUIRE_INPUT(!cfg.registered_gathers || cfg.backend == "cuda",
                     "--registered-gathers: the " + cfg.backend + " backend has no NCCL to register with (needs --backend "
                     "cuda)");
-  LSS_REQUIRE_INPUT(!(cfg.registered_gathers && cfg.copy_engine_gathers),
-                    "--registered-gathers with --copy-engine-gathers: the gathered buffers are in NCCL's symmetric "
-                    "windows or registered, not both (give one of the two)");
 }
 
 Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
