@@ -14,7 +14,7 @@
 // --copy-engine (cuda): the communicator of lssbench's --copy-engine-gathers, whose all-gathers
 // run on the copy engines from symmetric windows; every operand is then in those windows.
 // --registered (cuda): every operand in ncclMemAlloc blocks registered with the communicator
-// (lssbench's --gather-memory registered), where NCCL's kernels skip their staging copies.
+// (lssbench's --registered-gathers), where NCCL's kernels skip their staging copies.
 #include <mpi.h>
 
 #include <algorithm>

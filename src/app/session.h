@@ -30,6 +30,7 @@ struct RunConfig {
   // The sequence group's all-gathers on the GPUs' copy engines (NCCL's zero-CTA policy on
   // symmetric windows) instead of SM kernels: cuda only.
   bool copy_engine_gathers = false;
+  // The sequence group's gathered buffers registered with NCCL (ncclCommRegister): cuda only.
   bool registered_gathers = false;
 };
 

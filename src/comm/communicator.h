@@ -32,8 +32,9 @@ namespace lss {
 //                run (it would fall back to the kernels unseen). The other collectives keep their
 //                kernels, and gathers are not placed (the copy engines take whole rank blocks).
 //   registered   ncclMemAlloc blocks registered with ncclCommRegister: NCCL's ring kernels then
-//                write into the peers' buffers directly (no staging copy) on fewer channels (16,
-//                not 24, on one node); a collective on other memory runs as with plain.
+//                write into the peers' buffers directly (no staging copy) on fewer channels (NCCL
+//                2.28 on one node: 16, not 24). 2.28 registers no reduce-scatter or reduce, and a
+//                collective on other memory runs as with plain.
 enum class GatherMemory { plain, copy_engine, registered };
 
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
