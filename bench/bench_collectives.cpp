@@ -236,6 +236,7 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
       if (std::string(argv[i]) == "--copy-engine") g_gather_memory = lss::GatherMemory::copy_engine;
       else if (std::string(argv[i]) == "--registered") g_gather_memory = lss::GatherMemory::registered;
+      else if (std::string(argv[i]) == "--symmetric") g_gather_memory = lss::GatherMemory::symmetric;
       else argv[out++] = argv[i];
     }
     argc = out;
@@ -273,6 +274,8 @@ int main(int argc, char** argv) {
                                     ? "copy engines (NCCL zero-CTA policy, symmetric windows)"
                                     : g_gather_memory == lss::GatherMemory::registered
                                           ? "SM kernels, operands registered (ncclCommRegister)"
+                                    : g_gather_memory == lss::GatherMemory::symmetric
+                                          ? "NCCL's symmetric kernels, operands in symmetric windows"
                                           : "SM kernels");
     if (rank == 0) {
       benchmark::RunSpecifiedBenchmarks();

@@ -35,7 +35,13 @@ namespace lss {
 //                write into the peers' buffers directly (no staging copy) on fewer channels (NCCL
 //                2.28 on one node: 16, not 24). 2.28 registers no reduce-scatter or reduce, and a
 //                collective on other memory runs as with plain.
-enum class GatherMemory { plain, copy_engine, registered };
+//   symmetric    ncclMemAlloc blocks in symmetric windows at NCCL's default CTA policy: NCCL 2.28
+//                then runs every all-gather, reduce-scatter and all-reduce whose buffers are all
+//                in those windows on its symmetric kernels (loads and stores to the peers'
+//                memory over NVLink, on the fewest blocks within 2.5% of its modelled peak: 9 on
+//                2 x H200). bench_collectives --symmetric only: the strategies' reduce-scatter
+//                and all-reduce buffers are not in the windows.
+enum class GatherMemory { plain, copy_engine, registered, symmetric };
 
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
 inline constexpr int kNumCollKinds = 7;

@@ -102,10 +102,13 @@ void* NcclCommunicator::RegisteredBlocks::allocate(size_t bytes) {
   ncclWindow_t window = nullptr;
   LSS_NCCL_CHECK(ncclCommWindowRegister(owner_.comm_, ptr, bytes, &window, NCCL_WIN_COLL_SYMMETRIC));
   // NCCL registers nothing, and says nothing, where it has no symmetric memory (GPUs of the
-  // group not all peer-to-peer on one node, or CUDA's VMM turned off): its all-gathers would
-  // then quietly run as kernels.
+  // group not all peer-to-peer on one node, or CUDA's VMM turned off): its collectives would
+  // then quietly run on the ring kernels.
   LSS_REQUIRE_INPUT(window != nullptr,
-                    "--copy-engine-gathers: NCCL has no symmetric memory for group '" + owner_.name() +
+                    std::string(owner_.gather_memory_ == GatherMemory::copy_engine
+                                    ? "--copy-engine-gathers"
+                                    : "symmetric windows (bench_collectives --symmetric)") +
+                        ": NCCL has no symmetric memory for group '" + owner_.name() +
                         "' (it needs every GPU of the group on one node with peer-to-peer access and NCCL_CUMEM_ENABLE "
                         "not 0); run without the option");
   blocks_.push_back({static_cast<char*>(ptr), bytes, window, nullptr});

@@ -59,7 +59,7 @@ class NcclCommunicator : public Communicator {
   // resolve_async's spans of one finished collective (the timing backend is tracing).
   void trace(const AsyncOp& op) const;
   // Blocks from ncclMemAlloc, each registered with the communicator: as one symmetric window
-  // (copy_engine) or as a local registration (registered).
+  // (copy_engine, symmetric) or as a local registration (registered).
   class RegisteredBlocks final : public SymmetricMemory {
    public:
     explicit RegisteredBlocks(NcclCommunicator& owner) : owner_(owner) {}
@@ -73,7 +73,7 @@ class NcclCommunicator : public Communicator {
     struct Block {
       char* ptr;
       size_t bytes;
-      ncclWindow_t window;  // copy_engine
+      ncclWindow_t window;  // copy_engine, symmetric
       void* handle;         // registered
     };
     NcclCommunicator& owner_;
