@@ -231,24 +231,38 @@ int main(int argc, char** argv) {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   g_settings = parse_settings(&argc, argv);
+  // The operands' memory: at most one of these flags (each rank reads the same command line, so
+  // every rank refuses a bad one alike).
+  const std::vector<std::pair<std::string, lss::GatherMemory>> memory_flags = {
+      {"--copy-engine", lss::GatherMemory::copy_engine},
+      {"--registered", lss::GatherMemory::registered},
+      {"--symmetric", lss::GatherMemory::symmetric}};
+  std::vector<std::string> memory_given;
   {
     int out = 1;
     for (int i = 1; i < argc; ++i) {
-      if (std::string(argv[i]) == "--copy-engine") g_gather_memory = lss::GatherMemory::copy_engine;
-      else if (std::string(argv[i]) == "--registered") g_gather_memory = lss::GatherMemory::registered;
-      else if (std::string(argv[i]) == "--symmetric") g_gather_memory = lss::GatherMemory::symmetric;
-      else argv[out++] = argv[i];
+      const auto flag = std::find_if(memory_flags.begin(), memory_flags.end(),
+                                     [&](const auto& f) { return f.first == argv[i]; });
+      if (flag == memory_flags.end()) {
+        argv[out++] = argv[i];
+        continue;
+      }
+      g_gather_memory = flag->second;
+      memory_given.push_back(flag->first);
     }
     argc = out;
   }
   int rc = 0;
   try {
+    // (The messages are built only when their check fails.)
+    LSS_REQUIRE_INPUT(memory_given.size() <= 1,
+                      memory_given[0] + " with " + memory_given[1] + ": the operands live in one kind of memory (give one)");
     const int local = lss::node_position(MPI_COMM_WORLD).rank;
     g_backend = lss::make_backend(lss::BackendOptions{g_settings.backend, g_settings.threads, local, g_settings.attention});
     int world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
-    LSS_REQUIRE_INPUT(g_gather_memory == lss::GatherMemory::plain || g_settings.backend == "cuda",
-                      "--copy-engine and --registered need --backend=cuda");
+    LSS_REQUIRE_INPUT(memory_given.empty() || g_settings.backend == "cuda",
+                      memory_given[0] + " needs --backend=cuda");
 #ifdef LSS_HAVE_CUDA
     if (g_settings.backend == "cuda")
       g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, world, lss::cuda_stream_of(*g_backend), g_gather_memory);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench_kernels and bench_collectives name the build in their JSON: context.git_commit equals the
 # commit stamped into the build (generated/lss_git_commit.h), which scripts/ab_summary.py puts at
-# the head of an A/B's tables.
+# the head of an A/B's tables. bench_collectives also refuses a bad choice of operand memory on
+# every rank, with the flags named and a non-zero exit.
 # usage: bench_context.sh BENCH_KERNELS BENCH_COLLECTIVES MPIEXEC COMMIT_HEADER
 set -uo pipefail
 kernels=$1 collectives=$2 mpiexec=$3 header=$4
@@ -20,4 +21,18 @@ for f in kernels collectives; do
   got=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["context"].get("git_commit", "<missing>"))' "$work/$f.json")
   if [ "$got" = "$want" ]; then echo "bench_$f: git_commit $got"; else echo "FAIL: bench_$f: git_commit '$got', the build is '$want'"; fail=1; fi
 done
+# refuse FRAGMENT ARGS...: every rank names the bad flags and the run exits non-zero, in time.
+refuse() {
+  local fragment=$1 out rc
+  shift
+  out=$(timeout 60 "$mpiexec" -n 2 "$collectives" --benchmark_filter='all_gather/bytes:65536/' "$@" 2>&1)
+  rc=$?
+  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$(grep -cF -- "$fragment" <<<"$out")" -eq 2 ]; then
+    echo "bench_collectives $*: refused ($fragment)"
+  else
+    echo "FAIL: bench_collectives $*: exit $rc, want non-zero with '$fragment' from both ranks"; echo "$out" | tail -5; fail=1
+  fi
+}
+refuse "--copy-engine with --registered: the operands live in one kind of memory (give one)" --copy-engine --registered
+refuse "--symmetric needs --backend=cuda" --symmetric --backend=cpu
 exit $fail
