@@ -33,7 +33,8 @@ STYLE = {"lss": (["tab:blue", "tab:cyan", "navy", "tab:purple"], "o"),
          "serial": (["tab:gray", "black"], "^")}
 # Options off by default that change what a strategy runs: they name a series.
 FLAGS = ["zigzag", "keep-kv", "placed-reduce-scatter", "local-cross-block", "distributed-optimizer", "recompute",
-         "chunk-pipeline", "copy-engine-gathers", "registered-gathers"]
+         "chunk-pipeline", "copy-engine-gathers", "registered-gathers",
+         "symmetric-collectives"]
 
 
 def is_projection(j):

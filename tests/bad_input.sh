@@ -69,7 +69,9 @@ expect 2 "--scatter-chunks: an option of megatron_sp, which --strategy lss does 
 expect 2 "--sp 3: the world size 2" run --strategy lss --sp 3
 expect 2 "--copy-engine-gathers: the cpu backend has no copy engines (needs --backend cuda)" run --strategy lss --sp 2 --copy-engine-gathers
 expect 2 "--registered-gathers: the cpu backend has no NCCL to register with (needs --backend cuda)" run --strategy lss --sp 2 --registered-gathers
-expect 2 "--registered-gathers with --copy-engine-gathers: the gathered buffers are in NCCL's symmetric windows or registered, not both (give one of the two)" run --strategy lss --sp 2 --registered-gathers --copy-engine-gathers
+expect 2 "--copy-engine-gathers with --registered-gathers: the sequence group's buffers are in one kind of NCCL memory (copy-engine windows, registered blocks or symmetric windows), not two (give one of them)" run --strategy lss --sp 2 --registered-gathers --copy-engine-gathers
+expect 2 "--registered-gathers with --symmetric-collectives: the sequence group's buffers are in one kind of NCCL memory" run --strategy megatron_sp --sp 2 --symmetric-collectives --registered-gathers
+expect 2 "--symmetric-collectives: the cpu backend has no NCCL symmetric memory (needs --backend cuda)" run --strategy lss --sp 2 --symmetric-collectives
 expect 2 "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the copy engines (give one of the two)" run --strategy lss --sp 2 --copy-engine-gathers --distributed-optimizer
 expect 2 "--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: --no-zigzag, --causal, --split-causal)" run --strategy lss --sp 2 --chunk-pipeline
 expect 2 "--placed-reduce-scatter needs --zigzag" run --strategy lss --sp 2 --placed-reduce-scatter

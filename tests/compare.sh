@@ -76,6 +76,8 @@ fresh; edit "$work/new/$p" 'r["config"]["copy_engine_gathers"] = False'
 expect 0 "0 regressions" "copy_engine_gathers false matches a baseline written before it was recorded" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["config"]["registered_gathers"] = True'
 expect 0 "0 regressions" "registered gathers (same collectives on the same SMs) match the baseline's point" "$base" "$work/new"
+fresh; edit "$work/new/$p" 'r["config"]["symmetric_collectives"] = True'
+expect 0 "0 regressions" "symmetric collectives (the same collectives on NCCL's other kernels) match the baseline's point" "$base" "$work/new"
 
 # CPU CI: the deterministic figures of a fresh smoke sweep equal the committed baseline.
 "$lssbench" sweep "$root/sweeps/cpu-smoke.json" --out "$work/smoke" > "$work/smoke.log" 2>&1

@@ -98,6 +98,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     rc.strategy_opts = options_of(c.variant);
     rc.copy_engine_gathers = c.variant.find("copyengine") != std::string::npos;
     rc.registered_gathers = c.variant.find("registered") != std::string::npos;
+    rc.symmetric_collectives = c.variant.find("symmetric") != std::string::npos;
     // The distributed optimizer, and the optimizer in backward (one rank: the side lane's AdamW
     // beside backward), are checked through the loss one step later: a step large enough that
     // stale parameters would show in it.
@@ -137,6 +138,7 @@ TEST_P(GpuStep, LossAndGradientsMatchTheCpuFp64Reference) {
     ref.backend = "cpu";
     ref.copy_engine_gathers = false;
     ref.registered_gathers = false;
+    ref.symmetric_collectives = false;
     ref.model.dtype = DType::f64;
     ref.strategy_opts.grad_reduce_dtype.reset();  // the reference sums nothing
     Session cpu(ref, MPI_COMM_SELF);
@@ -201,6 +203,15 @@ std::vector<Case> cases() {
     out.push_back({"lss", DType::bf16, true, "cudnn", v});
   out.push_back({"lss", DType::f32, true, "flash", "zigzag_registered"});
   out.push_back({"megatron_sp", DType::bf16, true, "cudnn", "registered"});
+  // The gathered and reduce-scattered buffers in symmetric windows (--symmetric-collectives: NCCL's
+  // symmetric kernels): lss in token order, zigzag with placed and with rank-major gathers (the
+  // reduce-scatter rank-major from a reordered copy), the pipeline's halves into row ranges, the
+  // weak-scaling sweep's options but the placed reduce-scatter; megatron_sp whole and in chunks.
+  for (const char* v : {"symmetric", "zigzag_symmetric", "zigzag_rankmajor_symmetric", "zigzag_pipeline_symmetric",
+                        "zigzag_keepkv_sharded_symmetric"})
+    out.push_back({"lss", DType::bf16, true, "cudnn", v});
+  out.push_back({"lss", DType::f32, true, "flash", "zigzag_symmetric"});
+  for (const char* v : {"symmetric", "chunks4_symmetric"}) out.push_back({"megatron_sp", DType::bf16, true, "cudnn", v});
   // The distributed optimizer (in-place reduce-scatters of the gradients, the forward's in-place
   // gathers of the bf16 working copy, one step later too).
   for (const char* v : {"zigzag_sharded", "zigzag_pipeline_sharded"}) out.push_back({"lss", DType::bf16, true, "cudnn", v});

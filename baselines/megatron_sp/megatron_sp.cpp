@@ -285,8 +285,8 @@ class MegatronSpStrategy final : public Strategy {
     }
     // (scatter_chunks, P, N/scatter_chunks, C): chunk i's rows of rank q at [i][q], so that each
     // chunk is one reduce-scatter's input.
-    Buffer partial = be.alloc(ctx_.cfg.dtype, NF_ * C);
-    Buffer local = be.alloc(ctx_.cfg.dtype, N_ * C);  // (N, C) this rank's rows, summed
+    Buffer partial = alloc_seq_scatter(ctx_.cfg.dtype, NF_ * C);
+    Buffer local = alloc_seq_scatter(ctx_.cfg.dtype, N_ * C);  // (N, C) this rank's rows, summed
     CommLabel label(*ctx_.grid.seq, "sequence reduce-scatter");
     if (scatter_chunks_ == 1) {
       // One chunk is the (T*Bl, C) rows in their order: one GEMM on all of them.
@@ -316,7 +316,8 @@ class MegatronSpStrategy final : public Strategy {
       CommLabel label(*ctx_.grid.seq, "sequence re-gather, backward");
       regather = start_seq_all_gather(x_local);
     }
-    Buffer dx_full = be.alloc(ctx_.cfg.dtype, NF_ * in);  // (T*Bl, in) partial sums over the tensor group
+    // (T*Bl, in) partial sums over the tensor group
+    Buffer dx_full = alloc_seq_scatter(ctx_.cfg.dtype, NF_ * in);
     linear_backward(be, dx_full.view(), 0.0, View{}, View{}, dy, View{}, W, NF_, in, out);
     if (!x_full) x_full = alone() ? Buffer::borrowed(x_local) : finish(regather);
     PendingCollective dx;

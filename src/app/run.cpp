@@ -104,6 +104,11 @@ void add_step_options(OptionParser& p) {
              "cuda: the sequence group's gathered buffers registered with NCCL (ncclMemAlloc, ncclCommRegister), "
              "so that its all-gather kernels write into the peers' buffers without a staging copy, on 16 channels "
              "instead of 24");
+  p.add_flag("symmetric-collectives", false,
+             "cuda: the sequence group's gathered and reduce-scattered buffers in NCCL's symmetric windows "
+             "(ncclMemAlloc, ncclCommWindowRegister), where NCCL 2.28 runs those all-gathers and reduce-scatters on "
+             "its symmetric kernels (loads and stores to the peers' memory, on fewer blocks than the ring's); "
+             "placed ones stay grouped broadcasts and reduces");
 }
 
 RunConfig step_config_from(const OptionParser& p) {
@@ -146,6 +151,7 @@ RunConfig step_config_from(const OptionParser& p) {
     rc.strategy_opts.grad_reduce_dtype = parse_dtype(p.str("grad-reduce-dtype"), "--grad-reduce-dtype");
   rc.copy_engine_gathers = p.flag("copy-engine-gathers");
   rc.registered_gathers = p.flag("registered-gathers");
+  rc.symmetric_collectives = p.flag("symmetric-collectives");
   rc.strategy = p.str("strategy");
   // The serial model keeps every activation (it is also the reference the distributed runs are
   // checked against, built from their options); timed with --recompute it would run a plain step
@@ -590,7 +596,8 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<14} {}{}\n", "options", session.strategy().options_json().dump(),
                rc.copy_engine_gathers  ? ", all-gathers on the copy engines"
                : rc.registered_gathers ? ", gathered buffers registered with NCCL"
-                                       : "");
+               : rc.symmetric_collectives ? ", gathers and reduce-scatters on NCCL's symmetric kernels"
+                                          : "");
     fmt::print("  {:<14} {}\n", "result", out);
   }
 
@@ -764,6 +771,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
         {"strategy_options", session.strategy().options_json()},
         {"copy_engine_gathers", rc.copy_engine_gathers},
         {"registered_gathers", rc.registered_gathers},
+        {"symmetric_collectives", rc.symmetric_collectives},
         {"options", parser.values()}};
     j["grid"] = {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}};
     j["machine"] = {{"hosts", hosts},

@@ -28,9 +28,18 @@ void check_run_config(RunConfig& cfg) {
   LSS_REQUIRE_INPUT(cfg.threads >= 1, "--threads " + std::to_string(cfg.threads) + ": must be at least 1");
   LSS_REQUIRE_INPUT(!(cfg.backend == "cpu" && cfg.model.dtype == DType::bf16),
                     "--dtype bf16: the cpu backend computes in fp32 or fp64 (bf16 needs --backend cuda)");
-  LSS_REQUIRE_INPUT(!(cfg.registered_gathers && cfg.copy_engine_gathers),
-                    "--registered-gathers with --copy-engine-gathers: the gathered buffers are in NCCL's symmetric "
-                    "windows or registered, not both (give one of the two)");
+  // One kind of memory for the sequence group's collectives (GatherMemory): the first two flags given.
+  {
+    const std::vector<std::pair<const char*, bool>> memory_flags = {{"--copy-engine-gathers", cfg.copy_engine_gathers},
+                                                                    {"--registered-gathers", cfg.registered_gathers},
+                                                                    {"--symmetric-collectives", cfg.symmetric_collectives}};
+    std::vector<std::string> given;
+    for (const auto& [flag, on] : memory_flags)
+      if (on) given.emplace_back(flag);
+    LSS_REQUIRE_INPUT(given.size() <= 1, given.front() + " with " + given[1] +
+                                             ": the sequence group's buffers are in one kind of NCCL memory (copy-engine "
+                                             "windows, registered blocks or symmetric windows), not two (give one of them)");
+  }
   // The parameters' gathers would need the flat parameter buffers in symmetric windows, which
   // are allocated per rank at sizes that differ between ranks.
   LSS_REQUIRE_INPUT(!cfg.copy_engine_gathers || !cfg.strategy_opts.distributed_optimizer,
@@ -47,6 +56,9 @@ void check_run_config(RunConfig& cfg) {
   }
   LSS_REQUIRE_INPUT(!cfg.copy_engine_gathers || cfg.backend == "cuda",
                     "--copy-engine-gathers: the " + cfg.backend + " backend has no copy engines (needs --backend cuda)");
+  LSS_REQUIRE_INPUT(!cfg.symmetric_collectives || cfg.backend == "cuda",
+                    "--symmetric-collectives: the " + cfg.backend + " backend has no NCCL symmetric memory (needs "
+                    "--backend cuda)");
   LSS_REQUIRE_INPUT(!cfg.registered_gathers || cfg.backend == "cuda",
                     "--registered-gathers: the " + cfg.backend + " backend has no NCCL to register with (needs --backend "
                     "cuda)");
@@ -70,9 +82,10 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
 #ifdef LSS_HAVE_CUDA
   if (cfg_.backend == "cuda") {
     grid_ = make_nccl_grid(base, cfg_.P, cuda_stream_of(*backend_),
-                           cfg_.copy_engine_gathers  ? GatherMemory::copy_engine
-                           : cfg_.registered_gathers ? GatherMemory::registered
-                                                     : GatherMemory::plain);
+                           cfg_.copy_engine_gathers     ? GatherMemory::copy_engine
+                           : cfg_.registered_gathers    ? GatherMemory::registered
+                           : cfg_.symmetric_collectives ? GatherMemory::symmetric
+                                                        : GatherMemory::plain);
     backend_->use_symmetric_memory(grid_.seq->symmetric_memory());
   } else {
     grid_ = make_mpi_grid(base, cfg_.P);

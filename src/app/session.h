@@ -32,6 +32,9 @@ struct RunConfig {
   bool copy_engine_gathers = false;
   // The sequence group's gathered buffers registered with NCCL (ncclCommRegister): cuda only.
   bool registered_gathers = false;
+  // The sequence group's gathered and reduce-scattered buffers in NCCL's symmetric windows, where
+  // NCCL runs those collectives on its symmetric kernels: cuda only.
+  bool symmetric_collectives = false;
 };
 
 // Times of one training step on this rank, in seconds.

@@ -39,8 +39,11 @@ namespace lss {
 //                then runs every all-gather, reduce-scatter and all-reduce whose buffers are all
 //                in those windows on its symmetric kernels (loads and stores to the peers'
 //                memory over NVLink, on the fewest blocks within 2.5% of its modelled peak: 9 on
-//                2 x H200). bench_collectives --symmetric only: the strategies' reduce-scatter
-//                and all-reduce buffers are not in the windows.
+//                2 x H200). With lssbench's --symmetric-collectives the strategies take their
+//                sequence-group reduce-scatters' buffers from the windows too
+//                (scatters_in_symmetric_memory); a collective on other memory, e.g. the
+//                gradients', runs on the ring kernels. Placed gathers and reduce-scatters are
+//                grouped broadcasts and reduces, which have no symmetric kernels.
 enum class GatherMemory { plain, copy_engine, registered, symmetric };
 
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
@@ -139,6 +142,9 @@ class Communicator {
   // Memory whose buffers this group's all-gathers may address on every rank alike (NCCL's
   // symmetric windows, for copy-engine all-gathers); null where the communicator has none.
   virtual SymmetricMemory* symmetric_memory() { return nullptr; }
+  // Whether this group's reduce-scatters should take their buffers from symmetric_memory() as its
+  // gathers do (GatherMemory::symmetric: NCCL's symmetric kernels then run them).
+  virtual bool scatters_in_symmetric_memory() const { return false; }
   // Time collectives with `backend`'s markers (device events on cuda, where a collective only
   // enqueues work and a host clock would measure the enqueueing). Without it: host clock.
   void time_with(Backend* backend) { timer_ = backend; }

@@ -107,7 +107,7 @@ void* NcclCommunicator::RegisteredBlocks::allocate(size_t bytes) {
   LSS_REQUIRE_INPUT(window != nullptr,
                     std::string(owner_.gather_memory_ == GatherMemory::copy_engine
                                     ? "--copy-engine-gathers"
-                                    : "symmetric windows (bench_collectives --symmetric)") +
+                                    : "--symmetric-collectives (bench_collectives --symmetric)") +
                         ": NCCL has no symmetric memory for group '" + owner_.name() +
                         "' (it needs every GPU of the group on one node with peer-to-peer access and NCCL_CUMEM_ENABLE "
                         "not 0); run without the option");

@@ -28,6 +28,7 @@ class NcclCommunicator : public Communicator {
   ~NcclCommunicator() override;
 
   SymmetricMemory* symmetric_memory() override { return blocks_.get(); }
+  bool scatters_in_symmetric_memory() const override { return gather_memory_ == GatherMemory::symmetric; }
 
  protected:
   void do_all_gather(View send, View recv) override;

@@ -383,8 +383,13 @@ Strategy::PendingCollective Strategy::start_seq_all_gather_placed(View local, st
   return g;
 }
 
+Buffer Strategy::alloc_seq_scatter(DType dtype, int64_t numel) {
+  return ctx_.grid.seq->scatters_in_symmetric_memory() ? ctx_.backend.alloc_symmetric(dtype, numel)
+                                                       : ctx_.backend.alloc(dtype, numel);
+}
+
 Strategy::PendingCollective Strategy::start_seq_reduce_scatter(View full) {
-  PendingCollective r{ctx_.backend.alloc(full.dtype, full.numel / ctx_.grid.P), {}};
+  PendingCollective r{alloc_seq_scatter(full.dtype, full.numel / ctx_.grid.P), {}};
   r.handle = start_seq_reduce_scatter_into(full, r.out.view());
   return r;
 }

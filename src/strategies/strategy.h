@@ -211,7 +211,11 @@ class Strategy {
   PendingCollective start_seq_all_gather(View local);
   // The same, each rank's pieces placed as `pieces` say (Communicator::all_gather_placed).
   PendingCollective start_seq_all_gather_placed(View local, std::vector<PlacedPiece> pieces);
-  // Reduce-scatters `full` over the sequence group into 1/P of its elements.
+  // A buffer that a sequence-group reduce-scatter reads or writes: from the group's symmetric
+  // memory where its reduce-scatters take it (--symmetric-collectives: NCCL's symmetric kernels
+  // then run them), else as Backend::alloc. Collective as Backend::alloc_symmetric.
+  Buffer alloc_seq_scatter(DType dtype, int64_t numel);
+  // Reduce-scatters `full` over the sequence group into 1/P of its elements (alloc_seq_scatter).
   PendingCollective start_seq_reduce_scatter(View full);
   // The same, `full` laid out as `pieces` say (Communicator::reduce_scatter_placed).
   PendingCollective start_seq_reduce_scatter_placed(View full, std::vector<PlacedPiece> pieces);

@@ -806,7 +806,10 @@ class LssStrategy final : public Strategy {
     if (!wave) a.kv_local.reset();
     const int64_t es = static_cast<int64_t>(dtype_size(cfg.dtype));
     Buffer dq = be.alloc(cfg.dtype, N * C);                       // (N, C)
-    Buffer dkv_full = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);   // (T*Bl, 2C) partial sums, kv_full's layout
+    // (T*Bl, 2C) partial sums, kv_full's layout; reduce-scattered as they are unless zigzag's
+    // global order is reordered to rank-major first or summed piece by piece (placed)
+    const int64_t dkv_numel = cfg.T * Bl_ * 2 * C;
+    Buffer dkv_full = wave || !ctx_.opts.zigzag ? alloc_seq_scatter(cfg.dtype, dkv_numel) : be.alloc(cfg.dtype, dkv_numel);
     // Each backward call on gathered keys writes their dK/dV into dkv_full (dkv_plan: the segment
     // seeing the most keys first, straight into its rows; a block whose rows an earlier one wrote,
     // e.g. zigzag's front chunk's, through a scratch buffer that is then added; the rows no block
@@ -879,7 +882,7 @@ class LssStrategy final : public Strategy {
     Buffer dkv_local;  // (N, 2C)
     std::array<CommHandle, 2> scatters;
     if (wave) {
-      dkv_local = be.alloc(cfg.dtype, N * 2 * C);
+      dkv_local = alloc_seq_scatter(cfg.dtype, N * 2 * C);
       const int64_t chunk = segments_[0].count * key_row, half = P_ * chunk;  // elements
       for (int s : {0, 1}) {
         CommLabel label(*ctx_.grid.seq, s == 0 ? "dK/dV reduce-scatter, back chunks" : "dK/dV reduce-scatter, front chunks");
@@ -890,7 +893,7 @@ class LssStrategy final : public Strategy {
       dkv_local = std::move(dkv_full);
     } else {
       if (ctx_.opts.zigzag && !placed_scatter()) {
-        Buffer rank_major = be.alloc(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
+        Buffer rank_major = alloc_seq_scatter(cfg.dtype, cfg.T * Bl_ * 2 * C);  // (P*Tl*Bl, 2C)
         reorder_kv(rank_major.view(), dkv_full.view(), false);
         dkv_full = std::move(rank_major);
       }
