@@ -1,5 +1,6 @@
 // Collective micro-benchmarks through the project's communicators, under MPI:
-//   mpiexec -n P bench_collectives [--backend=cpu|cuda] [--large] [--copy-engine | --registered] [Google Benchmark flags]
+//   mpiexec -n P bench_collectives [--backend=cpu|cuda] [--large]
+//       [--copy-engine | --registered | --symmetric [--symmetric-ctas=N]] [Google Benchmark flags]
 // Every rank runs the same fixed iteration count; each iteration's time (backend markers:
 // device events on cuda) is max-reduced over ranks, and rank 0 reports. Sizes are the total
 // buffer of nccl-tests ("size": the gathered output of all_gather, the input of
@@ -15,9 +16,13 @@
 // run on the copy engines from symmetric windows; every operand is then in those windows.
 // --registered (cuda): every operand in ncclMemAlloc blocks registered with the communicator
 // (lssbench's --registered-gathers), where NCCL's kernels skip their staging copies.
+// --symmetric (cuda): every operand in symmetric windows at NCCL's default CTA policy (lssbench's
+// --symmetric-collectives), where NCCL runs its symmetric kernels on --symmetric-ctas blocks
+// (default 24, as lssbench's; 0: NCCL's own pick).
 #include <mpi.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "bench/bench_common.h"
 #include "comm/grid.h"
@@ -238,9 +243,15 @@ int main(int argc, char** argv) {
       {"--registered", lss::GatherMemory::registered},
       {"--symmetric", lss::GatherMemory::symmetric}};
   std::vector<std::string> memory_given;
+  const std::string ctas_flag = "--symmetric-ctas=";
+  std::string ctas_text;  // as given; empty: the default
   {
     int out = 1;
     for (int i = 1; i < argc; ++i) {
+      if (std::string(argv[i]).rfind(ctas_flag, 0) == 0) {
+        ctas_text = argv[i] + ctas_flag.size();
+        continue;
+      }
       const auto flag = std::find_if(memory_flags.begin(), memory_flags.end(),
                                      [&](const auto& f) { return f.first == argv[i]; });
       if (flag == memory_flags.end()) {
@@ -257,6 +268,16 @@ int main(int argc, char** argv) {
     // (The messages are built only when their check fails.)
     LSS_REQUIRE_INPUT(memory_given.size() <= 1,
                       memory_given[0] + " with " + memory_given[1] + ": the operands live in one kind of memory (give one)");
+    int symmetric_ctas = 24;
+    if (!ctas_text.empty()) {
+      LSS_REQUIRE_INPUT(g_gather_memory == lss::GatherMemory::symmetric,
+                        ctas_flag + ctas_text + ": the blocks of NCCL's symmetric kernels, which run only with --symmetric");
+      char* end = nullptr;
+      const long v = std::strtol(ctas_text.c_str(), &end, 10);
+      LSS_REQUIRE_INPUT(*end == '\0' && v >= 0 && v <= lss::kMaxSymmetricCtas,
+                        ctas_flag + ctas_text + ": must be 0 (NCCL's pick) to " + std::to_string(lss::kMaxSymmetricCtas));
+      symmetric_ctas = static_cast<int>(v);
+    }
     const int local = lss::node_position(MPI_COMM_WORLD).rank;
     g_backend = lss::make_backend(lss::BackendOptions{g_settings.backend, g_settings.threads, local, g_settings.attention});
     int world = 1;
@@ -265,7 +286,8 @@ int main(int argc, char** argv) {
                       memory_given[0] + " needs --backend=cuda");
 #ifdef LSS_HAVE_CUDA
     if (g_settings.backend == "cuda")
-      g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, world, lss::cuda_stream_of(*g_backend), g_gather_memory);
+      g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, world, lss::cuda_stream_of(*g_backend), g_gather_memory,
+                                   symmetric_ctas);
     else g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
 #else
     g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
@@ -289,7 +311,10 @@ int main(int argc, char** argv) {
                                     : g_gather_memory == lss::GatherMemory::registered
                                           ? "SM kernels, operands registered (ncclCommRegister)"
                                     : g_gather_memory == lss::GatherMemory::symmetric
-                                          ? "NCCL's symmetric kernels, operands in symmetric windows"
+                                          ? "NCCL's symmetric kernels on " +
+                                                (symmetric_ctas == 0 ? std::string("NCCL's pick of")
+                                                                     : std::to_string(symmetric_ctas)) +
+                                                " blocks, operands in symmetric windows"
                                           : "SM kernels");
     if (rank == 0) {
       benchmark::RunSpecifiedBenchmarks();

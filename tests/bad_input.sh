@@ -72,6 +72,8 @@ expect 2 "--registered-gathers: the cpu backend has no NCCL to register with (ne
 expect 2 "--copy-engine-gathers with --registered-gathers: the sequence group's buffers are in one kind of NCCL memory (copy-engine windows, registered blocks or symmetric windows), not two (give one of them)" run --strategy lss --sp 2 --registered-gathers --copy-engine-gathers
 expect 2 "--registered-gathers with --symmetric-collectives: the sequence group's buffers are in one kind of NCCL memory" run --strategy megatron_sp --sp 2 --symmetric-collectives --registered-gathers
 expect 2 "--symmetric-collectives: the cpu backend has no NCCL symmetric memory (needs --backend cuda)" run --strategy lss --sp 2 --symmetric-collectives
+expect 2 "--symmetric-ctas 16: the blocks of NCCL's symmetric kernels, which run only with --symmetric-collectives" run --strategy lss --sp 2 --symmetric-ctas 16
+expect 2 "--symmetric-ctas 65: must be 0 (NCCL's pick) to 64" run --strategy megatron_sp --sp 2 --symmetric-collectives --symmetric-ctas 65
 expect 2 "--copy-engine-gathers with --distributed-optimizer: the parameter all-gathers cannot run on the copy engines (give one of the two)" run --strategy lss --sp 2 --copy-engine-gathers --distributed-optimizer
 expect 2 "--chunk-pipeline needs --zigzag, a causal mask and --split-causal (given: --no-zigzag, --causal, --split-causal)" run --strategy lss --sp 2 --chunk-pipeline
 expect 2 "--placed-reduce-scatter needs --zigzag" run --strategy lss --sp 2 --placed-reduce-scatter

@@ -109,6 +109,9 @@ void add_step_options(OptionParser& p) {
              "(ncclMemAlloc, ncclCommWindowRegister), where NCCL 2.28 runs those all-gathers and reduce-scatters on "
              "its symmetric kernels (loads and stores to the peers' memory, on fewer blocks than the ring's); "
              "placed ones stay grouped broadcasts and reduces");
+  p.add_size("symmetric-ctas", RunConfig{}.symmetric_ctas,
+             "cuda, with --symmetric-collectives: the blocks NCCL's symmetric kernels run on (NCCL_SYM_CTAS; 0: NCCL's "
+             "own pick, 9 on 2 x H200, slower than the ring alone)");
 }
 
 RunConfig step_config_from(const OptionParser& p) {
@@ -152,6 +155,15 @@ RunConfig step_config_from(const OptionParser& p) {
   rc.copy_engine_gathers = p.flag("copy-engine-gathers");
   rc.registered_gathers = p.flag("registered-gathers");
   rc.symmetric_collectives = p.flag("symmetric-collectives");
+  const int64_t symmetric_ctas = p.size("symmetric-ctas");
+  LSS_REQUIRE_INPUT(symmetric_ctas >= 0 && symmetric_ctas <= kMaxSymmetricCtas,
+                    "--symmetric-ctas " + p.str("symmetric-ctas") + ": must be 0 (NCCL's pick) to " +
+                        std::to_string(kMaxSymmetricCtas));
+  // (Not "given": `project --like` passes every recorded option on, the default included.)
+  LSS_REQUIRE_INPUT(symmetric_ctas == RunConfig{}.symmetric_ctas || rc.symmetric_collectives,
+                    "--symmetric-ctas " + p.str("symmetric-ctas") +
+                        ": the blocks of NCCL's symmetric kernels, which run only with --symmetric-collectives");
+  rc.symmetric_ctas = static_cast<int>(symmetric_ctas);
   rc.strategy = p.str("strategy");
   // The serial model keeps every activation (it is also the reference the distributed runs are
   // checked against, built from their options); timed with --recompute it would run a plain step
@@ -596,8 +608,10 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
     fmt::print("  {:<14} {}{}\n", "options", session.strategy().options_json().dump(),
                rc.copy_engine_gathers  ? ", all-gathers on the copy engines"
                : rc.registered_gathers ? ", gathered buffers registered with NCCL"
-               : rc.symmetric_collectives ? ", gathers and reduce-scatters on NCCL's symmetric kernels"
-                                          : "");
+               : rc.symmetric_collectives
+                   ? fmt::format(", gathers and reduce-scatters on NCCL's symmetric kernels ({} blocks)",
+                                 rc.symmetric_ctas == 0 ? std::string("NCCL's pick") : std::to_string(rc.symmetric_ctas))
+                   : "");
     fmt::print("  {:<14} {}\n", "result", out);
   }
 
@@ -772,6 +786,7 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
         {"copy_engine_gathers", rc.copy_engine_gathers},
         {"registered_gathers", rc.registered_gathers},
         {"symmetric_collectives", rc.symmetric_collectives},
+        {"symmetric_ctas", rc.symmetric_collectives ? json(rc.symmetric_ctas) : json(nullptr)},
         {"options", parser.values()}};
     j["grid"] = {{"world", grid.world}, {"sp", grid.P}, {"dp", grid.R}};
     j["machine"] = {{"hosts", hosts},

@@ -59,6 +59,9 @@ void check_run_config(RunConfig& cfg) {
   LSS_REQUIRE_INPUT(!cfg.symmetric_collectives || cfg.backend == "cuda",
                     "--symmetric-collectives: the " + cfg.backend + " backend has no NCCL symmetric memory (needs "
                     "--backend cuda)");
+  LSS_REQUIRE_INPUT(cfg.symmetric_ctas >= 0 && cfg.symmetric_ctas <= kMaxSymmetricCtas,
+                    "--symmetric-ctas " + std::to_string(cfg.symmetric_ctas) + ": must be 0 (NCCL's pick) to " +
+                        std::to_string(kMaxSymmetricCtas));
   LSS_REQUIRE_INPUT(!cfg.registered_gathers || cfg.backend == "cuda",
                     "--registered-gathers: the " + cfg.backend + " backend has no NCCL to register with (needs --backend "
                     "cuda)");
@@ -85,7 +88,8 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
                            cfg_.copy_engine_gathers     ? GatherMemory::copy_engine
                            : cfg_.registered_gathers    ? GatherMemory::registered
                            : cfg_.symmetric_collectives ? GatherMemory::symmetric
-                                                        : GatherMemory::plain);
+                                                        : GatherMemory::plain,
+                           cfg_.symmetric_ctas);
     backend_->use_symmetric_memory(grid_.seq->symmetric_memory());
   } else {
     grid_ = make_mpi_grid(base, cfg_.P);

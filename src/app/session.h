@@ -35,6 +35,8 @@ struct RunConfig {
   // The sequence group's gathered and reduce-scattered buffers in NCCL's symmetric windows, where
   // NCCL runs those collectives on its symmetric kernels: cuda only.
   bool symmetric_collectives = false;
+  // With symmetric_collectives: the blocks NCCL's symmetric kernels run on (0: NCCL's pick).
+  int symmetric_ctas = 24;
 };
 
 // Times of one training step on this rank, in seconds.

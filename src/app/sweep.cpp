@@ -36,7 +36,7 @@ namespace {
 // Model options a spec may set, passed to `lssbench run` as --key value (booleans as --key or
 // --no-key).
 const std::set<std::string> kModelKeys = {"layers", "width", "heads", "batch", "dtype", "backend", "causal",
-                                          "attention", "keep-kv", "regather-ln", "scatter-chunks", "zigzag", "split-causal", "chunk-pipeline", "placed-reduce-scatter", "local-cross-block", "placed-gather-min", "recompute", "distributed-optimizer", "optimizer-in-backward", "grad-reduce-dtype", "overlap", "copy-engine-gathers", "registered-gathers", "symmetric-collectives", "threads", "data", "max-seq"};
+                                          "attention", "keep-kv", "regather-ln", "scatter-chunks", "zigzag", "split-causal", "chunk-pipeline", "placed-reduce-scatter", "local-cross-block", "placed-gather-min", "recompute", "distributed-optimizer", "optimizer-in-backward", "grad-reduce-dtype", "overlap", "copy-engine-gathers", "registered-gathers", "symmetric-collectives", "symmetric-ctas", "threads", "data", "max-seq"};
 
 [[noreturn]] void bad_spec(const std::string& path, const std::string& msg) {
   throw UsageError("sweep spec " + path + ": " + msg);

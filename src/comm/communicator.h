@@ -45,6 +45,8 @@ namespace lss {
 //                gradients', runs on the ring kernels. Placed gathers and reduce-scatters are
 //                grouped broadcasts and reduces, which have no symmetric kernels.
 enum class GatherMemory { plain, copy_engine, registered, symmetric };
+// The most blocks NCCL 2.28's symmetric kernels take (its ncclSymkMaxBlocks): --symmetric-ctas's limit.
+inline constexpr int kMaxSymmetricCtas = 64;
 
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
 inline constexpr int kNumCollKinds = 7;
