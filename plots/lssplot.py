@@ -112,20 +112,22 @@ MODEL_KEYS = ("layers", "width", "heads", "batch", "dtype", "causal", "seq")
 def cross_sweep_speedups(sweeps):
     """The speedup entries (README, Metrics: megatron_sp step time / lss step time, and the memory
     ratio) of the lss points of each sweep without megatron_sp, an ablation of lss's options, against
-    the megatron_sp points of the other sweeps at the same ranks, sequence group and model (the first
-    sweep given that has one). Named "<lss sweep> vs <megatron_sp sweep>"."""
+    the megatron_sp points of every other sweep at the same ranks, sequence group and model (e.g. a
+    sweep of megatron_sp's own options beside the default one). Named "<lss sweep> vs <megatron_sp
+    sweep>"."""
     def key(p):
         return (p["grid"]["world"], p["grid"].get("sp"), tuple(p["config"].get(k) for k in MODEL_KEYS))
-    baseline = {}
-    for p in ok_points(sweeps):
-        if p["strategy"] == "megatron_sp":
-            baseline.setdefault(key(p), p)
+    baselines = []  # (sweep name, {key: megatron_sp point}) in the order given
+    for s in sweeps:
+        points = {key(p): p for p in s["points"] if p["status"] == "ok" and p["strategy"] == "megatron_sp"}
+        if points:
+            baselines.append((s["name"], points))
     out = []
     for s in sweeps:
         if any(p["strategy"] == "megatron_sp" for p in s["points"]):
             continue
-        for p in s["points"]:
-            b = baseline.get(key(p)) if p["status"] == "ok" and p["strategy"] == "lss" else None
+        for p, (_, points) in ((p, b) for p in s["points"] for b in baselines):
+            b = points.get(key(p)) if p["status"] == "ok" and p["strategy"] == "lss" else None
             if b is None:
                 continue
             lss_ms, meg_ms = p["timing"]["median_ms"], b["timing"]["median_ms"]

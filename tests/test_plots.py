@@ -207,6 +207,27 @@ with tempfile.TemporaryDirectory() as tmp:
     want = f"| full | 4 | 256 | {lss_ms[4]:.2f} | {meg_ms[4]:.2f} | {meg_ms[4] / lss_ms[4]:.3f} |"
     check(want in summary5, f"SUMMARY.md gives the ablation's speedup, megatron_sp ms / lss ms: {want}")
 
+    # and beside a sweep of megatron_sp alone (its own options, 10% faster): the ablation's lss is
+    # set against the megatron_sp of each of the two sweeps, one row and one series per pair
+    def megatron_faster(r0):
+        if r0["strategy"] != "megatron_sp":
+            return False
+        r0["timing"]["median_ms"] *= 0.9
+    meg_only = edited_sweep(fixture, os.path.join(tmp, "meg-only"), megatron_faster,
+                            lambda a0: a0.update(speedup_lss_over_megatron_sp=[]))
+    out6 = os.path.join(tmp, "charts-ablation2")
+    r = run(full, ablation, meg_only, "--out", out6)
+    check(r.returncode == 0, f"draws an lss-only and a megatron_sp-only sweep with a full one (exit {r.returncode}) "
+          f"{r.stderr.strip()}")
+    m6 = {c["file"]: c for c in (json.load(open(os.path.join(out6, "charts.json")))["charts"] if r.returncode == 0 else [])}
+    series = m6.get("speedup.png", {}).get("series", [])
+    check("lss-only vs full: GPUs=4" in series and "lss-only vs meg-only: GPUs=4" in series,
+          f"speedup.png has the ablation's lss against both sweeps' megatron_sp (has {series})")
+    summary6 = open(os.path.join(out6, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    want = f"| meg-only | 4 | 256 | {lss_ms[4]:.2f} | {meg_ms[4] * 0.9:.2f} | {meg_ms[4] * 0.9 / lss_ms[4]:.3f} |"
+    check(want in summary6 and f"| full | 4 | 256 | {lss_ms[4]:.2f} |" in summary6,
+          f"SUMMARY.md gives the ablation's speedup over each megatron_sp sweep: {want}")
+
     # a sweep at one rank count (the paper sweep where only 2 GPUs were lent): no scaling to draw,
     # so no efficiency chart, and SUMMARY.md and charts.json say why instead of an empty frame
     def world_2_entries(a0):

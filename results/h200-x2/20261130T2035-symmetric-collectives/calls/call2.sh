@@ -1,0 +1,10 @@
+set -u
+export NCCL_NVLS_ENABLE=0
+bash scripts/gpu_run.sh --unpack-only >/dev/null 2>&1
+d=$PWD/.device
+export PATH=$d/mpich/bin:$PATH LD_LIBRARY_PATH=$d/lib:$d/mpich/lib:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader
+LSS_AB_BASE=$d/bin/lssbench LSS_AB_STRATEGIES=megatron_sp LSS_AB_SEQ_PER_GPU=16 LSS_AB_ITERS=8 LSS_AB_TAG=symm LSS_AB_NEW_ARGS="--symmetric-collectives" OUT=$OUT/symm bash scripts/gpu_perf.sh ab 2>&1 | grep -E "^ab_|>>> rc"
+S="--keep-kv --distributed-optimizer"
+LSS_AB_BASE=$d/bin/lssbench LSS_AB_STRATEGIES=lss LSS_AB_SEQ_PER_GPU=16 LSS_AB_ITERS=8 LSS_AB_TAG=symrs LSS_AB_BASE_ARGS="$S" LSS_AB_NEW_ARGS="$S --symmetric-collectives" OUT=$OUT/symrs bash scripts/gpu_perf.sh ab 2>&1 | grep -E "^ab_|>>> rc"
+cd $OUT && tar czf all.tar.gz symm symrs 2>/dev/null; ls -la $OUT
