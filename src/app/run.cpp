@@ -107,8 +107,8 @@ void add_step_options(OptionParser& p) {
   p.add_flag("symmetric-collectives", false,
              "cuda: the sequence group's gathered and reduce-scattered buffers in NCCL's symmetric windows "
              "(ncclMemAlloc, ncclCommWindowRegister), where NCCL 2.28 runs those all-gathers and reduce-scatters on "
-             "its symmetric kernels (loads and stores to the peers' memory, on fewer blocks than the ring's); "
-             "placed ones stay grouped broadcasts and reduces");
+             "its symmetric kernels (loads and stores to the peers' memory without the ring's staging copies, on "
+             "--symmetric-ctas blocks); placed ones stay grouped broadcasts and reduces");
   p.add_size("symmetric-ctas", RunConfig{}.symmetric_ctas,
              "cuda, with --symmetric-collectives: the blocks NCCL's symmetric kernels run on (NCCL_SYM_CTAS; 0: NCCL's "
              "own pick, 9 on 2 x H200, slower than the ring alone)");

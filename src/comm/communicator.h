@@ -38,12 +38,15 @@ namespace lss {
 //   symmetric    ncclMemAlloc blocks in symmetric windows at NCCL's default CTA policy: NCCL 2.28
 //                then runs every all-gather, reduce-scatter and all-reduce whose buffers are all
 //                in those windows on its symmetric kernels (loads and stores to the peers'
-//                memory over NVLink, on the fewest blocks within 2.5% of its modelled peak: 9 on
-//                2 x H200). With lssbench's --symmetric-collectives the strategies take their
-//                sequence-group reduce-scatters' buffers from the windows too
-//                (scatters_in_symmetric_memory); a collective on other memory, e.g. the
-//                gradients', runs on the ring kernels. Placed gathers and reduce-scatters are
-//                grouped broadcasts and reduces, which have no symmetric kernels.
+//                memory over NVLink, without the ring's staging copies), on the blocks
+//                make_nccl_grid's symmetric_ctas sets (NCCL's own pick, the fewest within 2.5% of
+//                its modelled peak, is 9 on 2 x H200 and slower than the ring alone; at 24 a 256
+//                MiB all-gather is 31% faster than the ring). With lssbench's
+//                --symmetric-collectives the strategies take their sequence-group
+//                reduce-scatters' buffers from the windows too (scatters_in_symmetric_memory); a
+//                collective on other memory, e.g. the gradients', runs on the ring kernels.
+//                Placed gathers and reduce-scatters are grouped broadcasts and reduces, which
+//                have no symmetric kernels.
 enum class GatherMemory { plain, copy_engine, registered, symmetric };
 // The most blocks NCCL 2.28's symmetric kernels take (its ncclSymkMaxBlocks): --symmetric-ctas's limit.
 inline constexpr int kMaxSymmetricCtas = 64;
