@@ -34,6 +34,9 @@ check_spec "unknown field 'itres'" '{"name": "x", "mode": "strong", "strategies"
 check_spec "max_seq.granularity: -32 must be positive" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], "max_seq": {"granularity": -32, "limit": 1024}, '"$model"'}'
 check_spec "max_seq: {granularity, limit} is required" '{"name": "x", "mode": "max_seq", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"'}'
 check_spec "model.keep-kv: an option of lss, none of which this sweep runs" '{"name": "x", "mode": "strong", "strategies": ["megatron_sp"], "world": [1], "seq": [64], "model": {"layers": 1, "keep-kv": true}}'
+check_spec "strategy_model.megatron_sp.zigzag: an option of lss, which megatron_sp does not read" '{"name": "x", "mode": "strong", "strategies": ["lss", "megatron_sp"], "world": [1], "seq": [64], '"$model"', "strategy_model": {"megatron_sp": {"zigzag": true}}}'
+check_spec "strategy_model.serial: not a strategy of this sweep (lss)" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"', "strategy_model": {"serial": {"layers": 2}}}'
+check_spec "strategy_model.lss: unknown option 'colour'" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], '"$model"', "strategy_model": {"lss": {"colour": 3}}}'
 check_spec "min_time_s: \"1s\" is not a number of seconds from 0 to 3600" '{"name": "x", "mode": "strong", "strategies": ["lss"], "world": [1], "seq": [64], "min_time_s": "1s", '"$model"'}'
 out=$("$lssbench" sweep missing.json --out x 2>&1); rc=$?
 if [ $rc -ne 0 ] && grep -q "missing.json: cannot be opened" <<<"$out"; then ok "unreadable spec"; else bad "unreadable spec: $out"; fi
@@ -109,6 +112,25 @@ sys.exit(not (lss["status"] == meg["status"] == "ok" and lss["config"]["strategy
 PYEOF2
 then ok "model.zigzag reaches lss's points only, model.regather-ln megatron_sp's; both points ran"
 else bad "mixed-strategy options: $(tail -5 mixed.log)"; fi
+
+# ---- strategy_model: each strategy's own options over model's (recompute on for lss, off for megatron_sp)
+cat > best.json <<EOF2
+{"name": "best", "mode": "strong", "strategies": ["lss", "megatron_sp"], "world": [2], "seq": [64],
+ "model": {"layers": 1, "width": 32, "heads": 2, "batch": 1, "threads": 1, "recompute": true},
+ "strategy_model": {"lss": {"zigzag": true}, "megatron_sp": {"recompute": false, "regather-ln": false}},
+ "iters": 1, "warmup": 0, "timeout_s": 60}
+EOF2
+"$lssbench" sweep best.json --out best > best.log 2>&1
+if python3 - best/points <<'PYEOF2'
+import json, sys
+lss = json.load(open(sys.argv[1] + "/lss_w2_sp2_T64.json"))
+meg = json.load(open(sys.argv[1] + "/megatron_sp_w2_sp2_T64.json"))
+lo, mo = lss["config"]["strategy_options"], meg["config"]["strategy_options"]
+sys.exit(not (lss["status"] == meg["status"] == "ok" and lo["order"] == "zigzag" and lo["recompute"] is True
+              and mo["recompute"] is False and mo["regather_ln"] is False))
+PYEOF2
+then ok "strategy_model: lss zigzag with model's recompute, megatron_sp's own recompute off and regather-ln off"
+else bad "strategy_model: $(tail -5 best.log)"; fi
 
 # ---- failing points: crash (96), hang (128), out of memory (160) among good ones (64, 192)
 cat > faults.json <<EOF2

@@ -80,7 +80,7 @@ SweepSpec load_sweep_spec(const std::string& path) {
   if (!r.is_object()) bad_spec(path, "must be a JSON object");
   static const std::set<std::string> known = {"name", "description", "mode", "strategies", "world", "sp", "seq",
                                               "model", "iters", "min_time_s", "warmup", "timeout_s", "launcher",
-                                              "extra_args", "trace_steps",
+                                              "extra_args", "trace_steps", "strategy_model",
                                               "max_seq", "binary"};
   for (const auto& [k, v] : r.items())
     if (!known.count(k)) bad_spec(path, "unknown field '" + k + "'");
@@ -111,21 +111,57 @@ SweepSpec load_sweep_spec(const std::string& path) {
   // Each option's arguments, given to the points of the strategies that read it (model.zigzag to
   // lss's, not to megatron_sp's, which would refuse it); one that no strategy of the spec reads is
   // an error, not a sweep that silently measures without it.
-  std::vector<std::pair<std::string, std::vector<std::string>>> model_args;
-  for (const auto& [k, v] : r["model"].items()) {
+  using OptionArgs = std::vector<std::pair<std::string, std::vector<std::string>>>;  // (option, its arguments)
+  // One option's arguments; `where` names it in a message ("model", "strategy_model.lss").
+  auto option_args = [&](const std::string& where, const std::string& k, const json& v) -> std::vector<std::string> {
     if (!kModelKeys.count(k)) {
-      bad_spec(path, fmt::format("model: unknown option '{}' (known: {})", k, fmt::join(kModelKeys, ", ")));
+      bad_spec(path, fmt::format("{}: unknown option '{}' (known: {})", where, k, fmt::join(kModelKeys, ", ")));
     }
+    if (v.is_boolean()) return {v.get<bool>() ? "--" + k : "--no-" + k};
+    if (v.is_number_integer() || v.is_string())
+      return {"--" + k, v.is_string() ? v.get<std::string>() : std::to_string(v.get<int64_t>())};
+    bad_spec(path, where + "." + k + ": expected a number, a string or true/false");
+  };
+  OptionArgs model_args;
+  for (const auto& [k, v] : r["model"].items()) {
+    model_args.push_back({k, option_args("model", k, v)});
     if (std::none_of(strategies.begin(), strategies.end(), [&](const std::string& s) { return strategy_reads(s, k); })) {
       bad_spec(path, fmt::format("model.{}: an option of {}, none of which this sweep runs", k,
                                  fmt::join(strategies_reading(k), ", ")));
     }
-    if (v.is_boolean()) model_args.push_back({k, {v.get<bool>() ? "--" + k : "--no-" + k}});
-    else if (v.is_number_integer() || v.is_string())
-      model_args.push_back({k, {"--" + k, v.is_string() ? v.get<std::string>() : std::to_string(v.get<int64_t>())}});
-    else
-      bad_spec(path, "model." + k + ": expected a number, a string or true/false");
   }
+  // strategy_model: options for one strategy's points alone, over `model`'s (each method at its own
+  // best options in one sweep, so that the aggregate's speedups compare best with best).
+  std::map<std::string, OptionArgs> strategy_args;
+  if (r.contains("strategy_model")) {
+    if (!r["strategy_model"].is_object()) bad_spec(path, "strategy_model: an object of strategy: {options}");
+    for (const auto& [strategy, options] : r["strategy_model"].items()) {
+      const std::string where = "strategy_model." + strategy;
+      if (std::find(strategies.begin(), strategies.end(), strategy) == strategies.end())
+        bad_spec(path, fmt::format("{}: not a strategy of this sweep ({})", where, fmt::join(strategies, ", ")));
+      if (!options.is_object()) bad_spec(path, where + ": an object of `lssbench run` options");
+      for (const auto& [k, v] : options.items()) {
+        std::vector<std::string> args = option_args(where, k, v);
+        if (!strategy_reads(strategy, k)) {
+          bad_spec(path, fmt::format("{}.{}: an option of {}, which {} does not read", where, k,
+                                     fmt::join(strategies_reading(k), ", "), strategy));
+        }
+        strategy_args[strategy].push_back({k, std::move(args)});
+      }
+    }
+  }
+  // The options of one strategy's points: `model`'s that it reads, each replaced by its own.
+  auto args_of = [&](const std::string& strategy) {
+    OptionArgs out;
+    const OptionArgs& own = strategy_args[strategy];
+    auto overridden = [&](const std::string& k) {
+      return std::any_of(own.begin(), own.end(), [&](const auto& o) { return o.first == k; });
+    };
+    for (const auto& [k, args] : model_args)
+      if (strategy_reads(strategy, k) && !overridden(k)) out.push_back({k, args});
+    out.insert(out.end(), own.begin(), own.end());
+    return out;
+  };
   auto positive_int = [&](const char* f, int def) {
     if (!r.contains(f)) return def;
     if (!r[f].is_number_integer() || r[f].get<int64_t>() < (std::string(f) == "warmup" ? 0 : 1))
@@ -189,8 +225,7 @@ SweepSpec load_sweep_spec(const std::string& path) {
           p.args = {"--strategy", strategy, "--sp", std::to_string(sp), "--seq", std::to_string(seq),
                     "--iters", std::to_string(iters), "--warmup", std::to_string(warmup)};
           if (min_time_s > 0) p.args.insert(p.args.end(), {"--min-time", fmt::format("{}", min_time_s)});
-          for (const auto& [k, args] : model_args)
-            if (strategy_reads(strategy, k)) p.args.insert(p.args.end(), args.begin(), args.end());
+          for (const auto& [k, args] : args_of(strategy)) p.args.insert(p.args.end(), args.begin(), args.end());
           p.args.insert(p.args.end(), extra.begin(), extra.end());
           spec.points.push_back(std::move(p));
         }
