@@ -268,7 +268,7 @@ int main(int argc, char** argv) {
     // (The messages are built only when their check fails.)
     LSS_REQUIRE_INPUT(memory_given.size() <= 1,
                       memory_given[0] + " with " + memory_given[1] + ": the operands live in one kind of memory (give one)");
-    int symmetric_ctas = 24;
+    int symmetric_ctas = lss::kDefaultSymmetricCtas;
     if (!ctas_text.empty()) {
       LSS_REQUIRE_INPUT(g_gather_memory == lss::GatherMemory::symmetric,
                         ctas_flag + ctas_text + ": the blocks of NCCL's symmetric kernels, which run only with --symmetric");

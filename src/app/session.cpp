@@ -59,9 +59,6 @@ void check_run_config(RunConfig& cfg) {
   LSS_REQUIRE_INPUT(!cfg.symmetric_collectives || cfg.backend == "cuda",
                     "--symmetric-collectives: the " + cfg.backend + " backend has no NCCL symmetric memory (needs "
                     "--backend cuda)");
-  LSS_REQUIRE_INPUT(cfg.symmetric_ctas >= 0 && cfg.symmetric_ctas <= kMaxSymmetricCtas,
-                    "--symmetric-ctas " + std::to_string(cfg.symmetric_ctas) + ": must be 0 (NCCL's pick) to " +
-                        std::to_string(kMaxSymmetricCtas));
   LSS_REQUIRE_INPUT(!cfg.registered_gathers || cfg.backend == "cuda",
                     "--registered-gathers: the " + cfg.backend + " backend has no NCCL to register with (needs --backend "
                     "cuda)");

@@ -36,7 +36,7 @@ struct RunConfig {
   // NCCL runs those collectives on its symmetric kernels: cuda only.
   bool symmetric_collectives = false;
   // With symmetric_collectives: the blocks NCCL's symmetric kernels run on (0: NCCL's pick).
-  int symmetric_ctas = 24;
+  int symmetric_ctas = kDefaultSymmetricCtas;
 };
 
 // Times of one training step on this rank, in seconds.
