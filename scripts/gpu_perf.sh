@@ -60,6 +60,8 @@
 #             variables (e.g. NCCL_MAX_CTAS) pass through, for A/Bs of the collectives' SM share;
 #             LSS_COLLECTIVES_ARGS=--copy-engine: the all-gathers on the copy engines (symmetric windows)
 #             or =--registered: every operand registered with NCCL (lssbench's --registered-gathers)
+#             or ="--symmetric [--symmetric-ctas=N]": every operand in symmetric windows, on NCCL's
+#             symmetric kernels (lssbench's --symmetric-collectives)
 #   ab        the bundle's lssbench against a base build, $LSS_AB_BASE (e.g. bin/lssbench-<commit>
 #             unpacked from .device/base.tar.xz, made with the same bundle script; or the bundle's own
 #             lssbench, to compare options: LSS_AB_NEW_ARGS are added to the new side's runs, LSS_AB_BASE_ARGS
@@ -430,6 +432,8 @@ PY
       local tag=${NCCL_MAX_CTAS:+_max_ctas$NCCL_MAX_CTAS}
       [[ " ${LSS_COLLECTIVES_ARGS:-} " == *" --copy-engine "* ]] && tag+=_copy_engine
       [[ " ${LSS_COLLECTIVES_ARGS:-} " == *" --registered "* ]] && tag+=_registered
+      [[ " ${LSS_COLLECTIVES_ARGS:-} " == *" --symmetric "* ]] && tag+=_symmetric
+      [[ ${LSS_COLLECTIVES_ARGS:-} =~ --symmetric-ctas=([0-9]+) ]] && tag+=_ctas${BASH_REMATCH[1]}
       step bench_collectives$tag 300 mpiexec.hydra -n "$gpus" "$dev/bin/bench_collectives" --backend=cuda --large ${LSS_COLLECTIVES_ARGS:-} \
         --benchmark_filter="${LSS_BENCH_FILTER:-.}" --benchmark_out="$res/bench_collectives_w$gpus$tag.json" \
         --benchmark_out_format=json ;;
