@@ -117,19 +117,15 @@ def cross_sweep_speedups(sweeps):
     sweep>"."""
     def key(p):
         return (p["grid"]["world"], p["grid"].get("sp"), tuple(p["config"].get(k) for k in MODEL_KEYS))
-    baselines = []  # (sweep name, {key: megatron_sp point}) in the order given
-    for s in sweeps:
-        points = {key(p): p for p in s["points"] if p["status"] == "ok" and p["strategy"] == "megatron_sp"}
-        if points:
-            baselines.append((s["name"], points))
+    # Each sweep's megatron_sp points by key, in the order the sweeps were given.
+    baselines = [{key(p): p for p in s["points"] if p["status"] == "ok" and p["strategy"] == "megatron_sp"}
+                 for s in sweeps]
     out = []
     for s in sweeps:
         if any(p["strategy"] == "megatron_sp" for p in s["points"]):
             continue
-        for p, (_, points) in ((p, b) for p in s["points"] for b in baselines):
-            b = points.get(key(p)) if p["status"] == "ok" and p["strategy"] == "lss" else None
-            if b is None:
-                continue
+        lss_points = [p for p in s["points"] if p["status"] == "ok" and p["strategy"] == "lss"]
+        for p, b in ((p, points[key(p)]) for p in lss_points for points in baselines if key(p) in points):
             lss_ms, meg_ms = p["timing"]["median_ms"], b["timing"]["median_ms"]
             out.append({"world": p["grid"]["world"], "sp": p["grid"].get("sp"), "seq": p["config"]["seq"],
                         "lss_ms": lss_ms, "megatron_sp_ms": meg_ms, "speedup": meg_ms / lss_ms,

@@ -24,7 +24,9 @@
 
 namespace lss {
 
-// How a group's all-gathers move their bytes on NCCL (lssbench's --copy-engine-gathers, --registered-gathers):
+// Where a group's gathered (and with `symmetric` reduce-scattered) buffers live on NCCL, and so how
+// NCCL moves their bytes (lssbench's --copy-engine-gathers, --registered-gathers,
+// --symmetric-collectives):
 //   plain        ordinary device memory; NCCL's kernels copy through their own staging buffers.
 //   copy_engine  ncclMemAlloc blocks in symmetric windows, the communicator at NCCL's zero-CTA
 //                policy: NCCL then runs the all-gathers on the GPUs' copy engines, which it does
