@@ -246,14 +246,15 @@ CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollK
   const int64_t n = bytes / static_cast<int64_t>(dtype_size(dtype));
   // A gather's operands come from where the strategies take theirs (symmetric memory: NCCL's
   // windows with --copy-engine-gathers or --symmetric-collectives, registered blocks with
-  // --registered-gathers), and with --symmetric-collectives a reduce-scatter's too, so that it
-  // runs as theirs do.
+  // --registered-gathers), and with --symmetric-collectives a rank-major reduce-scatter's too
+  // (Strategy::alloc_seq_scatter; a placed one's stay plain), so that it runs as theirs do.
   const bool is_placed = !placed.empty();
   LSS_CHECK(!is_placed || kind == CollKind::all_gather || kind == CollKind::reduce_scatter,
             std::string("analytic bound: a placed ") + coll_kind_name(kind));
   auto operand = [&](int64_t count) {
     const bool symmetric =
-        kind == CollKind::all_gather || (kind == CollKind::reduce_scatter && c.scatters_in_symmetric_memory());
+        kind == CollKind::all_gather ||
+        (kind == CollKind::reduce_scatter && !is_placed && c.scatters_in_symmetric_memory());
     Buffer b = symmetric ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
     be.fill_zero(b.view());
     return b;
