@@ -126,6 +126,10 @@ gathers = {x["what"]: x for x in r0["comm"] if x["what"].startswith("parameter a
 ok = ok and (len(gathers) == 2 * L + 2 if sharded else not gathers)
 for k, x in gathers.items():
     ok = ok and (x["hidden_by_ms"] == 0) == (k.endswith("bucket embed") or k.endswith("bucket 0.attn"))
+# Those and the gradients' reduce-scatters run on the flat buffers, in plain memory, and are
+# timed so; every other collective in the strategy's memory.
+for x in r0["comm"]:
+    ok = ok and x["plain_memory"] == x["what"].startswith(("parameter all-gather", "gradient reduce-scatter"))
 data_group_0 = [x for x in r0["comm"] if x["what"].startswith("gradient all-reduce (data group), bucket 0.mlp")]
 ok = ok and (len(data_group_0) > 0) == replicas and all(x["hidden_by_ms"] == 0 for x in data_group_0)
 for x in r0["comm"]:

@@ -429,6 +429,35 @@ TEST(BoundModel, LssPassesFollowTheSchedule) {
   }
 }
 
+// The bound times a collective's operands in the memory the strategy runs it on: the sequence
+// group's gathered and scattered activations come from Backend::alloc_symmetric or
+// Strategy::alloc_seq_scatter (NCCL's windows or registered blocks under the memory options), the
+// distributed optimizer's gradient reduce-scatters and parameter all-gathers from the ParamStore's
+// flat buffers, which stay plain. Those entries, and only those, say so.
+TEST(BoundModel, OnlyTheDistributedOptimizersCollectivesStayInPlainMemory) {
+  for (auto [P, R] : grids_for_world()) {
+    for (const char* strategy : {"lss", "megatron_sp"}) {
+      for (bool sharded : {false, true}) {
+        RunConfig rc = small(strategy, P, DType::f32, true);
+        rc.strategy_opts.zigzag = true;
+        rc.strategy_opts.distributed_optimizer = sharded;
+        Session s(rc, MPI_COMM_WORLD);
+        const std::string where = std::string(strategy) + (sharded ? " distributed_optimizer" : "") +
+                                  " P=" + std::to_string(P) + " R=" + std::to_string(R);
+        int64_t plain = 0;
+        for (const BoundModel::Comm& c : s.strategy().bound_model().comm) {
+          const bool optimizer = c.what.rfind("gradient reduce-scatter, bucket", 0) == 0 ||
+                                 c.what.rfind("parameter all-gather, bucket", 0) == 0;
+          EXPECT_EQ(c.plain_memory, optimizer) << where << ": " << c.what;
+          plain += c.plain_memory ? 1 : 0;
+        }
+        // Every bucket (head, each layer's two halves, the embeddings) has its pair where P > 1.
+        EXPECT_EQ(plain, sharded && P > 1 ? 2 * (2 * rc.model.L + 2) : 0) << where;
+      }
+    }
+  }
+}
+
 // `lssbench project` prices a grid's ranks in one process: each rank's strategy is built on a
 // virtual grid (comm/virtual_grid.h) of the same sizes and positions. Its work must be the real
 // rank's: every linear layer, attention call, pass and collective of its BoundModel, and the

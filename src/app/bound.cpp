@@ -236,25 +236,27 @@ Communicator& group(Session& s, const std::string& name) {
 
 // A collective's operands: the gathered (or scattered, or reduced) buffer and one rank's part.
 // A placed all-gather or reduce-scatter (BoundModel::Comm::placed not empty) also has the
-// strategy's pieces.
+// strategy's pieces. `dtype`: what it moves (gradients or activations).
 struct CollectiveOperands {
   Buffer big, part;
   std::vector<PlacedPiece> pieces;
 };
-CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollKind kind, int64_t bytes, DType dtype,
-                                       const std::vector<PlacedPiece>& placed) {
-  const int64_t n = bytes / static_cast<int64_t>(dtype_size(dtype));
+CollectiveOperands collective_operands(Backend& be, const Communicator& c, const BoundModel::Comm& entry, DType dtype) {
+  const CollKind kind = entry.kind;
+  const int64_t n = entry.bytes / static_cast<int64_t>(dtype_size(dtype));
   // A gather's operands come from where the strategies take theirs (symmetric memory: NCCL's
   // windows with --copy-engine-gathers or --symmetric-collectives, registered blocks with
   // --registered-gathers), and with --symmetric-collectives a rank-major reduce-scatter's too
-  // (Strategy::alloc_seq_scatter; a placed one's stay plain), so that it runs as theirs do.
-  const bool is_placed = !placed.empty();
+  // (Strategy::alloc_seq_scatter; a placed one's stay plain), so that it runs as theirs do; an
+  // entry on plain memory (the distributed optimizer's) stays plain.
+  const bool is_placed = !entry.placed.empty();
   LSS_CHECK(!is_placed || kind == CollKind::all_gather || kind == CollKind::reduce_scatter,
             std::string("analytic bound: a placed ") + coll_kind_name(kind));
   auto operand = [&](int64_t count) {
     const bool symmetric =
-        kind == CollKind::all_gather ||
-        (kind == CollKind::reduce_scatter && !is_placed && c.scatters_in_symmetric_memory());
+        !entry.plain_memory &&
+        (kind == CollKind::all_gather ||
+         (kind == CollKind::reduce_scatter && !is_placed && c.scatters_in_symmetric_memory()));
     Buffer b = symmetric ? be.alloc_symmetric(dtype, count) : be.alloc(dtype, count);
     be.fill_zero(b.view());
     return b;
@@ -262,16 +264,17 @@ CollectiveOperands collective_operands(Backend& be, const Communicator& c, CollK
   CollectiveOperands o;
   o.big = operand(n);
   o.part = operand(std::max<int64_t>(n / c.size(), 1));
-  if (is_placed) o.pieces = placed;
+  if (is_placed) o.pieces = entry.placed;
   return o;
 }
 
-// Seconds of one blocking collective of `bytes` (communicator.h's convention) on the group.
-double collective_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype,
-                          const std::vector<PlacedPiece>& placed) {
+// Seconds of one blocking call of the collective `entry` (its bytes in communicator.h's
+// convention) on its group.
+double collective_seconds(Session& s, const BoundModel::Comm& entry, DType dtype) {
   Backend& be = s.backend();
-  Communicator& c = group(s, name);
-  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype, placed);
+  Communicator& c = group(s, entry.group);
+  const CollKind kind = entry.kind;
+  CollectiveOperands o = collective_operands(be, c, entry, dtype);
   if (!o.pieces.empty() && kind == CollKind::all_gather)
     return time_median(be, 0.0, [&] { c.all_gather_placed(o.part.view(), o.big.view(), o.pieces); });
   if (!o.pieces.empty())
@@ -306,12 +309,12 @@ CommHandle start_collective(Communicator& c, CollKind kind, CollectiveOperands& 
 struct OverlapSeconds {
   double gemms_alone = 0, together = 0;
 };
-OverlapSeconds overlap_seconds(Session& s, const std::string& name, CollKind kind, int64_t bytes, DType dtype,
-                               const std::vector<PlacedPiece>& placed, DType compute, const BoundModel::Linear& lin,
-                               int64_t gemms) {
+OverlapSeconds overlap_seconds(Session& s, const BoundModel::Comm& entry, DType dtype, DType compute,
+                               const BoundModel::Linear& lin, int64_t gemms) {
   Backend& be = s.backend();
-  Communicator& c = group(s, name);
-  CollectiveOperands o = collective_operands(be, c, kind, bytes, dtype, placed);
+  Communicator& c = group(s, entry.group);
+  const CollKind kind = entry.kind;
+  CollectiveOperands o = collective_operands(be, c, entry, dtype);
   Buffer x = random_operand(be, compute, lin.rows * lin.in), w = random_operand(be, compute, lin.out * lin.in);
   Buffer b = random_operand(be, compute, lin.out), y = be.alloc(compute, lin.rows * lin.out);
   auto run_gemms = [&] {
@@ -483,7 +486,7 @@ nlohmann::json bound_model_json(const BoundModel& m) {
     comm.push_back({{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
                     {"calls", c.calls}, {"hidden_by_flops", c.hidden_by_flops},
                     {"hidden_by_optimizer_share", c.hidden_by_optimizer_share}, {"gradients", c.gradients},
-                    {"placed", placed}});
+                    {"placed", placed}, {"plain_memory", c.plain_memory}});
   }
   return {{"layer_linears", linears}, {"residual_adds", m.residual_adds}, {"layer_passes", passes},
           {"layer_attention", attention}, {"comm", comm}};
@@ -500,8 +503,8 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const PricedCompute burst = price_compute(me, rc, model, 0.0);
   nlohmann::json comm = nlohmann::json::array();
   double comm_s = 0, contended_comm_s = 0;
-  // (group, kind, bytes, dtype, pieces) -> s
-  std::map<std::tuple<std::string, int, int64_t, int, std::vector<PlacedPiece>>, double> measured;
+  // (group, kind, bytes, dtype, pieces, plain memory) -> s
+  std::map<std::tuple<std::string, int, int64_t, int, std::vector<PlacedPiece>, bool>, double> measured;
   // The contended bound prices each collective that GEMMs hide by running it beside them: the
   // layer's largest linear layer stands in for those GEMMs.
   const BoundModel::Linear* stand_in = nullptr;
@@ -511,8 +514,9 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
   const DType gradient_dtype = gradient_wire_dtype(m, rc.strategy_opts);
   for (const auto& c : model.comm) {
     const DType dt = c.gradients || c.kind == CollKind::all_reduce ? gradient_dtype : m.dtype;
-    const auto key = std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes, static_cast<int>(dt), c.placed);
-    if (!measured.count(key)) measured[key] = collective_seconds(session, c.group, c.kind, c.bytes, dt, c.placed);
+    const auto key =
+        std::make_tuple(c.group, static_cast<int>(c.kind), c.bytes, static_cast<int>(dt), c.placed, c.plain_memory);
+    if (!measured.count(key)) measured[key] = collective_seconds(session, c, dt);
     const double t = measured[key];
     const double beside_optimizer = c.hidden_by_optimizer_share * burst.optimizer_s;
     const double hidden = comm_hidden_seconds(c, rc.strategy_opts.overlap, gemm_tflops, burst.optimizer_s);
@@ -521,7 +525,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
     nlohmann::json entry = {{"what", c.what}, {"group", c.group}, {"kind", coll_kind_name(c.kind)}, {"bytes", c.bytes},
                             {"calls", c.calls}, {"measured_ms", t * 1e3}, {"hidden_by_ms", hidden * 1e3},
                             {"hidden_by_optimizer_share", c.hidden_by_optimizer_share},
-                            {"exposed_ms", exposed * 1e3}};
+                            {"exposed_ms", exposed * 1e3}, {"plain_memory", c.plain_memory}};
     // This rank's pieces, for the record (lss: two, or one for rank P-1's neighbouring chunks
     // without --local-cross-block).
     if (!c.placed.empty()) {
@@ -535,7 +539,7 @@ nlohmann::json analytic_bound(Session& session, const RunConfig& rc, double gemm
       const double stand_in_flops = 2.0 * static_cast<double>(stand_in->rows * stand_in->in * stand_in->out);
       const int64_t gemms = std::max<int64_t>(1, std::llround(c.hidden_by_flops / stand_in_flops));
       const OverlapSeconds o =
-          overlap_seconds(session, c.group, c.kind, c.bytes, dt, c.placed, m.dtype, *stand_in, gemms);
+          overlap_seconds(session, c, dt, m.dtype, *stand_in, gemms);
       contended = static_cast<double>(c.calls) * std::max(0.0, o.together - o.gemms_alone - beside_optimizer);
       entry["contended"] = {{"gemms", gemms},
                             {"gemm_shape", {stand_in->rows, stand_in->in, stand_in->out}},

@@ -212,6 +212,7 @@ void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, doubl
         BoundModel::Comm rs{"gradient reduce-scatter, bucket " + key, "sp", CollKind::reduce_scatter,
                             P * sh->size * es_grad, 1};
         rs.gradients = true;
+        rs.plain_memory = true;  // the flat gradient buffer (ParamStore)
         hide_seq(rs);
         m.comm.push_back(rs);
         // The forward gathers each bucket beside the forward before it reads it: an MLP half beside
@@ -219,6 +220,7 @@ void Strategy::add_gradient_bounds(BoundModel& m, const ParamStore& store, doubl
         // before; nothing runs before the embeddings' and layer 0's attention half's.
         BoundModel::Comm ag{"parameter all-gather, bucket " + key, "sp", CollKind::all_gather, P * sh->size * es_param,
                             1};
+        ag.plain_memory = true;  // the flat parameter buffer (ParamStore)
         if (is_mlp(key)) ag.hidden_by_flops = attention_flops / 2;
         else if (i < last) ag.hidden_by_flops = mlp_flops / 2;
         m.comm.push_back(ag);

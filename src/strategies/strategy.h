@@ -80,6 +80,11 @@ struct BoundModel {
     // An all-gather placed by these pieces (Communicator::all_gather_placed, timed as such), in
     // elements of its dtype; empty: rank-major.
     std::vector<PlacedPiece> placed = {};
+    // Its operands are plain allocations whatever the memory options (the distributed optimizer's
+    // flat gradient and parameter buffers): timed so, not in the symmetric windows or registered
+    // blocks where the bound otherwise puts a gather's (and with --symmetric-collectives a
+    // rank-major reduce-scatter's) operands, since NCCL runs the two differently.
+    bool plain_memory = false;
   };
   std::vector<Comm> comm;
 };
