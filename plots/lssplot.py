@@ -162,14 +162,20 @@ class Series:
         return LINE_STYLES[self.order.index(sweep) % len(LINE_STYLES)] if len(self.order) > 1 else "-"
 
 
+# The shortest span of the energy counter's updates an energy counts over (README, Metrics;
+# src/core/backend.h's kMinEnergyWindowS): shorter ones read up to 2.4x a capped card's power.
+MIN_ENERGY_WINDOW_S = 0.8
+
+
 def measured_energy(p):
     """(J per step, tokens per joule) of a point, or None. Only where every rank's device state
     says how its energy was taken (`energy_window_s`: the power between the counter's updates,
-    README, Metrics): results of the builds before it read the counter at the region's two ends
-    alone, 10-20% off over the short regions of a sweep point."""
+    README, Metrics) and that window spans MIN_ENERGY_WINDOW_S: results of the builds before it
+    read the counter at the region's two ends alone, 10-20% off over the short regions of a sweep
+    point, and those before the thirty-eighth session took it over any window."""
     m = p.get("metrics") or {}
     ranks = ((p.get("timing") or {}).get("device_state") or {}).get("per_rank") or []
-    if not (ranks and all(isinstance(r, dict) and "energy_window_s" in r for r in ranks)):
+    if not (ranks and all(isinstance(r, dict) and r.get("energy_window_s", 0) >= MIN_ENERGY_WINDOW_S for r in ranks)):
         return None
     j, tpj = m.get("energy_j_per_step"), m.get("tokens_per_joule")
     return (j, tpj) if isinstance(j, (int, float)) and isinstance(tpj, (int, float)) else None

@@ -47,12 +47,14 @@ expect 0 "0 regressions" "the same with --tol-exposed 0.1 passes" "$base" "$work
 # energy per step, as GPU results with an energy counter carry it (the CPU baseline has none)
 fresh; mkdir -p "$work/ebase"; cp -r "$base"/. "$work/ebase"
 gpu_energy() {  # JOULES: the metric and each rank's device state as a GPU run with a counter writes them
-  echo "r['metrics']['energy_j_per_step'] = $1; r['timing']['device_state'] = {'per_rank': [{'energy_j': $1 * 3, 'energy_updates': 4, 'energy_window_s': 0.3}] * r['grid']['world']}"
+  echo "r['metrics']['energy_j_per_step'] = $1; r['timing']['device_state'] = {'per_rank': [{'energy_j': $1 * 3, 'energy_updates': 11, 'energy_window_s': 1.0}] * r['grid']['world']}"
 }
 edit "$work/ebase/$p" "$(gpu_energy 40.0)"
 edit "$work/new/$p" "$(gpu_energy 44.0)"
 expect 1 ": energy_j_per_step 40.00 -> 44.00" "10% more energy per step fails, naming energy_j_per_step" "$work/ebase" "$work/new"
 expect 0 "0 regressions" "the same with --tol-energy 0.15 passes" "$work/ebase" "$work/new" --tol-energy 0.15
+edit "$work/ebase/$p" 'for rank in r["timing"]["device_state"]["per_rank"]: rank["energy_window_s"] = 0.5'
+expect 0 "0 regressions" "a baseline whose energy was taken over 0.5 s of counter updates (under 0.8 s) is not compared" "$work/ebase" "$work/new"
 edit "$work/ebase/$p" 'for rank in r["timing"]["device_state"]["per_rank"]: rank.pop("energy_window_s")'
 expect 0 "0 regressions" "a baseline whose energy was read at the region's ends alone (no energy_window_s) is not compared" "$work/ebase" "$work/new"
 fresh; edit "$work/new/$p" "$(gpu_energy 44.0)"

@@ -1114,37 +1114,45 @@ TEST(DeviceSamples, SummaryOfARegion) {
 }
 
 // The region's energy from a counter that updates only every 100 ms (as the driver's does, every
-// few tens of ms), polled every 1 ms through a 0.35 s region at a steady 700 W: the plain
-// difference of the readings at the region's ends is far off, the power between the first and last
-// update seen is exact to the polling period.
+// few tens of ms), polled every 1 ms through a 1.05 s region at a steady 700 W: the plain
+// difference of the readings at the region's ends is off by half an update period over the
+// region, the power between the first and last update seen is exact to the polling period.
 TEST(DeviceSamples, EnergyFromCounterUpdates) {
-  const double watts = 700, update_s = 0.1, poll_s = 0.001, region_s = 0.35;
-  for (const double phase : {0.0, 0.03, 0.07, 0.099}) {
-    // The counter as the driver keeps it: the energy up to its last update, the first update at
-    // `phase` after the region starts; an arbitrary count (mJ) from before the region.
-    const auto counter_mj = [&](double t) {
-      const double last_update = t < phase ? phase - update_s : phase + std::floor((t - phase) / update_s) * update_s;
-      return 5.0e9 + 1e3 * watts * last_update;
-    };
-    std::vector<EnergyReading> readings;
-    for (int i = 0; i * poll_s <= region_s + 1e-12; ++i) {
-      const double t = i * poll_s;
-      if (readings.empty() || readings.back().mj != counter_mj(t)) readings.push_back({t, counter_mj(t)});
+  const double watts = 700, update_s = 0.1, poll_s = 0.001;
+  for (const double region_s : {1.05, 0.35}) {
+    for (const double phase : {0.0, 0.03, 0.07, 0.099}) {
+      // The counter as the driver keeps it: the energy up to its last update, the first update at
+      // `phase` after the region starts; an arbitrary count (mJ) from before the region.
+      const auto counter_mj = [&](double t) {
+        const double last_update = t < phase ? phase - update_s : phase + std::floor((t - phase) / update_s) * update_s;
+        return 5.0e9 + 1e3 * watts * last_update;
+      };
+      std::vector<EnergyReading> readings;
+      for (int i = 0; i * poll_s <= region_s + 1e-12; ++i) {
+        const double t = i * poll_s;
+        if (readings.empty() || readings.back().mj != counter_mj(t)) readings.push_back({t, counter_mj(t)});
+      }
+      const double plain_j = (readings.back().mj - readings.front().mj) * 1e-3;
+      DeviceState st;
+      region_energy(readings, region_s, st);
+      const std::string at = " region " + std::to_string(region_s) + " s, phase " + std::to_string(phase);
+      // Updates at phase + k·0.1 s inside the region; one at 0 is the start's own reading.
+      const int64_t inside = static_cast<int64_t>(std::floor((region_s - phase) / update_s + 1e-9)) + (phase > 0 ? 1 : 0);
+      EXPECT_EQ(st.energy_updates, inside) << at;
+      EXPECT_DOUBLE_EQ(st.region_s, region_s);
+      // Each update is seen up to one poll late (1.5 polls: the clock's rounding).
+      EXPECT_NEAR(st.energy_window_s, update_s * (st.energy_updates - 1), 1.5 * poll_s) << at;
+      if (region_s < kMinEnergyWindowS) {
+        // 2-3 update periods: too short a window to take an energy over (kMinEnergyWindowS).
+        EXPECT_LT(st.energy_j, 0.0) << at;
+        continue;
+      }
+      const double rel = 1.5 * poll_s / st.energy_window_s;
+      EXPECT_NEAR(st.mean_power_w, watts, watts * rel) << at;
+      EXPECT_NEAR(st.energy_j, watts * region_s, watts * region_s * rel) << at;
+      // What the readings at the ends alone would give: 4.8% off here.
+      EXPECT_GT(std::abs(plain_j - watts * region_s), 0.04 * watts * region_s) << at;
     }
-    const double plain_j = (readings.back().mj - readings.front().mj) * 1e-3;
-    DeviceState st;
-    region_energy(readings, region_s, st);
-    const std::string at = " phase " + std::to_string(phase);
-    // Updates at phase + k·0.1 s inside the region; one at 0 is the start's own reading.
-    EXPECT_EQ(st.energy_updates, phase > 0 && phase <= 0.05 ? 4 : 3) << at;
-    EXPECT_DOUBLE_EQ(st.region_s, region_s);
-    // Each update is seen up to one poll late (1.5 polls: the clock's rounding).
-    const double rel = 1.5 * poll_s / st.energy_window_s;
-    EXPECT_NEAR(st.energy_window_s, update_s * (st.energy_updates - 1), 1.5 * poll_s) << at;
-    EXPECT_NEAR(st.mean_power_w, watts, watts * rel) << at;
-    EXPECT_NEAR(st.energy_j, watts * region_s, watts * region_s * rel) << at;
-    // What the readings at the ends alone would give: 14% off here.
-    EXPECT_GT(std::abs(plain_j - watts * region_s), 0.05 * watts * region_s) << at;
   }
   // One update in the region: no energy, and the count says why; no readings: no counter.
   DeviceState one;
@@ -1156,12 +1164,44 @@ TEST(DeviceSamples, EnergyFromCounterUpdates) {
   region_energy({}, 0.2, none);
   EXPECT_EQ(none.energy_updates, -1);
   EXPECT_LT(none.energy_j, 0.0);
-  // Two updates: the power between them.
+  // Two updates a window of kMinEnergyWindowS apart: the power between them.
   DeviceState two;
-  region_energy({{0.0, 1000.0}, {0.01, 1700.0}, {0.11, 71700.0}}, 0.2, two);
+  region_energy({{0.0, 1000.0}, {0.01, 1700.0}, {0.81, 561700.0}}, 0.9, two);
   EXPECT_EQ(two.energy_updates, 2);
   EXPECT_NEAR(two.mean_power_w, 700.0, 1e-9);
-  EXPECT_NEAR(two.energy_j, 140.0, 1e-9);
+  EXPECT_NEAR(two.energy_j, 630.0, 1e-9);
+}
+
+// A counter whose updates show the energy up to a moment that lags them by a varying amount (0 or
+// 50 ms, alternating), as the H200's did (updates 48-125 ms apart; one 48 ms window read 1680 W
+// on a card capped at 700): over one update period the power between the first and last update
+// is far off and is not taken; over kMinEnergyWindowS it is within the lag over the window.
+TEST(DeviceSamples, EnergyOverAJitteringCounter) {
+  const double watts = 700, update_s = 0.1, lag_s = 0.05, poll_s = 0.001;
+  for (const double region_s : {0.15, 0.6, 0.95, 2.95}) {
+    // Update k is seen at 0.03 + k·0.1 s and shows the energy up to that moment less k's lag.
+    const auto counter_mj = [&](double t) {
+      if (t < 0.03) return 0.0;
+      const int64_t k = static_cast<int64_t>(std::floor((t - 0.03) / update_s + 1e-9));
+      const double upto = 0.03 + static_cast<double>(k) * update_s - (k % 2 == 1 ? lag_s : 0.0);
+      return 1e3 * watts * upto;
+    };
+    std::vector<EnergyReading> readings;
+    for (int i = 0; i * poll_s <= region_s + 1e-12; ++i) {
+      const double t = i * poll_s;
+      if (readings.empty() || readings.back().mj != counter_mj(t)) readings.push_back({t, counter_mj(t)});
+    }
+    DeviceState st;
+    region_energy(readings, region_s, st);
+    const std::string at = " region " + std::to_string(region_s) + " s";
+    EXPECT_GE(st.energy_updates, 2) << at;
+    if (st.energy_window_s < kMinEnergyWindowS) {
+      EXPECT_LT(st.energy_j, 0.0) << at;
+      continue;
+    }
+    ASSERT_GE(st.energy_j, 0.0) << at;
+    EXPECT_NEAR(st.mean_power_w, watts, watts * (lag_s + 1.5 * poll_s) / st.energy_window_s) << at;
+  }
 }
 
 // The wgmma attention kernels' block order (kernels/cuda/block_order.h), index arithmetic only:

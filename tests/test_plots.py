@@ -115,8 +115,8 @@ with tempfile.TemporaryDirectory() as tmp:
                            "step_over_contended_bound": 1.0625}
             r0["metrics"]["energy_j_per_step"] = 2.5  # as a GPU run with an energy counter writes them
             r0["metrics"]["tokens_per_joule"] = r0["config"]["batch"] * r0["config"]["seq"] / 2.5
-            r0["timing"]["device_state"] = {"per_rank": [{"energy_j": 2.5 * 6 / r0["grid"]["world"], "energy_updates": 4,
-                                                          "energy_window_s": 0.3}] * r0["grid"]["world"]}
+            r0["timing"]["device_state"] = {"per_rank": [{"energy_j": 2.5 * 6 / r0["grid"]["world"], "energy_updates": 11,
+                                                          "energy_window_s": 1.0}] * r0["grid"]["world"]}
     bounded = edited_sweep(fixture, os.path.join(tmp, "bounded"), with_bound)
     out3 = os.path.join(tmp, "charts-bound")
     r = run(bounded, "--out", out3)
@@ -163,6 +163,23 @@ with tempfile.TemporaryDirectory() as tmp:
     tput5 = {c["file"]: c for c in m5["charts"]}.get("throughput.png", {})
     check(len(tput5.get("panels") or []) == 3 and "tokens per joule (all GPUs)" not in tput5["panels"],
           f"nor drawn: throughput.png has no tokens-per-joule panel ({tput5.get('panels')})")
+
+    # energy taken over a window of the counter's updates shorter than 0.8 s (builds before the
+    # thirty-eighth session; up to 2.4x off): neither in the table nor drawn
+    def short_window_energy(r0):
+        for rank in ((r0.get("timing") or {}).get("device_state") or {}).get("per_rank", []):
+            rank["energy_window_s"], rank["energy_updates"] = 0.3, 4
+    short = edited_sweep(bounded, os.path.join(tmp, "energy-short-window"), short_window_energy)
+    out6 = os.path.join(tmp, "charts-short-window")
+    r = run(short, "--out", out6)
+    summary6 = open(os.path.join(out6, "SUMMARY.md")).read() if r.returncode == 0 else ""
+    rows6 = [l for l in summary6.splitlines() if l.startswith("| lss | 4 | 4 | 256 | ok |")]
+    check(bool(rows6) and rows6[0].endswith("| - | - |"),
+          f"energy over a 0.3 s window of counter updates is not in SUMMARY.md ({rows6[:1]})")
+    m6 = json.load(open(os.path.join(out6, "charts.json"))) if r.returncode == 0 else {"charts": []}
+    tput6 = {c["file"]: c for c in m6["charts"]}.get("throughput.png", {})
+    check("tokens per joule (all GPUs)" not in (tput6.get("panels") or []),
+          f"nor drawn ({tput6.get('panels')})")
 
     # two sweeps with the same strategies (e.g. an option on and off): their series stay apart,
     # named after the sweep folders

@@ -384,10 +384,10 @@ json gather_device_states(const std::optional<DeviceState>& mine, int world) {
                        {"slowdown_fraction", f[8]},
                        {"region_s", f[10]}};
     if (f[13] >= 0) rank_state["energy_updates"] = static_cast<int64_t>(f[13]);
+    if (f[12] > 0) rank_state["energy_window_s"] = f[12];
     if (f[9] >= 0) {
       rank_state["energy_j"] = f[9];
       rank_state["mean_power_w"] = f[11];
-      rank_state["energy_window_s"] = f[12];
     }
     per_rank.push_back(std::move(rank_state));
   }
@@ -937,8 +937,10 @@ int cmd_run(const std::vector<std::string>& args, const std::string& command_lin
       for (const json& d : device_states["per_rank"])
         if (!d.is_null() && d.contains("energy_updates") && !d.contains("energy_j")) {
           const int64_t updates = d["energy_updates"].get<int64_t>();
-          fmt::print("  {:<22} {:>14}  (the energy counter updated {} time{} in {:.2f} s; it needs 2: --min-time 1)\n",
-                     "energy per step (J)", "not measured", updates, updates == 1 ? "" : "s", d["region_s"].get<double>());
+          fmt::print("  {:<22} {:>14}  (the energy counter's {} update{} in the {:.2f} s region spanned {:.2f} s; it "
+                     "needs {:.1f} s: --min-time 1)\n",
+                     "energy per step (J)", "not measured", updates, updates == 1 ? "" : "s",
+                     d["region_s"].get<double>(), d.value("energy_window_s", 0.0), kMinEnergyWindowS);
           break;
         }
     if (!trace.is_null()) {

@@ -259,6 +259,7 @@ void region_energy(const std::vector<EnergyReading>& readings, double region_s, 
   }
   if (st.energy_updates < 2 || last->t_s <= first->t_s || last->mj < first->mj) return;
   st.energy_window_s = last->t_s - first->t_s;
+  if (st.energy_window_s < kMinEnergyWindowS) return;
   st.mean_power_w = (last->mj - first->mj) * 1e-3 / st.energy_window_s;
   st.energy_j = st.mean_power_w * region_s;
 }
