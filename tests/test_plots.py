@@ -147,39 +147,32 @@ with tempfile.TemporaryDirectory() as tmp:
     check("tokens per joule (all GPUs)" in (tput3.get("panels") or []),
           f"throughput.png has the tokens-per-joule panel with energy ({tput3.get('panels')})")
 
-    # energy of the builds that read the counter at the region's ends alone (no energy_window_s):
-    # neither in the table nor drawn
-    def ends_only_energy(r0):
-        for rank in ((r0.get("timing") or {}).get("device_state") or {}).get("per_rank", []):
-            del rank["energy_window_s"], rank["energy_updates"]
-    ends_only = edited_sweep(bounded, os.path.join(tmp, "energy-ends-only"), ends_only_energy)
-    out5 = os.path.join(tmp, "charts-ends-only")
-    r = run(ends_only, "--out", out5)
-    summary5 = open(os.path.join(out5, "SUMMARY.md")).read() if r.returncode == 0 else ""
-    rows5 = [l for l in summary5.splitlines() if l.startswith("| lss | 4 | 4 | 256 | ok |")]
-    check(bool(rows5) and rows5[0].endswith("| - | - |"),
-          f"energy without energy_window_s (the ends-only reading) is not in SUMMARY.md ({rows5[:1]})")
-    m5 = json.load(open(os.path.join(out5, "charts.json"))) if r.returncode == 0 else {"charts": []}
-    tput5 = {c["file"]: c for c in m5["charts"]}.get("throughput.png", {})
-    check(len(tput5.get("panels") or []) == 3 and "tokens per joule (all GPUs)" not in tput5["panels"],
-          f"nor drawn: throughput.png has no tokens-per-joule panel ({tput5.get('panels')})")
+    # energy the charts must not trust: neither in the table nor drawn
+    def energy_not_shown(name, set_rank, what):
+        def edit(r0):
+            for rank in ((r0.get("timing") or {}).get("device_state") or {}).get("per_rank", []):
+                set_rank(rank)
+        folder = edited_sweep(bounded, os.path.join(tmp, "energy-" + name), edit)
+        out = os.path.join(tmp, "charts-energy-" + name)
+        r = run(folder, "--out", out)
+        summary = open(os.path.join(out, "SUMMARY.md")).read() if r.returncode == 0 else ""
+        rows = [l for l in summary.splitlines() if l.startswith("| lss | 4 | 4 | 256 | ok |")]
+        check(bool(rows) and rows[0].endswith("| - | - |"), f"energy {what} is not in SUMMARY.md ({rows[:1]})")
+        m = json.load(open(os.path.join(out, "charts.json"))) if r.returncode == 0 else {"charts": []}
+        tput = {c["file"]: c for c in m["charts"]}.get("throughput.png", {})
+        check(len(tput.get("panels") or []) == 3 and "tokens per joule (all GPUs)" not in tput["panels"],
+              f"nor drawn: throughput.png has no tokens-per-joule panel ({tput.get('panels')})")
 
-    # energy taken over a window of the counter's updates shorter than 0.8 s (builds before the
-    # thirty-eighth session; up to 2.4x off): neither in the table nor drawn
-    def short_window_energy(r0):
-        for rank in ((r0.get("timing") or {}).get("device_state") or {}).get("per_rank", []):
-            rank["energy_window_s"], rank["energy_updates"] = 0.3, 4
-    short = edited_sweep(bounded, os.path.join(tmp, "energy-short-window"), short_window_energy)
-    out6 = os.path.join(tmp, "charts-short-window")
-    r = run(short, "--out", out6)
-    summary6 = open(os.path.join(out6, "SUMMARY.md")).read() if r.returncode == 0 else ""
-    rows6 = [l for l in summary6.splitlines() if l.startswith("| lss | 4 | 4 | 256 | ok |")]
-    check(bool(rows6) and rows6[0].endswith("| - | - |"),
-          f"energy over a 0.3 s window of counter updates is not in SUMMARY.md ({rows6[:1]})")
-    m6 = json.load(open(os.path.join(out6, "charts.json"))) if r.returncode == 0 else {"charts": []}
-    tput6 = {c["file"]: c for c in m6["charts"]}.get("throughput.png", {})
-    check("tokens per joule (all GPUs)" not in (tput6.get("panels") or []),
-          f"nor drawn ({tput6.get('panels')})")
+    def ends_only(rank):
+        del rank["energy_window_s"], rank["energy_updates"]
+
+    def short_window(rank):
+        rank["energy_window_s"], rank["energy_updates"] = 0.3, 4
+    # the builds that read the counter at the region's ends alone (no energy_window_s)
+    energy_not_shown("ends-only", ends_only, "without energy_window_s (the ends-only reading)")
+    # a window of the counter's updates shorter than 0.8 s (builds before the thirty-eighth
+    # session; up to 2.4x off)
+    energy_not_shown("short-window", short_window, "over a 0.3 s window of counter updates")
 
     # two sweeps with the same strategies (e.g. an option on and off): their series stay apart,
     # named after the sweep folders
