@@ -200,7 +200,7 @@ struct EnergyReading {
 // empty list: no counter (energy_updates = -1).
 void region_energy(const std::vector<EnergyReading>& readings, double region_s, DeviceState& st);
 // The shortest span of counter updates an energy is taken over. Of the committed readings of
-// H200s held at their power cap (results/, before the thirty-eighth session), none of the 194 over
+// H200s held at their power cap (results/ when it was set), none of the 194 over
 // a window of 0.8 s or more read above 1.06 of the cap; of the 312 under 0.6 s, 27 read above
 // 1.08 and one 2.4.
 inline constexpr double kMinEnergyWindowS = 0.8;
