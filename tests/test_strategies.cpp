@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <limits>
 
@@ -12,6 +13,7 @@
 #include "app/session.h"
 #include "comm/mpi_communicator.h"
 #include "comm/virtual_grid.h"
+#include "core/check.h"
 
 using namespace lss;
 
@@ -521,6 +523,34 @@ std::vector<PlacedPiece> test_pieces(int P) {
   for (int j = 0, base = 0; j < 3; base += static_cast<int>(counts[j]) * P, ++j)
     for (int q = 0; q < P; ++q) pieces.push_back({q, src[j], counts[j], base + (j == 1 ? P - 1 - q : q) * counts[j]});
   return pieces;
+}
+
+// --symmetric-ctas reaches NCCL as NCCL_SYM_CTAS, which NCCL reads once per process: a count
+// outside 0-64 is refused without setting anything, the same count again is accepted, and another
+// one after it is refused naming both, the variable left as the first set it.
+TEST(Communication, SymmetricCtasAreSetOncePerProcess) {
+  const auto refusal = [](int ctas) -> std::string {
+    try {
+      set_symmetric_ctas(ctas);
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(refusal(-1).find("--symmetric-ctas -1: must be 0"), std::string::npos);
+  EXPECT_NE(refusal(kMaxSymmetricCtas + 1).find("must be 0 (NCCL's pick) to 64"), std::string::npos);
+  EXPECT_EQ(refusal(kDefaultSymmetricCtas), "");
+  ASSERT_NE(std::getenv("NCCL_SYM_CTAS"), nullptr);
+  EXPECT_EQ(std::string(std::getenv("NCCL_SYM_CTAS")), std::to_string(kDefaultSymmetricCtas));
+  EXPECT_EQ(refusal(kDefaultSymmetricCtas), "");
+  for (int other : {32, 0}) {
+    const std::string message = refusal(other);
+    EXPECT_NE(message.find("--symmetric-ctas " + std::to_string(other) + ": this process set " +
+                           std::to_string(kDefaultSymmetricCtas)),
+              std::string::npos)
+        << message;
+    EXPECT_EQ(std::string(std::getenv("NCCL_SYM_CTAS")), std::to_string(kDefaultSymmetricCtas));
+  }
 }
 
 // Communicator::all_gather_placed (lss's zigzag K/V gather): every rank's pieces land where they

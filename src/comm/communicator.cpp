@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -32,6 +34,19 @@ std::optional<CollKind> coll_kind_from_name(const std::string& name) {
   for (int k = 0; k < kNumCollKinds; ++k)
     if (name == coll_kind_name(static_cast<CollKind>(k))) return static_cast<CollKind>(k);
   return std::nullopt;
+}
+
+void set_symmetric_ctas(int ctas) {
+  LSS_REQUIRE_INPUT(ctas >= 0 && ctas <= kMaxSymmetricCtas,
+                    "--symmetric-ctas " + std::to_string(ctas) + ": must be 0 (NCCL's pick) to " +
+                        std::to_string(kMaxSymmetricCtas));
+  static int in_force = -1;
+  LSS_REQUIRE_INPUT(in_force < 0 || in_force == ctas,
+                    "--symmetric-ctas " + std::to_string(ctas) + ": this process set " + std::to_string(in_force) +
+                        " before, and NCCL reads NCCL_SYM_CTAS once per process (run the two in separate processes)");
+  in_force = ctas;
+  if (ctas == 0) unsetenv("NCCL_SYM_CTAS");
+  else setenv("NCCL_SYM_CTAS", std::to_string(ctas).c_str(), /*overwrite=*/1);
 }
 
 double bus_factor(CollKind kind, int n) {

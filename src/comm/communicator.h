@@ -56,6 +56,15 @@ inline constexpr int kMaxSymmetricCtas = 64;
 // symmetric kernels moved 256 MiB 26-31% faster than the ring; 32 blocks were within 2% of that,
 // 16 up to 11% slower.
 inline constexpr int kDefaultSymmetricCtas = 24;
+// Sets the blocks of NCCL's symmetric kernels, process-wide: NCCL_SYM_CTAS, NCCL's only knob for
+// them that leaves its ring kernels alone (a communicator's minCTAs would also widen the ring),
+// and read once per process, at the first symmetric kernel; 0 unsets it (NCCL's own pick, the
+// fewest blocks its model puts within 2.5% of the link: 9 on 2 x H200, 7-45% slower alone than
+// the ring's 24: PERFORMANCE.md, thirty-sixth and thirty-seventh sections). A later call with
+// another count stops the run, since NCCL would keep the first.
+// Only the environment variable: it is here, outside the NCCL backend, so that the CPU build tests
+// its checks.
+void set_symmetric_ctas(int ctas);
 
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
 inline constexpr int kNumCollKinds = 7;

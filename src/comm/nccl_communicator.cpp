@@ -309,19 +309,6 @@ void NcclCommunicator::resolve_async(CommCounts& c) const {
   ops_.clear();
 }
 
-void set_symmetric_ctas(int ctas) {
-  LSS_REQUIRE_INPUT(ctas >= 0 && ctas <= kMaxSymmetricCtas,
-                    "--symmetric-ctas " + std::to_string(ctas) + ": must be 0 (NCCL's pick) to " +
-                        std::to_string(kMaxSymmetricCtas));
-  static int in_force = -1;
-  LSS_REQUIRE_INPUT(in_force < 0 || in_force == ctas,
-                    "--symmetric-ctas " + std::to_string(ctas) + ": this process set " + std::to_string(in_force) +
-                        " before, and NCCL reads NCCL_SYM_CTAS once per process (run the two in separate processes)");
-  in_force = ctas;
-  if (ctas == 0) unsetenv("NCCL_SYM_CTAS");
-  else setenv("NCCL_SYM_CTAS", std::to_string(ctas).c_str(), /*overwrite=*/1);
-}
-
 Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, GatherMemory seq_gather_memory, int symmetric_ctas) {
   if (seq_gather_memory == GatherMemory::symmetric) set_symmetric_ctas(symmetric_ctas);
   GridSplit s = split_grid(base, P);

@@ -98,14 +98,6 @@ class NcclCommunicator : public Communicator {
 Grid make_nccl_grid(MPI_Comm base, int P, cudaStream_t stream, GatherMemory seq_gather_memory = GatherMemory::plain,
                     int symmetric_ctas = kDefaultSymmetricCtas);
 
-// Sets the blocks of NCCL's symmetric kernels, process-wide: NCCL_SYM_CTAS, NCCL's only knob for
-// them that leaves its ring kernels alone (a communicator's minCTAs would also widen the ring),
-// and read once per process, at the first symmetric kernel; 0 unsets it (NCCL's own pick, the
-// fewest blocks its model puts within 2.5% of the link: 9 on 2 x H200, 7-45% slower alone than
-// the ring's 24: PERFORMANCE.md, thirty-sixth and thirty-seventh sections). A later call with
-// another count stops the run, since NCCL would keep the first.
-void set_symmetric_ctas(int ctas);
-
 // NCCL version this process loaded ("2.28.3").
 std::string nccl_loaded_version();
 
