@@ -274,8 +274,8 @@ int main(int argc, char** argv) {
                         ctas_flag + ctas_text + ": the blocks of NCCL's symmetric kernels, which run only with --symmetric");
       char* end = nullptr;
       const long v = std::strtol(ctas_text.c_str(), &end, 10);
-      LSS_REQUIRE_INPUT(*end == '\0' && v >= 0 && v <= lss::kMaxSymmetricCtas,
-                        ctas_flag + ctas_text + ": must be 0 (NCCL's pick) to " + std::to_string(lss::kMaxSymmetricCtas));
+      // Not a whole number: out of range, so that the message is the same.
+      lss::require_symmetric_ctas_in_range(*end == '\0' ? v : -1, ctas_flag + ctas_text);
       symmetric_ctas = static_cast<int>(v);
     }
     const int local = lss::node_position(MPI_COMM_WORLD).rank;

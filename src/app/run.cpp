@@ -156,9 +156,7 @@ RunConfig step_config_from(const OptionParser& p) {
   rc.registered_gathers = p.flag("registered-gathers");
   rc.symmetric_collectives = p.flag("symmetric-collectives");
   const int64_t symmetric_ctas = p.size("symmetric-ctas");
-  LSS_REQUIRE_INPUT(symmetric_ctas >= 0 && symmetric_ctas <= kMaxSymmetricCtas,
-                    "--symmetric-ctas " + p.str("symmetric-ctas") + ": must be 0 (NCCL's pick) to " +
-                        std::to_string(kMaxSymmetricCtas));
+  require_symmetric_ctas_in_range(symmetric_ctas, "--symmetric-ctas " + p.str("symmetric-ctas"));
   // (Not "given": `project --like` passes every recorded option on, the default included.)
   LSS_REQUIRE_INPUT(symmetric_ctas == RunConfig{}.symmetric_ctas || rc.symmetric_collectives,
                     "--symmetric-ctas " + p.str("symmetric-ctas") +

@@ -36,10 +36,13 @@ std::optional<CollKind> coll_kind_from_name(const std::string& name) {
   return std::nullopt;
 }
 
-void set_symmetric_ctas(int ctas) {
+void require_symmetric_ctas_in_range(int64_t ctas, const std::string& as_given) {
   LSS_REQUIRE_INPUT(ctas >= 0 && ctas <= kMaxSymmetricCtas,
-                    "--symmetric-ctas " + std::to_string(ctas) + ": must be 0 (NCCL's pick) to " +
-                        std::to_string(kMaxSymmetricCtas));
+                    as_given + ": must be 0 (NCCL's pick) to " + std::to_string(kMaxSymmetricCtas));
+}
+
+void set_symmetric_ctas(int ctas) {
+  require_symmetric_ctas_in_range(ctas, "--symmetric-ctas " + std::to_string(ctas));
   static int in_force = -1;
   LSS_REQUIRE_INPUT(in_force < 0 || in_force == ctas,
                     "--symmetric-ctas " + std::to_string(ctas) + ": this process set " + std::to_string(in_force) +

@@ -65,6 +65,9 @@ inline constexpr int kDefaultSymmetricCtas = 24;
 // Only the environment variable: it is here, outside the NCCL backend, so that the CPU build tests
 // its checks.
 void set_symmetric_ctas(int ctas);
+// Fails (UsageError) unless 0 <= ctas <= kMaxSymmetricCtas; `as_given` is the option as the
+// user wrote it ("--symmetric-ctas 65"), for the message.
+void require_symmetric_ctas_in_range(int64_t ctas, const std::string& as_given);
 
 enum class CollKind : int { all_gather, reduce_scatter, all_reduce, all_to_all, send, recv, barrier };
 inline constexpr int kNumCollKinds = 7;
