@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 
 #include "bench/bench_common.h"
 #include "comm/grid.h"
@@ -244,7 +245,7 @@ int main(int argc, char** argv) {
       {"--symmetric", lss::GatherMemory::symmetric}};
   std::vector<std::string> memory_given;
   const std::string ctas_flag = "--symmetric-ctas=";
-  std::string ctas_text;  // as given; empty: the default
+  std::optional<std::string> ctas_text;  // as given; none: the default
   {
     int out = 1;
     for (int i = 1; i < argc; ++i) {
@@ -269,13 +270,14 @@ int main(int argc, char** argv) {
     LSS_REQUIRE_INPUT(memory_given.size() <= 1,
                       memory_given[0] + " with " + memory_given[1] + ": the operands live in one kind of memory (give one)");
     int symmetric_ctas = lss::kDefaultSymmetricCtas;
-    if (!ctas_text.empty()) {
+    if (ctas_text) {
       LSS_REQUIRE_INPUT(g_gather_memory == lss::GatherMemory::symmetric,
-                        ctas_flag + ctas_text + ": the blocks of NCCL's symmetric kernels, which run only with --symmetric");
+                        ctas_flag + *ctas_text + ": the blocks of NCCL's symmetric kernels, which run only with --symmetric");
       char* end = nullptr;
-      const long v = std::strtol(ctas_text.c_str(), &end, 10);
-      // Not a whole number: out of range, so that the message is the same.
-      lss::require_symmetric_ctas_in_range(*end == '\0' ? v : -1, ctas_flag + ctas_text);
+      const long v = std::strtol(ctas_text->c_str(), &end, 10);
+      // Not a whole number (nothing given included): out of range, so that the message is the same.
+      const bool whole = end != ctas_text->c_str() && *end == '\0';
+      lss::require_symmetric_ctas_in_range(whole ? v : -1, ctas_flag + *ctas_text);
       symmetric_ctas = static_cast<int>(v);
     }
     const int local = lss::node_position(MPI_COMM_WORLD).rank;

@@ -37,4 +37,6 @@ refuse "--copy-engine with --registered: the operands live in one kind of memory
 refuse "--symmetric needs --backend=cuda" --symmetric --backend=cpu
 refuse "--symmetric-ctas=16: the blocks of NCCL's symmetric kernels, which run only with --symmetric" --symmetric-ctas=16
 refuse "--symmetric-ctas=65: must be 0 (NCCL's pick) to 64" --symmetric --symmetric-ctas=65
+refuse "--symmetric-ctas=: must be 0 (NCCL's pick) to 64" --symmetric --symmetric-ctas=
+refuse "--symmetric-ctas=2x: must be 0 (NCCL's pick) to 64" --symmetric --symmetric-ctas=2x
 exit $fail
