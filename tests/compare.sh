@@ -61,8 +61,16 @@ fresh; edit "$work/new/$p" "$(gpu_energy 44.0)"
 expect 0 "0 regressions" "energy in the new results only (a baseline without a counter) is not compared" "$base" "$work/new"
 fresh; edit "$work/new/$p" 'r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * 1.1)'
 expect 1 ": peak_mem_bytes" "10% more memory fails, naming peak_mem_bytes" "$base" "$work/new"
+# A changed collective is named with both sides' calls and bytes, and only it: the all-gather's
+# bytes, a new collective and one that is gone.
+gather=$(python3 -c 'import json,sys; g=json.load(open(sys.argv[1]))["comm"]["per_step_rank0"]["sp"]["all_gather"]; print(g["calls"], g["bytes"])' "$base/$p")
+read -r gather_calls gather_bytes <<<"$gather"
 fresh; edit "$work/new/$p" 'r["comm"]["per_step_rank0"]["sp"]["all_gather"]["bytes"] += 4'
-expect 1 ": comm calls/bytes" "a changed all-gather byte count fails" "$base" "$work/new" --no-timing
+expect 1 ": comm calls/bytes 4 collectives -> 4 collectives (changed: sp.all_gather $gather_calls calls $gather_bytes bytes -> $gather_calls calls $((gather_bytes + 4)) bytes)" \
+  "a changed all-gather byte count fails, naming it alone with its calls and bytes before and after" "$base" "$work/new" --no-timing
+fresh; edit "$work/new/$p" 'c = r["comm"]["per_step_rank0"]["sp"]; c["broadcast"] = {"calls": 2, "bytes": 64}; del c["all_gather"]'
+expect 1 "(changed: sp.all_gather $gather_calls calls $gather_bytes bytes -> none; sp.broadcast none -> 2 calls 64 bytes)" \
+  "a collective gone and a new one are both named" "$base" "$work/new" --no-timing
 fresh; edit "$work/new/$p" 'r["status"] = "failed"; r["status_reason"] = "non-finite loss"'
 expect 1 ": status ok -> failed" "a point that passed and now fails" "$base" "$work/new"
 fresh; rm "$work/new/points/megatron_sp_w4_sp4_T256.json"

@@ -101,6 +101,34 @@ std::string pct(double base, double fresh) {
   return base != 0 ? fmt::format("{:+.2f}%", 100.0 * (fresh - base) / base) : "n/a";
 }
 
+// Rank 0's collectives per step as {"group.kind": [calls, bytes]}.
+json comm_calls_bytes(const json& result) {
+  json out = json::object();
+  if (!result.contains("comm")) return out;
+  const json per_step = result["comm"].value("per_step_rank0", json::object());  // outlives the loop over its items
+  for (const auto& [group, kinds] : per_step.items())
+    for (const auto& [kind, v] : kinds.items()) out[group + "." + kind] = {v.value("calls", 0), v.value("bytes", int64_t{0})};
+  return out;
+}
+
+// The collectives whose calls or bytes differ, each as "group.kind C calls B bytes -> C' calls B'
+// bytes" ("none" where one side has no such collective), so that a CI log says what moved.
+std::string comm_difference(const json& base, const json& fresh) {
+  auto side = [](const json& x, const std::string& name) {
+    if (!x.contains(name)) return std::string("none");
+    return fmt::format("{} calls {} bytes", x[name][0].get<int64_t>(), x[name][1].get<int64_t>());
+  };
+  json names = json::object();  // the union of both sides' names, in order
+  for (const auto& [name, v] : base.items()) names[name] = true;
+  for (const auto& [name, v] : fresh.items()) names[name] = true;
+  std::string moved;
+  for (const auto& [name, v] : names.items()) {
+    const std::string a = side(base, name), c = side(fresh, name);
+    if (a != c) moved += (moved.empty() ? "" : "; ") + name + " " + a + " -> " + c;
+  }
+  return "changed: " + moved;
+}
+
 }  // namespace
 
 CompareReport compare_results(const std::vector<json>& base, const std::vector<json>& fresh, const CompareTolerances& tol) {
@@ -171,17 +199,9 @@ CompareReport compare_results(const std::vector<json>& base, const std::vector<j
     const double lb = a.value("loss", 0.0), ln = c.value("loss", 0.0);
     row(key, "loss", fmt::format("{:.8f}", lb), fmt::format("{:.8f}", ln), fmt::format("{:.2e} rel", std::abs(ln - lb) / std::abs(lb)),
         !(std::abs(ln - lb) <= tol.loss * std::abs(lb)));
-    const json ca = a.contains("comm") ? a["comm"].value("per_step_rank0", json::object()) : json::object();
-    const json cc = c.contains("comm") ? c["comm"].value("per_step_rank0", json::object()) : json::object();
-    auto calls_bytes = [](const json& j) {
-      json out = json::object();
-      for (const auto& [g, kinds] : j.items())
-        for (const auto& [k, v] : kinds.items()) out[g + "." + k] = {v.value("calls", 0), v.value("bytes", int64_t{0})};
-      return out;
-    };
-    const json xa = calls_bytes(ca), xc = calls_bytes(cc);
+    const json xa = comm_calls_bytes(a), xc = comm_calls_bytes(c);
     row(key, "comm calls/bytes", std::to_string(xa.size()) + " collectives", std::to_string(xc.size()) + " collectives",
-        xa == xc ? "same" : "changed: " + xc.dump(), xa != xc);
+        xa == xc ? "same" : comm_difference(xa, xc), xa != xc);
     const bool checked_before = a.contains("check") && a["check"].is_object() && a["check"].value("passed", false);
     const bool checked_now = c.contains("check") && c["check"].is_object() && c["check"].value("passed", false);
     if (checked_before) row(key, "check", "passed", checked_now ? "passed" : "lost", "", !checked_now);
