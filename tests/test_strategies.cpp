@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <map>
 #include <limits>
+#include <thread>
 
 #include "app/bound.h"
 #include "app/session.h"
@@ -608,6 +610,67 @@ TEST(Communication, PlacedReduceScatterSumsEachPieceIntoItsRank) {
   const int calls = P > 1 ? 2 : 0;
   EXPECT_EQ(c.calls[static_cast<int>(CollKind::reduce_scatter)], calls);
   EXPECT_EQ(c.bytes[static_cast<int>(CollKind::reduce_scatter)], calls * static_cast<int64_t>(sv.bytes()));
+}
+
+// A node with more ranks than cores: MpiCommunicator waits for its nonblocking MPI calls sleeping
+// between polls instead of polling without pause. Either way every collective returns only when
+// complete, with the sums and pieces it should have. Each rank holds rank + 1 at element i as
+// (rank + 1)·(i + 1), so every result has a closed form; the sleeping communicator also runs
+// while the other ranks are still busy, so that it waits.
+TEST(Communication, CollectivesAreCompleteWhetherAWaitingRankPollsOrSleeps) {
+  for (bool oversubscribed : {false, true}) {
+    MPI_Comm dup;
+    ASSERT_EQ(MPI_Comm_dup(MPI_COMM_WORLD, &dup), MPI_SUCCESS);
+    MpiCommunicator comm("sp", dup, oversubscribed);
+    const int P = comm.size(), me = comm.rank();
+    const std::string how = oversubscribed ? "sleeping" : "polling";
+    const auto value = [](int rank, int64_t i) { return (rank + 1.0) * (static_cast<double>(i) + 1.0); };
+    const int64_t n = 6;  // elements per rank
+    // Rank 0 arrives late: the others wait inside each call.
+    auto late = [&] {
+      if (me == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    };
+    std::vector<double> mine(n), gathered(static_cast<size_t>(n * P), -1.0);
+    for (int64_t i = 0; i < n; ++i) mine[static_cast<size_t>(i)] = value(me, i);
+    late();
+    comm.all_gather({mine.data(), DType::f64, n}, {gathered.data(), DType::f64, n * P});
+    for (int q = 0; q < P; ++q)
+      for (int64_t i = 0; i < n; ++i)
+        EXPECT_EQ(gathered[static_cast<size_t>(q * n + i)], value(q, i)) << how << " all-gather";
+    std::vector<double> full(static_cast<size_t>(n * P)), part(n, -1.0);
+    for (int64_t i = 0; i < n * P; ++i) full[static_cast<size_t>(i)] = value(me, i);
+    late();
+    comm.reduce_scatter({full.data(), DType::f64, n * P}, {part.data(), DType::f64, n});
+    const double ranks_sum = P * (P + 1) / 2.0;  // sum over ranks of rank + 1
+    for (int64_t i = 0; i < n; ++i)
+      EXPECT_EQ(part[static_cast<size_t>(i)], ranks_sum * static_cast<double>(me * n + i + 1)) << how << " reduce-scatter";
+    std::vector<double> sum = mine;
+    late();
+    comm.all_reduce({sum.data(), DType::f64, n});
+    for (int64_t i = 0; i < n; ++i)
+      EXPECT_EQ(sum[static_cast<size_t>(i)], ranks_sum * static_cast<double>(i + 1)) << how << " all-reduce";
+    std::vector<double> exchanged(static_cast<size_t>(n * P), -1.0);
+    late();
+    comm.all_to_all({full.data(), DType::f64, n * P}, {exchanged.data(), DType::f64, n * P});
+    for (int q = 0; q < P; ++q)
+      for (int64_t i = 0; i < n; ++i)
+        EXPECT_EQ(exchanged[static_cast<size_t>(q * n + i)], value(q, me * n + i)) << how << " all-to-all";
+    if (P > 1) {  // a ring: send to the next rank, receive from the previous one (even ranks send first)
+      std::vector<double> got(n, -1.0);
+      const int next = (me + 1) % P, prev = (me + P - 1) % P;
+      late();
+      if (me % 2 == 0) {
+        comm.send({mine.data(), DType::f64, n}, next);
+        comm.recv({got.data(), DType::f64, n}, prev);
+      } else {
+        comm.recv({got.data(), DType::f64, n}, prev);
+        comm.send({mine.data(), DType::f64, n}, next);
+      }
+      for (int64_t i = 0; i < n; ++i) EXPECT_EQ(got[static_cast<size_t>(i)], value(prev, i)) << how << " send/recv";
+    }
+    late();
+    comm.barrier();
+  }
 }
 
 TEST(Communication, CallsAndBytesPerStepEqualTheFormulas) {

@@ -66,6 +66,9 @@ void check_run_config(RunConfig& cfg) {
 
 Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
   check_run_config(cfg_);
+  // The grid's set-up below is blocking MPI collectives, which spin: ranks arriving early wait
+  // here off the cores instead.
+  wait_for_ranks(base);
   // One device per rank: the rank's position among the ranks of its node.
   const NodePosition node = node_position(base);
 #ifdef LSS_HAVE_CUDA
@@ -89,10 +92,10 @@ Session::Session(const RunConfig& cfg, MPI_Comm base) : cfg_(cfg) {
                            cfg_.symmetric_ctas);
     backend_->use_symmetric_memory(grid_.seq->symmetric_memory());
   } else {
-    grid_ = make_mpi_grid(base, cfg_.P);
+    grid_ = make_mpi_grid(base, cfg_.P, node.size);
   }
 #else
-  grid_ = make_mpi_grid(base, cfg_.P);
+  grid_ = make_mpi_grid(base, cfg_.P, node.size);
 #endif
   // The CPU backend's markers read the host clock, as an untimed MPI communicator does; through
   // the backend its collectives appear in a step trace too.

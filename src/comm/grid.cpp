@@ -1,9 +1,23 @@
 #include "comm/grid.h"
 
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_util.h"
 
 namespace lss {
+
+void wait_for_ranks(MPI_Comm base) {
+  MPI_Request request;
+  LSS_MPI_CHECK(MPI_Ibarrier(base, &request));
+  for (int done = 0;;) {
+    LSS_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
 
 NodePosition node_position(MPI_Comm base) {
   MPI_Comm node;
@@ -33,12 +47,15 @@ GridSplit split_grid(MPI_Comm base, int P) {
   return s;
 }
 
-Grid make_mpi_grid(MPI_Comm base, int P) {
+Grid make_mpi_grid(MPI_Comm base, int P, int ranks_on_node) {
+  if (ranks_on_node == 0) ranks_on_node = node_position(base).size;
   GridSplit s = split_grid(base, P);
   Grid g = std::move(s.layout);
-  g.world_comm = std::make_unique<MpiCommunicator>("world", s.world);
-  g.seq = std::make_unique<MpiCommunicator>("sp", s.seq);
-  g.data = std::make_unique<MpiCommunicator>("dp", s.data);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const bool oversubscribed = ranks_on_node > cores;
+  g.world_comm = std::make_unique<MpiCommunicator>("world", s.world, oversubscribed);
+  g.seq = std::make_unique<MpiCommunicator>("sp", s.seq, oversubscribed);
+  g.data = std::make_unique<MpiCommunicator>("dp", s.data, oversubscribed);
   return g;
 }
 

@@ -19,7 +19,9 @@ class MpiCommunicator : public Communicator {
   // a wrong result that the exactness tests see. An in-place all-reduce keeps a copy of its
   // buffer at start and sums that copy at wait: whatever reads the buffer in between (another
   // collective too) reads NaN, whatever writes it is lost. Blocking collectives run as always.
-  MpiCommunicator(std::string name, MPI_Comm comm);
+  // `oversubscribed`: this node has more ranks than cores, so a rank waiting for a collective
+  // sleeps between polls instead of spinning on a core that a rank it waits for needs.
+  MpiCommunicator(std::string name, MPI_Comm comm, bool oversubscribed = false);
   ~MpiCommunicator() override;
   MPI_Comm handle() const { return comm_; }
 
@@ -40,6 +42,7 @@ class MpiCommunicator : public Communicator {
 
  private:
   MPI_Comm comm_;
+  bool oversubscribed_ = false;
   bool deferred_ = false;
   std::map<int64_t, std::function<void()>> deferred_ops_;
   int64_t next_id_ = 0;
