@@ -280,8 +280,9 @@ int main(int argc, char** argv) {
       lss::require_symmetric_ctas_in_range(whole ? v : -1, ctas_flag + *ctas_text);
       symmetric_ctas = static_cast<int>(v);
     }
-    const int local = lss::node_position(MPI_COMM_WORLD).rank;
-    g_backend = lss::make_backend(lss::BackendOptions{g_settings.backend, g_settings.threads, local, g_settings.attention});
+    const lss::NodePosition node = lss::node_position(MPI_COMM_WORLD);
+    g_backend =
+        lss::make_backend(lss::BackendOptions{g_settings.backend, g_settings.threads, node.rank, g_settings.attention});
     int world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     LSS_REQUIRE_INPUT(memory_given.empty() || g_settings.backend == "cuda",
@@ -290,9 +291,9 @@ int main(int argc, char** argv) {
     if (g_settings.backend == "cuda")
       g_grid = lss::make_nccl_grid(MPI_COMM_WORLD, world, lss::cuda_stream_of(*g_backend), g_gather_memory,
                                    symmetric_ctas);
-    else g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
+    else g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world, node.size);
 #else
-    g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world);
+    g_grid = lss::make_mpi_grid(MPI_COMM_WORLD, world, node.size);
 #endif
     g_backend->use_symmetric_memory(g_grid.seq->symmetric_memory());
     register_all();

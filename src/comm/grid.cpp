@@ -1,7 +1,6 @@
 #include "comm/grid.h"
 
 #include <algorithm>
-#include <chrono>
 #include <thread>
 
 #include "comm/mpi_communicator.h"
@@ -12,11 +11,7 @@ namespace lss {
 void wait_for_ranks(MPI_Comm base) {
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Ibarrier(base, &request));
-  for (int done = 0;;) {
-    LSS_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
-    if (done) return;
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
-  }
+  complete_request(request, /*sleep_between_polls=*/true);
 }
 
 NodePosition node_position(MPI_Comm base) {

@@ -22,6 +22,14 @@ std::string mpi_error_string(int code) {
   return std::string(buf, static_cast<size_t>(len));
 }
 
+void complete_request(MPI_Request& request, bool sleep_between_polls) {
+  for (int done = 0;;) {
+    LSS_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (sleep_between_polls) std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
 namespace {
 MPI_Datatype mpi_type(DType t) {
   switch (t) {
@@ -49,18 +57,6 @@ int comm_size(MPI_Comm c) {
   return s;
 }
 
-// Waits for a nonblocking call. MPICH's blocking calls spin without giving the core away, so on a
-// node with more ranks than cores (CI runs 4 ranks on 2 cores) the waiting ranks kept the ones they
-// waited for off the cores: the 4-rank exactness tests took 45-150x as long as the 2-rank ones.
-// There a waiting rank sleeps between polls; with a core per rank it polls as MPICH does.
-void complete(MPI_Request& request, bool oversubscribed) {
-  int done = 0;
-  for (;;) {
-    LSS_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
-    if (done) return;
-    if (oversubscribed) std::this_thread::sleep_for(std::chrono::microseconds(20));
-  }
-}
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(std::string name, MPI_Comm comm, bool oversubscribed)
@@ -120,7 +116,7 @@ void MpiCommunicator::do_all_gather(View send, View recv) {
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Iallgather(in_place ? MPI_IN_PLACE : send.ptr, mpi_count(send.numel), mpi_type(send.dtype),
                                recv.ptr, mpi_count(send.numel), mpi_type(recv.dtype), comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::do_all_gather_placed(View send, View recv, const std::vector<PlacedPiece>& pieces) {
@@ -130,7 +126,7 @@ void MpiCommunicator::do_all_gather_placed(View send, View recv, const std::vect
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Iallgather(send.ptr, mpi_count(send.numel), mpi_type(send.dtype), gathered.data(),
                                mpi_count(send.numel), mpi_type(recv.dtype), comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
   const size_t es = dtype_size(send.dtype);
   for (const PlacedPiece& pc : pieces)
     std::memcpy(static_cast<char*>(recv.ptr) + static_cast<size_t>(pc.dst) * es,
@@ -148,7 +144,7 @@ void MpiCommunicator::do_reduce_scatter_placed(View send, View recv, const std::
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Ireduce_scatter_block(rank_major.data(), recv.ptr, mpi_count(recv.numel), mpi_type(send.dtype),
                                           MPI_SUM, comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::do_reduce_scatter(View send, View recv) {
@@ -158,46 +154,46 @@ void MpiCommunicator::do_reduce_scatter(View send, View recv) {
     MPI_Request request;
     LSS_MPI_CHECK(MPI_Ireduce_scatter_block(MPI_IN_PLACE, send.ptr, mpi_count(recv.numel), mpi_type(send.dtype),
                                             MPI_SUM, comm_, &request));
-    complete(request, oversubscribed_);
+    complete_request(request, oversubscribed_);
     if (recv.ptr != send.ptr) std::memmove(recv.ptr, send.ptr, recv.bytes());
     return;
   }
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Ireduce_scatter_block(send.ptr, recv.ptr, mpi_count(recv.numel), mpi_type(send.dtype), MPI_SUM,
                                           comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::do_all_reduce(View buf) {
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.ptr, mpi_count(buf.numel), mpi_type(buf.dtype), MPI_SUM, comm_,
                                &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::do_all_to_all(View send, View recv) {
   const int n = mpi_count(send.numel / size());
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Ialltoall(send.ptr, n, mpi_type(send.dtype), recv.ptr, n, mpi_type(recv.dtype), comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::do_send(View buf, int peer) {
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Isend(buf.ptr, mpi_count(buf.numel), mpi_type(buf.dtype), peer, 0, comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::do_recv(View buf, int peer) {
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Irecv(buf.ptr, mpi_count(buf.numel), mpi_type(buf.dtype), peer, 0, comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::do_barrier() {
   MPI_Request request;
   LSS_MPI_CHECK(MPI_Ibarrier(comm_, &request));
-  complete(request, oversubscribed_);
+  complete_request(request, oversubscribed_);
 }
 
 void MpiCommunicator::local_copy(View dst, View src) {
